@@ -1,0 +1,1 @@
+"""Audits: dose (MG, CT, projection X-ray), workflow, quality, SC catalogue, HTML reports."""

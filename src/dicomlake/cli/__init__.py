@@ -1,0 +1,1 @@
+"""Command-line interface: one typer app, a module per verb group."""

@@ -1,0 +1,1 @@
+"""Curation: range rules, normalisers, vocabulary mapping."""

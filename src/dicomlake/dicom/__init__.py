@@ -1,0 +1,1 @@
+"""DICOM knowledge with no policy: dictionary, the header reader, DICOM JSON, UIDs."""

@@ -1,0 +1,1 @@
+"""Header to rows: instance row, element rows, DICOM JSON, SR trees and dose events."""

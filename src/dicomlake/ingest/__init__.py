@@ -1,0 +1,1 @@
+"""Sources (files, zips, DICOMDIR, listener, query-retrieve, DICOMweb), spool and pipeline."""

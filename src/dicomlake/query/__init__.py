@@ -1,0 +1,1 @@
+"""Filters on any attribute to SQL, cohorts, exports."""

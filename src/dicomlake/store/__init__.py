@@ -1,0 +1,1 @@
+"""Stores: the Store protocol, DuckDB (default) and PostgreSQL back ends, Parquet lake."""

@@ -1,0 +1,1 @@
+"""Web: DICOMweb, REST, UI pages, auth, access log."""

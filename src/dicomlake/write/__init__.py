@@ -1,0 +1,1 @@
+"""Writers: Secondary Capture, VL Photographic, Encapsulated PDF, derived images, corrections."""
