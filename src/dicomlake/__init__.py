@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from dicomlake.lake import Lake
+    from dicomlake.query.lake import Lake
 
 
 def open(path: str | Any = None, **kwargs: Any) -> "Lake":  # noqa: A001 - mirrors duckdb.connect/sqlite3
@@ -18,7 +18,7 @@ def open(path: str | Any = None, **kwargs: Any) -> "Lake":  # noqa: A001 - mirro
     >>> lake.sql("SELECT count(*) AS n FROM instances")["n"][0]
     0
     """
-    from dicomlake.lake import Lake
+    from dicomlake.query.lake import Lake
 
     return Lake.open(path, **kwargs)
 

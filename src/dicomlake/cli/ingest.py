@@ -1,0 +1,84 @@
+"""`dicomlake ingest` and `dicomlake rejects`: files, folders, zips and DICOMDIRs into the lake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from dicomlake.cli.common import LAKE_OPTION, handle_errors, lake_path
+from dicomlake.cli.output import FORMAT_OPTION, OUT_OPTION, Format, write_table
+
+
+def ingest(
+    paths: list[Path] = typer.Argument(..., help="Files, folders (walked recursively), .zip archives, DICOMDIRs."),
+    lake: Path | None = LAKE_OPTION,
+    workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes (default: one per core)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Instances per transaction (default 2000)."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the run's summary as JSON to this file."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+) -> None:
+    """Read DICOM headers (never pixel data) into the lake; re-ingest upserts on SOP Instance UID.
+
+    Example: dicomlake ingest /media/cdrom ./exports/study.zip --lake ./dicomlake-data
+
+    Exit status: 0 all read, 1 some input rejected (see `dicomlake rejects`), 2 usage error.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomlake.ingest.pipeline import ingest_paths
+
+    rep = ingest_paths(paths, lake_path(lake), workers=workers, batch_size=batch_size, progress=not quiet)
+    console = Console(stderr=True)
+    t = Table(title=f"ingest {rep.run_id} into {rep.lake}", show_header=False)
+    for k, v in (
+        ("files", rep.files),
+        ("instances", rep.instances),
+        ("  new", rep.inserted),
+        ("  updated (same SOP Instance UID)", rep.replaced),
+        ("rejected", rep.rejected),
+        ("skipped (not DICOM)", rep.skipped),
+        ("elements", rep.elements),
+        ("dose events", rep.dose_events),
+        ("seconds", f"{rep.seconds:.2f}"),
+        ("files/s", f"{rep.rate:,.0f}"),
+    ):
+        t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(t)
+    if rep.rejected:
+        console.print(
+            f"[yellow]{rep.rejected} input(s) rejected; their bytes are kept in {rep.lake}/quarantine. "
+            f"List them with: dicomlake rejects --lake {rep.lake}"
+        )
+    for note in rep.notes[:10]:
+        console.print(f"[dim]note: {note}")
+    out = report or Path(rep.lake) / "reports" / f"ingest-{rep.run_id}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")
+    console.print(f"[dim]report: {out}")
+    raise typer.Exit(rep.exit_code)
+
+
+def rejects(
+    lake: Path | None = LAKE_OPTION,
+    fmt: Format = FORMAT_OPTION,
+    out: Path | None = OUT_OPTION,
+) -> None:
+    """List input that could not be read: path, reason, and where its bytes were kept.
+
+    Example: dicomlake rejects --format csv --out rejects.csv
+    """
+    from dicomlake.query.lake import Lake
+
+    with Lake.open(lake_path(lake), read_only=True) as lk:
+        table = lk.store.query(
+            "SELECT source_path, reason, size_bytes, quarantine_path, rejected_at FROM rejects ORDER BY source_path"
+        )
+    write_table(table, fmt, out)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ingest")(handle_errors(ingest))
+    app.command("rejects")(handle_errors(rejects))

@@ -1,0 +1,87 @@
+"""Output options shared by every command that prints data (STYLE.md §10)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+
+import pyarrow as pa
+import typer
+
+from dicomlake.errors import QueryError
+
+
+class Format(str, Enum):
+    """How a table is written."""
+
+    table = "table"
+    """A rich table on the terminal."""
+    csv = "csv"
+    tsv = "tsv"
+    json = "json"
+    """A JSON array of objects."""
+    nl = "nl"
+    """Newline-delimited JSON, one object a line."""
+    parquet = "parquet"
+    xlsx = "xlsx"
+
+
+FORMAT_OPTION = typer.Option(Format.table, "--format", "-f", help="table, csv, tsv, json, nl, parquet or xlsx.")
+OUT_OPTION = typer.Option(None, "--out", "-o", help="Write to this file instead of standard output.")
+
+
+def _jsonable(v: object) -> object:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def write_table(table: pa.Table, fmt: Format, out: Path | None) -> None:
+    """Write an Arrow table in a format to a file or standard output."""
+    if fmt in (Format.parquet, Format.xlsx) and out is None:
+        raise QueryError(f"--format {fmt.value} writes a binary file: give --out FILE")
+    if fmt == Format.table:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(show_lines=False)
+        for name in table.column_names:
+            t.add_column(name, overflow="fold")
+        for row in table.to_pylist():
+            t.add_row(*["" if v is None else str(v) for v in row.values()])
+        console = Console(file=open(out, "w") if out else None, width=None if out is None else 250)
+        console.print(t)
+        console.print(f"{table.num_rows:,} rows", style="dim")
+        return
+    if fmt == Format.parquet:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, out)
+        return
+    if fmt == Format.xlsx:
+        import polars as pl
+
+        pl.from_arrow(table).write_excel(out)  # type: ignore[union-attr]
+        return
+    buf = io.StringIO()
+    if fmt in (Format.csv, Format.tsv):
+        import csv
+
+        w = csv.writer(buf, delimiter="," if fmt == Format.csv else "\t", lineterminator="\n")
+        w.writerow(table.column_names)
+        for row in table.to_pylist():
+            w.writerow(["" if v is None else v for v in row.values()])
+    elif fmt == Format.json:
+        json.dump([{k: _jsonable(v) for k, v in r.items()} for r in table.to_pylist()], buf, ensure_ascii=False, indent=1)
+        buf.write("\n")
+    elif fmt == Format.nl:
+        for r in table.to_pylist():
+            buf.write(json.dumps({k: _jsonable(v) for k, v in r.items()}, ensure_ascii=False) + "\n")
+    text = buf.getvalue()
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)

@@ -1,0 +1,446 @@
+"""A fast reader of DICOM headers: bytes to raw elements, stopping before bulk pixel data.
+
+pydicom reads a header well but converts every value into Python objects, which costs
+about 1 ms per instance before any row is built (see ../shared/PERF-BASELINE.md). The lake
+needs the raw value bytes of every element, so this reader walks the encoding itself
+(PS3.5 §7: explicit and implicit VR, little and big endian, deflate; §7.5 sequences of
+defined and undefined length) and leaves value conversion to :mod:`dicomlake.extract`.
+pydicom is still used for what it knows best: the data dictionary and character sets.
+
+An element is a tuple ``(tag, VR, value, length)``: ``value`` is the value's bytes, a list
+of items (each a list of elements) for a sequence, or ``None`` for bulk data that was
+skipped (its ``length`` is kept).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from dicomlake.dicom.dictionary import lookup, private_vr
+from dicomlake.errors import ExtractionError
+
+Element = tuple  # (tag: int, vr: str, value: bytes | list[list[Element]] | None, length: int)
+
+# PS3.5 Table 7.1-1: VRs whose explicit encoding has a 2-byte reserved field and 4-byte length.
+LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+VALID_VRS = frozenset(
+    {
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+        b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST",
+        b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+    }
+)  # fmt: skip
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+ITEM = 0xFFFEE000
+ITEM_DELIMITATION = 0xFFFEE00D
+SEQUENCE_DELIMITATION = 0xFFFEE0DD
+UNDEFINED = 0xFFFFFFFF
+# PS3.3 C.7.6.3: the pixel data elements; reading stops at the first of them.
+PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+
+_LE_TAG = struct.Struct("<HH")
+_BE_TAG = struct.Struct(">HH")
+_LE_EXPL = struct.Struct("<HH2sH")
+_BE_EXPL = struct.Struct(">HH2sH")
+_LE_IMPL = struct.Struct("<HHI")
+_BE_IMPL = struct.Struct(">HHI")
+_LE_U32 = struct.Struct("<I")
+_BE_U32 = struct.Struct(">I")
+
+
+class _NeedMore(Exception):
+    """The buffer ended inside the header: read more of the file and parse again."""
+
+
+@dataclass(slots=True)
+class Header:
+    """A parsed header: file meta elements, dataset elements and how they were encoded."""
+
+    meta: list[Element]
+    elements: list[Element]
+    transfer_syntax: str
+    has_preamble: bool
+    pixel_data_length: int | None = None
+    header_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def little_endian(self) -> bool:
+        return self.transfer_syntax != EXPLICIT_VR_BE
+
+    @property
+    def implicit_vr(self) -> bool:
+        return self.transfer_syntax == IMPLICIT_VR_LE
+
+
+class _Parser:
+    """One pass over a buffer; holds the encoding so recursion stays cheap."""
+
+    __slots__ = ("buf", "explicit", "little", "inline_max", "file_size", "stop_at_pixels", "max_depth")
+
+    def __init__(
+        self,
+        buf: bytes,
+        *,
+        explicit: bool,
+        little: bool,
+        inline_max: int,
+        file_size: int,
+        max_depth: int = 32,
+    ) -> None:
+        self.buf = buf
+        self.explicit = explicit
+        self.little = little
+        self.inline_max = inline_max
+        self.file_size = file_size
+        self.stop_at_pixels = True
+        self.max_depth = max_depth
+
+    def dataset(self, pos: int, end: int, depth: int, top: bool) -> tuple[list[Element], int, int | None]:
+        """Parse elements from ``pos`` until ``end`` (or an item delimiter when end is None).
+
+        Returns the elements, the position after them, and the pixel data length when the
+        top-level dataset stopped at pixel data.
+        """
+        buf = self.buf
+        buflen = len(buf)
+        explicit = self.explicit
+        little = self.little
+        expl = _LE_EXPL if little else _BE_EXPL
+        impl = _LE_IMPL if little else _BE_IMPL
+        u32 = _LE_U32 if little else _BE_U32
+        inline_max = self.inline_max
+        out: list[Element] = []
+        creators: dict[int, str] = {}
+        limit = end if end is not None else self.file_size
+        while pos < limit:
+            if pos + 8 > buflen:
+                if buflen >= self.file_size:
+                    if end is None and not top:
+                        raise ExtractionError(f"sequence item not terminated before end of file at byte {pos}")
+                    if pos + 8 > self.file_size and self.file_size - pos > 0 and top:
+                        # trailing bytes shorter than an element header
+                        raise ExtractionError(
+                            f"truncated: {self.file_size - pos} stray bytes at byte {pos}, "
+                            "too few for an element header"
+                        )
+                    break
+                raise _NeedMore
+            if explicit:
+                group, elem, vr_b, length = expl.unpack_from(buf, pos)
+                tag = group << 16 | elem
+                if group == 0xFFFE:
+                    # item / delimiters carry no VR: tag + 4-byte length
+                    length = u32.unpack_from(buf, pos + 4)[0]
+                    if tag == ITEM_DELIMITATION:
+                        return out, pos + 8, None
+                    if tag == SEQUENCE_DELIMITATION:
+                        raise ExtractionError(f"sequence delimiter outside a sequence at byte {pos}")
+                    raise ExtractionError(f"unexpected item tag ({group:04X},{elem:04X}) at byte {pos}")
+                if vr_b in LONG_VRS:
+                    if pos + 12 > buflen:
+                        if buflen >= self.file_size:
+                            raise ExtractionError(f"truncated inside the element header at byte {pos}")
+                        raise _NeedMore
+                    length = u32.unpack_from(buf, pos + 8)[0]
+                    vpos = pos + 12
+                elif vr_b in VALID_VRS:
+                    vpos = pos + 8
+                else:
+                    raise ExtractionError(
+                        f"invalid VR {vr_b!r} for ({group:04X},{elem:04X}) at byte {pos}; "
+                        "the file is corrupt or not DICOM"
+                    )
+                vr = vr_b.decode("ascii")
+            else:
+                group, elem, length = impl.unpack_from(buf, pos)
+                tag = group << 16 | elem
+                vpos = pos + 8
+                if group == 0xFFFE:
+                    if tag == ITEM_DELIMITATION:
+                        return out, pos + 8, None
+                    raise ExtractionError(f"unexpected item tag ({group:04X},{elem:04X}) at byte {pos}")
+                if group & 1:
+                    if elem < 0x0100 and elem >= 0x0010:
+                        vr = "LO"  # PS3.5 §7.8.1: private creator
+                    else:
+                        creator = creators.get(group << 8 | elem >> 8)
+                        vr = private_vr(group, creator, elem & 0xFF) if creator else "UN"
+                elif elem == 0:
+                    vr = "UL"  # group length
+                else:
+                    entry = lookup(tag)
+                    vr = entry[0] if entry else "UN"
+                if length == UNDEFINED and vr != "SQ":
+                    vr = "SQ" if tag not in PIXEL_TAGS else vr
+            if top and tag in PIXEL_TAGS and self.stop_at_pixels:
+                return out, pos, (length if length != UNDEFINED else -1)
+            if vr == "SQ" or (length == UNDEFINED and vr == "UN"):
+                if depth >= self.max_depth:
+                    raise ExtractionError(f"sequences nested deeper than {self.max_depth} at byte {pos}")
+                if vr == "UN":
+                    # PS3.5 §6.2.2: a UN of undefined length is a sequence in implicit VR LE
+                    sub = _Parser(
+                        buf,
+                        explicit=False,
+                        little=True,
+                        inline_max=inline_max,
+                        file_size=self.file_size,
+                        max_depth=self.max_depth,
+                    )
+                    items, pos = sub.sequence(vpos, None, depth + 1)
+                    vr = "SQ"
+                else:
+                    items, pos = self.sequence(vpos, None if length == UNDEFINED else vpos + length, depth + 1)
+                out.append((tag, "SQ", items, length))
+                buflen = len(buf)
+                continue
+            if length == UNDEFINED:
+                # encapsulated bulk data outside pixel data: skip its fragments
+                pos = self._skip_fragments(vpos)
+                out.append((tag, vr, None, -1))
+                continue
+            vend = vpos + length
+            if vend > self.file_size:
+                raise ExtractionError(
+                    f"truncated: ({group:04X},{elem:04X}) {vr} declares {length} bytes at byte {vpos} "
+                    f"but the file has {self.file_size} bytes"
+                )
+            if length > inline_max and vr in BULK_VRS:
+                out.append((tag, vr, None, length))  # bulk: length kept, bytes not needed
+                pos = vend
+                continue
+            if vend > buflen:
+                raise _NeedMore
+            value = buf[vpos:vend]
+            if group & 1 and 0x0010 <= elem < 0x0100:
+                creators[group << 8 | elem] = value.decode("latin-1").strip(" \x00")
+            out.append((tag, vr, value, length))
+            pos = vend
+        if end is not None and pos > end:
+            raise ExtractionError(f"an element overruns its sequence item (ends at {pos}, item at {end})")
+        return out, pos, None
+
+    def sequence(self, pos: int, end: int | None, depth: int) -> tuple[list[list[Element]], int]:
+        """Parse the items of a sequence (PS3.5 §7.5) of defined or undefined length."""
+        buf = self.buf
+        u32 = _LE_U32 if self.little else _BE_U32
+        tagst = _LE_TAG if self.little else _BE_TAG
+        items: list[list[Element]] = []
+        limit = end if end is not None else self.file_size
+        while pos < limit:
+            if pos + 8 > len(buf):
+                if len(buf) >= self.file_size:
+                    raise ExtractionError(f"truncated inside a sequence at byte {pos}")
+                raise _NeedMore
+            group, elem = tagst.unpack_from(buf, pos)
+            length = u32.unpack_from(buf, pos + 4)[0]
+            tag = group << 16 | elem
+            if tag == SEQUENCE_DELIMITATION:
+                return items, pos + 8
+            if tag != ITEM:
+                raise ExtractionError(
+                    f"expected an item tag (FFFE,E000) in a sequence at byte {pos}, found ({group:04X},{elem:04X})"
+                )
+            start = pos + 8
+            if length == UNDEFINED:
+                elements, pos, _ = self.dataset(start, None, depth, False)  # type: ignore[arg-type]
+            else:
+                if start + length > self.file_size:
+                    raise ExtractionError(f"truncated: a sequence item of {length} bytes at byte {start}")
+                elements, pos, _ = self.dataset(start, start + length, depth, False)
+            items.append(elements)
+        if end is None:
+            raise ExtractionError("a sequence of undefined length has no delimiter before end of file")
+        return items, pos
+
+    def _skip_fragments(self, pos: int) -> int:
+        buf = self.buf
+        u32 = _LE_U32 if self.little else _BE_U32
+        tagst = _LE_TAG if self.little else _BE_TAG
+        while True:
+            if pos + 8 > len(buf):
+                if len(buf) >= self.file_size:
+                    raise ExtractionError(f"truncated inside encapsulated data at byte {pos}")
+                raise _NeedMore
+            group, elem = tagst.unpack_from(buf, pos)
+            length = u32.unpack_from(buf, pos + 4)[0]
+            tag = group << 16 | elem
+            if tag == SEQUENCE_DELIMITATION:
+                return pos + 8
+            if tag != ITEM:
+                raise ExtractionError(f"bad fragment tag ({group:04X},{elem:04X}) at byte {pos}")
+            pos += 8 + length
+
+
+def _meta_value(meta: list[Element], tag: int) -> str | None:
+    for t, _vr, value, _len in meta:
+        if t == tag and isinstance(value, bytes):
+            return value.decode("ascii", "replace").strip(" \x00")
+    return None
+
+
+def sniff(head: bytes) -> str | None:
+    """Say how a file starts: ``"part10"``, ``"raw-explicit"``, ``"raw-implicit"`` or None.
+
+    A raw dataset (no preamble, as some old archives and DICOMDIR siblings have) is
+    accepted when its first element is a plausible group 0002/0008 element.
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "part10"
+    if len(head) >= 8:
+        group, elem = _LE_TAG.unpack_from(head, 0)
+        if group in (0x0002, 0x0008) and elem < 0x0100:
+            if head[4:6] in VALID_VRS:
+                return "raw-explicit"
+            length = _LE_U32.unpack_from(head, 4)[0]
+            if length < 0x10000:
+                return "raw-implicit"
+        group, elem = _BE_TAG.unpack_from(head, 0)
+        if group == 0x0008 and elem < 0x0100 and head[4:6] in VALID_VRS:
+            return "raw-explicit-be"
+    return None
+
+
+def parse_bytes(
+    buf: bytes,
+    *,
+    file_size: int | None = None,
+    inline_max: int = 1024,
+    max_depth: int = 32,
+) -> Header:
+    """Parse a header from the first bytes of a file (or all of it).
+
+    Raises ``_NeedMore`` when ``buf`` is shorter than the file and ends inside the header;
+    :func:`read_header` handles that by reading more.
+    """
+    size = len(buf) if file_size is None else file_size
+    kind = sniff(buf)
+    if kind is None:
+        if size == 0:
+            raise ExtractionError("empty file (0 bytes)")
+        raise ExtractionError(
+            "not DICOM: no 'DICM' marker at byte 128 and no recognisable data element at the start"
+        )
+    meta: list[Element] = []
+    notes_pre: list[str] = []
+    pos = 0
+    has_preamble = kind == "part10"
+    if has_preamble:
+        pos = 132
+        # PS3.10 §7.1: the file meta information is explicit VR little endian, group 0002.
+        while pos + 8 <= len(buf) and buf[pos : pos + 2] == b"\x02\x00":
+            group, elem, vr_b, length = _LE_EXPL.unpack_from(buf, pos)
+            if vr_b in LONG_VRS:
+                length = _LE_U32.unpack_from(buf, pos + 8)[0]
+                vpos = pos + 12
+            elif vr_b in VALID_VRS:
+                vpos = pos + 8
+            else:
+                # some writers use implicit VR for group 0002 despite the standard
+                length = _LE_U32.unpack_from(buf, pos + 4)[0]
+                vpos = pos + 8
+                vr_b = (lookup(group << 16 | elem) or ("UN",))[0].encode()
+            if vpos + length > len(buf):
+                if len(buf) >= size:
+                    raise ExtractionError(f"truncated inside the file meta information at byte {pos}")
+                raise _NeedMore
+            meta.append((group << 16 | elem, vr_b.decode("ascii"), buf[vpos : vpos + length], length))
+            pos = vpos + length
+        ts = _meta_value(meta, 0x00020010)
+        if ts is None and meta:
+            notes_pre = ["file meta information has no Transfer Syntax UID (0002,0010); guessed from the data"]
+    elif kind == "raw-explicit-be":
+        ts = EXPLICIT_VR_BE
+    else:
+        ts = None
+    if ts is None:
+        # PS3.10: without meta, guess explicit vs implicit from the first element
+        ts = EXPLICIT_VR_LE if buf[pos + 4 : pos + 6] in VALID_VRS else IMPLICIT_VR_LE
+    explicit = ts != IMPLICIT_VR_LE
+    little = ts != EXPLICIT_VR_BE
+    body = buf
+    body_size = size
+    notes: list[str] = list(notes_pre)
+    if ts == DEFLATED_EXPLICIT_VR_LE:
+        if len(buf) < size:
+            raise _NeedMore
+        try:
+            body = zlib.decompress(buf[pos:], -15)
+        except zlib.error as exc:
+            raise ExtractionError(f"deflated dataset cannot be inflated: {exc}") from exc
+        body_size = len(body)
+        pos = 0
+    elif explicit and pos + 6 <= len(buf) and buf[pos + 4 : pos + 6] not in VALID_VRS and buf[pos : pos + 2] != b"\xfe\xff":
+        # PS3.5 allows no such thing, but files exist that declare explicit VR and are implicit
+        group = _LE_TAG.unpack_from(buf, pos)[0]
+        if group in (0x0008, 0x0010, 0x0018, 0x0020):
+            explicit = False
+            notes.append(f"transfer syntax {ts} declared, but the dataset is implicit VR")
+    parser = _Parser(
+        body, explicit=explicit, little=little, inline_max=inline_max, file_size=body_size, max_depth=max_depth
+    )
+    elements, end, pixel_length = parser.dataset(pos, None, 0, True)  # type: ignore[arg-type]
+    return Header(
+        meta=meta,
+        elements=elements,
+        transfer_syntax=ts,
+        has_preamble=has_preamble,
+        pixel_data_length=pixel_length,
+        header_bytes=end,
+        notes=notes,
+    )
+
+
+def read_header(
+    path: str | os.PathLike[str],
+    *,
+    first_read: int = 65536,
+    max_header_bytes: int = 64 * 1024 * 1024,
+    inline_max: int = 1024,
+) -> tuple[Header, bytes, int]:
+    """Read a file's header without reading its pixel data.
+
+    Returns the header, the bytes read (for quarantine or a second reader) and the file size.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        want = min(first_read, size)
+        buf = os.read(fd, want)
+        while True:
+            try:
+                return parse_bytes(buf, file_size=size, inline_max=inline_max), buf, size
+            except _NeedMore:
+                if len(buf) >= size:
+                    raise ExtractionError("truncated: the header runs past the end of the file") from None
+                if len(buf) >= max_header_bytes:
+                    raise ExtractionError(
+                        f"header larger than {max_header_bytes} bytes; raise ingest.max_header_bytes"
+                    ) from None
+                more = min(max(len(buf), 1 << 20), size - len(buf), max_header_bytes - len(buf))
+                chunk = os.read(fd, more)
+                if not chunk:
+                    raise ExtractionError("file shrank while being read") from None
+                buf += chunk
+    finally:
+        os.close(fd)
+
+
+def parse_all(data: bytes, *, inline_max: int = 1024) -> Header:
+    """Parse a header from bytes that hold the whole object (zip members, network)."""
+    try:
+        return parse_bytes(data, file_size=len(data), inline_max=inline_max)
+    except _NeedMore as exc:  # cannot happen with the whole object; keep the contract
+        raise ExtractionError("truncated: the header runs past the end of the data") from exc

@@ -1,0 +1,362 @@
+"""A parsed header to lake rows: the instance row, one row per element, and DICOM JSON.
+
+One walk over the raw elements produces all three, so each value is decoded once:
+
+- ``elements``: every element at every depth, keyed by ``(SOPInstanceUID, path)`` where
+  ``path`` is keyword pathing with item indices (``CTDIPhantomTypeCodeSequence[0].CodeMeaning``)
+  and ``path_key`` the same without indices (what a filter names). Private elements are
+  named ``(gggg,"CREATOR",ee)`` and carry their creator; unknown public ones ``(gggg,eeee)``.
+- the DICOM JSON model of PS3.18 §F.2 with bulk data left out (binary values longer
+  than ``inline_max`` bytes, pixel data), group 0002 excluded as in WADO-RS metadata.
+- typed columns for the keywords of :mod:`dicomlake.extract.columns`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from dicomlake.dicom import values as V
+from dicomlake.dicom.dictionary import lookup, tag_text
+from dicomlake.dicom.reader import Element, Header
+from dicomlake.errors import ExtractionError
+from dicomlake.extract.columns import ARROW_TYPES, InstanceColumns
+
+ELEMENT_SCHEMA = pa.schema(
+    [
+        pa.field("SOPInstanceUID", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("path_key", pa.string()),
+        pa.field("depth", pa.int8()),
+        pa.field("tag", pa.string()),
+        pa.field("keyword", pa.string()),
+        pa.field("VR", pa.string()),
+        pa.field("private_creator", pa.string()),
+        pa.field("value_text", pa.string()),
+        pa.field("value_num", pa.float64()),
+        pa.field("length", pa.int64()),
+    ]
+)
+JSON_SCHEMA = pa.schema([pa.field("SOPInstanceUID", pa.string()), pa.field("json", pa.string())])
+
+_SEGMENT_CACHE: dict[int, tuple[str, str | None]] = {}
+_ESCAPE_FREE = str.maketrans("", "", "")
+
+
+def _segment(tag: int) -> tuple[str, str | None]:
+    """Path segment and keyword of a public tag (cached)."""
+    hit = _SEGMENT_CACHE.get(tag)
+    if hit is None:
+        entry = lookup(tag)
+        kw = entry[2] if entry and entry[2] else None
+        hit = (kw or f"({tag >> 16:04X},{tag & 0xFFFF:04X})", kw)
+        _SEGMENT_CACHE[tag] = hit
+    return hit
+
+
+def _js(s: str) -> str:
+    """A JSON string literal; the common case needs no escaping and skips json.dumps."""
+    if s.isprintable() and '"' not in s and "\\" not in s:
+        return '"' + s + '"'
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _pn_json(part: str) -> str:
+    groups = part.split("=")
+    names = ("Alphabetic", "Ideographic", "Phonetic")
+    inner = ",".join(f'"{names[i]}":{_js(g)}' for i, g in enumerate(groups[:3]) if g)
+    return "{" + inner + "}"
+
+
+class ElementColumns:
+    """Column lists of element rows for a batch of instances."""
+
+    __slots__ = tuple(f.name for f in ELEMENT_SCHEMA)
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, [])
+
+    def table(self) -> pa.Table:
+        return pa.table({n: getattr(self, n) for n in self.__slots__}, schema=ELEMENT_SCHEMA)
+
+    def __len__(self) -> int:
+        return len(self.path)  # type: ignore[attr-defined]
+
+
+class _Walk:
+    """State of one instance's walk: decoder, endianness, output columns, wanted keywords."""
+
+    __slots__ = ("decoder", "little", "cols", "uid", "wanted", "typed", "inline_max", "count")
+
+    def __init__(
+        self,
+        decoder: V.TextDecoder,
+        little: bool,
+        cols: ElementColumns,
+        wanted: dict[str, str],
+        inline_max: int,
+    ) -> None:
+        self.decoder = decoder
+        self.little = little
+        self.cols = cols
+        self.uid = ""
+        self.wanted = wanted
+        self.typed: dict[str, Any] = {}
+        self.inline_max = inline_max
+        self.count = 0
+
+    def walk(self, elements: Sequence[Element], prefix: str, key_prefix: str, depth: int, json_out: bool) -> str:
+        cols = self.cols
+        c_uid, c_path, c_key, c_depth = cols.SOPInstanceUID, cols.path, cols.path_key, cols.depth  # type: ignore[attr-defined]
+        c_tag, c_kw, c_vr, c_pc = cols.tag, cols.keyword, cols.VR, cols.private_creator  # type: ignore[attr-defined]
+        c_text, c_num, c_len = cols.value_text, cols.value_num, cols.length  # type: ignore[attr-defined]
+        uid = self.uid
+        decoder = self.decoder
+        little = self.little
+        wanted = self.wanted if depth == 0 else None
+        parts: list[str] = []
+        creators: dict[int, str] = {}
+        for tag, vr, value, length in elements:
+            group = tag >> 16
+            if group & 1:
+                elem = tag & 0xFFFF
+                if 0x0010 <= elem < 0x0100:
+                    seg = f"({group:04X},{elem:04X})"
+                    kw = None
+                    creator = None
+                    if isinstance(value, bytes):
+                        creators[group << 8 | elem] = value.decode("latin-1").strip(" \x00")
+                else:
+                    creator = creators.get(group << 8 | elem >> 8)
+                    if creator is not None:
+                        seg = f'({group:04X},"{creator}",{elem & 0xFF:02X})'
+                    else:
+                        seg = f"({group:04X},{elem:04X})"
+                    kw = None
+            else:
+                seg, kw = _segment(tag)
+                creator = None
+                if vr == "UN" and isinstance(value, bytes):
+                    entry = lookup(tag)
+                    if entry and entry[0] not in ("UN", "SQ"):
+                        vr = entry[0]  # PS3.5 §6.2.2: a UN of a known tag is read with its VR
+            path = prefix + seg
+            text: str | None = None
+            num: float | None = None
+            jval: str | None = None  # the JSON "Value"/"InlineBinary" part, or None for none
+            if vr == "SQ":
+                items = value or []
+                num = float(len(items))
+                if json_out:
+                    item_json = [
+                        self.walk(item, f"{path}[{i}].", f"{key_prefix}{seg}.", depth + 1, True)
+                        for i, item in enumerate(items)
+                    ]
+                    jval = '"Value":[' + ",".join(item_json) + "]"
+                else:
+                    for i, item in enumerate(items):
+                        self.walk(item, f"{path}[{i}].", f"{key_prefix}{seg}.", depth + 1, False)
+            elif value is None:
+                pass  # bulk data: only the length is kept
+            elif vr in V.TEXT_VRS:
+                text = decoder.text(value, vr)
+                if text:
+                    if vr in V.NUMBER_TEXT_VRS:
+                        num = V.first_number(text)
+                        if json_out:
+                            jval = '"Value":[' + ",".join(
+                                V.json_number_text(p, vr) if p.strip() else "null" for p in text.split("\\")
+                            ) + "]"
+                    elif json_out:
+                        if vr in V.SINGLE_VALUED_TEXT:
+                            jval = '"Value":[' + _js(text) + "]"
+                        elif vr == "PN":
+                            jval = '"Value":[' + ",".join(_pn_json(p) if p else "null" for p in text.split("\\")) + "]"
+                        else:
+                            jval = '"Value":[' + ",".join(_js(p) if p else "null" for p in text.split("\\")) + "]"
+                else:
+                    text = None
+            elif vr in V.BINARY_NUMBER_FORMATS:
+                nums = V.binary_numbers(value, vr, little)
+                if nums:
+                    text = "\\".join(map(str, nums))
+                    first = nums[0]
+                    num = float(first) if math.isfinite(first) else None
+                    if json_out:
+                        if vr in ("FL", "FD"):
+                            jval = '"Value":[' + ",".join(repr(x) if math.isfinite(x) else "null" for x in nums) + "]"
+                        else:
+                            jval = '"Value":[' + ",".join(map(str, nums)) + "]"
+            elif vr == "AT":
+                tags = V.attribute_tags(value, little)
+                if tags:
+                    text = "\\".join(tags)
+                    if json_out:
+                        jval = '"Value":[' + ",".join(f'"{t}"' for t in tags) + "]"
+            elif value:
+                if json_out:
+                    jval = '"InlineBinary":"' + V.inline_binary(value) + '"'
+            c_uid.append(uid)
+            c_path.append(path)
+            c_key.append(key_prefix + seg if depth else seg)
+            c_depth.append(depth)
+            c_tag.append(f"{tag:08X}")
+            c_kw.append(kw)
+            c_vr.append(vr)
+            c_pc.append(creator)
+            c_text.append(text)
+            c_num.append(num)
+            c_len.append(length)
+            if wanted is not None and kw is not None and kw in wanted and (text is not None):
+                self.typed[kw] = text
+            if json_out and group != 0x0002 and not (value is None and vr != "SQ"):
+                parts.append(f'"{tag:08X}":{{"vr":"{vr}"' + ("," + jval if jval else "") + "}")
+        self.count += len(elements)
+        return "{" + ",".join(parts) + "}"
+
+
+def _typed_value(kind: str, text: str) -> Any:
+    if kind == "text":
+        return text
+    if kind == "date":
+        return V.parse_da(text)
+    if kind == "time":
+        return V.parse_tm(text)
+    if kind == "datetime":
+        return V.parse_dt(text)
+    if kind == "float":
+        return V.first_number(text)
+    if kind == "int":
+        x = V.first_number(text)
+        if x is None or not x.is_integer() or abs(x) >= 2**63:
+            return None
+        return int(x)
+    return text
+
+
+def _meta_text(meta: Sequence[Element], tag: int) -> str | None:
+    for t, _vr, value, _len in meta:
+        if t == tag and isinstance(value, bytes):
+            return value.decode("ascii", "replace").strip(" \x00") or None
+    return None
+
+
+def _charset(elements: Sequence[Element]) -> str | None:
+    for tag, _vr, value, _len in elements:
+        if tag == 0x00080005 and isinstance(value, bytes):
+            return value.decode("ascii", "replace").strip(" \x00")
+        if tag > 0x00080005:
+            break
+    return None
+
+
+class BatchBuilder:
+    """Accumulates rows of many instances and hands them over as Arrow tables."""
+
+    def __init__(self, columns: InstanceColumns, *, inline_max: int = 1024) -> None:
+        self.columns = columns
+        self.schema = columns.arrow_schema()
+        self.inline_max = inline_max
+        self.elements = ElementColumns()
+        self.instance_rows: dict[str, list[Any]] = {f.name: [] for f in self.schema}
+        self.json_uids: list[str] = []
+        self.json_texts: list[str] = []
+        self.uids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def add(
+        self,
+        header: Header,
+        *,
+        source: str,
+        source_path: str,
+        size_bytes: int,
+        received_at: dt.datetime,
+    ) -> str:
+        """Add one instance; returns its SOP Instance UID. Raises ExtractionError when unkeyable."""
+        decoder = V.TextDecoder(_charset(header.elements))
+        mark = len(self.elements)
+        w = _Walk(decoder, header.little_endian, self.elements, self.columns.kinds, self.inline_max)
+        # the UID is needed on every element row: find it before the walk
+        uid = None
+        for tag, _vr, value, _len in header.elements:
+            if tag == 0x00080018 and isinstance(value, bytes):
+                uid = value.decode("ascii", "replace").strip(" \x00")
+                break
+            if tag > 0x00080018:
+                break
+        if not uid:
+            uid = _meta_text(header.meta, 0x00020003)
+        if not uid:
+            raise ExtractionError(
+                "no SOP Instance UID (0008,0018) and no Media Storage SOP Instance UID (0002,0003): "
+                "the instance cannot be keyed"
+            )
+        w.uid = uid
+        try:
+            if header.meta:
+                w.walk(header.meta, "", "", 0, False)
+            json_text = w.walk(header.elements, "", "", 0, True)
+        except Exception:
+            self._truncate_elements(mark)
+            raise
+        kinds = self.columns.kinds
+        row = self.instance_rows
+        typed = w.typed
+        vals: dict[str, Any] = {kw: _typed_value(kinds[kw], typed[kw]) for kw in typed}
+        vals["SOPInstanceUID"] = uid
+        study_date = vals.get("StudyDate") if "StudyDate" in kinds else V.parse_da(typed.get("StudyDate"))
+        vals["study_datetime"] = V.combine(study_date, vals.get("StudyTime"))
+        vals["series_datetime"] = V.combine(vals.get("SeriesDate"), vals.get("SeriesTime"))
+        acq = vals.get("AcquisitionDateTime")
+        if acq is None:
+            acq = V.combine(vals.get("AcquisitionDate"), vals.get("AcquisitionTime"))
+        vals["acquisition_datetime"] = acq
+        vals["content_datetime"] = V.combine(vals.get("ContentDate"), vals.get("ContentTime"))
+        age = V.age_in_years(typed.get("PatientAge"))
+        if age is None:
+            age = V.years_between(vals.get("PatientBirthDate"), study_date)
+        vals["patient_age_years"] = age
+        vals["TransferSyntaxUID"] = header.transfer_syntax
+        vals["size_bytes"] = size_bytes
+        vals["header_bytes"] = header.header_bytes
+        vals["pixel_data_bytes"] = header.pixel_data_length
+        vals["element_count"] = w.count
+        vals["source"] = source
+        vals["source_path"] = source_path
+        vals["received_at"] = received_at
+        for name, col in row.items():
+            col.append(vals.get(name))
+        self.json_uids.append(uid)
+        self.json_texts.append(json_text)
+        self.uids.append(uid)
+        return uid
+
+    def _truncate_elements(self, mark: int) -> None:
+        for name in ElementColumns.__slots__:
+            del getattr(self.elements, name)[mark:]
+
+    def tables(self) -> dict[str, pa.Table]:
+        """The batch as Arrow tables: instances, elements, dicom_json."""
+        inst = pa.table(
+            {name: pa.array(col, type=self.schema.field(name).type) for name, col in self.instance_rows.items()},
+            schema=self.schema,
+        )
+        js = pa.table({"SOPInstanceUID": self.json_uids, "json": self.json_texts}, schema=JSON_SCHEMA)
+        return {"instances": inst, "elements": self.elements.table(), "dicom_json": js}
+
+
+def empty_tables(columns: InstanceColumns) -> dict[str, pa.Table]:
+    """Empty tables with the lake's schemas (for creating the store)."""
+    return BatchBuilder(columns).tables()
+
+
+__all__ = ["ARROW_TYPES", "BatchBuilder", "ELEMENT_SCHEMA", "JSON_SCHEMA", "empty_tables", "tag_text"]

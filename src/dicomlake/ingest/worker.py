@@ -1,0 +1,317 @@
+"""Reading a chunk of tasks into Arrow tables; runs in worker processes.
+
+Nothing here decides what a column means (that is :mod:`dicomlake.extract`), and nothing
+is written outside the lake folder: the only files a worker writes are quarantine copies
+of unreadable input, named by the SHA-256 of their bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from dicomlake.dicom.reader import Header, parse_all, read_header, sniff
+from dicomlake.errors import ExtractionError
+from dicomlake.extract.columns import instance_columns
+from dicomlake.extract.rows import BatchBuilder
+from dicomlake.ingest.sources import Task, unsafe_member_name
+from dicomlake.store.base import REJECT_SCHEMA
+
+# Files that are plainly something else are counted and skipped, not rejected: the
+# companions found beside DICOM on media and in exports.
+NON_DICOM_SUFFIXES = frozenset(
+    {
+        ".txt", ".md", ".json", ".xml", ".html", ".htm", ".csv", ".tsv", ".pdf", ".jpg", ".jpeg",
+        ".png", ".gif", ".bmp", ".tif", ".tiff", ".exe", ".dll", ".ini", ".inf", ".log", ".py",
+        ".sh", ".bat", ".db", ".ds_store", ".lnk", ".url", ".css", ".js", ".toml", ".yaml", ".yml",
+    }
+)  # fmt: skip
+NON_DICOM_NAMES = frozenset({"thumbs.db", ".ds_store", "license", "readme", "autorun.inf", "index.htm"})
+NON_DICOM_MAGIC = (b"%PDF", b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"PK\x03\x04", b"\x1f\x8b", b"<?xml", b"<html")
+
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+RADIOPHARMACEUTICAL_SR = "1.2.840.10008.5.1.4.1.1.88.68"
+DOSE_IMAGE_MODALITIES = frozenset({"MG", "DX", "CR", "RF", "XA", "PX", "IO"})
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+@dataclass(slots=True)
+class Segment:
+    """Rows of instances with distinct SOP Instance UIDs (a chunk holding two copies of one
+    instance gives two segments, committed in order so the later copy wins)."""
+
+    tables: dict[str, pa.Table]
+    uids: list[str]
+    accepted_paths: list[str]
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """What a worker hands back for one chunk."""
+
+    segments: list[Segment]
+    rejects: pa.Table
+    files: int = 0
+    instances: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    lake: str
+    columns_file: str | None
+    inline_max: int
+    max_header_bytes: int
+    max_zip_member_bytes: int
+    max_zip_ratio: float
+    received_source: str | None = None  # override of the source label (e.g. "c-store")
+
+
+_CONFIG: WorkerConfig | None = None
+
+
+def init_worker(config: WorkerConfig) -> None:
+    """Pool initializer: remember the configuration once per process."""
+    global _CONFIG
+    _CONFIG = config
+
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima", ".img", ".raw", ".sr", ".ko", ".pr"})
+
+
+def _looks_non_dicom(name: str, head: bytes) -> bool:
+    """True for a file that is plainly something else (skipped, not rejected).
+
+    A file that does not start like DICOM is *rejected* (kept in quarantine, listed with
+    the reason) when its name says DICOM: a DICOM suffix, no suffix, or a numeric one as
+    in UID-named files (``1.2.840.113619.2.55.1``); that catches empty, truncated and
+    corrupted transfers. Anything else that does not start like DICOM is skipped.
+    """
+    base = os.path.basename(name).lower()
+    suffix = os.path.splitext(base)[1]
+    if base in NON_DICOM_NAMES or suffix in NON_DICOM_SUFFIXES:
+        return True
+    if suffix and suffix not in DICOM_SUFFIXES and not suffix[1:].isdigit():
+        return True
+    if head.startswith(NON_DICOM_MAGIC):
+        return True
+    if head and len(head) >= 16:
+        sample = head[:512]
+        # plain text: printable ASCII and whitespace only
+        if all(32 <= b < 127 or b in (9, 10, 13) for b in sample):
+            return True
+    return False
+
+
+def _quarantine(lake: Path, data: bytes) -> tuple[str, str]:
+    digest = hashlib.sha256(data).hexdigest()
+    rel = Path("quarantine") / digest[:2] / digest
+    dest = lake / rel
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    return digest, str(rel)
+
+
+def _dose_rows(header_bytes: bytes, sop_class: str | None, modality: str | None) -> list[dict[str, Any]]:
+    """Dose events via pydicom for the few instances that carry dose (SRs, projection X-ray)."""
+    is_sr = bool(sop_class and sop_class.startswith(SR_PREFIX))
+    if not is_sr and modality not in DOSE_IMAGE_MODALITIES:
+        return []
+    try:
+        from dicomlake.extract import dose
+    except ImportError:  # pragma: no cover - until the dose module lands
+        return []
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(header_bytes), stop_before_pixels=True, force=True)
+    if is_sr:
+        return dose.dose_events(ds)
+    return dose.dose_events_from_image(ds)
+
+
+def _top_text(header: Header, tag: int) -> str | None:
+    for t, _vr, value, _len in header.elements:
+        if t == tag and isinstance(value, bytes):
+            return value.decode("ascii", "replace").strip(" \x00") or None
+        if t > tag:
+            break
+    return None
+
+
+def _meta_text(header: Header, tag: int) -> str | None:
+    for t, _vr, value, _len in header.meta:
+        if t == tag and isinstance(value, bytes):
+            return value.decode("ascii", "replace").strip(" \x00") or None
+    return None
+
+
+def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> ChunkResult:
+    """Read every task of a chunk; return the rows, the rejects and the counts."""
+    cfg = config or _CONFIG
+    if cfg is None:
+        raise RuntimeError("worker not initialised: call init_worker(config) first")
+    lake = Path(cfg.lake)
+    columns = instance_columns(cfg.columns_file)
+    rejects: list[dict[str, Any]] = []
+    notes: list[str] = []
+    res = ChunkResult(segments=[], rejects=REJECT_SCHEMA.empty_table(), notes=notes)
+    segments: list[tuple[BatchBuilder, list[dict[str, Any]], list[str]]] = []
+
+    def segment_for(uid: str | None) -> tuple[BatchBuilder, list[dict[str, Any]], list[str]]:
+        if not segments or (uid is not None and uid in seen_in[-1]):
+            segments.append((BatchBuilder(columns, inline_max=cfg.inline_max), [], []))
+            seen_in.append(set())
+        return segments[-1]
+
+    seen_in: list[set[str]] = []
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    zips: dict[str, zipfile.ZipFile] = {}
+
+    def reject(task: Task, reason: str, data: bytes | None, size: int | None) -> None:
+        digest = qpath = None
+        if data is not None:
+            digest, qpath = _quarantine(lake, data)
+        rejects.append(
+            {
+                "source_path": task.source_path,
+                "source": cfg.received_source or task.origin,
+                "reason": reason,
+                "size_bytes": size,
+                "sha256": digest,
+                "quarantine_path": qpath,
+                "rejected_at": now,
+            }
+        )
+        res.rejected += 1
+
+    try:
+        for task in tasks:
+            res.files += 1
+            if task.kind == "missing":
+                reject(task, task.note or "missing", None, None)
+                continue
+            if task.note:  # e.g. a zip that cannot be opened
+                data = _read_all(task.path)
+                reject(task, task.note, data, len(data) if data is not None else None)
+                continue
+            data: bytes | None = None
+            try:
+                if task.kind == "zip":
+                    why = unsafe_member_name(task.member or "")
+                    zf = zips.get(task.path) or zips.setdefault(task.path, zipfile.ZipFile(task.path))
+                    info = zf.getinfo(task.member or "")
+                    if info.file_size > cfg.max_zip_member_bytes or (
+                        info.compress_size and info.file_size / info.compress_size > cfg.max_zip_ratio
+                        and info.file_size > 1 << 20
+                    ):
+                        reject(
+                            task,
+                            f"zip member of {info.file_size} bytes (compressed {info.compress_size}) exceeds "
+                            "the size or ratio limit (ingest.max_zip_member_bytes / max_zip_ratio); "
+                            "the member stays in the original archive",
+                            None,
+                            info.file_size,
+                        )
+                        continue
+                    data = zf.read(info)
+                    size = len(data)
+                    if why:
+                        reject(task, f"unsafe zip member name ({why}); read in memory, nothing extracted", data, size)
+                        continue
+                    if _looks_non_dicom(task.member or "", data[:512]) and sniff(data[:512]) is None:
+                        res.skipped += 1
+                        continue
+                    header = parse_all(data, inline_max=cfg.inline_max)
+                    head_bytes = data
+                else:
+                    try:
+                        with open(task.path, "rb") as fh:
+                            head = fh.read(512)
+                    except OSError as exc:
+                        reject(task, f"cannot be read: {exc.strerror or exc}", None, None)
+                        continue
+                    if head and sniff(head) is None and _looks_non_dicom(task.path, head):
+                        res.skipped += 1
+                        continue
+                    header, head_bytes, size = read_header(
+                        task.path, max_header_bytes=cfg.max_header_bytes, inline_max=cfg.inline_max
+                    )
+                if _meta_text(header, 0x00020002) == MEDIA_STORAGE_DIRECTORY:
+                    res.skipped += 1  # a DICOMDIR reached as a plain file
+                    continue
+                builder, dose_rows, accepted = segment_for(
+                    _top_text(header, 0x00080018) or _meta_text(header, 0x00020003)
+                )
+                uid = builder.add(
+                    header,
+                    source=cfg.received_source or task.origin,
+                    source_path=task.source_path,
+                    size_bytes=size,
+                    received_at=now,
+                )
+            except ExtractionError as exc:
+                if data is None and task.kind == "file":
+                    data = _read_all(task.path)
+                reject(task, str(exc), data, len(data) if data is not None else None)
+                continue
+            except Exception as exc:  # never lose a file to an unexpected error: reject it
+                if data is None and task.kind == "file":
+                    data = _read_all(task.path)
+                reject(task, f"unexpected {type(exc).__name__}: {exc}", data, len(data) if data is not None else None)
+                continue
+            res.instances += 1
+            seen_in[-1].add(uid)
+            accepted.append(task.source_path)
+            try:
+                sop_class = _top_text(header, 0x00080016)
+                modality = _top_text(header, 0x00080060)
+                if (sop_class and sop_class.startswith(SR_PREFIX)) or modality in DOSE_IMAGE_MODALITIES:
+                    if task.kind == "file" and len(head_bytes) < size:
+                        head_bytes = _read_all(task.path) or head_bytes
+                    dose_rows.extend(_dose_rows(head_bytes, sop_class, modality))
+            except Exception as exc:
+                notes.append(f"{task.source_path}: dose events not extracted ({type(exc).__name__}: {exc})")
+    finally:
+        for zf in zips.values():
+            zf.close()
+    from dicomlake.store.duckdb import dose_schema
+
+    schema = dose_schema()
+    for builder, dose_rows, accepted in segments:
+        tables = builder.tables()
+        if dose_rows:
+            tables["dose_events"] = pa.Table.from_pylist(
+                [{k: r.get(k) for k in schema.names} for r in dose_rows], schema=schema
+            )
+        res.segments.append(Segment(tables=tables, uids=builder.uids, accepted_paths=accepted))
+    res.rejects = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+    return res
+
+
+def _read_all(path: str, limit: int = 1 << 31) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(limit)
+    except OSError:
+        return None
+
+
+def run_chunk(tasks: list[Task]) -> ChunkResult:
+    """Pool entry point (module-level so it pickles)."""
+    return process_chunk(tasks)

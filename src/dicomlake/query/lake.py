@@ -1,0 +1,201 @@
+"""The lake as Python sees it: ``dicomlake.open(DIR)`` → queries returning DataFrames."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from dicomlake.config import get_settings
+from dicomlake.errors import QueryError
+from dicomlake.extract.columns import DERIVED, instance_columns
+from dicomlake.query.filters import Filter, resolve_key, where_clause
+from dicomlake.store.duckdb import DuckDBStore
+
+LEVELS = ("instance", "series", "study", "patient")
+LEVEL_KEY = {
+    "instance": "SOPInstanceUID",
+    "series": "SeriesInstanceUID",
+    "study": "StudyInstanceUID",
+    "patient": "PatientID",
+}
+DEFAULT_SELECT = {
+    "instance": ["PatientID", "StudyDate", "Modality", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"],
+    "series": ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"],
+    "study": ["PatientID", "PatientName", "StudyInstanceUID", "StudyDate", "AccessionNumber", "StudyDescription"],
+    "patient": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex"],
+}
+
+
+class Lake:
+    """A lake folder opened for reading (and for writing by ingest)."""
+
+    def __init__(self, store: DuckDBStore) -> None:
+        self.store = store
+        self.columns = store.columns
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> Lake:
+        """Open the lake at ``path`` (default: the ``lake`` setting); created when missing
+        unless ``read_only``."""
+        settings = get_settings()
+        lake = Path(path) if path is not None else settings.lake
+        cols = instance_columns(str(settings.columns_file) if settings.columns_file else None)
+        return cls(DuckDBStore(lake, read_only=read_only, columns=cols))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Lake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- SQL ----------------------------------------------------------------------------
+
+    def sql_arrow(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
+        """Run one read-only statement; an Arrow table."""
+        return self.store.query_readonly(sql, list(params) if params is not None else None)
+
+    def sql(self, sql: str, params: Sequence[object] | None = None) -> pl.DataFrame:
+        """Run one read-only statement; a polars DataFrame."""
+        return pl.from_arrow(self.sql_arrow(sql, params))  # type: ignore[return-value]
+
+    # ---- filters ------------------------------------------------------------------------
+
+    def build_query(
+        self,
+        where: Sequence[str] = (),
+        select: Sequence[str] | None = None,
+        level: str = "instance",
+        limit: int | None = None,
+        order_by: str | None = None,
+    ) -> tuple[str, list[object], list[Filter]]:
+        """The SQL for a filtered selection at a level (instance, series, study, patient)."""
+        if level not in LEVELS:
+            raise QueryError(f"level {level!r}: choose one of {', '.join(LEVELS)}")
+        cond, params, parsed = where_clause(list(where), self.columns)
+        names = list(select) if select else DEFAULT_SELECT[level]
+        exprs: list[str] = []
+        sel_params: list[object] = []
+        for name in names:
+            key = resolve_key(name, self.columns)
+            if key.column is not None:
+                expr = f'i."{key.column}"'
+            else:
+                loc = "e.path_key = ?" if key.path_key is not None else "e.tag = ? AND e.depth = 0"
+                sel_params.append(key.path_key if key.path_key is not None else key.tag)
+                expr = (
+                    f"(SELECT first(e.value_text ORDER BY e.path) FROM elements e "
+                    f"WHERE e.SOPInstanceUID = i.SOPInstanceUID AND {loc})"
+                )
+            if level == "instance":
+                exprs.append(f'{expr} AS "{name}"')
+            elif name == LEVEL_KEY[level]:
+                exprs.append(f'i."{name}" AS "{name}"')
+            else:
+                exprs.append(f'any_value({expr}) AS "{name}"')
+        if level == "instance":
+            sql = f"SELECT {', '.join(exprs)} FROM instances i WHERE {cond}"
+            default_order = 'i."study_datetime", i."SeriesInstanceUID", i."InstanceNumber", i."SOPInstanceUID"'
+        else:
+            k = LEVEL_KEY[level]
+            extra = ['count(*) AS n_instances']
+            if level in ("study", "patient"):
+                extra.append('count(DISTINCT i."SeriesInstanceUID") AS n_series')
+                extra.append("string_agg(DISTINCT i.\"Modality\", '\\' ORDER BY i.\"Modality\") AS ModalitiesInStudy")
+            if level == "patient":
+                extra.append('count(DISTINCT i."StudyInstanceUID") AS n_studies')
+            if k not in names:
+                exprs.insert(0, f'i."{k}" AS "{k}"')
+            sql = (
+                f"SELECT {', '.join(exprs + extra)} FROM instances i WHERE {cond} "
+                f'GROUP BY i."{k}"'
+            )
+            default_order = f'"{k}"'
+        if order_by:
+            okey = resolve_key(order_by.lstrip("-"), self.columns)
+            if okey.column is None:
+                raise QueryError(f"order by {order_by!r}: only typed columns can order results")
+            sql += f' ORDER BY "{okey.column}"' + (" DESC" if order_by.startswith("-") else "")
+        else:
+            sql += f" ORDER BY {default_order}" if level != "instance" else ""
+        max_rows = get_settings().query.max_rows
+        n = min(limit, max_rows) if limit else max_rows
+        sql += f" LIMIT {int(n)}"
+        return sql, sel_params + params, parsed
+
+    def query_arrow(
+        self,
+        where: Sequence[str] = (),
+        select: Sequence[str] | None = None,
+        level: str = "instance",
+        limit: int | None = None,
+        order_by: str | None = None,
+    ) -> pa.Table:
+        sql, params, _ = self.build_query(where, select, level, limit, order_by)
+        return self.store.query(sql, params)
+
+    def query(
+        self,
+        where: Sequence[str] | str = (),
+        select: Sequence[str] | str | None = None,
+        level: str = "instance",
+        limit: int | None = None,
+        order_by: str | None = None,
+    ) -> pl.DataFrame:
+        """Filter on any attribute; a polars DataFrame with DICOM keywords as columns.
+
+        >>> import dicomlake, tempfile
+        >>> dicomlake.open(tempfile.mkdtemp()).query("Modality = MG", select="PatientID").height
+        0
+        """
+        if isinstance(where, str):
+            where = [where]
+        if isinstance(select, str):
+            select = [s.strip() for s in select.split(",") if s.strip()]
+        return pl.from_arrow(self.query_arrow(where, select, level, limit, order_by))  # type: ignore[return-value]
+
+    def count(self, table: str = "instances") -> int:
+        row = self.store.query(f'SELECT count(*) AS n FROM "{table}"').column("n")[0].as_py()
+        return int(row)
+
+    def instance_json(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        """The DICOM JSON of one instance (PS3.18 F.2), bulk data left out."""
+        import json
+
+        t = self.store.query("SELECT json FROM dicom_json WHERE SOPInstanceUID = ?", [sop_instance_uid])
+        if not t.num_rows:
+            return None
+        return json.loads(t.column("json")[0].as_py())  # type: ignore[no-any-return]
+
+    # ---- export -------------------------------------------------------------------------
+
+    def export(self, out: str | os.PathLike[str], fmt: str = "parquet", tables: Sequence[str] | None = None) -> list[Path]:
+        """Write every table of the lake to ``out`` (one file per table) with the same columns."""
+        if fmt not in ("parquet", "csv"):
+            raise QueryError(f"export format {fmt!r}: choose parquet or csv")
+        dest = Path(out)
+        dest.mkdir(parents=True, exist_ok=True)
+        names = list(tables) if tables else ["instances", "elements", "dicom_json", "dose_events", "rejects"]
+        written = []
+        for name in names:
+            target = dest / f"{name}.{fmt}"
+            opts = "(FORMAT parquet, COMPRESSION zstd)" if fmt == "parquet" else "(FORMAT csv, HEADER true)"
+            tmp = target.with_name(f".{target.name}.tmp")
+            self.store.con.execute(f"COPY \"{name}\" TO '{_sql_path(tmp)}' {opts}")
+            os.replace(tmp, target)
+            written.append(target)
+        return written
+
+
+def _sql_path(p: Path) -> str:
+    return str(p).replace("'", "''")
+
+
+__all__ = ["DERIVED", "LEVELS", "Lake"]

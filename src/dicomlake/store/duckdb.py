@@ -1,0 +1,197 @@
+"""The embedded default back end: one DuckDB file in the lake folder."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from dicomlake.errors import ConfigError, QueryError
+from dicomlake.extract.columns import InstanceColumns, instance_columns
+from dicomlake.extract.rows import ELEMENT_SCHEMA, JSON_SCHEMA
+from dicomlake.store.base import REJECT_SCHEMA, WriteReport
+
+DB_NAME = "lake.duckdb"
+SCHEMA_VERSION = 1
+
+_READ_ONLY_SQL = re.compile(r"^\s*(\(|with\b|select\b|from\b|pivot\b|unpivot\b|describe\b|show\b|summarize\b|explain\b|values\b|table\b)", re.I)
+
+
+def dose_schema() -> pa.Schema:
+    """The dose_events schema from :mod:`dicomlake.extract.dose`."""
+    try:
+        from dicomlake.extract.dose import DOSE_EVENT_COLUMNS
+    except ImportError:  # pragma: no cover - only while the dose module is absent
+        return pa.schema([pa.field("SOPInstanceUID", pa.string())])
+    return pa.schema([pa.field(k, v) for k, v in DOSE_EVENT_COLUMNS.items()])
+
+
+def table_schemas(columns: InstanceColumns) -> dict[str, pa.Schema]:
+    return {
+        "instances": columns.arrow_schema(),
+        "elements": ELEMENT_SCHEMA,
+        "dicom_json": JSON_SCHEMA,
+        "dose_events": dose_schema(),
+        "rejects": REJECT_SCHEMA,
+    }
+
+
+def _to_arrow(rel: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The result as an Arrow table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
+    fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
+    return fetch()  # type: ignore[no-any-return]
+
+
+class DuckDBStore:
+    """A lake in ``<lake>/lake.duckdb``.
+
+    DuckDB lets one process write a database file at a time; a read-only open waits for
+    no one but fails while a writer holds the file. The service (``dicomlake serve``)
+    therefore answers queries for a lake it holds; see DESIGN.md.
+    """
+
+    def __init__(self, lake: str | Path, *, read_only: bool = False, columns: InstanceColumns | None = None) -> None:
+        self.lake = Path(lake)
+        self.read_only = read_only
+        self.columns = columns or instance_columns()
+        db = self.lake / DB_NAME
+        if read_only and not db.exists():
+            raise ConfigError(
+                f"no lake at {self.lake} (missing {DB_NAME}); run `dicomlake ingest PATH --lake {self.lake}` "
+                "first or point --lake / DICOMLAKE_LAKE at an existing lake"
+            )
+        if not read_only:
+            self.lake.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(db), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise ConfigError(
+                f"cannot open {db}: {exc}. Another dicomlake process (ingest or serve) may hold "
+                "the lake; wait for it, or query through the running service"
+            ) from exc
+        if not read_only:
+            self._ensure_schema()
+
+    # ---- schema -------------------------------------------------------------------------
+
+    def _existing_columns(self, table: str) -> dict[str, str]:
+        rows = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+            "AND table_schema = 'main'",
+            [table],
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def _ensure_schema(self) -> None:
+        con = self.con
+        con.execute("CREATE TABLE IF NOT EXISTS lake_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        con.execute(
+            "INSERT OR IGNORE INTO lake_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
+        for name, schema in table_schemas(self.columns).items():
+            have = self._existing_columns(name)
+            if not have:
+                empty = schema.empty_table()  # noqa: F841 - referenced by name in SQL
+                con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM empty')
+                continue
+            for f in schema:
+                if f.name not in have:
+                    probe = pa.table({f.name: pa.array([], type=f.type)})  # noqa: F841
+                    typ = con.execute(f'SELECT data_type FROM (DESCRIBE SELECT "{f.name}" FROM probe)').fetchone()
+                    con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{f.name}" {typ[0] if typ else "VARCHAR"}')
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS ingest_runs (run_id VARCHAR, started_at TIMESTAMP, "
+            "finished_at TIMESTAMP, sources VARCHAR, files BIGINT, instances BIGINT, rejected BIGINT, "
+            "skipped BIGINT, status VARCHAR)"
+        )
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> WriteReport:
+        con = self.con
+        inst = tables.get("instances")
+        elements = tables.get("elements")
+        js = tables.get("dicom_json")
+        dose = tables.get("dose_events")
+        rejects = tables.get("rejects")
+        replaced = 0
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if inst is not None and inst.num_rows:
+                con.register("b_inst", inst)
+                existing = con.execute(
+                    "SELECT count(*) FROM instances WHERE SOPInstanceUID IN (SELECT SOPInstanceUID FROM b_inst)"
+                ).fetchone()
+                replaced = int(existing[0]) if existing else 0
+                if replaced:
+                    for t in ("elements", "dicom_json", "dose_events", "instances"):
+                        con.execute(
+                            f'DELETE FROM "{t}" WHERE SOPInstanceUID IN (SELECT SOPInstanceUID FROM b_inst)'
+                        )
+                con.execute("INSERT INTO instances BY NAME SELECT * FROM b_inst")
+                con.unregister("b_inst")
+            for name, tab in (("elements", elements), ("dicom_json", js), ("dose_events", dose)):
+                if tab is not None and tab.num_rows:
+                    con.register("b_tab", tab)
+                    con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM b_tab')
+                    con.unregister("b_tab")
+            if accepted_paths:
+                con.register("b_ok", pa.table({"p": pa.array(accepted_paths, pa.string())}))
+                con.execute("DELETE FROM rejects WHERE source_path IN (SELECT p FROM b_ok)")
+                con.unregister("b_ok")
+            if rejects is not None and rejects.num_rows:
+                con.register("b_rej", rejects)
+                con.execute("DELETE FROM rejects WHERE source_path IN (SELECT source_path FROM b_rej)")
+                con.execute("INSERT INTO rejects BY NAME SELECT * FROM b_rej")
+                con.unregister("b_rej")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        n_inst = inst.num_rows if inst is not None else 0
+        return WriteReport(
+            inserted=n_inst - replaced,
+            replaced=replaced,
+            elements=elements.num_rows if elements is not None else 0,
+            dose_events=dose.num_rows if dose is not None else 0,
+            rejects=rejects.num_rows if rejects is not None else 0,
+        )
+
+    def record_run(self, row: Mapping[str, object]) -> None:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.con.execute(f"INSERT INTO ingest_runs ({cols}) VALUES ({marks})", list(row.values()))
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
+        try:
+            if hasattr(self.con, "sql") and hasattr(duckdb.DuckDBPyRelation, "to_arrow_table"):
+                rel = self.con.sql(sql, params=params) if params else self.con.sql(sql)
+                if rel is None:
+                    return pa.table({})
+                return rel.to_arrow_table()
+            return _to_arrow(self.con.execute(sql, params) if params is not None else self.con.execute(sql))
+        except duckdb.Error as exc:
+            raise QueryError(f"{type(exc).__name__}: {exc}\n  in: {sql.strip()[:500]}") from exc
+
+    def query_readonly(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
+        """Run a user's statement, refusing anything that is not a query."""
+        if not _READ_ONLY_SQL.match(sql) or ";" in sql.strip().rstrip(";"):
+            raise QueryError(
+                "only one read-only statement (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, PIVOT) "
+                f"is accepted; got: {sql.strip()[:80]!r}"
+            )
+        return self.query(sql, params)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> DuckDBStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
