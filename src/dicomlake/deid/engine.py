@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import os
@@ -586,8 +587,7 @@ def _empty(vr: str) -> Any:
 
 
 def _copy(elem: DataElement) -> DataElement:
-    new = DataElement(elem.tag, elem.VR, elem.value, is_undefined_length=elem.is_undefined_length)
-    return new
+    return copy.copy(elem)  # keeps the value as read: nothing re-validated, nothing lost
 
 
 def _shift_text(value: str, vr: str, days: int) -> str:

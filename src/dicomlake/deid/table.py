@@ -256,20 +256,19 @@ def standard_tables() -> StandardTables:
 
 
 def resolve_compound(action: Action, iod_type: str | None) -> Action:
-    """Resolve X/Z, X/D, Z/D, X/Z/D, X/Z/U* by the attribute's Type in the IOD (PS3.15 E.1-1a)."""
-    strength = {"1": "D", "1C": "D", "2": "Z", "2C": "Z"}.get(iod_type or "3", "X")
-    if action is Action.ZD:
-        return Action.D if strength == "D" else Action.Z
-    if action is Action.XZ:
-        return {"D": Action.Z, "Z": Action.Z}.get(strength, Action.X)
-    if action is Action.XD:
-        return Action.D if strength == "D" else Action.X
-    if action is Action.XZD:
-        return {"D": Action.D, "Z": Action.Z}.get(strength, Action.X)
-    if action is Action.XZU:
-        # Type 1 sequences of references keep their items with the contained UIDs replaced.
-        return {"D": Action.U, "Z": Action.Z}.get(strength, Action.X)
-    return action
+    """Resolve X/Z, X/D, Z/D, X/Z/D, X/Z/U* by the attribute's Type in the IOD (PS3.15 E.1-1a).
+
+    Type 1/1C needs a value (D, or U for sequences of references), Type 2/2C needs the attribute
+    (Z), Type 3 or absent from the IOD allows removal (X). Where the IOD is stricter than the
+    table anticipated (an X/D attribute of Type 2, e.g. RT Plan Date), Z keeps conformance and
+    carries no information.
+    """
+    kind = iod_type or "3"
+    if kind in ("1", "1C"):
+        return Action.U if action is Action.XZU else Action.D
+    if kind in ("2", "2C"):
+        return Action.Z
+    return Action.Z if action is Action.ZD else Action.X
 
 
 def is_private(tag: int | BaseTag) -> bool:
