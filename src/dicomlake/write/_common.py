@@ -107,6 +107,9 @@ class WriteReport:
         return 1 if self.failed else 0
 
 
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+
+
 def _strict_dataset_check(ds: Dataset, where: str) -> None:
     """Re-validate every top-level value against its VR (pydicom RAISE mode)."""
     problems: list[str] = []
@@ -117,6 +120,8 @@ def _strict_dataset_check(ds: Dataset, where: str) -> None:
             try:
                 values = elem.value if isinstance(elem.value, (list, tuple, pydicom.multival.MultiValue)) else [elem.value]
                 for value in values:
+                    if elem.VR in ("IS", "DS", "PN") or (elem.VR in _TEXT_VRS and not isinstance(value, (str, bytes))):
+                        value = str(value)
                     pydicom.valuerep.validate_value(elem.VR, value, pydicom_config.RAISE)
             except (ValueError, TypeError) as exc:
                 problems.append(f"{elem.keyword or elem.tag} {elem.VR} {elem.value!r}: {exc}")

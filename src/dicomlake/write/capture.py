@@ -146,6 +146,8 @@ class WrapOptions:
     body_part_examined: str | None = None
     modality: str | None = None
     document_title: str | None = None
+    laterality: str | None = None
+    """Laterality (0020,0060) of the body part: R or L."""
     convert: bool = False
     """Allow stated conversions (CMYK → RGB, transparency, JPEG kinds DICOM cannot carry)."""
     one_series: bool = False
@@ -169,16 +171,18 @@ def default_kind(fmt: InputFormat, src: ImageSource | None) -> SourceKind:
     if fmt is InputFormat.TIFF:
         return SourceKind.SCAN
     if fmt is InputFormat.JPEG:
-        return SourceKind.PHOTO
+        return SourceKind.IMAGE
     return SourceKind.SCREENSHOT
 
 
-def default_iod(fmt: InputFormat, kind: SourceKind) -> CaptureIOD:
-    """PDF → Encapsulated PDF; a JPEG photograph → VL Photographic; anything else → SC."""
+def default_iod(fmt: InputFormat, kind: SourceKind, src: ImageSource | None = None) -> CaptureIOD:
+    """PDF → Encapsulated PDF; a JPEG photograph VL Photographic can hold → VL Photographic; else SC."""
     if fmt is InputFormat.PDF:
         return CaptureIOD.PDF
     if fmt is InputFormat.JPEG and kind is SourceKind.PHOTO:
-        return CaptureIOD.VL_PHOTO
+        reason = _jpeg_can_be_kept(src, CaptureIOD.VL_PHOTO) if src is not None else None
+        if reason is None or reason.startswith(AUTO_DECODE):
+            return CaptureIOD.VL_PHOTO
     return CaptureIOD.SC
 
 
@@ -235,6 +239,10 @@ def _base(
         ds.SeriesDescription = options.series_description
     if options.body_part_examined:
         ds.BodyPartExamined = options.body_part_examined.upper()
+    if iod is not CaptureIOD.PDF:
+        # Type 2C (C.7.3.1): empty is right when laterality is actually unknown, as for
+        # a wrapped photo or scan, unless the user gives it.
+        ds.Laterality = options.laterality or ""
     # General Equipment (C.7.5.1)
     ds.Manufacturer = MANUFACTURER
     ds.SoftwareVersions = __version__
@@ -321,6 +329,9 @@ def _image_pixels_jpeg(ds: Dataset, src: ImageSource, iod: CaptureIOD) -> None:
         ds.WindowWidth = _ds(top + 1)
 
 
+AUTO_DECODE = "auto: "
+
+
 def _jpeg_can_be_kept(src: ImageSource, iod: CaptureIOD) -> str | None:
     """Why this JPEG cannot be encapsulated as is, or ``None`` when it can."""
     info = src.jpeg
@@ -330,11 +341,12 @@ def _jpeg_can_be_kept(src: ImageSource, iod: CaptureIOD) -> str | None:
         return f"{name} JPEG has no DICOM transfer syntax"
     if len(info.component_ids) not in (1, 3):
         return f"{len(info.component_ids)}-component (CMYK/YCCK) JPEG cannot be stored in a DICOM image"
-    if iod is CaptureIOD.VL_PHOTO:
-        if info.precision != 8:
-            return f"{info.precision}-bit JPEG: VL Photographic Image needs 8 bits (use --as sc)"
-        if jpeg_photometric(info) == "YBR_FULL":
-            return "4:4:4 YCbCr JPEG: VL Photographic Image does not allow YBR_FULL (use --as sc)"
+    if iod is CaptureIOD.VL_PHOTO and info.precision != 8:
+        return f"{info.precision}-bit JPEG: VL Photographic Image needs 8 bits (use --as sc)"
+    if jpeg_photometric(info) == "YBR_FULL":
+        # dciodvfy (following PS3.5 8.2.1) accepts YBR_FULL_422 but not YBR_FULL for
+        # lossy JPEG, and declaring 422 for unsubsampled data would be false.
+        return AUTO_DECODE + "4:4:4 YCbCr JPEG cannot be labelled truthfully (no YBR_FULL for lossy JPEG)"
     return None
 
 
@@ -361,7 +373,10 @@ def build_image_instances(
     keep_jpeg = src.format is InputFormat.JPEG
     if keep_jpeg:
         reason = _jpeg_can_be_kept(src, iod)
-        if reason is not None:
+        if reason is not None and reason.startswith(AUTO_DECODE):
+            keep_jpeg = False
+            src.notes.append(f"{src.path}: {reason.removeprefix(AUTO_DECODE)}; stored the decoded pixels losslessly")
+        elif reason is not None:
             if not options.convert or iod is CaptureIOD.VL_PHOTO and "use --as sc" in reason:
                 raise WriteError(
                     f"{src.path}: {reason}; pass --convert to store the decoded pixels losslessly "
@@ -422,6 +437,10 @@ def build_image_instances(
             if src.dpi and kind in (SourceKind.SCAN, SourceKind.FILM):
                 row_mm, col_mm = 25.4 / src.dpi[1], 25.4 / src.dpi[0]
                 ds.NominalScannedPixelSpacing = [_ds(row_mm), _ds(col_mm)]
+        stated = [n.split(": ", 1)[1] if n.startswith(f"{src.path}") else n for n in src.notes]
+        if stated:
+            # What the writer changed is stated in the object itself, not only in the report.
+            ds.ImageComments = ("dicomlake wrap: " + "; ".join(stated))[:10240]
         # ICC Profile (C.11.15): only meaningful for colour pixels.
         if src.icc_profile and ds.SamplesPerPixel == 3:
             ds.ICCProfile = src.icc_profile
@@ -562,7 +581,7 @@ def wrap_paths(
                 notes: list[str] = []
             else:
                 kind = options.kind or default_kind(fmt, src)
-                iod = options.iod or default_iod(fmt, kind)
+                iod = options.iod or default_iod(fmt, kind, src)
                 datasets = build_image_instances(
                     src,
                     iod=iod,

@@ -64,6 +64,8 @@ class SourceKind(Enum):
     """A digitised film."""
     SYNTHETIC = "synthetic"
     """An image made by software (charts, renderings)."""
+    IMAGE = "image"
+    """An image of unknown origin (no camera metadata): Burned In Annotation assumed YES."""
 
 
 # Defaults by kind: Conversion Type, Burned In Annotation (PS3.3 C.7.6.1.1.11: YES when
@@ -76,6 +78,7 @@ KIND_DEFAULTS: dict[SourceKind, tuple[ConversionType, bool]] = {
     SourceKind.DOCUMENT: (ConversionType.SD, True),
     SourceKind.FILM: (ConversionType.DF, True),
     SourceKind.SYNTHETIC: (ConversionType.SYN, False),
+    SourceKind.IMAGE: (ConversionType.DI, True),
 }
 
 

@@ -357,6 +357,17 @@ def read_pdf(path: Path) -> PdfSource:
     if b"%%EOF" not in data[-1024:]:
         raise WriteError(f"{path}: truncated PDF (no %%EOF trailer); copy the file again from its source")
     pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data))
-    title_match = re.search(rb"/Title\s*\(([^)]{0,200})\)", data)
-    title = title_match.group(1).decode("latin-1", errors="replace") if title_match else None
+    title_match = re.search(rb"/Title\s*\(((?:[^()\\]|\\.){0,400})\)", data, re.S)
+    title = _pdf_text(title_match.group(1)) if title_match else None
     return PdfSource(path, data, pages, title, b"/Font" in data)
+
+
+def _pdf_text(raw: bytes) -> str | None:
+    """Decode a PDF literal string (PDFDocEncoding or UTF-16BE with BOM), printable chars only."""
+    raw = re.sub(rb"\\([()\\])", rb"\1", raw)
+    if raw.startswith(b"\xfe\xff"):
+        text = raw[2:].decode("utf-16-be", errors="replace")
+    else:
+        text = raw.decode("latin-1", errors="replace")
+    text = "".join(ch for ch in text if ch.isprintable()).strip()
+    return text or None
