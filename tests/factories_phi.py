@@ -29,7 +29,8 @@ class Planted:
     value: str
     where: str
     kind: str
-    """row (a Table E.1-1 attribute), nested (inside a sequence item), private, safe-private,
+    """row (a Table E.1-1 attribute), sequence (a Table E.1-1 sequence; its items hold nested
+    values), nested (inside a sequence item), private, safe-private,
     free-text (the patient's identifiers written inside text)."""
     row: int | None = None
     vr: str = ""
@@ -93,7 +94,7 @@ class _Counter:
         if vr == "TM":
             return f"{n % 24:02d}{(n * 7) % 60:02d}{(n * 13) % 60:02d}.7{n:05d}"
         if vr == "UI":
-            return f"1.2.826.0.1.3680043.10.543.{ord(s)}.{n:05d}"
+            return f"1.2.826.0.1.3680043.10.543.{ord(s)}.{n + 10000}"
         if vr == "DS":
             return f"7{n:05d}.3{ord(s)}"
         if vr == "IS":
@@ -167,6 +168,7 @@ def phi_dataset(
         if vr == "SQ":
             items = [_nested_item(c, where)]
             ds.add_new(tag, "SQ", Sequence(items))
+            c.planted.append(Planted("", where, "sequence", row.index, "SQ"))
             continue
         value = c.value(vr)
         if tag >> 16 == 0x0002:
@@ -252,12 +254,12 @@ def phi_dataset(
     block.add_new(0x02, "SQ", Sequence([inner]))
     c.planted.append(Planted(t2, "(0029,xx02) private SQ > (0009,1001)", "private", private_row, "LO"))
     safe = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
-    safe.add_new(0x2B, "DS", "1234.5678")  # GEMS_ACQU_01 0x2B Table Feed per Rotation: k in the KB
+    safe.add_new(0x2B, "DS", "1234.5678")  # GEMS_ACQU_01 0x2B Xray Off Position: k in the KB
     c.planted.append(Planted("1234.5678", "(0019,xx2B) GEMS_ACQU_01 safe", "safe-private", private_row, "DS"))
     unsafe = ds.private_block(0x0009, "GEMS_IDEN_01", create=True)
     t3 = c.token()
-    unsafe.add_new(0x04, "SH", t3[:16])  # GEMS_IDEN_01 0x04 Product Id
-    c.planted.append(Planted(t3[:16], "(0009,xx04) GEMS_IDEN_01", "private", private_row, "SH"))
+    unsafe.add_new(0x02, "SH", t3[:16])  # GEMS_IDEN_01 0x02 Suite Id: d in the KB
+    c.planted.append(Planted(t3[:16], "(0009,xx02) GEMS_IDEN_01 Suite Id", "private", private_row, "SH"))
     return ds, c.planted
 
 
@@ -267,3 +269,69 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item.CodingSchemeDesignator = scheme
     item.CodeMeaning = meaning
     return item
+
+
+# --- outside oracles ----------------------------------------------------------------------------
+
+def require_tool(name: str) -> str:
+    """Path of a dcmtk/dicom3tools binary; a missing one fails under CI=true and skips elsewhere."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is required under CI (apt-get install dcmtk dicom3tools)")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def dcmdump_text(path: str) -> str:
+    """dcmdump of a file with every value printed in full and converted to UTF-8."""
+    import subprocess
+
+    tool = require_tool("dcmdump")
+    res = subprocess.run([tool, "+L", "+U8", "-q", path], capture_output=True)
+    return res.stdout.decode("utf-8", "replace")
+
+
+def dciodvfy_errors(path: str) -> set[str]:
+    """dciodvfy's Error lines, with UIDs and values masked so input and output compare."""
+    import re
+    import subprocess
+
+    tool = require_tool("dciodvfy")
+    res = subprocess.run([tool, path], capture_output=True)
+    text = (res.stdout + res.stderr).decode("utf-8", "replace")
+    out = set()
+    for line in text.splitlines():
+        if line.startswith("Error"):
+            line = re.sub(r"\d+(\.\d+){3,}", "<uid>", line)
+            line = re.sub(r"<[^>]*>\s*$", "", line) if "= <" in line else line
+            out.add(line.strip())
+    return out
+
+
+def encodings_of(value: str, charset: object) -> list[bytes]:
+    """The byte forms a text value can take in a file of this character set."""
+    from pydicom.charset import encode_string
+
+    forms = {value.encode("utf-8")}
+    try:
+        forms.add(value.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
+    charsets = charset if isinstance(charset, list) else [charset]
+    try:
+        forms.add(encode_string(value, [c or "ISO_IR 6" for c in charsets]))
+    except Exception:
+        pass
+    for part in value.split("="):
+        if part and part != value:
+            try:
+                forms.add(encode_string(part, [c or "ISO_IR 6" for c in charsets]))
+            except Exception:
+                pass
+    return [f for f in forms if f]

@@ -22,6 +22,7 @@ app = typer.Typer(
 VERB_MODULES = [
     "dicomlake.cli.ingest",
     "dicomlake.cli.query",
+    "dicomlake.cli.deid",
 ]
 
 

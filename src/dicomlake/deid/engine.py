@@ -172,12 +172,27 @@ class Deidentifier:
         self.report.instances += 1
         return out
 
-    def deidentify_bytes(self, data: bytes) -> bytes | None:
-        """Part-10 bytes in, de-identified Part-10 bytes out (None when excluded)."""
+    def deidentify_bytes(self, data: bytes, *, source: str | None = None) -> bytes | None:
+        """Part-10 bytes in, de-identified Part-10 bytes out (None when excluded).
+
+        Parameters
+        ----------
+        data
+            A DICOM Part-10 file (or a bare dataset, explicit or implicit VR).
+        source
+            Name of the input, used in reports and errors.
+        """
+        label = source or f"<{len(data)} bytes>"
         try:
             ds = pydicom.dcmread(BytesIO(data), force=True)
         except Exception as exc:
-            raise DeidError(f"cannot read DICOM input ({len(data)} bytes): {exc}") from exc
+            raise DeidError(f"{label}: cannot read as DICOM: {exc}") from exc
+        if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+            raise DeidError(
+                f"{label}: not a DICOM instance (no SOP Class/Instance UID); pass DICOM files only"
+            )
+        if source:
+            ds.filename = source
         out = self.deidentify(ds)
         if out is None:
             return None
