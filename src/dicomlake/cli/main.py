@@ -23,6 +23,7 @@ VERB_MODULES = [
     "dicomlake.cli.ingest",
     "dicomlake.cli.query",
     "dicomlake.cli.deid",
+    "dicomlake.cli.write",
 ]
 
 

@@ -1,0 +1,242 @@
+"""``dicomlake wrap``, ``derive`` and ``correct``: write DICOM that validators and PACS accept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import typer
+
+from dicomlake.errors import DicomlakeError, WriteError
+from dicomlake.write._common import WriteReport
+
+
+def _fail_usage(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _print_report(report: WriteReport) -> None:
+    for written in report.written:
+        typer.echo(f"wrote {written.path}  ({written.sop_instance_uid})")
+        for note in written.notes:
+            typer.echo(f"  note: {note}")
+    for source, message in report.failed:
+        typer.echo(f"failed {source}: {message}", err=True)
+    typer.echo(f"{len(report.written)} written, {len(report.failed)} failed")
+
+
+def wrap(
+    inputs: list[Path] = typer.Argument(..., help="JPEG, PNG, TIFF, BMP or PDF files.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-od", help="Output directory."),
+    as_: str | None = typer.Option(None, "--as", help="IOD: sc, vl-photo or pdf (default: by input)."),
+    kind: str | None = typer.Option(
+        None, "--kind", help="photo, scan, screenshot, document, film, synthetic or image (default: guessed)."
+    ),
+    patient_id: str | None = typer.Option(None, "--patient-id", help="Patient ID (0010,0020)."),
+    patient_name: str | None = typer.Option(None, "--patient-name", help="Patient's Name, e.g. DOE^JANE."),
+    patient_birth_date: str | None = typer.Option(None, "--patient-birth-date", help="YYYYMMDD."),
+    patient_sex: str | None = typer.Option(None, "--patient-sex", help="M, F or O."),
+    accession: str | None = typer.Option(None, "--accession", help="Accession Number (0008,0050)."),
+    study_description: str | None = typer.Option(None, "--study-description", help="Study Description."),
+    description: str | None = typer.Option(None, "--description", help="Series Description."),
+    body_part: str | None = typer.Option(None, "--body-part", help="Body Part Examined, e.g. HAND."),
+    laterality: str | None = typer.Option(None, "--laterality", help="R or L for a paired body part."),
+    document_title: str | None = typer.Option(None, "--title", help="Document Title of a PDF."),
+    like: Path | None = typer.Option(None, "--like", help="Take patient and study from this DICOM file."),
+    conversion_type: str | None = typer.Option(
+        None, "--conversion-type", help="DI, DF, DV, WSD, SD, SI, DRW or SYN (default: by kind)."
+    ),
+    burned_in: str | None = typer.Option(
+        None, "--burned-in", help="yes/no: Burned In Annotation (default: YES for scans, screenshots, PDFs)."
+    ),
+    convert: bool = typer.Option(
+        False, "--convert", help="Allow stated conversions: CMYK→RGB, transparency, progressive JPEG."
+    ),
+    one_series: bool = typer.Option(False, "--one-series", help="All inputs in one series."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+) -> None:
+    """Wrap photos, scans, screenshots and PDFs as DICOM.
+
+    JPEG is encapsulated byte for byte; other images are stored losslessly; PDF becomes
+    Encapsulated PDF; a multi-page TIFF becomes one series.
+
+    Example: dicomlake wrap photo.jpg scan.tif report.pdf --patient-id 12345 --out ./dcm
+    """
+    from dicomlake.write.capture import PatientStudy, WrapOptions, wrap_paths
+    from dicomlake.write.codes import CaptureIOD, ConversionType, SourceKind
+
+    try:
+        iod = CaptureIOD(as_) if as_ else None
+    except ValueError:
+        _fail_usage(f"--as {as_!r}: use sc, vl-photo or pdf")
+    try:
+        kind_value = SourceKind(kind) if kind else None
+    except ValueError:
+        _fail_usage(f"--kind {kind!r}: use one of {', '.join(k.value for k in SourceKind)}")
+    try:
+        conversion = ConversionType(conversion_type.upper()) if conversion_type else None
+    except ValueError:
+        _fail_usage(f"--conversion-type {conversion_type!r}: use one of {', '.join(c.value for c in ConversionType)}")
+    burned: bool | None = None
+    if burned_in is not None:
+        if burned_in.lower() not in ("yes", "no"):
+            _fail_usage(f"--burned-in {burned_in!r}: use yes or no")
+        burned = burned_in.lower() == "yes"
+    if laterality is not None and laterality.upper() not in ("R", "L"):
+        _fail_usage(f"--laterality {laterality!r}: use R or L")
+    try:
+        patient = PatientStudy.like(like) if like else PatientStudy()
+    except WriteError as exc:
+        _fail_usage(str(exc))
+    overrides = {
+        "patient_id": patient_id,
+        "patient_name": patient_name,
+        "patient_birth_date": patient_birth_date,
+        "patient_sex": patient_sex,
+        "accession_number": accession,
+        "study_description": study_description,
+    }
+    from dataclasses import replace
+
+    patient = replace(patient, **{k: v for k, v in overrides.items() if v is not None})
+    if like is None and patient_id is None:
+        typer.echo(
+            "warning: no --patient-id or --like given; Patient ID is left empty (Type 2) and the "
+            "receiving PACS must reconcile it",
+            err=True,
+        )
+    options = WrapOptions(
+        iod=iod,
+        kind=kind_value,
+        conversion_type=conversion,
+        burned_in_annotation=burned,
+        series_description=description,
+        body_part_examined=body_part,
+        laterality=laterality.upper() if laterality else None,
+        document_title=document_title,
+        convert=convert,
+        one_series=one_series,
+    )
+    try:
+        report = wrap_paths(inputs, out, patient=patient, options=options, overwrite=overwrite)
+    except DicomlakeError as exc:
+        _fail_usage(str(exc))
+    _print_report(report)
+    raise typer.Exit(report.exit_code)
+
+
+def derive(
+    sources: list[Path] = typer.Argument(..., help="Source DICOM images.", show_default=False),
+    code: str = typer.Option(..., "--code", help="CID 7203 Image Derivation code, e.g. 113088 (Gaussian blur)."),
+    description: str = typer.Option(..., "--description", help="Derivation Description (free text)."),
+    out: Path = typer.Option(..., "--out", "-od", help="Output directory."),
+    purpose: str = typer.Option(
+        "121322", "--purpose", help="CID 7202 purpose of reference (default 121322 Source image for image processing operation)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+) -> None:
+    """Derive new images (one new series) from DICOM sources with a built-in operation.
+
+    Built in: 113088 Gaussian blur, 113087 Smoothing, 113089 Unsharp mask (one output
+    per source); 113049 mean, 113048 maximum, 113051 minimum (one output from all).
+
+    Example: dicomlake derive ct.dcm --code 113088 --description "Gaussian blur sigma 1.5" --out ./derived
+    """
+    from dicomlake.write.derive import Derivation, derive_files
+
+    try:
+        derivation = Derivation.of(code, description, purpose)
+        report = derive_files(sources, out, derivation, overwrite=overwrite)
+    except WriteError as exc:
+        _fail_usage(str(exc))
+    _print_report(report)
+    raise typer.Exit(report.exit_code)
+
+
+def _parse_sets(sets: Sequence[str]) -> dict[str, str]:
+    changes: dict[str, str] = {}
+    for item in sets:
+        keyword, sep, value = item.partition("=")
+        if not sep or not keyword.strip():
+            _fail_usage(f"--set {item!r}: write Keyword=value, e.g. --set PatientID=12345")
+        changes[keyword.strip()] = value
+    return changes
+
+
+def update_lake(paths: Sequence[Path], lake: Path) -> str:
+    """Re-ingest corrected files so the lake rows (and the history) follow; returns a summary."""
+    try:
+        from dicomlake.ingest.pipeline import ingest_paths
+    except ImportError as exc:
+        raise WriteError(
+            f"--lake {lake}: the ingest pipeline is not available ({exc}); the files were corrected "
+            "but the lake was not updated; run 'dicomlake ingest' on them"
+        ) from exc
+    result = ingest_paths(list(paths), lake)
+    return str(result)
+
+
+def correct(
+    files: list[Path] = typer.Argument(None, help="DICOM files to correct in place.", show_default=False),
+    set_: list[str] = typer.Option([], "--set", help="Keyword=value; repeat; multiple values with \\."),
+    reason: str = typer.Option(..., "--reason", help="CORRECT or COERCE (PS3.3 C.12.1.1.9.2)."),
+    source: str = typer.Option("", "--source", help="Source of Previous Values, e.g. the sending institution."),
+    csv_path: Path | None = typer.Option(
+        None, "--csv", help="Batch: CSV with a path column and one column per keyword (optional reason, source)."
+    ),
+    lake: Path | None = typer.Option(None, "--lake", help="Also update this lake's rows for the corrected instances."),
+) -> None:
+    """Correct header values in place, keeping the old values in Original Attributes Sequence.
+
+    Example: dicomlake correct img.dcm --set PatientID=12345 --set PatientName=DOE^JANE --reason CORRECT --source "Outside Hospital"
+    """
+    from dicomlake.write.correct import correct_file, read_correction_csv
+
+    if reason.upper() not in ("CORRECT", "COERCE"):
+        _fail_usage(f"--reason {reason!r}: use CORRECT or COERCE")
+    jobs: list[tuple[Path, dict[str, str], str, str]] = []
+    changes = _parse_sets(set_)
+    for path in files or []:
+        if not changes:
+            _fail_usage("give at least one --set Keyword=value (or --csv FILE)")
+        jobs.append((path, changes, reason, source))
+    if csv_path is not None:
+        try:
+            rows = read_correction_csv(csv_path)
+        except WriteError as exc:
+            _fail_usage(str(exc))
+        for row in rows:
+            jobs.append((row.path, row.changes, row.reason or reason, row.source if row.source is not None else source))
+    if not jobs:
+        _fail_usage("nothing to correct: give FILE... with --set, or --csv FILE")
+    corrected: list[Path] = []
+    failed = 0
+    for path, job_changes, job_reason, job_source in jobs:
+        try:
+            result = correct_file(path, job_changes, reason=job_reason, source_of_previous_values=job_source)
+        except WriteError as exc:
+            typer.echo(f"failed {path}: {exc}", err=True)
+            failed += 1
+            continue
+        if result.changes:
+            corrected.append(path)
+            for keyword, (old, new) in result.changes.items():
+                typer.echo(f"{path}: {keyword} {old!r} → {new!r}")
+        else:
+            typer.echo(f"{path}: already has these values; unchanged")
+    if lake is not None and corrected:
+        try:
+            typer.echo(f"lake {lake}: {update_lake(corrected, lake)}")
+        except (DicomlakeError, OSError) as exc:
+            typer.echo(f"failed lake update: {exc}", err=True)
+            failed += 1
+    typer.echo(f"{len(corrected)} corrected, {failed} failed")
+    raise typer.Exit(1 if failed else 0)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``wrap``, ``derive`` and ``correct`` to the ``dicomlake`` command."""
+    app.command("wrap")(wrap)
+    app.command("derive")(derive)
+    app.command("correct")(correct)
