@@ -308,8 +308,7 @@ def dciodvfy_errors(path: str) -> set[str]:
     out = set()
     for line in text.splitlines():
         if line.startswith("Error"):
-            line = re.sub(r"\d+(\.\d+){3,}", "<uid>", line)
-            line = re.sub(r"<[^>]*>\s*$", "", line) if "= <" in line else line
+            line = re.sub(r"\d+(\.\d+)+", "<n>", line.split(" = <")[0])
             out.add(line.strip())
     return out
 
