@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -11,7 +12,7 @@ from dicomlake.errors import DicomlakeError, WriteError
 from dicomlake.write._common import WriteReport
 
 
-def _fail_usage(message: str) -> None:
+def _fail_usage(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -22,7 +23,7 @@ def _print_report(report: WriteReport) -> None:
         for note in written.notes:
             typer.echo(f"  note: {note}")
     for source, message in report.failed:
-        typer.echo(f"failed {source}: {message}", err=True)
+        typer.echo(f"failed: {message}", err=True)
     typer.echo(f"{len(report.written)} written, {len(report.failed)} failed")
 
 
@@ -164,8 +165,22 @@ def _parse_sets(sets: Sequence[str]) -> dict[str, str]:
     return changes
 
 
-def update_lake(paths: Sequence[Path], lake: Path) -> str:
-    """Re-ingest corrected files so the lake rows (and the history) follow; returns a summary."""
+def update_lake(corrected: Sequence[tuple[Path, str]], lake: Path) -> tuple[list[Path], list[Path], str]:
+    """Re-ingest the corrected files the lake already holds, so its rows and history follow.
+
+    Re-ingest is an upsert on SOP Instance UID; the elements table then holds the new
+    values and every Original Attributes Sequence Item. Files whose instance is not in
+    the lake are left out (correct never adds instances to a lake).
+
+    Returns
+    -------
+    tuple
+        (files re-ingested, files not in the lake, the ingest summary).
+    """
+    import dicomlake
+
+    if not lake.is_dir():
+        raise WriteError(f"--lake {lake}: no such lake folder; check the path (files were corrected)")
     try:
         from dicomlake.ingest.pipeline import ingest_paths
     except ImportError as exc:
@@ -173,8 +188,21 @@ def update_lake(paths: Sequence[Path], lake: Path) -> str:
             f"--lake {lake}: the ingest pipeline is not available ({exc}); the files were corrected "
             "but the lake was not updated; run 'dicomlake ingest' on them"
         ) from exc
-    result = ingest_paths(list(paths), lake)
-    return str(result)
+    uids = [uid for _, uid in corrected]
+    with dicomlake.open(lake) as handle:
+        placeholders = ", ".join("?" for _ in uids)
+        held = set(
+            handle.sql(f"SELECT SOPInstanceUID FROM instances WHERE SOPInstanceUID IN ({placeholders})", uids)[
+                "SOPInstanceUID"
+            ].to_list()
+        )
+    inside = [path for path, uid in corrected if uid in held]
+    outside = [path for path, uid in corrected if uid not in held]
+    summary = ""
+    if inside:
+        result = ingest_paths(inside, lake, workers=1)
+        summary = f"{result.replaced} replaced, {result.inserted} inserted, {result.rejected} rejected"
+    return inside, outside, summary
 
 
 def correct(
@@ -210,24 +238,27 @@ def correct(
             jobs.append((row.path, row.changes, row.reason or reason, row.source if row.source is not None else source))
     if not jobs:
         _fail_usage("nothing to correct: give FILE... with --set, or --csv FILE")
-    corrected: list[Path] = []
+    corrected: list[tuple[Path, str]] = []
     failed = 0
     for path, job_changes, job_reason, job_source in jobs:
         try:
             result = correct_file(path, job_changes, reason=job_reason, source_of_previous_values=job_source)
         except WriteError as exc:
-            typer.echo(f"failed {path}: {exc}", err=True)
+            typer.echo(f"failed: {exc}", err=True)
             failed += 1
             continue
         if result.changes:
-            corrected.append(path)
+            corrected.append((path, result.sop_instance_uid))
             for keyword, (old, new) in result.changes.items():
                 typer.echo(f"{path}: {keyword} {old!r} → {new!r}")
         else:
             typer.echo(f"{path}: already has these values; unchanged")
     if lake is not None and corrected:
         try:
-            typer.echo(f"lake {lake}: {update_lake(corrected, lake)}")
+            inside, outside, summary = update_lake(corrected, lake)
+            typer.echo(f"lake {lake}: {len(inside)} instance(s) updated ({summary})")
+            for path in outside:
+                typer.echo(f"lake {lake}: {path} is not in the lake; not added (use dicomlake ingest)")
         except (DicomlakeError, OSError) as exc:
             typer.echo(f"failed lake update: {exc}", err=True)
             failed += 1

@@ -370,6 +370,10 @@ def build_image_instances(
     burned = burned_default if options.burned_in_annotation is None else options.burned_in_annotation
     modality = options.modality or ("XC" if iod is CaptureIOD.VL_PHOTO else ("DOC" if kind in (SourceKind.SCAN, SourceKind.DOCUMENT) else "OT"))
     content, from_exif = _content_moment(src, created)
+    if from_exif:
+        # Timezone Offset From UTC (C.12.1.1.8) covers every date and time of the instance:
+        # express our times in the camera's offset, or write none if the camera gave none.
+        created = created.astimezone(content.tzinfo) if content.tzinfo else created.replace(tzinfo=None)
     keep_jpeg = src.format is InputFormat.JPEG
     if keep_jpeg:
         reason = _jpeg_can_be_kept(src, iod)
