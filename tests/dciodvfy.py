@@ -91,3 +91,43 @@ def run_dciodvfy(path: str | os.PathLike[str], *, timeout: float = 60.0) -> Dcio
 def dciodvfy_errors(path: str | os.PathLike[str]) -> list[str]:
     """Return the list of ``Error``/``Abort`` lines ``dciodvfy`` reports for *path* (empty = valid)."""
     return run_dciodvfy(path).errors
+
+
+def dcmdump_top_level(path: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
+    """Top-level elements as dcmtk ``dcmdump`` reads them: ``"ggggeeee"`` → (VR, value text).
+
+    Values are as dcmdump prints them: text between ``[...]`` for strings (UTF-8 with
+    ``+U8``), numbers as printed, ``""`` for empty values. Sequences, bulk data (OB/OW/…)
+    and items are left out. Skips the test when dcmtk is missing (fails when ``CI=true``).
+    """
+    exe = shutil.which("dcmdump")
+    if exe is None:
+        message = "dcmdump not found: install the Debian package dcmtk (make deb)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    proc = subprocess.run(
+        [exe, "-q", "-Un", "+U8", "+L", "-M", os.fspath(path)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"dcmdump failed on {path}: {proc.stderr.decode(errors='replace')}")
+    out: dict[str, tuple[str, str]] = {}
+    for line in proc.stdout.decode("utf-8", errors="replace").splitlines():
+        if not line.startswith("("):
+            continue  # nested lines are indented; comments start with '#'
+        tag = line[1:10].replace(",", "").lower()
+        vr = line[12:14]
+        if vr in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN", "na"):
+            continue
+        rest = line[15:].rsplit("#", 1)[0].rstrip()
+        if rest.startswith("(no value available)"):
+            value = ""
+        elif rest.startswith("["):
+            value = rest[1 : rest.rindex("]")]
+        else:
+            value = rest.strip()
+        out[tag] = (vr, value)
+    return out
