@@ -342,6 +342,8 @@ class Deidentifier:
         if row is None:
             return self._unlisted(elem, tag, parent, ctx, mode, sig)
         action, option = self._row_action(row, tag)
+        if action is Action.XZU and self.profile.keep_references and vr == "SQ":
+            action = Action.U
         if "/" in action.value:
             action = resolve_compound(action, self.tables.iod_type(ctx.sop_class, tag, parent))
         return self._apply(action, option, elem, tag, ctx, mode, sig)

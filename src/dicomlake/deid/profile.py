@@ -35,6 +35,7 @@ GENERALISERS = ("postcode-district", "postcode-area", "zip3", "year", "remove")
 _KNOWN_KEYS = {
     "description", "options", "burned_in", "keep_weekday", "date_shift_days", "age_band_years",
     "pseudonymize", "keep", "remove", "generalize", "scrub_free_text", "patient_id_prefix",
+    "keep_references",
 }
 
 
@@ -63,6 +64,10 @@ class DeidProfile:
     scrub_free_text: bool = True
     """Remove this instance's identifying values (names, IDs, dates) from every retained text."""
     patient_id_prefix: str = "DL"
+    keep_references: bool = True
+    """X/Z/U* sequences (Referenced Image, Source Image, …) keep their items with the contained
+    UIDs remapped (U) even where the IOD would allow removal, so references inside an exported
+    set stay resolvable (IHE TCE: references within the set are updated)."""
     source: str = ""
 
     def summary(self) -> str:
@@ -129,6 +134,7 @@ def _parse(name: str, doc: dict[str, Any], source: str) -> DeidProfile:
         generalize=generalize,
         scrub_free_text=bool(doc.get("scrub_free_text", True)),
         patient_id_prefix=str(doc.get("patient_id_prefix", "DL")),
+        keep_references=bool(doc.get("keep_references", True)),
         source=source,
     )
 
