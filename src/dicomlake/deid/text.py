@@ -9,12 +9,15 @@ from datetime import date, timedelta
 REDACTED = "***"
 
 # Dates written in free text: 20240131, 2024-01-31, 2024/01/31, 31/01/2024, 31.01.2024, 31-01-2024.
-_DATE_PATTERNS = [
-    (re.compile(r"(?<!\d)((?:19|20)\d\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)"), "ymd", "{y:04d}{m:02d}{d:02d}"),
-    (re.compile(r"(?<!\d)((?:19|20)\d\d)([-/.])(0?[1-9]|1[0-2])\2(0?[1-9]|[12]\d|3[01])(?!\d)"), "y-m-d", ""),
-    (re.compile(r"(?<!\d)(0?[1-9]|[12]\d|3[01])([-/.])(0?[1-9]|1[0-2])\2((?:19|20)\d\d)(?!\d)"), "d-m-y", ""),
-    (re.compile(r"(?<!\d)(0?[1-9]|1[0-2])([-/.])(0?[1-9]|[12]\d|3[01])\2((?:19|20)\d\d)(?!\d)"), "m-d-y", ""),
-]
+# One alternation, so that each date is replaced exactly once (day-first wins over month-first).
+_DATES = re.compile(
+    r"(?<!\d)(?:"
+    r"(?P<ymd>(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))"
+    r"|(?P<y>(?:19|20)\d\d)(?P<s1>[-/.])(?P<m>0?[1-9]|1[0-2])(?P=s1)(?P<d>0?[1-9]|[12]\d|3[01])"
+    r"|(?P<d2>0?[1-9]|[12]\d|3[01])(?P<s2>[-/.])(?P<m2>0?[1-9]|1[0-2])(?P=s2)(?P<y2>(?:19|20)\d\d)"
+    r"|(?P<m3>0?[1-9]|1[0-2])(?P<s3>[-/.])(?P<d3>0?[1-9]|[12]\d|3[01])(?P=s3)(?P<y3>(?:19|20)\d\d)"
+    r")(?!\d)"
+)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE = re.compile(r"(?<![\w.])\+?\d[\d ()-]{7,}\d(?![\w.])")
 
@@ -44,7 +47,8 @@ class Scrubber:
         words: set[str] = set()
         for term in terms:
             t = term.strip()
-            if len(t) >= 3 and not t.isdigit() or (t.isdigit() and len(t) >= 4):
+            wide = not t.isascii()  # CJK names are often two characters long
+            if (len(t) >= 3 or wide and len(t) >= 2) and not t.isdigit() or (t.isdigit() and len(t) >= 4):
                 words.add(t)
         self.terms = sorted(words, key=len, reverse=True)
         self._shift = shift
@@ -65,31 +69,21 @@ class Scrubber:
         if self._re is not None:
             out = self._re.sub(REDACTED, out)
         out = _EMAIL.sub(REDACTED, out)
-        out = self._dates(out)
-        out = _PHONE.sub(REDACTED, out)
-        return out
+        out = _PHONE.sub(lambda m: m[0] if _DATES.fullmatch(m[0].strip()) else REDACTED, out)
+        return _DATES.sub(self._date, out)
 
-    def _dates(self, text: str) -> str:
-        def ymd(m: re.Match[str]) -> str:
-            new = _shifted(int(m[1]), int(m[2]), int(m[3]), self._shift)
-            return new.strftime("%Y%m%d") if new else REDACTED
-
-        def y_m_d(m: re.Match[str]) -> str:
-            new = _shifted(int(m[1]), int(m[3]), int(m[4]), self._shift)
-            return new.strftime(f"%Y{m[2]}%m{m[2]}%d") if new else REDACTED
-
-        def d_m_y(m: re.Match[str]) -> str:
-            new = _shifted(int(m[4]), int(m[3]), int(m[1]), self._shift)
-            return new.strftime(f"%d{m[2]}%m{m[2]}%Y") if new else REDACTED
-
-        def m_d_y(m: re.Match[str]) -> str:
-            new = _shifted(int(m[4]), int(m[1]), int(m[3]), self._shift)
-            return new.strftime(f"%m{m[2]}%d{m[2]}%Y") if new else REDACTED
-
-        text = _DATE_PATTERNS[0][0].sub(ymd, text)
-        text = _DATE_PATTERNS[1][0].sub(y_m_d, text)
-        text = _DATE_PATTERNS[2][0].sub(d_m_y, text)
-        return _DATE_PATTERNS[3][0].sub(m_d_y, text)
+    def _date(self, m: re.Match[str]) -> str:
+        g = m.groupdict()
+        if g["ymd"]:
+            y, mo, d, layout = int(g["ymd"][:4]), int(g["ymd"][4:6]), int(g["ymd"][6:]), "%Y%m%d"
+        elif g["y"]:
+            y, mo, d, layout = int(g["y"]), int(g["m"]), int(g["d"]), f"%Y{g['s1']}%m{g['s1']}%d"
+        elif g["y2"]:
+            y, mo, d, layout = int(g["y2"]), int(g["m2"]), int(g["d2"]), f"%d{g['s2']}%m{g['s2']}%Y"
+        else:
+            y, mo, d, layout = int(g["y3"]), int(g["m3"]), int(g["d3"]), f"%m{g['s3']}%d{g['s3']}%Y"
+        new = _shifted(y, mo, d, self._shift)
+        return new.strftime(layout) if new else REDACTED
 
 
 def name_terms(value: str) -> list[str]:

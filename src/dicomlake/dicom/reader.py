@@ -74,6 +74,8 @@ class Header:
     pixel_data_length: int | None = None
     header_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    tail_at: int | None = None  # where elements after pixel data start (-offset: fragments to walk)
+    explicit: bool = True
 
     @property
     def little_endian(self) -> bool:
@@ -392,6 +394,24 @@ def parse_bytes(
         body, explicit=explicit, little=little, inline_max=inline_max, file_size=body_size, max_depth=max_depth
     )
     elements, end, pixel_length = parser.dataset(pos, None, 0, True)  # type: ignore[arg-type]
+    tail_at: int | None = None
+    if pixel_length is not None:
+        # elements may follow the pixel data (padding, signatures, private groups): find
+        # where its value ends and read on from there (PS3.5 §7.1, §A.4 for fragments)
+        vpos = end + (12 if explicit else 8)
+        if pixel_length >= 0:
+            tail_at = vpos + pixel_length
+        elif body_size <= len(body):
+            tail_at = parser._skip_fragments(vpos)
+        else:
+            tail_at = -vpos  # negative: fragments start here, not yet walked
+        if tail_at is not None and 0 < tail_at < body_size and body_size <= len(body):
+            parser.stop_at_pixels = False
+            more, _, _ = parser.dataset(tail_at, None, 0, True)  # type: ignore[arg-type]
+            elements.extend(more)
+            tail_at = None
+        elif tail_at is not None and tail_at >= body_size:
+            tail_at = None
     return Header(
         meta=meta,
         elements=elements,
@@ -400,6 +420,8 @@ def parse_bytes(
         pixel_data_length=pixel_length,
         header_bytes=end,
         notes=notes,
+        tail_at=tail_at,
+        explicit=explicit,
     )
 
 
@@ -421,7 +443,10 @@ def read_header(
         buf = os.read(fd, want)
         while True:
             try:
-                return parse_bytes(buf, file_size=size, inline_max=inline_max), buf, size
+                header = parse_bytes(buf, file_size=size, inline_max=inline_max)
+                if header.tail_at is not None:
+                    _read_tail(fd, header, size, inline_max, max_header_bytes)
+                return header, buf, size
             except _NeedMore:
                 if len(buf) >= size:
                     raise ExtractionError("truncated: the header runs past the end of the file") from None
@@ -436,6 +461,42 @@ def read_header(
                 buf += chunk
     finally:
         os.close(fd)
+
+
+def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int) -> None:
+    """Read the elements after the pixel data, walking fragment headers with pread."""
+    at = header.tail_at
+    assert at is not None
+    little = header.little_endian
+    if at < 0:  # encapsulated pixel data: hop over the fragments (PS3.5 §A.4)
+        pos = -at
+        tagst = _LE_TAG if little else _BE_TAG
+        u32 = _LE_U32 if little else _BE_U32
+        for _ in range(1_000_000):
+            hdr = os.pread(fd, 8, pos)
+            if len(hdr) < 8:
+                header.notes.append("encapsulated pixel data not terminated by a sequence delimiter")
+                return
+            group, elem = tagst.unpack_from(hdr, 0)
+            pos += 8
+            if (group << 16 | elem) == SEQUENCE_DELIMITATION:
+                break
+            pos += u32.unpack_from(hdr, 4)[0]
+        at = pos
+    if at >= size:
+        return
+    if size - at > limit:
+        header.notes.append(f"{size - at} bytes after the pixel data not read (over the header limit)")
+        return
+    tail = os.pread(fd, size - at, at)
+    parser = _Parser(tail, explicit=header.explicit, little=little, inline_max=inline_max, file_size=len(tail))
+    parser.stop_at_pixels = False
+    try:
+        more, _, _ = parser.dataset(0, None, 0, True)  # type: ignore[arg-type]
+    except (ExtractionError, _NeedMore, struct.error) as exc:
+        header.notes.append(f"elements after the pixel data could not be read: {exc}")
+        return
+    header.elements.extend(more)
 
 
 def parse_all(data: bytes, *, inline_max: int = 1024) -> Header:

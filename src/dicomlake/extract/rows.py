@@ -215,7 +215,9 @@ class _Walk:
             c_len.append(length)
             if wanted is not None and kw is not None and kw in wanted and (text is not None):
                 self.typed[kw] = text
-            if json_out and group != 0x0002 and not (value is None and vr != "SQ"):
+            # group 0002 (file meta) and group lengths (gggg,0000; retired, PS3.5 §7.2) are
+            # not part of the DICOM JSON model of a dataset (PS3.18 §F.2)
+            if json_out and group != 0x0002 and tag & 0xFFFF and not (value is None and vr != "SQ"):
                 parts.append(f'"{tag:08X}":{{"vr":"{vr}"' + ("," + jval if jval else "") + "}")
         self.count += len(elements)
         return "{" + ",".join(parts) + "}"
