@@ -1,0 +1,1 @@
+"""Benchmarks of dicomlake, each printing figures against a named peer (see DESIGN.md)."""
