@@ -104,6 +104,33 @@ def require_orthanc(*, dicomweb: bool = False, tools: Sequence[str] = ()) -> str
     return exe
 
 
+# Transfer Syntax UID → the storescu option proposing it (dcmtk 3.6.7 storescu --help).
+_STORESCU_TS = {
+    "1.2.840.10008.1.2": "",
+    "1.2.840.10008.1.2.1": "",
+    "1.2.840.10008.1.2.2": "",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.1.99": "-xd",
+}
+
+
+def _storescu_ts_option(path: str | os.PathLike[str]) -> str:
+    import pydicom
+
+    meta = pydicom.filereader.read_file_meta_info(path)
+    uid = str(meta.TransferSyntaxUID)
+    if uid not in _STORESCU_TS:
+        raise OrthancError(f"{path}: storescu cannot propose transfer syntax {uid}; send it another way")
+    return _STORESCU_TS[uid]
+
+
 class OrthancError(RuntimeError):
     """Orthanc did not start, or a REST call failed; the message holds the log tail."""
 
@@ -445,19 +472,31 @@ class Orthanc:
     ) -> subprocess.CompletedProcess[str]:
         """C-STORE *files* to Orthanc with dcmtk ``storescu`` run inside the namespace.
 
-        ``storescu`` proposes each file's own transfer syntax, so compressed objects are
-        sent as they are. Check ``returncode`` and ``stderr`` of the result.
+        ``storescu`` proposes one family of transfer syntaxes per run, so files are sent
+        in groups by their own transfer syntax (``-xy`` for JPEG baseline, ``-xs`` for
+        JPEG lossless SV1, …); compressed objects go over the wire as they are. The
+        result merges the runs: ``returncode`` is the first non-zero one.
         """
-        argv = [
-            "storescu",
-            "-aet", calling_aet,
-            "-aec", self.aet,
-            *extra_args,
-            self.host,
-            str(self.dicom_port),
-            *[os.fspath(f) for f in files],
-        ]
-        return self.run(argv, timeout=timeout)
+        groups: dict[str, list[str]] = {}
+        for f in files:
+            groups.setdefault(_storescu_ts_option(f), []).append(os.fspath(f))
+        returncode, stdout, stderr = 0, "", ""
+        for option, group in groups.items():
+            argv = [
+                "storescu",
+                "-aet", calling_aet,
+                "-aec", self.aet,
+                *([option] if option else []),
+                *extra_args,
+                self.host,
+                str(self.dicom_port),
+                *group,
+            ]
+            proc = self.run(argv, timeout=timeout)
+            returncode = returncode or proc.returncode
+            stdout += proc.stdout
+            stderr += proc.stderr
+        return subprocess.CompletedProcess(["storescu"], returncode, stdout, stderr)
 
     def echo(self, *, calling_aet: str = "DICOMLAKE") -> bool:
         """C-ECHO with dcmtk ``echoscu``; ``True`` when Orthanc answered with Success."""

@@ -74,6 +74,7 @@ _DROP = (
     "ExtendedOffsetTableLengths",
     "LossyImageCompressionRatio",
     "LossyImageCompressionMethod",
+    "DataSetTrailingPadding",
 )
 
 
