@@ -33,7 +33,11 @@ VR_BINARY = {"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 def iod_requirements(sop_class_uid: str) -> list[tuple[str, str, str]]:
     """(module, keyword, type) of every top-level Type 1 and Type 2 attribute of the
     IOD's Mandatory modules, from PS3.3 tables (highdicom's copy of the standard)."""
-    from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+    from highdicom._standard_utils import (
+        get_iod_module_map,
+        get_module_attribute_map,
+        get_sop_class_iod_map,
+    )
 
     iod = get_sop_class_iod_map()[sop_class_uid]
     modules = get_module_attribute_map()
@@ -334,3 +338,26 @@ def test_wrap_kind_and_burned_in_overrides_are_written(inputs: dict[str, Path], 
     ds = pydicom.dcmread(report.written[0].path)
     assert ds.ConversionType == "SYN" and ds.BurnedInAnnotation == "NO"
 
+
+
+def test_wrap_cli_exit_codes_and_messages(inputs: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["wrap", str(inputs["bmp"]), "--patient-id", "P1", "--out", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    partial = runner.invoke(
+        app, ["wrap", str(inputs["corrupt"]), str(inputs["tiff"]), "--patient-id", "P1", "--out", str(tmp_path / "b")]
+    )
+    assert partial.exit_code == 1 and str(inputs["corrupt"]) in partial.output
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["photo.dcm"]
+    usage = runner.invoke(app, ["wrap", str(inputs["bmp"]), "--as", "ct", "--out", str(tmp_path / "c")])
+    assert usage.exit_code == 2 and not (tmp_path / "c").exists()
+    like = runner.invoke(
+        app, ["wrap", str(inputs["bmp"]), "--like", str(tmp_path / "a" / "drawing.dcm"), "--out", str(tmp_path / "d")]
+    )
+    assert like.exit_code == 0, like.output
+    first, second = (pydicom.dcmread(tmp_path / d / "drawing.dcm") for d in ("a", "d"))
+    assert first.StudyInstanceUID == second.StudyInstanceUID and second.PatientID == "P1"

@@ -40,7 +40,7 @@ def cid_code_values(cid: int) -> set[str]:
     """Every code value of a PS3.16 context group."""
     values: set[str] = set()
     collection = getattr(codes, f"cid{cid}")
-    for scheme, names in cid_concepts[cid].items():
+    for names in cid_concepts[cid].values():
         for name in names:
             values.add(str(getattr(collection, name).value))
     return values

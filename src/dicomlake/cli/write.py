@@ -90,7 +90,7 @@ def wrap(
         patient = PatientStudy.like(like) if like else PatientStudy()
     except WriteError as exc:
         _fail_usage(str(exc))
-    overrides = {
+    overrides: dict[str, str | None] = {
         "patient_id": patient_id,
         "patient_name": patient_name,
         "patient_birth_date": patient_birth_date,
@@ -100,7 +100,7 @@ def wrap(
     }
     from dataclasses import replace
 
-    patient = replace(patient, **{k: v for k, v in overrides.items() if v is not None})
+    patient = replace(patient, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     if like is None and patient_id is None:
         typer.echo(
             "warning: no --patient-id or --like given; Patient ID is left empty (Type 2) and the "

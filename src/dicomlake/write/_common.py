@@ -171,12 +171,12 @@ def write_atomically(targets: Sequence[tuple[Path, bytes]], *, overwrite: bool =
     try:
         for path, data in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((Path(tmp_name), path))
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            temps.append((Path(tmp), path))
         for tmp, path in temps:
             os.replace(tmp, path)
     except BaseException:

@@ -9,7 +9,7 @@ becomes one series of single-frame instances (the SC Image SOP Class is single f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -650,7 +650,6 @@ __all__ = [
     "build_pdf_instance",
     "default_iod",
     "default_kind",
-    "replace",
     "wrap_file",
     "wrap_paths",
 ]

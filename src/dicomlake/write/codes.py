@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from dicomlake.errors import WriteError
 
@@ -129,7 +129,8 @@ def cid_code(cid: int, value: str | Code) -> Code:
             return code
     collection = getattr(codes, f"cid{cid}")
     if value in collection.dir():
-        return getattr(collection, value)
+        found: Code = getattr(collection, value)
+        return found
     known = ", ".join(f"{c.value} {c.meaning}" for c in sorted(table.values(), key=lambda c: c.value))
     raise WriteError(
         f"code {value!r} is not in CID {cid}; use one of: {known} "

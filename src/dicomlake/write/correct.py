@@ -25,7 +25,14 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
 
 from dicomlake.errors import WriteError
-from dicomlake.write._common import MODIFYING_SYSTEM, dt, encode, needs_unicode, now, write_atomically
+from dicomlake.write._common import (
+    MODIFYING_SYSTEM,
+    dt,
+    encode,
+    needs_unicode,
+    now,
+    write_atomically,
+)
 from dicomlake.write.codes import ModificationReason
 
 # Attributes a correction must not touch: identity of the object, its encoding, its

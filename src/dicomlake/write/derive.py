@@ -21,8 +21,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomlake import __version__
@@ -32,7 +32,6 @@ from dicomlake.write._common import (
     WriteReport,
     WrittenFile,
     da,
-    dt,
     encode,
     new_uid,
     now,
@@ -322,16 +321,16 @@ def smoothing(arr: np.ndarray) -> np.ndarray:
 def unsharp_mask(arr: np.ndarray, amount: float = 1.0, sigma: float = 1.5) -> np.ndarray:
     """Original plus *amount* times (original − Gaussian blur), clipped to the input's range."""
     sharp = arr + amount * (arr.astype(np.float64) - gaussian_blur(arr, sigma))
-    return np.clip(sharp, arr.min(), arr.max())
+    return np.asarray(np.clip(sharp, arr.min(), arr.max()))
 
 
 BUILTIN: dict[str, tuple[Callable[..., np.ndarray], bool]] = {
     "113088": (gaussian_blur, False),  # Gaussian blur
     "113087": (smoothing, False),  # Smoothing
     "113089": (unsharp_mask, False),  # Unsharp mask
-    "113049": (lambda *a: np.mean(np.stack(a), axis=0), True),  # Pixel by pixel mean
-    "113048": (lambda *a: np.max(np.stack(a), axis=0), True),  # Pixel by pixel Maximum
-    "113051": (lambda *a: np.min(np.stack(a), axis=0), True),  # Pixel by pixel Minimum
+    "113049": (lambda *a: np.asarray(np.mean(np.stack(a), axis=0)), True),  # Pixel by pixel mean
+    "113048": (lambda *a: np.asarray(np.max(np.stack(a), axis=0)), True),  # Pixel by pixel Maximum
+    "113051": (lambda *a: np.asarray(np.min(np.stack(a), axis=0)), True),  # Pixel by pixel Minimum
 }
 """CID 7203 code value → (pixel function, takes all sources at once)."""
 

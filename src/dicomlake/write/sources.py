@@ -110,7 +110,8 @@ def parse_jpeg_headers(data: bytes, where: Path) -> JpegInfo:
             raise WriteError(f"{where}: corrupt JPEG (segment 0xFF{marker:02X} runs past the end of the file)")
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             precision, rows, cols, ncomp = struct.unpack(">BHHB", segment[:6])
-            ids, samp = [], []
+            ids: list[int] = []
+            samp: list[tuple[int, int]] = []
             for i in range(ncomp):
                 cid, hv, _tq = segment[6 + 3 * i : 9 + 3 * i]
                 ids.append(cid)
@@ -128,8 +129,7 @@ def parse_jpeg_headers(data: bytes, where: Path) -> JpegInfo:
         pos += length
     if sof is None:
         raise WriteError(f"{where}: corrupt JPEG (no frame header SOF before the scan data); re-export it")
-    process, precision, rows, cols, ids, samp = sof
-    return JpegInfo(process, precision, rows, cols, ids, samp, adobe, jfif, predictor)
+    return JpegInfo(sof[0], sof[1], sof[2], sof[3], sof[4], sof[5], adobe, jfif, predictor)
 
 
 def jpeg_photometric(info: JpegInfo) -> str:
@@ -215,14 +215,14 @@ def _read_exif(img: Image.Image) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
         exif = img.getexif()
-    except Exception:  # Pillow raises assorted errors on damaged EXIF
+    except Exception:  # noqa: BLE001 - Pillow raises assorted errors on damaged EXIF
         return out
     for tag, name in _EXIF_IFD0.items():
         if tag in exif:
             out[name] = str(exif[tag]).strip("\x00 ")
     try:
         sub = exif.get_ifd(0x8769)
-    except Exception:
+    except Exception:  # noqa: BLE001 - same: a damaged Exif IFD is ignored
         sub = {}
     for tag, name in _EXIF_SUB.items():
         if tag in sub:
@@ -357,7 +357,7 @@ def read_pdf(path: Path) -> PdfSource:
     if b"%%EOF" not in data[-1024:]:
         raise WriteError(f"{path}: truncated PDF (no %%EOF trailer); copy the file again from its source")
     pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data))
-    title_match = re.search(rb"/Title\s*\(((?:[^()\\]|\\.){0,400})\)", data, re.S)
+    title_match = re.search(rb"/Title\s*\(((?:[^()\\]|\\.){0,400})\)", data, re.DOTALL)
     title = _pdf_text(title_match.group(1)) if title_match else None
     return PdfSource(path, data, pages, title, b"/Font" in data)
 
