@@ -865,7 +865,8 @@ def dose_events_from_image(ds: Dataset) -> list[dict[str, object]]:
     list[dict[str, object]]
         One row for the image; one per Exposure Dose Sequence item instead for a CT dose
         information image (e.g. Philips Brilliance secondary captures, whose private
-        ELSCINT1 DLP is read too); one per administration for NM/PET. ``[]`` when the
+        ELSCINT1 DLP is read too, plus a ``record='accumulated'`` row with the
+        exam's DLP total); one per administration for NM/PET. ``[]`` when the
         header holds no dose value (CTDIvol, DLP, DAP, entrance dose, AGD, activity),
         and for SR documents (see :func:`dose_events`).
     """
@@ -892,6 +893,15 @@ def dose_events_from_image(ds: Dataset) -> list[dict[str, object]]:
             row["scanning_length_mm"] = _number(item, "ScanLength")
         if any(row[c] is not None for c in ("CTDIvol_mGy", "DLP_mGycm")):
             rows.append(_finish(row))
+    if rows:
+        # Philips Brilliance dose information: the top-level ELSCINT1 DLP is the total of
+        # the Exposure Dose Sequence items (0 + 196.01 + 248.59 + 657.85 = 1102.45 mGy.cm).
+        total = _elscint_dlp(ds)
+        if total is not None:
+            rows.append(_finish({
+                **base, "record": "accumulated", "ct_dose_length_product_total_mGycm": total,
+                "total_number_of_events": len(rows),
+            }))  # fmt: skip
     row = {**base, **_xray_header(ds, family)}
     if any(row[c] is not None for c in _HEADER_DOSE_COLUMNS):
         rows.insert(0, _finish(row))

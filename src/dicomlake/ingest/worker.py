@@ -101,16 +101,11 @@ def _looks_non_dicom(name: str, head: bytes) -> bool:
     suffix = os.path.splitext(base)[1]
     if base in NON_DICOM_NAMES or suffix in NON_DICOM_SUFFIXES:
         return True
-    if suffix and suffix not in DICOM_SUFFIXES and not suffix[1:].isdigit():
+    if suffix in DICOM_SUFFIXES:
+        return False
+    if head.startswith(NON_DICOM_MAGIC):  # a PDF, PNG, JPEG, zip… without a telling name
         return True
-    if head.startswith(NON_DICOM_MAGIC):
-        return True
-    if head and len(head) >= 16:
-        sample = head[:512]
-        # plain text: printable ASCII and whitespace only
-        if all(32 <= b < 127 or b in (9, 10, 13) for b in sample):
-            return True
-    return False
+    return bool(suffix) and not suffix[1:].isdigit()
 
 
 def _quarantine(lake: Path, data: bytes) -> tuple[str, str]:
