@@ -235,13 +235,15 @@ def warm_page_cache(corpus: Path, files: list[str], head: int = 256 * 1024) -> f
 def memory_profile(run: Run) -> dict[str, object]:
     """Peak RSS per process and RSS at 25/50/75/100 % of the run, in MiB."""
     peaks: dict[int, tuple[str, int]] = {}
-    for _, pid, role, rss in run.samples:
+    # a process that is exiting reports no resident pages: those samples say nothing
+    samples = [s for s in run.samples if s[3] >= MIB]
+    for _, pid, role, rss in samples:
         if rss > peaks.get(pid, (role, 0))[1]:
             peaks[pid] = (role, rss)
     workers = sorted(pid for pid, (role, _) in peaks.items() if role == "worker")
     mains = [pid for pid, (role, _) in peaks.items() if role == "main"]
     by_tick: dict[float, dict[int, int]] = {}
-    for t, pid, _, rss in run.samples:
+    for t, pid, _, rss in samples:
         by_tick.setdefault(t, {})[pid] = rss
     ticks = sorted(by_tick)
     active = [t for t in ticks if any(p in by_tick[t] for p in workers)]
@@ -311,6 +313,7 @@ def main() -> BenchResult:
         f"{apparent / 1e9:.2f} GB apparent ({apparent / max(len(files), 1) / 1e3:,.0f} KB mean), "
         f"generated in {stats.get('seconds')} s{' (cached)' if made < 1 else ''}: {corpus}"
     )
+    load_before = os.getloadavg()
     warm = warm_page_cache(corpus, files)
     print(f"page cache warmed in {warm:.1f} s")
 
@@ -338,6 +341,11 @@ def main() -> BenchResult:
             if d.returncode:
                 print(f"  dcmdump reported: {d.log[-500:]}")
 
+    load_after = os.getloadavg()
+    print(
+        f"load average (1, 5, 15 min) before {', '.join(f'{v:.2f}' for v in load_before)}; "
+        f"after {', '.join(f'{v:.2f}' for v in load_after)} on {os.cpu_count()} CPUs"
+    )
     ok = [r for r in ours if r.returncode in (0, 1) and r.report.get("instances") == len(files)]
     if len(ok) < len(ours):
         result.error = (
@@ -373,6 +381,13 @@ def main() -> BenchResult:
         )
     cpu_ours = median([r.cpu_seconds for r in ok])
     cpu_d1 = median([r.cpu_seconds for r in dd1])
+    if cpu_ours and cpu_d1:
+        result.add(
+            "ours / dcmdump CPU time (less sensitive to a noisy host)",
+            cpu_ours / cpu_d1,
+            "×",
+            "dcmdump -q -M x1",
+        )
     if cpu_ours is not None:
         result.add(
             "ours CPU per 1,000 instances",
@@ -435,6 +450,8 @@ def main() -> BenchResult:
     result.raw = {
         "n": nfiles,
         "seed": seed,
+        "load_before": load_before,
+        "load_after": load_after,
         "rounds": rounds,
         "corpus": str(corpus),
         "corpus_stats": stats,
