@@ -94,12 +94,13 @@ class Lake:
                     f"(SELECT first(e.value_text ORDER BY e.path) FROM elements e "
                     f"WHERE e.SOPInstanceUID = i.SOPInstanceUID AND {loc})"
                 )
+            alias = _qident(name)
             if level == "instance":
-                exprs.append(f'{expr} AS "{name}"')
+                exprs.append(f"{expr} AS {alias}")
             elif name == LEVEL_KEY[level]:
-                exprs.append(f'i."{name}" AS "{name}"')
+                exprs.append(f'i."{name}" AS {alias}')
             else:
-                exprs.append(f'any_value({expr}) AS "{name}"')
+                exprs.append(f"any_value({expr}) AS {alias}")
         if level == "instance":
             sql = f"SELECT {', '.join(exprs)} FROM instances i WHERE {cond}"
             default_order = 'i."study_datetime", i."SeriesInstanceUID", i."InstanceNumber", i."SOPInstanceUID"'
@@ -192,6 +193,11 @@ class Lake:
             os.replace(tmp, target)
             written.append(target)
         return written
+
+
+def _qident(name: str) -> str:
+    """A SQL identifier for any column label (keywords, paths, private element names)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _sql_path(p: Path) -> str:
