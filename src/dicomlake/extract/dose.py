@@ -105,10 +105,11 @@ radiopharmaceutical_start_datetime    timestamp local     Radiopharmaceutical St
 Where a template gives several values for one event (per pulse, per CT X-ray source,
 or a multi-valued NumericValue) a row holds their mean (kVp, tube current, pulse
 width, rotation time, HVL) or their sum (exposure, exposure time, number of pulses,
-irradiation duration); doses take the first value. Projection RDSRs are ``'RF'`` when
-they record fluoroscopy (a Fluoroscopy event or fluoro totals), else ``'DX'``; ``'XA'``
-only comes from XA image headers. CT Dose Check alerts and per-organ NM doses are not
-extracted.
+irradiation duration); doses take the first value. Projection RDSRs are ``'MG'`` for
+mammography, ``'RF'`` when they record fluoroscopy (a Fluoroscopy event or a non-zero
+fluoro total), else ``'DX'``; ``'XA'`` only comes from XA image headers, and CR/PX/IO
+headers count as ``'DX'``. Not extracted: CT Dose Check alerts, per-organ NM doses,
+size-specific dose estimates; TID 10012 has no CTDIvol total, so there is no such column.
 """
 
 from __future__ import annotations
@@ -390,7 +391,7 @@ def _finish(row: dict[str, object]) -> dict[str, object]:
     for name in _INT_COLUMNS:
         value = row[name]
         if isinstance(value, float):
-            row[name] = int(round(value))
+            row[name] = round(value)
     return row
 
 
@@ -410,7 +411,7 @@ def _concept_key(item: ContentItem) -> str | None:
 
 def _num_columns(
     items: Iterable[ContentItem], table: Mapping[str, _Concept], where: str
-) -> dict[str, float]:
+) -> dict[str, object]:
     """Fill columns from the NUM items among ``items`` that ``table`` maps."""
     collected: dict[str, list[float]] = {}
     how: dict[str, str] = {}
@@ -435,7 +436,7 @@ def _num_columns(
                 continue
             collected.setdefault(concept.column, []).append(value)
             how[concept.column] = concept.how
-    out: dict[str, float] = {}
+    out: dict[str, object] = {}
     for column, values in collected.items():
         if how[column] == "mean":
             out[column] = float(f"{math.fsum(values) / len(values):.15g}")
@@ -446,7 +447,9 @@ def _num_columns(
     return out
 
 
-def _first(item: ContentItem, keys: Iterable[str] | str, stop: Iterable[str] = ()) -> ContentItem | None:
+def _first(
+    item: ContentItem, keys: Iterable[str] | str, stop: Iterable[str] = ()
+) -> ContentItem | None:
     wanted = {keys} if isinstance(keys, str) else set(keys)
     for child in item.walk(stop=stop):
         if _concept_key(child) in wanted:
@@ -591,16 +594,18 @@ def _template_and_family(
 ) -> tuple[str, str]:  # fmt: skip
     tid = template_identifier(ds)
     if tid and tid.isdigit():
-        tid = str(int(tid))  # Philips writes leading zeros
+        tid = str(int(tid))  # "digits without leading zeros"; some private templates have them
     procedure = _first(root, _PROCEDURE_REPORTED, stop=_EVENT_CONTAINERS)
     procedure_key = _code_key(procedure.code) if procedure is not None else ""
     has_ct = bool(_containers(root, frozenset({_CT_ACQUISITION, _CT_ACCUMULATED_DOSE})))
     if procedure_key in _PROCEDURE_CT or has_ct or tid == "10011":
         return "10011", "CT"
-    template = tid if tid in ("10001",) else "10001"
-    if procedure_key in _PROCEDURE_MAMMOGRAPHY or any(
-        r.get("agd_mGy") is not None for r in events
-    ) or any(r.get("agd_total_mGy") is not None for r in accumulated):
+    template = "10001"  # also for reports without Content Template Sequence (GE OEC)
+    if (
+        procedure_key in _PROCEDURE_MAMMOGRAPHY
+        or any(r.get("agd_mGy") is not None for r in events)
+        or any(r.get("agd_total_mGy") is not None for r in accumulated)
+    ):
         return template, "MG"
     # Dual-purpose rooms (Siemens Dual-RDSR-DX) write fluoro totals of 0 for radiography.
     fluoro = any(r.get("_fluoroscopy") for r in events) or any(
@@ -759,7 +764,10 @@ def _xray_header(ds: Dataset, family: str | None) -> dict[str, object]:
         "kvp": _number(ds, "KVP"),
         # PS3.3 C.8.7.2.1 / C.8.15.3.x: the most precise form the header gives wins.
         "tube_current_mA": _first_number(
-            ds, ("XRayTubeCurrentInuA", 1e-3), ("XRayTubeCurrentInmA", 1.0), ("XRayTubeCurrent", 1.0)
+            ds,
+            ("XRayTubeCurrentInuA", 1e-3),
+            ("XRayTubeCurrentInmA", 1.0),
+            ("XRayTubeCurrent", 1.0),
         ),
         "exposure_time_ms": _first_number(
             ds, ("ExposureTimeInuS", 1e-3), ("ExposureTimeInms", 1.0), ("ExposureTime", 1.0)
@@ -819,7 +827,9 @@ def _elscint_dlp(item: Dataset) -> float | None:
     return values[0] if values else None
 
 
-def _radiopharmaceutical_header_rows(ds: Dataset, base: dict[str, object]) -> list[dict[str, object]]:
+def _radiopharmaceutical_header_rows(
+    ds: Dataset, base: dict[str, object]
+) -> list[dict[str, object]]:
     pet = (text_value(ds, "Modality") or "").upper() == "PT" or (
         text_value(ds, "SOPClassUID") in _PET_SOP_CLASSES
     )

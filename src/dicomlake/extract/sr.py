@@ -179,9 +179,10 @@ def template_identifier(ds: Dataset) -> str | None:
     return None
 
 
-def sequence_items(ds: Dataset, tag: int | BaseTag) -> list[Dataset]:
-    """Items of a sequence element, ``[]`` when absent, empty or unreadable."""
+def sequence_items(ds: Dataset, tag: int | BaseTag | str) -> list[Dataset]:
+    """Items of a sequence element (by tag or keyword), ``[]`` when absent or unreadable."""
     try:
+        tag = Tag(tag)
         if tag not in ds:
             return []
         value = ds[tag].value
@@ -299,7 +300,8 @@ def _fast_text_values(ds: Dataset, tag: BaseTag) -> list[str] | None:
     VRs, sequences, non-ASCII text that needs Specific Character Set) returns ``None``.
     """
     try:
-        raw = ds.get_item(tag)
+        # typed as DataElement, but a not-yet-converted element is a RawDataElement
+        raw: object = ds.get_item(tag)
     except Exception:  # noqa: BLE001
         return None
     if not isinstance(raw, RawDataElement):
@@ -337,7 +339,7 @@ def _split_bytes(value: bytes) -> list[str]:
 
 def _raw_text_values(ds: Dataset, tag: BaseTag) -> list[str]:
     try:
-        raw = ds.get_item(tag)
+        raw: object = ds.get_item(tag)
     except Exception:  # noqa: BLE001
         return []
     if isinstance(raw, RawDataElement):
@@ -354,7 +356,7 @@ def _keys(ds: Dataset) -> dict[int, BaseTag]:
     """The dataset's own tag objects by number: looking elements up with the very key
     object pydicom stored avoids its slow ``BaseTag.__eq__`` on every dictionary probe."""
     try:
-        return {int(tag): tag for tag in ds.keys()}
+        return {int(tag): tag for tag in ds.keys()}  # noqa: SIM118 - iterating converts
     except Exception:  # noqa: BLE001
         return {}
 

@@ -1,0 +1,1 @@
+"""Outside readers that tests compare dicomlake against (dcmtk, ...)."""
