@@ -44,18 +44,18 @@ ELEMENT_SCHEMA = pa.schema(
 )
 JSON_SCHEMA = pa.schema([pa.field("SOPInstanceUID", pa.string()), pa.field("json", pa.string())])
 
-_SEGMENT_CACHE: dict[int, tuple[str, str | None]] = {}
-_ESCAPE_FREE = str.maketrans("", "", "")
+_TAG_CACHE: dict[int, tuple[str, str | None, str, str]] = {}
 
 
-def _segment(tag: int) -> tuple[str, str | None]:
-    """Path segment and keyword of a public tag (cached)."""
-    hit = _SEGMENT_CACHE.get(tag)
+def _tag_info(tag: int) -> tuple[str, str | None, str, str]:
+    """Path segment, keyword, tag text and JSON key prefix of a public tag (cached)."""
+    hit = _TAG_CACHE.get(tag)
     if hit is None:
         entry = lookup(tag)
         kw = entry[2] if entry and entry[2] else None
-        hit = (kw or f"({tag >> 16:04X},{tag & 0xFFFF:04X})", kw)
-        _SEGMENT_CACHE[tag] = hit
+        text = f"{tag:08X}"
+        hit = (kw or f"({tag >> 16:04X},{tag & 0xFFFF:04X})", kw, text, '"' + text + '":{"vr":"')
+        _TAG_CACHE[tag] = hit
     return hit
 
 
@@ -73,26 +73,43 @@ def _pn_json(part: str) -> str:
     return "{" + inner + "}"
 
 
-class ElementColumns:
-    """Column lists of element rows for a batch of instances."""
+_ELEMENT_FIELDS = tuple(f.name for f in ELEMENT_SCHEMA)
 
-    __slots__ = tuple(f.name for f in ELEMENT_SCHEMA)
+
+class ElementColumns:
+    """Element rows of a batch of instances, one tuple per row, transposed at the end."""
+
+    __slots__ = ("rows",)
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, [])
+        self.rows: list[tuple[Any, ...]] = []
 
     def table(self) -> pa.Table:
-        return pa.table({n: getattr(self, n) for n in self.__slots__}, schema=ELEMENT_SCHEMA)
+        if not self.rows:
+            return ELEMENT_SCHEMA.empty_table()
+        cols = list(zip(*self.rows, strict=True))
+        return pa.Table.from_arrays(
+            [pa.array(c, type=f.type) for c, f in zip(cols, ELEMENT_SCHEMA, strict=True)], schema=ELEMENT_SCHEMA
+        )
 
     def __len__(self) -> int:
-        return len(self.path)  # type: ignore[attr-defined]
+        return len(self.rows)
+
+    def truncate(self, mark: int) -> None:
+        del self.rows[mark:]
+
+
+_TEXT_VRS = V.TEXT_VRS
+_NUMBER_TEXT_VRS = V.NUMBER_TEXT_VRS
+_SINGLE_VALUED_TEXT = V.SINGLE_VALUED_TEXT
+_BINARY_NUMBER_FORMATS = V.BINARY_NUMBER_FORMATS
+_KEEP_LEADING = V.LEADING_SPACE_SIGNIFICANT
 
 
 class _Walk:
-    """State of one instance's walk: decoder, endianness, output columns, wanted keywords."""
+    """State of one instance's walk: decoder, endianness, output rows, wanted keywords."""
 
-    __slots__ = ("decoder", "little", "cols", "uid", "wanted", "typed", "inline_max", "count")
+    __slots__ = ("decoder", "little", "rows", "uid", "wanted", "typed", "inline_max", "count")
 
     def __init__(
         self,
@@ -104,7 +121,7 @@ class _Walk:
     ) -> None:
         self.decoder = decoder
         self.little = little
-        self.cols = cols
+        self.rows = cols.rows
         self.uid = ""
         self.wanted = wanted
         self.typed: dict[str, Any] = {}
@@ -112,24 +129,26 @@ class _Walk:
         self.count = 0
 
     def walk(self, elements: Sequence[Element], prefix: str, key_prefix: str, depth: int, json_out: bool) -> str:
-        cols = self.cols
-        c_uid, c_path, c_key, c_depth = cols.SOPInstanceUID, cols.path, cols.path_key, cols.depth  # type: ignore[attr-defined]
-        c_tag, c_kw, c_vr, c_pc = cols.tag, cols.keyword, cols.VR, cols.private_creator  # type: ignore[attr-defined]
-        c_text, c_num, c_len = cols.value_text, cols.value_num, cols.length  # type: ignore[attr-defined]
+        add = self.rows.append
         uid = self.uid
         decoder = self.decoder
         little = self.little
         wanted = self.wanted if depth == 0 else None
+        typed = self.typed
         parts: list[str] = []
+        put = parts.append
         creators: dict[int, str] = {}
+        tag_cache = _TAG_CACHE
         for tag, vr, value, length in elements:
             group = tag >> 16
+            creator = None
             if group & 1:
                 elem = tag & 0xFFFF
+                kw = None
+                tagtext = f"{tag:08X}"
+                jkey = '"' + tagtext + '":{"vr":"'
                 if 0x0010 <= elem < 0x0100:
                     seg = f"({group:04X},{elem:04X})"
-                    kw = None
-                    creator = None
                     if isinstance(value, bytes):
                         creators[group << 8 | elem] = value.decode("latin-1").strip(" \x00")
                 else:
@@ -138,10 +157,9 @@ class _Walk:
                         seg = f'({group:04X},"{creator}",{elem & 0xFF:02X})'
                     else:
                         seg = f"({group:04X},{elem:04X})"
-                    kw = None
             else:
-                seg, kw = _segment(tag)
-                creator = None
+                info = tag_cache.get(tag) or _tag_info(tag)
+                seg, kw, tagtext, jkey = info
                 if vr == "UN" and isinstance(value, bytes):
                     entry = lookup(tag)
                     if entry and entry[0] not in ("UN", "SQ"):
@@ -150,39 +168,51 @@ class _Walk:
             text: str | None = None
             num: float | None = None
             jval: str | None = None  # the JSON "Value"/"InlineBinary" part, or None for none
-            if vr == "SQ":
+            if vr in _TEXT_VRS:
+                if value:
+                    if value.isascii():  # type: ignore[union-attr]
+                        t = value.decode("ascii")  # type: ignore[union-attr]
+                        if vr in _KEEP_LEADING or vr == "UI":
+                            t = t.rstrip("\x00 ")
+                        elif "\\" in t:
+                            t = "\\".join([p.strip("\x00 ") for p in t.split("\\")])
+                        else:
+                            t = t.strip("\x00 ")
+                    else:
+                        t = decoder.text(value, vr)  # type: ignore[arg-type]
+                    if t:
+                        text = t
+                        if vr in _NUMBER_TEXT_VRS:
+                            num = V.first_number(t)
+                            if json_out:
+                                jval = '"Value":[' + ",".join(
+                                    [V.json_number_text(p, vr) if p.strip() else "null" for p in t.split("\\")]
+                                ) + "]"
+                        elif json_out:
+                            if vr in _SINGLE_VALUED_TEXT:
+                                jval = '"Value":[' + _js(t) + "]"
+                            elif vr == "PN":
+                                jval = '"Value":[' + ",".join([_pn_json(p) if p else "null" for p in t.split("\\")]) + "]"
+                            elif "\\" in t:
+                                jval = '"Value":[' + ",".join([_js(p) if p else "null" for p in t.split("\\")]) + "]"
+                            else:
+                                jval = '"Value":[' + _js(t) + "]"
+            elif vr == "SQ":
                 items = value or []
-                num = float(len(items))
+                num = float(len(items))  # type: ignore[arg-type]
+                sub_key = (key_prefix + seg + ".") if depth else (seg + ".")
                 if json_out:
                     item_json = [
-                        self.walk(item, f"{path}[{i}].", f"{key_prefix}{seg}.", depth + 1, True)
-                        for i, item in enumerate(items)
+                        self.walk(item, f"{path}[{i}].", sub_key, depth + 1, True)
+                        for i, item in enumerate(items)  # type: ignore[arg-type]
                     ]
                     jval = '"Value":[' + ",".join(item_json) + "]"
                 else:
-                    for i, item in enumerate(items):
-                        self.walk(item, f"{path}[{i}].", f"{key_prefix}{seg}.", depth + 1, False)
+                    for i, item in enumerate(items):  # type: ignore[arg-type]
+                        self.walk(item, f"{path}[{i}].", sub_key, depth + 1, False)
             elif value is None:
                 pass  # bulk data: only the length is kept
-            elif vr in V.TEXT_VRS:
-                text = decoder.text(value, vr)
-                if text:
-                    if vr in V.NUMBER_TEXT_VRS:
-                        num = V.first_number(text)
-                        if json_out:
-                            jval = '"Value":[' + ",".join(
-                                V.json_number_text(p, vr) if p.strip() else "null" for p in text.split("\\")
-                            ) + "]"
-                    elif json_out:
-                        if vr in V.SINGLE_VALUED_TEXT:
-                            jval = '"Value":[' + _js(text) + "]"
-                        elif vr == "PN":
-                            jval = '"Value":[' + ",".join(_pn_json(p) if p else "null" for p in text.split("\\")) + "]"
-                        else:
-                            jval = '"Value":[' + ",".join(_js(p) if p else "null" for p in text.split("\\")) + "]"
-                else:
-                    text = None
-            elif vr in V.BINARY_NUMBER_FORMATS:
+            elif vr in _BINARY_NUMBER_FORMATS:
                 nums = V.binary_numbers(value, vr, little)
                 if nums:
                     text = "\\".join(map(str, nums))
@@ -190,7 +220,7 @@ class _Walk:
                     num = float(first) if math.isfinite(first) else None
                     if json_out:
                         if vr in ("FL", "FD"):
-                            jval = '"Value":[' + ",".join(repr(x) if math.isfinite(x) else "null" for x in nums) + "]"
+                            jval = '"Value":[' + ",".join([repr(x) if math.isfinite(x) else "null" for x in nums]) + "]"
                         else:
                             jval = '"Value":[' + ",".join(map(str, nums)) + "]"
             elif vr == "AT":
@@ -198,27 +228,17 @@ class _Walk:
                 if tags:
                     text = "\\".join(tags)
                     if json_out:
-                        jval = '"Value":[' + ",".join(f'"{t}"' for t in tags) + "]"
+                        jval = '"Value":[' + ",".join([f'"{t}"' for t in tags]) + "]"
             elif value:
                 if json_out:
                     jval = '"InlineBinary":"' + V.inline_binary(value) + '"'
-            c_uid.append(uid)
-            c_path.append(path)
-            c_key.append(key_prefix + seg if depth else seg)
-            c_depth.append(depth)
-            c_tag.append(f"{tag:08X}")
-            c_kw.append(kw)
-            c_vr.append(vr)
-            c_pc.append(creator)
-            c_text.append(text)
-            c_num.append(num)
-            c_len.append(length)
-            if wanted is not None and kw is not None and kw in wanted and (text is not None):
-                self.typed[kw] = text
+            add((uid, path, (key_prefix + seg) if depth else seg, depth, tagtext, kw, vr, creator, text, num, length))
+            if wanted is not None and text is not None and kw in wanted:
+                typed[kw] = text
             # group 0002 (file meta) and group lengths (gggg,0000; retired, PS3.5 §7.2) are
             # not part of the DICOM JSON model of a dataset (PS3.18 §F.2)
-            if json_out and group != 0x0002 and tag & 0xFFFF and not (value is None and vr != "SQ"):
-                parts.append(f'"{tag:08X}":{{"vr":"{vr}"' + ("," + jval if jval else "") + "}")
+            if json_out and group != 0x0002 and tag & 0xFFFF and (value is not None or vr == "SQ"):
+                put(jkey + vr + ('",' + jval + "}" if jval else '"}'))
         self.count += len(elements)
         return "{" + ",".join(parts) + "}"
 
@@ -343,8 +363,7 @@ class BatchBuilder:
         return uid
 
     def _truncate_elements(self, mark: int) -> None:
-        for name in ElementColumns.__slots__:
-            del getattr(self.elements, name)[mark:]
+        self.elements.truncate(mark)
 
     def tables(self) -> dict[str, pa.Table]:
         """The batch as Arrow tables: instances, elements, dicom_json."""
