@@ -24,6 +24,7 @@ from bench.report import BenchResult, fmt, table
 
 BENCHES = [
     "bench.ingest_bench",
+    "bench.bench_query",
 ]
 """Modules whose ``main()`` is called, in this order."""
 

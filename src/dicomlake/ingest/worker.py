@@ -42,6 +42,9 @@ SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 RADIOPHARMACEUTICAL_SR = "1.2.840.10008.5.1.4.1.1.88.68"
 DOSE_IMAGE_MODALITIES = frozenset({"MG", "DX", "CR", "RF", "XA", "PX", "IO"})
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+# CT, NM and PET images carry per-slice values (CTDIvol, administered dose) that are not
+# irradiation events; their dose comes from the RDSR or, for CT, a dose-information screen.
 
 
 @dataclass(slots=True)
@@ -127,7 +130,7 @@ def _quarantine(lake: Path, data: bytes) -> tuple[str, str]:
 def _dose_rows(header_bytes: bytes, sop_class: str | None, modality: str | None) -> list[dict[str, Any]]:
     """Dose events via pydicom for the few instances that carry dose (SRs, projection X-ray)."""
     is_sr = bool(sop_class and sop_class.startswith(SR_PREFIX))
-    if not is_sr and modality not in DOSE_IMAGE_MODALITIES:
+    if not is_sr and modality not in DOSE_IMAGE_MODALITIES and not (sop_class == SECONDARY_CAPTURE and modality == "CT"):
         return []
     try:
         from dicomlake.extract import dose
@@ -277,7 +280,11 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
             try:
                 sop_class = _top_text(header, 0x00080016)
                 modality = _top_text(header, 0x00080060)
-                if (sop_class and sop_class.startswith(SR_PREFIX)) or modality in DOSE_IMAGE_MODALITIES:
+                if (
+                    (sop_class and sop_class.startswith(SR_PREFIX))
+                    or modality in DOSE_IMAGE_MODALITIES
+                    or (sop_class == SECONDARY_CAPTURE and modality == "CT")  # dose-info screens
+                ):
                     if task.kind == "file" and len(head_bytes) < size:
                         head_bytes = _read_all(task.path) or head_bytes
                     dose_rows.extend(_dose_rows(head_bytes, sop_class, modality))
