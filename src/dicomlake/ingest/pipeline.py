@@ -99,6 +99,7 @@ class _Batcher:
         self.pending: list[Segment] = []
         self.pending_rejects: list[pa.Table] = []
         self.pending_uids: set[str] = set()
+        self.after_commit: Callable[[list[str]], None] | None = None  # curation on ingest
 
     def add(self, res: ChunkResult) -> None:
         if res.rejects.num_rows:
@@ -124,6 +125,7 @@ class _Batcher:
         if self.pending_rejects:
             tables["rejects"] = pa.concat_tables(self.pending_rejects)
         accepted = [p for s in self.pending for p in s.accepted_paths]
+        committed = list(self.pending_uids)
         wr = self.store.write_batch(tables, accepted)
         rep = self.report
         rep.inserted += wr.inserted
@@ -133,6 +135,8 @@ class _Batcher:
         self.pending.clear()
         self.pending_rejects.clear()
         self.pending_uids.clear()
+        if self.after_commit is not None:
+            self.after_commit(committed)
 
 
 def _worker_config(settings: Settings, lake: Path, source: str | None) -> WorkerConfig:
@@ -192,6 +196,9 @@ def ingest_paths(
     st = store or DuckDBStore(lake_dir)
     cfg = _worker_config(settings, lake_dir, source)
     batcher = _Batcher(st, report, size)
+    from dicomlake.curate.hook import ingest_hook
+
+    batcher.after_commit = ingest_hook(st, settings, report.notes)  # setting curate_on_ingest
     chunks = list(_chunks(tasks, CHUNK_FILES))
     n_workers = max(1, min(n_workers, len(chunks)))
     bar = _Progress(len(tasks), report, t0) if progress is True else None

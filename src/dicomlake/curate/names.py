@@ -1,0 +1,339 @@
+"""Name standardisation: cluster the variants of institution, station, protocol and
+description names into proposals; confirmed mappings become versioned ``*_std`` columns.
+
+The flow a physicist follows::
+
+    dicomlake curate names --propose names.csv      # clusters, one row per variant
+    (edit names.csv: fix `standard`, set `status` to confirmed, delete wrong rows)
+    dicomlake curate names --confirm names.csv      # a new mapping version in the lake
+
+Audits read names through :func:`std_relation`, which adds ``institution_std``,
+``station_std``, ``protocol_std``, ``study_description_std`` and ``series_description_std``
+to ``instances`` from the latest confirmed version (the raw value where none is mapped).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import difflib
+import re
+import tomllib
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+
+from dicomlake.errors import ConfigError
+
+# field name → the instances column whose variants it standardises
+FIELDS: dict[str, str] = {
+    "institution": "InstitutionName",
+    "station": "StationName",
+    "protocol": "ProtocolName",
+    "study_description": "StudyDescription",
+    "series_description": "SeriesDescription",
+}
+MAPPINGS_DDL = (
+    "CREATE TABLE IF NOT EXISTS name_mappings (version INTEGER, field VARCHAR, variant VARCHAR, "
+    "standard VARCHAR, confirmed_by VARCHAR, confirmed_at TIMESTAMP, source_file VARCHAR)"
+)
+CSV_HEADER = ["field", "cluster", "variant", "count", "standard", "similarity", "status"]
+
+
+@cache
+def _vocabulary() -> tuple[dict[str, str], frozenset[str], frozenset[str]]:
+    data = tomllib.loads(resources.files("dicomlake.curate").joinpath("name_words.toml").read_text("utf-8"))
+    abbrev = {k.lower(): v.lower() for k, v in data.get("abbreviations", {}).items()}
+    generic = frozenset(w.lower() for w in data.get("generic", []))
+    stop = frozenset(w.lower() for w in data.get("stopwords", []))
+    return abbrev, generic, stop
+
+
+def _ascii(s: str) -> str:
+    s = unicodedata.normalize("NFKD", s)
+    return "".join(c for c in s if not unicodedata.combining(c))
+
+
+def tokens(name: str) -> list[str]:
+    """Lower-case words with punctuation, possessives and abbreviations resolved.
+
+    >>> tokens("ST MARYS HOSP"), tokens("St. Mary's Hospital")
+    (['saint', 'mary', 'hospital'], ['saint', 'mary', 'hospital'])
+    """
+    abbrev, _, stop = _vocabulary()
+    s = _ascii(name).lower()
+    s = re.sub(r"['’`]s\b", "", s)  # possessive
+    s = re.sub(r"['’`.]", "", s)  # St. → St, O'Neil → ONeil
+    words = [w for w in re.split(r"[^a-z0-9]+", s) if w]
+    out = []
+    for w in words:
+        w = abbrev.get(w, w)
+        for part in w.split():
+            if len(part) > 3 and part.endswith("s") and not part.endswith("ss"):
+                part = part[:-1]  # "marys" and "mary's" alike
+            if part not in stop:
+                out.append(part)
+    return out
+
+
+def core_tokens(name: str) -> list[str]:
+    """:func:`tokens` without generic words (hospital, trust, NHS), which say nothing of which."""
+    _, generic, _ = _vocabulary()
+    t = tokens(name)
+    core = [w for w in t if w not in generic]
+    return core or t
+
+
+def initials(name: str) -> set[str]:
+    """Acronyms a name may be written as: of all words, and of the non-generic words."""
+    t = tokens(name)
+    c = core_tokens(name)
+    out = {"".join(w[0] for w in t), "".join(w[0] for w in c)}
+    if t and t[0] == "saint":
+        out |= {"st" + "".join(w[0] for w in t[1:]), "st" + "".join(w[0] for w in c[1:])}
+    return {a for a in out if len(a) >= 2}
+
+
+def _is_acronym(name: str) -> str | None:
+    raw = re.sub(r"[^A-Za-z]", "", _ascii(name))
+    words = re.findall(r"[A-Za-z]+", name)
+    if len(words) == 1 and 2 <= len(raw) <= 6 and raw.isupper():
+        return raw.lower()
+    return None
+
+
+def similarity(a: str, b: str) -> float:
+    """How alike two names are, 0..1: the best of token overlap (Jaccard of core words), the
+    character similarity of their normalised forms, and an acronym match (``RSCH``)."""
+    ta, tb = set(core_tokens(a)), set(core_tokens(b))
+    jac = len(ta & tb) / len(ta | tb) if ta | tb else 0.0
+    ka, kb = " ".join(sorted(ta)), " ".join(sorted(tb))
+    seq = difflib.SequenceMatcher(None, ka, kb).ratio() if ka and kb else 0.0
+    acr = 0.0
+    xa, xb = _is_acronym(a), _is_acronym(b)
+    if xa and not xb and xa in initials(b):
+        acr = 0.95
+    elif xb and not xa and xb in initials(a):
+        acr = 0.95
+    return max(jac, seq, acr)
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """One variant and the standard name proposed for it."""
+
+    field: str
+    cluster: int
+    variant: str
+    count: int
+    standard: str
+    similarity: float
+
+
+def cluster_names(values: Sequence[tuple[str, int]], threshold: float = 0.8) -> list[list[tuple[str, int]]]:
+    """Group name variants: single linkage over :func:`similarity` ≥ ``threshold``.
+
+    Parameters
+    ----------
+    values
+        ``(variant, number of instances)``; counts decide which variant names the group.
+    """
+    names = [v for v in values if v[0] and v[0].strip()]
+    parent = list(range(len(names)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if find(i) != find(j) and similarity(names[i][0], names[j][0]) >= threshold:
+                parent[find(j)] = find(i)
+    groups: dict[int, list[tuple[str, int]]] = {}
+    for i, v in enumerate(names):
+        groups.setdefault(find(i), []).append(v)
+    return sorted(groups.values(), key=lambda g: (-sum(c for _, c in g), g[0][0]))
+
+
+def standard_for(group: Sequence[tuple[str, int]]) -> str:
+    """The name to propose for a group: the most used full (non-acronym) variant, tidied."""
+    full = [g for g in group if not _is_acronym(g[0])] or list(group)
+    best = max(full, key=lambda g: (g[1], len(tokens(g[0])), len(g[0])))[0].strip()
+    if best.isupper() or best.islower():
+        best = " ".join(w if len(w) <= 3 and w.isupper() and not w.isalpha() else w.capitalize() for w in best.split())
+    return re.sub(r"\s+", " ", best)
+
+
+def propose(field: str, values: Sequence[tuple[str, int]], threshold: float = 0.8) -> list[Proposal]:
+    """Proposals for one field's variants."""
+    out = []
+    for n, group in enumerate(cluster_names(values, threshold), start=1):
+        std = standard_for(group)
+        for variant, count in sorted(group, key=lambda g: -g[1]):
+            out.append(Proposal(field, n, variant, count, std, round(similarity(variant, std), 3)))
+    return out
+
+
+# ---- the lake ---------------------------------------------------------------------------
+
+
+def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(MAPPINGS_DDL)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'", [name]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def variants_in_lake(con: duckdb.DuckDBPyConnection, fields: Iterable[str] = FIELDS) -> dict[str, list[tuple[str, int]]]:
+    """Distinct values of each field with their instance counts (dose-event protocols included)."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for f in fields:
+        col = FIELDS[f]
+        sql = f'SELECT trim("{col}") AS v, count(*) AS n FROM instances WHERE trim(coalesce("{col}", \'\')) <> \'\' GROUP BY 1'
+        if f == "protocol" and _has_table(con, "dose_events"):
+            sql = (
+                f"SELECT v, sum(n) FROM ({sql} UNION ALL SELECT trim(acquisition_protocol), count(*) FROM dose_events "
+                "WHERE trim(coalesce(acquisition_protocol, '')) <> '' GROUP BY 1) GROUP BY v"
+            )
+        out[f] = [(str(v), int(n)) for v, n in con.execute(sql + " ORDER BY 2 DESC, 1").fetchall()]
+    return out
+
+
+def latest_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    if not _has_table(con, "name_mappings"):
+        return None
+    row = con.execute("SELECT max(version) FROM name_mappings").fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def unmapped(con: duckdb.DuckDBPyConnection, threshold: float = 0.8) -> list[Proposal]:
+    """Variants in the lake that no confirmed mapping covers, with proposals: awaiting a physicist."""
+    ver = latest_version(con)
+    mapped: set[tuple[str, str]] = set()
+    if ver is not None:
+        mapped = {(f, v) for f, v in con.execute("SELECT field, variant FROM name_mappings WHERE version = ?", [ver]).fetchall()}
+    out = []
+    for f, values in variants_in_lake(con).items():
+        for p in propose(f, values, threshold):
+            if (f, p.variant) not in mapped:
+                out.append(p)
+    return out
+
+
+def write_proposals(path: str | Path, proposals: Iterable[Proposal]) -> int:
+    """The CSV a physicist edits (header: field, cluster, variant, count, standard, similarity, status)."""
+    n = 0
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_HEADER)
+        for p in proposals:
+            w.writerow([p.field, p.cluster, p.variant, p.count, p.standard, p.similarity, "proposed"])
+            n += 1
+    return n
+
+
+def read_mapping(path: str | Path, *, include_proposed: bool = False) -> list[tuple[str, str, str]]:
+    """Confirmed ``(field, variant, standard)`` rows of an edited proposals CSV; every bad row at once."""
+    rows, problems = [], []
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        need = {"field", "variant", "standard"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise ConfigError(f"mapping file {path}: header must include {', '.join(sorted(need))}; found {reader.fieldnames}")
+        for n, r in enumerate(reader, start=2):
+            status = (r.get("status") or "confirmed").strip().lower()
+            if status not in ("confirmed", "proposed", "rejected"):
+                problems.append(f"line {n}: status {status!r} is not confirmed, proposed or rejected")
+                continue
+            if status == "rejected" or (status == "proposed" and not include_proposed):
+                continue
+            f, v, s = (r.get("field") or "").strip(), (r.get("variant") or "").strip(), (r.get("standard") or "").strip()
+            if f not in FIELDS:
+                problems.append(f"line {n}: field {f!r} is not one of {', '.join(FIELDS)}")
+            elif not v or not s:
+                problems.append(f"line {n}: empty variant or standard")
+            else:
+                rows.append((f, v, s))
+    if problems:
+        raise ConfigError(f"mapping file {path}: " + "; ".join(problems[:20]))
+    return rows
+
+
+def apply_mapping(
+    con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, str, str]], *, confirmed_by: str = "", source_file: str = ""
+) -> int:
+    """Store confirmed mappings as a new version (previous confirmed rows carried over unless
+    overridden) and refresh the ``instances_std`` view; the new version number."""
+    ensure_tables(con)
+    prev = latest_version(con)
+    merged: dict[tuple[str, str], str] = {}
+    if prev is not None:
+        for f, v, s in con.execute("SELECT field, variant, standard FROM name_mappings WHERE version = ?", [prev]).fetchall():
+            merged[(f, v)] = s
+    for f, v, s in rows:
+        merged[(f, v)] = s
+    ver = (prev or 0) + 1
+    now = dt.datetime.now()
+    con.executemany(
+        "INSERT INTO name_mappings VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [[ver, f, v, s, confirmed_by, now, source_file] for (f, v), s in sorted(merged.items())],
+    )
+    con.execute(f"CREATE OR REPLACE VIEW instances_std AS {std_relation(con)}")
+    return ver
+
+
+def std_relation(con: duckdb.DuckDBPyConnection, table: str = "instances") -> str:
+    """SQL of ``instances`` with the ``*_std`` columns of the latest mapping version."""
+    ver = latest_version(con)
+    cols = []
+    joins = []
+    for n, (f, col) in enumerate(FIELDS.items()):
+        if ver is None:
+            cols.append(f'nullif(trim(i."{col}"), \'\') AS {f}_std')
+            continue
+        cols.append(f'coalesce(m{n}.standard, nullif(trim(i."{col}"), \'\')) AS {f}_std')
+        joins.append(
+            f"LEFT JOIN (SELECT variant, standard FROM name_mappings WHERE version = {ver} AND field = '{f}') m{n} "
+            f'ON m{n}.variant = trim(i."{col}")'
+        )
+    return f"SELECT i.*, {', '.join(cols)} FROM {table} i {' '.join(joins)}"
+
+
+def std_value_sql(con: duckdb.DuckDBPyConnection, field: str, expr: str) -> str:
+    """SQL mapping one expression (e.g. ``d.acquisition_protocol``) through a field's latest mapping."""
+    ver = latest_version(con)
+    if ver is None:
+        return f"nullif(trim({expr}), '')"
+    return (
+        f"coalesce((SELECT standard FROM name_mappings WHERE version = {ver} AND field = '{field}' "
+        f"AND variant = trim({expr}) LIMIT 1), nullif(trim({expr}), ''))"
+    )
+
+
+def precision_recall(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> tuple[float, float]:
+    """Pairwise precision and recall of a clustering against the true groups."""
+
+    def pairs(groups: Sequence[Sequence[str]]) -> set[frozenset[str]]:
+        out = set()
+        for g in groups:
+            g = list(g)
+            for i in range(len(g)):
+                for j in range(i + 1, len(g)):
+                    out.add(frozenset((g[i], g[j])))
+        return out
+
+    p, t = pairs(predicted), pairs(truth)
+    precision = len(p & t) / len(p) if p else 1.0
+    recall = len(p & t) / len(t) if t else 1.0
+    return precision, recall
