@@ -4,22 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LAKE ?= ./dicomlake-data
-# Debian packages the tests and tools need: "binary:package" pairs, installed when missing.
-DEB := dcmdump:dcmtk dciodvfy:dicom3tools Orthanc:orthanc
 
 .PHONY: install deb run test bench lint clean
 
 install: deb $(VENV)/.installed
 
 deb:
-	@missing=""; for pair in $(DEB); do bin=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; done; \
-	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	@bash util/install-deb.sh
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
