@@ -293,7 +293,7 @@ def dcmdump_text(path: str) -> str:
     import subprocess
 
     tool = require_tool("dcmdump")
-    res = subprocess.run([tool, "+L", "+U8", "-q", path], capture_output=True)
+    res = subprocess.run([tool, "+L", "+U8", "-q", path], capture_output=True, check=False)
     return res.stdout.decode("utf-8", "replace")
 
 
@@ -303,7 +303,7 @@ def dciodvfy_errors(path: str) -> set[str]:
     import subprocess
 
     tool = require_tool("dciodvfy")
-    res = subprocess.run([tool, path], capture_output=True)
+    res = subprocess.run([tool, path], capture_output=True, check=False)
     text = (res.stdout + res.stderr).decode("utf-8", "replace")
     out = set()
     for line in text.splitlines():
@@ -325,12 +325,12 @@ def encodings_of(value: str, charset: object) -> list[bytes]:
     charsets = charset if isinstance(charset, list) else [charset]
     try:
         forms.add(encode_string(value, [c or "ISO_IR 6" for c in charsets]))
-    except Exception:
-        pass
+    except (LookupError, UnicodeError, ValueError):
+        pass  # not representable in this character set
     for part in value.split("="):
         if part and part != value:
             try:
                 forms.add(encode_string(part, [c or "ISO_IR 6" for c in charsets]))
-            except Exception:
-                pass
+            except (LookupError, UnicodeError, ValueError):
+                pass  # not representable in this character set
     return [f for f in forms if f]

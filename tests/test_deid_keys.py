@@ -15,8 +15,14 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from dicomlake.deid import (
-    DeidSettings, Deidentifier, ExternalMap, Keyring, RetainOption, Vault, builtin_profiles,
-    load_profile, standard_tables,
+    Deidentifier,
+    DeidSettings,
+    Keyring,
+    RetainOption,
+    Vault,
+    builtin_profiles,
+    load_profile,
+    standard_tables,
 )
 from dicomlake.deid.table import Action, resolve_compound
 from dicomlake.deid.text import Scrubber, postcode_area, postcode_district, zip3
@@ -133,7 +139,7 @@ def test_deid_vault_reidentifies_only_with_its_key_and_logs(tmp_path: Path) -> N
     env = {**os.environ, "DICOMLAKE_DEID__VAULT_KEY": VAULT_KEY}
     res = subprocess.run(
         [sys.executable, "-m", "dicomlake.cli.main", "reidentify", str(out.PatientID), "--vault", str(vault_path),
-         "--purpose", "update case 7"], capture_output=True, text=True, env=env,
+         "--purpose", "update case 7"], capture_output=True, text=True, env=env, check=False,
     )
     assert res.returncode == 0, res.stderr
     assert "1CT1" in res.stdout and "CompressedSamples^CT1" in res.stdout
@@ -142,7 +148,7 @@ def test_deid_vault_reidentifies_only_with_its_key_and_logs(tmp_path: Path) -> N
     env.pop("DICOMLAKE_DEID__VAULT_KEY")
     res = subprocess.run(
         [sys.executable, "-m", "dicomlake.cli.main", "reidentify", str(out.PatientID), "--vault", str(vault_path),
-         "--purpose", "x"], capture_output=True, text=True, env=env,
+         "--purpose", "x"], capture_output=True, text=True, env=env, check=False,
     )
     assert res.returncode == 2 and "VAULT_KEY" in res.stderr
 
@@ -181,12 +187,12 @@ def test_deid_double_pseudonymisation_gives_an_unlinkable_consistent_extract() -
 def test_deid_cli_lists_profiles_and_fails_on_non_dicom(tmp_path: Path) -> None:
     env = {**os.environ, "DICOMLAKE_DEID__SECRET": SECRET}
     res = subprocess.run([sys.executable, "-m", "dicomlake.cli.main", "deid", "profiles"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
+                         capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert res.returncode == 0 and "research" in res.stdout and "dose-audit" in res.stdout
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("not dicom")
     (tmp_path / "in" / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())  # type: ignore[arg-type]
     res = subprocess.run([sys.executable, "-m", "dicomlake.cli.main", "deid", str(tmp_path / "in"), "--out",
-                          str(tmp_path / "out"), "--profile", "basic"], capture_output=True, text=True, env=env)
+                          str(tmp_path / "out"), "--profile", "basic"], capture_output=True, text=True, env=env, check=False)
     assert res.returncode == 1 and "notes.txt" in res.stderr and "de-identified 1" in res.stdout
     assert (tmp_path / "out" / "ct.dcm").is_file()

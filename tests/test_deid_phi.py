@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from tests.factories_phi import PATIENTS, Planted, dcmdump_text, encodings_of, phi_dataset
 
 from dicomlake.deid import Deidentifier, DeidSettings, load_profile, standard_tables
 from dicomlake.deid.engine import write_bytes
 from dicomlake.deid.table import Action, RetainOption
+from tests.factories_phi import PATIENTS, Planted, dcmdump_text, encodings_of, phi_dataset
 
 SECRET = "planted-phi-test-secret-0123456789"
 PROFILES = ["basic", "research", "dose-audit"]
@@ -154,7 +154,7 @@ def test_deid_research_generalises_postcode_and_keeps_characteristics(outputs: d
 
 
 def test_deid_dose_audit_pseudonymises_operators_and_keeps_safe_private(outputs: dict) -> None:
-    path, planted = outputs[("latin1", "dose-audit")]
+    path, _ = outputs[("latin1", "dose-audit")]
     out = pydicom.dcmread(path)
     assert str(out.OperatorsName).startswith("OP-")
     assert str(out.InstitutionName).startswith("SITE-")

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from dicomlake.deid import Deidentifier, DeidSettings, load_profile, standard_tables
 from dicomlake.deid.profile import BurnedInPolicy
 from dicomlake.deid.table import Action
-from tests.factories_phi import dcmdump_text, dciodvfy_errors
+from tests.factories_phi import dciodvfy_errors, dcmdump_text
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 DEID_DATA = sorted((SHARED / "deid-data").rglob("*.dcm"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pydicom
 from pydicom.dataelem import DataElement
@@ -26,8 +26,22 @@ from dicomlake import __version__
 from dicomlake.deid.profile import BurnedInPolicy, DeidProfile, load_profile
 from dicomlake.deid.pseudonym import ExternalMap, Keyring, parse_key
 from dicomlake.deid.settings import DeidSettings
-from dicomlake.deid.table import Action, RetainOption, StandardTables, TableRow, resolve_compound, standard_tables
-from dicomlake.deid.text import Scrubber, name_terms, postcode_area, postcode_district, shift_by, zip3
+from dicomlake.deid.table import (
+    Action,
+    RetainOption,
+    StandardTables,
+    TableRow,
+    resolve_compound,
+    standard_tables,
+)
+from dicomlake.deid.text import (
+    Scrubber,
+    name_terms,
+    postcode_area,
+    postcode_district,
+    shift_by,
+    zip3,
+)
 from dicomlake.deid.vault import Vault
 from dicomlake.errors import DeidError
 
@@ -98,7 +112,7 @@ def settings_from_env() -> DeidSettings:
         env = os.environ.get(f"DICOMLAKE_DEID__{name.upper()}")
         if env is not None:
             values[name] = env
-    return DeidSettings(**values)
+    return DeidSettings.model_validate(values)
 
 
 class Deidentifier:
@@ -203,7 +217,7 @@ class Deidentifier:
         if self.vault is not None:
             self.vault.close()
 
-    def __enter__(self) -> Deidentifier:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -246,7 +260,7 @@ class Deidentifier:
         terms: list[str] = []
         stack: list[tuple[Dataset, int | None]] = [(ds, None)]
         while stack:
-            item, parent = stack.pop()
+            item, _parent = stack.pop()
             for elem in item:
                 tag = int(elem.tag)
                 if elem.VR == "SQ":

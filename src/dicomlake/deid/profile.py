@@ -12,8 +12,8 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
-from dicomlake.errors import DeidError
 from dicomlake.deid.table import RetainOption
+from dicomlake.errors import DeidError
 
 
 class BurnedInPolicy(Enum):
