@@ -13,14 +13,6 @@ EXAMPLES = [
              select=["ManufacturerModelName", "ViewPosition", "ImageLaterality", "CompressionForce",
                      "BodyPartThickness", "OrganDose", "KVP"]),
     ),
-    (
-        "CT dose events from Radiation Dose SRs (a nested content tree turned into rows)",
-        None,
-    ),
-    (
-        "Instances by modality and transfer syntax, from the elements of any header",
-        None,
-    ),
 ]
 
 
@@ -66,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
             Format.table,
             None,
         )
-        console.rule("3. dicomlake query --where 'TransferSyntaxUID = 1.2.840.10008.1.2.4.*' --level series")
+        console.rule("3. dicomlake sql: private elements by creator, from every header's elements")
         write_table(
-            lk.query_arrow(
-                where=["TransferSyntaxUID = 1.2.840.10008.1.2.4.*"],
-                select=["Modality", "SeriesDescription", "TransferSyntaxUID"],
-                level="series",
-                limit=15,
+            lk.store.query(
+                "SELECT e.private_creator, count(DISTINCT e.SOPInstanceUID) AS instances, "
+                "count(*) AS elements, any_value(i.Manufacturer) AS Manufacturer FROM elements e "
+                "JOIN instances i USING (SOPInstanceUID) WHERE e.private_creator IS NOT NULL "
+                "GROUP BY ALL ORDER BY instances DESC LIMIT 10"
             ),
             Format.table,
             None,
