@@ -370,7 +370,7 @@ def curate(
             con.execute("DELETE FROM quality_flags WHERE rule = 'duplicate' AND SOPInstanceUID IN (SELECT u FROM ex)")
         if flags.num_rows:
             con.execute("INSERT INTO quality_flags BY NAME SELECT * FROM flags")
-        n_scope = con.execute("SELECT count(*) FROM _cur_scope").fetchone()
+        n_scope = con.execute("SELECT count(*) FROM _cur_scope").fetchall()[0]
         report = CurateReport(instances=int(n_scope[0]) if n_scope else 0, flags=flags.num_rows,
                               rules_version=rules.version, notes=run.notes)  # fmt: skip
         for r in run.rows:

@@ -191,7 +191,7 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     row = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'", [name]
-    ).fetchone()
+    ).fetchall()[0]
     return bool(row and row[0])
 
 
@@ -213,7 +213,7 @@ def variants_in_lake(con: duckdb.DuckDBPyConnection, fields: Iterable[str] = FIE
 def latest_version(con: duckdb.DuckDBPyConnection) -> int | None:
     if not _has_table(con, "name_mappings"):
         return None
-    row = con.execute("SELECT max(version) FROM name_mappings").fetchone()
+    row = con.execute("SELECT max(version) FROM name_mappings").fetchall()[0]
     return int(row[0]) if row and row[0] is not None else None
 
 
