@@ -24,6 +24,8 @@ VERB_MODULES = [
     "dicomlake.cli.query",
     "dicomlake.cli.deid",
     "dicomlake.cli.write",
+    "dicomlake.cli.curate",
+    "dicomlake.cli.audit",
 ]
 
 
