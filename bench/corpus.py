@@ -127,7 +127,8 @@ def generate(out_dir: str | os.PathLike[str], n: int = 20000, seed: int = 0) -> 
     Parameters
     ----------
     out_dir
-        Folder to write into; created if missing.
+        Folder to write into; created if missing. Files of the same names are
+        overwritten, nothing else is removed.
     n
         Number of instances; the last study is cut short to hit it exactly.
     seed
