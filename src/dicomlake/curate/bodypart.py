@@ -155,7 +155,7 @@ def check_body_part(
         return findings
     upper = written.upper()
     term = standard_term(written)
-    if upper not in defined_terms():
+    if written not in defined_terms():  # CS is upper case (PS3.5 6.2): "Chest" is not CHEST
         findings.append(BodyPartFinding(
             "bpe-not-defined-term", written, term or must or (implied[0][0] if implied else None),
             f"Body Part Examined {written!r} is not a defined term of PS3.16 Annex L"
