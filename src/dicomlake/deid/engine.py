@@ -163,6 +163,9 @@ class Deidentifier:
         self._remove = {_tag(k) for k in self.profile.remove}
         self._pseudo = {_tag(k): k for k in self.profile.pseudonymize}
         self._generalize = {_tag(k): _generaliser(v) for k, v in self.profile.generalize.items()}
+        self._special = (
+            self._keep | self._remove | set(self._pseudo) | set(self._generalize) | {_PATIENT_ID, _PATIENT_NAME}
+        )
         self._dates = (
             "full" if RetainOption.RETAIN_LONGITUDINAL_FULL_DATES in self.options
             else "modified" if RetainOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in self.options
@@ -261,8 +264,12 @@ class Deidentifier:
         stack: list[tuple[Dataset, int | None]] = [(ds, None)]
         while stack:
             item, _parent = stack.pop()
-            for elem in item:
-                tag = int(elem.tag)
+            for raw in item.elements():
+                tag = int(raw.tag)
+                vr = raw.VR or _dict_vr(tag)
+                if vr != "SQ" and (tag >> 16) % 2 == 0 and self.tables.row_for(tag) is None:
+                    continue  # nothing to collect; leave the value unconverted
+                elem = item[tag]
                 if elem.VR == "SQ":
                     for sub in elem.value or ():
                         stack.append((sub, tag))
@@ -305,11 +312,21 @@ class Deidentifier:
         out = Dataset()
         creators: dict[int, DataElement] = {}
         used_blocks: set[int] = set()
-        for elem in src:
-            tag = int(elem.tag)
+        for raw in src.elements():
+            tag = int(raw.tag)
             group, number = tag >> 16, tag & 0xFFFF
             if number == 0 or group == 0x0002 or group == 0xFFFC:
                 continue  # group lengths, file meta, trailing padding
+            if mode != "dummy" and group % 2 == 0 and tag not in self._special:
+                vr = raw.VR or _dict_vr(tag)
+                if vr in _PASS_VRS and self.tables.row_for(tag) is None:
+                    # Not in Table E.1-1, not text, date or UID: kept as read if the IOD has it.
+                    if self.tables.iod_type(ctx.sop_class, tag, parent) is None:
+                        self.report.removed_elements += 1
+                    else:
+                        out[tag] = raw
+                    continue
+            elem = src[tag]
             if group % 2 == 1:
                 if 0x0010 <= number <= 0x00FF:
                     creators[tag] = elem
@@ -591,6 +608,20 @@ class Deidentifier:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+# VRs whose unlisted values are copied without being decoded (no text, date, UID or sequence).
+_PASS_VRS = {"CS", "DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT", "OB", "OW", "OF",
+             "OD", "OL", "OV", "US or SS", "OB or OW", "US or OW", "US or SS or OW"}
+
+
+def _dict_vr(tag: int) -> str:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
 
 _CODE_ITEM_TAGS = {0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119, 0x00080120, 0x0040A043,
                    0x0040A168, 0x0040A010, 0x0040A040, 0x00080105, 0x00080106, 0x0040A30A, 0x004008EA}
