@@ -14,6 +14,12 @@ _AMBIGUOUS = {"US or SS or OW": "US", "US or SS": "US", "OB or OW": "OW", "US or
 _TAG_FORM = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,?\s*([0-9A-Fa-f]{4})\s*\)?$")
 
 
+@cache
+def pixel_representation_dependent() -> frozenset[int]:
+    """Tags whose VR is "US or SS" (or "US or SS or OW"): SS when Pixel Representation is 1."""
+    return frozenset(t for t, e in DicomDictionary.items() if e[0].startswith("US or SS"))
+
+
 def _clean_vr(vr: str) -> str:
     if vr == "NONE":
         return "UN"

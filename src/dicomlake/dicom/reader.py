@@ -19,7 +19,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from dicomlake.dicom.dictionary import lookup, private_vr
+from dicomlake.dicom.dictionary import lookup, pixel_representation_dependent, private_vr
 from dicomlake.errors import ExtractionError
 
 Element = tuple  # (tag: int, vr: str, value: bytes | list[list[Element]] | None, length: int)
@@ -89,7 +89,9 @@ class Header:
 class _Parser:
     """One pass over a buffer; holds the encoding so recursion stays cheap."""
 
-    __slots__ = ("buf", "explicit", "little", "inline_max", "file_size", "stop_at_pixels", "max_depth")
+    __slots__ = (
+        "buf", "explicit", "little", "inline_max", "file_size", "stop_at_pixels", "max_depth", "signed_pixels",
+    )
 
     def __init__(
         self,
@@ -108,6 +110,7 @@ class _Parser:
         self.file_size = file_size
         self.stop_at_pixels = True
         self.max_depth = max_depth
+        self.signed_pixels = False  # Pixel Representation (0028,0103) = 1, seen so far
 
     def dataset(self, pos: int, end: int, depth: int, top: bool) -> tuple[list[Element], int, int | None]:
         """Parse elements from ``pos`` until ``end`` (or an item delimiter when end is None).
@@ -184,6 +187,9 @@ class _Parser:
                 else:
                     entry = lookup(tag)
                     vr = entry[0] if entry else "UN"
+                    # PS3.5 §7.1.2 / PS3.6 "US or SS": decided by Pixel Representation
+                    if self.signed_pixels and vr == "US" and tag in pixel_representation_dependent():
+                        vr = "SS"
                 if length == UNDEFINED and vr != "SQ":
                     vr = "SQ" if tag not in PIXEL_TAGS else vr
             if top and tag in PIXEL_TAGS and self.stop_at_pixels:
@@ -226,6 +232,8 @@ class _Parser:
             if vend > buflen:
                 raise _NeedMore
             value = buf[vpos:vend]
+            if tag == 0x00280103 and length == 2:
+                self.signed_pixels = value in (b"\x01\x00", b"\x00\x01")
             if group & 1 and 0x0010 <= elem < 0x0100:
                 creators[group << 8 | elem] = value.decode("latin-1").strip(" \x00")
             out.append((tag, vr, value, length))

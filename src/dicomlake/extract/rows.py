@@ -104,6 +104,18 @@ _NUMBER_TEXT_VRS = V.NUMBER_TEXT_VRS
 _SINGLE_VALUED_TEXT = V.SINGLE_VALUED_TEXT
 _BINARY_NUMBER_FORMATS = V.BINARY_NUMBER_FORMATS
 _KEEP_LEADING = V.LEADING_SPACE_SIGNIFICANT
+# PS3.18 §F.2.7: InlineBinary holds the little endian encoding; words are swapped from big endian
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _to_little_endian(value: bytes, width: int) -> bytes:
+    import array
+
+    code = {2: "H", 4: "I", 8: "Q"}[width]
+    n = len(value) - len(value) % width
+    arr = array.array(code, value[:n])
+    arr.byteswap()
+    return arr.tobytes() + value[n:]
 
 
 class _Walk:
@@ -231,13 +243,16 @@ class _Walk:
                         jval = '"Value":[' + ",".join([f'"{t}"' for t in tags]) + "]"
             elif value:
                 if json_out:
+                    if not little and vr in _SWAP_WIDTH:
+                        value = _to_little_endian(value, _SWAP_WIDTH[vr])  # type: ignore[arg-type]
                     jval = '"InlineBinary":"' + V.inline_binary(value) + '"'
             add((uid, path, (key_prefix + seg) if depth else seg, depth, tagtext, kw, vr, creator, text, num, length))
             if wanted is not None and text is not None and kw in wanted:
                 typed[kw] = text
             # group 0002 (file meta) and group lengths (gggg,0000; retired, PS3.5 §7.2) are
             # not part of the DICOM JSON model of a dataset (PS3.18 §F.2)
-            if json_out and group != 0x0002 and tag & 0xFFFF and (value is not None or vr == "SQ"):
+            # nor is Data Set Trailing Padding (FFFC,FFFC), which carries no information
+            if json_out and group != 0x0002 and tag & 0xFFFF and (value is not None or vr == "SQ") and tag != 0xFFFCFFFC:
                 put(jkey + vr + ('",' + jval + "}" if jval else '"}'))
         self.count += len(elements)
         return "{" + ",".join(parts) + "}"

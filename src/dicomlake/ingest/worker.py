@@ -127,18 +127,17 @@ def _quarantine(lake: Path, data: bytes) -> tuple[str, str]:
     return digest, str(rel)
 
 
-def _dose_rows(header_bytes: bytes, sop_class: str | None, modality: str | None) -> list[dict[str, Any]]:
-    """Dose events via pydicom for the few instances that carry dose (SRs, projection X-ray)."""
-    is_sr = bool(sop_class and sop_class.startswith(SR_PREFIX))
-    if not is_sr and modality not in DOSE_IMAGE_MODALITIES and not (sop_class == SECONDARY_CAPTURE and modality == "CT"):
-        return []
-    try:
-        from dicomlake.extract import dose
-    except ImportError:  # pragma: no cover - until the dose module lands
-        return []
-    import pydicom
+def _dose_rows(header: Header, sop_class: str | None, modality: str | None) -> list[dict[str, Any]]:
+    """Dose events for the few instances that carry dose (SRs, projection X-ray images).
 
-    ds = pydicom.dcmread(io.BytesIO(header_bytes), stop_before_pixels=True, force=True)
+    The dose code reads a pydicom Dataset; it is built from the elements already parsed
+    (:func:`dicomlake.dicom.dataset.to_pydicom`), not by reading the file again.
+    """
+    is_sr = bool(sop_class and sop_class.startswith(SR_PREFIX))
+    from dicomlake.dicom.dataset import to_pydicom
+    from dicomlake.extract import dose
+
+    ds = to_pydicom(header)
     if is_sr:
         return dose.dose_events(ds)
     return dose.dose_events_from_image(ds)
@@ -237,7 +236,6 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                         res.skipped += 1
                         continue
                     header = parse_all(data, inline_max=cfg.inline_max)
-                    head_bytes = data
                 else:
                     try:
                         with open(task.path, "rb") as fh:
@@ -248,7 +246,7 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                     if head and sniff(head) is None and _looks_non_dicom(task.path, head):
                         res.skipped += 1
                         continue
-                    header, head_bytes, size = read_header(
+                    header, _, size = read_header(
                         task.path, max_header_bytes=cfg.max_header_bytes, inline_max=cfg.inline_max
                     )
                 if _meta_text(header, 0x00020002) == MEDIA_STORAGE_DIRECTORY:
@@ -285,9 +283,7 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                     or modality in DOSE_IMAGE_MODALITIES
                     or (sop_class == SECONDARY_CAPTURE and modality == "CT")  # dose-info screens
                 ):
-                    if task.kind == "file" and len(head_bytes) < size:
-                        head_bytes = _read_all(task.path) or head_bytes
-                    dose_rows.extend(_dose_rows(head_bytes, sop_class, modality))
+                    dose_rows.extend(_dose_rows(header, sop_class, modality))
             except Exception as exc:
                 notes.append(f"{task.source_path}: dose events not extracted ({type(exc).__name__}: {exc})")
     finally:
