@@ -26,6 +26,7 @@ VERB_MODULES = [
     "dicomlake.cli.write",
     "dicomlake.cli.curate",
     "dicomlake.cli.audit",
+    "dicomlake.cli.user",
 ]
 
 

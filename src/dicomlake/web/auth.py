@@ -1,0 +1,283 @@
+"""Who is asking: users (argon2 passwords), bearer JWTs (IHE IUA style), API tokens, sessions, CSRF.
+
+Three roles (:class:`Role`); a request is authenticated by, in this order:
+
+1. ``Authorization: Bearer <jwt>`` — HS256, ``iss``/``aud``/``exp``/``sub``/``jti`` checked,
+   ``jti`` not revoked (what ``dicomlake token NAME`` prints and ``POST /oauth/token`` grants);
+2. ``Authorization: Bearer dlk_…`` — an opaque API token, stored as its SHA-256;
+3. ``Authorization: Basic`` — name and password (for DICOMweb clients that know nothing else);
+4. the ``dl_session`` cookie of a browser login; unsafe methods then need the session's CSRF
+   token in ``X-CSRF-Token`` or a ``csrf_token`` form field.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from dicomlake.web.audit_log import AccessDB, now_iso
+from dicomlake.web.settings import WebSettings
+
+SESSION_COOKIE = "dl_session"
+LOGIN_CSRF_COOKIE = "dl_login_csrf"
+API_TOKEN_PREFIX = "dlk_"
+_HASHER = PasswordHasher()
+
+
+class Role(Enum):
+    """What a user may see and do."""
+
+    ADMIN = "admin"
+    """Everything: identified data, STOW-RS, rejects, ingest status, the access log, raw SQL."""
+    ANALYST = "analyst"
+    """De-identified data only (the analyst profile applied on the fly); no identifiable instance."""
+    AUDITOR = "auditor"
+    """The access log, nothing of the lake."""
+
+
+class AuthError(Exception):
+    """Authentication failed (401) or the role may not do this (403)."""
+
+    def __init__(self, status: int, message: str, *, alert: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.alert = alert
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    name: str
+    role: Role
+    auth: str
+    """session, jwt, api-token or basic."""
+    csrf: str | None = None
+    session_id: str | None = None
+
+
+def _sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _iso_in(seconds: float) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
+
+
+class Auth:
+    """Users, tokens and sessions over the access database."""
+
+    def __init__(self, db: AccessDB, settings: WebSettings, secret: bytes) -> None:
+        self.db = db
+        self.settings = settings
+        self.secret = secret
+        self._basic_cache: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    # ---- users -------------------------------------------------------------------------
+
+    def add_user(self, name: str, role: str | Role, password: str) -> None:
+        """Create or replace a user; the password is stored as an argon2id hash only."""
+        role = Role(role) if not isinstance(role, Role) else role
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").replace("@", "").isalnum():
+            raise ValueError(f"user name {name!r}: use letters, digits, '-', '_', '.', '@'")
+        if len(password) < 8:
+            raise ValueError(f"password for {name!r} is {len(password)} characters; use at least 8")
+        self.db.execute(
+            "INSERT INTO users (name, role, password_hash, created_at) VALUES (?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET role = excluded.role, password_hash = excluded.password_hash, "
+            "disabled = 0",
+            [name, role.value, _HASHER.hash(password), now_iso()],
+        )
+
+    def user(self, name: str) -> tuple[Role, str, bool] | None:
+        rows = self.db.execute("SELECT role, password_hash, disabled FROM users WHERE name = ?", [name])
+        if not rows:
+            return None
+        return Role(rows[0][0]), str(rows[0][1]), bool(rows[0][2])
+
+    def users(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT name, role, created_at, disabled FROM users ORDER BY name")
+        return [{"name": r[0], "role": r[1], "created_at": r[2], "disabled": bool(r[3])} for r in rows]
+
+    def check_password(self, name: str, password: str) -> Principal | None:
+        """The user when the password matches (constant work whether or not the user exists)."""
+        found = self.user(name)
+        stored = found[1] if found else _DUMMY_HASH
+        try:
+            _HASHER.verify(stored, password)
+            ok = found is not None and not found[2]
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            ok = False
+        if not ok or found is None:
+            return None
+        return Principal(name, found[0], "password")
+
+    # ---- bearer tokens -----------------------------------------------------------------
+
+    def issue_jwt(self, name: str, *, days: float | None = None) -> str:
+        """A signed bearer JWT for a user (IHE IUA style claims); its ``jti`` can be revoked."""
+        found = self.user(name)
+        if found is None:
+            raise KeyError(f"no user {name!r}; add one with `dicomlake user add {name} --role ROLE`")
+        life = (days if days is not None else self.settings.token_days) * 86400
+        now = int(time.time())
+        jti = uuid.uuid4().hex
+        claims = {
+            "iss": self.settings.jwt_issuer,
+            "aud": self.settings.jwt_audience,
+            "sub": name,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(life),
+            "jti": jti,
+            "role": found[0].value,
+            "scope": f"dicomlake/{found[0].value}",
+        }
+        token = jwt.encode(claims, self.secret, algorithm="HS256")
+        self.db.execute(
+            "INSERT INTO api_tokens (token_id, name, token_sha256, kind, created_at, expires_at) VALUES (?,?,?,?,?,?)",
+            [jti, name, _sha(token), "jwt", now_iso(), _iso_in(life)],
+        )
+        return token
+
+    def issue_api_token(self, name: str, *, days: float | None = None) -> str:
+        """An opaque API token (``dlk_…``); only its SHA-256 is stored."""
+        if self.user(name) is None:
+            raise KeyError(f"no user {name!r}; add one with `dicomlake user add {name} --role ROLE`")
+        token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        life = (days if days is not None else self.settings.token_days) * 86400
+        self.db.execute(
+            "INSERT INTO api_tokens (token_id, name, token_sha256, kind, created_at, expires_at) VALUES (?,?,?,?,?,?)",
+            [uuid.uuid4().hex, name, _sha(token), "api", now_iso(), _iso_in(life)],
+        )
+        return token
+
+    def revoke_tokens(self, name: str) -> int:
+        rows = self.db.execute("SELECT count(*) FROM api_tokens WHERE name = ? AND revoked = 0", [name])
+        self.db.execute("UPDATE api_tokens SET revoked = 1 WHERE name = ?", [name])
+        return int(rows[0][0])
+
+    def _active_user(self, name: str, how: str) -> Principal:
+        found = self.user(name)
+        if found is None or found[2]:
+            raise AuthError(401, f"{how}: user {name!r} is unknown or disabled")
+        return Principal(name, found[0], how)
+
+    def verify_bearer(self, token: str) -> Principal:
+        if token.startswith(API_TOKEN_PREFIX):
+            rows = self.db.execute(
+                "SELECT name, expires_at, revoked FROM api_tokens WHERE token_sha256 = ? AND kind = 'api'",
+                [_sha(token)],
+            )
+            if not rows or rows[0][2] or (rows[0][1] and rows[0][1] < now_iso()):
+                raise AuthError(401, "bearer API token is unknown, expired or revoked; get a new one with `dicomlake token NAME --opaque`")
+            return self._active_user(str(rows[0][0]), "api-token")
+        try:
+            claims = jwt.decode(
+                token, self.secret, algorithms=["HS256"], audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer, options={"require": ["exp", "sub", "jti", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError(401, "bearer JWT expired; get a new one with `dicomlake token NAME`") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthError(401, f"bearer JWT rejected: {exc}") from exc
+        rows = self.db.execute("SELECT revoked FROM api_tokens WHERE token_id = ?", [claims["jti"]])
+        if not rows or rows[0][0]:
+            raise AuthError(401, "bearer JWT was revoked or not issued by this service")
+        return self._active_user(str(claims["sub"]), "jwt")
+
+    def verify_basic(self, header_value: str) -> Principal:
+        try:
+            name, _, password = base64.b64decode(header_value).decode().partition(":")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise AuthError(401, "Authorization: Basic value is not base64 of name:password") from exc
+        key = _sha(f"{name}\x00{password}")
+        with self._lock:
+            hit = self._basic_cache.get(key)
+        if hit and hit[0] > time.monotonic():
+            return self._active_user(hit[1].name, "basic")
+        p = self.check_password(name, password)
+        if p is None:
+            raise AuthError(401, f"Basic authentication failed for user {name!r}")
+        principal = Principal(p.name, p.role, "basic")
+        with self._lock:
+            if len(self._basic_cache) > 1000:
+                self._basic_cache.clear()
+            self._basic_cache[key] = (time.monotonic() + 300, principal)
+        return principal
+
+    # ---- sessions ----------------------------------------------------------------------
+
+    def create_session(self, p: Principal, source: str | None) -> tuple[str, str]:
+        """A new browser session: (cookie value, CSRF token)."""
+        sid = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(24)
+        self.db.execute(
+            "INSERT INTO sessions (session_sha256, name, csrf, created_at, expires_at, source) VALUES (?,?,?,?,?,?)",
+            [_sha(sid), p.name, csrf, now_iso(), _iso_in(self.settings.session_hours * 3600), source],
+        )
+        return sid, csrf
+
+    def session(self, sid: str) -> Principal:
+        rows = self.db.execute("SELECT name, csrf, expires_at FROM sessions WHERE session_sha256 = ?", [_sha(sid)])
+        if not rows or rows[0][2] < now_iso():
+            raise AuthError(401, "session expired or logged out; log in again at /login", alert=False)
+        p = self._active_user(str(rows[0][0]), "session")
+        # sliding expiry
+        self.db.execute(
+            "UPDATE sessions SET expires_at = ? WHERE session_sha256 = ?",
+            [_iso_in(self.settings.session_hours * 3600), _sha(sid)],
+        )
+        return Principal(p.name, p.role, "session", csrf=str(rows[0][1]), session_id=sid)
+
+    def end_session(self, sid: str) -> None:
+        self.db.execute("DELETE FROM sessions WHERE session_sha256 = ?", [_sha(sid)])
+
+    def failed_logins(self, name: str, minutes: int = 15) -> int:
+        since = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+        rows = self.db.execute(
+            "SELECT count(*) FROM events WHERE event_id = '110114' AND outcome != 0 AND user = ? AND time >= ?",
+            [name, since],
+        )
+        return int(rows[0][0])
+
+    # ---- per request ---------------------------------------------------------------------
+
+    def authenticate(self, headers: Any, cookies: Any) -> Principal | None:
+        """The caller of a request, None when anonymous; AuthError when credentials are bad."""
+        header = headers.get("authorization")
+        if header:
+            scheme, _, value = header.partition(" ")
+            scheme = scheme.lower()
+            if scheme == "bearer" and value.strip():
+                return self.verify_bearer(value.strip())
+            if scheme == "basic" and value.strip():
+                return self.verify_basic(value.strip())
+            raise AuthError(401, f"Authorization scheme {scheme!r} not supported; use Bearer or Basic")
+        sid = cookies.get(SESSION_COOKIE)
+        if sid:
+            return self.session(sid)
+        return None
+
+
+def csrf_ok(p: Principal, supplied: str | None) -> bool:
+    """Double-check a session's CSRF token (constant time)."""
+    return bool(p.csrf and supplied and hmac.compare_digest(p.csrf, supplied))
+
+
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))

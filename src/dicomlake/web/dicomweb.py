@@ -1,0 +1,669 @@
+"""DICOMweb (PS3.18) under ``/dicomweb``: QIDO-RS on any attribute, WADO-RS, STOW-RS.
+
+- QIDO-RS (§10.6): studies, series and instances, at every level of the URL hierarchy.
+  Matching (PS3.4 C.2.2.2): single value, UID lists (``,`` or ``\\``), ``*``/``?`` wildcards,
+  date/time ranges with open ends, fuzzy matching of person names (``fuzzymatching=true``:
+  case-insensitive, any name component may start with the value), sequence matching
+  (``Seq.Attr``), on **any** attribute the lake holds: typed columns directly, the rest through
+  ``elements`` (nested and private ones too: ``(0019,"CREATOR",10)``). ``includefield``
+  (``all`` or keywords/tags), ``limit``/``offset`` (a ``Warning: 299`` header when results are
+  cut). Any other parameter is a 400 naming the supported ones.
+- WADO-RS (§10.4): metadata of a study, series or instance straight from the lake's DICOM
+  JSON; instances (``multipart/related; type="application/dicom"``) when the files are kept.
+- STOW-RS (§10.5): ``multipart/related; type="application/dicom"`` into the ingest pipeline,
+  with a per-instance result (Referenced/Failed SOP Sequence).
+
+Results for the analyst role are de-identified by :class:`dicomlake.web.deidview.AnalystView`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from dicomlake.dicom.dictionary import keyword_to_tag, lookup, parse_tag
+from dicomlake.errors import DicomlakeError, QueryError
+from dicomlake.query.filters import Key, parse_filter, resolve_key
+from dicomlake.web.audit_log import AuditEvent
+from dicomlake.web.auth import Role
+from dicomlake.web.context import WebContext, WebError, audit, ctx_of, require
+
+router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
+
+DICOM_JSON = "application/dicom+json"
+LEVEL_KEY = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
+
+# PS3.18 Table 10.6.3-3/-4/-5: attributes a QIDO-RS response includes at each level.
+STUDY_RETURN = (
+    "00080005", "00080020", "00080030", "00080050", "00080056", "00080061", "00080090", "00080201",
+    "00081190", "00100010", "00100020", "00100030", "00100040", "0020000D", "00200010", "00201206",
+    "00201208",
+)  # fmt: skip
+SERIES_RETURN = (
+    "00080005", "00080060", "00080201", "0008103E", "00081190", "0020000E", "00200011", "00201209",
+    "00400244", "00400245", "00400275", "0020000D",
+)  # fmt: skip
+INSTANCE_RETURN = (
+    "00080005", "00080016", "00080018", "00080056", "00080201", "00081190", "00200013", "00280010",
+    "00280011", "00280100", "00280008", "0020000D", "0020000E",
+)  # fmt: skip
+COMPUTED = {
+    "00080061": "ModalitiesInStudy",
+    "00201206": "NumberOfStudyRelatedSeries",
+    "00201208": "NumberOfStudyRelatedInstances",
+    "00201209": "NumberOfSeriesRelatedInstances",
+    "00080056": "InstanceAvailability",
+    "00081190": "RetrieveURL",
+}
+CONTROL_PARAMS = ("limit", "offset", "fuzzymatching", "includefield", "accept", "charset")
+SUPPORTED_HELP = (
+    "supported QIDO-RS parameters: limit, offset, fuzzymatching, includefield, accept, and "
+    "{attributeID}={value} for any attribute by keyword or tag (PatientName, 00100010, "
+    "CTDIPhantomTypeCodeSequence.CodeMeaning, (0019,\"CREATOR\",10))"
+)
+# STOW-RS failure reasons (PS3.18 Table 10.5.3-2 / PS3.4 Annex B)
+PROCESSING_FAILURE = 0x0110
+CANNOT_UNDERSTAND = 0xC000
+STUDY_MISMATCH = 0xA900  # Data Set does not match the target (study in the URL)
+
+
+# ---- request parsing -------------------------------------------------------------------------
+
+
+@dataclass
+class Match:
+    """One ``{attributeID}={value}`` matching key."""
+
+    text: str
+    key: Key
+    value: str
+    top_tag: str | None
+    vr: str | None
+
+
+@dataclass
+class Qido:
+    level: str
+    matches: list[Match] = field(default_factory=list)
+    include: set[str] = field(default_factory=set)
+    include_all: bool = False
+    fuzzy: bool = False
+    limit: int = 100
+    offset: int = 0
+
+
+def _tag_of_segment(seg: str) -> int | None:
+    tag = parse_tag(seg) if re.fullmatch(r"[0-9A-Fa-f]{8}", seg.strip()) else None
+    if tag is not None:
+        return tag
+    return keyword_to_tag().get(seg.strip())
+
+
+def _key_text(attr: str) -> str:
+    """Our filter key for a PS3.18 attributeID (keyword or tag, dotted for sequences)."""
+    segs = attr.split(".") if '"' not in attr else [attr]
+    out = []
+    for s in segs:
+        if re.fullmatch(r"[0-9A-Fa-f]{8}", s):
+            out.append(f"({s[:4]},{s[4:]})")
+        else:
+            out.append(s)
+    return ".".join(out)
+
+
+def _top_tag(attr: str) -> tuple[str | None, str | None]:
+    first = attr.split(".")[0]
+    tag = _tag_of_segment(first)
+    if tag is None:
+        return None, None
+    entry = lookup(tag)
+    vr = entry[0] if entry else None
+    if "." in attr:
+        last = _tag_of_segment(attr.split(".")[-1])
+        e2 = lookup(last) if last is not None else None
+        vr = e2[0] if e2 else None
+    return f"{tag:08X}", vr
+
+
+def parse_qido(request: Request, level: str, ctx: WebContext) -> Qido:
+    """Parse the query string; every problem is listed in one 400."""
+    q = Qido(level=level, limit=ctx.settings.qido_default_limit)
+    errors: list[str] = []
+    for name, value in request.query_params.multi_items():
+        low = name.lower()
+        if low == "limit":
+            if not value.isdigit() or int(value) < 1:
+                errors.append(f"limit={value!r}: a positive integer (at most {ctx.settings.qido_max_limit})")
+            else:
+                q.limit = min(int(value), ctx.settings.qido_max_limit)
+        elif low == "offset":
+            if not value.isdigit():
+                errors.append(f"offset={value!r}: a non-negative integer")
+            else:
+                q.offset = int(value)
+        elif low == "fuzzymatching":
+            if value.lower() not in ("true", "false"):
+                errors.append(f"fuzzymatching={value!r}: true or false")
+            q.fuzzy = value.lower() == "true"
+        elif low == "includefield":
+            for f in re.split(r"[,\s]+", value.strip()):
+                if not f:
+                    continue
+                if f.lower() == "all":
+                    q.include_all = True
+                    continue
+                tag, _ = _top_tag(f)
+                if tag is None:
+                    errors.append(f"includefield={f!r} is neither a DICOM keyword nor a tag (ggggeeee)")
+                else:
+                    q.include.add(tag)
+        elif low == "accept":
+            if not any(a in value for a in (DICOM_JSON, "application/json", "*/*")):
+                errors.append(f"accept={value!r}: only {DICOM_JSON} is served")
+        elif low == "charset":
+            continue
+        else:
+            if name in ("ModalitiesInStudy", "00080061"):
+                name = "Modality"
+            if name in {v for v in COMPUTED.values()} or name in COMPUTED:
+                if value:
+                    errors.append(f"{name}: a computed attribute; it is returned, it cannot be matched")
+                else:
+                    q.include.add(name if name in COMPUTED else next(k for k, v in COMPUTED.items() if v == name))
+                continue
+            top, vr = _top_tag(name)
+            try:
+                key = resolve_key(_key_text(name), ctx.data.columns)
+            except QueryError:
+                errors.append(f"unsupported parameter {name!r}: not a DICOM keyword or tag; {SUPPORTED_HELP}")
+                continue
+            if top is not None:
+                q.include.add(top)
+            if value == "":
+                continue  # universal matching: return the attribute (PS3.4 C.2.2.2.3)
+            q.matches.append(Match(name, key, value, top, key.vr or vr))
+    if errors:
+        raise WebError(400, errors[0] if len(errors) == 1 else f"{len(errors)} problems in the query", errors)
+    return q
+
+
+# ---- SQL ------------------------------------------------------------------------------------
+
+
+def _fuzzy_pn_sql(key: Key, value: str) -> tuple[str, list[object]]:
+    """Person name fuzzy matching: case-insensitive; the value may start any name component."""
+    v = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%").replace("?", "_")
+    pats = [f"{v}%", f"%^{v}%", f"% {v}%", f"%={v}%"]
+    if key.column is not None:
+        col = f'lower(i."{key.column}")'
+        return "(" + " OR ".join(f"{col} LIKE ? ESCAPE '\\'" for _ in pats) + ")", list(pats)
+    loc, params = ("e.path_key = ?", [key.path_key]) if key.path_key else ("e.tag = ? AND e.depth = 0", [key.tag])
+    cond = " OR ".join("lower(e.value_text) LIKE ? ESCAPE '\\'" for _ in pats)
+    return f"i.SOPInstanceUID IN (SELECT e.SOPInstanceUID FROM elements e WHERE {loc} AND ({cond}))", [*params, *pats]
+
+
+def _match_sql(m: Match, fuzzy: bool, ctx: WebContext, analyst: bool) -> tuple[str, list[object]]:
+    value = m.value
+    if analyst:
+        tag = int(m.top_tag, 16) if m.top_tag else None
+        leaf = _tag_of_segment(m.text.split(".")[-1]) if "." in m.text else tag
+        policy = ctx.view.filter_policy(leaf, m.vr) if leaf is not None else None
+        if "." in m.text and tag is not None and ctx.view.filter_policy(tag, "SQ") is None and policy != "keep":
+            policy = None
+        if policy is None:
+            raise WebError(
+                403,
+                f"the analyst role may not match on {m.text}: the {ctx.view.profile.name!r} profile "
+                "removes or replaces it; match on attributes it keeps (e.g. Modality, StationName, CTDIvol)",
+            )
+        if policy == "uid":
+            vals = [v for v in re.split(r"[,\\]", value) if v]
+            value = ",".join(ctx.view.original_uid(v) or "2.25.0" for v in vals)
+    if m.vr == "UI":
+        value = value.replace("\\", ",")
+    if m.vr == "PN" and fuzzy:
+        return _fuzzy_pn_sql(m.key, value)
+    try:
+        f = parse_filter(f"{_key_text(m.text)} = {value}", ctx.data.columns)
+    except QueryError as exc:
+        raise WebError(400, f"{m.text}={m.value!r}: {exc}") from exc
+    return f.sql, list(f.params)
+
+
+def _scope(ctx: WebContext, analyst: bool, study: str | None, series: str | None, instance: str | None) -> tuple[list[str], list[object]]:
+    conds: list[str] = []
+    params: list[object] = []
+    for col, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", instance)):
+        if uid is None:
+            continue
+        if analyst:
+            uid = ctx.view.original_uid(uid) or "2.25.0"
+        conds.append(f'i."{col}" = ?')
+        params.append(uid)
+    if analyst:
+        conds.append(ctx.view.visible_sql("i"))
+    return conds, params
+
+
+# ---- QIDO-RS ---------------------------------------------------------------------------------
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dicomweb"
+
+
+def _check_accept(request: Request, *allowed: str) -> None:
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in ("*/*", "application/*", *allowed):
+            return
+        if media == "multipart/related" and "application/dicom" in allowed:
+            return
+    raise WebError(406, f"Accept: {accept!r} cannot be served here; ask for {' or '.join(allowed)}")
+
+
+def search(request: Request, level: str, study: str | None = None, series: str | None = None) -> Response:
+    ctx = ctx_of(request)
+    p = require(request, Role.ANALYST)
+    analyst = p.role is Role.ANALYST
+    _check_accept(request, DICOM_JSON, "application/json")
+    q = parse_qido(request, level, ctx)
+    rec = audit(request, AuditEvent.QUERY, action="E", query=str(request.url.query) or None)
+    conds, params = _scope(ctx, analyst, study, series, None)
+    for m in q.matches:
+        sql, ps = _match_sql(m, q.fuzzy, ctx, analyst)
+        conds.append(sql)
+        params.extend(ps)
+    where = " AND ".join(conds) or "TRUE"
+    k = LEVEL_KEY[level]
+    if level == "study":
+        order = 'min(i."study_datetime") DESC NULLS LAST, k'
+    elif level == "series":
+        order = 'min(i."SeriesNumber") NULLS LAST, k'
+    else:
+        order = 'min(i."InstanceNumber") NULLS LAST, k'
+    sql = (
+        f'SELECT i."{k}" AS k, min(i.SOPInstanceUID) AS rep FROM instances i WHERE {where} '
+        f"GROUP BY 1 ORDER BY {order} LIMIT {q.limit + 1} OFFSET {q.offset}"
+    )
+    try:
+        found = ctx.data.query(sql, params).to_pylist()
+    except QueryError as exc:
+        raise WebError(400, f"query failed: {exc}") from exc
+    cut = len(found) > q.limit
+    found = found[: q.limit]
+    keys = [r["k"] for r in found]
+    counts = _counts(ctx, level, keys, analyst)
+    reps = [r["rep"] for r in found]
+    js = ctx.data.json_by_uid(reps)
+    docs: list[dict[str, Any] | None]
+    if analyst:
+        docs = ctx.view.many_json([js.get(u) or "{}" for u in reps])
+    else:
+        docs = [json.loads(js[u]) if u in js else {} for u in reps]
+    wanted = {"study": STUDY_RETURN, "series": SERIES_RETURN, "instance": INSTANCE_RETURN}[level]
+    extra: tuple[str, ...] = ()
+    if level == "series" and study is None:
+        extra = STUDY_RETURN
+    elif level == "instance":
+        extra = SERIES_RETURN + (STUDY_RETURN if study is None else ())
+    base = _base(request)
+    out: list[dict[str, Any]] = []
+    for key, doc in zip(keys, docs, strict=True):
+        if doc is None:
+            continue
+        tags = set(doc) if q.include_all else set(wanted) | set(extra) | q.include
+        res: dict[str, Any] = {}
+        for t in sorted(tags):
+            if t in COMPUTED:
+                continue
+            if t in doc:
+                res[t] = doc[t]
+            elif t in wanted:
+                entry = lookup(int(t, 16))
+                res[t] = {"vr": entry[0] if entry else "UN"}
+        c = counts.get(key, {})
+        shown_key = (doc.get({"study": "0020000D", "series": "0020000E", "instance": "00080018"}[level]) or {}).get("Value", [key])[0]
+        study_uid = (doc.get("0020000D") or {}).get("Value", [""])[0]
+        series_uid = (doc.get("0020000E") or {}).get("Value", [""])[0]
+        if level == "study":
+            res["00080061"] = {"vr": "CS", "Value": c.get("mods") or []}
+            res["00201206"] = {"vr": "IS", "Value": [c.get("n_series", 0)]}
+            res["00201208"] = {"vr": "IS", "Value": [c.get("n", 0)]}
+            url = f"{base}/studies/{shown_key}"
+        elif level == "series":
+            res["00201209"] = {"vr": "IS", "Value": [c.get("n", 0)]}
+            url = f"{base}/studies/{study_uid}/series/{shown_key}"
+        else:
+            url = f"{base}/studies/{study_uid}/series/{series_uid}/instances/{shown_key}"
+        res["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
+        res["00081190"] = {"vr": "UR", "Value": [url]}
+        out.append(dict(sorted(res.items())))
+    rec.n_instances = sum(int(counts.get(k_, {}).get("n", 0)) for k_ in keys) if level != "instance" else len(out)
+    if level == "study":
+        rec.studies = keys
+    headers = {}
+    if cut:
+        headers["Warning"] = (
+            f'299 {request.url.hostname}: "The number of results exceeded the maximum supported by the '
+            f'server. Additional results can be requested." (limit={q.limit}, offset={q.offset})'
+        )
+    return Response(json.dumps(out), media_type=DICOM_JSON, headers=headers)
+
+
+def _counts(ctx: WebContext, level: str, keys: list[str], analyst: bool) -> dict[str, dict[str, Any]]:
+    if not keys or level == "instance":
+        return {}
+    k = LEVEL_KEY[level]
+    marks = ",".join("?" for _ in keys)
+    vis = f" AND {ctx.view.visible_sql('i')}" if analyst else ""
+    rows = ctx.data.rows(
+        f'SELECT i."{k}" AS k, count(*) AS n, count(DISTINCT i."SeriesInstanceUID") AS n_series, '
+        f'list(DISTINCT i."Modality" ORDER BY i."Modality") FILTER (WHERE i."Modality" IS NOT NULL) AS mods '
+        f'FROM instances i WHERE i."{k}" IN ({marks}){vis} GROUP BY 1',
+        keys,
+    )
+    return {r["k"]: r for r in rows}
+
+
+@router.get("/studies", summary="QIDO-RS: search for studies")
+def search_for_studies(request: Request) -> Response:
+    return search(request, "study")
+
+
+@router.get("/series", summary="QIDO-RS: search for series")
+def search_for_series(request: Request) -> Response:
+    return search(request, "series")
+
+
+@router.get("/instances", summary="QIDO-RS: search for instances")
+def search_for_instances(request: Request) -> Response:
+    return search(request, "instance")
+
+
+@router.get("/studies/{study}/series", summary="QIDO-RS: search for series of a study")
+def search_for_study_series(request: Request, study: str) -> Response:
+    return search(request, "series", study)
+
+
+@router.get("/studies/{study}/instances", summary="QIDO-RS: search for instances of a study")
+def search_for_study_instances(request: Request, study: str) -> Response:
+    return search(request, "instance", study)
+
+
+@router.get("/studies/{study}/series/{series}/instances", summary="QIDO-RS: search for instances of a series")
+def search_for_series_instances(request: Request, study: str, series: str) -> Response:
+    return search(request, "instance", study, series)
+
+
+# ---- WADO-RS metadata ------------------------------------------------------------------------
+
+
+def _instances(
+    request: Request, study: str, series: str | None, instance: str | None, cols: str
+) -> tuple[list[dict[str, Any]], bool]:
+    ctx = ctx_of(request)
+    p = require(request, Role.ANALYST)
+    analyst = p.role is Role.ANALYST
+    conds, params = _scope(ctx, analyst, study, series, instance)
+    rows = ctx.data.rows(
+        f"SELECT {cols} FROM instances i WHERE {' AND '.join(conds)} "
+        'ORDER BY i."SeriesNumber" NULLS LAST, i."SeriesInstanceUID", i."InstanceNumber" NULLS LAST, i.SOPInstanceUID',
+        params,
+    )
+    if not rows:
+        what = f"study {study}" + (f", series {series}" if series else "") + (f", instance {instance}" if instance else "")
+        raise WebError(404, f"no instances of {what} in this lake" + (" that the analyst role may see" if analyst else ""))
+    return rows, analyst
+
+
+def retrieve_metadata(request: Request, study: str, series: str | None = None, instance: str | None = None) -> Response:
+    ctx = ctx_of(request)
+    _check_accept(request, DICOM_JSON, "application/json")
+    rows, analyst = _instances(request, study, series, instance, 'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study')
+    uids = [r["uid"] for r in rows]
+    js = ctx.data.json_by_uid(uids)
+    audit(
+        request, AuditEvent.INSTANCES_ACCESSED, action="R", instances=uids,
+        studies=sorted({r["study"] for r in rows}),
+    )
+    if analyst:
+        docs = [d for d in ctx.view.many_json([js.get(u, "{}") for u in uids]) if d is not None]
+        body = json.dumps(docs)
+    else:
+        body = "[" + ",".join(js[u] for u in uids if u in js) + "]"
+    return Response(body, media_type=DICOM_JSON)
+
+
+@router.get("/studies/{study}/metadata", summary="WADO-RS: study metadata")
+def retrieve_study_metadata(request: Request, study: str) -> Response:
+    return retrieve_metadata(request, study)
+
+
+@router.get("/studies/{study}/series/{series}/metadata", summary="WADO-RS: series metadata")
+def retrieve_series_metadata(request: Request, study: str, series: str) -> Response:
+    return retrieve_metadata(request, study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="WADO-RS: instance metadata")
+def retrieve_instance_metadata(request: Request, study: str, series: str, instance: str) -> Response:
+    return retrieve_metadata(request, study, series, instance)
+
+
+# ---- WADO-RS instances ---------------------------------------------------------------------
+
+
+def retrieve(request: Request, study: str, series: str | None = None, instance: str | None = None) -> Response:
+    ctx = ctx_of(request)
+    _check_accept(request, "application/dicom")
+    accept = request.headers.get("accept", "")
+    ts = re.search(r'transfer-syntax\s*=\s*"?([0-9.*]+)"?', accept)
+    rows, analyst = _instances(
+        request, study, series, instance,
+        'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i.source_path AS path, i."TransferSyntaxUID" AS ts',
+    )
+    if ts and ts.group(1) != "*" and any(r["ts"] and r["ts"] != ts.group(1) for r in rows):
+        raise WebError(
+            406, f"transfer-syntax={ts.group(1)} requested; instances are kept as received "
+            f"({', '.join(sorted({str(r['ts']) for r in rows}))}): ask for transfer-syntax=* or omit it",
+        )
+    boundary = secrets.token_hex(16)
+    missing = [r["uid"] for r in rows if not r["path"]]
+    if len(missing) == len(rows):
+        raise WebError(404, f"the lake keeps metadata only for {len(rows)} instance(s); their files were not kept")
+    sent: list[str] = []
+    audit(request, AuditEvent.INSTANCES_TRANSFERRED, action="R", instances=sent, studies=sorted({r["study"] for r in rows}))
+
+    def parts() -> Iterable[bytes]:
+        for r in rows:
+            data = ctx.data.read_file(r["path"])
+            if data is None:
+                continue
+            if analyst:
+                with ctx.view._lock:
+                    data = ctx.view.engine.deidentify_bytes(data, source=r["uid"])
+                if data is None:
+                    continue
+            sent.append(r["uid"])
+            yield (
+                f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n"
+            ).encode() + data + b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    body = b"".join(parts())
+    if not sent:
+        raise WebError(404, "none of the requested instances' files could be read (moved or deleted)")
+    return Response(
+        body, media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )
+
+
+@router.get("/studies/{study}", summary="WADO-RS: retrieve a study")
+def retrieve_study(request: Request, study: str) -> Response:
+    return retrieve(request, study)
+
+
+@router.get("/studies/{study}/series/{series}", summary="WADO-RS: retrieve a series")
+def retrieve_series(request: Request, study: str, series: str) -> Response:
+    return retrieve(request, study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}", summary="WADO-RS: retrieve an instance")
+def retrieve_instance(request: Request, study: str, series: str, instance: str) -> Response:
+    return retrieve(request, study, series, instance)
+
+
+# ---- STOW-RS -------------------------------------------------------------------------------
+
+
+def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
+    """Parts of a ``multipart/related`` body: (headers, content)."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type, re.I)
+    if not m:
+        raise WebError(400, f"Content-Type {content_type!r} has no boundary parameter")
+    delim = b"--" + m.group(1).encode()
+    parts = []
+    chunks = body.split(delim)
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break
+        if chunk.startswith(b"\r\n"):
+            chunk = chunk[2:]
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip():
+                headers[name.strip().lower()] = value.strip()
+        parts.append((headers, content))
+    return parts
+
+
+def _item(sop_class: str, sop_instance: str, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "00081150": {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"},
+        "00081155": {"vr": "UI", "Value": [sop_instance]} if sop_instance else {"vr": "UI"},
+    }
+    out.update(extra)
+    return out
+
+
+async def store(request: Request, study: str | None) -> Response:
+    ctx = ctx_of(request)
+    require(request)  # admin only
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/related"):
+        raise WebError(415, f'Content-Type {ctype!r}: STOW-RS takes multipart/related; type="application/dicom"')
+    if "application/dicom+json" in ctype or "application/dicom+xml" in ctype:
+        raise WebError(415, "STOW-RS of metadata with bulk data is not supported; send application/dicom parts")
+    if not ctx.data.can_ingest:
+        raise WebError(503, f"the lake {ctx.lake} is open read-only here; send STOW-RS to the running service")
+    body = await request.body()
+    parts = split_multipart(body, ctype)
+    if not parts:
+        raise WebError(400, "the multipart body holds no parts")
+    import pydicom
+
+    stored: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    files: list[tuple[Path, str, str, str]] = []
+    dest = ctx.data.files_dir()
+    for headers, content in parts:
+        pt = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+        if pt != "application/dicom":
+            failed.append(_item("", "", **{"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}}))
+            continue
+        try:
+            ds = pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True, force=True,
+                                 specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+            sop_class = str(ds.get("SOPClassUID", "") or "")
+            sop_inst = str(ds.get("SOPInstanceUID", "") or "")
+            study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        except Exception:  # noqa: BLE001 - reported per instance below
+            sop_class = sop_inst = study_uid = ""
+        if not sop_inst:
+            failed.append(_item(sop_class, sop_inst, **{"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}}))
+            continue
+        if study is not None and study_uid != study:
+            failed.append(_item(sop_class, sop_inst, **{"00081197": {"vr": "US", "Value": [STUDY_MISMATCH]}}))
+            continue
+        name = hashlib.sha256(sop_inst.encode()).hexdigest()[:32] + ".dcm"
+        sub = dest / hashlib.sha256(study_uid.encode()).hexdigest()[:16]
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / name
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(content)
+        tmp.replace(path)
+        files.append((path, sop_class, sop_inst, study_uid))
+    if files:
+        try:
+            ctx.data.ingest([f[0] for f in files])
+        except DicomlakeError as exc:
+            raise WebError(503, f"STOW-RS could not ingest: {exc}") from exc
+        uids = [f[2] for f in files]
+        marks = ",".join("?" for _ in uids)
+        have = {
+            r["u"]: r["p"]
+            for r in ctx.data.rows(f"SELECT SOPInstanceUID AS u, source_path AS p FROM instances WHERE SOPInstanceUID IN ({marks})", uids)
+        }
+        base = _base(request)
+        for path, sop_class, sop_inst, study_uid in files:
+            if sop_inst in have:
+                stored.append(_item(sop_class, sop_inst, **{"00081190": {"vr": "UR", "Value": [f"{base}/studies/{study_uid}/series/-/instances/{sop_inst}"]}}))
+                if not ctx.settings.stow_keep_files and have[sop_inst] == str(path):
+                    path.unlink(missing_ok=True)
+            else:
+                failed.append(_item(sop_class, sop_inst, **{"00081197": {"vr": "US", "Value": [PROCESSING_FAILURE]}}))
+    # fix RetrieveURLs with the real series
+    if stored:
+        uids = [s["00081155"]["Value"][0] for s in stored]
+        marks = ",".join("?" for _ in uids)
+        series_of = {r["u"]: r["s"] for r in ctx.data.rows(f'SELECT SOPInstanceUID AS u, "SeriesInstanceUID" AS s FROM instances WHERE SOPInstanceUID IN ({marks})', uids)}
+        for s in stored:
+            u = s["00081155"]["Value"][0]
+            s["00081190"]["Value"][0] = s["00081190"]["Value"][0].replace("/series/-/", f"/series/{series_of.get(u, '-')}/")
+    result: dict[str, Any] = {}
+    if study is not None:
+        result["00081190"] = {"vr": "UR", "Value": [f"{_base(request)}/studies/{study}"]}
+    if failed:
+        result["00081198"] = {"vr": "SQ", "Value": failed}
+    if stored:
+        result["00081199"] = {"vr": "SQ", "Value": stored}
+    audit(
+        request, AuditEvent.INSTANCES_TRANSFERRED, action="C",
+        instances=[s["00081155"]["Value"][0] for s in stored],
+        studies=sorted({f[3] for f in files}),
+        detail=f"{len(stored)} stored, {len(failed)} failed" if failed else None,
+    )
+    status = 200 if not failed else (409 if not stored else 202)
+    return Response(json.dumps(result), status_code=status, media_type=DICOM_JSON)
+
+
+@router.post("/studies", summary="STOW-RS: store instances")
+async def store_instances(request: Request) -> Response:
+    return await store(request, None)
+
+
+@router.post("/studies/{study}", summary="STOW-RS: store instances of one study")
+async def store_study_instances(request: Request, study: str) -> Response:
+    return await store(request, study)
+
+
+__all__ = ["router", "split_multipart", "StreamingResponse"]
