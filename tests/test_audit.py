@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import csv
 import datetime as dt
+import itertools
 import math
 import os
 import re
@@ -203,7 +204,7 @@ def test_workflow_numbers_equal_an_independent_computation(synth: tuple[Path, An
         got = res.numbers["by_room"][room]
         durs = [(e - s).total_seconds() / 60 for s, e in mine]
         assert got["median_duration_min"] == pytest.approx(float(np.median(durs)))
-        gaps = [(b[0] - a[1]).total_seconds() / 60 for a, b in zip(mine, mine[1:])
+        gaps = [(b[0] - a[1]).total_seconds() / 60 for a, b in itertools.pairwise(mine)
                 if a[1].date() == b[0].date() and 0 <= (b[0] - a[1]).total_seconds() / 60 <= 120]  # fmt: skip
         if gaps:
             assert got["median_gap_min"] == pytest.approx(float(np.median(gaps)))

@@ -9,7 +9,14 @@ from typing import Any
 
 import polars as pl
 
-from dicomlake.audit.common import Selection, color, load_settings, quantile, std_expr, std_instances
+from dicomlake.audit.common import (
+    Selection,
+    color,
+    load_settings,
+    quantile,
+    std_expr,
+    std_instances,
+)
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.query.lake import Lake
 
@@ -37,7 +44,7 @@ def _national(rules: list[dict[str, Any]], name: str | None, key: str) -> float 
     if not name:
         return None
     for r in rules:
-        if key in r and re.search(str(r.get("match", "")), name, re.I):
+        if key in r and re.search(str(r.get("match", "")), name, re.IGNORECASE):
             return float(r[key])
     return None
 

@@ -8,6 +8,7 @@ compression force, kVp, target/filter, view, laterality, X-ray set, site and ope
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import polars as pl
@@ -123,7 +124,7 @@ def audit_mg_dose(lake: Lake, selection: Selection | None = None, settings: dict
     edges = [float(e) for e in cfg.get("thickness_bands", [20, 30, 40, 50, 60, 70, 80, 90, 100])]
     rows = []
     for s_key, part in sorted(dosed.group_by("x_ray_set"), key=lambda kv: str(kv[0][0])):
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        for lo, hi in itertools.pairwise(edges):
             band = part.filter((pl.col("compressed_breast_thickness_mm") >= lo) & (pl.col("compressed_breast_thickness_mm") < hi))
             if band.height:
                 rows.append({"x_ray_set": str(s_key[0]), "band": _band_label(lo, hi), "band_low_mm": lo,

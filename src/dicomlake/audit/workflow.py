@@ -4,11 +4,18 @@ between patients per room, throughput per day, utilisation by hour × weekday, p
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import defaultdict
 
 import polars as pl
 
-from dicomlake.audit.common import OperatorPseudonyms, Selection, color, load_settings, std_instances
+from dicomlake.audit.common import (
+    OperatorPseudonyms,
+    Selection,
+    color,
+    load_settings,
+    std_instances,
+)
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.query.lake import Lake
 
@@ -78,7 +85,7 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
     gaps = []
     for (room,), part in df.sort("start").group_by("room", maintain_order=True):
         rows = part.sort("start").select("StudyInstanceUID", "start", "end").rows()
-        for prev, cur in zip(rows, rows[1:], strict=False):
+        for prev, cur in itertools.pairwise(rows):
             if prev[2].date() == cur[1].date():
                 g = (cur[1] - prev[2]).total_seconds() / 60.0
                 if 0 <= g <= max_gap:

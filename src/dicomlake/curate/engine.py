@@ -366,7 +366,7 @@ def curate(
     try:
         con.execute("DELETE FROM quality_flags WHERE SOPInstanceUID IN (SELECT SOPInstanceUID FROM _cur_scope)")
         if extra:
-            ex = pa.table({"u": pa.array(sorted(extra), pa.string())})  # noqa: F841
+            ex = pa.table({"u": pa.array(sorted(str(e) for e in extra), pa.string())})  # noqa: F841
             con.execute("DELETE FROM quality_flags WHERE rule = 'duplicate' AND SOPInstanceUID IN (SELECT u FROM ex)")
         if flags.num_rows:
             con.execute("INSERT INTO quality_flags BY NAME SELECT * FROM flags")

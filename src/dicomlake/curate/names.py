@@ -116,9 +116,7 @@ def similarity(a: str, b: str) -> float:
     seq = difflib.SequenceMatcher(None, ka, kb).ratio() if ka and kb else 0.0
     acr = 0.0
     xa, xb = _is_acronym(a), _is_acronym(b)
-    if xa and not xb and xa in initials(b):
-        acr = 0.95
-    elif xb and not xa and xb in initials(a):
+    if xa and not xb and xa in initials(b) or xb and not xa and xb in initials(a):
         acr = 0.95
     return max(jac, seq, acr)
 

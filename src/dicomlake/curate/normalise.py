@@ -8,6 +8,7 @@ reads whatever PACS sends (STYLE.md §8) and reports what it could not read as a
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ _AGE_FREE = re.compile(
     r"m|mo|mos|mon|mth|mths|month|months|"
     r"w|wk|wks|week|weeks|"
     r"d|dy|day|days)?\.?\s*(?:old)?\s*$",
-    re.I,
+    re.IGNORECASE,
 )
 _UNIT_OF = {
     "y": "Y", "yr": "Y", "yrs": "Y", "year": "Y", "years": "Y", "a": "Y", "j": "Y", "an": "Y",
@@ -81,9 +82,9 @@ def parse_age(text: str | None) -> PatientAge | None:
         return None
     n = float(m.group("n").replace(",", "."))
     unit = _UNIT_OF[m.group("unit").lower()] if m.group("unit") else "Y"
-    if n < 0 or n != n:
+    if n < 0 or math.isnan(n):
         return None
-    n_int = int(round(n))
+    n_int = round(n)
     if n_int > 999:
         return None
     return PatientAge(n_int, unit, False)
@@ -173,10 +174,10 @@ def parse_size(text: str | None, *, bare_prefix: SizeSystem = SizeSystem.SI) -> 
         power, base = _PREFIX[u], (1000 if bare_prefix is SizeSystem.SI else 1024)
     else:
         return None
-    return int(round(n * base**power))
+    return int(n * base**power + 0.5)  # n ≥ 0: round half up
 
 
-def format_size(n: int | float | None, system: SizeSystem | str = SizeSystem.SI) -> str | None:
+def format_size(n: float | None, system: SizeSystem | str = SizeSystem.SI) -> str | None:
     """A size for people: ``500 KB``, ``2 MB``, ``1.5 GB`` (SI) or ``1.5 GiB`` (IEC).
 
     >>> format_size(500000), format_size(2_000_000), format_size(1536, "iec"), format_size(999)
