@@ -28,6 +28,7 @@ from dicomlake.ingest.worker import (
     process_chunk,
     run_chunk,
 )
+from dicomlake.store.base import Store
 from dicomlake.store.duckdb import DuckDBStore
 
 CHUNK_FILES = 48
@@ -92,7 +93,7 @@ def _chunks(tasks: Sequence[Task], size: int) -> Iterator[list[Task]]:
 class _Batcher:
     """Collects segments of chunk results and commits them to the store in batches."""
 
-    def __init__(self, store: DuckDBStore, report: IngestReport, batch_size: int) -> None:
+    def __init__(self, store: Store, report: IngestReport, batch_size: int) -> None:
         self.store = store
         self.report = report
         self.batch_size = batch_size
@@ -161,7 +162,7 @@ def ingest_paths(
     source: str | None = None,
     settings: Settings | None = None,
     progress: bool | Callable[[IngestReport, int], None] = False,
-    store: DuckDBStore | None = None,
+    store: Store | None = None,
 ) -> IngestReport:
     """Read files, folders, zips and DICOMDIRs into the lake; return the counts.
 
@@ -180,7 +181,8 @@ def ingest_paths(
     progress
         True for a rich progress bar on stderr, or a callback ``(report, total_files)``.
     store
-        An open store to write into (the service passes its own); opened and closed here otherwise.
+        An open store to write into (the service passes its own; any back end: DuckDB,
+        PostgreSQL); a DuckDB lake at ``lake`` is opened and closed here otherwise.
     """
     settings = settings or get_settings()
     lake_dir = Path(lake if lake is not None else settings.lake)
@@ -234,7 +236,7 @@ def ingest_paths(
         if bar:
             bar.close()
         try:
-            st.record_run(
+            st.record_run(  # type: ignore[attr-defined]
                 {
                     "run_id": report.run_id,
                     "started_at": started,

@@ -34,18 +34,27 @@ DEFAULT_SELECT = {
 class Lake:
     """A lake folder opened for reading (and for writing by ingest)."""
 
-    def __init__(self, store: DuckDBStore) -> None:
+    def __init__(self, store: DuckDBStore | Any) -> None:
         self.store = store
         self.columns = store.columns
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> Lake:
         """Open the lake at ``path`` (default: the ``lake`` setting); created when missing
-        unless ``read_only``."""
+        unless ``read_only``.
+
+        ``path`` is a DuckDB lake folder, a ``postgresql://`` URL or a Parquet lake folder
+        (see :func:`dicomlake.store.open.open_store`).
+
+        .. versionchanged:: 0.2
+            PostgreSQL URLs and Parquet lake folders.
+        """
+        from dicomlake.store.open import open_store
+
         settings = get_settings()
-        lake = Path(path) if path is not None else settings.lake
+        lake = path if path is not None else settings.lake
         cols = instance_columns(str(settings.columns_file) if settings.columns_file else None)
-        return cls(DuckDBStore(lake, read_only=read_only, columns=cols))
+        return cls(open_store(lake, read_only=read_only, columns=cols))
 
     def close(self) -> None:
         self.store.close()
@@ -178,9 +187,22 @@ class Lake:
     # ---- export -------------------------------------------------------------------------
 
     def export(self, out: str | os.PathLike[str], fmt: str = "parquet", tables: Sequence[str] | None = None) -> list[Path]:
-        """Write every table of the lake to ``out`` (one file per table) with the same columns."""
-        if fmt not in ("parquet", "csv"):
-            raise QueryError(f"export format {fmt!r}: choose parquet or csv")
+        """Write every table of the lake to ``out`` (one file per table) with the same columns.
+
+        ``fmt="lake"`` writes a partitioned Parquet lake instead (:mod:`dicomlake.store.parquet`),
+        which ``dicomlake import`` reads back into DuckDB or PostgreSQL without loss.
+        """
+        if fmt not in ("parquet", "csv", "lake"):
+            raise QueryError(f"export format {fmt!r}: choose parquet, csv or lake")
+        if fmt == "lake":
+            from dicomlake.store.parquet import ParquetLakeWriter
+            from dicomlake.store.transfer import copy_lake
+
+            writer = ParquetLakeWriter(out)
+            copy_lake(self.store, writer)
+            return sorted(Path(f) for f in writer.files)
+        if not hasattr(self.store, "con") or not hasattr(self.store.con, "sql"):
+            return self._export_streamed(Path(out), fmt, tables)
         dest = Path(out)
         dest.mkdir(parents=True, exist_ok=True)
         names = list(tables) if tables else ["instances", "elements", "dicom_json", "dose_events", "rejects"]
@@ -198,6 +220,32 @@ class Lake:
 def _qident(name: str) -> str:
     """A SQL identifier for any column label (keywords, paths, private element names)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+    def _export_streamed(self, dest: Path, fmt: str, tables: Sequence[str] | None) -> list[Path]:
+        """Export from a server back end: table by table as Arrow batches."""
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        from dicomlake.store.transfer import iter_table, table_schema
+
+        dest.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in list(tables) if tables else ["instances", "elements", "dicom_json", "dose_events", "rejects"]:
+            schema = table_schema(self.store, name)
+            if schema is None:
+                continue
+            target = dest / f"{name}.{fmt}"
+            tmp = target.with_name(f".{target.name}.tmp")
+            writer: Any = (
+                pq.ParquetWriter(tmp, schema, compression="zstd") if fmt == "parquet" else pacsv.CSVWriter(tmp, schema)
+            )
+            with writer:
+                for batch in iter_table(self.store, name, schema):
+                    writer.write_batch(batch)
+            os.replace(tmp, target)
+            written.append(target)
+        return written
 
 
 def _sql_path(p: Path) -> str:

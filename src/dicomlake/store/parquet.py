@@ -1,0 +1,264 @@
+"""The Parquet lake: the interchange format and the scale-out path.
+
+A Parquet lake is a folder::
+
+    LAKE/_dicomlake_lake.json                    format marker (format, version, partitioning)
+    LAKE/instances/part_modality=CT/part_month=2024-03/<writer>-0.parquet
+    LAKE/elements/part_modality=CT/part_month=2024-03/...
+    LAKE/dicom_json/...   LAKE/dose_events/...   (same partitioning)
+    LAKE/rejects/<writer>-0.parquet             (not partitioned)
+
+The files hold the embedded lake's columns with the embedded lake's Arrow types (they
+are written by Arrow from the very tables :func:`dicomlake.ingest.worker.process_chunk`
+returns). ``part_modality`` (Modality) and ``part_month`` (StudyDate as ``YYYY-MM``) are
+hive partition keys kept out of the files; an element, JSON or dose row lives in its
+instance's partition, so a scan of one modality and month touches one folder per
+table. A missing value is written ``_none``.
+
+:class:`ParquetStore` reads such a folder through an in-memory DuckDB whose views are
+named like the tables, so every query, audit and filter runs unchanged over it.
+Both the Spark engine and ``dicomlake export --format lake`` / ``dicomlake import`` write
+through :class:`ParquetLakeWriter`, so there is one writer of the format.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from dicomlake.errors import ConfigError, QueryError
+from dicomlake.extract.columns import InstanceColumns, instance_columns
+from dicomlake.store.base import WriteReport
+
+MARKER = "_dicomlake_lake.json"
+FORMAT = "dicomlake-parquet"
+FORMAT_VERSION = 1
+PART_COLUMNS = ("part_modality", "part_month")
+PARTITIONED = ("instances", "elements", "dicom_json", "dose_events")
+UNPARTITIONED = ("rejects", "ingest_runs")
+NONE = "_none"
+ROWS_PER_FILE = 4_000_000
+"""Rows per Parquet file at most; row groups hold up to 250,000 rows. Default: 4,000,000"""
+ROWS_PER_GROUP = 250_000
+
+
+def is_parquet_lake(path: str | Path) -> bool:
+    """True for a folder written as a Parquet lake (marker file or an ``instances/`` of Parquet)."""
+    p = Path(path)
+    if (p / MARKER).is_file():
+        return True
+    inst = p / "instances"
+    return inst.is_dir() and any(inst.rglob("*.parquet"))
+
+
+def partition_keys(instances: pa.Table) -> pa.Table:
+    """``SOPInstanceUID → (part_modality, part_month)`` for a table of instances."""
+    uid = instances.column("SOPInstanceUID")
+    if "Modality" in instances.column_names:
+        mod = pc.fill_null(instances.column("Modality"), NONE)
+        mod = pc.if_else(pc.equal(mod, ""), NONE, mod)
+    else:
+        mod = pa.array([NONE] * instances.num_rows, pa.string())
+    if "StudyDate" in instances.column_names and instances.num_rows:
+        date = instances.column("StudyDate")
+        month = pc.strftime(date.cast(pa.timestamp("s")), format="%Y-%m")
+        month = pc.fill_null(month, NONE)
+    else:
+        month = pa.array([NONE] * instances.num_rows, pa.string())
+    return pa.table({"SOPInstanceUID": uid, "part_modality": mod, "part_month": month})
+
+
+def with_partitions(table: pa.Table, keys: pa.Table) -> pa.Table:
+    """``table`` plus its rows' partition columns, looked up by SOPInstanceUID (order kept)."""
+    idx = pc.index_in(table.column("SOPInstanceUID"), value_set=keys.column("SOPInstanceUID"))
+    out = table
+    for name in PART_COLUMNS:
+        col = pc.fill_null(pc.take(keys.column(name), idx), NONE) if keys.num_rows else pa.array(
+            [NONE] * table.num_rows, pa.string()
+        )
+        out = out.append_column(name, col)
+    return out
+
+
+class ParquetLakeWriter:
+    """Writes tables into a Parquet lake folder; each call adds files, never rewrites one.
+
+    Parameters
+    ----------
+    root
+        The lake folder (created).
+    writer_id
+        Prefix of this writer's file names (a Spark task's id, a run id), unique per writer.
+    """
+
+    def __init__(self, root: str | Path, writer_id: str | None = None) -> None:
+        self.root = Path(root)
+        self.writer_id = writer_id or uuid.uuid4().hex[:12]
+        self.seq = 0
+        self.files: list[str] = []
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def write_marker(self, columns: InstanceColumns | None = None, extra: Mapping[str, object] | None = None) -> None:
+        """Write the format marker (idempotent; the driver/exporter calls it once)."""
+        marker = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "partitioning": {"tables": list(PARTITIONED), "keys": list(PART_COLUMNS), "flavor": "hive"},
+            "instance_columns": list((columns or instance_columns()).kinds),
+            **(extra or {}),
+        }
+        tmp = self.root / f".{MARKER}.{self.writer_id}.tmp"
+        tmp.write_text(json.dumps(marker, indent=1), encoding="utf-8")
+        tmp.replace(self.root / MARKER)
+
+    def write(self, name: str, data: pa.Table | Iterable[pa.RecordBatch], schema: pa.Schema | None = None) -> int:
+        """Write one table's rows (with partition columns for a partitioned table); rows written."""
+        if isinstance(data, pa.Table):
+            if not data.num_rows:
+                return 0
+            schema = data.schema
+            source: pa.Table | pa.RecordBatchReader = data
+        else:
+            if schema is None:
+                raise ValueError("schema is required when writing an iterator of batches")
+            source = pa.RecordBatchReader.from_batches(schema, data)
+        count = 0
+
+        def visit(written: ds.WrittenFile) -> None:
+            nonlocal count
+            self.files.append(written.path)
+            if written.metadata is not None:
+                count += written.metadata.num_rows
+
+        partitioned = all(c in schema.names for c in PART_COLUMNS)
+        self.seq += 1
+        ds.write_dataset(
+            source,
+            base_dir=str(self.root / name),
+            format="parquet",
+            partitioning=list(PART_COLUMNS) if partitioned else None,
+            partitioning_flavor="hive" if partitioned else None,
+            basename_template=f"{self.writer_id}-{self.seq}-{{i}}.parquet",
+            existing_data_behavior="overwrite_or_ignore",
+            file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+            max_rows_per_file=ROWS_PER_FILE,
+            max_rows_per_group=ROWS_PER_GROUP,
+            min_rows_per_group=min(ROWS_PER_GROUP, 50_000),
+            max_partitions=100_000,
+            file_visitor=visit,
+            use_threads=True,
+        )
+        return count
+
+    def write_tables(self, tables: Mapping[str, pa.Table]) -> dict[str, int]:
+        """Write the tables of one extracted batch; rows written per table."""
+        inst = tables.get("instances")
+        keys = partition_keys(inst) if inst is not None else None
+        counts: dict[str, int] = {}
+        for name, tab in tables.items():
+            if tab is None or not tab.num_rows:
+                continue
+            if name in PARTITIONED:
+                if keys is None:
+                    raise ValueError(f"{name} rows without their instances: partitions unknown")
+                tab = with_partitions(tab, keys)
+            counts[name] = self.write(name, tab)
+        return counts
+
+
+class ParquetStore:
+    """A Parquet lake folder opened for querying (DuckDB views named like the tables).
+
+    Writing goes through :class:`ParquetLakeWriter` (``dicomlake import``, ``export``, the
+    Spark engine); :meth:`write_batch` therefore refuses.
+    """
+
+    def __init__(self, lake: str | Path, *, read_only: bool = True, columns: InstanceColumns | None = None) -> None:
+        self.lake = Path(lake)
+        self.read_only = True
+        self.columns = columns or instance_columns()
+        if not self.lake.is_dir():
+            raise ConfigError(f"no Parquet lake at {self.lake} (not a folder)")
+        marker = self.lake / MARKER
+        self.meta: dict[str, object] = json.loads(marker.read_text("utf-8")) if marker.is_file() else {}
+        if self.meta and self.meta.get("format") != FORMAT:
+            raise ConfigError(f"{marker}: format {self.meta.get('format')!r} is not {FORMAT!r}")
+        self.con = duckdb.connect(":memory:")
+        self._make_views()
+
+    def _make_views(self) -> None:
+        from dicomlake.store.duckdb import table_schemas
+
+        schemas = dict(table_schemas(self.columns))
+        schemas["ingest_runs"] = INGEST_RUNS_SCHEMA
+        for name, schema in schemas.items():
+            folder = self.lake / name
+            files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
+            if files:
+                glob = str(folder / ("**/*.parquet" if name in PARTITIONED else "*.parquet")).replace("'", "''")
+                hive = "true" if name in PARTITIONED else "false"
+                excl = " EXCLUDE (part_modality, part_month)" if name in PARTITIONED else ""
+                self.con.execute(
+                    f"CREATE VIEW \"{name}\" AS SELECT *{excl} FROM read_parquet('{glob}', "
+                    f"hive_partitioning = {hive}, union_by_name = true)"
+                )
+            else:
+                empty = schema.empty_table()  # noqa: F841 - referenced by name in SQL
+                self.con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM empty')
+
+    def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> WriteReport:
+        raise ConfigError(
+            f"{self.lake} is a Parquet lake, written by `dicomlake ingest --engine spark --out DIR` or "
+            "`dicomlake import SOURCE --out DIR`; ingest into a DuckDB folder or a postgresql:// lake instead"
+        )
+
+    def record_run(self, row: Mapping[str, object]) -> None:
+        return None
+
+    def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
+        from dicomlake.store.duckdb import DuckDBStore
+
+        return DuckDBStore.query(self, sql, params)  # type: ignore[arg-type]
+
+    def query_readonly(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
+        from dicomlake.store.duckdb import DuckDBStore
+
+        return DuckDBStore.query_readonly(self, sql, params)  # type: ignore[arg-type]
+
+    def iter_table(self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+        try:
+            reader = self.con.execute(f'SELECT * FROM "{name}"').to_arrow_reader(batch_rows)  # type: ignore[attr-defined]
+        except duckdb.Error as exc:
+            raise QueryError(f"{name}: {exc}") from exc
+        yield from reader
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> ParquetStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+INGEST_RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("started_at", pa.timestamp("us")),
+        pa.field("finished_at", pa.timestamp("us")),
+        pa.field("sources", pa.string()),
+        pa.field("files", pa.int64()),
+        pa.field("instances", pa.int64()),
+        pa.field("rejected", pa.int64()),
+        pa.field("skipped", pa.int64()),
+        pa.field("status", pa.string()),
+    ]
+)

@@ -1,0 +1,305 @@
+"""The server back end: a lake in a PostgreSQL database, for several processes and users.
+
+Same tables, column names and upsert rule as :class:`~dicomlake.store.duckdb.DuckDBStore`
+(instances keyed by SOPInstanceUID; a re-ingested instance replaces its rows). Any number
+of processes may read and write at once: reads never wait (MVCC); each batch is one
+transaction that takes a transaction-level advisory lock, so two writers of the same
+instance are serialised and neither can leave a duplicate (the primary key on
+``instances."SOPInstanceUID"`` would refuse one anyway). Batches travel as CSV written by
+Arrow into ``COPY`` (text, numbers, dates, times and timestamps round-trip exactly).
+
+The query layer writes DuckDB SQL; :mod:`dicomlake.store.dialect` translates it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from dicomlake.errors import ConfigError, QueryError
+from dicomlake.extract.columns import InstanceColumns, instance_columns
+from dicomlake.store.base import WriteReport
+from dicomlake.store.dialect import to_postgres
+from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate
+
+WRITE_LOCK = 0x44_4C_57_52  # "DLWR": pg_advisory_xact_lock key of batch writes
+_READ_ONLY_SQL = re.compile(r"^\s*(\(|with\b|select\b|values\b|table\b|explain\b)", re.I)
+
+# PostgreSQL type OIDs → Arrow types of query results
+_OID_ARROW: dict[int, pa.DataType] = {
+    16: pa.bool_(), 20: pa.int64(), 21: pa.int16(), 23: pa.int32(), 26: pa.int64(),
+    700: pa.float32(), 701: pa.float64(), 1700: pa.float64(),
+    25: pa.string(), 1043: pa.string(), 1042: pa.string(), 19: pa.string(), 18: pa.string(),
+    1082: pa.date32(), 1083: pa.time64("us"), 1114: pa.timestamp("us"), 1184: pa.timestamp("us", tz="UTC"),
+    17: pa.binary(), 1186: pa.month_day_nano_interval(), 1009: pa.list_(pa.string()),
+}  # fmt: skip
+
+
+def is_postgres_url(text: object) -> bool:
+    """True for ``postgresql://…`` / ``postgres://…`` (also after Path() folded ``//``)."""
+    return isinstance(text, str) and re.match(r"^postgres(ql)?:/", text) is not None
+
+
+def normalise_url(text: str) -> str:
+    """``postgres:/…`` or ``postgresql:/…`` (a URL passed through ``pathlib.Path``) → ``postgresql://…``."""
+    m = re.match(r"^postgres(?:ql)?:/+(.*)$", text)
+    return f"postgresql://{m.group(1)}" if m else text
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+class _CopyReader(io.RawIOBase):
+    """A file object over ``COPY … TO STDOUT`` chunks, for Arrow's streaming CSV reader."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = bytes(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+class PostgresStore:
+    """A lake in a PostgreSQL database, opened by URL.
+
+    Parameters
+    ----------
+    url
+        libpq URL, e.g. ``postgresql://dicomlake@db.example.org/lake``; the password is best
+        kept in ``~/.pgpass`` or ``PGPASSWORD`` rather than in the URL.
+    read_only
+        Refuse writes and do not migrate; fails when the database holds no lake.
+    columns
+        The typed instance columns (default: the shipped list).
+    """
+
+    def __init__(self, url: str, *, read_only: bool = False, columns: InstanceColumns | None = None) -> None:
+        import psycopg
+        from psycopg.types.numeric import FloatLoader
+
+        self.url = normalise_url(str(url))
+        self.lake = self.url
+        self.read_only = read_only
+        self.columns = columns or instance_columns()
+        try:
+            self.connection = psycopg.connect(self.url, autocommit=True, options="-c TimeZone=UTC -c DateStyle=ISO,YMD")
+        except psycopg.Error as exc:
+            raise ConfigError(
+                f"cannot connect to {redact(self.url)}: {str(exc).strip()}. Check host, port, database "
+                "and credentials (~/.pgpass or PGPASSWORD), and that the server accepts connections"
+            ) from exc
+        self.connection.adapters.register_loader("numeric", FloatLoader)
+        version = current_version(self.connection)
+        if read_only:
+            if version == 0:
+                self.connection.close()
+                raise ConfigError(
+                    f"no lake in {redact(self.url)} (no schema_migrations table); run "
+                    f"`dicomlake ingest PATH --lake {redact(self.url)}` first"
+                )
+            if version < SCHEMA_VERSION:
+                self.connection.close()
+                raise ConfigError(
+                    f"the lake in {redact(self.url)} has schema version {version}, this dicomlake needs "
+                    f"{SCHEMA_VERSION}; open it once for writing to upgrade it in place "
+                    f"(e.g. `dicomlake ingest --lake {redact(self.url)} NEW_FILES`)"
+                )
+        else:
+            self.applied = migrate(self.connection, self.columns)
+        self._all_columns = self._column_names()
+
+    def _column_names(self) -> list[str]:
+        rows = self.connection.execute(
+            "SELECT DISTINCT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    @property
+    def schema_version(self) -> int:
+        return current_version(self.connection)
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def _copy_in(self, cur: Any, table: str, tab: pa.Table) -> None:
+        """Append an Arrow table with ``COPY … FROM STDIN (FORMAT csv)``.
+
+        Every valid value is quoted and nulls are left empty, so PostgreSQL tells an empty
+        string (``""``) from NULL.
+        """
+        buf = io.BytesIO()
+        pacsv.write_csv(tab, buf, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+        cols = ", ".join(f'"{n}"' for n in tab.column_names)
+        with cur.copy(f'COPY "{table}" ({cols}) FROM STDIN (FORMAT csv)') as cp:
+            view = buf.getbuffer()
+            step = 1 << 20
+            for i in range(0, len(view), step):
+                cp.write(view[i : i + step])
+
+    def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> WriteReport:
+        if self.read_only:
+            raise ConfigError(f"the lake {redact(self.url)} was opened read-only")
+        inst = tables.get("instances")
+        elements = tables.get("elements")
+        js = tables.get("dicom_json")
+        dose = tables.get("dose_events")
+        rejects = tables.get("rejects")
+        replaced = 0
+        con = self.connection
+        with con.transaction(), con.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+            if inst is not None and inst.num_rows:
+                cur.execute('CREATE TEMP TABLE _b_uid ("SOPInstanceUID" TEXT PRIMARY KEY) ON COMMIT DROP')
+                self._copy_in(cur, "_b_uid", inst.select(["SOPInstanceUID"]))
+                for t in ("elements", "dicom_json", "dose_events"):
+                    cur.execute(f'DELETE FROM "{t}" WHERE "SOPInstanceUID" IN (SELECT "SOPInstanceUID" FROM _b_uid)')
+                cur.execute('DELETE FROM instances WHERE "SOPInstanceUID" IN (SELECT "SOPInstanceUID" FROM _b_uid)')
+                replaced = cur.rowcount if cur.rowcount and cur.rowcount > 0 else 0
+                self._copy_in(cur, "instances", inst)
+            for name, tab in (("elements", elements), ("dicom_json", js), ("dose_events", dose)):
+                if tab is not None and tab.num_rows:
+                    self._copy_in(cur, name, tab)
+            if accepted_paths:
+                cur.execute("DELETE FROM rejects WHERE source_path = ANY(%s)", [list(accepted_paths)])
+            if rejects is not None and rejects.num_rows:
+                cur.execute(
+                    "DELETE FROM rejects WHERE source_path = ANY(%s)",
+                    [rejects.column("source_path").to_pylist()],
+                )
+                self._copy_in(cur, "rejects", rejects)
+        n_inst = inst.num_rows if inst is not None else 0
+        return WriteReport(
+            inserted=n_inst - replaced,
+            replaced=replaced,
+            elements=elements.num_rows if elements is not None else 0,
+            dose_events=dose.num_rows if dose is not None else 0,
+            rejects=rejects.num_rows if rejects is not None else 0,
+        )
+
+    def record_run(self, row: Mapping[str, object]) -> None:
+        if self.read_only:
+            return
+        cols = ", ".join(f'"{k}"' for k in row)
+        marks = ", ".join("%s" for _ in row)
+        self.connection.execute(f"INSERT INTO ingest_runs ({cols}) VALUES ({marks})", list(row.values()))
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
+        """Run a statement written in DuckDB's dialect (translated); an Arrow table."""
+        import psycopg
+
+        pg_sql, pg_params = to_postgres(sql, params, self._all_columns)
+        try:
+            with self.connection.cursor() as cur:
+                cur.execute(pg_sql, pg_params)  # type: ignore[arg-type]
+                if cur.description is None:
+                    return pa.table({})
+                rows = cur.fetchall()
+                return _arrow(cur.description, rows)
+        except psycopg.Error as exc:
+            raise QueryError(f"{type(exc).__name__}: {str(exc).strip()}\n  in: {pg_sql.strip()[:500]}") from exc
+
+    def query_readonly(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
+        """Run a user's statement in a READ ONLY transaction, refusing anything but a query."""
+        import psycopg
+
+        if not _READ_ONLY_SQL.match(sql) or ";" in sql.strip().rstrip(";"):
+            raise QueryError(
+                "only one read-only statement (SELECT, WITH, VALUES, TABLE, EXPLAIN) is accepted on a "
+                f"PostgreSQL lake; got: {sql.strip()[:80]!r}"
+            )
+        try:
+            with self.connection.transaction():
+                self.connection.execute("SET TRANSACTION READ ONLY")
+                return self.query(sql, params)
+        except psycopg.Error as exc:
+            raise QueryError(f"{type(exc).__name__}: {str(exc).strip()}") from exc
+
+    def table_names(self) -> list[str]:
+        rows = self.connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def iter_table(self, name: str, schema: pa.Schema, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+        """Stream a whole table as Arrow batches of ``schema`` (``COPY … TO STDOUT``, CSV)."""
+        cols = ", ".join(f'"{f.name}"' for f in schema)
+        types = {f.name: (pa.string() if pa.types.is_time(f.type) else f.type) for f in schema}
+        with self.connection.cursor() as cur, cur.copy(f'COPY (SELECT {cols} FROM "{name}") TO STDOUT (FORMAT csv)') as cp:
+            reader = pacsv.open_csv(
+                io.BufferedReader(_CopyReader(iter(cp)), buffer_size=1 << 20),
+                read_options=pacsv.ReadOptions(column_names=schema.names, block_size=16 << 20),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=types,
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                    true_values=["t"],
+                    false_values=["f"],
+                ),
+            )
+            for batch in reader:
+                yield _cast_batch(batch, schema)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    arrays = []
+    for f, col in zip(schema, batch.columns, strict=True):
+        if pa.types.is_time(f.type) and pa.types.is_string(col.type):
+            import pyarrow.compute as pc
+
+            # Arrow has no string → time cast: read "HH:MM:SS.ffffff" as a time of 1970-01-01
+            stamped = pc.binary_join_element_wise(pa.scalar("1970-01-01 "), col, "")
+            col = stamped.cast(pa.timestamp("us")).cast(f.type)
+        elif col.type != f.type:
+            col = col.cast(f.type)
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _arrow(description: Any, rows: list[tuple[Any, ...]]) -> pa.Table:
+    names = [d.name for d in description]
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    arrays = []
+    for d, values in zip(description, cols, strict=True):
+        typ = _OID_ARROW.get(d.type_code)
+        try:
+            arrays.append(pa.array(list(values), type=typ))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            arrays.append(pa.array([None if v is None else str(v) for v in values], type=pa.string()))
+    # duplicate output names are legal in SQL: keep them apart as DuckDB does
+    seen: dict[str, int] = {}
+    uniq = []
+    for n in names:
+        k = seen.get(n, 0)
+        uniq.append(n if k == 0 else f"{n}_{k}")
+        seen[n] = k + 1
+    return pa.Table.from_arrays(arrays, names=uniq)
