@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from pydicom import dcmread
 
 from dicomlake.write import CaptureIOD, ConversionType, PatientStudy, SourceKind, WrapOptions
@@ -426,7 +426,7 @@ def outside_image(p: Patient, *, bits: int, seed: int) -> tuple[Page, np.ndarray
     page.text(6, size - 8 - lh, "Slice 3.0 mm", f, white)
     wl = "W 400 L 40"
     page.text(size - 8 - f.getlength(wl), size - 8 - lh, wl, f, white)
-    arr = np.asarray(page.img, dtype=np.uint16)
+    arr = np.asarray(page.img, dtype=np.uint8)
     if bits > 8:
         arr = (arr.astype(np.uint32) * ((1 << bits) - 1) // 255).astype(np.uint16)
     return page, arr
@@ -553,6 +553,15 @@ def build_sc_corpus(directory: Path) -> list[SCCase]:
     add_photo("photo_no_text", P4, label=False, stamp=False, seed=23, iod=CaptureIOD.SC,
               description=None, modality="OT", burned_in=True)
 
+    # a small, out-of-focus phone photo: insufficient for diagnosis
+    page = photo(None, label=False, stamp=False, seed=25)
+    small = page.img.resize((200, 150), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(2.5))
+    f = _save_png(small, src / "photo_blurry_small.png")
+    path = _wrap(directory, "photo_blurry_small", f, P1, iod=CaptureIOD.VL_PHOTO, kind=SourceKind.PHOTO,
+                 conversion=ConversionType.DI, burned_in=False, series_description="Wound photo", modality="XC")
+    cases.append(SCCase("photo_blurry_small", "photo", path, np.zeros((150, 200), np.int32), [],
+                        flags=("insufficient_for_diagnosis",), review=True))
+
     def add_outside(name: str, p: Patient, bits: int, seed: int, *, conversion: ConversionType,
                     description: str | None) -> None:
         page, arr = outside_image(p, bits=bits, seed=seed)
@@ -587,3 +596,84 @@ def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "PNG")
     return buf.getvalue()
+
+
+# --- scoring against the answer key ---------------------------------------------------------
+
+
+@dataclass
+class RedactionScore:
+    """How a redaction did on one case: PHI words covered, clinical numbers left alone."""
+
+    phi_total: int = 0
+    phi_redacted: int = 0
+    clinical_total: int = 0
+    clinical_kept: int = 0
+    missed: list[str] = field(default_factory=list)
+    clinical_lost: list[str] = field(default_factory=list)
+
+    def __iadd__(self, other: RedactionScore) -> RedactionScore:
+        self.phi_total += other.phi_total
+        self.phi_redacted += other.phi_redacted
+        self.clinical_total += other.clinical_total
+        self.clinical_kept += other.clinical_kept
+        self.missed += other.missed
+        self.clinical_lost += other.clinical_lost
+        return self
+
+
+def redaction_mask(shape: tuple[int, int], boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def score_redaction(case: SCCase, mask: np.ndarray, *, covered: float = 0.95, touched: float = 0.05) -> RedactionScore:
+    """A PHI word counts as redacted when ≥ *covered* of its ink is under *mask*; a clinical
+    number counts as kept when ≤ *touched* of its ink is."""
+    score = RedactionScore()
+    if case.labels is None:
+        return score
+    ids = case.labels.ravel()
+    m = mask.ravel()
+    ink = np.bincount(ids, minlength=len(case.words) + 1)
+    under = np.bincount(ids, weights=m.astype(np.float64), minlength=len(case.words) + 1)
+    for w in case.words:
+        if ink[w.id] == 0:
+            continue  # drawn outside the image
+        share = under[w.id] / ink[w.id]
+        if w.kind == PHI:
+            score.phi_total += 1
+            if share >= covered:
+                score.phi_redacted += 1
+            else:
+                score.missed.append(f"{case.name}:{w.text}({share:.2f})")
+        elif w.kind == CLINICAL:
+            score.clinical_total += 1
+            if share <= touched:
+                score.clinical_kept += 1
+            else:
+                score.clinical_lost.append(f"{case.name}:{w.text}({share:.2f})")
+    return score
+
+
+def leaked_words(case: SCCase, recognised: list[tuple[str, tuple[int, int, int, int]]]) -> list[str]:
+    """Answer-key PHI words that a second OCR pass over the redacted image still reads there.
+
+    *recognised* holds (text, box) of every word the second pass read. A PHI word leaks when
+    a recognised word over its ink reads as it (OCR errors allowed).
+    """
+    from dicomlake.deid.pixels import fuzzy_equal
+
+    if case.labels is None:
+        return []
+    leaks = []
+    by_id = {w.id: w for w in case.phi if len(w.text.strip(",.:")) >= 3}  # an initial says nothing alone
+    for text, (x0, y0, x1, y1) in recognised:
+        under = np.unique(case.labels[y0:y1, x0:x1])
+        for wid in under:
+            w = by_id.get(int(wid))
+            if w is not None and fuzzy_equal(text, w.text):
+                leaks.append(f"{case.name}:{w.text}")
+    return sorted(set(leaks))

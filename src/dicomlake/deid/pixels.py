@@ -1,0 +1,587 @@
+"""Burned-in PHI: find identifying text in pixels and write redacted derived objects.
+
+PS3.15 E.1.1 leaves text burned into pixels to the Clean Pixel Data Option (113101).
+Seed 000: screenshots, scanned forms and photographs carry names, IDs and dates in their
+pixels. A recognised word (:mod:`dicomlake.extract.ocr`) is PHI when
+
+- it matches one of the instance's own identifying header values — names, IDs, accession,
+  address, telephone, institution, and the birth and study dates in the many ways dates
+  are printed — allowing OCR errors (confusable glyphs, one or two edits);
+- a pattern matches it: dates, NHS numbers with a valid modulus-11 check digit, phone
+  numbers, UK postcodes;
+- or it follows a label on its line ("Name:", "DOB:", "MRN", "Hospital number:", …).
+
+Policy by content class: dose reports and documents lose only PHI (clinical numbers
+stay); photographs, outside images and unknown content lose all text. Uncertain cases go
+to a review list: every photograph, a low orientation confidence on a page with text,
+Burned In Annotation YES with no text found, unknown content, and objects without pixels.
+
+Redacted objects are derived images (:func:`dicomlake.write.derive_image`): boxes filled
+with displayed black, Burned In Annotation NO, the derivation recorded (Clean Pixel Data,
+DCM 113101), and — with a :class:`~dicomlake.deid.Deidentifier` — the header
+de-identified and the new UIDs taken from its keyed UID map.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.coding import Code
+
+from dicomlake.errors import DeidError, DicomlakeError
+from dicomlake.extract.ocr import OcrResult, Variant, Word, ocr
+from dicomlake.extract.sc_class import ContentClass
+
+if TYPE_CHECKING:
+    from dicomlake.deid.engine import Deidentifier
+
+CLEAN_PIXEL_DATA = Code("113101", "DCM", "Clean Pixel Data Option")
+"""PS3.16 CID 7050 code recorded as the derivation and as a de-identification method."""
+MIN_CONF_ALL_TEXT = 30.0
+"""Words below this tesseract confidence are not treated as text under the all-text policy
+(photo texture read as letters). Default: 30."""
+MIN_ORIENTATION_CONFIDENCE = 2.0
+"""Below this, a page with text goes to review. Default: 2.0."""
+PAD_FRACTION = 0.2
+"""Boxes grow by this fraction of their height on each side (at least 2 pixels). Default: 0.2."""
+
+_MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+_MONTH_RE = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DATE_PATTERNS = [
+    re.compile(r"\b\d{1,2}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?(?:\d{4}|\d{2})\b"),
+    re.compile(r"\b(?:19|20)\d{2}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?\d{1,2}\b"),
+    re.compile(r"\b\d{1,2}(?:st|nd|rd|th)?[\s\-./]{0,2}" + _MONTH_RE + r"[\s\-./,]{0,2}(?:\d{4}|'?\d{2})\b", re.I),
+    re.compile(r"\b" + _MONTH_RE + r"\s\d{1,2}(?:st|nd|rd|th)?,?\s(?:\d{4})\b", re.I),
+    re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
+]
+_NHS = re.compile(r"\b\d(?:[\s.\-]?\d){9}\b")
+_PHONE = re.compile(r"(?:\+44\s?\(?0?\)?\s?|\b0)\d{2,4}[\s\-]?\d{3,4}[\s\-]?\d{3,4}\b|\(\d{3}\)\s?\d{3}[\s\-]\d{4}\b")
+_POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}\b", re.I)
+_CONFUSABLE = str.maketrans({"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "|": "1", "!": "1", "]": "1",
+                             "S": "5", "$": "5", "B": "8", "Z": "2", "G": "6", "T": "7"})
+_GENERIC = {"THE", "OF", "AND", "ST", "ST.", "HOSPITAL", "GENERAL", "CLINIC", "INFIRMARY", "NHS", "TRUST",
+            "UNIVERSITY", "MEDICAL", "CENTRE", "CENTER", "HEALTH", "ROAD", "STREET", "LANE", "AVENUE", "DR", "MR",
+            "MRS", "MS", "MISS", "PROF"}
+_LABELS = {"NAME", "PATIENT", "PATIENTNAME", "DOB", "D.O.B", "D.O.B.", "BIRTH", "BORN", "MRN", "ID", "PID",
+           "ACCESSION", "ACC", "ACC.", "ADDRESS", "TELEPHONE", "TEL", "TEL.", "PHONE", "MOBILE", "POSTCODE",
+           "REFERRER", "PHYSICIAN", "DOCTOR", "NHS", "CHI", "SURNAME", "FORENAME", "FORENAMES"}
+_NUMBER_LABEL_PREFIX = {"HOSPITAL", "NHS", "PATIENT", "MEDICAL", "RECORD", "CASE", "UNIT", "ID"}
+_LABEL_NEEDS_COLON = {"PATIENT", "ID", "NAME"}
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^0-9A-Z]", "", text.upper())
+
+
+def skeleton(text: str) -> str:
+    """Upper-case alphanumerics with OCR-confusable glyphs folded (O→0, I/L→1, S→5, B→8 …)."""
+    return re.sub(r"[^0-9A-Z]", "", text.upper().translate(_CONFUSABLE))
+
+
+def _edits(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance, stopping early past *limit*."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        best = i
+        for j, cb in enumerate(b, 1):
+            v = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            cur.append(v)
+            best = min(best, v)
+        if best > limit:
+            return limit + 1
+        prev = cur
+    return prev[-1]
+
+
+def _allowed_edits(n: int) -> int:
+    return 0 if n <= 3 else 1 if n <= 7 else 2
+
+
+def fuzzy_equal(ocr_text: str, value: str) -> bool:
+    """Whether an OCR'd token reads as *value*, allowing confusable glyphs and a few edits."""
+    a, b = skeleton(ocr_text), skeleton(value)
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    return _edits(a, b, _allowed_edits(len(b))) <= _allowed_edits(len(b))
+
+
+def date_forms(value: str) -> list[str]:
+    """The ways a DICOM date (YYYYMMDD) is printed: 03/04/1956, 1956-04-03, 3 Apr 1956, 03-APR-56 …"""
+    if len(value) < 8 or not value[:8].isdigit():
+        return []
+    y, m, d = value[:4], value[4:6], value[6:8]
+    mi = int(m)
+    if not 1 <= mi <= 12:
+        return [value[:8]]
+    mon = _MONTHS[mi - 1]
+    full = ["JANUARY", "FEBRUARY", "MARCH", "APRIL", "MAY", "JUNE", "JULY", "AUGUST", "SEPTEMBER", "OCTOBER",
+            "NOVEMBER", "DECEMBER"][mi - 1]
+    di = str(int(d))
+    forms = {value[:8], f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{d}.{m}.{y}", f"{d}-{m}-{y}", f"{y}-{m}-{d}", f"{y}/{m}/{d}",
+             f"{y}.{m}.{d}", f"{d}/{m}/{y[2:]}", f"{m}/{d}/{y[2:]}", f"{d}-{mon}-{y}", f"{d}-{mon}-{y[2:]}",
+             f"{di} {mon} {y}", f"{d} {mon} {y}", f"{mon} {di}, {y}", f"{di} {full} {y}", f"{full} {di}, {y}",
+             f"{d}{mon}{y}", f"{di}/{int(m)}/{y}", f"{int(m)}/{di}/{y}"}
+    return sorted(forms)
+
+
+@dataclass(frozen=True)
+class Term:
+    """An identifying value from the header, as it may be printed."""
+
+    text: str
+    source: str
+    """Keyword it came from (``PatientName``, ``PatientBirthDate`` …)."""
+    distinctive: bool = True
+    """Worth matching on its own (not 'Hospital', 'Road' or a one-letter initial)."""
+
+
+_TERM_KEYWORDS = {
+    "PN": ("PatientName", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
+           "PatientMotherBirthName", "OtherPatientNames", "PatientBirthName", "RequestingPhysician"),
+    "ID": ("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID", "IssuerOfPatientID",
+           "MedicalRecordLocator", "PatientInsurancePlanCodeSequence"),
+    "TEXT": ("InstitutionName", "InstitutionAddress", "PatientAddress", "PatientTelephoneNumbers",
+             "InstitutionalDepartmentName", "StationName", "CountryOfResidence", "RegionOfResidence"),
+    "DATE": ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"),
+}
+
+
+def identifying_terms(ds: Dataset) -> list[Term]:
+    """Identifying header values of *ds*, split into the tokens and phrases OCR can return."""
+    terms: list[Term] = []
+
+    def values(keyword: str) -> list[str]:
+        v = ds.get(keyword)
+        if v is None or v == "":
+            return []
+        if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+            return [str(x) for x in v if str(x)]
+        return [str(v)]
+
+    for kw in _TERM_KEYWORDS["PN"]:
+        for v in values(kw):
+            for part in re.split(r"[\^=\s,]+", v):
+                if part and part.upper() not in _GENERIC:
+                    terms.append(Term(part, kw, len(part) >= 2))
+    for kw in _TERM_KEYWORDS["ID"]:
+        for v in values(kw):
+            terms.append(Term(v.strip(), kw, len(v.strip()) >= 3))
+    for kw in _TERM_KEYWORDS["TEXT"]:
+        for v in values(kw):
+            terms.append(Term(v.strip(), kw, False))  # the phrase
+            for part in re.split(r"[\s,]+", v):
+                if part:
+                    terms.append(Term(part, kw, len(part) >= 3 and part.upper() not in _GENERIC))
+    for kw in _TERM_KEYWORDS["DATE"]:
+        for v in values(kw):
+            for form in date_forms(v):
+                terms.append(Term(form, kw, True))
+    return [t for t in terms if _norm(t.text)]
+
+
+@dataclass(frozen=True)
+class PhiHit:
+    """A word judged PHI and why."""
+
+    word: Word
+    reason: str
+    """``header:<Keyword>``, ``pattern:<date|nhs|phone|postcode>``, ``label:<LABEL>`` or ``policy:all-text``."""
+
+
+def _line_text(line: Sequence[Word]) -> tuple[str, list[tuple[int, int]]]:
+    """Words joined by single spaces, with each word's character span."""
+    spans, parts, pos = [], [], 0
+    for w in line:
+        spans.append((pos, pos + len(w.text)))
+        parts.append(w.text)
+        pos += len(w.text) + 1
+    return " ".join(parts), spans
+
+
+def _words_in_span(spans: list[tuple[int, int]], start: int, end: int) -> list[int]:
+    return [i for i, (a, b) in enumerate(spans) if a < end and b > start]
+
+
+def nhs_number_valid(digits: str) -> bool:
+    """NHS number modulus-11 check (10 digits, weights 10…2; check 11 → 0, 10 invalid)."""
+    if len(digits) != 10 or not digits.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(digits[9])
+
+
+def _digitised(text: str) -> str:
+    """Fold letters OCR confuses with digits in tokens that are mostly digits (14/O9/1982 → 14/09/1982)."""
+    out = []
+    for tok in text.split(" "):
+        digits = sum(c.isdigit() for c in tok)
+        if digits and digits >= len(tok) / 2:
+            tok = tok.translate(str.maketrans({"O": "0", "o": "0", "l": "1", "I": "1", "|": "1", "S": "5", "$": "5"}))
+        out.append(tok)
+    return " ".join(out)
+
+
+def _is_label(words: Sequence[Word], i: int) -> bool:
+    raw = words[i].text
+    tok = raw.upper().rstrip(":").rstrip(".")
+    colon = raw.endswith(":")
+    if tok in ("NUMBER", "NO", "NUM", "#"):
+        return i > 0 and _norm(words[i - 1].text) in _NUMBER_LABEL_PREFIX
+    if tok in ("BIRTH",):
+        return True
+    if tok in _LABEL_NEEDS_COLON:
+        return colon or (tok == "ID" and i > 0 and _norm(words[i - 1].text) in ("PATIENT", "HOSPITAL"))
+    return tok in _LABELS or tok.replace(".", "") in ("DOB",)
+
+
+def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] | None = None) -> list[PhiHit]:
+    """Words of *result* that are PHI by header match, pattern or label (all OCR passes)."""
+    hits: dict[int, PhiHit] = {}
+    all_words = result.words
+    index = {id(w): n for n, w in enumerate(all_words)}
+    distinct = [t for t in terms if t.distinctive]
+    phrases = [t for t in terms if " " in t.text.strip() or len(t.text) > 12]
+    pass_numbers = sorted({w.line_key[0] for w in all_words}) if passes is None else list(passes)
+
+    def hit(w: Word, reason: str) -> None:
+        n = index[id(w)]
+        if n not in hits:
+            hits[n] = PhiHit(w, reason)
+
+    for p in pass_numbers:
+        for line in result.lines(pass_no=p):
+            text, spans = _line_text(line)
+            # 1. header values, token by token
+            for i, w in enumerate(line):
+                for t in distinct:
+                    if " " not in t.text and fuzzy_equal(w.text, t.text):
+                        hit(w, f"header:{t.source}")
+                        break
+            # 2. header phrases (multi-word values, dates printed with spaces, grouped numbers)
+            sk_words = [skeleton(w.text) for w in line]
+            for t in phrases:
+                target = skeleton(t.text)
+                if len(target) < 5:
+                    continue
+                limit = max(1, len(target) // 6)
+                for i in range(len(line)):
+                    acc = ""
+                    for j in range(i, min(len(line), i + 8)):
+                        acc += sk_words[j]
+                        if len(acc) > len(target) + limit:
+                            break
+                        if abs(len(acc) - len(target)) <= limit and _edits(acc, target, limit) <= limit:
+                            for k in range(i, j + 1):
+                                hit(line[k], f"header:{t.source}")
+                            break
+            # 3. patterns, on the line text with digit-like letters folded
+            dtext = _digitised(text)
+            for pat in _DATE_PATTERNS:
+                for m in pat.finditer(dtext):
+                    for k in _words_in_span(spans, m.start(), m.end()):
+                        hit(line[k], "pattern:date")
+            for m in _NHS.finditer(dtext):
+                if nhs_number_valid(re.sub(r"\D", "", m.group())):
+                    for k in _words_in_span(spans, m.start(), m.end()):
+                        hit(line[k], "pattern:nhs")
+            for m in _PHONE.finditer(dtext):
+                for k in _words_in_span(spans, m.start(), m.end()):
+                    hit(line[k], "pattern:phone")
+            for m in _POSTCODE.finditer(text):
+                if any(c.isdigit() for c in m.group()) and any(c.isalpha() for c in m.group()[-2:]):
+                    for k in _words_in_span(spans, m.start(), m.end()):
+                        hit(line[k], "pattern:postcode")
+            # 4. words after a label, to a wide gap or the next label (at most 6)
+            for i in range(len(line)):
+                if not _is_label(line, i):
+                    continue
+                label = line[i].text.upper().rstrip(":")
+                prev = line[i]
+                taken = 0
+                for j in range(i + 1, len(line)):
+                    w = line[j]
+                    gap = w.upright[0] - prev.upright[2]
+                    height = max(prev.upright[3] - prev.upright[1], w.upright[3] - w.upright[1], 1.0)
+                    if gap > 2.5 * height or _is_label(line, j) or taken >= 6:
+                        break
+                    if w.text.endswith(":") and len(w.text) > 2:
+                        break
+                    hit(w, f"label:{label}")
+                    prev = w
+                    taken += 1
+    return [hits[n] for n in sorted(hits)]
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+
+@dataclass
+class RedactionPlan:
+    """What to fill in one image, and whether a person should look."""
+
+    klass: ContentClass
+    policy: str
+    """``phi-only`` or ``all-text``."""
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    hits: list[PhiHit] = field(default_factory=list)
+    review: list[str] = field(default_factory=list)
+    """Why this object needs a person's look (empty: none)."""
+    ocr: OcrResult | None = None
+
+    @property
+    def words_found(self) -> int:
+        return len(self.ocr.words) if self.ocr is not None else 0
+
+
+def ocr_for_class(arr: np.ndarray, klass: ContentClass, photometric: str = "", where: str = "image") -> OcrResult:
+    """OCR with the settings that suit the class (photos: darkest channel, denoised, ≤ 2×)."""
+    colour = arr.ndim == 3 and arr.shape[-1] >= 3
+    if klass is ContentClass.PHOTO:
+        return ocr(arr, photometric=photometric, psm=11, variants=(Variant.MIN_CHANNEL,), denoise=True, max_scale=2.0, where=where)
+    if klass is ContentClass.UNKNOWN and colour:
+        return ocr(arr, photometric=photometric, psm=11, variants=(Variant.LUMA, Variant.MIN_CHANNEL), where=where)
+    return ocr(arr, photometric=photometric, psm=11, where=where)
+
+
+def _pad(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box
+    p = max(2, int(round((y1 - y0) * PAD_FRACTION)))
+    return max(0, x0 - p), max(0, y0 - p), min(shape[1], x1 + p), min(shape[0], y1 + p)
+
+
+def plan_redaction(
+    ds: Dataset,
+    klass: ContentClass,
+    *,
+    arr: np.ndarray | None = None,
+    result: OcrResult | None = None,
+    terms: Sequence[Term] | None = None,
+) -> RedactionPlan:
+    """Find what to fill in *ds*'s pixels under the policy of *klass*.
+
+    Parameters
+    ----------
+    ds
+        The original instance: its identifying header values are what is looked for.
+    klass
+        Content class (decides the policy and the OCR settings).
+    arr
+        Stored pixel values of the frame (default: ``ds.pixel_array``, first frame).
+    result
+        OCR already done on *arr* (``sc analyse`` shares it).
+    terms
+        Identifying terms (default: :func:`identifying_terms` of *ds*).
+    """
+    all_text = klass in (ContentClass.PHOTO, ContentClass.OUTSIDE_IMAGE, ContentClass.UNKNOWN)
+    plan = RedactionPlan(klass, "all-text" if all_text else "phi-only")
+    if "PixelData" not in ds and arr is None:
+        plan.review.append("no pixel data (encapsulated document or header only): text not checked")
+        return plan
+    if arr is None:
+        arr = first_frame(ds)
+    where = str(getattr(ds, "filename", "") or ds.get("SOPInstanceUID", "image"))
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    plan.ocr = result if result is not None else ocr_for_class(arr, klass, photometric, where)
+    hits = find_phi(plan.ocr, terms if terms is not None else identifying_terms(ds))
+    if all_text:
+        seen = {id(h.word) for h in hits}
+        hits += [PhiHit(w, "policy:all-text") for w in plan.ocr.words
+                 if id(w) not in seen and w.conf >= MIN_CONF_ALL_TEXT and any(c.isalnum() for c in w.text)]
+    plan.hits = hits
+    plan.boxes = [_pad(h.word.box, arr.shape) for h in hits]
+    # review rules
+    if klass is ContentClass.PHOTO:
+        plan.review.append("clinical photograph: text on skin, labels or stamps may escape OCR")
+    if klass is ContentClass.UNKNOWN:
+        plan.review.append("content class unknown")
+    o = plan.ocr.orientation
+    if klass in (ContentClass.DOCUMENT, ContentClass.DOSE_REPORT) and len(plan.ocr.words) >= 3 and (
+        not o.detected or o.confidence < MIN_ORIENTATION_CONFIDENCE
+    ):
+        plan.review.append(f"low orientation confidence ({o.confidence:.1f})")
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and not [w for w in plan.ocr.words if w.conf >= MIN_CONF_ALL_TEXT]:
+        plan.review.append("Burned In Annotation YES but no text found")
+    return plan
+
+
+def first_frame(ds: Dataset) -> np.ndarray:
+    """Stored values of the first frame."""
+    arr = np.asarray(ds.pixel_array)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return arr[0] if frames > 1 else arr
+
+
+def fill_value(ds: Dataset, arr: np.ndarray) -> int | tuple[int, int, int]:
+    """The stored value that displays as black (MONOCHROME1: the maximum)."""
+    if arr.ndim == 3:
+        return (0, 0, 0)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        return int((1 << int(ds.get("BitsStored", 8))) - 1)
+    return int(arr.min()) if int(ds.get("PixelRepresentation", 0)) else 0
+
+
+def redact_array(arr: np.ndarray, boxes: Iterable[tuple[int, int, int, int]], value: int | tuple[int, int, int] = 0) -> np.ndarray:
+    """A copy of *arr* with every box (x0, y0, x1, y1) filled."""
+    out = np.array(arr, copy=True)
+    for x0, y0, x1, y1 in boxes:
+        out[y0:y1, x0:x1] = value
+    return out
+
+
+def redacted_dataset(
+    ds: Dataset,
+    plan: RedactionPlan,
+    *,
+    deidentifier: Deidentifier | None = None,
+) -> Dataset | None:
+    """The redacted derived object of *ds* (``None`` when the de-identification profile excludes it).
+
+    Parameters
+    ----------
+    ds
+        The original instance.
+    plan
+        From :func:`plan_redaction`.
+    deidentifier
+        When given, the header is de-identified first and the new Series and SOP Instance
+        UIDs come from its keyed UID map (recorded in its vault), so a second run gives
+        the same UIDs and the source reference points at the de-identified source.
+    """
+    from dicomlake.write.derive import Derivation, derive_image
+
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise DeidError(
+            f"{getattr(ds, 'filename', ds.get('SOPInstanceUID'))}: multi-frame redaction is not supported; "
+            "split the frames first"
+        )
+    template = ds
+    if deidentifier is not None:
+        cleaned = copy.deepcopy(ds)
+        cleaned.BurnedInAnnotation = "NO"  # the pixels are cleaned here (Clean Pixel Data Option)
+        out = deidentifier.deidentify(cleaned)
+        if out is None:
+            return None
+        template = out
+    value = fill_value(ds, first_frame(ds))
+    description = (
+        f"Burned-in text removed by dicomlake: {len(plan.boxes)} regions filled "
+        f"({plan.policy}, content {plan.klass.value})"
+    )
+    series_uid = None
+    if deidentifier is not None:
+        series_uid = _mapped_uid(deidentifier, f"{ds.SeriesInstanceUID}#pixels")
+    derived = derive_image(
+        template,
+        lambda a: redact_array(a, plan.boxes, value),
+        Derivation(CLEAN_PIXEL_DATA, description),
+        series_instance_uid=series_uid,
+        series_description=str(template.get("SeriesDescription", "") or "") + " (redacted)",
+        series_number=int(template.get("SeriesNumber") or 0) + 2000 if template.get("SeriesNumber") else None,
+    )
+    derived.BurnedInAnnotation = "NO"
+    if deidentifier is not None:
+        derived.SOPInstanceUID = _mapped_uid(deidentifier, f"{ds.SOPInstanceUID}#pixels")
+        derived.file_meta.MediaStorageSOPInstanceUID = derived.SOPInstanceUID
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
+            CLEAN_PIXEL_DATA.value, CLEAN_PIXEL_DATA.scheme_designator, CLEAN_PIXEL_DATA.meaning
+        )
+        methods = list(derived.get("DeidentificationMethodCodeSequence", []) or [])
+        if not any(getattr(m, "CodeValue", "") == CLEAN_PIXEL_DATA.value for m in methods):
+            derived.DeidentificationMethodCodeSequence = DicomSequence([*methods, item])
+    return derived
+
+
+def _mapped_uid(deidentifier: Deidentifier, original: str) -> str:
+    new = deidentifier.keys.uid(original)
+    if deidentifier.vault is not None:
+        deidentifier.vault.record("UID", original, new)
+    return new
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedactReport:
+    """What a batch redaction did."""
+
+    written: list[tuple[str, str]] = field(default_factory=list)
+    """(input, output) pairs."""
+    review: list[tuple[str, str]] = field(default_factory=list)
+    """(input, reasons) of objects a person should look at."""
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    regions: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def classify_for_redaction(ds: Dataset, arr: np.ndarray | None) -> ContentClass:
+    """The content class (header, then pixels; OCR keywords when both are unsure)."""
+    from dicomlake.extract.sc_class import DecidedBy, decide, header_evidence, ocr_evidence, pixel_evidence, pixel_stats
+
+    ev = header_evidence(ds)
+    c = decide(ev, DecidedBy.HEADER)
+    if c is None and arr is not None:
+        pixel_evidence(pixel_stats(arr), ev)
+        c = decide(ev, DecidedBy.PIXELS)
+        if c is None:
+            result = ocr(arr, photometric=str(ds.get("PhotometricInterpretation", "")), psm=11)
+            ocr_evidence([w.text for w in result.words if w.conf >= 50], arr.shape, ev)
+            c = decide(ev, DecidedBy.OCR, final=True)
+    return c.klass if c is not None else ContentClass.UNKNOWN
+
+
+def redact_file(
+    path: Path, out_dir: Path, *, deidentifier: Deidentifier | None = None, report: RedactReport | None = None,
+    name: str | None = None,
+) -> RedactReport:
+    """Redact one file into *out_dir* (``<stem>-redacted.dcm`` or *name*)."""
+    from dicomlake.write._common import encode, write_atomically
+
+    rep = report if report is not None else RedactReport()
+    try:
+        ds = dcmread(path)
+    except Exception as exc:
+        rep.failed.append((str(path), f"{path}: not a readable DICOM file ({exc})"))
+        return rep
+    try:
+        arr = first_frame(ds) if "PixelData" in ds else None
+        klass = classify_for_redaction(ds, arr)
+        plan = plan_redaction(ds, klass, arr=arr)
+        if plan.review:
+            rep.review.append((str(path), "; ".join(plan.review)))
+        if arr is None:
+            rep.failed.append((str(path), f"{path}: no pixel data to redact (an encapsulated document?)"))
+            return rep
+        derived = redacted_dataset(ds, plan, deidentifier=deidentifier)
+        if derived is None:
+            rep.excluded.append(f"{path}: excluded by the de-identification profile")
+            return rep
+        target = out_dir / (name or f"{Path(path).stem}-redacted.dcm")
+        write_atomically([(target, encode(derived, str(path)))], overwrite=True)
+        rep.written.append((str(path), str(target)))
+        rep.regions += len(plan.boxes)
+    except DicomlakeError as exc:
+        rep.failed.append((str(path), str(exc)))
+    return rep
