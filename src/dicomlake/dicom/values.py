@@ -9,8 +9,6 @@ import re
 import struct
 from functools import lru_cache
 
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.valuerep import PersonName
 
 # PS3.5 Table 6.2-1, grouped by how a value is encoded.
 TEXT_VRS = frozenset(
@@ -34,7 +32,7 @@ def _struct(fmt: str, little: bool, count: int) -> struct.Struct:
 class TextDecoder:
     """Decodes text values under one Specific Character Set (0008,0005)."""
 
-    __slots__ = ("encodings", "declared")
+    __slots__ = ("terms", "declared", "_encodings")
 
     def __init__(self, specific_character_set: str | None = None) -> None:
         terms = [t.strip() for t in (specific_character_set or "").split("\\")]
@@ -42,17 +40,30 @@ class TextDecoder:
             terms = ["ISO_IR 6"]
         elif not terms[0]:
             terms[0] = "ISO_IR 6"
+        self.terms = terms
         self.declared = bool(specific_character_set)
-        try:
-            self.encodings = convert_encodings(terms)
-        except Exception:  # unknown term: pydicom warns; fall back to Latin-1 as dcmtk does
-            self.encodings = ["latin_1"]
+        self._encodings: list[str] | None = None
+
+    @property
+    def encodings(self) -> list[str]:
+        """Python codecs for the declared terms (pydicom's table; loaded on first non-ASCII text)."""
+        if self._encodings is None:
+            from pydicom.charset import convert_encodings
+
+            try:
+                self._encodings = convert_encodings(self.terms)
+            except Exception:  # unknown term: pydicom warns; fall back to Latin-1 as dcmtk does
+                self._encodings = ["latin_1"]
+        return self._encodings
 
     def text(self, value: bytes, vr: str) -> str:
         """Return a text value decoded and stripped of padding, multiple values kept as ``\\``."""
         if value.isascii():
             s = value.decode("ascii")
         elif vr in CHARSET_VRS:
+            from pydicom.charset import decode_bytes
+            from pydicom.valuerep import PersonName
+
             if vr == "PN":
                 s = "\\".join(str(PersonName(v).decode(self.encodings)) for v in value.split(b"\\"))
             else:

@@ -289,12 +289,12 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
     finally:
         for zf in zips.values():
             zf.close()
-    from dicomlake.store.duckdb import dose_schema
-
-    schema = dose_schema()
     for builder, dose_rows, accepted in segments:
         tables = builder.tables()
         if dose_rows:
+            from dicomlake.store.base import dose_schema
+
+            schema = dose_schema()
             tables["dose_events"] = pa.Table.from_pylist(
                 [{k: r.get(k) for k in schema.names} for r in dose_rows], schema=schema
             )

@@ -20,6 +20,13 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 
+def dose_schema() -> pa.Schema:
+    """The dose_events schema, from :data:`dicomlake.extract.dose.DOSE_EVENT_COLUMNS`."""
+    from dicomlake.extract.dose import DOSE_EVENT_COLUMNS
+
+    return pa.schema([pa.field(k, v) for k, v in DOSE_EVENT_COLUMNS.items()])
+
+
 # The lake's tables, in the order a batch is written.
 TABLES = ("instances", "elements", "dicom_json", "dose_events", "rejects")
 

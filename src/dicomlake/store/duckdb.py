@@ -12,21 +12,12 @@ import pyarrow as pa
 from dicomlake.errors import ConfigError, QueryError
 from dicomlake.extract.columns import InstanceColumns, instance_columns
 from dicomlake.extract.rows import ELEMENT_SCHEMA, JSON_SCHEMA
-from dicomlake.store.base import REJECT_SCHEMA, WriteReport
+from dicomlake.store.base import REJECT_SCHEMA, WriteReport, dose_schema
 
 DB_NAME = "lake.duckdb"
 SCHEMA_VERSION = 1
 
 _READ_ONLY_SQL = re.compile(r"^\s*(\(|with\b|select\b|from\b|pivot\b|unpivot\b|describe\b|show\b|summarize\b|explain\b|values\b|table\b)", re.I)
-
-
-def dose_schema() -> pa.Schema:
-    """The dose_events schema from :mod:`dicomlake.extract.dose`."""
-    try:
-        from dicomlake.extract.dose import DOSE_EVENT_COLUMNS
-    except ImportError:  # pragma: no cover - only while the dose module is absent
-        return pa.schema([pa.field("SOPInstanceUID", pa.string())])
-    return pa.schema([pa.field(k, v) for k, v in DOSE_EVENT_COLUMNS.items()])
 
 
 def table_schemas(columns: InstanceColumns) -> dict[str, pa.Schema]:
