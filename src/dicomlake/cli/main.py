@@ -27,6 +27,7 @@ VERB_MODULES = [
     "dicomlake.cli.curate",
     "dicomlake.cli.audit",
     "dicomlake.cli.user",
+    "dicomlake.cli.sc",
 ]
 
 

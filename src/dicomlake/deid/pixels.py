@@ -416,7 +416,8 @@ def plan_redaction(
         not o.detected or o.confidence < MIN_ORIENTATION_CONFIDENCE
     ):
         plan.review.append(f"low orientation confidence ({o.confidence:.1f})")
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and not [w for w in plan.ocr.words if w.conf >= MIN_CONF_ALL_TEXT]:
+    text_found = [w for w in plan.ocr.words if w.conf >= MIN_CONF_ALL_TEXT and sum(c.isalnum() for c in w.text) >= 2]
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES" and not text_found:
         plan.review.append("Burned In Annotation YES but no text found")
     return plan
 
@@ -572,8 +573,7 @@ def redact_file(
         if plan.review:
             rep.review.append((str(path), "; ".join(plan.review)))
         if arr is None:
-            rep.failed.append((str(path), f"{path}: no pixel data to redact (an encapsulated document?)"))
-            return rep
+            return rep  # on the review list: nothing to fill, text not checked
         derived = redacted_dataset(ds, plan, deidentifier=deidentifier)
         if derived is None:
             rep.excluded.append(f"{path}: excluded by the de-identification profile")
