@@ -45,6 +45,10 @@ def deid(
     map_file: Path | None = typer.Option(None, "--map", help="External map CSV kind,original,replacement."),
     report: Path | None = typer.Option(None, "--report", help="Write a JSON report here."),
     show: str | None = typer.Option(None, "--show", help="With 'profiles': print one profile's TOML."),
+    pixels: bool = typer.Option(
+        False, "--pixels", help="Clean burned-in text (OCR): SC-like and Burned In Annotation YES instances become "
+        "redacted derived objects (new UIDs from the maps); uncertain ones are listed for review.",
+    ),
 ) -> None:
     """De-identify DICOM files per PS3.15 into OUT with a profile; `deid profiles` lists profiles.
 
@@ -78,10 +82,18 @@ def deid(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     written, failed = 0, []
+    pixel_report = None
+    if pixels:
+        from dicomlake.deid.pixels import RedactReport, deidentify_bytes_with_pixels
+
+        pixel_report = RedactReport()
     with engine:
         for path, rel in _files(inputs):
             try:
-                data = engine.deidentify_bytes(path.read_bytes(), source=str(path))
+                if pixel_report is not None:
+                    data = deidentify_bytes_with_pixels(engine, path.read_bytes(), source=str(path), report=pixel_report)
+                else:
+                    data = engine.deidentify_bytes(path.read_bytes(), source=str(path))
             except DeidError as exc:
                 failed.append(f"{path}: {exc}")
                 continue
@@ -98,6 +110,11 @@ def deid(
     )
     for line in rep.excluded:
         typer.echo(f"  excluded {line}")
+    if pixel_report is not None:
+        typer.echo(f"pixels: {len(pixel_report.written)} redacted ({pixel_report.regions} regions filled), "
+                   f"review {len(pixel_report.review)}")
+        for where, why in pixel_report.review:
+            typer.echo(f"  review {where}: {why}")
     for line in failed:
         typer.echo(f"  failed {line}", err=True)
     if report is not None:

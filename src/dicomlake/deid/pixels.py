@@ -585,3 +585,53 @@ def redact_file(
     except DicomlakeError as exc:
         rep.failed.append((str(path), str(exc)))
     return rep
+
+
+def needs_pixel_cleaning(ds: Dataset) -> bool:
+    """Pixels that may carry burned-in text: SC-like SOP classes, risky ones, or Burned In Annotation YES."""
+    from dicomlake.deid.engine import RISKY_SOP_CLASSES
+    from dicomlake.extract.sc_class import SC_LIKE_SOP_CLASSES
+
+    if "PixelData" not in ds:
+        return False
+    sop = str(ds.get("SOPClassUID", ""))
+    declared = str(ds.get("BurnedInAnnotation", "")).upper()
+    return declared == "YES" or (declared != "NO" and (sop in SC_LIKE_SOP_CLASSES or sop in RISKY_SOP_CLASSES))
+
+
+def deidentify_bytes_with_pixels(
+    deidentifier: Deidentifier, data: bytes, *, source: str, report: RedactReport
+) -> bytes | None:
+    """``dicomlake deid --pixels``: de-identify one Part-10 file, cleaning burned-in text first.
+
+    Instances whose pixels may carry text (:func:`needs_pixel_cleaning`) become redacted
+    derived objects with a de-identified header and mapped UIDs; uncertain ones are listed
+    in *report* for review. Other instances go through the de-identifier unchanged.
+    """
+    import io
+
+    from dicomlake.write._common import encode
+
+    try:
+        ds = dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise DeidError(f"{source}: cannot read as DICOM: {exc}") from exc
+    if not needs_pixel_cleaning(ds) or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        if "PixelData" in ds and int(ds.get("NumberOfFrames", 1) or 1) > 1 and needs_pixel_cleaning(ds):
+            report.review.append((source, "multi-frame: pixels not cleaned (split the frames first)"))
+        return deidentifier.deidentify_bytes(data, source=source)
+    ds.filename = source
+    arr = first_frame(ds)
+    klass = classify_for_redaction(ds, arr)
+    plan = plan_redaction(ds, klass, arr=arr)
+    if plan.review:
+        report.review.append((source, "; ".join(plan.review)))
+    try:
+        derived = redacted_dataset(ds, plan, deidentifier=deidentifier)
+    except DicomlakeError as exc:
+        raise DeidError(f"{source}: {exc}") from exc
+    if derived is None:
+        return None
+    report.written.append((source, str(derived.SOPInstanceUID)))
+    report.regions += len(plan.boxes)
+    return encode(derived, source)
