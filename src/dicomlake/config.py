@@ -15,6 +15,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dicomlake.ingest.settings import DimseSettings
+
 
 class IngestSettings(BaseModel):
     """How files are read into the lake."""
@@ -68,6 +70,7 @@ class Settings(BaseSettings):
     )
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
     query: QuerySettings = Field(default_factory=QuerySettings)  # type: ignore[arg-type]
+    dimse: DimseSettings = Field(default_factory=DimseSettings)  # type: ignore[arg-type]
 
     @classmethod
     def settings_customise_sources(

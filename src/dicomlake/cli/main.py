@@ -28,6 +28,7 @@ VERB_MODULES = [
     "dicomlake.cli.audit",
     "dicomlake.cli.user",
     "dicomlake.cli.sc",
+    "dicomlake.cli.serve",
 ]
 
 

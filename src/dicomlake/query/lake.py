@@ -49,11 +49,18 @@ class Lake:
         .. versionchanged:: 0.2
             PostgreSQL URLs and Parquet lake folders.
         """
-        from dicomlake.store.open import open_store
+        from dicomlake.store.open import lake_kind, open_store
 
         settings = get_settings()
         lake = path if path is not None else settings.lake
         cols = instance_columns(str(settings.columns_file) if settings.columns_file else None)
+        if read_only and lake_kind(lake) == "duckdb":
+            # A running `dicomlake serve` holds the DuckDB file: ask it (store/remote.py).
+            from dicomlake.store.remote import RemoteStore, live_service
+
+            info = live_service(lake)
+            if info is not None:
+                return cls(RemoteStore(lake, info, columns=cols))
         return cls(open_store(lake, read_only=read_only, columns=cols))
 
     def close(self) -> None:

@@ -1,0 +1,108 @@
+"""`dicomlake serve`: the DICOM listener a PACS pushes to, writing into the lake."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dicomlake.cli.common import LAKE_OPTION, handle_errors, lake_path
+
+
+def serve(
+    lake: Path | None = LAKE_OPTION,
+    port: int | None = typer.Option(None, "--port", "-p", help="TCP port to listen on (default 11112)."),
+    ae_title: str | None = typer.Option(None, "-aet", "--ae-title", help="Our AE title (default DICOMLAKE)."),
+    bind: str | None = typer.Option(None, "--bind", help="Address to bind; 0.0.0.0 for all (default 127.0.0.1)."),
+    allow_aet: list[str] = typer.Option([], "--allow-aet", help="Accept only these calling AE titles (repeatable)."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Accept only these hosts/CIDR networks (repeatable)."),
+    modality: list[str] = typer.Option([], "--modality", "-m", help="Store only these modalities (repeatable)."),
+    sop_class: list[str] = typer.Option([], "--sop-class", help="Accept only these SOP Class UIDs (repeatable)."),
+    keep_files: bool | None = typer.Option(
+        None, "--keep-files/--metadata-only", help="Keep received files under <lake>/files (default: metadata only)."
+    ),
+    max_associations: int | None = typer.Option(None, "--max-associations", help="Concurrent associations (default 16)."),
+    max_pdu: int | None = typer.Option(None, "--max-pdu", help="Largest PDU received, bytes; 0 = unlimited."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: enables DICOM TLS."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA bundle that client certificates chain to."),
+    require_client_cert: bool = typer.Option(False, "--require-client-cert", help="Refuse TLS clients without a certificate."),
+    no_fsync: bool = typer.Option(False, "--no-fsync", help="Do not fsync before acknowledging (measurements only)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No status line."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every association."),
+) -> None:
+    """Receive instances over DICOM (C-STORE, C-ECHO) into the lake; runs until Ctrl-C.
+
+    Each instance is acknowledged only after it is fsynced into <lake>/spool; a drainer puts
+    headers into the lake within a second. While it runs, `dicomlake query/sql/export` on the
+    same lake are answered by this process.
+
+    Example: dicomlake serve --lake ./dicomlake-data --port 11112 -aet DICOMLAKE --allow-aet PACS
+
+    Then, from the PACS or dcmtk: storescu -aec DICOMLAKE 127.0.0.1 11112 study/*.dcm
+    """
+    from dicomlake.config import get_settings
+    from dicomlake.ingest.service import Service
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = get_settings()
+    overrides: dict[str, Any] = {
+        "port": port,
+        "ae_title": ae_title,
+        "bind": bind,
+        "allowed_calling_aets": allow_aet or None,
+        "allowed_hosts": allow_host or None,
+        "modalities": modality or None,
+        "sop_classes": sop_class or None,
+        "keep_files": keep_files,
+        "max_associations": max_associations,
+        "max_pdu": max_pdu,
+        "fsync": False if no_fsync else None,
+    }
+    data = settings.dimse.model_dump()
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if tls_cert or tls_key:
+        if not (tls_cert and tls_key):
+            raise ValueError("--tls-cert and --tls-key go together (certificate and its private key)")
+        data["tls"] = {
+            **data["tls"],
+            "certificate": str(tls_cert),
+            "private_key": str(tls_key),
+            "ca_file": str(tls_ca) if tls_ca else None,
+            "require_client_certificate": require_client_cert,
+        }
+    dimse = type(settings.dimse).model_validate(data)
+    folder = lake_path(lake)
+    svc = Service(folder, settings, dimse=dimse).start()
+    assert svc.address is not None
+    typer.secho(
+        f"dicomlake serve: {dimse.ae_title} on {svc.address[0]}:{svc.address[1]}"
+        f"{' (TLS)' if dimse.tls.enabled else ''} → {folder}  "
+        f"[{'keep files' if dimse.keep_files else 'metadata only'}; control {svc.control_url}]",
+        err=True,
+        bold=True,
+    )
+
+    def tick(st: dict[str, Any]) -> None:
+        if quiet:
+            return
+        li, dr = st.get("listener", {}), st["drain"]
+        typer.echo(
+            f"\rassociations {li.get('associations', 0):,} · received {li.get('stored', 0):,} · "
+            f"in lake {dr['stored']:,} · spool {st['spool_pending']:,} · failed {li.get('failed', 0):,} · "
+            f"refused {li.get('rejected', 0):,}" + (f" · drain error: {dr['last_error'][:60]}" if dr["last_error"] and dr["failures"] else ""),
+            err=True,
+            nl=False,
+        )
+
+    svc.serve_forever(tick)
+    typer.echo("", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(handle_errors(serve))

@@ -1,0 +1,268 @@
+"""``dicomlake serve``: the listener, the spool drainer and the lake's one connection in one process.
+
+The service owns the lake: a single DuckDB connection that the drainer writes through
+(short transactions) and that readers use through their own cursors, so what has been
+committed is visible at once and no reader waits for the writer. Other processes reach
+it through a small HTTP endpoint on 127.0.0.1 (:mod:`dicomlake.web.internal`), announced
+in ``<lake>/service.json`` with a token in ``<lake>/service.token`` (mode 0600); both
+are removed on a clean exit, and a ``service.json`` whose pid is dead is ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from dicomlake.config import Settings, get_settings
+from dicomlake.errors import ConfigError, QueryError
+from dicomlake.ingest.listener import StoreSCP
+from dicomlake.ingest.settings import DimseSettings
+from dicomlake.ingest.spool import Drainer, DrainStats, Spool, StoreHolder
+from dicomlake.store.remote import SERVICE_FILE, TOKEN_FILE, live_service
+
+LOG = logging.getLogger("dicomlake.service")
+
+
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """Listener + spool + drainer + control endpoint over one lake.
+
+    Parameters
+    ----------
+    lake
+        The lake folder.
+    settings
+        Effective settings; ``settings.dimse`` configures the listener.
+    dimse
+        Overrides of ``settings.dimse`` (the CLI flags).
+    control
+        Start the internal HTTP endpoint (and announce the service in ``service.json``).
+    """
+
+    def __init__(
+        self,
+        lake: str | os.PathLike[str],
+        settings: Settings | None = None,
+        *,
+        dimse: DimseSettings | None = None,
+        control: bool = True,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.dimse = dimse or self.settings.dimse
+        self.lake = Path(lake)
+        self.control = control
+        self.holder: StoreHolder | None = None
+        self.spool: Spool | None = None
+        self.drainer: Drainer | None = None
+        self.scp: StoreSCP | None = None
+        self.stats = DrainStats()
+        self.control_url: str | None = None
+        self._http: Any = None
+        self._http_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.started_at = dt.datetime.now(dt.UTC)
+        self.address: tuple[str, int] | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Service:
+        """Open the lake, replay the spool, start the drainer, the listener and the endpoint."""
+        from dicomlake.extract.columns import instance_columns
+        from dicomlake.ingest.pipeline import _worker_config
+        from dicomlake.store.duckdb import DuckDBStore
+
+        other = live_service(self.lake)
+        if other is not None:
+            raise ConfigError(
+                f"{self.lake} is already served by pid {other.pid} ({other.ae_title} on port {other.port}); "
+                "stop it first or choose another --lake"
+            )
+        self.lake.mkdir(parents=True, exist_ok=True)
+        cols_file = str(self.settings.columns_file) if self.settings.columns_file else None
+        columns = instance_columns(cols_file)
+        self.holder = StoreHolder(lambda: DuckDBStore(self.lake, columns=columns))
+        d = self.dimse
+        self.spool = Spool(self.lake, fsync=d.fsync, min_free_bytes=d.min_free_bytes)
+        left = self.spool.count()
+        if left:
+            LOG.info("replaying %d instance(s) left in the spool", left)
+        self.drainer = Drainer(
+            self.spool,
+            self.holder,
+            _worker_config(self.settings, self.lake, "c-store"),
+            keep_files=d.keep_files,
+            workers=d.drain_workers,
+            batch=d.drain_batch,
+            interval=d.drain_interval_s,
+            stats=self.stats,
+        )
+        self.drainer.start()
+        try:
+            self.scp = StoreSCP(self.spool, d)
+            self.address = self.scp.start()
+            if self.control:
+                self._start_http()
+                self._announce()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop taking associations, drain the spool into the lake, close everything."""
+        self._stop.set()
+        if self.scp is not None:
+            self.scp.stop()
+        if self.drainer is not None:
+            self.drainer.stop()
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_thread is not None:
+                self._http_thread.join(10)
+        if self.holder is not None:
+            try:
+                self.holder.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.control:
+            for name in (SERVICE_FILE, TOKEN_FILE):
+                try:
+                    p = self.lake / name
+                    if name != SERVICE_FILE or json.loads(p.read_text()).get("pid") == os.getpid():
+                        p.unlink()
+                except (OSError, ValueError):
+                    pass
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- reading while serving ------------------------------------------------------------
+
+    def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
+        """Run one read-only statement on its own cursor (never waits for the drainer)."""
+        import duckdb
+
+        from dicomlake.store.duckdb import _READ_ONLY_SQL
+
+        if not _READ_ONLY_SQL.match(sql) or ";" in sql.strip().rstrip(";"):
+            raise QueryError(
+                "only one read-only statement (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, PIVOT) "
+                f"is accepted; got: {sql.strip()[:80]!r}"
+            )
+        assert self.holder is not None
+        cur = self.holder.store.con.cursor()
+        try:
+            rel = cur.execute(sql, params) if params else cur.execute(sql)
+            fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
+            return fetch()  # type: ignore[no-any-return]
+        except duckdb.Error as exc:
+            raise QueryError(f"{type(exc).__name__}: {exc}\n  in: {sql.strip()[:500]}") from exc
+        finally:
+            cur.close()
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "pid": os.getpid(),
+            "lake": str(self.lake),
+            "ae_title": self.dimse.ae_title,
+            "port": self.address[1] if self.address else None,
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "spool_pending": self.spool.count() if self.spool else 0,
+            "drain": self.stats.as_dict(),
+        }
+        if self.scp is not None:
+            out["listener"] = self.scp.stats.as_dict()
+        return out
+
+    # ---- control endpoint ---------------------------------------------------------------
+
+    def _start_http(self) -> None:
+        import uvicorn
+        from fastapi import FastAPI
+
+        from dicomlake.web import internal
+
+        app = FastAPI(title="dicomlake service (internal)", docs_url=None, redoc_url=None, openapi_url=None)
+        app.state.service_token = secrets.token_urlsafe(32)
+        app.state.lake_query = self.query
+        app.state.service_status = self.status
+        app.include_router(internal.router)
+        self._token = app.state.service_token
+        port = self.dimse.control_port or _free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                lifespan="off")
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http = server
+        self._http_thread = threading.Thread(target=server.run, name="control-http", daemon=True)
+        self._http_thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"the control endpoint could not start on 127.0.0.1:{port}")
+            time.sleep(0.02)
+        self.control_url = f"http://127.0.0.1:{port}"
+
+    def _announce(self) -> None:
+        _write_private(self.lake / TOKEN_FILE, self._token + "\n")
+        assert self.address is not None
+        info = {
+            "pid": os.getpid(),
+            "control_url": self.control_url,
+            "ae_title": self.dimse.ae_title,
+            "host": self.address[0],
+            "port": self.address[1],
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+        }
+        _write_private(self.lake / SERVICE_FILE, json.dumps(info, indent=1) + "\n", 0o644)
+
+    # ---- running in the foreground -----------------------------------------------------
+
+    def serve_forever(self, on_tick: Callable[[dict[str, Any]], None] | None = None, tick: float = 1.0) -> None:
+        """Run until SIGINT/SIGTERM; then stop cleanly (the spool is drained first)."""
+
+        def _signal(signum: int, _frame: object) -> None:
+            LOG.info("signal %d: stopping", signum)
+            self._stop.set()
+
+        old = {s: signal.signal(s, _signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self._stop.wait(tick):
+                if on_tick is not None:
+                    on_tick(self.status())
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self.stop()

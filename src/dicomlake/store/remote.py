@@ -1,0 +1,186 @@
+"""A lake held by a running ``dicomlake serve``, queried through the service's internal endpoint.
+
+DuckDB allows one writing process per database file. While the service holds the lake,
+:meth:`dicomlake.query.lake.Lake.open` with ``read_only=True`` returns a lake over a
+:class:`RemoteStore`, which sends each read-only statement to the service
+(:mod:`dicomlake.web.internal`) and reads the Arrow IPC answer. What the drainer has
+committed is visible at once; the service never waits for a reader.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from dicomlake.errors import ConfigError, QueryError
+from dicomlake.extract.columns import InstanceColumns, instance_columns
+
+SERVICE_FILE = "service.json"
+TOKEN_FILE = "service.token"
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """What ``<lake>/service.json`` says about the service holding a lake."""
+
+    pid: int
+    control_url: str
+    ae_title: str
+    port: int
+    started_at: str
+    token: str
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def live_service(lake: str | os.PathLike[str]) -> ServiceInfo | None:
+    """The service holding ``lake``, or None when there is none (or ``service.json`` is stale)."""
+    folder = Path(lake)
+    try:
+        info = json.loads((folder / SERVICE_FILE).read_text())
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid() or not _pid_alive(pid):
+        return None
+    try:
+        token = (folder / TOKEN_FILE).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"a dicomlake service (pid {pid}) holds {folder}, but its token {folder / TOKEN_FILE} cannot "
+            f"be read ({exc.strerror}); run as the user who started `dicomlake serve`"
+        ) from exc
+    return ServiceInfo(
+        pid=pid,
+        control_url=str(info["control_url"]),
+        ae_title=str(info.get("ae_title", "")),
+        port=int(info.get("port", 0)),
+        started_at=str(info.get("started_at", "")),
+        token=token,
+    )
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (dt.date, dt.datetime, dt.time)):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, bytes):
+        return v.decode("latin-1")
+    return v
+
+
+class _CopyShim:
+    """``con.execute("COPY "table" TO 'file' (FORMAT …)")`` for :meth:`Lake.export`, done locally."""
+
+    _COPY = re.compile(r"""^\s*COPY\s+"?(\w+)"?\s+TO\s+'((?:[^']|'')*)'\s*\(FORMAT\s+(\w+)""", re.I)
+
+    def __init__(self, store: RemoteStore) -> None:
+        self.store = store
+
+    def execute(self, sql: str, params: Any = None) -> _CopyShim:
+        m = self._COPY.match(sql)
+        if not m:
+            raise QueryError(
+                "only SELECT-like statements run against a lake held by `dicomlake serve`; "
+                f"got {sql.strip()[:60]!r}"
+            )
+        table, path, fmt = m.group(1), m.group(2).replace("''", "'"), m.group(3).lower()
+        data = self.store.query(f'SELECT * FROM "{table}"')
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(data, path, compression="zstd")
+        else:
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(data, path)
+        return self
+
+
+class RemoteStore:
+    """The read side of the Store protocol, answered by the service that holds the lake."""
+
+    read_only = True
+
+    def __init__(self, lake: str | os.PathLike[str], info: ServiceInfo, *, columns: InstanceColumns | None = None,
+                 timeout: float = 300.0) -> None:
+        import httpx
+
+        self.lake = Path(lake)
+        self.info = info
+        self.columns = columns or instance_columns()
+        self._client = httpx.Client(
+            base_url=info.control_url,
+            headers={"Authorization": f"Bearer {info.token}"},
+            timeout=timeout,
+            trust_env=False,  # loopback only: never through a proxy
+        )
+        self.con = _CopyShim(self)
+
+    def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
+        """Run a read-only statement in the service; an Arrow table."""
+        import httpx
+
+        if isinstance(params, Mapping):
+            raise QueryError("named parameters are not supported through the service; use ? placeholders")
+        body = {"sql": sql, "params": [_jsonable(p) for p in params] if params is not None else None}
+        try:
+            resp = self._client.post("/internal/query", json=body)
+        except httpx.HTTPError as exc:
+            raise QueryError(
+                f"the dicomlake service (pid {self.info.pid}) holding {self.lake} did not answer at "
+                f"{self.info.control_url}: {exc}; check that it still runs (dicomlake serve)"
+            ) from exc
+        if resp.status_code != 200:
+            try:
+                message = resp.json().get("error") or resp.json().get("detail") or resp.text
+            except ValueError:
+                message = resp.text
+            raise QueryError(str(message))
+        with pa.ipc.open_stream(resp.content) as reader:
+            return reader.read_all()
+
+    def query_readonly(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
+        """Same as :meth:`query`: the service accepts nothing but read-only statements."""
+        return self.query(sql, params)
+
+    def status(self) -> dict[str, Any]:
+        """The service's counters (see ``GET /internal/status``)."""
+        return dict(self._client.get("/internal/status").json())
+
+    def write_batch(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigError(
+            f"{self.lake} is held by a running dicomlake service (pid {self.info.pid}); send instances to it "
+            f"over DICOM ({self.info.ae_title} on port {self.info.port}) or stop it first"
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RemoteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
