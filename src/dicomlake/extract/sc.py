@@ -111,6 +111,8 @@ class SCAnalysis:
     dose_rows: list[dict[str, object]] = field(default_factory=list)
     dose_status: str | None = None
     error: str | None = None
+    plan: Any = None
+    """The :class:`~dicomlake.deid.pixels.RedactionPlan` (boxes to fill), not stored in the lake."""
 
     def row(self) -> dict[str, Any]:
         """The ``sc_analysis`` row."""
@@ -181,6 +183,7 @@ def analyse_dataset(ds: Dataset) -> SCAnalysis:
     if arr is None:
         result.classification = c or decide(ev, DecidedBy.HEADER, final=True)  # type: ignore[assignment]
         plan = plan_redaction(ds, result.classification.klass)
+        result.plan = plan
         result.review = plan.review
         return result
     result.stats = pixel_stats(arr)
@@ -210,6 +213,7 @@ def analyse_dataset(ds: Dataset) -> SCAnalysis:
         text_like=klass in (ContentClass.DOCUMENT, ContentClass.DOSE_REPORT, ContentClass.UNKNOWN),
     )
     plan = plan_redaction(ds, klass, arr=arr, result=text)
+    result.plan = plan
     result.policy = plan.policy
     result.review = plan.review
     reasons: dict[str, int] = {}
