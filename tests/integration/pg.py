@@ -112,3 +112,15 @@ class PostgresCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_or_skip() -> PostgresCluster:
+    """A started cluster; a failure in CI (never a quiet skip), a skip elsewhere."""
+    import pytest
+
+    if pg_bin_dir() is None:
+        msg = f"PostgreSQL is not installed; {INSTALL_HINT}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return PostgresCluster().start()

@@ -84,8 +84,13 @@ def to_postgres(
     named = isinstance(params, Mapping)
     i = 0
     prev_word = ""
+    parens: list[str] = []  # what opened each "(": the function name before it, or ""
     while i < len(tokens):
         kind, text = tokens[i]
+        if kind == "other" and text == "(":
+            parens.append(prev_word if out and not out[-1].isspace() else "")
+        elif kind == "other" and text == ")" and parens:
+            parens.pop()
         if kind == "str":
             out.append(text.replace("%", "%%"))
         elif kind == "comment":
@@ -111,6 +116,10 @@ def to_postgres(
                     continue
             if low in cols and (text == cols[low] or low not in _KEYWORDS) and not _is_call(tokens, i):
                 out.append(f'"{cols[low]}"')
+            elif prev_word == "as" and not (parens and parens[-1] == "cast") and low not in _KEYWORDS:
+                out.append(f'"{text}"')  # an output name keeps its case, as in DuckDB
+            elif text != low and text != text.upper() and not _is_call(tokens, i) and not _after_cast(out):
+                out.append(f'"{text}"')  # a mixed-case identifier DuckDB would match as written
             else:
                 out.append(text)
             prev_word = low

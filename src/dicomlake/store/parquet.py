@@ -234,7 +234,7 @@ class ParquetStore:
 
     def iter_table(self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
         try:
-            reader = self.con.execute(f'SELECT * FROM "{name}"').to_arrow_reader(batch_rows)  # type: ignore[attr-defined]
+            reader = self.con.sql(f'SELECT * FROM "{name}"').to_arrow_reader(batch_rows)
         except duckdb.Error as exc:
             raise QueryError(f"{name}: {exc}") from exc
         yield from reader

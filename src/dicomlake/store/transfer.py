@@ -75,7 +75,7 @@ def iter_table(store: Any, name: str, schema: pa.Schema, batch_rows: int = BATCH
         yield from store.iter_table(name, schema, batch_rows)
         return
     cols = ", ".join(f'"{f.name}"' for f in schema)
-    reader = store.con.execute(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
+    reader = store.con.sql(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
     for batch in reader:
         yield batch
 

@@ -1,0 +1,421 @@
+"""The Spark engine: the embedded engine's extraction over an Apache Spark cluster, into a Parquet lake.
+
+The driver expands the sources (folders, zips, DICOMDIRs: :func:`dicomlake.ingest.sources.expand`)
+into chunks of tasks, exactly as the embedded pipeline does, and hands the chunks to Spark
+as rows of a DataFrame. Each Spark task runs :func:`dicomlake.ingest.worker.process_chunk`
+— the same pure function the embedded engine's worker processes run — over its chunks
+and writes the resulting Arrow tables with :class:`dicomlake.store.parquet.ParquetLakeWriter`,
+so the Parquet files hold the embedded lake's columns with its Arrow types, partitioned
+by modality and study month.
+
+Why paths and not Spark's ``binaryFile`` source: a header is a few kB at the front of a
+file that carries megabytes of pixel data; ``binaryFile`` would move every byte of the
+archive through Spark, while a task that opens the path reads only the header (the
+executors see the archive on a shared file system, as the driver does).
+
+Commit protocol: a task attempt writes under ``OUT/_staging/<partition>-<attempt>-<uuid>/``
+and returns, through ``mapInArrow``, one row per instance (its SOP Instance UID and the
+ordinal of its file in the expanded source list) and one summary row. The driver
+checkpoints those rows, so each partition's output is the output of exactly one successful
+attempt; it then resolves instances that occur in more than one file (the copy read last
+in source order wins, as in the embedded engine's upsert), moves the committed files into
+place and removes the staging folder. A failed or speculative attempt leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dicomlake.config import Settings, get_settings
+from dicomlake.errors import ConfigError
+from dicomlake.ingest.sources import Task, expand
+from dicomlake.ingest.worker import WorkerConfig, process_chunk
+from dicomlake.store.base import REJECT_SCHEMA
+from dicomlake.store.parquet import MARKER, PARTITIONED, ParquetLakeWriter
+
+FILES_PER_CHUNK = 48
+"""Files per chunk (one ``process_chunk`` call), as in the embedded pipeline. Default: 48"""
+FLUSH_INSTANCES = 20_000
+"""A task writes its buffered rows once this many instances are buffered. Default: 20,000"""
+STAGING = "_staging"
+
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string()),  # "instance" | "task"
+        pa.field("SOPInstanceUID", pa.string()),
+        pa.field("ordinal", pa.int64()),
+        pa.field("stage", pa.string()),
+        pa.field("summary", pa.string()),  # JSON counts of a task
+    ]
+)
+
+RESULT_DDL = "kind string, SOPInstanceUID string, ordinal long, stage string, summary string"
+
+
+@dataclass(slots=True)
+class SparkIngestReport:
+    """Counts of one Spark ingest run."""
+
+    run_id: str
+    out: str
+    master: str
+    files: int = 0
+    instances: int = 0
+    unique_instances: int = 0
+    duplicates_resolved: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    tasks: int = 0
+    partitions: int = 0
+    files_written: int = 0
+    seconds: float = 0.0
+    seconds_extract: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.files / self.seconds if self.seconds else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.rejected else 0
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["notes"] = self.notes[:100]
+        d["files_per_second"] = round(self.rate, 1)
+        return d
+
+
+def spark_session(master: str = "local[2]", app_name: str = "dicomlake-ingest", **conf: str) -> Any:
+    """A SparkSession for ingest; local masters bind to loopback and run this Python."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise ConfigError(
+            "the Spark engine needs PySpark and a Java runtime: pip install 'dicomlake[spark]' "
+            "and apt-get install default-jre-headless"
+        ) from exc
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ConfigError("the Spark engine needs a Java runtime (17 or later): apt-get install default-jre-headless")
+    builder = SparkSession.builder.master(master).appName(app_name)
+    defaults = {
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "64",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.shuffle.partitions": "8",
+        "spark.python.worker.reuse": "true",
+    }
+    # the executors' Python must be this one (it has dicomlake); on a cluster, install
+    # dicomlake on every node or ship it with spark-submit --py-files / an archive
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        defaults |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                     "spark.driver.memory": "1g"}
+    for k, v in (defaults | conf).items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _chunks(tasks: Sequence[Task], size: int) -> list[list[tuple[int, Task]]]:
+    """Chunks of (ordinal, task); zip members of one archive stay together."""
+    out: list[list[tuple[int, Task]]] = []
+    cur: list[tuple[int, Task]] = []
+    for i, t in enumerate(tasks):
+        if cur and (len(cur) >= size or (t.kind == "zip") != (cur[-1][1].kind == "zip")):
+            out.append(cur)
+            cur = []
+        cur.append((i, t))
+    if cur:
+        out.append(cur)
+    return out
+
+
+class _TaskWriter:
+    """Buffers one Spark task's segments and writes them as Parquet, one sub-stage per flush.
+
+    Inside a flush the copy of an instance read last (highest ordinal) wins; each flush
+    reports the (uid, ordinal) it wrote, so the driver can resolve copies in different
+    flushes or tasks and drop a losing copy from exactly the sub-stage that holds it.
+    """
+
+    def __init__(self, stage_root: Path, stage_name: str, writer_id: str) -> None:
+        self.stage_root = stage_root
+        self.stage_name = stage_name
+        self.writer_id = writer_id
+        self.segments: list[tuple[dict[str, pa.Table], list[int]]] = []
+        self.rejects: list[pa.Table] = []
+        self.buffered = 0
+        self.written: list[tuple[str, int, str]] = []  # (uid, ordinal, sub-stage)
+        self.stages: list[str] = []
+
+    def add(self, tables: dict[str, pa.Table], ordinals: list[int]) -> None:
+        self.segments.append((tables, ordinals))
+        self.buffered += len(ordinals)
+        if self.buffered >= FLUSH_INSTANCES:
+            self.flush()
+
+    def _writer(self) -> tuple[ParquetLakeWriter, str]:
+        sub = f"{self.stage_name}-f{len(self.stages)}"
+        self.stages.append(sub)
+        return ParquetLakeWriter(self.stage_root / sub, f"{self.writer_id}-{len(self.stages)}"), sub
+
+    def flush(self) -> None:
+        if not self.segments:
+            return
+        keep: dict[str, tuple[int, int]] = {}
+        for si, (tables, ords) in enumerate(self.segments):
+            for uid, o in zip(tables["instances"].column("SOPInstanceUID").to_pylist(), ords, strict=True):
+                if uid not in keep or o >= keep[uid][1]:
+                    keep[uid] = (si, o)
+        merged: dict[str, list[pa.Table]] = {}
+        for si, (tables, _ords) in enumerate(self.segments):
+            mine = pa.array([u for u, (s, _o) in keep.items() if s == si], pa.string())
+            for name, tab in tables.items():
+                if tab is None or not tab.num_rows:
+                    continue
+                if len(mine) < tables["instances"].num_rows:
+                    tab = tab.filter(pc.is_in(tab.column("SOPInstanceUID"), value_set=mine))
+                merged.setdefault(name, []).append(tab)
+        writer, sub = self._writer()
+        writer.write_tables({n: pa.concat_tables(ts) for n, ts in merged.items()})
+        self.written.extend((u, o, sub) for u, (_s, o) in keep.items())
+        self.segments.clear()
+        self.buffered = 0
+
+    def close(self) -> None:
+        self.flush()
+        if self.rejects:
+            writer, _sub = self._writer()
+            writer.write("rejects", pa.concat_tables(self.rejects))
+
+
+def _run_partition(cfg: WorkerConfig, out: str) -> Any:
+    """The ``mapInArrow`` function: chunks in, result rows out (module-level so it pickles)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        pid = ctx.partitionId() if ctx else 0
+        attempt = ctx.attemptNumber() if ctx else 0
+        stage_name = f"p{pid:06d}-a{attempt}-{uuid.uuid4().hex[:8]}"
+        tw = _TaskWriter(Path(out) / STAGING, stage_name, f"part-{pid:06d}-{uuid.uuid4().hex[:8]}")
+        counts: dict[str, Any] = {"files": 0, "instances": 0, "rejected": 0, "skipped": 0, "notes": []}
+        t0 = time.perf_counter()
+        for batch in batches:
+            for chunk_json in batch.column("chunk").to_pylist():
+                items = json.loads(chunk_json)
+                tasks = [Task(**d) for _o, d in items]
+                ordinal_of = {t.source_path: o for t, (o, _d) in zip(tasks, items, strict=True)}
+                res = process_chunk(tasks, cfg)
+                counts["files"] += res.files
+                counts["instances"] += res.instances
+                counts["rejected"] += res.rejected
+                counts["skipped"] += res.skipped
+                counts["notes"].extend(res.notes[:20])
+                if res.rejects.num_rows:
+                    tw.rejects.append(res.rejects)
+                for seg in res.segments:
+                    paths = seg.tables["instances"].column("source_path").to_pylist()
+                    tw.add(seg.tables, [ordinal_of.get(p, -1) for p in paths])
+        tw.close()
+        counts["seconds"] = time.perf_counter() - t0
+        counts["stages"] = tw.stages
+        n = len(tw.written)
+        yield pa.RecordBatch.from_pydict(
+            {
+                "kind": ["instance"] * n + ["task"],
+                "SOPInstanceUID": [w[0] for w in tw.written] + [None],
+                "ordinal": [w[1] for w in tw.written] + [None],
+                "stage": [w[2] for w in tw.written] + [stage_name],
+                "summary": [None] * n + [json.dumps(counts)],
+            },
+            schema=RESULT_SCHEMA,
+        )
+
+    return run
+
+
+def ingest_spark(
+    paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    spark: Any = None,
+    master: str = "local[2]",
+    files_per_task: int | None = None,
+    settings: Settings | None = None,
+    source: str | None = None,
+) -> SparkIngestReport:
+    """Extract every header under ``paths`` on Spark into the Parquet lake at ``out``.
+
+    Parameters
+    ----------
+    paths
+        Files, folders, zips, DICOMDIRs, visible at the same paths on every executor.
+    out
+        The Parquet lake folder: new, or empty (written as one run).
+    spark
+        A SparkSession (default: one started with ``master``).
+    master
+        Spark master URL when no session is given (``local[2]``, ``spark://host:7077``, ``yarn``).
+    files_per_task
+        Files per Spark task (default: spread over 4 tasks per core, at least one chunk).
+    """
+    settings = settings or get_settings()
+    t0 = time.perf_counter()
+    out_dir = Path(out)
+    if out_dir.exists() and any(p.name not in (STAGING, "quarantine") for p in out_dir.iterdir()):
+        raise ConfigError(
+            f"{out_dir} already holds a lake; the Spark engine writes a new Parquet lake folder "
+            "(choose a new --out, or remove it)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = expand(paths)
+    run_id = uuid.uuid4().hex[:12]
+    own = spark is None
+    spark = spark or spark_session(master)
+    sc = spark.sparkContext
+    report = SparkIngestReport(run_id=run_id, out=str(out_dir), master=sc.master, files=len(tasks))
+    ing = settings.ingest
+    cfg = WorkerConfig(
+        lake=str(out_dir.resolve()),
+        columns_file=str(settings.columns_file) if settings.columns_file else None,
+        inline_max=ing.inline_binary_max,
+        max_header_bytes=ing.max_header_bytes,
+        max_zip_member_bytes=ing.max_zip_member_bytes,
+        max_zip_ratio=ing.max_zip_ratio,
+        received_source=source,
+    )
+    chunks = _chunks(tasks, FILES_PER_CHUNK)
+    parallelism = max(1, sc.defaultParallelism)
+    if files_per_task:
+        n_parts = max(1, -(-len(tasks) // files_per_task))
+    else:
+        n_parts = max(1, min(len(chunks), parallelism * 4))
+    n_parts = min(n_parts, max(1, len(chunks)))
+    report.partitions = n_parts
+    rows = [(i, json.dumps([(o, asdict(t)) for o, t in c])) for i, c in enumerate(chunks)]
+    try:
+        from pyspark import StorageLevel
+
+        df = spark.createDataFrame(rows, "chunk_id long, chunk string").repartitionByRange(n_parts, "chunk_id")
+        result = df.mapInArrow(_run_partition(cfg, str(out_dir.resolve())), RESULT_DDL)
+        spark.sparkContext.setCheckpointDir(str((out_dir / STAGING / "_checkpoint").resolve()))
+        result = result.persist(StorageLevel.MEMORY_AND_DISK).checkpoint(eager=True)
+        t_extract = time.perf_counter()
+        summaries = result.filter("kind = 'task'").select("stage", "summary").collect()
+        from pyspark.sql import functions as F
+
+        inst = result.filter("kind = 'instance'")
+        dup = (
+            inst.groupBy("SOPInstanceUID").agg(F.count("*").alias("n"), F.max("ordinal").alias("keep"))
+            .filter("n > 1")
+        )
+        losers = (
+            inst.join(dup, "SOPInstanceUID").filter("ordinal < keep").select("stage", "SOPInstanceUID").collect()
+        )
+        report.unique_instances = inst.select("SOPInstanceUID").distinct().count()
+        report.seconds_extract = t_extract - t0  # expand + extraction + staged writes
+    finally:
+        if own:
+            spark.stop()
+    stages = []
+    for row in summaries:
+        c = json.loads(row["summary"])
+        report.tasks += 1
+        report.instances += c["instances"]
+        report.rejected += c["rejected"]
+        report.skipped += c["skipped"]
+        report.notes.extend(c["notes"])
+        stages.extend(c["stages"])
+    by_stage: dict[str, list[str]] = {}
+    for row in losers:
+        by_stage.setdefault(row["stage"], []).append(row["SOPInstanceUID"])
+    report.duplicates_resolved = len(losers)
+    for stage, uids in by_stage.items():
+        _drop_instances(out_dir / STAGING / stage, uids)
+    report.files_written = _commit(out_dir, stages)
+    writer = ParquetLakeWriter(out_dir, f"run-{run_id}")
+    writer.write_marker(extra={"written_by": "dicomlake ingest --engine spark", "run_id": run_id})
+    report.seconds = time.perf_counter() - t0
+    _write_run(out_dir, report, paths)
+    return report
+
+
+def _drop_instances(stage: Path, uids: list[str]) -> None:
+    """Remove the rows of ``uids`` (copies superseded by a later file) from a staged output."""
+    drop = pa.array(sorted(set(uids)), pa.string())
+    for name in PARTITIONED:
+        for f in sorted((stage / name).rglob("*.parquet")) if (stage / name).is_dir() else []:
+            tab = pq.read_table(f, partitioning=None)
+            mask = pc.invert(pc.is_in(tab.column("SOPInstanceUID"), value_set=drop))
+            kept = tab.filter(mask)
+            if kept.num_rows == tab.num_rows:
+                continue
+            if kept.num_rows:
+                tmp = f.with_name(f".{f.name}.tmp")
+                pq.write_table(kept, tmp, compression="zstd")
+                tmp.replace(f)
+            else:
+                f.unlink()
+
+
+def _commit(out_dir: Path, stages: list[str]) -> int:
+    """Move the committed attempts' files into the lake; remove the staging folder."""
+    n = 0
+    for stage in stages:
+        root = out_dir / STAGING / stage
+        if not root.is_dir():
+            continue
+        for f in root.rglob("*.parquet"):
+            dest = out_dir / f.relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+            n += 1
+    shutil.rmtree(out_dir / STAGING, ignore_errors=True)
+    return n
+
+
+def _write_run(out_dir: Path, report: SparkIngestReport, paths: Sequence[str | os.PathLike[str]]) -> None:
+    import datetime as dt
+
+    from dicomlake.store.parquet import INGEST_RUNS_SCHEMA
+
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    row = {
+        "run_id": report.run_id,
+        "started_at": now - dt.timedelta(seconds=report.seconds),
+        "finished_at": now,
+        "sources": "; ".join(str(p) for p in paths)[:2000],
+        "files": report.files,
+        "instances": report.instances,
+        "rejected": report.rejected,
+        "skipped": report.skipped,
+        "status": "partial" if report.rejected else "ok",
+    }
+    ParquetLakeWriter(out_dir, f"run-{report.run_id}").write(
+        "ingest_runs", pa.Table.from_pylist([row], schema=INGEST_RUNS_SCHEMA)
+    )
+
+
+__all__ = ["MARKER", "REJECT_SCHEMA", "SparkIngestReport", "ingest_spark", "spark_session"]
