@@ -112,7 +112,7 @@ class _Parser:
         self.max_depth = max_depth
         self.signed_pixels = False  # Pixel Representation (0028,0103) = 1, seen so far
 
-    def dataset(self, pos: int, end: int, depth: int, top: bool) -> tuple[list[Element], int, int | None]:
+    def dataset(self, pos: int, end: int | None, depth: int, top: bool) -> tuple[list[Element], int, int | None]:
         """Parse elements from ``pos`` until ``end`` (or an item delimiter when end is None).
 
         Returns the elements, the position after them, and the pixel data length when the
@@ -265,7 +265,7 @@ class _Parser:
                 )
             start = pos + 8
             if length == UNDEFINED:
-                elements, pos, _ = self.dataset(start, None, depth, False)  # type: ignore[arg-type]
+                elements, pos, _ = self.dataset(start, None, depth, False)
             else:
                 if start + length > self.file_size:
                     raise ExtractionError(f"truncated: a sequence item of {length} bytes at byte {start}")
@@ -401,7 +401,7 @@ def parse_bytes(
     parser = _Parser(
         body, explicit=explicit, little=little, inline_max=inline_max, file_size=body_size, max_depth=max_depth
     )
-    elements, end, pixel_length = parser.dataset(pos, None, 0, True)  # type: ignore[arg-type]
+    elements, end, pixel_length = parser.dataset(pos, None, 0, True)
     tail_at: int | None = None
     if pixel_length is not None:
         # elements may follow the pixel data (padding, signatures, private groups): find
@@ -415,7 +415,7 @@ def parse_bytes(
             tail_at = -vpos  # negative: fragments start here, not yet walked
         if tail_at is not None and 0 < tail_at < body_size and body_size <= len(body):
             parser.stop_at_pixels = False
-            more, _, _ = parser.dataset(tail_at, None, 0, True)  # type: ignore[arg-type]
+            more, _, _ = parser.dataset(tail_at, None, 0, True)
             elements.extend(more)
             tail_at = None
         elif tail_at is not None and tail_at >= body_size:
@@ -500,7 +500,7 @@ def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int) 
     parser = _Parser(tail, explicit=header.explicit, little=little, inline_max=inline_max, file_size=len(tail))
     parser.stop_at_pixels = False
     try:
-        more, _, _ = parser.dataset(0, None, 0, True)  # type: ignore[arg-type]
+        more, _, _ = parser.dataset(0, None, 0, True)
     except (ExtractionError, _NeedMore, struct.error) as exc:
         header.notes.append(f"elements after the pixel data could not be read: {exc}")
         return
