@@ -71,7 +71,13 @@ def main() -> BenchResult:
     )
     from dicomlake.extract.ocr import find_tesseract
     from dicomlake.extract.sc_class import ContentClass
-    from tests.factories_sc import RedactionScore, build_sc_corpus, leaked_words, redaction_mask, score_redaction
+    from tests.factories_sc import (
+        RedactionScore,
+        build_sc_corpus,
+        leaked_words,
+        redaction_mask,
+        score_redaction,
+    )
 
     result = BenchResult("sc")
     if find_tesseract() is None:
@@ -136,9 +142,9 @@ def main() -> BenchResult:
     print(f"{len(corpus)} images with pixels, {sum(len(c.phi) for c in corpus)} PHI words, "
           f"{sum(len(c.clinical) for c in corpus)} clinical numbers")
     print(table(rows, ["tool", "PHI recall", "leaks", "clinical kept", "per image", "note"]))
-    for tool in tools:
-        if tools[tool].missed:
-            print(f"{tool} missed: {', '.join(tools[tool].missed[:40])}")
+    for tool, score in tools.items():
+        if score.missed:
+            print(f"{tool} missed: {', '.join(score.missed[:40])}")
         if leaks[tool]:
             print(f"{tool} leaked: {', '.join(leaks[tool][:40])}")
     result.raw.update({

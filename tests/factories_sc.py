@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -164,14 +165,14 @@ class Page:
         w, h = right - left + 2, bottom - top + 2
         mask = Image.new("L", (w, h), 0)
         ImageDraw.Draw(mask).text((-left + 1, -top + 1), word, font=fnt, fill=255)
-        ox, oy = int(round(x)) + left - 1, int(round(y)) + top - 1
+        ox, oy = round(x) + left - 1, round(y) + top - 1
         m = np.asarray(mask) > 100
         H, W = self.labels.shape
         ys, xs = np.nonzero(m)
         ys, xs = ys + oy, xs + ox
         keep = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
         self.labels[ys[keep], xs[keep]] = wid
-        self.draw.text((int(round(x)), int(round(y))), word, font=fnt, fill=fill)
+        self.draw.text((round(x), round(y)), word, font=fnt, fill=fill)
         self.words.append(TruthWord(wid, word, kind))
 
     def line(self, x: float, y: float, parts: list[tuple[str, str]], fnt: ImageFont.FreeTypeFont, fill: int | tuple[int, ...]) -> float:
@@ -612,7 +613,7 @@ class RedactionScore:
     missed: list[str] = field(default_factory=list)
     clinical_lost: list[str] = field(default_factory=list)
 
-    def __iadd__(self, other: RedactionScore) -> RedactionScore:
+    def __iadd__(self, other: RedactionScore) -> Self:
         self.phi_total += other.phi_total
         self.phi_redacted += other.phi_redacted
         self.clinical_total += other.clinical_total

@@ -46,7 +46,14 @@ class Redacted:
 
 @pytest.fixture(scope="session")
 def sc_redacted(sc_corpus: list[SCCase], sc_analysed: dict[str, object]) -> dict[str, Redacted]:
-    from dicomlake.deid.pixels import fill_value, find_phi, first_frame, identifying_terms, ocr_for_class, redact_array
+    from dicomlake.deid.pixels import (
+        fill_value,
+        find_phi,
+        first_frame,
+        identifying_terms,
+        ocr_for_class,
+        redact_array,
+    )
 
     out: dict[str, Redacted] = {}
     for case in sc_corpus:

@@ -1,4 +1,5 @@
 """`dicomlake sc analyse/catalogue/redact` and `dicomlake deid --pixels` on real files, checked by dciodvfy."""
+# ruff: noqa: F811  (pytest fixtures imported from tests.sc_fixtures)
 
 from __future__ import annotations
 

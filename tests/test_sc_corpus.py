@@ -4,6 +4,7 @@ Targets from the issue: class accuracy ≥ 95 %, PHI recall ≥ 0.98 with no lea
 OCR pass over the redacted output, ≥ 95 % of clinical numbers kept, dose values read
 exactly where the font is legible.
 """
+# ruff: noqa: F811  (pytest fixtures imported from tests.sc_fixtures)
 
 from __future__ import annotations
 

@@ -125,8 +125,8 @@ def redact(
             engine.close()
     typer.echo(f"redacted {len(rep.written)} ({rep.regions} regions filled), review {len(rep.review)}, "
                f"excluded {len(rep.excluded)}, failed {len(rep.failed)}")
-    for path, why in rep.review:
-        typer.echo(f"  review {path}: {why}")
+    for where, why in rep.review:
+        typer.echo(f"  review {where}: {why}")
     for _, message in rep.failed:
         typer.echo(f"  failed {message}", err=True)
     if report is not None:

@@ -59,13 +59,13 @@ _MONTH_RE = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 _DATE_PATTERNS = [
     re.compile(r"\b\d{1,2}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?(?:\d{4}|\d{2})\b"),
     re.compile(r"\b(?:19|20)\d{2}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?\d{1,2}\b"),
-    re.compile(r"\b\d{1,2}(?:st|nd|rd|th)?[\s\-./]{0,2}" + _MONTH_RE + r"[\s\-./,]{0,2}(?:\d{4}|'?\d{2})\b", re.I),
-    re.compile(r"\b" + _MONTH_RE + r"\s\d{1,2}(?:st|nd|rd|th)?,?\s(?:\d{4})\b", re.I),
+    re.compile(r"\b\d{1,2}(?:st|nd|rd|th)?[\s\-./]{0,2}" + _MONTH_RE + r"[\s\-./,]{0,2}(?:\d{4}|'?\d{2})\b", re.IGNORECASE),
+    re.compile(r"\b" + _MONTH_RE + r"\s\d{1,2}(?:st|nd|rd|th)?,?\s(?:\d{4})\b", re.IGNORECASE),
     re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
 ]
 _NHS = re.compile(r"\b\d(?:[\s.\-]?\d){9}\b")
 _PHONE = re.compile(r"(?:\+44\s?\(?0?\)?\s?|\b0)\d{2,4}[\s\-]?\d{3,4}[\s\-]?\d{3,4}\b|\(\d{3}\)\s?\d{3}[\s\-]\d{4}\b")
-_POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}\b", re.I)
+_POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}\b", re.IGNORECASE)
 _CONFUSABLE = str.maketrans({"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "|": "1", "!": "1", "]": "1",
                              "S": "5", "$": "5", "B": "8", "Z": "2", "G": "6", "T": "7"})
 _GENERIC = {"THE", "OF", "AND", "ST", "ST.", "HOSPITAL", "GENERAL", "CLINIC", "INFIRMARY", "NHS", "TRUST",
@@ -235,9 +235,12 @@ def _digitised(text: str) -> str:
     for tok in text.split(" "):
         digits = sum(c.isdigit() for c in tok)
         if digits and digits >= len(tok) / 2:
-            tok = tok.translate(str.maketrans({"O": "0", "o": "0", "l": "1", "I": "1", "|": "1", "S": "5", "$": "5"}))
+            tok = tok.translate(_DIGIT_FOLD)
         out.append(tok)
     return " ".join(out)
+
+
+_DIGIT_FOLD = str.maketrans("OolI|S$", "0011155")
 
 
 def _is_label(words: Sequence[Word], i: int) -> bool:
@@ -364,7 +367,7 @@ def ocr_for_class(arr: np.ndarray, klass: ContentClass, photometric: str = "", w
 
 def _pad(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     x0, y0, x1, y1 = box
-    p = max(2, int(round((y1 - y0) * PAD_FRACTION)))
+    p = max(2, round((y1 - y0) * PAD_FRACTION))
     return max(0, x0 - p), max(0, y0 - p), min(shape[1], x1 + p), min(shape[0], y1 + p)
 
 
@@ -541,7 +544,14 @@ class RedactReport:
 
 def classify_for_redaction(ds: Dataset, arr: np.ndarray | None) -> ContentClass:
     """The content class (header, then pixels; OCR keywords when both are unsure)."""
-    from dicomlake.extract.sc_class import DecidedBy, decide, header_evidence, ocr_evidence, pixel_evidence, pixel_stats
+    from dicomlake.extract.sc_class import (
+        DecidedBy,
+        decide,
+        header_evidence,
+        ocr_evidence,
+        pixel_evidence,
+        pixel_stats,
+    )
 
     ev = header_evidence(ds)
     c = decide(ev, DecidedBy.HEADER)
@@ -565,7 +575,7 @@ def redact_file(
     rep = report if report is not None else RedactReport()
     try:
         ds = dcmread(path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types; the file is reported
         rep.failed.append((str(path), f"{path}: not a readable DICOM file ({exc})"))
         return rep
     try:

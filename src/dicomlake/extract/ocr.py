@@ -195,7 +195,8 @@ def to_gray8(arr: np.ndarray, photometric: str = "", variant: Variant = Variant.
             grey = rgb.min(axis=2)
         else:
             grey = rgb @ np.array([0.299, 0.587, 0.114])
-        return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
+        out: np.ndarray = np.clip(grey + 0.5, 0, 255).astype(np.uint8)
+        return out
     if a.ndim == 3:
         a = a[..., 0]
     if a.dtype == np.uint8:
@@ -235,7 +236,8 @@ def detect_orientation(grey: np.ndarray, where: str = "image") -> Orientation:
 
 
 def _turn(grey: np.ndarray, clockwise: int) -> np.ndarray:
-    return np.ascontiguousarray(np.rot90(grey, k=-(clockwise // 90)))
+    turned: np.ndarray = np.ascontiguousarray(np.rot90(grey, k=-(clockwise // 90)))
+    return turned
 
 
 def parse_tsv(tsv: str, pass_no: int = 0) -> list[Word]:
@@ -294,7 +296,7 @@ def prepare(
         scale = min(max_scale, max(1.0, TARGET_LONG_SIDE / max(h, w)))
         scale = round(scale * 2) / 2  # 1, 1.5, 2, 2.5, 3
     if scale != 1.0:
-        g = np.asarray(Image.fromarray(g).resize((int(round(w * scale)), int(round(h * scale))), Image.Resampling.LANCZOS))
+        g = np.asarray(Image.fromarray(g).resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS))
     return g, inv, scale
 
 

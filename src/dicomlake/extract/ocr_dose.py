@@ -96,7 +96,7 @@ def _header(lines: Sequence[Sequence[Word]]) -> tuple[int, _Column, _Column, _Co
             continue
         series = [w for w in line if w.text.upper().rstrip(":") in ("SERIES", "SER", "SE", "SCAN", "#")]
 
-        def span(w: Word) -> _Column:
+        def span(w: Word, line: Sequence[Word] = line) -> _Column:
             # the unit in brackets that follows widens the column: "CTDIvol (mGy)"
             j = line.index(w)
             x1 = w.upright[2]
@@ -139,12 +139,11 @@ def read_dose_table(result: OcrResult, *, pass_no: int = 0) -> DoseReading:
         for line in lines[start + 1:]:
             if _total(line) is not None or any("TOTAL" in w.text.upper() for w in line):
                 break
-            numbers = [(w, number(w.text)) for w in line]
-            numbers = [(w, v) for w, v in numbers if v is not None]
+            numbers = [(w, v) for w in line if (v := number(w.text)) is not None]
             if not numbers:
                 continue
 
-            def in_column(col: _Column) -> tuple[Word, float] | None:
+            def in_column(col: _Column, numbers: list[tuple[Word, float]] = numbers) -> tuple[Word, float] | None:  # type: ignore[assignment]
                 best = min(numbers, key=lambda nv: (col.distance(nv[0]), abs(_cx(nv[0]) - (col.x0 + col.x1) / 2)))
                 width = max(col.x1 - col.x0, 1.0)
                 return best if col.distance(best[0]) <= width * 0.5 else None
@@ -166,7 +165,7 @@ def read_dose_table(result: OcrResult, *, pass_no: int = 0) -> DoseReading:
             label = " ".join(w.text for w in line if number(w.text) is None and any(ch.isalpha() for ch in w.text)
                              and not re.match(r"^[S$I1][\d.]+", w.text))[:64]
             phantom = None
-            m = re.search(r"\b(body|head)\s*(32|16)\b", " ".join(w.text for w in line), re.I)
+            m = re.search(r"\b(body|head)\s*(32|16)\b", " ".join(w.text for w in line), re.IGNORECASE)
             if m:
                 phantom = m.group(2)
                 label = re.sub(rf"\s*\b{m.group(1)}\b", "", label).strip()
@@ -213,9 +212,9 @@ def dose_rows(ds: Dataset, reading: DoseReading) -> list[dict[str, object]]:
         row = blank()
         row.update(record="event", acquisition_protocol=s.label or None, CTDIvol_mGy=s.CTDIvol_mGy, DLP_mGycm=s.DLP_mGycm,
                    phantom=s.phantom)
-        if s.label and re.search(r"helical|spiral", s.label, re.I):
+        if s.label and re.search(r"helical|spiral", s.label, re.IGNORECASE):
             row["ct_acquisition_type"] = "Spiral Acquisition"
-        elif s.label and re.search(r"axial|sequence", s.label, re.I):
+        elif s.label and re.search(r"axial|sequence", s.label, re.IGNORECASE):
             row["ct_acquisition_type"] = "Sequenced Acquisition"
         rows.append(row)
     if reading.total_DLP_mGycm is not None:

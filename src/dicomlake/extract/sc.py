@@ -353,7 +353,7 @@ def analyse_lake(
                     )
                 ds = dcmread(source_path)
                 analysis = analyse_dataset(ds)
-            except Exception as exc:  # one bad instance must not stop the run; it is reported
+            except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the run; it is reported
                 report.failed.append((str(where), f"{where}: {type(exc).__name__}: {exc}"))
                 failed = SCAnalysis(str(uid), "", "", Classification(ContentClass.UNKNOWN, DecidedBy.NONE, 0.0))
                 failed.error = f"{type(exc).__name__}: {exc}"[:2000]
