@@ -25,6 +25,7 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
+	$(PY) -m pip install -q --group bench
 	$(PY) -m bench
 
 lint: install

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Install the Debian packages dicomlake's tools and tests use, when missing (idempotent).
-# Each line: a check that passes when the package is there, then the package names.
 set -euo pipefail
+PACKAGES=(
+  dcmtk                 # dcmdump, dcm2json, dsr2xml, storescu, findscu, movescu: client and oracle
+  dicom3tools           # dciodvfy: validates every object we write
+  orthanc orthanc-dicomweb   # the PACS peer
+  tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd   # OCR of burned-in text
+  chromium              # headless browser for the web UI and report tests
+  default-jre-headless  # Spark's JVM
+  postgresql            # the server back end
+  fonts-dejavu-core     # fonts for generated test images
+  util-linux iproute2   # unshare/nsenter/ip: peers in their own network namespace
+)
 need=()
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
-have dcmdump        || need+=(dcmtk)
-have dciodvfy       || need+=(dicom3tools)
-have Orthanc        || need+=(orthanc)
-[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
-have tesseract      || need+=(tesseract-ocr tesseract-ocr-eng)
-have chromium       || need+=(chromium)
-have java           || need+=(default-jre-headless)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-[ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
-have unshare        || need+=(util-linux)
-have ip             || need+=(iproute2)
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+# a JVM from elsewhere is fine too
+if [[ " ${need[*]} " == *" default-jre-headless "* ]] && command -v java >/dev/null 2>&1; then
+  need=("${need[@]/default-jre-headless}")
 fi
+need=($(printf '%s\n' "${need[@]}" | grep -v '^$' || true))
+[ ${#need[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${need[*]}"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
