@@ -163,7 +163,7 @@ def main(folder: Path | str | None = None, rounds: int = 3) -> BenchResult:
         for name in tools:
             med = median(times[name])
             rate = len(files) / med if med else None
-            ratio = (ours / med) if ours and med else None
+            ratio = (med / ours) if ours and med else None  # >1: slower than dicomlake
             rows.append(
                 [
                     name,
