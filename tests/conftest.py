@@ -40,7 +40,8 @@ def _isolated_settings() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def sample_sources() -> list[Path]:
-    from dicomlake.samples import sample_sources as ss, shared_corpus
+    from dicomlake.samples import sample_sources as ss
+    from dicomlake.samples import shared_corpus
 
     if shared_corpus() is None and IN_CI:
         pytest.fail("../shared/corpus is missing beside the repository")

@@ -90,7 +90,14 @@ class _Parser:
     """One pass over a buffer; holds the encoding so recursion stays cheap."""
 
     __slots__ = (
-        "buf", "explicit", "little", "inline_max", "file_size", "stop_at_pixels", "max_depth", "signed_pixels",
+        "buf",
+        "explicit",
+        "file_size",
+        "inline_max",
+        "little",
+        "max_depth",
+        "signed_pixels",
+        "stop_at_pixels",
     )
 
     def __init__(

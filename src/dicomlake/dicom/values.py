@@ -9,7 +9,6 @@ import re
 import struct
 from functools import lru_cache
 
-
 # PS3.5 Table 6.2-1, grouped by how a value is encoded.
 TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
@@ -32,7 +31,7 @@ def _struct(fmt: str, little: bool, count: int) -> struct.Struct:
 class TextDecoder:
     """Decodes text values under one Specific Character Set (0008,0005)."""
 
-    __slots__ = ("terms", "declared", "_encodings")
+    __slots__ = ("_encodings", "declared", "terms")
 
     def __init__(self, specific_character_set: str | None = None) -> None:
         terms = [t.strip() for t in (specific_character_set or "").split("\\")]

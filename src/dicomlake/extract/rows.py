@@ -121,7 +121,7 @@ def _to_little_endian(value: bytes, width: int) -> bytes:
 class _Walk:
     """State of one instance's walk: decoder, endianness, output rows, wanted keywords."""
 
-    __slots__ = ("decoder", "little", "rows", "uid", "wanted", "typed", "inline_max", "count")
+    __slots__ = ("count", "decoder", "inline_max", "little", "rows", "typed", "uid", "wanted")
 
     def __init__(
         self,
@@ -395,4 +395,4 @@ def empty_tables(columns: InstanceColumns) -> dict[str, pa.Table]:
     return BatchBuilder(columns).tables()
 
 
-__all__ = ["ARROW_TYPES", "BatchBuilder", "ELEMENT_SCHEMA", "JSON_SCHEMA", "empty_tables", "tag_text"]
+__all__ = ["ARROW_TYPES", "ELEMENT_SCHEMA", "JSON_SCHEMA", "BatchBuilder", "empty_tables", "tag_text"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import hashlib
-import io
 import os
 import zipfile
 from dataclasses import dataclass, field
