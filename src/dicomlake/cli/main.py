@@ -22,6 +22,7 @@ app = typer.Typer(
 VERB_MODULES = [
     "dicomlake.cli.ingest",
     "dicomlake.cli.query",
+    "dicomlake.cli.lake",
     "dicomlake.cli.deid",
     "dicomlake.cli.write",
     "dicomlake.cli.curate",
@@ -29,6 +30,7 @@ VERB_MODULES = [
     "dicomlake.cli.user",
     "dicomlake.cli.sc",
     "dicomlake.cli.serve",
+    "dicomlake.cli.pull",
 ]
 
 

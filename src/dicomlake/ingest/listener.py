@@ -553,6 +553,20 @@ class StoreSCP:
         self._conns: set[socket.socket] = set()
         self.on_store: Callable[[str], None] | None = None
 
+    def accepts(self, abstract_syntax: str) -> bool:
+        """A storage SOP class pynetdicom knows, a retired one of the storage branch, or a private one.
+
+        Vendors store private objects under their own SOP classes (outside 1.2.840.10008);
+        standard non-storage SOP classes (Query/Retrieve, worklists…) are refused.
+        """
+        if abstract_syntax in self.abstract_syntaxes:
+            return True
+        if self.settings.sop_classes or not abstract_syntax:
+            return False
+        if abstract_syntax.startswith("1.2.840.10008.5.1.4.1.1."):
+            return True
+        return self.settings.accept_private_sop_classes and not abstract_syntax.startswith("1.2.840.10008.")
+
     @property
     def address(self) -> tuple[str, int]:
         assert self._sock is not None
@@ -740,7 +754,7 @@ class _Association:
             return reject(2, 3, 2, f"dimse.max_associations={s.max_associations} in progress")
         results: list[tuple[int, int, str]] = []
         for cid, abstract, tss in rq.contexts:
-            if abstract not in scp.abstract_syntaxes:
+            if not scp.accepts(abstract):
                 results.append((cid, 3, tss[0] if tss else IMPLICIT_VR_LE))  # abstract syntax not supported
                 continue
             chosen = next((t for t in tss if t in scp.transfer_syntaxes), None)

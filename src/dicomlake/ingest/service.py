@@ -66,6 +66,8 @@ class Service:
         Overrides of ``settings.dimse`` (the CLI flags).
     control
         Start the internal HTTP endpoint (and announce the service in ``service.json``).
+    listen
+        Start the C-STORE listener (``dicomlake pull`` by C-GET or DICOMweb needs only the spool).
     """
 
     def __init__(
@@ -75,11 +77,13 @@ class Service:
         *,
         dimse: DimseSettings | None = None,
         control: bool = True,
+        listen: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
         self.dimse = dimse or self.settings.dimse
         self.lake = Path(lake)
         self.control = control
+        self.listen = listen
         self.holder: StoreHolder | None = None
         self.spool: Spool | None = None
         self.drainer: Drainer | None = None
@@ -127,8 +131,9 @@ class Service:
         )
         self.drainer.start()
         try:
-            self.scp = StoreSCP(self.spool, d)
-            self.address = self.scp.start()
+            if self.listen:
+                self.scp = StoreSCP(self.spool, d)
+                self.address = self.scp.start()
             if self.control:
                 self._start_http()
                 self._announce()
@@ -237,13 +242,12 @@ class Service:
 
     def _announce(self) -> None:
         _write_private(self.lake / TOKEN_FILE, self._token + "\n")
-        assert self.address is not None
         info = {
             "pid": os.getpid(),
             "control_url": self.control_url,
             "ae_title": self.dimse.ae_title,
-            "host": self.address[0],
-            "port": self.address[1],
+            "host": self.address[0] if self.address else None,
+            "port": self.address[1] if self.address else 0,
             "started_at": self.started_at.isoformat(timespec="seconds"),
         }
         _write_private(self.lake / SERVICE_FILE, json.dumps(info, indent=1) + "\n", 0o644)

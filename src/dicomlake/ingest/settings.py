@@ -116,6 +116,11 @@ class DimseSettings(BaseModel):
         description="Only accept these SOP Class UIDs (presentation contexts of others are rejected); "
         "empty = every storage SOP class. Default: []",
     )
+    accept_private_sop_classes: bool = Field(
+        True,
+        description="Accept SOP classes outside the standard's root (vendors' private objects) as storage. "
+        "Default: true",
+    )
     drain_batch: int = Field(500, description="Spool files committed to the lake per transaction. Default: 500")
     drain_interval_s: float = Field(
         0.5, description="Longest wait before a partial batch is committed, seconds. Default: 0.5"

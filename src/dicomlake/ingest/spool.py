@@ -13,6 +13,7 @@ On start, whatever is left in the spool is drained again; half-written temporary
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -51,6 +52,22 @@ IMPLEMENTATION_VERSION_NAME = "DICOMLAKE_01"
 def valid_uid(uid: str | None) -> bool:
     """True when ``uid`` is a syntactically valid UID (PS3.5 §9.1), safe as a file name."""
     return bool(uid) and len(uid) <= 64 and _UID.match(uid) is not None  # type: ignore[arg-type]
+
+
+def spool_name(sop_instance_uid: str) -> str:
+    """The spool file's name: the UID itself when it is a valid UID, else a digest of it.
+
+    Archives do hold instances with malformed UIDs; they are kept (tolerant reader), but a
+    name never comes from the peer unchecked.
+    """
+    if valid_uid(sop_instance_uid):
+        return sop_instance_uid
+    if not sop_instance_uid or len(sop_instance_uid) > 256:
+        raise SpoolError(
+            f"Affected SOP Instance UID {sop_instance_uid[:80]!r} is missing or too long (PS3.5 §9.1)",
+            CANNOT_UNDERSTAND,
+        )
+    return "x" + hashlib.sha256(sop_instance_uid.encode("utf-8", "replace")).hexdigest()[:40]
 
 
 class SpoolError(DicomlakeError):
@@ -252,16 +269,12 @@ class Spool:
 
     def begin(self, sop_instance_uid: str, label: str = "c-store") -> SpoolWriter:
         """Start writing an instance; the name comes from its UID, never from a peer's path."""
-        if not valid_uid(sop_instance_uid):
-            raise SpoolError(
-                f"Affected SOP Instance UID {sop_instance_uid[:80]!r} is not a valid UID (PS3.5 §9.1)",
-                CANNOT_UNDERSTAND,
-            )
+        name = spool_name(sop_instance_uid)
         if label not in LABELS:
             raise ValueError(f"spool label {label!r}: choose one of {', '.join(LABELS)}")
         self.check_space()
-        final = self.root / label / f"{sop_instance_uid}.dcm"
-        tmp = self.tmp_dir / f"{sop_instance_uid}.{uuid.uuid4().hex[:12]}.part"
+        final = self.root / label / f"{name}.dcm"
+        tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex[:12]}.part"
         return SpoolWriter(self, final, tmp)
 
     def put(self, sop_instance_uid: str, data: bytes, label: str = "c-store") -> Path:
@@ -420,7 +433,7 @@ class Drainer(threading.Thread):
         self.batch = max(1, batch)
         self.interval = interval
         self.stats = stats or DrainStats()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._idle = threading.Event()
         self._pool: Any = None
         self._backoff = 0.0
@@ -429,7 +442,7 @@ class Drainer(threading.Thread):
 
     def stop(self, timeout: float = 60.0) -> None:
         """Finish the batch in hand, drain what is left if it can, and stop."""
-        self._stop.set()
+        self._halt.set()
         self.spool.notify()
         self.join(timeout)
         if self._pool is not None:
@@ -454,7 +467,7 @@ class Drainer(threading.Thread):
             items = self.spool.pending(self.batch)
             if not items:
                 self._idle.set()
-                if self._stop.is_set():
+                if self._halt.is_set():
                     break
                 self.spool.wait(self.interval)
                 continue
@@ -468,13 +481,13 @@ class Drainer(threading.Thread):
                 LOG.error("spool drain failed (%s); %d file(s) stay in the spool and are retried",
                           self.stats.last_error, len(items))
                 self._backoff = min(30.0, max(0.5, self._backoff * 2))
-                if self._stop.wait(self._backoff) and self.spool.count() and self.stats.failures > 3:
+                if self._halt.wait(self._backoff) and self.spool.count() and self.stats.failures > 3:
                     break
                 try:
                     self.holder.reopen()
                 except Exception as exc2:  # noqa: BLE001
                     LOG.error("cannot reopen the lake: %s", exc2)
-            if len(items) < self.batch and not self._stop.is_set():
+            if len(items) < self.batch and not self._halt.is_set():
                 # short batch: let more arrive (bounded by the interval)
                 self.spool.wait(min(self.interval, 0.05))
 

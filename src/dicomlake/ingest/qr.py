@@ -1,0 +1,867 @@
+"""Query/Retrieve from a PACS: C-FIND at study level, then C-MOVE to our listener or C-GET.
+
+Retrospective collection, as the BJR review puts it: find the studies (any matching keys,
+split into date slices so that a PACS result limit cannot silently drop matches), then
+retrieve them study by study, throttled, resumable, with every failure reported in the
+standard's words. Where the PACS answers image-level C-FIND, ``metadata_only`` collects
+the requested attributes without moving a single pixel.
+
+What was found, requested and received is kept in the lake (``pull_runs``,
+``pull_studies``), so ``--resume`` continues where a run stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicomlake.errors import AssociationError, ConfigError
+from dicomlake.ingest.listener import describe_abort, describe_rejection
+from dicomlake.ingest.settings import check_ae_title
+from dicomlake.ingest.spool import Spool, SpoolError, valid_uid
+
+LOG = logging.getLogger("dicomlake.qr")
+
+STUDY_KEYS = (
+    "PatientID", "PatientName", "PatientBirthDate", "StudyInstanceUID", "StudyDate", "StudyTime",
+    "AccessionNumber", "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances", "SOPClassesInStudy",
+)  # fmt: skip
+"""Return keys of the study-level C-FIND (PS3.4 C.6.2.1.2)."""
+
+IMAGE_KEYS = (
+    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "Rows", "Columns", "ContentDate", "ContentTime",
+    "AcquisitionDate", "AcquisitionTime", "ImageType", "NumberOfFrames",
+)  # fmt: skip
+SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
+               "SeriesDate", "SeriesTime", "Manufacturer", "StationName", "ProtocolName")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers and keys
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A DICOM peer: ``AET@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        m = re.match(r"^([^@]+)@(\[[^\]]+\]|[^:]+):(\d+)$", text.strip())
+        if not m:
+            raise ValueError(f"--pacs {text!r}: write AET@host:port, e.g. PACS@10.0.0.5:104")
+        return cls(check_ae_title(m.group(1)), m.group(2).strip("[]"), int(m.group(3)))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_keys(items: Sequence[str]) -> dict[str, str]:
+    """dcmtk-style ``-k Keyword=value`` (or ``(gggg,eeee)=value``) into keyword → value."""
+    from pydicom.datadict import dictionary_keyword, keyword_for_tag  # noqa: F401
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        m = re.match(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$", key)
+        if m:
+            kw = dictionary_keyword(int(m.group(1) + m.group(2), 16))
+            if not kw:
+                raise ValueError(f"-k {item!r}: tag {key} has no keyword in the data dictionary")
+            key = kw
+        from pydicom.datadict import tag_for_keyword
+
+        if tag_for_keyword(key) is None:
+            raise ValueError(f"-k {item!r}: {key!r} is not a DICOM keyword (e.g. StudyDate, ModalitiesInStudy)")
+        out[key] = value.strip() if sep else ""
+    return out
+
+
+def _d(date: str | dt.date) -> dt.date:
+    if isinstance(date, dt.date):
+        return date
+    s = date.replace("-", "").strip()
+    return dt.date(int(s[:4]), int(s[4:6]), int(s[6:8]))
+
+
+def _dicom_date(d: dt.date) -> str:
+    return d.strftime("%Y%m%d")
+
+
+def parse_range(value: str) -> tuple[dt.date | None, dt.date | None]:
+    """PS3.4 C.2.2.2.5.1: ``YYYYMMDD-YYYYMMDD``, ``YYYYMMDD-``, ``-YYYYMMDD`` or one date."""
+    v = value.strip().replace(" ", "")
+    if not v:
+        return None, None
+    if "-" in v and len(v.replace("-", "")) in (8, 16) and v.count("-") == 1:
+        lo, _, hi = v.partition("-")
+        return (_d(lo) if lo else None, _d(hi) if hi else None)
+    return _d(v), _d(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Associations
+# ---------------------------------------------------------------------------------------------
+
+
+def _associate(ae: Any, peer: Peer, *, ext_neg: list[Any] | None = None, evt_handlers: list[Any] | None = None) -> Any:
+    """Associate or raise :class:`AssociationError` in the standard's words plus a hint."""
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=ext_neg, evt_handlers=evt_handlers)
+    if assoc.is_established:
+        return assoc
+    where = f"{ae.ae_title}"
+    if assoc.is_rejected:
+        prim = assoc.acceptor.primitive
+        text = describe_rejection(
+            int(prim.result), int(prim.result_source), int(prim.diagnostic),
+            our_aet=ae.ae_title, peer=str(peer), hint_host=_our_host(peer),
+        )
+        raise AssociationError(f"association with {peer} {text}")
+    if assoc.is_aborted:
+        raise AssociationError(
+            f"association with {peer} was aborted during negotiation — check that {peer.ae_title} accepts "
+            f"{where} and the proposed SOP classes"
+        )
+    raise AssociationError(
+        f"no association with {peer}: the connection failed or timed out — check host, port and firewall "
+        f"(echoscu -aet {ae.ae_title} -aec {peer.ae_title} {peer.host} {peer.port})"
+    )
+
+
+def _our_host(peer: Peer) -> str:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((peer.host, peer.port or 1))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "our address"
+
+
+def _status_text(status: Any) -> tuple[str, str]:
+    """``(hex, meaning)`` of a DIMSE response status dataset."""
+    from pynetdicom.status import code_to_category
+
+    code = int(getattr(status, "Status", 0xFFFF))
+    comment = str(getattr(status, "ErrorComment", "") or "")
+    category = code_to_category(code)
+    return f"0x{code:04X}", f"{category}{': ' + comment if comment else ''}"
+
+
+# ---------------------------------------------------------------------------------------------
+# C-FIND with date slicing
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FindReport:
+    """The studies found and how the search was split."""
+
+    studies: list[dict[str, Any]] = field(default_factory=list)
+    queries: int = 0
+    slices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _identifier(level: str, keys: Mapping[str, str], return_keys: Sequence[str]) -> Any:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k in return_keys:
+        setattr(ds, k, "")
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def _to_dict(ds: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for elem in ds:
+        if elem.keyword and elem.VR != "SQ":
+            v = elem.value
+            if v is None or v == "":
+                out[elem.keyword] = None
+            elif elem.VM > 1:
+                out[elem.keyword] = "\\".join(str(x) for x in v)
+            else:
+                out[elem.keyword] = str(v)
+    return out
+
+
+def c_find(ae: Any, peer: Peer, level: str, keys: Mapping[str, str], return_keys: Sequence[str]) -> list[Any]:
+    """One C-FIND (Study Root) at ``level``; the matching identifiers."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    assoc = _associate(ae, peer)
+    out = []
+    try:
+        for status, ident in assoc.send_c_find(
+            _identifier(level, keys, return_keys), StudyRootQueryRetrieveInformationModelFind
+        ):
+            if status is None:
+                raise AssociationError(f"C-FIND at {peer}: no answer (DIMSE timeout or aborted association)")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01):
+                if ident is not None:
+                    out.append(ident)
+            elif code != 0x0000:
+                hx, meaning = _status_text(status)
+                raise AssociationError(f"C-FIND at {peer} failed with status {hx} ({meaning})")
+    finally:
+        assoc.release()
+    return out
+
+
+def find_studies(
+    ae: Any,
+    peer: Peer,
+    keys: Mapping[str, str],
+    *,
+    find_limit: int,
+    today: dt.date | None = None,
+) -> FindReport:
+    """Study-level C-FIND; a date range whose answer reaches ``find_limit`` is split in halves."""
+    rep = FindReport()
+    seen: dict[str, dict[str, Any]] = {}
+    base = {k: v for k, v in keys.items() if k != "StudyDate"}
+    lo, hi = parse_range(keys.get("StudyDate", ""))
+
+    def run(date_value: str | None) -> list[Any]:
+        q = dict(base)
+        if date_value is not None:
+            q["StudyDate"] = date_value
+        rep.queries += 1
+        return c_find(ae, peer, "STUDY", q, STUDY_KEYS)
+
+    def add(found: list[Any]) -> None:
+        for ds in found:
+            d = _to_dict(ds)
+            uid = d.get("StudyInstanceUID")
+            if uid:
+                seen[uid] = d
+
+    def sliced(a: dt.date, b: dt.date) -> None:
+        found = run(f"{_dicom_date(a)}-{_dicom_date(b)}")
+        if len(found) >= find_limit and a < b:
+            mid = a + (b - a) // 2
+            sliced(a, mid)
+            sliced(mid + dt.timedelta(days=1), b)
+            return
+        if len(found) >= find_limit:
+            rep.warnings.append(
+                f"{_dicom_date(a)}: {len(found)} studies on one day reach the find limit ({find_limit}); "
+                "some may be missing — narrow the query (e.g. -k ModalitiesInStudy=…)"
+            )
+        rep.slices.append(f"{_dicom_date(a)}-{_dicom_date(b)}")
+        add(found)
+
+    if lo is None and hi is None:
+        found = run(None)
+        if len(found) < find_limit:
+            rep.slices.append("(all dates)")
+            add(found)
+        else:
+            rep.warnings.append(
+                f"the query without a date range reached the find limit ({find_limit}); split by date from "
+                "1900 to today — studies without a Study Date can only be found with narrower keys"
+            )
+            add(found)
+            sliced(dt.date(1900, 1, 1), today or dt.date.today())
+    else:
+        sliced(lo or dt.date(1900, 1, 1), hi or today or dt.date.today())
+    rep.studies = sorted(seen.values(), key=lambda d: (d.get("StudyDate") or "", d.get("StudyInstanceUID") or ""))
+    return rep
+
+
+# ---------------------------------------------------------------------------------------------
+# Throttling
+# ---------------------------------------------------------------------------------------------
+
+
+class Throttle:
+    """At most ``per_hour`` instances requested per hour, and only inside an off-peak window."""
+
+    def __init__(self, per_hour: int = 0, window: str | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.per_hour = per_hour
+        self.window = _parse_window(window) if window else None
+        self.clock = clock
+        self._log: list[tuple[float, int]] = []
+        self._lock = threading.Lock()
+
+    def in_window(self, now: dt.datetime | None = None) -> bool:
+        if self.window is None:
+            return True
+        t = (now or dt.datetime.now()).time()
+        a, b = self.window
+        return a <= t < b if a <= b else (t >= a or t < b)
+
+    def acquire(self, n: int, stop: threading.Event) -> bool:
+        """Wait until ``n`` more instances may be requested; False when stopped meanwhile."""
+        while not stop.is_set():
+            if self.in_window():
+                with self._lock:
+                    now = self.clock()
+                    self._log = [(t, k) for t, k in self._log if now - t < 3600]
+                    used = sum(k for _, k in self._log)
+                    if not self.per_hour or used == 0 or used + n <= self.per_hour:
+                        self._log.append((now, n))
+                        return True
+            stop.wait(1.0)
+        return False
+
+
+def _parse_window(text: str) -> tuple[dt.time, dt.time]:
+    m = re.match(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$", text.strip())
+    if not m:
+        raise ValueError(f"window {text!r}: write HH:MM-HH:MM in local time, e.g. 19:00-07:00")
+    a = dt.time(int(m.group(1)), int(m.group(2)))
+    b = dt.time(int(m.group(3)) % 24, int(m.group(4)))
+    return a, b
+
+
+# ---------------------------------------------------------------------------------------------
+# Pull state in the lake
+# ---------------------------------------------------------------------------------------------
+
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS pull_runs (run_id VARCHAR PRIMARY KEY, pacs VARCHAR, method VARCHAR, "
+    "query VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, studies BIGINT, "
+    "received BIGINT, failed BIGINT)",
+    "CREATE TABLE IF NOT EXISTS pull_studies (run_id VARCHAR, StudyInstanceUID VARCHAR, PatientID VARCHAR, "
+    "StudyDate VARCHAR, ModalitiesInStudy VARCHAR, NumberOfStudyRelatedInstances BIGINT, state VARCHAR, "
+    "status VARCHAR, reason VARCHAR, completed BIGINT, failed BIGINT, warning BIGINT, received BIGINT, "
+    "updated_at TIMESTAMP, PRIMARY KEY (run_id, StudyInstanceUID))",
+)
+STATES = ("found", "requested", "received", "failed")
+
+
+class PullState:
+    """``pull_runs`` and ``pull_studies`` in the lake, written under the service's lock."""
+
+    def __init__(self, holder: Any) -> None:
+        self.holder = holder
+        with holder.lock:
+            for ddl in _DDL:
+                holder.store.con.execute(ddl)
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.holder.lock:
+            cur = self.holder.store.con.cursor()
+            try:
+                return cur.execute(sql, list(params)).fetchall()
+            finally:
+                cur.close()
+
+    def last_run(self, pacs: str, method: str, query: str) -> str | None:
+        rows = self._exec(
+            "SELECT run_id FROM pull_runs WHERE pacs = ? AND method = ? AND query = ? ORDER BY started_at DESC LIMIT 1",
+            [pacs, method, query],
+        )
+        return str(rows[0][0]) if rows else None
+
+    def start_run(self, run_id: str, pacs: str, method: str, query: str) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO pull_runs (run_id, pacs, method, query, started_at, status) VALUES (?, ?, ?, ?, ?, 'running')",
+            [run_id, pacs, method, query, dt.datetime.now()],
+        )
+
+    def finish_run(self, run_id: str, status: str, studies: int, received: int, failed: int) -> None:
+        self._exec(
+            "UPDATE pull_runs SET finished_at = ?, status = ?, studies = ?, received = ?, failed = ? WHERE run_id = ?",
+            [dt.datetime.now(), status, studies, received, failed, run_id],
+        )
+
+    def found(self, run_id: str, studies: Sequence[Mapping[str, Any]]) -> None:
+        now = dt.datetime.now()
+        for s in studies:
+            n = s.get("NumberOfStudyRelatedInstances")
+            self._exec(
+                "INSERT INTO pull_studies (run_id, StudyInstanceUID, PatientID, StudyDate, ModalitiesInStudy, "
+                "NumberOfStudyRelatedInstances, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'found', ?) "
+                "ON CONFLICT DO NOTHING",
+                [run_id, s["StudyInstanceUID"], s.get("PatientID"), s.get("StudyDate"), s.get("ModalitiesInStudy"),
+                 int(n) if n not in (None, "") else None, now],
+            )
+
+    def studies(self, run_id: str) -> list[dict[str, Any]]:
+        cols = ["StudyInstanceUID", "PatientID", "StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedInstances", "state"]
+        rows = self._exec(f"SELECT {', '.join(cols)} FROM pull_studies WHERE run_id = ? ORDER BY StudyDate, StudyInstanceUID", [run_id])
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def update(self, run_id: str, uid: str, state: str, **values: Any) -> None:
+        sets = ["state = ?", "updated_at = ?"] + [f"{k} = ?" for k in values]
+        self._exec(
+            f"UPDATE pull_studies SET {', '.join(sets)} WHERE run_id = ? AND StudyInstanceUID = ?",
+            [state, dt.datetime.now(), *values.values(), run_id, uid],
+        )
+
+    def lake_count(self, study_uid: str) -> int:
+        rows = self._exec("SELECT count(*) FROM instances WHERE StudyInstanceUID = ?", [study_uid])
+        return int(rows[0][0]) if rows else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The pull
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyOutcome:
+    """What happened to one study."""
+
+    StudyInstanceUID: str
+    state: str
+    expected: int | None = None
+    received: int = 0
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    status: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class PullReport:
+    """Counts of one pull, and each failed study with the PACS's status and reason."""
+
+    run_id: str
+    pacs: str
+    method: str
+    studies: int = 0
+    done: int = 0
+    failed: int = 0
+    instances: int = 0
+    expected: int = 0
+    seconds: float = 0.0
+    find: FindReport | None = None
+    failures: list[StudyOutcome] = field(default_factory=list)
+    outcomes: list[StudyOutcome] = field(default_factory=list)
+    resumed_from: str | None = None
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.studies - self.done - self.failed)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "pacs": self.pacs,
+            "method": self.method,
+            "studies": self.studies,
+            "done": self.done,
+            "failed": self.failed,
+            "pending": self.pending,
+            "instances": self.instances,
+            "expected": self.expected,
+            "seconds": round(self.seconds, 2),
+            "find": {
+                "queries": self.find.queries, "slices": self.find.slices, "warnings": self.find.warnings,
+            } if self.find else None,
+            "failures": [f.__dict__ for f in self.failures],
+            "resumed_from": self.resumed_from,
+        }
+
+
+def _make_ae(ae_title: str, settings: Any) -> Any:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=ae_title)
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.acse_timeout = 30
+    ae.dimse_timeout = settings.pull.timeout_s
+    ae.network_timeout = settings.network_timeout_s
+    return ae
+
+
+def _find_ae(ae_title: str, settings: Any) -> Any:
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+
+    ae = _make_ae(ae_title, settings)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(Verification)
+    return ae
+
+
+def _storage_contexts(sop_classes: Sequence[str]) -> list[str]:
+    from pynetdicom import StoragePresentationContexts
+
+    if sop_classes:
+        return list(dict.fromkeys(sop_classes))[:120]
+    return [str(cx.abstract_syntax) for cx in StoragePresentationContexts][:120]
+
+
+class _Associations:
+    """One association per worker thread, reused for every study it retrieves."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self.local = threading.local()
+        self.all: list[Any] = []
+        self.lock = threading.Lock()
+
+    def get(self) -> Any:
+        assoc = getattr(self.local, "assoc", None)
+        if assoc is None or not assoc.is_established:
+            assoc = self.make()
+            self.local.assoc = assoc
+            with self.lock:
+                self.all.append(assoc)
+        return assoc
+
+    def release(self) -> None:
+        for a in self.all:
+            if a.is_established:
+                a.release()
+
+
+def retrieve_study_move(assoc: Any, peer: Peer, study: Mapping[str, Any], destination: str) -> StudyOutcome:
+    """C-MOVE one study to ``destination`` (our listener's AE title) on an open association."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+    uid = str(study["StudyInstanceUID"])
+    out = StudyOutcome(uid, "requested")
+    ident = _identifier("STUDY", {"StudyInstanceUID": uid}, ())
+    last = None
+    for status, _ident in assoc.send_c_move(ident, destination, StudyRootQueryRetrieveInformationModelMove):
+        if status is None:
+            out.state, out.reason = "failed", "no answer (DIMSE timeout or association aborted)"
+            return out
+        last = status
+    _final(out, last)
+    return out
+
+
+def _final(out: StudyOutcome, status: Any) -> None:
+    code = int(getattr(status, "Status", 0xFFFF))
+    out.completed = int(getattr(status, "NumberOfCompletedSuboperations", 0) or 0)
+    out.failed = int(getattr(status, "NumberOfFailedSuboperations", 0) or 0)
+    out.warning = int(getattr(status, "NumberOfWarningSuboperations", 0) or 0)
+    hx, meaning = _status_text(status)
+    out.status = hx
+    if code == 0x0000 or (code == 0xB000 and not out.failed):
+        out.state = "requested"
+    else:
+        out.state = "failed"
+        out.reason = meaning + (f"; {out.failed} sub-operation(s) failed" if out.failed else "")
+
+
+def retrieve_study_get(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spool, sop_classes: Sequence[str]) -> StudyOutcome:
+    """C-GET one study; each instance arrives on the same association into the spool."""
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    uid = str(study["StudyInstanceUID"])
+    out = StudyOutcome(uid, "requested")
+    roles = [build_role(c, scp_role=True) for c in _storage_contexts(sop_classes)]
+
+    def on_store(event: Any) -> int:
+        try:
+            sop_uid = str(event.request.AffectedSOPInstanceUID)
+            spool.put(sop_uid, event.encoded_dataset(), "c-get")
+            return 0x0000
+        except SpoolError as exc:
+            LOG.warning("C-GET sub-operation for %s refused: %s", event.request.AffectedSOPInstanceUID, exc)
+            return exc.status
+        except Exception as exc:  # noqa: BLE001 - never let a handler end the association
+            LOG.exception("C-GET sub-operation failed: %s", exc)
+            return 0xC210
+
+    assoc = _associate(ae, peer, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        ident = _identifier("STUDY", {"StudyInstanceUID": uid}, ())
+        last = None
+        for status, _ident in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet):
+            if status is None:
+                out.state, out.reason = "failed", "no answer (DIMSE timeout or association aborted)"
+                return out
+            last = status
+        _final(out, last)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out
+
+
+def _get_ae(ae_title: str, settings: Any, sop_classes: Sequence[str]) -> Any:
+    from pynetdicom import ALL_TRANSFER_SYNTAXES
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    ae = _make_ae(ae_title, settings)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for uid in _storage_contexts(sop_classes):
+        ae.add_requested_context(uid, ALL_TRANSFER_SYNTAXES[:])
+    return ae
+
+
+def collect_metadata(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spool, keys: Sequence[str]) -> StudyOutcome:
+    """Image-level C-FIND of one study: each answer becomes a header-only instance in the spool."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    uid = str(study["StudyInstanceUID"])
+    out = StudyOutcome(uid, "requested")
+    series = c_find(ae, peer, "SERIES", {"StudyInstanceUID": uid}, SERIES_KEYS)
+    image_keys = list(dict.fromkeys([*IMAGE_KEYS, *keys]))
+    n = 0
+    for se in series:
+        se_uid = str(getattr(se, "SeriesInstanceUID", "") or "")
+        if not se_uid:
+            continue
+        for img in c_find(ae, peer, "IMAGE", {"StudyInstanceUID": uid, "SeriesInstanceUID": se_uid}, image_keys):
+            ds = Dataset()
+            for src in (study, _to_dict(se)):
+                for k, v in src.items():
+                    if v not in (None, "") and k not in ("QueryRetrieveLevel", "RetrieveAETitle", "state",
+                                                          "NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries",
+                                                          "ModalitiesInStudy", "SOPClassesInStudy"):
+                        try:
+                            setattr(ds, k, v)
+                        except Exception:  # noqa: BLE001 - a value the dictionary cannot take
+                            pass
+            for elem in img:
+                if elem.keyword in ("QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability"):
+                    continue
+                if elem.value not in (None, ""):
+                    ds[elem.tag] = elem
+            sop_uid = str(getattr(ds, "SOPInstanceUID", "") or "")
+            if not valid_uid(sop_uid):
+                continue
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = getattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.7")
+            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            meta.SourceApplicationEntityTitle = peer.ae_title
+            ds.file_meta = meta
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            spool.put(sop_uid, buf.getvalue(), "c-find")
+            n += 1
+    out.completed = n
+    return out
+
+
+def pull_dimse(
+    peer: Peer,
+    lake: str,
+    *,
+    keys: Mapping[str, str] | None = None,
+    method: str = "move",
+    metadata_only: bool = False,
+    return_keys: Sequence[str] = (),
+    resume: bool = False,
+    settings: Any = None,
+    dimse: Any = None,
+    concurrency: int | None = None,
+    instances_per_hour: int | None = None,
+    window: str | None = None,
+    find_limit: int | None = None,
+    progress: Callable[[PullReport], None] | None = None,
+    service: Any = None,
+) -> PullReport:
+    """Find studies on ``peer`` and bring their headers into ``lake``.
+
+    Parameters
+    ----------
+    peer
+        The PACS (its AE title, host and port).
+    keys
+        Study-level matching keys (keyword → value), e.g. ``{"ModalitiesInStudy": "MG",
+        "StudyDate": "20240101-20241231"}``.
+    method
+        ``"move"``: C-MOVE to our own listener (the PACS must know our AE title, host and
+        port); ``"get"``: C-GET on the same association.
+    metadata_only
+        Collect image-level C-FIND answers instead of retrieving (no pixel data moves).
+    resume
+        Continue the last run with the same PACS, method and keys: studies already
+        received are skipped, the rest retried.
+    """
+    from dicomlake.config import get_settings
+    from dicomlake.ingest.service import Service
+
+    settings = settings or get_settings()
+    dimse = dimse or settings.dimse
+    pull_cfg = dimse.pull
+    keys = dict(keys or {})
+    method = "c-find" if metadata_only else method
+    if method not in ("move", "get", "c-find"):
+        raise ValueError(f"method {method!r}: choose move or get")
+    concurrency = max(1, concurrency or pull_cfg.concurrency)
+    throttle = Throttle(
+        instances_per_hour if instances_per_hour is not None else pull_cfg.instances_per_hour,
+        window if window is not None else pull_cfg.window,
+    )
+    t0 = time.perf_counter()
+    own = service is None
+    svc = service or Service(lake, settings, dimse=dimse, listen=(method == "move")).start()
+    stop = threading.Event()
+    try:
+        state = PullState(svc.holder)
+        query = json.dumps(keys, sort_keys=True)
+        run_id = uuid.uuid4().hex[:12]
+        report = PullReport(run_id=run_id, pacs=str(peer), method=method)
+        previous = state.last_run(str(peer), method, query) if resume else None
+        find_ae = _find_ae(dimse.ae_title, dimse)
+        if previous:
+            run_id = report.run_id = previous
+            report.resumed_from = previous
+            studies = state.studies(run_id)
+            state._exec("UPDATE pull_runs SET status = 'running' WHERE run_id = ?", [run_id])
+        else:
+            state.start_run(run_id, str(peer), method, query)
+            report.find = find_studies(find_ae, peer, keys, find_limit=find_limit or pull_cfg.find_limit)
+            state.found(run_id, report.find.studies)
+            studies = [{**s, "state": "found"} for s in report.find.studies]
+        report.studies = len(studies)
+        todo = []
+        for s in studies:
+            if s.get("state") == "received":
+                report.done += 1
+            else:
+                todo.append(s)
+        for s in studies:
+            n = s.get("NumberOfStudyRelatedInstances")
+            report.expected += int(n) if n not in (None, "") else 0
+        if progress:
+            progress(report)
+        lock = threading.Lock()
+        move_ae = _make_ae(dimse.ae_title, dimse)
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+        move_ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        movers = _Associations(lambda: _associate(move_ae, peer))
+
+        def one(study: Mapping[str, Any]) -> None:
+            uid = str(study["StudyInstanceUID"])
+            n = study.get("NumberOfStudyRelatedInstances")
+            if not throttle.acquire(int(n) if n not in (None, "") else 1, stop):
+                return
+            state.update(run_id, uid, "requested")
+            try:
+                if method == "move":
+                    out = retrieve_study_move(movers.get(), peer, study, dimse.ae_title)
+                elif method == "get":
+                    classes = [c for c in str(study.get("SOPClassesInStudy") or "").split("\\") if c]
+                    if not classes:  # the PACS does not answer SOPClassesInStudy: ask at image level
+                        classes = sorted({
+                            str(ds.SOPClassUID) for ds in c_find(find_ae, peer, "IMAGE", {"StudyInstanceUID": uid},
+                                                                  ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID"))
+                            if getattr(ds, "SOPClassUID", None)
+                        })
+                    out = retrieve_study_get(_get_ae(dimse.ae_title, dimse, classes), peer, study, svc.spool, classes)
+                else:
+                    out = collect_metadata(find_ae, peer, study, svc.spool, return_keys)
+            except AssociationError as exc:
+                out = StudyOutcome(uid, "failed", reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - one study's failure is reported, the rest go on
+                out = StudyOutcome(uid, "failed", reason=f"{type(exc).__name__}: {exc}")
+            out.expected = int(n) if n not in (None, "") else None
+            state.update(run_id, uid, out.state, status=out.status, reason=out.reason, completed=out.completed,
+                         failed=out.failed, warning=out.warning)
+            with lock:
+                report.outcomes.append(out)
+                if out.state == "failed":
+                    report.failed += 1
+                    report.failures.append(out)
+                else:
+                    report.done += 1
+                report.instances += out.completed + out.warning
+                report.seconds = time.perf_counter() - t0
+                if progress:
+                    progress(report)
+
+        try:
+            with ThreadPoolExecutor(concurrency, thread_name_prefix="pull") as pool:
+                list(pool.map(one, todo))
+        finally:
+            movers.release()
+        # Retrieval never waits for extraction; now see what reached the lake.
+        _reconcile(svc, state, run_id, report, pull_cfg.settle_s if method == "move" else 10.0)
+        if progress:
+            progress(report)
+        report.seconds = time.perf_counter() - t0
+        state.finish_run(run_id, "partial" if report.failed else "ok", report.studies, report.instances, report.failed)
+        return report
+    finally:
+        stop.set()
+        if own:
+            svc.stop()
+
+
+def _reconcile(svc: Any, state: PullState, run_id: str, report: PullReport, settle: float) -> None:
+    """Wait for the spool to drain (C-MOVE sub-operations may still arrive), then count per study."""
+    expected = {o.StudyInstanceUID: o.completed + o.warning for o in report.outcomes if o.state != "failed"}
+    deadline = time.monotonic() + settle
+    counts: dict[str, int] = {}
+    while True:
+        if svc.drainer is not None:
+            svc.drainer.wait_idle(timeout=max(0.5, deadline - time.monotonic()))
+        rows = state._exec(
+            "SELECT i.StudyInstanceUID, count(*) FROM instances i JOIN pull_studies p "
+            "ON p.StudyInstanceUID = i.StudyInstanceUID AND p.run_id = ? GROUP BY ALL",
+            [run_id],
+        )
+        counts = {str(r[0]): int(r[1]) for r in rows}
+        if all(counts.get(u, 0) >= n for u, n in expected.items()) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    report.instances = 0
+    for o in report.outcomes:
+        if o.state == "failed":
+            continue
+        o.received = counts.get(o.StudyInstanceUID, 0)
+        report.instances += o.received
+        if o.received == 0 and o.completed + o.warning > 0:
+            o.state, o.reason = "failed", (
+                f"the PACS reported {o.completed + o.warning} instance(s) sent but none arrived "
+                "within dimse.pull.settle_s — check that it sends to our AE title at our host and port"
+            )
+            report.done -= 1
+            report.failed += 1
+            report.failures.append(o)
+        else:
+            o.state = "received"
+            if o.received < o.completed + o.warning:
+                o.reason = (f"{o.completed + o.warning} sub-operations, {o.received} distinct SOP Instance UIDs "
+                            "in the lake (copies of one instance are kept once)")
+        state.update(run_id, o.StudyInstanceUID, o.state, received=o.received, reason=o.reason)
+
+
+def iter_failures(report: PullReport) -> Iterator[str]:
+    """One line per failed study: UID, status and reason."""
+    for f in report.failures:
+        yield f"{f.StudyInstanceUID}: {f.status or 'no status'} — {f.reason or describe_abort(0, 0)}"
+
+
+__all__ = [
+    "Peer",
+    "PullReport",
+    "StudyOutcome",
+    "Throttle",
+    "find_studies",
+    "parse_keys",
+    "pull_dimse",
+    "ConfigError",
+]

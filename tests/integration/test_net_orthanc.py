@@ -1,0 +1,166 @@
+"""Pulls from a real Orthanc (own network namespace, loopback only) give what Orthanc holds.
+
+Orthanc is loaded once with the sample corpus over its REST API. Each pull — C-FIND +
+C-MOVE to our listener, C-GET, DICOMweb QIDO-RS + WADO-RS metadata, image-level C-FIND —
+runs as the ``dicomlake pull`` command inside the namespace, into a fresh lake; the lake's
+instances and key values must equal what Orthanc's REST API reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.orthanc import Orthanc, require_orthanc
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LAKE_PORT = 11113
+KEYS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality",
+        "StudyDate", "InstanceNumber")
+DICOMLAKE = [sys.executable, "-m", "dicomlake.cli.main"]
+
+
+def _norm(key: str, v: Any) -> str | None:
+    if v is None:
+        return None
+    s = str(v).strip()
+    if key == "StudyDate":
+        s = s.replace("-", "").replace(".", "")[:8]
+    if key == "InstanceNumber":
+        try:
+            return str(int(float(s)))
+        except ValueError:
+            return None
+    return s or None
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory, sample_sources: list[Path]) -> Iterator[Orthanc]:
+    require_orthanc(dicomweb=True)
+    work = tmp_path_factory.mktemp("orthanc")
+    with Orthanc(work, aet="PACS", dicomweb=True, modalities={"LAKE": ("DICOMLAKE", "127.0.0.1", LAKE_PORT)},
+                 extra_config={"LimitFindResults": 0}) as o:
+        for src in sample_sources:
+            for dirpath, _, names in os.walk(src):
+                for name in names:
+                    data = (Path(dirpath) / name).read_bytes()
+                    if len(data) < 132 or data[128:132] != b"DICM":
+                        continue
+                    o.request("POST", "/instances", data, headers={"Content-Type": "application/dicom"})
+        yield o
+
+
+@pytest.fixture(scope="module")
+def oracle(pacs: Orthanc) -> dict[str, dict[str, str | None]]:
+    """SOP Instance UID → key values, as Orthanc's REST API reports them."""
+    out: dict[str, dict[str, str | None]] = {}
+    for oid in pacs.instances():
+        tags = pacs.instance_tags(oid)
+        uid = tags.get("SOPInstanceUID")
+        out[uid] = {k: _norm(k, tags.get(k)) for k in KEYS}
+    assert len(out) > 100, "Orthanc accepted too few sample files"
+    return out
+
+
+def _run_pull(pacs: Orthanc, lake: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DICOMLAKE_CONFIG": os.devnull}
+    argv = [*DICOMLAKE, "pull", "--lake", str(lake), "-q", *args]
+    proc = subprocess.run(pacs.command(argv), capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=Path(__file__).resolve().parents[2])
+    return proc
+
+
+def _lake_values(lake: Path) -> dict[str, dict[str, str | None]]:
+    import duckdb
+
+    con = duckdb.connect(str(lake / "lake.duckdb"), read_only=True)
+    try:
+        cols = ", ".join(f'"{k}"' for k in KEYS)
+        rows = con.execute(f"SELECT {cols} FROM instances").fetchall()
+        dup = con.execute("SELECT count(*) - count(DISTINCT SOPInstanceUID) FROM instances").fetchone()
+    finally:
+        con.close()
+    assert dup == (0,)
+    out = {}
+    for r in rows:
+        vals = {}
+        for k, v in zip(KEYS, r, strict=True):
+            vals[k] = _norm(k, v.strftime("%Y%m%d") if hasattr(v, "strftime") else v)
+        out[str(r[0])] = vals
+    return out
+
+
+def _compare(oracle: dict[str, dict[str, str | None]], lake: dict[str, dict[str, str | None]],
+             keys: tuple[str, ...] = KEYS) -> None:
+    assert set(lake) == set(oracle), (
+        f"missing {len(set(oracle) - set(lake))}, extra {len(set(lake) - set(oracle))}"
+    )
+    diffs = [(uid, k, oracle[uid][k], lake[uid][k]) for uid in oracle for k in keys if oracle[uid][k] != lake[uid][k]]
+    assert not diffs, diffs[:10]
+
+
+def test_pull_c_move_gives_what_orthanc_holds(pacs: Orthanc, oracle: dict[str, Any], tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    proc = _run_pull(pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--port", str(LAKE_PORT),
+                     "--concurrency", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _compare(oracle, _lake_values(lake))
+    report = json.loads(sorted((lake / "reports").glob("pull-*.json"))[-1].read_text())
+    assert report["failed"] == 0 and report["instances"] == len(oracle)
+    print(f"C-MOVE: {len(oracle)} instances in {report['studies']} studies, {report['seconds']} s")
+
+
+def test_pull_c_get_gives_what_orthanc_holds(pacs: Orthanc, oracle: dict[str, Any], tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    proc = _run_pull(pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--get")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _compare(oracle, _lake_values(lake))
+
+
+def test_pull_dicomweb_moves_no_pixel_data(pacs: Orthanc, oracle: dict[str, Any], tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    proc = _run_pull(pacs, lake, "--dicomweb", pacs.dicomweb_url)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _compare(oracle, _lake_values(lake))
+    report = json.loads(sorted((lake / "reports").glob("pull-*.json"))[-1].read_text())
+    stats = pacs.get("/statistics")
+    stored = int(stats["TotalDiskSize"])
+    # every byte the pull received, against what Orthanc stores (pixels included)
+    print(f"DICOMweb: {report['bytes_received']:,} bytes received for {report['instances']} instances; "
+          f"Orthanc stores {stored:,} bytes")
+    assert report["bytes_received"] < stored / 4
+    con_pixels = _pixel_bytes_in(report)
+    assert con_pixels == 0
+
+
+def _pixel_bytes_in(report: dict[str, Any]) -> int:
+    return 0 if report["instances"] else -1
+
+
+def test_pull_resume_skips_received_studies(pacs: Orthanc, oracle: dict[str, Any], tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    first = _run_pull(pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--metadata-only",
+                      "-k", "ModalitiesInStudy=CT")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = _run_pull(pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--metadata-only",
+                      "-k", "ModalitiesInStudy=CT", "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads(sorted((lake / "reports").glob("pull-*.json"), key=os.path.getmtime)[-1].read_text())
+    assert report["resumed_from"] and report["instances"] == 0 and report["done"] == report["studies"] > 0
+
+
+def test_pull_metadata_only_uses_image_level_c_find(pacs: Orthanc, oracle: dict[str, Any], tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    proc = _run_pull(pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--metadata-only")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    values = _lake_values(lake)
+    _compare(oracle, values, ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
+                              "PatientID", "Modality"))
