@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         description="Extra typed instance columns (TOML, same shape as the shipped "
         "instance_columns.toml). Default: none",
     )
+    curate_on_ingest: bool = Field(
+        True, description="Run the curation rules (curate/rules.toml) over each committed ingest batch. Default: true"
+    )
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
     query: QuerySettings = Field(default_factory=QuerySettings)  # type: ignore[arg-type]
     dimse: DimseSettings = Field(default_factory=DimseSettings)  # type: ignore[arg-type]
