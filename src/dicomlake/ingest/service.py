@@ -78,6 +78,7 @@ class Service:
         dimse: DimseSettings | None = None,
         control: bool = True,
         listen: bool = True,
+        web: bool = False,
     ) -> None:
         self.settings = settings or get_settings()
         self.dimse = dimse or self.settings.dimse
@@ -95,6 +96,9 @@ class Service:
         self._stop = threading.Event()
         self.started_at = dt.datetime.now(dt.UTC)
         self.address: tuple[str, int] | None = None
+        self.web = web
+        self.web_url: str | None = None
+        self._web: Any = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -137,6 +141,13 @@ class Service:
             if self.control:
                 self._start_http()
                 self._announce()
+            if self.web:
+                # DICOMweb, the UI and the access log on web.bind:web.http_port, sharing our connection
+                from dicomlake.web.app import serve_in_thread, spool_ingest
+
+                self._web, _, self.web_url = serve_in_thread(
+                    self.lake, store=self.holder, ingest=spool_ingest(self.spool, self.drainer), status_provider=self.status
+                )
         except BaseException:
             self.stop()
             raise
@@ -145,6 +156,8 @@ class Service:
     def stop(self) -> None:
         """Stop taking associations, drain the spool into the lake, close everything."""
         self._stop.set()
+        if self._web is not None:
+            self._web.should_exit = True
         if self.scp is not None:
             self.scp.stop()
         if self.drainer is not None:

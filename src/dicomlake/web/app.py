@@ -96,6 +96,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.ctx = ctx
+    # what dicomlake.web.internal (read-only SQL over Arrow IPC) expects; behind the admin check here
+    app.state.lake_query = data.query_readonly
+    app.state.service_status = status_provider
     _install_errors(app)
     _install_middleware(app, ctx)
     app.include_router(_auth_router())
@@ -423,6 +426,53 @@ def uvicorn_options(settings: WebSettings) -> dict[str, Any]:
             "set web.tls_certificate and web.tls_private_key", settings.bind,
         )
     return opts
+
+
+def spool_ingest(spool: Any, drainer: Any, timeout: float = 120.0) -> IngestFn:
+    """STOW-RS through the service's spool: put each file, wait until the drainer has committed it."""
+
+    def ingest(files: list[Path]) -> None:
+        import pydicom
+
+        for f in files:
+            uid = str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True).get("SOPInstanceUID", ""))
+            spool.put(uid, f.read_bytes(), label="dicomweb")
+            f.unlink(missing_ok=True)
+        spool.notify()
+        if not drainer.wait_idle(timeout):
+            raise ConfigError(f"the spool did not drain within {timeout:.0f} s; STOW-RS results are unknown")
+
+    return ingest
+
+
+def serve_in_thread(
+    lake: Path | str,
+    settings: WebSettings | None = None,
+    *,
+    store: Any = None,
+    ingest: IngestFn | None = None,
+    status_provider: Any = None,
+) -> tuple[Any, Any, str]:
+    """Start the web app in a background thread (``dicomlake serve``); (server, thread, base URL)."""
+    import threading
+
+    import uvicorn
+
+    settings = settings or web_settings()
+    app = create_app(lake, settings, store=store, ingest=ingest, status_provider=status_provider)
+    opts = uvicorn_options(settings)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, **opts)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, name="web-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ConfigError(f"the web app could not start on {opts['host']}:{opts['port']} (port in use? set web.http_port)")
+        time.sleep(0.02)
+    scheme = "https" if "ssl_certfile" in opts else "http"
+    return server, thread, f"{scheme}://{opts['host']}:{opts['port']}"
 
 
 def main(argv: list[str] | None = None) -> None:

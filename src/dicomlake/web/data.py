@@ -30,13 +30,16 @@ class LakeAccess:
     def __init__(
         self,
         lake: Path,
-        store: Any,
+        store_or_holder: Any,
         *,
         owns_store: bool,
         ingest: IngestFn | None = None,
     ) -> None:
         self.lake = Path(lake)
-        self.store = store
+        # the service hands in its StoreHolder (the store may be reopened after a fault)
+        self._holder = store_or_holder if hasattr(store_or_holder, "reopen") else None
+        self._store = None if self._holder is not None else store_or_holder
+        store = self.store
         self.owns_store = owns_store
         self.columns: InstanceColumns = getattr(store, "columns", None) or instance_columns()
         self._ingest = ingest
@@ -44,6 +47,10 @@ class LakeAccess:
         self._query_lock = threading.Lock()
         self.read_only = bool(getattr(store, "read_only", False))
         self._tables: set[str] | None = None
+
+    @property
+    def store(self) -> Any:
+        return self._holder.store if self._holder is not None else self._store
 
     @classmethod
     def open(cls, lake: str | Path, *, store: Any = None, ingest: IngestFn | None = None) -> LakeAccess:
@@ -67,6 +74,17 @@ class LakeAccess:
             self.store.close()
 
     # ---- reading -----------------------------------------------------------------------
+
+    def query_readonly(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
+        """A user's statement (the internal SQL endpoint): one read-only statement only."""
+        from dicomlake.store.duckdb import _READ_ONLY_SQL
+
+        if not _READ_ONLY_SQL.match(sql) or ";" in sql.strip().rstrip(";"):
+            raise QueryError(
+                "only one read-only statement (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, PIVOT) "
+                f"is accepted; got: {sql.strip()[:80]!r}"
+            )
+        return self.query(sql, params)
 
     def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
         """Run one statement on a fresh cursor; an Arrow table."""

@@ -221,8 +221,15 @@ class AnalystView:
                 text = _dicom_text(v, vr)
                 if text is None:
                     continue
+                value: Any = text.split("\\") if "\\" in text and vr != "SQ" else text
+                if vr in ("FL", "FD", "US", "SS", "UL", "SL", "UV", "SV"):
+                    conv = float if vr in ("FL", "FD") else int
+                    try:
+                        value = [conv(float(x)) for x in value] if isinstance(value, list) else conv(float(value))
+                    except ValueError:
+                        continue
                 try:
-                    ds.add_new(k2t[n], vr, text.split("\\") if "\\" in text and vr != "SQ" else text)
+                    ds.add_new(k2t[n], vr, value)
                 except Exception:  # noqa: BLE001 - a value pydicom refuses is left out
                     continue
             with self._lock:

@@ -595,25 +595,24 @@ def _run_export(ctx: WebContext, job: ExportJob, f: UIFilters, cols: list[str], 
         sql, params = _select(ctx, f, job.level, cols, analyst, limit=None)
         con = ctx.data.store.con.cursor()
         try:
-            rel = con.execute(sql, params)
-            reader = rel.to_arrow_reader(5000) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(5000)
+            rel = con.sql(sql, params=params) if params else con.sql(sql)
+            reader = rel.to_arrow_reader(5000)
             writer: Any = None
+            schema: pa.Schema | None = None
             xlsx_rows: list[list[Any]] = []
             xlsx_cols: list[str] = []
             for batch in reader:
                 t = pa.Table.from_batches([batch])
                 if analyst:
                     t = ctx.view.table(t, drop=[c for c in CONTEXT if c not in cols])
-                if job.fmt == "parquet":
-                    import pyarrow.parquet as pq
+                if job.fmt in ("parquet", "csv"):
+                    if writer is None:
+                        import pyarrow.parquet as pq
 
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, t.schema, compression="zstd")
-                    writer.write_table(t.cast(writer.schema) if t.schema != writer.schema else t)
-                elif job.fmt == "csv":
-                    if writer is None:
-                        writer = pacsv.CSVWriter(str(tmp), t.schema)
-                    writer.write_table(t.cast(writer.schema) if t.schema != writer.schema else t)
+                        schema = t.schema
+                        writer = (pq.ParquetWriter(tmp, schema, compression="zstd") if job.fmt == "parquet"
+                                  else pacsv.CSVWriter(str(tmp), schema))
+                    writer.write_table(t.cast(schema) if t.schema != schema else t)
                 else:
                     xlsx_cols, rows = table_rows(t)
                     xlsx_rows.extend(rows)
