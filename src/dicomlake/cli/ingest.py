@@ -18,10 +18,24 @@ def ingest(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Instances per transaction (default 2000)."),
     report: Path | None = typer.Option(None, "--report", help="Also write the run's summary as JSON to this file."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+    engine: str = typer.Option("embedded", "--engine", help="embedded (worker processes) or spark."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="--engine spark: the Parquet lake folder to write (new or empty)."
+    ),
+    master: str = typer.Option(
+        "local[2]", "--master", help="--engine spark: Spark master URL (local[N], spark://HOST:7077, yarn)."
+    ),
+    quarantine: Path | None = typer.Option(
+        None, "--quarantine", help="PostgreSQL lakes: folder for the bytes of rejected input (default ./dicomlake-data)."
+    ),
 ) -> None:
     """Read DICOM headers (never pixel data) into the lake; re-ingest upserts on SOP Instance UID.
 
     Example: dicomlake ingest /media/cdrom ./exports/study.zip --lake ./dicomlake-data
+
+    Example (server database): dicomlake ingest ./images --lake postgresql://dicomlake@db/lake
+
+    Example (cluster): dicomlake ingest --engine spark /archive --out /lake/parquet --master spark://head:7077
 
     Exit status: 0 all read, 1 some input rejected (see `dicomlake rejects`), 2 usage error.
     """
@@ -30,7 +44,24 @@ def ingest(
 
     from dicomlake.ingest.pipeline import ingest_paths
 
-    rep = ingest_paths(paths, lake_path(lake), workers=workers, batch_size=batch_size, progress=not quiet)
+    if engine not in ("embedded", "spark"):
+        raise ValueError(f"--engine {engine!r}: choose embedded or spark")
+    if engine == "spark":
+        _ingest_spark(paths, out, master, report)
+        return
+    if out is not None:
+        raise ValueError("--out is for --engine spark (a Parquet lake folder); the embedded engine writes --lake")
+    from dicomlake.store.open import lake_kind, open_store
+    from dicomlake.store.postgres import normalise_url, redact
+
+    target = lake_path(lake)
+    if lake_kind(target) == "postgres":
+        with open_store(normalise_url(str(target))) as store:
+            rep = ingest_paths(paths, quarantine or Path("dicomlake-data"), workers=workers,
+                               batch_size=batch_size, progress=not quiet, store=store)
+        rep.lake = redact(store.url)
+    else:
+        rep = ingest_paths(paths, target, workers=workers, batch_size=batch_size, progress=not quiet)
     console = Console(stderr=True)
     t = Table(title=f"ingest {rep.run_id} into {rep.lake}", show_header=False)
     for k, v in (
@@ -54,10 +85,46 @@ def ingest(
         )
     for note in rep.notes[:10]:
         console.print(f"[dim]note: {note}")
-    out = report or Path(rep.lake) / "reports" / f"ingest-{rep.run_id}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")
-    console.print(f"[dim]report: {out}")
+    folder = Path(rep.lake) if "://" not in rep.lake else (quarantine or Path("dicomlake-data"))
+    dest = report or folder / "reports" / f"ingest-{rep.run_id}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")
+    console.print(f"[dim]report: {dest}")
+    raise typer.Exit(rep.exit_code)
+
+
+def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomlake.ingest.spark import ingest_spark
+
+    if out is None:
+        raise ValueError("--engine spark needs --out DIR, the Parquet lake folder to write")
+    rep = ingest_spark(paths, out, master=master)
+    console = Console(stderr=True)
+    t = Table(title=f"spark ingest {rep.run_id} into {rep.out} ({rep.master})", show_header=False)
+    for k, v in (
+        ("files", rep.files),
+        ("instances read", rep.instances),
+        ("instances in the lake", rep.unique_instances),
+        ("  older copies dropped (same SOP Instance UID)", rep.duplicates_resolved),
+        ("rejected", rep.rejected),
+        ("skipped (not DICOM)", rep.skipped),
+        ("Spark tasks", rep.tasks),
+        ("Parquet files", rep.files_written),
+        ("seconds", f"{rep.seconds:.2f}"),
+        ("files/s", f"{rep.rate:,.0f}"),
+    ):
+        t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(t)
+    if rep.rejected:
+        console.print(f"[yellow]{rep.rejected} input(s) rejected; their bytes are kept in {rep.out}/quarantine. "
+                      f"List them with: dicomlake rejects --lake {rep.out}")
+    dest = report or out / "reports" / f"ingest-{rep.run_id}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")
+    console.print(f"[dim]report: {dest}")
     raise typer.Exit(rep.exit_code)
 
 

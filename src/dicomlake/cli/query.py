@@ -67,12 +67,17 @@ def sql(
 
 def export(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write one file per table into."),
-    fmt: str = typer.Option("parquet", "--format", "-f", help="parquet or csv."),
+    fmt: str = typer.Option(
+        "parquet", "--format", "-f",
+        help="parquet or csv (one file per table), or lake (a partitioned Parquet lake, see `dicomlake import`).",
+    ),
     lake: Path | None = LAKE_OPTION,
 ) -> None:
     """Export the whole lake, every table with the lake's column names.
 
-    Example: dicomlake export --format parquet --out ./lake-parquet
+    Example: dicomlake export --format parquet --out ./lake-tables
+
+    Example: dicomlake export --format lake --out ./lake-parquet   (query it with --lake ./lake-parquet)
     """
     from dicomlake.query.lake import Lake
 

@@ -292,6 +292,13 @@ def ingest_spark(
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = expand(paths)
     run_id = uuid.uuid4().hex[:12]
+    if spark is None:
+        try:
+            from pyspark.sql import SparkSession
+
+            spark = SparkSession.getActiveSession()
+        except ImportError:
+            spark = None
     own = spark is None
     spark = spark or spark_session(master)
     sc = spark.sparkContext
