@@ -49,19 +49,22 @@ class TargetResult:
     error: str | None = None
 
 
-def _seed_folder(workdir: Path, kind: str) -> Path | None:
+def _seed_folder(workdir: Path, kind: str, limit: int | None = None) -> Path | None:
     sys.path.insert(0, str(REPO))
+    import itertools
+
     from fuzz import seeds
 
-    folder = workdir / f"seeds-{kind}"
+    folder = workdir / (f"seeds-{kind}" + (f"-{limit}" if limit else ""))
     marker = folder / ".complete"
     if marker.exists():
         return folder
     if kind == "dicom":
-        seeds.write_seeds(folder, seeds.dicom_seeds())
+        it = seeds.dicom_seeds(limit)
     else:
         mod = __import__(f"fuzz.fuzz_{kind}", fromlist=["seed_inputs"])
-        seeds.write_seeds(folder, iter(mod.seed_inputs()))
+        it = iter(mod.seed_inputs())
+    seeds.write_seeds(folder, itertools.islice(it, limit))
     marker.touch()
     return folder
 
@@ -89,6 +92,7 @@ def run_target(
     timeout_s: int = 10,
     rss_limit_mb: int = 2048,
     verbose: bool = False,
+    seed_limit: int | None = None,
 ) -> TargetResult:
     """Fuzz one target for ``seconds``; restart after each crash until time is up."""
     res = TargetResult(target)
@@ -100,7 +104,7 @@ def run_target(
         d.mkdir(parents=True, exist_ok=True)
     dirs = [str(corpus)]
     try:
-        seed_dir = _seed_folder(workdir, seed_kind or target)
+        seed_dir = _seed_folder(workdir, seed_kind or target, seed_limit)
     except Exception as exc:  # noqa: BLE001 - a target without seeds still fuzzes
         seed_dir = None
         res.error = f"seeds: {type(exc).__name__}: {exc}"
@@ -187,12 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=REPO / "fuzz" / "work", help="corpus and artifacts")
     ap.add_argument("--no-save", dest="save", action="store_false", help="do not copy crashes into tests/data/fuzz")
     ap.add_argument("--timeout", type=int, default=10, help="seconds one input may take (a hang). Default: 10")
+    ap.add_argument("--seed-limit", type=int, default=None, help="use only the first N seeds (short runs)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     targets = args.target or list(TARGETS)
     results = []
     for t in targets:
-        r = run_target(t, args.seconds, args.workdir, save=args.save, timeout_s=args.timeout, verbose=args.verbose)
+        r = run_target(t, args.seconds, args.workdir, save=args.save, timeout_s=args.timeout, verbose=args.verbose,
+                       seed_limit=args.seed_limit)
         results.append(r)
         print(f"{t}: {r.executions:,} executions, {r.distinct_inputs:,} distinct inputs, "
               f"{len(r.crashes)} crashes" + (f" — {r.error[:300]}" if r.error else ""), flush=True)

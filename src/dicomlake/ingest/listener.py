@@ -283,9 +283,10 @@ def parse_command(data: bytes) -> dict[int, Any]:
         pos += 8 + length
         if group != 0x0000:
             continue
-        if elem in _US_TAGS and length == 2:
+        # a length past the end leaves a short value: decode by what arrived (fuzz regression)
+        if elem in _US_TAGS and len(value) == 2:
             out[elem] = struct.unpack("<H", value)[0]
-        elif elem == 0x0000 and length == 4:
+        elif elem == 0x0000 and len(value) == 4:
             out[elem] = struct.unpack("<I", value)[0]
         else:
             out[elem] = value.rstrip(b"\x00 ").decode("ascii", "replace")
