@@ -519,7 +519,7 @@ def character_sets() -> list[tuple[str, str]]:
     return sorted((k or "(none: default repertoire)", v) for k, v in python_encoding.items())
 
 
-def conformance() -> str:  # noqa: PLR0915 - one document
+def conformance() -> str:
     import pydicom
     import pynetdicom
     from pydicom.uid import UID

@@ -31,6 +31,7 @@ VERB_MODULES = [
     "dicomlake.cli.sc",
     "dicomlake.cli.serve",
     "dicomlake.cli.pull",
+    "dicomlake.cli.doctor",
 ]
 
 
