@@ -26,6 +26,7 @@ BENCHES = [
     "bench.ingest_bench",
     "bench.bench_query",
     "bench.bench_sc",
+    "bench.bench_scale",
 ]
 """Modules whose ``main()`` is called, in this order."""
 
