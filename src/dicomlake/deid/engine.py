@@ -210,10 +210,17 @@ class Deidentifier:
             )
         if source:
             ds.filename = source
-        out = self.deidentify(ds)
-        if out is None:
-            return None
-        return write_bytes(out)
+        try:
+            out = self.deidentify(ds)
+            if out is None:
+                return None
+            return write_bytes(out)
+        except DeidError:
+            raise
+        except Exception as exc:
+            # pydicom decodes values lazily: a malformed one (unknown VR, bad number, torn
+            # sequence) surfaces here, not in dcmread (fuzz regressions in tests/data/fuzz/deid)
+            raise DeidError(f"{label}: cannot be de-identified: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         """Flush and close the vault."""
