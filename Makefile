@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LAKE ?= ./dicomlake-data
 
-.PHONY: install deb run test bench lint clean
+.PHONY: install deb run test bench lint docs clean
 
 install: deb $(VENV)/.installed
 
@@ -32,5 +32,11 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 
+# The docs: reference pages and the Conformance Statement generated from the code, then HTML in site/
+# (offline: markdown-it-py comes with rich). Open site/index.html.
+docs: install
+	$(PY) util/gen_docs.py
+	$(PY) util/build_docs.py --out site
+
 clean:
-	rm -rf $(VENV) $(LAKE) build dist *.egg-info
+	rm -rf $(VENV) $(LAKE) build dist site *.egg-info

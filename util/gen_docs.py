@@ -179,7 +179,7 @@ def config_reference() -> str:
         "Settings are read, later winning, from: the defaults below; `dicomlake.toml` in the working folder "
         "(or the file named by `DICOMLAKE_CONFIG`); `DICOMLAKE_*` environment variables (nested keys joined "
         "by `__`, e.g. `DICOMLAKE_DIMSE__PORT=104`); and command-line flags. A commented example with every "
-        "key is [`examples/dicomlake.toml`](../examples.md#dicomlaketoml). `dicomlake doctor` validates the "
+        "key is [`examples/dicomlake.toml`](../examples.md#dicomlake-toml). `dicomlake doctor` validates the "
         "effective configuration and lists every error at once.\n\n"
         "Secrets (`deid.secret`, `deid.vault_key`, `web.secret`) belong in the environment or a file only the "
         "service user can read, never in code or in a shared repository.\n\n"
