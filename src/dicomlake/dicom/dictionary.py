@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 
@@ -62,7 +62,12 @@ def _repeaters() -> list[tuple[int, int, tuple[str, str, str]]]:
     ]
 
 
-@cache
+# Bounded: the tags and private creators come from input, and a long-running listener
+# must not grow a cache entry per distinct value a stranger sends.
+CACHE_SIZE = 1 << 16
+
+
+@lru_cache(maxsize=CACHE_SIZE)
 def lookup(tag: int) -> tuple[str, str, str] | None:
     """Return ``(VR, VM, keyword)`` of a public tag, repeating groups (50xx, 60xx) included."""
     hit = public().get(tag)
@@ -76,7 +81,7 @@ def lookup(tag: int) -> tuple[str, str, str] | None:
     return None
 
 
-@cache
+@lru_cache(maxsize=CACHE_SIZE)
 def private_vr(group: int, creator: str, element_offset: int) -> str:
     """Return the VR of a private element from pydicom's private dictionaries, else ``UN``."""
     from pydicom.datadict import private_dictionaries

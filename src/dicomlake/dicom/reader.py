@@ -41,6 +41,8 @@ ITEM = 0xFFFEE000
 ITEM_DELIMITATION = 0xFFFEE00D
 SEQUENCE_DELIMITATION = 0xFFFEE0DD
 UNDEFINED = 0xFFFFFFFF
+MAX_INFLATED = 64 * 1024 * 1024
+"""Most bytes a Deflated Explicit VR Little Endian data set may inflate to. Default: 64 MiB"""
 # PS3.3 C.7.6.3: the pixel data elements; reading stops at the first of them.
 PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 
@@ -336,11 +338,13 @@ def parse_bytes(
     file_size: int | None = None,
     inline_max: int = 1024,
     max_depth: int = 32,
+    max_inflated: int = MAX_INFLATED,
 ) -> Header:
     """Parse a header from the first bytes of a file (or all of it).
 
     Raises ``_NeedMore`` when ``buf`` is shorter than the file and ends inside the header;
-    :func:`read_header` handles that by reading more.
+    :func:`read_header` handles that by reading more. A deflated data set that inflates to
+    more than ``max_inflated`` bytes is refused (a few kilobytes can inflate to gigabytes).
     """
     size = len(buf) if file_size is None else file_size
     kind = sniff(buf)
@@ -394,9 +398,15 @@ def parse_bytes(
         if len(buf) < size:
             raise _NeedMore
         try:
-            body = zlib.decompress(buf[pos:], -15)
+            # bounded: never allocate more than the limit, whatever the stream says
+            body = zlib.decompressobj(-15).decompress(buf[pos:], max_inflated + 1)
         except zlib.error as exc:
             raise ExtractionError(f"deflated dataset cannot be inflated: {exc}") from exc
+        if len(body) > max_inflated:
+            raise ExtractionError(
+                f"deflated dataset inflates to more than {max_inflated} bytes from {size - pos} "
+                "(a decompression bomb?); raise ingest.max_header_bytes if such files are expected"
+            )
         body_size = len(body)
         pos = 0
     elif explicit and pos + 6 <= len(buf) and buf[pos + 4 : pos + 6] not in VALID_VRS and buf[pos : pos + 2] != b"\xfe\xff":
@@ -458,7 +468,7 @@ def read_header(
         buf = os.read(fd, want)
         while True:
             try:
-                header = parse_bytes(buf, file_size=size, inline_max=inline_max)
+                header = parse_bytes(buf, file_size=size, inline_max=inline_max, max_inflated=max_header_bytes)
                 if header.tail_at is not None:
                     _read_tail(fd, header, size, inline_max, max_header_bytes)
                 return header, buf, size
@@ -514,9 +524,9 @@ def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int) 
     header.elements.extend(more)
 
 
-def parse_all(data: bytes, *, inline_max: int = 1024) -> Header:
+def parse_all(data: bytes, *, inline_max: int = 1024, max_inflated: int = MAX_INFLATED) -> Header:
     """Parse a header from bytes that hold the whole object (zip members, network)."""
     try:
-        return parse_bytes(data, file_size=len(data), inline_max=inline_max)
+        return parse_bytes(data, file_size=len(data), inline_max=inline_max, max_inflated=max_inflated)
     except _NeedMore as exc:  # cannot happen with the whole object; keep the contract
         raise ExtractionError("truncated: the header runs past the end of the data") from exc

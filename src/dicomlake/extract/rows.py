@@ -45,12 +45,15 @@ ELEMENT_SCHEMA = pa.schema(
 JSON_SCHEMA = pa.schema([pa.field("SOPInstanceUID", pa.string()), pa.field("json", pa.string())])
 
 _TAG_CACHE: dict[int, tuple[str, str | None, str, str]] = {}
+_TAG_CACHE_MAX = 1 << 16
 
 
 def _tag_info(tag: int) -> tuple[str, str | None, str, str]:
     """Path segment, keyword, tag text and JSON key prefix of a public tag (cached)."""
     hit = _TAG_CACHE.get(tag)
     if hit is None:
+        if len(_TAG_CACHE) >= _TAG_CACHE_MAX:  # tags come from input: stay bounded
+            _TAG_CACHE.clear()
         entry = lookup(tag)
         kw = entry[2] if entry and entry[2] else None
         text = f"{tag:08X}"
