@@ -41,6 +41,11 @@ class IngestSettings(BaseModel):
         "longer ones are bulk data and left out. Default: 1024",
     )
     max_sequence_depth: int = Field(16, description="Deepest sequence nesting flattened. Default: 16")
+    allow_executable_preamble: bool = Field(
+        False,
+        description="Accept Part-10 files whose 128-byte preamble starts like an executable (PE 'MZ', "
+        "ELF, Mach-O, '#!'; CVE-2019-11687). Off: such files are rejected and quarantined. Default: false",
+    )
 
 
 class QuerySettings(BaseModel):

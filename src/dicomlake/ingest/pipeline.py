@@ -150,6 +150,7 @@ def _worker_config(settings: Settings, lake: Path, source: str | None) -> Worker
         max_zip_member_bytes=ing.max_zip_member_bytes,
         max_zip_ratio=ing.max_zip_ratio,
         received_source=source,
+        allow_executable_preamble=ing.allow_executable_preamble,
     )
 
 

@@ -23,6 +23,7 @@ from dicomlake.errors import ExtractionError
 from dicomlake.extract.columns import instance_columns
 from dicomlake.extract.rows import BatchBuilder
 from dicomlake.ingest.sources import Task, unsafe_member_name
+from dicomlake.security.preamble import executable_preamble
 from dicomlake.store.base import REJECT_SCHEMA
 
 # Files that are plainly something else are counted and skipped, not rejected: the
@@ -78,6 +79,7 @@ class WorkerConfig:
     max_zip_member_bytes: int
     max_zip_ratio: float
     received_source: str | None = None  # override of the source label (e.g. "c-store")
+    allow_executable_preamble: bool = False  # CVE-2019-11687 polyglots are rejected unless set
 
 
 _CONFIG: WorkerConfig | None = None
@@ -109,6 +111,14 @@ def _looks_non_dicom(name: str, head: bytes) -> bool:
     if head.startswith(NON_DICOM_MAGIC):  # a PDF, PNG, JPEG, zip… without a telling name
         return True
     return bool(suffix) and not suffix[1:].isdigit()
+
+
+def _preamble_reason(what: str) -> str:
+    return (
+        f"suspicious preamble: the 128-byte Part-10 preamble starts like a {what}, a DICOM/executable "
+        "polyglot (CVE-2019-11687; PS3.10 §7.1 leaves the preamble free); quarantined, not run. "
+        "Set ingest.allow_executable_preamble = true only for a trusted source"
+    )
 
 
 def _quarantine(lake: Path, data: bytes) -> tuple[str, str]:
@@ -234,6 +244,10 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                     if _looks_non_dicom(task.member or "", data[:512]) and sniff(data[:512]) is None:
                         res.skipped += 1
                         continue
+                    why = None if cfg.allow_executable_preamble else executable_preamble(data[:512])
+                    if why:
+                        reject(task, _preamble_reason(why), data, size)
+                        continue
                     header = parse_all(data, inline_max=cfg.inline_max)
                 else:
                     try:
@@ -244,6 +258,11 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                         continue
                     if head and sniff(head) is None and _looks_non_dicom(task.path, head):
                         res.skipped += 1
+                        continue
+                    why = None if cfg.allow_executable_preamble else executable_preamble(head)
+                    if why:
+                        data = _read_all(task.path)
+                        reject(task, _preamble_reason(why), data, len(data) if data is not None else None)
                         continue
                     header, _, size = read_header(
                         task.path, max_header_bytes=cfg.max_header_bytes, inline_max=cfg.inline_max
