@@ -233,11 +233,13 @@ def test_docs_examples_run(page: str, tmp_path: Path) -> None:
         if lang == "sh" and info == "run":
             proc = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=work, env=env,
                                   capture_output=True, text=True, timeout=120)
-            assert proc.returncode == 0, f"{page}: example failed:\n{body}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            assert proc.returncode == 0, (
+                f"{page}: example failed:\n{body}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
         elif "expect=" in info:
             name = info.split("expect=", 1)[1].split()[0]
             got = (work / name).read_text("utf-8")
-            assert got.strip() == body.strip(), f"{page}: the numbers quoted for {name} are not what the audit gives:\n{got}"
+            assert got.strip() == body.strip(), (
+                f"{page}: the numbers quoted for {name} are not what the audit gives:\n{got}")
 
 
 def test_mg_dose_audit_quotes_its_exposure_count(tmp_path: Path) -> None:
@@ -259,7 +261,7 @@ def test_mg_dose_audit_quotes_its_exposure_count(tmp_path: Path) -> None:
     exposures = next(p for p in paths["csv"] if p.name == "mg-exposures.csv")
     n = sum(1 for _ in csv.DictReader(exposures.open(encoding="utf-8")))
     assert f"`{n} mammography exposures in lake`" in text
-    assert f"seven mammography files" in text and len(files) == 7
+    assert "seven mammography files" in text and len(files) == 7
     drl = {r["view"]: r for r in csv.DictReader((tmp_path / "mg-drl.csv").open(encoding="utf-8"))}
     cc = float(drl["CC"]["local_drl_mGy"])
     assert f"local CC DRL is {cc:g} mGy, {round(100 * cc / float(drl['CC']['national_drl_mGy']))} %" in text
