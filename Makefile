@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LAKE ?= ./dicomlake-data
 
-.PHONY: install deb run test bench lint docs clean
+.PHONY: install deb run test bench fuzz lint docs clean
 
 install: deb $(VENV)/.installed
 
@@ -14,7 +14,7 @@ deb:
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=25.1"
+	$(PY) -m pip install -q --upgrade "pip>=25.3" "setuptools>=78.1.1"
 	$(PY) -m pip install -q -e ".[all]" --group test --group lint
 	touch $@
 
@@ -23,6 +23,10 @@ run: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the long fuzz run: every target for FUZZ_SECONDS (default 600) each; findings land in tests/data/fuzz
+fuzz: install
+	$(PY) fuzz/run.py --seconds $${FUZZ_SECONDS:-600}
 
 bench: install
 	$(PY) -m pip install -q --group bench
