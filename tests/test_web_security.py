@@ -20,7 +20,7 @@ from tests import web_support as ws
 ROLES = ("anonymous", "admin", "analyst", "auditor")
 METHODS = ("GET", "POST", "PUT", "DELETE")
 
-PUBLIC = {"/login", "/healthz", "/oauth/token", "/static/plotly.min.js", "/static/{name}"}
+PUBLIC = {"/login", "/healthz", "/oauth/token", "/static/plotly.min.js", "/static/{name}", "/favicon.ico"}
 ANY_USER = {"/", "/api/whoami", "/logout", "/api/docs", "/api/openapi.json", "/docs/oauth2-redirect"}
 
 

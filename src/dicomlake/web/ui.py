@@ -522,6 +522,12 @@ def plotly_js() -> Response:
     return Response(path.read_bytes(), media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    return Response((HERE / "static" / "favicon.svg").read_bytes(), media_type="image/svg+xml",
+                    headers={"Cache-Control": "public, max-age=86400"})
+
+
 @router.get("/static/{name}", include_in_schema=False)
 def static(name: str) -> Response:
     types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
