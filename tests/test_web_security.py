@@ -72,6 +72,7 @@ def _stow_body(data: bytes) -> tuple[bytes, str]:
 
 def _fill(path: str, ids: dict[str, str]) -> str:
     out = path.replace("/studies/{uid}", "/studies/{study}").replace("/instances/{uid}", "/instances/{instance}")
+    out = out.replace("/audits/{name}", "/audits/mg-dose")
     for k, v in ids.items():
         out = out.replace("{" + k + "}", v)
     return out

@@ -114,6 +114,13 @@ class LakeAccess:
             self._tables = {str(x) for x in t.column(0).to_pylist()}
         return name in self._tables
 
+    def open_lake(self) -> Any:
+        """A :class:`~dicomlake.query.lake.Lake` over a cursor of its own (close it after use)."""
+        from dicomlake.query.lake import Lake
+
+        con = self.store.con.cursor()
+        return Lake(CursorStore(con, self.columns, self.lake))
+
     def json_by_uid(self, uids: Sequence[str]) -> dict[str, str]:
         """DICOM JSON text of instances, by SOP Instance UID."""
         if not uids:
@@ -175,3 +182,28 @@ class LakeAccess:
         except OSError:
             pass
         return d
+
+
+class CursorStore:
+    """A read-only store over one DuckDB cursor (what the audits of :mod:`dicomlake.audit` read)."""
+
+    read_only = True
+
+    def __init__(self, con: Any, columns: InstanceColumns, lake: Path | None = None) -> None:
+        self.con = con
+        self.columns = columns
+        self.lake = lake
+
+    def query(self, sql: str, params: Any = None) -> pa.Table:
+        import duckdb
+
+        try:
+            rel = self.con.sql(sql, params=list(params)) if params else self.con.sql(sql)
+            return rel.to_arrow_table() if rel is not None else pa.table({})
+        except duckdb.Error as exc:
+            raise QueryError(f"{type(exc).__name__}: {exc}") from exc
+
+    query_readonly = query
+
+    def close(self) -> None:
+        self.con.close()

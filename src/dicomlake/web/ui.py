@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse  # noqa: F401
 from fastapi.templating import Jinja2Templates
 
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup
@@ -537,6 +537,63 @@ def static(name: str) -> Response:
     return Response(p.read_bytes(), media_type=types[p.suffix], headers={"Cache-Control": "public, max-age=3600"})
 
 
+# ---- the audits (dicomlake.audit) -----------------------------------------------------------
+
+
+@page("/audits")
+def audits(request: Request) -> Response:
+    """The audits of :mod:`dicomlake.audit` (dose, workflow, quality, SC catalogue)."""
+    require(request)
+    from dicomlake.audit import AUDITS
+
+    rows = [{"audit": a, "url": f"/audits/{a}"} for a in AUDITS]
+    audit(request, AuditEvent.QUERY, action="E", query="audit list")
+    return respond(request, template="audits.html", name="audits", table=rows, context={"title": "Audits", "audits": rows, "result": None})
+
+
+@router.get("/audits/{name}")
+def audit_page(request: Request, name: str) -> Response:
+    """One audit over the filtered lake: its charts (Plotly), tables and numbers; ``.csv`` is its row data."""
+    ctx = ctx_of(request)
+    p = require(request)
+    name = _strip(name)
+    from dicomlake.audit import AUDITS, run_audit
+    from dicomlake.audit.common import Selection
+
+    if name not in AUDITS:
+        raise WebError(404, f"no audit {name!r}; choose one of {', '.join(AUDITS)}")
+    try:
+        f = _filters(request, ctx, p, level="instance")
+    except _Redirect as r:
+        return RedirectResponse(r.url, status_code=303)
+    lake = ctx.data.open_lake()
+    try:
+        result = run_audit(name, lake, Selection(where=f.where))
+    finally:
+        lake.store.close()
+    audit(request, AuditEvent.QUERY, action="E", query=f"audit {name}: {result.selection}")
+    charts = [{"id": c.id, "title": c.title, "caption": c.caption, "figure": json.loads(c.figure.to_json())} for c in result.charts]
+    tables = [{"id": t.id, "title": t.title, "caption": t.caption, "columns": t.df.columns,
+               "rows": [[_cell(v) for v in r] for r in t.df.head(200).iter_rows()]} for t in result.tables]
+    data = result.all_data.to_arrow() if result.all_data is not None else []
+    return respond(
+        request, template="audits.html", name=f"audit-{name}", table=data,
+        context={"title": result.title, "result": result, "charts": charts, "tables": tables, "sentence": result.selection,
+                 "figures_json": json.dumps(charts, default=str), "filter_form": True,
+                 "filters": [{"key": x.key, "op": x.op.op, "value": x.value, "sentence": x.sentence(), "remove": f"{request.url.path}?{_without(f, i)}"} for i, x in enumerate(f.filters)],
+                 "keywords": list(ctx.data.columns.kinds)},
+        extra_json={"numbers": _jsonable(result.numbers), "notes": result.notes, "tables": tables},
+    )
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {(" / ".join(map(str, k)) if isinstance(k, tuple) else str(k)): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return _cell(v)
+
+
 # ---- exports --------------------------------------------------------------------------------
 
 
@@ -869,5 +926,3 @@ def access_event(request: Request, event_id: str) -> Response:
     return respond(request, template="access_log.html", name=f"event-{raw}", table=events,
                    context={"title": f"Event {raw}", "sentence": "1 event", "total": 1, "event_columns": EVENT_COLUMNS, "where": {}})
 
-
-_ = (HTMLResponse, time)

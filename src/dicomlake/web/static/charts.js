@@ -25,3 +25,15 @@
     el.setAttribute("data-drawn", "1");
   });
 })();
+// Audit figures: plotly figures made by dicomlake.audit, drawn as they are.
+(function () {
+  "use strict";
+  var node = document.getElementById("figures-data");
+  if (!node || !window.Plotly) { return; }
+  JSON.parse(node.textContent).forEach(function (c) {
+    var el = document.getElementById("figure-" + c.id);
+    if (!el) { return; }
+    window.Plotly.newPlot(el, c.figure.data || [], c.figure.layout || {}, { displaylogo: false, responsive: true });
+    el.setAttribute("data-drawn", "1");
+  });
+})();
