@@ -81,9 +81,6 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(reason="cli/write.py imports dicomlake.write (Pillow, the `write` extra) at import time, so "
-                   "`dicomlake --help` needs the extra; import it inside the wrap/derive/correct commands",
-                   strict=True)
 def test_core_install_help_runs_without_extras(venv: Path, tmp_path: Path) -> None:
     proc = subprocess.run([str(venv / "bin" / "dicomlake"), "--help"], capture_output=True, text=True,
                           env=_env(tmp_path), cwd=tmp_path, timeout=120)

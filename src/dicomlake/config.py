@@ -15,7 +15,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dicomlake.deid.settings import DeidSettings
 from dicomlake.ingest.settings import DimseSettings
+from dicomlake.web.settings import WebSettings
 
 
 class IngestSettings(BaseModel):
@@ -79,6 +81,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
     query: QuerySettings = Field(default_factory=QuerySettings)  # type: ignore[arg-type]
     dimse: DimseSettings = Field(default_factory=DimseSettings)  # type: ignore[arg-type]
+    deid: DeidSettings = Field(default_factory=DeidSettings)  # type: ignore[arg-type]
+    web: WebSettings = Field(default_factory=WebSettings)  # type: ignore[arg-type]
 
     @classmethod
     def settings_customise_sources(

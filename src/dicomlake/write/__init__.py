@@ -1,27 +1,39 @@
-"""Writers: Secondary Capture, VL Photographic, Encapsulated PDF, derived images, corrections."""
+"""Writers: Secondary Capture, VL Photographic, Encapsulated PDF, derived images, corrections.
 
-from dicomlake.write._common import WriteReport, WrittenFile
-from dicomlake.write.capture import PatientStudy, WrapOptions, wrap_file, wrap_paths
-from dicomlake.write.codes import CaptureIOD, ConversionType, ModificationReason, SourceKind
-from dicomlake.write.correct import Correction, apply_correction, correct_file, read_correction_csv
-from dicomlake.write.derive import Derivation, derive_files, derive_image
+The names below are loaded on first use (PEP 562), so importing one writer — or the CLI —
+does not pull in Pillow and highdicom for the others.
+"""
 
-__all__ = [
-    "CaptureIOD",
-    "ConversionType",
-    "Correction",
-    "Derivation",
-    "ModificationReason",
-    "PatientStudy",
-    "SourceKind",
-    "WrapOptions",
-    "WriteReport",
-    "WrittenFile",
-    "apply_correction",
-    "correct_file",
-    "derive_files",
-    "derive_image",
-    "read_correction_csv",
-    "wrap_file",
-    "wrap_paths",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "WriteReport": "_common",
+    "WrittenFile": "_common",
+    "PatientStudy": "capture",
+    "WrapOptions": "capture",
+    "wrap_file": "capture",
+    "wrap_paths": "capture",
+    "CaptureIOD": "codes",
+    "ConversionType": "codes",
+    "ModificationReason": "codes",
+    "SourceKind": "codes",
+    "Correction": "correct",
+    "apply_correction": "correct",
+    "correct_file": "correct",
+    "read_correction_csv": "correct",
+    "Derivation": "derive",
+    "derive_files": "derive",
+    "derive_image": "derive",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dicomlake.write' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"dicomlake.write.{module}"), name)
