@@ -31,7 +31,10 @@ SECRET = "bench-only-secret-" + "q" * 32
 QUERIES = [
     ("studies, typed non-required (StationName)", "/dicomweb/studies?StationName=MAMMO2"),
     ("instances, non-typed attribute (elements)", "/dicomweb/instances?DistanceSourceToEntrance=465"),
-    ("instances, nested sequence attribute", "/dicomweb/instances?CTDIPhantomTypeCodeSequence.CodeMeaning=*Head*&limit=50"),
+    (
+        "instances, nested sequence attribute",
+        "/dicomweb/instances?CTDIPhantomTypeCodeSequence.CodeMeaning=*Head*&limit=50",
+    ),
     ("series, private element by creator", '/dicomweb/series?(0019,"ACME_LAKE_TEST",10)=990'),
     ("studies, date range + non-required", "/dicomweb/studies?StudyDate=20230101-20230331&StationName=CT_A"),
 ]
@@ -92,7 +95,9 @@ def main() -> BenchResult:
         env = dict(os.environ, DICOMLAKE_WEB__SECRET=SECRET)
         proc = subprocess.Popen(
             [sys.executable, "-m", "dicomlake.web.app", str(lake), "--port", str(port), "--bind", "127.0.0.1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"}
@@ -105,7 +110,9 @@ def main() -> BenchResult:
                 except httpx.HTTPError:
                     pass
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"web app did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+                    raise RuntimeError(
+                        f"web app did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+                    )
                 time.sleep(0.2)
             rows = []
             with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
@@ -120,7 +127,7 @@ def main() -> BenchResult:
                         n = len(r.json())
                     times.sort()
                     p50 = statistics.median(times)
-                    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+                    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
                     rows.append([label, url.split("?", 1)[1], f"{n:,}", fmt(p50 * 1000, "ms"), fmt(p95 * 1000, "ms")])
                     res.add(f"{label}: p50", p50 * 1000, "ms", note=f"{N:,} instances, {n} results/page")
                     res.add(f"{label}: p95", p95 * 1000, "ms")
@@ -148,12 +155,20 @@ def main() -> BenchResult:
             wall = time.perf_counter() - t0
             rate = len(done) / wall
             done.sort()
-            print(f"{CLIENTS} concurrent clients, {wall:.1f} s: {len(done):,} responses ({rate:.1f}/s), "
-                  f"p50 {statistics.median(done) * 1000:.0f} ms, {failed[0]} failed")
+            print(
+                f"{CLIENTS} concurrent clients, {wall:.1f} s: {len(done):,} responses ({rate:.1f}/s), "
+                f"p50 {statistics.median(done) * 1000:.0f} ms, {failed[0]} failed"
+            )
             res.add(f"throughput, {CLIENTS} concurrent clients", rate, "req/s", note=THROUGHPUT_QUERY.split("?")[1])
             res.add(f"latency under {CLIENTS} clients: p50", statistics.median(done) * 1000, "ms")
-            res.raw = {"instances": N, "rounds": ROUNDS, "clients": CLIENTS, "seconds": SECONDS, "failed": failed[0],
-                       "cpus": os.cpu_count()}
+            res.raw = {
+                "instances": N,
+                "rounds": ROUNDS,
+                "clients": CLIENTS,
+                "seconds": SECONDS,
+                "failed": failed[0],
+                "cpus": os.cpu_count(),
+            }
         finally:
             proc.terminate()
             try:

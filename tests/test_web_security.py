@@ -66,8 +66,10 @@ def all_routes(app: Any) -> dict[str, set[str]]:
 
 def _stow_body(data: bytes) -> tuple[bytes, str]:
     b = "sec"
-    return (f"--{b}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + f"\r\n--{b}--\r\n".encode(),
-            f'multipart/related; type="application/dicom"; boundary={b}')
+    return (
+        f"--{b}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + f"\r\n--{b}--\r\n".encode(),
+        f'multipart/related; type="application/dicom"; boundary={b}',
+    )
 
 
 def _fill(path: str, ids: dict[str, str]) -> str:
@@ -80,8 +82,14 @@ def _fill(path: str, ids: dict[str, str]) -> str:
 
 def _ids(c: TestClient, headers: dict[str, str], role: str, uids: dict[str, Any]) -> dict[str, str]:
     """Concrete values for path parameters, as this role knows them."""
-    ids = {"study": uids["studies"][0], "series": uids["series"][0], "instance": uids["instances"][0],
-           "job_id": "0" * 16, "event_id": "1", "name": "style.css"}
+    ids = {
+        "study": uids["studies"][0],
+        "series": uids["series"][0],
+        "instance": uids["instances"][0],
+        "job_id": "0" * 16,
+        "event_id": "1",
+        "name": "style.css",
+    }
     if role == "analyst":
         st = c.get("/dicomweb/studies?Modality=CT", headers=headers).json()[0]
         ids["study"] = st["0020000D"]["Value"][0]
@@ -103,10 +111,19 @@ def _request(c: TestClient, method: str, path: str, url: str, headers: dict[str,
     if method == "POST" and path == "/exports":
         return c.post(url, data={"format": "csv", "query": "Modality=MG"}, headers=headers)
     if method == "POST" and path == "/login":
-        return c.post(url, data={"username": "ann", "password": ws.PASSWORDS["ann"], "login_csrf": "x"}, headers=headers,
-                      cookies={"dl_login_csrf": "x"}, follow_redirects=False)
+        return c.post(
+            url,
+            data={"username": "ann", "password": ws.PASSWORDS["ann"], "login_csrf": "x"},
+            headers=headers,
+            cookies={"dl_login_csrf": "x"},
+            follow_redirects=False,
+        )
     if method == "POST" and path == "/oauth/token":
-        return c.post(url, data={"grant_type": "password", "username": creds["username"], "password": creds["password"]}, headers=headers)
+        return c.post(
+            url,
+            data={"grant_type": "password", "username": creds["username"], "password": creds["password"]},
+            headers=headers,
+        )
     return c.request(method, url, headers=headers, follow_redirects=False)
 
 
@@ -123,9 +140,18 @@ def test_endpoint_role_method_matrix_and_no_identifier_reaches_an_analyst(world:
         headers = ws.bearer(app, name) if name else {}
         creds = {"username": name or "nobody", "password": ws.PASSWORDS.get(name or "", "wrong-password")}
         stow = (world["root"] / "in" / "001.dcm").read_bytes()
-        ids = _ids(c, headers, role, uids) if name else {"study": uids["studies"][0], "series": uids["series"][0],
-                                                          "instance": uids["instances"][0], "job_id": "0" * 16,
-                                                          "event_id": "1", "name": "style.css"}
+        ids = (
+            _ids(c, headers, role, uids)
+            if name
+            else {
+                "study": uids["studies"][0],
+                "series": uids["series"][0],
+                "instance": uids["instances"][0],
+                "job_id": "0" * 16,
+                "event_id": "1",
+                "name": "style.css",
+            }
+        )
         for path, methods in sorted(routes.items()):
             url = _fill(path, ids)
             for method in METHODS:
@@ -138,7 +164,9 @@ def test_endpoint_role_method_matrix_and_no_identifier_reaches_an_analyst(world:
                         problems.append(f"{role} {method} {path}: {r.status_code}, expected {want}")
                     continue
                 if allowed(role, path, method):
-                    ok = r.status_code < 400 or (path == "/oauth/token" and role == "anonymous" and r.status_code == 400)
+                    ok = r.status_code < 400 or (
+                        path == "/oauth/token" and role == "anonymous" and r.status_code == 400
+                    )
                     if not ok:
                         problems.append(f"{role} {method} {path}: {r.status_code} {r.text[:200]}")
                 else:
@@ -160,7 +188,14 @@ def test_endpoint_role_method_matrix_and_no_identifier_reaches_an_analyst(world:
     # the analyst's finished exports, every format
     analyst = ws.bearer(app, "ann")
     for fmt in ("csv", "xlsx", "parquet"):
-        job = c.post("/exports", data={"format": fmt, "query": "_level=instance&_col=PatientName,PatientID,StudyDate,SOPInstanceUID,InstitutionName,CTDIvol"}, headers=analyst).json()
+        job = c.post(
+            "/exports",
+            data={
+                "format": fmt,
+                "query": "_level=instance&_col=PatientName,PatientID,StudyDate,SOPInstanceUID,InstitutionName,CTDIvol",
+            },
+            headers=analyst,
+        ).json()
         for _ in range(200):
             st = c.get(f"/exports/{job['id']}.json", headers=analyst).json()
             if st["status"] in ("done", "failed"):
@@ -174,8 +209,10 @@ def test_endpoint_role_method_matrix_and_no_identifier_reaches_an_analyst(world:
             checks += 1
             if s in content:
                 problems.append(f"analyst export {fmt}: contains {s!r}")
-    print(f"\nsecurity matrix: {len(routes)} paths × {len(ROLES)} roles × {len(METHODS)} methods; "
-          f"{checks} checks, {scanned} analyst responses scanned for {len(forbidden)} planted identifiers")
+    print(
+        f"\nsecurity matrix: {len(routes)} paths × {len(ROLES)} roles × {len(METHODS)} methods; "
+        f"{checks} checks, {scanned} analyst responses scanned for {len(forbidden)} planted identifiers"
+    )
     assert not problems, "\n".join(problems[:40])
 
 
@@ -199,7 +236,7 @@ def test_analyst_sees_pseudonyms_and_no_identifiable_instance(world: dict[str, A
     h = ws.bearer(app, "ann")
     studies = c.get("/dicomweb/studies", headers=h).json()
     assert len(studies) == 2
-    mg = [s for s in studies if "MG" in s["00080061"]["Value"]][0]
+    mg = next(s for s in studies if "MG" in s["00080061"]["Value"])
     assert mg["00201208"]["Value"] == [2]  # the burned-in Secondary Capture is not counted
     assert all(s["0020000D"]["Value"][0].startswith("2.25.") for s in studies)
     assert c.get(f"/dicomweb/studies/{uids['studies'][0]}/metadata", headers=h).status_code == 404
@@ -219,13 +256,19 @@ def test_login_session_csrf_and_logout(world: dict[str, Any]) -> None:
     token = page.text.split('name="login_csrf" value="')[1].split('"')[0]
     bad = c.post("/login", data={"username": "ann", "password": "nope-nope", "login_csrf": token})
     assert bad.status_code == 401
-    r = c.post("/login", data={"username": "ann", "password": ws.PASSWORDS["ann"], "login_csrf": token, "next": "/dashboards"},
-               follow_redirects=False)
+    r = c.post(
+        "/login",
+        data={"username": "ann", "password": ws.PASSWORDS["ann"], "login_csrf": token, "next": "/dashboards"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and r.headers["location"] == "/dashboards"
     assert "dl_session" in c.cookies
     html = c.get("/studies", headers={"Accept": "text/html"}).text
     csrf = html.split('name="csrf_token" value="')[1].split('"')[0]
-    assert c.post("/exports", data={"format": "csv", "query": ""}, headers={"Accept": "application/json"}).status_code == 403
+    assert (
+        c.post("/exports", data={"format": "csv", "query": ""}, headers={"Accept": "application/json"}).status_code
+        == 403
+    )
     assert c.post("/exports", data={"format": "csv", "query": "", "csrf_token": "wrong"}).status_code == 403
     assert c.post("/exports", data={"format": "csv", "query": "", "csrf_token": csrf}).status_code == 202
     assert c.post("/exports", json={"format": "csv"}, headers={"X-CSRF-Token": csrf}).status_code == 202
@@ -236,8 +279,11 @@ def test_login_session_csrf_and_logout(world: dict[str, Any]) -> None:
     # an offsite `next` is not followed
     page = c.get("/login")
     token = page.text.split('name="login_csrf" value="')[1].split('"')[0]
-    r = c.post("/login", data={"username": "ada", "password": ws.PASSWORDS["ada"], "login_csrf": token, "next": "//evil.example/"},
-               follow_redirects=False)
+    r = c.post(
+        "/login",
+        data={"username": "ada", "password": ws.PASSWORDS["ada"], "login_csrf": token, "next": "//evil.example/"},
+        follow_redirects=False,
+    )
     assert r.headers["location"] == "/"
     log = TestClient(app).get("/access-log.json?event_id=110114", headers=ws.bearer(app, "aud")).json()["rows"]
     kinds = {(e["user"], e["event_type"], e["outcome"]) for e in log}
@@ -267,7 +313,9 @@ def test_bearer_jwt_api_token_basic_and_oauth(world: dict[str, Any]) -> None:
     assert c.get("/dicomweb/studies", headers={"Authorization": f"Basic {basic}"}).status_code == 200
     wrong = base64.b64encode(b"ada:wrong-password").decode()
     assert c.get("/dicomweb/studies", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
-    grant = c.post("/oauth/token", data={"grant_type": "password", "username": "aud", "password": ws.PASSWORDS["aud"]}).json()
+    grant = c.post(
+        "/oauth/token", data={"grant_type": "password", "username": "aud", "password": ws.PASSWORDS["aud"]}
+    ).json()
     assert grant["token_type"] == "Bearer"
     assert c.get("/access-log.json", headers={"Authorization": f"Bearer {grant['access_token']}"}).status_code == 200
     assert auth.revoke_tokens("aud") >= 2
@@ -293,7 +341,9 @@ def xml_dom_ok(data: bytes) -> bool:
     return xml.dom.minidom.parseString(data).documentElement.tagName == "AuditMessage"
 
 
-def test_cli_user_add_reads_password_from_stdin_and_token_works(world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_user_add_reads_password_from_stdin_and_token_works(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from dicomlake.cli.main import app as cli
@@ -302,7 +352,9 @@ def test_cli_user_add_reads_password_from_stdin_and_token_works(world: dict[str,
 
     lake = tmp_path / "lake"
     runner = CliRunner()
-    r = runner.invoke(cli, ["user", "add", "carol", "--role", "auditor", "--lake", str(lake)], input="carols-password\n")
+    r = runner.invoke(
+        cli, ["user", "add", "carol", "--role", "auditor", "--lake", str(lake)], input="carols-password\n"
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli, ["user", "add", "dave", "--role", "boss", "--lake", str(lake)], input="x" * 10 + "\n")
     assert r.exit_code == 2 and "admin, analyst or auditor" in r.output
@@ -319,8 +371,14 @@ def test_cli_user_add_reads_password_from_stdin_and_token_works(world: dict[str,
         assert c.get("/studies.json", headers={"Authorization": f"Bearer {tok}"}).status_code == 403
         page = c.get("/login")
         token = page.text.split('name="login_csrf" value="')[1].split('"')[0]
-        assert c.post("/login", data={"username": "carol", "password": "carols-password", "login_csrf": token},
-                      follow_redirects=False).status_code == 303
+        assert (
+            c.post(
+                "/login",
+                data={"username": "carol", "password": "carols-password", "login_csrf": token},
+                follow_redirects=False,
+            ).status_code
+            == 303
+        )
         alerts = c.get("/access-log.json?event_type=110137", headers={"Authorization": f"Bearer {tok}"}).json()["rows"]
         assert alerts and alerts[-1]["path"] == "user carol"
     monkeypatch.delenv("DICOMLAKE_WEB__SECRET")

@@ -42,7 +42,10 @@ PYDICOM_CANNOT = {
     "DX-Im-Carestream_DR7500-2.dcm": "DS value '1.06,0.206' is not a decimal string: pydicom's to_json_dict raises",
 }
 KNOWN_DIFFERENCES = {
-    ("DX-Im-DRGEM.dcm", "00181150"): "IS value '161.3' is not an integer string: the lake keeps 161.3, pydicom truncates to 161",
+    (
+        "DX-Im-DRGEM.dcm",
+        "00181150",
+    ): "IS value '161.3' is not an integer string: the lake keeps 161.3, pydicom truncates to 161",
     ("DX-Im-DRGEM.dcm", "00181152"): "IS value '40.196': the lake keeps 40.196, pydicom truncates to 40",
 }
 """(file, tag) where the readers legitimately differ on an invalid value."""
@@ -71,7 +74,13 @@ def _norm(v: Any) -> Any:
 def normalise(ds: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tag, el in ds.items():
-        if tag in BULK_TAGS or tag.endswith("0000") or tag == "FFFCFFFC" or tag.startswith("0002") or "BulkDataURI" in el:
+        if (
+            tag in BULK_TAGS
+            or tag.endswith("0000")
+            or tag == "FFFCFFFC"
+            or tag.startswith("0002")
+            or "BulkDataURI" in el
+        ):
             continue
         if "InlineBinary" in el and len(base64.b64decode(el["InlineBinary"])) > 1024:
             continue
@@ -134,23 +143,28 @@ def test_wado_metadata_equals_pydicom_to_json_dict_for_every_sample_file(
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         views.append(normalise(_read(r["p"]).to_json_dict(bulk_data_threshold=1 << 40)))
-            except Exception as exc:  # noqa: BLE001 - pydicom cannot read it: must be a known case
+            except Exception as exc:
                 if name not in PYDICOM_CANNOT:
                     problems.append(f"{name}: pydicom fails ({type(exc).__name__}: {exc}) and the file is not listed")
                 pydicom_failed.append(name)
                 continue
             a, b = normalise(ours[0]), views[0]
             diff = sorted(
-                t for t in set(a) | set(b)
+                t
+                for t in set(a) | set(b)
                 if a.get(t) != b.get(t) and a.get(t) != views[1].get(t) and (name, t) not in KNOWN_DIFFERENCES
             )
             if not diff:
                 equal += 1
                 continue
-            detail = "; ".join(f"{t}: {json.dumps(a.get(t))[:80]} vs pydicom {json.dumps(b.get(t))[:80]}" for t in diff[:3])
+            detail = "; ".join(
+                f"{t}: {json.dumps(a.get(t))[:80]} vs pydicom {json.dumps(b.get(t))[:80]}" for t in diff[:3]
+            )
             problems.append(f"{name}: {len(diff)} element(s) differ: {detail}")
-    print(f"\nWADO-RS metadata equal to pydicom to_json_dict for {equal} of {len(rows)} instances "
-          f"({len(pydicom_failed)} pydicom cannot read: {', '.join(pydicom_failed)}; {len(unaddressable)} without "
-          f"Study/Series Instance UID, so without a WADO-RS URL: {', '.join(unaddressable)})")
+    print(
+        f"\nWADO-RS metadata equal to pydicom to_json_dict for {equal} of {len(rows)} instances "
+        f"({len(pydicom_failed)} pydicom cannot read: {', '.join(pydicom_failed)}; {len(unaddressable)} without "
+        f"Study/Series Instance UID, so without a WADO-RS URL: {', '.join(unaddressable)})"
+    )
     assert not problems, "\n".join(problems[:30])
     assert equal > 170

@@ -59,7 +59,9 @@ def server(lake: tuple[Path, dict[str, Any]]) -> Iterator[tuple[str, Any]]:
     thread.join(10)
 
 
-def test_dicomweb_client_searches_and_retrieves_metadata(server: tuple[str, Any], lake: tuple[Path, dict[str, Any]]) -> None:
+def test_dicomweb_client_searches_and_retrieves_metadata(
+    server: tuple[str, Any], lake: tuple[Path, dict[str, Any]]
+) -> None:
     from dicomweb_client.api import DICOMwebClient
 
     url, app = server
@@ -67,7 +69,9 @@ def test_dicomweb_client_searches_and_retrieves_metadata(server: tuple[str, Any]
     client = DICOMwebClient(url=f"{url}/dicomweb", headers=ws.bearer(app, "ada"))
     studies = client.search_for_studies()
     assert sorted(s["0020000D"]["Value"][0] for s in studies) == sorted(uids["studies"])
-    ct = client.search_for_studies(search_filters={"ModalitiesInStudy": "CT", "PatientName": "plantedname*"}, fuzzymatching=True)
+    ct = client.search_for_studies(
+        search_filters={"ModalitiesInStudy": "CT", "PatientName": "plantedname*"}, fuzzymatching=True
+    )
     assert [s["0020000D"]["Value"][0] for s in ct] == [uids["studies"][0]]
     page = client.search_for_instances(limit=2, offset=1)
     assert len(page) == 2
@@ -95,7 +99,9 @@ def test_dicomweb_client_searches_and_retrieves_metadata(server: tuple[str, Any]
     print(f"\ndicomweb-client: {len(studies)} studies, {len(meta)} metadata, 1 instance, 1 STOW-RS against {url}")
 
 
-def test_orthanc_queries_our_server_as_a_remote_dicomweb_server(lake: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_orthanc_queries_our_server_as_a_remote_dicomweb_server(
+    lake: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     from tests.integration.orthanc import Orthanc, require_orthanc
 
     require_orthanc(dicomweb=True)
@@ -104,10 +110,17 @@ def test_orthanc_queries_our_server_as_a_remote_dicomweb_server(lake: tuple[Path
     lake_dir, uids = lake
     app = create_app(lake_dir, ws.settings())
     token = app.state.ctx.auth.issue_jwt("ada")
-    servers = {"lake": {"Url": f"http://127.0.0.1:{LAKE_PORT_IN_NETNS}/dicomweb/",
-                        "HttpHeaders": {"Authorization": f"Bearer {token}"}}}
-    with Orthanc(tmp_path / "orthanc", dicomweb=True,
-                 extra_config={"DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers}}) as pacs:
+    servers = {
+        "lake": {
+            "Url": f"http://127.0.0.1:{LAKE_PORT_IN_NETNS}/dicomweb/",
+            "HttpHeaders": {"Authorization": f"Bearer {token}"},
+        }
+    }
+    with Orthanc(
+        tmp_path / "orthanc",
+        dicomweb=True,
+        extra_config={"DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers}},
+    ) as pacs:
         if pacs.rootless:
             pytest.skip("in_netns() needs root to put our server inside Orthanc's namespace")
 
@@ -120,13 +133,18 @@ def test_orthanc_queries_our_server_as_a_remote_dicomweb_server(lake: tuple[Path
         sock = pacs.call_in_netns(bind)
         srv, thread = _serve(app, sock)
         try:
-            found = pacs.post("/dicom-web/servers/lake/qido", {"Uri": "/studies", "Arguments": {"ModalitiesInStudy": "MG"}})
+            found = pacs.post(
+                "/dicom-web/servers/lake/qido", {"Uri": "/studies", "Arguments": {"ModalitiesInStudy": "MG"}}
+            )
             # Orthanc answers in its own JSON flavour: {"Name": ..., "Value": "text"}
             assert [s["0020000D"]["Value"] for s in found] == [uids["studies"][1]]
             assert found[0]["00100010"]["Value"] == ws.PLANTED["PatientName"]
             series = pacs.post("/dicom-web/servers/lake/qido", {"Uri": f"/studies/{uids['studies'][0]}/series"})
             assert [s["0020000E"]["Value"] for s in series] == [uids["series"][0]]
-            ctdi = pacs.post("/dicom-web/servers/lake/qido", {"Uri": "/instances", "Arguments": {"CTDIPhantomTypeCodeSequence.CodeMeaning": "*Body*"}})
+            ctdi = pacs.post(
+                "/dicom-web/servers/lake/qido",
+                {"Uri": "/instances", "Arguments": {"CTDIPhantomTypeCodeSequence.CodeMeaning": "*Body*"}},
+            )
             assert len(ctdi) == 3
             meta = pacs.post("/dicom-web/servers/lake/get", {"Uri": f"/studies/{uids['studies'][0]}/metadata"})
             assert len(meta) == 3
@@ -136,8 +154,10 @@ def test_orthanc_queries_our_server_as_a_remote_dicomweb_server(lake: tuple[Path
             assert set(uids["instances"][:3]) <= got
             log = app.state.ctx.db.events(where={"user": "ada", "event_id": "110112"}, limit=50)[0]
             assert any(e["path"] == "/dicomweb/studies" and e["query"] == "ModalitiesInStudy=MG" for e in log)
-            print(f"\nOrthanc via DICOMweb: QIDO studies/series/instances, metadata of {len(meta)}, "
-                  f"WADO-RS retrieve of {len(got)} instances into Orthanc")
+            print(
+                f"\nOrthanc via DICOMweb: QIDO studies/series/instances, metadata of {len(meta)}, "
+                f"WADO-RS retrieve of {len(got)} instances into Orthanc"
+            )
         finally:
             srv.should_exit = True
             thread.join(10)

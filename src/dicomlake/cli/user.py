@@ -35,8 +35,15 @@ def _alert(db, name: str, detail: str) -> None:  # type: ignore[no-untyped-def]
 
     db.record(
         EventRecord(
-            AuditEvent.SECURITY_ALERT, action="U", event_type="110137", user=getpass.getuser(), auth="cli",
-            source="cli", method="CLI", path=f"user {name}", detail=detail,
+            AuditEvent.SECURITY_ALERT,
+            action="U",
+            event_type="110137",
+            user=getpass.getuser(),
+            auth="cli",
+            source="cli",
+            method="CLI",
+            path=f"user {name}",
+            detail=detail,
         )
     )
 

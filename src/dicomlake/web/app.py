@@ -73,8 +73,12 @@ def create_app(
     db = AccessDB(settings.access_db or lake / "access.db")
     data = LakeAccess.open(lake, store=store, ingest=ingest)
     ctx = WebContext(
-        lake=lake, data=data, db=db, auth=Auth(db, settings, secret),
-        view=AnalystView(settings.analyst_profile, secret, db), settings=settings,
+        lake=lake,
+        data=data,
+        db=db,
+        auth=Auth(db, settings, secret),
+        view=AnalystView(settings.analyst_profile, secret, db),
+        settings=settings,
         status_provider=status_provider,
     )
 
@@ -209,17 +213,25 @@ def _install_middleware(app: FastAPI, ctx: WebContext) -> None:
                     body = await request.body()
                     supplied = (urllib.parse.parse_qs(body.decode("latin-1")).get("csrf_token") or [None])[0]
                 if not csrf_ok(principal, supplied):
-                    raise AuthError(403, f"{request.method} {path}: missing or wrong CSRF token (reload the page and retry)")
+                    raise AuthError(
+                        403, f"{request.method} {path}: missing or wrong CSRF token (reload the page and retry)"
+                    )
             if principal is None and not public:
-                raise AuthError(401, "authentication required: log in at /login, or send Authorization: Bearer "
-                                "<token> (`dicomlake token NAME` prints one)")
+                raise AuthError(
+                    401,
+                    "authentication required: log in at /login, or send Authorization: Bearer "
+                    "<token> (`dicomlake token NAME` prints one)",
+                )
             response = await call_next(request)
         except AuthError as exc:
             request.state.principal = principal if exc.status == 403 else None
             request.state.auth_error = exc.message
             headers = {"WWW-Authenticate": 'Bearer realm="dicomlake"'} if exc.status == 401 else {}
             if exc.status == 401 and wants_html(request) and request.method == "GET":
-                response = RedirectResponse(f"/login?next={urllib.parse.quote(str(request.url.path) + ('?' + request.url.query if request.url.query else ''))}", status_code=303)
+                response = RedirectResponse(
+                    f"/login?next={urllib.parse.quote(str(request.url.path) + ('?' + request.url.query if request.url.query else ''))}",
+                    status_code=303,
+                )
                 response.status_code = 303
                 request.state.redirected_401 = True
             else:
@@ -227,7 +239,7 @@ def _install_middleware(app: FastAPI, ctx: WebContext) -> None:
         _headers(response, tls)
         try:
             await run_in_threadpool(_log_request, ctx, request, response.status_code, time.perf_counter() - t0)
-        except Exception:  # noqa: BLE001 - the log must not take the request down
+        except Exception:
             LOG.exception("access log write failed for %s %s", request.method, path)
         return response
 
@@ -252,7 +264,9 @@ def _log_request(ctx: WebContext, request: Request, status: int, seconds: float)
     p: Principal | None = getattr(request.state, "principal", None)
     if status in (401, 403) and not getattr(request.state, "login_event", False):
         rec = EventRecord(
-            AuditEvent.SECURITY_ALERT, action="E", event_type="110132",
+            AuditEvent.SECURITY_ALERT,
+            action="E",
+            event_type="110132",
             detail=getattr(request.state, "auth_error", None) or f"HTTP {status}",
         )
         if getattr(request.state, "redirected_401", False):
@@ -298,7 +312,14 @@ def _auth_router() -> Any:
 
         token = _secrets.token_urlsafe(24)
         resp = ui.render(request, "login.html", {"login_csrf": token, "next": _safe_next(next), "failed": None})
-        resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=ctx_of(request).settings.tls_certificate is not None, path="/login")
+        resp.set_cookie(
+            LOGIN_CSRF_COOKIE,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=ctx_of(request).settings.tls_certificate is not None,
+            path="/login",
+        )
         return resp
 
     @r.post("/login")
@@ -314,27 +335,56 @@ def _auth_router() -> Any:
 
         request.state.login_event = True
         request.state.attempted_user = username
-        rec = audit(request, AuditEvent.USER_AUTHENTICATION, action="E", event_type="110122", user=username, auth="password")
+        rec = audit(
+            request, AuditEvent.USER_AUTHENTICATION, action="E", event_type="110122", user=username, auth="password"
+        )
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE)
         if not cookie or not _secrets.compare_digest(cookie, login_csrf):
             rec.outcome, rec.detail = 4, "login form CSRF token missing or wrong"
             token = _secrets.token_urlsafe(24)
-            resp = ui.render(request, "login.html", {"login_csrf": token, "next": _safe_next(next), "failed": "The login form expired; please try again."}, status=403)
+            resp = ui.render(
+                request,
+                "login.html",
+                {"login_csrf": token, "next": _safe_next(next), "failed": "The login form expired; please try again."},
+                status=403,
+            )
             resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/login")
             return resp
         if ctx.auth.failed_logins(username) >= ctx.settings.login_attempts:
             rec.outcome, rec.detail = 4, "too many failed logins; refused"
-            return ui.render(request, "login.html", {"login_csrf": login_csrf, "next": _safe_next(next), "failed": "Too many failed attempts; wait 15 minutes."}, status=429)
+            return ui.render(
+                request,
+                "login.html",
+                {
+                    "login_csrf": login_csrf,
+                    "next": _safe_next(next),
+                    "failed": "Too many failed attempts; wait 15 minutes.",
+                },
+                status=429,
+            )
         p = ctx.auth.check_password(username, password)
         if p is None:
             rec.outcome, rec.detail = 4, "wrong user name or password"
-            return ui.render(request, "login.html", {"login_csrf": login_csrf, "next": _safe_next(next), "failed": "Wrong user name or password."}, status=401)
+            return ui.render(
+                request,
+                "login.html",
+                {"login_csrf": login_csrf, "next": _safe_next(next), "failed": "Wrong user name or password."},
+                status=401,
+            )
         rec.role = p.role.value
         sid, _csrf = ctx.auth.create_session(p, request.client.host if request.client else None)
-        resp = RedirectResponse(_safe_next(next) if p.role is not Role.AUDITOR or next.startswith("/access-log") else "/access-log", status_code=303)
+        resp = RedirectResponse(
+            _safe_next(next) if p.role is not Role.AUDITOR or next.startswith("/access-log") else "/access-log",
+            status_code=303,
+        )
         resp.set_cookie(
-            SESSION_COOKIE, sid, httponly=True, samesite="strict", secure=ctx.settings.tls_certificate is not None,
-            max_age=int(ctx.settings.session_hours * 3600), path="/",
+            SESSION_COOKIE,
+            sid,
+            httponly=True,
+            samesite="strict",
+            secure=ctx.settings.tls_certificate is not None,
+            max_age=int(ctx.settings.session_hours * 3600),
+            path="/",
         )
         resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
         return resp
@@ -376,10 +426,18 @@ def _auth_router() -> Any:
                     p = None
         else:
             rec.outcome = 4
-            return JSONResponse({"error": "unsupported_grant_type", "error_description": "use grant_type=password or client_credentials"}, status_code=400)
+            return JSONResponse(
+                {
+                    "error": "unsupported_grant_type",
+                    "error_description": "use grant_type=password or client_credentials",
+                },
+                status_code=400,
+            )
         if p is None:
             rec.outcome, rec.detail = 4, "invalid_grant"
-            return JSONResponse({"error": "invalid_grant", "error_description": "wrong user name or password"}, status_code=400)
+            return JSONResponse(
+                {"error": "invalid_grant", "error_description": "wrong user name or password"}, status_code=400
+            )
         rec.user, rec.role = p.name, p.role.value
         tok = ctx.auth.issue_jwt(p.name, days=1)
         return JSONResponse(
@@ -423,7 +481,8 @@ def uvicorn_options(settings: WebSettings) -> dict[str, Any]:
     elif settings.bind not in ("127.0.0.1", "::1", "localhost"):
         LOG.warning(
             "web.bind=%s without TLS: passwords and tokens would cross the network in clear; "
-            "set web.tls_certificate and web.tls_private_key", settings.bind,
+            "set web.tls_certificate and web.tls_private_key",
+            settings.bind,
         )
     return opts
 
@@ -435,7 +494,11 @@ def spool_ingest(spool: Any, drainer: Any, timeout: float = 120.0) -> IngestFn:
         import pydicom
 
         for f in files:
-            uid = str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True).get("SOPInstanceUID", ""))
+            uid = str(
+                pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True).get(
+                    "SOPInstanceUID", ""
+                )
+            )
             spool.put(uid, f.read_bytes(), label="dicomweb")
             f.unlink(missing_ok=True)
         spool.notify()
@@ -469,7 +532,9 @@ def serve_in_thread(
     deadline = time.monotonic() + 20
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise ConfigError(f"the web app could not start on {opts['host']}:{opts['port']} (port in use? set web.http_port)")
+            raise ConfigError(
+                f"the web app could not start on {opts['host']}:{opts['port']} (port in use? set web.http_port)"
+            )
         time.sleep(0.02)
     scheme = "https" if "ssl_certfile" in opts else "http"
     return server, thread, f"{scheme}://{opts['host']}:{opts['port']}"

@@ -181,10 +181,24 @@ class AccessDB:
         """Write one event; returns its id."""
         n = ev.n_instances if ev.n_instances is not None else len(ev.instances)
         row = (
-            now_iso(), ev.event.value, ev.event.meaning, ev.event_type, ev.action, ev.outcome, ev.user,
-            ev.role, ev.auth, ev.source, ev.method, ev.path, (ev.query or None) and ev.query[:4000],
-            ev.status, n, json.dumps(ev.instances[:MAX_LISTED]) if ev.instances else None,
-            json.dumps(ev.studies[:MAX_LISTED]) if ev.studies else None, ev.detail and ev.detail[:2000],
+            now_iso(),
+            ev.event.value,
+            ev.event.meaning,
+            ev.event_type,
+            ev.action,
+            ev.outcome,
+            ev.user,
+            ev.role,
+            ev.auth,
+            ev.source,
+            ev.method,
+            ev.path,
+            (ev.query or None) and ev.query[:4000],
+            ev.status,
+            n,
+            json.dumps(ev.instances[:MAX_LISTED]) if ev.instances else None,
+            json.dumps(ev.studies[:MAX_LISTED]) if ev.studies else None,
+            ev.detail and ev.detail[:2000],
         )
         with self._lock:
             cur = self.con.execute(
@@ -212,14 +226,29 @@ class AccessDB:
         """
         if accepted:
             ev = EventRecord(
-                AuditEvent.INSTANCES_TRANSFERRED, action="C", outcome=0, user=calling_aet, auth="dicom-aet",
-                source=peer, method="C-STORE", path=f"{calling_aet}->{called_aet}",
-                instances=list(instances), studies=list(studies), detail=reason,
+                AuditEvent.INSTANCES_TRANSFERRED,
+                action="C",
+                outcome=0,
+                user=calling_aet,
+                auth="dicom-aet",
+                source=peer,
+                method="C-STORE",
+                path=f"{calling_aet}->{called_aet}",
+                instances=list(instances),
+                studies=list(studies),
+                detail=reason,
             )
         else:
             ev = EventRecord(
-                AuditEvent.SECURITY_ALERT, action="E", outcome=4, event_type="110126", user=calling_aet,
-                auth="dicom-aet", source=peer, method="A-ASSOCIATE-RJ", path=f"{calling_aet}->{called_aet}",
+                AuditEvent.SECURITY_ALERT,
+                action="E",
+                outcome=4,
+                event_type="110126",
+                user=calling_aet,
+                auth="dicom-aet",
+                source=peer,
+                method="A-ASSOCIATE-RJ",
+                path=f"{calling_aet}->{called_aet}",
                 detail=reason,
             )
         return self.record(ev)
@@ -299,7 +328,9 @@ def audit_message_xml(event: Mapping[str, Any], *, source_id: str | None = None)
         + ">"
     )
     if event.get("role"):
-        out.append(f'    <RoleIDCode csd-code={a(str(event["role"]))} codeSystemName="dicomlake" originalText={a(str(event["role"]))}/>')
+        out.append(
+            f'    <RoleIDCode csd-code={a(str(event["role"]))} codeSystemName="dicomlake" originalText={a(str(event["role"]))}/>'
+        )
     out.append('    <RoleIDCode csd-code="110153" codeSystemName="DCM" originalText="Source Role ID"/>')
     out.append("  </ActiveParticipant>")
     sid = source_id or f"dicomlake@{socket.gethostname()}"
@@ -312,7 +343,9 @@ def audit_message_xml(event: Mapping[str, Any], *, source_id: str | None = None)
             f'  <ParticipantObjectIdentification ParticipantObjectID={a(uid)} ParticipantObjectTypeCode="2" '
             'ParticipantObjectTypeCodeRole="3">'
         )
-        out.append('    <ParticipantObjectIDTypeCode csd-code="110180" codeSystemName="DCM" originalText="Study Instance UID"/>')
+        out.append(
+            '    <ParticipantObjectIDTypeCode csd-code="110180" codeSystemName="DCM" originalText="Study Instance UID"/>'
+        )
         out.append("  </ParticipantObjectIdentification>")
     instances = json.loads(event.get("instances") or "[]")
     if instances:
@@ -320,7 +353,9 @@ def audit_message_xml(event: Mapping[str, Any], *, source_id: str | None = None)
             '  <ParticipantObjectIdentification ParticipantObjectID="instances" ParticipantObjectTypeCode="2" '
             'ParticipantObjectTypeCodeRole="3">'
         )
-        out.append('    <ParticipantObjectIDTypeCode csd-code="110180" codeSystemName="DCM" originalText="Study Instance UID"/>')
+        out.append(
+            '    <ParticipantObjectIDTypeCode csd-code="110180" codeSystemName="DCM" originalText="Study Instance UID"/>'
+        )
         out.append("    <ParticipantObjectDescription>")
         for uid in instances:
             out.append(f"      <SOPClass><Instance UID={a(uid)}/></SOPClass>")
@@ -331,10 +366,12 @@ def audit_message_xml(event: Mapping[str, Any], *, source_id: str | None = None)
 
         q = base64.b64encode(str(event.get("query") or "").encode()).decode()
         out.append(
-            f'  <ParticipantObjectIdentification ParticipantObjectID={a(str(event.get("path") or ""))} '
+            f"  <ParticipantObjectIdentification ParticipantObjectID={a(str(event.get('path') or ''))} "
             'ParticipantObjectTypeCode="2" ParticipantObjectTypeCodeRole="24">'
         )
-        out.append('    <ParticipantObjectIDTypeCode csd-code="ITI-18" codeSystemName="IHE Transactions" originalText="Query"/>')
+        out.append(
+            '    <ParticipantObjectIDTypeCode csd-code="ITI-18" codeSystemName="IHE Transactions" originalText="Query"/>'
+        )
         out.append(f"    <ParticipantObjectQuery>{q}</ParticipantObjectQuery>")
         out.append("  </ParticipantObjectIdentification>")
     out.append("</AuditMessage>")

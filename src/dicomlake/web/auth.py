@@ -185,12 +185,19 @@ class Auth:
                 [_sha(token)],
             )
             if not rows or rows[0][2] or (rows[0][1] and rows[0][1] < now_iso()):
-                raise AuthError(401, "bearer API token is unknown, expired or revoked; get a new one with `dicomlake token NAME --opaque`")
+                raise AuthError(
+                    401,
+                    "bearer API token is unknown, expired or revoked; get a new one with `dicomlake token NAME --opaque`",
+                )
             return self._active_user(str(rows[0][0]), "api-token")
         try:
             claims = jwt.decode(
-                token, self.secret, algorithms=["HS256"], audience=self.settings.jwt_audience,
-                issuer=self.settings.jwt_issuer, options={"require": ["exp", "sub", "jti", "iss", "aud"]},
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                options={"require": ["exp", "sub", "jti", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError(401, "bearer JWT expired; get a new one with `dicomlake token NAME`") from exc

@@ -18,7 +18,9 @@ from dicomlake.web.settings import WebSettings
 class WebError(Exception):
     """An HTTP error in the one JSON shape of STYLE.md §7 (or an HTML page for browsers)."""
 
-    def __init__(self, status: int, error: str, errors: list[str] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, error: str, errors: list[str] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(error)
         self.status = status
         self.error = error
@@ -52,8 +54,11 @@ def principal(request: Request) -> Principal:
     """The authenticated caller, or a 401 (the middleware has authenticated already)."""
     p: Principal | None = getattr(request.state, "principal", None)
     if p is None:
-        raise AuthError(401, "authentication required: log in at /login, or send Authorization: Bearer <token> "
-                        "(`dicomlake token NAME` prints one)")
+        raise AuthError(
+            401,
+            "authentication required: log in at /login, or send Authorization: Bearer <token> "
+            "(`dicomlake token NAME` prints one)",
+        )
     return p
 
 
@@ -63,7 +68,9 @@ def require(request: Request, *roles: Role) -> Principal:
     if p.role is Role.ADMIN or p.role in roles:
         return p
     allowed = ", ".join(r.value for r in (Role.ADMIN, *roles))
-    raise AuthError(403, f"{request.method} {request.url.path} needs role {allowed}; user {p.name!r} has role {p.role.value}")
+    raise AuthError(
+        403, f"{request.method} {request.url.path} needs role {allowed}; user {p.name!r} has role {p.role.value}"
+    )
 
 
 def audit(request: Request, event: AuditEvent, *, action: str = "E", **kw: Any) -> EventRecord:

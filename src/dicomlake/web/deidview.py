@@ -114,9 +114,7 @@ class AnalystView:
         verdict: str | None
         if keyword in self.profile.remove or keyword in self.profile.pseudonymize or keyword in self.profile.generalize:
             verdict = None
-        elif keyword in self.profile.keep:
-            verdict = "keep"
-        elif keyword.endswith("ClassUID") or keyword in PERSISTENT_UID_KEYWORDS:
+        elif keyword in self.profile.keep or keyword.endswith("ClassUID") or keyword in PERSISTENT_UID_KEYWORDS:
             verdict = "keep"
         else:
             row = self._tables.row_for(tag)
@@ -230,7 +228,7 @@ class AnalystView:
                         continue
                 try:
                     ds.add_new(k2t[n], vr, value)
-                except Exception:  # noqa: BLE001 - a value pydicom refuses is left out
+                except Exception:
                     continue
             with self._lock:
                 new = self.engine.deidentify(ds)
@@ -245,7 +243,13 @@ class AnalystView:
                     el = new.get(k2t[n])
                     res[n] = None if el is None or el.value in (None, "", b"") else _python_value(el.value)
                     if n in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") and row.get(n) and res[n]:
-                        pairs.append((str(res[n]), str(row[n]), {"StudyInstanceUID": "study", "SeriesInstanceUID": "series"}.get(n, "instance")))
+                        pairs.append(
+                            (
+                                str(res[n]),
+                                str(row[n]),
+                                {"StudyInstanceUID": "study", "SeriesInstanceUID": "series"}.get(n, "instance"),
+                            )
+                        )
                 elif n in SAFE_DERIVED or n in keep:
                     res[n] = row.get(n)
                 else:
@@ -283,7 +287,7 @@ def _dicom_text(v: Any, vr: str) -> str | None:
 def _python_value(v: Any) -> Any:
     from pydicom.multival import MultiValue
 
-    if isinstance(v, MultiValue) or isinstance(v, list):
+    if isinstance(v, (MultiValue, list)):
         return "\\".join(str(x) for x in v)
     return str(v)
 
@@ -301,7 +305,7 @@ def _coerce(v: Any, typ: pa.DataType) -> Any:
         if pa.types.is_time(typ):
             s = s.replace(":", "")
             hh, mm, ss = int(s[:2]), int(s[2:4] or 0), float(s[4:] or 0)
-            return dt.time(hh, mm, int(ss), int(round((ss % 1) * 1e6)) % 1_000_000)
+            return dt.time(hh, mm, int(ss), round((ss % 1) * 1e6) % 1_000_000)
         if pa.types.is_timestamp(typ):
             return dt.datetime.strptime(s[:14].ljust(14, "0"), "%Y%m%d%H%M%S")
         if pa.types.is_integer(typ):

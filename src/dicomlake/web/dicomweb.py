@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup, parse_tag
 from dicomlake.errors import DicomlakeError, QueryError
@@ -69,7 +68,7 @@ CONTROL_PARAMS = ("limit", "offset", "fuzzymatching", "includefield", "accept", 
 SUPPORTED_HELP = (
     "supported QIDO-RS parameters: limit, offset, fuzzymatching, includefield, accept, and "
     "{attributeID}={value} for any attribute by keyword or tag (PatientName, 00100010, "
-    "CTDIPhantomTypeCodeSequence.CodeMeaning, (0019,\"CREATOR\",10))"
+    'CTDIPhantomTypeCodeSequence.CodeMeaning, (0019,"CREATOR",10))'
 )
 # STOW-RS failure reasons (PS3.18 Table 10.5.3-2 / PS3.4 Annex B)
 PROCESSING_FAILURE = 0x0110
@@ -240,7 +239,9 @@ def _match_sql(m: Match, fuzzy: bool, ctx: WebContext, analyst: bool) -> tuple[s
     return f.sql, list(f.params)
 
 
-def _scope(ctx: WebContext, analyst: bool, study: str | None, series: str | None, instance: str | None) -> tuple[list[str], list[object]]:
+def _scope(
+    ctx: WebContext, analyst: bool, study: str | None, series: str | None, instance: str | None
+) -> tuple[list[str], list[object]]:
     conds: list[str] = []
     params: list[object] = []
     for col, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", instance)):
@@ -336,7 +337,9 @@ def search(request: Request, level: str, study: str | None = None, series: str |
                 entry = lookup(int(t, 16))
                 res[t] = {"vr": entry[0] if entry else "UN"}
         c = counts.get(key, {})
-        shown_key = (doc.get({"study": "0020000D", "series": "0020000E", "instance": "00080018"}[level]) or {}).get("Value", [key])[0]
+        shown_key = (doc.get({"study": "0020000D", "series": "0020000E", "instance": "00080018"}[level]) or {}).get(
+            "Value", [key]
+        )[0]
         study_uid = (doc.get("0020000D") or {}).get("Value", [""])[0]
         series_uid = (doc.get("0020000E") or {}).get("Value", [""])[0]
         if level == "study":
@@ -425,19 +428,28 @@ def _instances(
         params,
     )
     if not rows:
-        what = f"study {study}" + (f", series {series}" if series else "") + (f", instance {instance}" if instance else "")
-        raise WebError(404, f"no instances of {what} in this lake" + (" that the analyst role may see" if analyst else ""))
+        what = (
+            f"study {study}" + (f", series {series}" if series else "") + (f", instance {instance}" if instance else "")
+        )
+        raise WebError(
+            404, f"no instances of {what} in this lake" + (" that the analyst role may see" if analyst else "")
+        )
     return rows, analyst
 
 
 def retrieve_metadata(request: Request, study: str, series: str | None = None, instance: str | None = None) -> Response:
     ctx = ctx_of(request)
     _check_accept(request, DICOM_JSON, "application/json")
-    rows, analyst = _instances(request, study, series, instance, 'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study')
+    rows, analyst = _instances(
+        request, study, series, instance, 'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study'
+    )
     uids = [r["uid"] for r in rows]
     js = ctx.data.json_by_uid(uids)
     audit(
-        request, AuditEvent.INSTANCES_ACCESSED, action="R", instances=uids,
+        request,
+        AuditEvent.INSTANCES_ACCESSED,
+        action="R",
+        instances=uids,
         studies=sorted({r["study"] for r in rows}),
     )
     if analyst:
@@ -472,12 +484,16 @@ def retrieve(request: Request, study: str, series: str | None = None, instance: 
     accept = request.headers.get("accept", "")
     ts = re.search(r'transfer-syntax\s*=\s*"?([0-9.*]+)"?', accept)
     rows, analyst = _instances(
-        request, study, series, instance,
+        request,
+        study,
+        series,
+        instance,
         'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i.source_path AS path, i."TransferSyntaxUID" AS ts',
     )
     if ts and ts.group(1) != "*" and any(r["ts"] and r["ts"] != ts.group(1) for r in rows):
         raise WebError(
-            406, f"transfer-syntax={ts.group(1)} requested; instances are kept as received "
+            406,
+            f"transfer-syntax={ts.group(1)} requested; instances are kept as received "
             f"({', '.join(sorted({str(r['ts']) for r in rows}))}): ask for transfer-syntax=* or omit it",
         )
     boundary = secrets.token_hex(16)
@@ -485,7 +501,13 @@ def retrieve(request: Request, study: str, series: str | None = None, instance: 
     if len(missing) == len(rows):
         raise WebError(404, f"the lake keeps metadata only for {len(rows)} instance(s); their files were not kept")
     sent: list[str] = []
-    audit(request, AuditEvent.INSTANCES_TRANSFERRED, action="R", instances=sent, studies=sorted({r["study"] for r in rows}))
+    audit(
+        request,
+        AuditEvent.INSTANCES_TRANSFERRED,
+        action="R",
+        instances=sent,
+        studies=sorted({r["study"] for r in rows}),
+    )
 
     def parts() -> Iterable[bytes]:
         for r in rows:
@@ -499,15 +521,18 @@ def retrieve(request: Request, study: str, series: str | None = None, instance: 
                     continue
             sent.append(r["uid"])
             yield (
-                f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n"
-            ).encode() + data + b"\r\n"
+                (f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+                + data
+                + b"\r\n"
+            )
         yield f"--{boundary}--\r\n".encode()
 
     body = b"".join(parts())
     if not sent:
         raise WebError(404, "none of the requested instances' files could be read (moved or deleted)")
     return Response(
-        body, media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        body,
+        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )
 
 
@@ -591,12 +616,16 @@ async def store(request: Request, study: str | None) -> Response:
             failed.append(_item("", "", **{"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}}))
             continue
         try:
-            ds = pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True, force=True,
-                                 specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+            ds = pydicom.dcmread(
+                io.BytesIO(content),
+                stop_before_pixels=True,
+                force=True,
+                specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
+            )
             sop_class = str(ds.get("SOPClassUID", "") or "")
             sop_inst = str(ds.get("SOPInstanceUID", "") or "")
             study_uid = str(ds.get("StudyInstanceUID", "") or "")
-        except Exception:  # noqa: BLE001 - reported per instance below
+        except Exception:
             sop_class = sop_inst = study_uid = ""
         if not sop_inst:
             failed.append(_item(sop_class, sop_inst, **{"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}}))
@@ -621,12 +650,25 @@ async def store(request: Request, study: str | None) -> Response:
         marks = ",".join("?" for _ in uids)
         have = {
             r["u"]: r["p"]
-            for r in ctx.data.rows(f"SELECT SOPInstanceUID AS u, source_path AS p FROM instances WHERE SOPInstanceUID IN ({marks})", uids)
+            for r in ctx.data.rows(
+                f"SELECT SOPInstanceUID AS u, source_path AS p FROM instances WHERE SOPInstanceUID IN ({marks})", uids
+            )
         }
         base = _base(request)
         for path, sop_class, sop_inst, study_uid in files:
             if sop_inst in have:
-                stored.append(_item(sop_class, sop_inst, **{"00081190": {"vr": "UR", "Value": [f"{base}/studies/{study_uid}/series/-/instances/{sop_inst}"]}}))
+                stored.append(
+                    _item(
+                        sop_class,
+                        sop_inst,
+                        **{
+                            "00081190": {
+                                "vr": "UR",
+                                "Value": [f"{base}/studies/{study_uid}/series/-/instances/{sop_inst}"],
+                            }
+                        },
+                    )
+                )
                 if not ctx.settings.stow_keep_files and have[sop_inst] == str(path):
                     path.unlink(missing_ok=True)
             else:
@@ -635,10 +677,18 @@ async def store(request: Request, study: str | None) -> Response:
     if stored:
         uids = [s["00081155"]["Value"][0] for s in stored]
         marks = ",".join("?" for _ in uids)
-        series_of = {r["u"]: r["s"] for r in ctx.data.rows(f'SELECT SOPInstanceUID AS u, "SeriesInstanceUID" AS s FROM instances WHERE SOPInstanceUID IN ({marks})', uids)}
+        series_of = {
+            r["u"]: r["s"]
+            for r in ctx.data.rows(
+                f'SELECT SOPInstanceUID AS u, "SeriesInstanceUID" AS s FROM instances WHERE SOPInstanceUID IN ({marks})',
+                uids,
+            )
+        }
         for s in stored:
             u = s["00081155"]["Value"][0]
-            s["00081190"]["Value"][0] = s["00081190"]["Value"][0].replace("/series/-/", f"/series/{series_of.get(u, '-')}/")
+            s["00081190"]["Value"][0] = s["00081190"]["Value"][0].replace(
+                "/series/-/", f"/series/{series_of.get(u, '-')}/"
+            )
     result: dict[str, Any] = {}
     if study is not None:
         result["00081190"] = {"vr": "UR", "Value": [f"{_base(request)}/studies/{study}"]}
@@ -647,7 +697,9 @@ async def store(request: Request, study: str | None) -> Response:
     if stored:
         result["00081199"] = {"vr": "SQ", "Value": stored}
     audit(
-        request, AuditEvent.INSTANCES_TRANSFERRED, action="C",
+        request,
+        AuditEvent.INSTANCES_TRANSFERRED,
+        action="C",
         instances=[s["00081155"]["Value"][0] for s in stored],
         studies=sorted({f[3] for f in files}),
         detail=f"{len(stored)} stored, {len(failed)} failed" if failed else None,
@@ -666,4 +718,4 @@ async def store_study_instances(request: Request, study: str) -> Response:
     return await store(request, study)
 
 
-__all__ = ["router", "split_multipart", "StreamingResponse"]
+__all__ = ["router", "split_multipart"]

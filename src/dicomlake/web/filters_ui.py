@@ -50,8 +50,12 @@ UNITS = {
 }  # fmt: skip
 """Units shown after a value in the sentence (PS3.3 units of the attribute)."""
 
-LEVEL_WORDS = {"study": ("study", "studies"), "series": ("series", "series"), "instance": ("instance", "instances"),
-               "patient": ("patient", "patients")}
+LEVEL_WORDS = {
+    "study": ("study", "studies"),
+    "series": ("series", "series"),
+    "instance": ("instance", "instances"),
+    "patient": ("patient", "patients"),
+}
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,14 @@ class UIFilters:
         return [f.text for f in self.filters]
 
     def sentence(self, n: int | None, level: str | None = None) -> str:
-        """"1,204 CT studies where StationName = CT1 and CTDIvol > 20 mGy"."""
+        """ "1,204 CT studies where StationName = CT1 and CTDIvol > 20 mGy"."""
         level = level or self.level
         one, many = LEVEL_WORDS.get(level, (level, level))
-        mods = [f.value for f in self.filters if f.key == "Modality" and f.op.op == "=" and "," not in f.value
-                and "*" not in f.value]
+        mods = [
+            f.value
+            for f in self.filters
+            if f.key == "Modality" and f.op.op == "=" and "," not in f.value and "*" not in f.value
+        ]
         rest = [f for f in self.filters if not (f.key == "Modality" and f.op.op == "=" and f.value in mods)]
         noun = (mods[0] + " " if mods else "") + (one if n == 1 else many)
         head = f"{n:,} {noun}" if n is not None else noun.capitalize()
@@ -176,8 +183,9 @@ def parse_ui_filters(items: list[tuple[str, str]], *, page_size: int, page_max: 
         key, _, suffix = name.partition("__")
         op = OPS.get(suffix)
         if op is None:
-            problems.append(f"filter {name!r}: operator {suffix!r} unknown; use one of "
-                            + ", ".join(f"__{k}" for k in OPS if k))
+            problems.append(
+                f"filter {name!r}: operator {suffix!r} unknown; use one of " + ", ".join(f"__{k}" for k in OPS if k)
+            )
             continue
         out.filters.append(UIFilter(key, op, value))
     if problems:

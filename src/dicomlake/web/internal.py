@@ -59,9 +59,7 @@ def query(body: QueryRequest, request: Request) -> Response:
     try:
         table = run(body.sql, body.params)
     except QueryError as exc:
-        return Response(
-            content=_error_json(str(exc), 400), status_code=400, media_type="application/json"
-        )
+        return Response(content=_error_json(str(exc), 400), status_code=400, media_type="application/json")
     return Response(content=to_ipc(table), media_type=ARROW_STREAM)
 
 

@@ -81,7 +81,7 @@ def web_settings(**overrides: Any) -> WebSettings:
         if hasattr(main, "web"):
             base: WebSettings = WebSettings.model_validate(main.web.model_dump())  # type: ignore[attr-defined]
             return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    except Exception:  # noqa: BLE001 - fall back to our own sources below
+    except Exception:
         pass
     values = _from_toml()
     prefix = "DICOMLAKE_WEB__"

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import threading
-import time
 import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse  # noqa: F401
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup
@@ -51,7 +50,12 @@ DEFAULT_COLUMNS = {
     "instance": ["SOPInstanceUID", "Modality", "InstanceNumber", "SOPClassUID", "StationName", "StudyDate"],
     "patient": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex"],
 }
-LEVEL_KEY = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID", "patient": "PatientID"}
+LEVEL_KEY = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "instance": "SOPInstanceUID",
+    "patient": "PatientID",
+}
 CONTEXT = ["PatientID", "PatientName", "SOPClassUID", "StudyInstanceUID", "BurnedInAnnotation"]
 DOSE_KEEP = {
     "CTDIvol_mGy", "DLP_mGycm", "agd_mGy", "compressed_breast_thickness_mm", "compression_force_N", "dap_Gym2",
@@ -148,7 +152,8 @@ def respond(
         else:
             audit(request, AuditEvent.DATA_EXPORT, action="R")
         return Response(
-            csv_bytes(table if table is not None else []), media_type="text/csv; charset=utf-8",
+            csv_bytes(table if table is not None else []),
+            media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
         )
     cols, rows = table_rows(table if table is not None else [])
@@ -224,7 +229,8 @@ def _analyst_filters(ctx: WebContext, f: UIFilters) -> None:
             policy = None if policy != "keep" else policy
         if policy is None:
             raise WebError(
-                403, f"the analyst role may not filter on {flt.key}: the {ctx.view.profile.name!r} profile removes "
+                403,
+                f"the analyst role may not filter on {flt.key}: the {ctx.view.profile.name!r} profile removes "
                 "or replaces it; filter on attributes it keeps (e.g. Modality, StationName, CTDIvol)",
             )
         if policy == "uid":
@@ -235,7 +241,14 @@ def _analyst_filters(ctx: WebContext, f: UIFilters) -> None:
 
 
 def _select(
-    ctx: WebContext, f: UIFilters, level: str, columns: list[str], analyst: bool, *, limit: int | None, offset: int = 0,
+    ctx: WebContext,
+    f: UIFilters,
+    level: str,
+    columns: list[str],
+    analyst: bool,
+    *,
+    limit: int | None,
+    offset: int = 0,
 ) -> tuple[str, list[object]]:
     from dicomlake.query.lake import Lake
 
@@ -251,7 +264,9 @@ def _select(
     return sql, params
 
 
-def query_table(ctx: WebContext, f: UIFilters, level: str, columns: list[str], p: Principal, *, limit: int | None, offset: int = 0) -> pa.Table:
+def query_table(
+    ctx: WebContext, f: UIFilters, level: str, columns: list[str], p: Principal, *, limit: int | None, offset: int = 0
+) -> pa.Table:
     analyst = p.role is Role.ANALYST
     sql, params = _select(ctx, f, level, columns, analyst, limit=limit, offset=offset)
     t = ctx.data.query(sql, params)
@@ -299,19 +314,44 @@ def studies(request: Request) -> Response:
     nxt = f"{request.url.path}?{f.query_string(_offset=f.offset + f.limit)}" if f.offset + f.limit < total else None
     prev = f"{request.url.path}?{f.query_string(_offset=max(0, f.offset - f.limit))}" if f.offset else None
     return respond(
-        request, template="table.html", name=f"{level}-search", table=t,
+        request,
+        template="table.html",
+        name=f"{level}-search",
+        table=t,
         context={
-            "title": "Search", "sentence": sentence, "total": total, "next_url": nxt, "prev_url": prev,
-            "filters": [{"key": x.key, "op": x.op.op, "value": x.value, "sentence": x.sentence(),
-                          "remove": f"{request.url.path}?{_without(f, i)}"} for i, x in enumerate(f.filters)],
-            "filter_form": True, "level": level, "levels": list(DEFAULT_COLUMNS), "export_query": f.query_string(_offset=0),
-            "keywords": list(ctx.data.columns.kinds), "offset": f.offset,
+            "title": "Search",
+            "sentence": sentence,
+            "total": total,
+            "next_url": nxt,
+            "prev_url": prev,
+            "filters": [
+                {
+                    "key": x.key,
+                    "op": x.op.op,
+                    "value": x.value,
+                    "sentence": x.sentence(),
+                    "remove": f"{request.url.path}?{_without(f, i)}",
+                }
+                for i, x in enumerate(f.filters)
+            ],
+            "filter_form": True,
+            "level": level,
+            "levels": list(DEFAULT_COLUMNS),
+            "export_query": f.query_string(_offset=0),
+            "keywords": list(ctx.data.columns.kinds),
+            "offset": f.offset,
         },
     )
 
 
 def _without(f: UIFilters, i: int) -> str:
-    g = UIFilters(filters=[x for j, x in enumerate(f.filters) if j != i], level=f.level, columns=f.columns, sort=f.sort, limit=f.limit)
+    g = UIFilters(
+        filters=[x for j, x in enumerate(f.filters) if j != i],
+        level=f.level,
+        columns=f.columns,
+        sort=f.sort,
+        limit=f.limit,
+    )
     return g.query_string()
 
 
@@ -335,19 +375,44 @@ def study(request: Request, uid: str) -> Response:
     from dicomlake.web.filters_ui import OPS, UIFilter
 
     f.filters = [UIFilter("StudyInstanceUID", OPS[""], real)]
-    cols = ["SeriesInstanceUID", "SeriesNumber", "Modality", "SeriesDescription", "SOPInstanceUID", "InstanceNumber", "SOPClassUID"]
+    cols = [
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "Modality",
+        "SeriesDescription",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "SOPClassUID",
+    ]
     t = query_table(ctx, f, "instance", cols, p, limit=ctx.settings.page_max)
     if t.num_rows == 0:
         raise WebError(404, f"no study {uid} in this lake")
     head = query_table(ctx, UIFilters(filters=f.filters, level="study"), "study", DEFAULT_COLUMNS["study"], p, limit=1)
     series: dict[str, dict[str, Any]] = {}
     for r in t.to_pylist():
-        s = series.setdefault(r["SeriesInstanceUID"], {"uid": r["SeriesInstanceUID"], "number": r["SeriesNumber"], "modality": r["Modality"], "description": r["SeriesDescription"], "instances": []})
+        s = series.setdefault(
+            r["SeriesInstanceUID"],
+            {
+                "uid": r["SeriesInstanceUID"],
+                "number": r["SeriesNumber"],
+                "modality": r["Modality"],
+                "description": r["SeriesDescription"],
+                "instances": [],
+            },
+        )
         s["instances"].append(r)
     audit(request, AuditEvent.INSTANCES_ACCESSED, action="R", studies=[real], n_instances=t.num_rows)
     return respond(
-        request, template="study.html", name=f"study-{uid}", table=t,
-        context={"title": f"Study {uid}", "study": head.to_pylist()[0] if head.num_rows else {}, "series": list(series.values()), "uid": uid},
+        request,
+        template="study.html",
+        name=f"study-{uid}",
+        table=t,
+        context={
+            "title": f"Study {uid}",
+            "study": head.to_pylist()[0] if head.num_rows else {},
+            "series": list(series.values()),
+            "uid": uid,
+        },
     )
 
 
@@ -377,9 +442,27 @@ def element_rows(js: dict[str, Any], depth: int = 0, prefix: str = "") -> list[d
         path = f"{prefix}{name}"
         if vr == "SQ":
             items = el.get("Value") or []
-            out.append({"depth": depth, "tag": f"({g:04X},{e:04X})", "name": name, "VR": vr, "value": f"{len(items)} item(s)", "path": path})
+            out.append(
+                {
+                    "depth": depth,
+                    "tag": f"({g:04X},{e:04X})",
+                    "name": name,
+                    "VR": vr,
+                    "value": f"{len(items)} item(s)",
+                    "path": path,
+                }
+            )
             for i, item in enumerate(items):
-                out.append({"depth": depth + 1, "tag": "(FFFE,E000)", "name": f"Item {i + 1}", "VR": "", "value": "", "path": f"{path}[{i}]"})
+                out.append(
+                    {
+                        "depth": depth + 1,
+                        "tag": "(FFFE,E000)",
+                        "name": f"Item {i + 1}",
+                        "VR": "",
+                        "value": "",
+                        "path": f"{path}[{i}]",
+                    }
+                )
                 out.extend(element_rows(item or {}, depth + 2, f"{path}[{i}]."))
             continue
         if "InlineBinary" in el:
@@ -424,9 +507,17 @@ def instance(request: Request, uid: str) -> Response:
     els = element_rows(doc)
     study_shown = (doc.get("0020000D") or {}).get("Value", [""])[0]
     return respond(
-        request, template="instance.html", name=f"instance-{uid}", table=els,
-        context={"title": f"Instance {uid}", "elements": els, "uid": uid, "study_uid": study_shown,
-                 "has_file": bool(rows[0]["path"]) and not analyst},
+        request,
+        template="instance.html",
+        name=f"instance-{uid}",
+        table=els,
+        context={
+            "title": f"Instance {uid}",
+            "elements": els,
+            "uid": uid,
+            "study_uid": study_shown,
+            "has_file": bool(rows[0]["path"]) and not analyst,
+        },
         extra_json={"dicom_json": doc},
     )
 
@@ -455,7 +546,7 @@ def chart_rows(ctx: WebContext, f: UIFilters, p: Principal, chart: str) -> list[
     if col is not None:
         fam = "CT" if chart.startswith("ct") else "MG"
         sql = (
-            f"SELECT coalesce(i.\"StationName\", '(none)') AS \"group\", d.\"{col}\" AS y FROM dose_events d "
+            f'SELECT coalesce(i."StationName", \'(none)\') AS "group", d."{col}" AS y FROM dose_events d '
             f"JOIN instances i ON i.SOPInstanceUID = d.SOPInstanceUID WHERE {cond} AND d.modality_family = '{fam}' "
             f"AND d.record = 'event' AND d.\"{col}\" IS NOT NULL LIMIT 100000"
         )
@@ -507,10 +598,29 @@ def dashboards(request: Request) -> Response:
     audit(request, AuditEvent.QUERY, action="E", query=f"dashboards: {sentence}")
     long = [{"chart": r["chart"], "group": r.get("group"), "x": r.get("x"), "y": r.get("y")} for r in rows]
     return respond(
-        request, template="dashboards.html", name="dashboards", table=long,
-        context={"title": "Dashboards", "charts": charts, "sentence": sentence, "total": n,
-                 "charts_json": json.dumps(charts, default=str), "filters": [{"key": x.key, "op": x.op.op, "value": x.value, "sentence": x.sentence(), "remove": f"{request.url.path}?{_without(f, i)}"} for i, x in enumerate(f.filters)],
-                 "filter_form": True, "keywords": list(ctx.data.columns.kinds)},
+        request,
+        template="dashboards.html",
+        name="dashboards",
+        table=long,
+        context={
+            "title": "Dashboards",
+            "charts": charts,
+            "sentence": sentence,
+            "total": n,
+            "charts_json": json.dumps(charts, default=str),
+            "filters": [
+                {
+                    "key": x.key,
+                    "op": x.op.op,
+                    "value": x.value,
+                    "sentence": x.sentence(),
+                    "remove": f"{request.url.path}?{_without(f, i)}",
+                }
+                for i, x in enumerate(f.filters)
+            ],
+            "filter_form": True,
+            "keywords": list(ctx.data.columns.kinds),
+        },
         extra_json={"charts": charts},
     )
 
@@ -524,8 +634,11 @@ def plotly_js() -> Response:
 
 @router.get("/favicon.ico", include_in_schema=False)
 def favicon() -> Response:
-    return Response((HERE / "static" / "favicon.svg").read_bytes(), media_type="image/svg+xml",
-                    headers={"Cache-Control": "public, max-age=86400"})
+    return Response(
+        (HERE / "static" / "favicon.svg").read_bytes(),
+        media_type="image/svg+xml",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 @router.get("/static/{name}", include_in_schema=False)
@@ -548,7 +661,13 @@ def audits(request: Request) -> Response:
 
     rows = [{"audit": a, "url": f"/audits/{a}"} for a in AUDITS]
     audit(request, AuditEvent.QUERY, action="E", query="audit list")
-    return respond(request, template="audits.html", name="audits", table=rows, context={"title": "Audits", "audits": rows, "result": None})
+    return respond(
+        request,
+        template="audits.html",
+        name="audits",
+        table=rows,
+        context={"title": "Audits", "audits": rows, "result": None},
+    )
 
 
 @router.get("/audits/{name}")
@@ -572,16 +691,46 @@ def audit_page(request: Request, name: str) -> Response:
     finally:
         lake.store.close()
     audit(request, AuditEvent.QUERY, action="E", query=f"audit {name}: {result.selection}")
-    charts = [{"id": c.id, "title": c.title, "caption": c.caption, "figure": json.loads(c.figure.to_json())} for c in result.charts]
-    tables = [{"id": t.id, "title": t.title, "caption": t.caption, "columns": t.df.columns,
-               "rows": [[_cell(v) for v in r] for r in t.df.head(200).iter_rows()]} for t in result.tables]
+    charts = [
+        {"id": c.id, "title": c.title, "caption": c.caption, "figure": json.loads(c.figure.to_json())}
+        for c in result.charts
+    ]
+    tables = [
+        {
+            "id": t.id,
+            "title": t.title,
+            "caption": t.caption,
+            "columns": t.df.columns,
+            "rows": [[_cell(v) for v in r] for r in t.df.head(200).iter_rows()],
+        }
+        for t in result.tables
+    ]
     data = result.all_data.to_arrow() if result.all_data is not None else []
     return respond(
-        request, template="audits.html", name=f"audit-{name}", table=data,
-        context={"title": result.title, "result": result, "charts": charts, "tables": tables, "sentence": result.selection,
-                 "figures_json": json.dumps(charts, default=str), "filter_form": True,
-                 "filters": [{"key": x.key, "op": x.op.op, "value": x.value, "sentence": x.sentence(), "remove": f"{request.url.path}?{_without(f, i)}"} for i, x in enumerate(f.filters)],
-                 "keywords": list(ctx.data.columns.kinds)},
+        request,
+        template="audits.html",
+        name=f"audit-{name}",
+        table=data,
+        context={
+            "title": result.title,
+            "result": result,
+            "charts": charts,
+            "tables": tables,
+            "sentence": result.selection,
+            "figures_json": json.dumps(charts, default=str),
+            "filter_form": True,
+            "filters": [
+                {
+                    "key": x.key,
+                    "op": x.op.op,
+                    "value": x.value,
+                    "sentence": x.sentence(),
+                    "remove": f"{request.url.path}?{_without(f, i)}",
+                }
+                for i, x in enumerate(f.filters)
+            ],
+            "keywords": list(ctx.data.columns.kinds),
+        },
         extra_json={"numbers": _jsonable(result.numbers), "notes": result.notes, "tables": tables},
     )
 
@@ -616,10 +765,18 @@ class ExportJob:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "user": self.user, "format": self.fmt, "level": self.level, "sentence": self.sentence,
-            "status": self.status, "done": self.done, "total": self.total,
+            "id": self.id,
+            "user": self.user,
+            "format": self.fmt,
+            "level": self.level,
+            "sentence": self.sentence,
+            "status": self.status,
+            "done": self.done,
+            "total": self.total,
             "progress": round(self.done / self.total, 3) if self.total else (1.0 if self.status == "done" else 0.0),
-            "error": self.error, "created": self.created, "finished": self.finished,
+            "error": self.error,
+            "created": self.created,
+            "finished": self.finished,
             "download_url": f"/exports/{self.id}/download" if self.status == "done" else None,
         }
 
@@ -673,8 +830,11 @@ def _run_export(ctx: WebContext, job: ExportJob, f: UIFilters, cols: list[str], 
                         import pyarrow.parquet as pq
 
                         schema = t.schema
-                        writer = (pq.ParquetWriter(tmp, schema, compression="zstd") if job.fmt == "parquet"
-                                  else pacsv.CSVWriter(str(tmp), schema))
+                        writer = (
+                            pq.ParquetWriter(tmp, schema, compression="zstd")
+                            if job.fmt == "parquet"
+                            else pacsv.CSVWriter(str(tmp), schema)
+                        )
                     writer.write_table(t.cast(schema) if t.schema != schema else t)
                 else:
                     xlsx_cols, rows = table_rows(t)
@@ -707,7 +867,7 @@ def _run_export(ctx: WebContext, job: ExportJob, f: UIFilters, cols: list[str], 
         os.replace(tmp, target)
         job.path = str(target)
         job.status = "done"
-    except Exception as exc:  # noqa: BLE001 - reported in the job
+    except Exception as exc:
         LOG.exception("export %s failed", job.id)
         job.status = "failed"
         job.error = f"{type(exc).__name__}: {exc}"
@@ -740,17 +900,36 @@ async def start_export(request: Request) -> Response:
         _analyst_filters(ctx, f)
     cols = f.columns or DEFAULT_COLUMNS[f.level]
     total = count(ctx, f, f.level, p)
-    job = ExportJob(uuid.uuid4().hex[:16], p.name, p.role.value, fmt, f.level, f.query_string(_offset=0), f.sentence(total), total=total)
+    job = ExportJob(
+        uuid.uuid4().hex[:16],
+        p.name,
+        p.role.value,
+        fmt,
+        f.level,
+        f.query_string(_offset=0),
+        f.sentence(total),
+        total=total,
+    )
     ex = _exports(ctx)
     with ex.lock:
         ex.jobs[job.id] = job
     ex.pool.submit(_run_export, ctx, job, f, cols, p)
-    audit(request, AuditEvent.DATA_EXPORT, action="E", query=f"{job.sentence} [{' AND '.join(f.where)}]", n_instances=total,
-          detail=f"export {job.id} as {fmt}")
+    audit(
+        request,
+        AuditEvent.DATA_EXPORT,
+        action="E",
+        query=f"{job.sentence} [{' AND '.join(f.where)}]",
+        n_instances=total,
+        detail=f"export {job.id} as {fmt}",
+    )
     if "text/html" in request.headers.get("accept", ""):
         return RedirectResponse(f"/exports?started={job.id}", status_code=303)
-    return Response(json.dumps({"ok": True, **job.as_dict(), "status_url": f"/exports/{job.id}.json"}), status_code=202,
-                    media_type="application/json", headers={"Location": f"/exports/{job.id}.json"})
+    return Response(
+        json.dumps({"ok": True, **job.as_dict(), "status_url": f"/exports/{job.id}.json"}),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": f"/exports/{job.id}.json"},
+    )
 
 
 def _visible_jobs(ctx: WebContext, p: Principal) -> list[ExportJob]:
@@ -765,7 +944,9 @@ def exports(request: Request) -> Response:
     ctx = ctx_of(request)
     p = require(request, Role.ANALYST)
     jobs = [j.as_dict() for j in _visible_jobs(ctx, p)]
-    return respond(request, template="exports.html", name="exports", table=jobs or [], context={"title": "Exports", "jobs": jobs})
+    return respond(
+        request, template="exports.html", name="exports", table=jobs or [], context={"title": "Exports", "jobs": jobs}
+    )
 
 
 @router.get("/exports/{job_id}")
@@ -776,8 +957,14 @@ def export_status(request: Request, job_id: str) -> Response:
     job = next((j for j in _visible_jobs(ctx, p) if j.id == job_id), None)
     if job is None:
         raise WebError(404, f"no export {job_id} of yours")
-    return respond(request, template="exports.html", name=f"export-{job_id}", table=[job.as_dict()],
-                   context={"title": f"Export {job_id}", "jobs": [job.as_dict()]}, extra_json=job.as_dict())
+    return respond(
+        request,
+        template="exports.html",
+        name=f"export-{job_id}",
+        table=[job.as_dict()],
+        context={"title": f"Export {job_id}", "jobs": [job.as_dict()]},
+        extra_json=job.as_dict(),
+    )
 
 
 @router.get("/exports/{job_id}/download")
@@ -787,9 +974,19 @@ def export_download(request: Request, job_id: str) -> Response:
     job = next((j for j in _visible_jobs(ctx, p) if j.id == job_id), None)
     if job is None or job.status != "done" or not job.path:
         raise WebError(404, f"export {job_id} is not ready (or not yours); see /exports/{job_id}.json")
-    audit(request, AuditEvent.DATA_EXPORT, action="R", query=job.sentence, n_instances=job.done, detail=f"download {job.id}.{job.fmt}")
-    media = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet",
-             "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}[job.fmt]
+    audit(
+        request,
+        AuditEvent.DATA_EXPORT,
+        action="R",
+        query=job.sentence,
+        n_instances=job.done,
+        detail=f"download {job.id}.{job.fmt}",
+    )
+    media = {
+        "csv": "text/csv",
+        "parquet": "application/vnd.apache.parquet",
+        "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    }[job.fmt]
     return FileResponse(job.path, media_type=media, filename=f"dicomlake-{job.level}-{job.id}.{job.fmt}")
 
 
@@ -816,7 +1013,7 @@ def ingest_status(request: Request) -> Response:
     if ctx.status_provider is not None:
         try:
             status = dict(ctx.status_provider() or {})
-        except Exception as exc:  # noqa: BLE001 - shown on the page
+        except Exception as exc:
             status = {"status_error": f"{type(exc).__name__}: {exc}"}
     status.setdefault("spool_depth", _spool_depth(ctx.lake))
     q = ctx.data.rows(
@@ -827,12 +1024,23 @@ def ingest_status(request: Request) -> Response:
     )[0]
     status.update({k: _cell(v) for k, v in q.items()})
     status["rejects"] = ctx.data.rows("SELECT count(*) AS n FROM rejects")[0]["n"]
-    runs = ctx.data.rows("SELECT * FROM ingest_runs ORDER BY started_at DESC LIMIT 20") if ctx.data.has_table("ingest_runs") else []
-    errors = ctx.data.rows("SELECT rejected_at, source, reason, source_path FROM rejects ORDER BY rejected_at DESC LIMIT 10")
+    runs = (
+        ctx.data.rows("SELECT * FROM ingest_runs ORDER BY started_at DESC LIMIT 20")
+        if ctx.data.has_table("ingest_runs")
+        else []
+    )
+    errors = ctx.data.rows(
+        "SELECT rejected_at, source, reason, source_path FROM rejects ORDER BY rejected_at DESC LIMIT 10"
+    )
     audit(request, AuditEvent.QUERY, action="E", query="ingest status")
-    return respond(request, template="ingest.html", name="ingest-runs", table=runs,
-                   context={"title": "Ingest", "status": status, "errors": [{k: _cell(v) for k, v in e.items()} for e in errors]},
-                   extra_json={"status": status})
+    return respond(
+        request,
+        template="ingest.html",
+        name="ingest-runs",
+        table=runs,
+        context={"title": "Ingest", "status": status, "errors": [{k: _cell(v) for k, v in e.items()} for e in errors]},
+        extra_json={"status": status},
+    )
 
 
 @page("/rejects")
@@ -843,8 +1051,18 @@ def rejects(request: Request) -> Response:
     t = ctx.data.query("SELECT * FROM rejects ORDER BY rejected_at DESC LIMIT ? OFFSET ?", [lim, off])
     total = ctx.data.rows("SELECT count(*) AS n FROM rejects")[0]["n"]
     audit(request, AuditEvent.QUERY, action="E", query="rejects")
-    return respond(request, template="table.html", name="rejects", table=t,
-                   context={"title": "Rejects", "sentence": f"{total:,} rejected inputs", "total": total, **_pager(request, lim, off, total)})
+    return respond(
+        request,
+        template="table.html",
+        name="rejects",
+        table=t,
+        context={
+            "title": "Rejects",
+            "sentence": f"{total:,} rejected inputs",
+            "total": total,
+            **_pager(request, lim, off, total),
+        },
+    )
 
 
 @page("/quality")
@@ -863,11 +1081,24 @@ def quality(request: Request) -> Response:
                 conds.append(f"{col} = ?")
                 params.append(v)
         where = " AND ".join(conds) or "TRUE"
-        t = ctx.data.query(f"SELECT * FROM quality_flags WHERE {where} ORDER BY flagged_at DESC NULLS LAST LIMIT ? OFFSET ?", [*params, lim, off])
+        t = ctx.data.query(
+            f"SELECT * FROM quality_flags WHERE {where} ORDER BY flagged_at DESC NULLS LAST LIMIT ? OFFSET ?",
+            [*params, lim, off],
+        )
         total = ctx.data.rows(f"SELECT count(*) AS n FROM quality_flags WHERE {where}", params)[0]["n"]
     audit(request, AuditEvent.QUERY, action="E", query="quality flags")
-    return respond(request, template="table.html", name="quality-flags", table=t,
-                   context={"title": "Quality flags", "sentence": f"{total:,} quality flags", "total": total, **_pager(request, lim, off, total)})
+    return respond(
+        request,
+        template="table.html",
+        name="quality-flags",
+        table=t,
+        context={
+            "title": "Quality flags",
+            "sentence": f"{total:,} quality flags",
+            "total": total,
+            **_pager(request, lim, off, total),
+        },
+    )
 
 
 def _page(request: Request, ctx: WebContext) -> tuple[int, int]:
@@ -886,7 +1117,11 @@ def _pager(request: Request, lim: int, off: int, total: int) -> dict[str, Any]:
         q = dict(params, _offset=str(o), _limit=str(lim))
         return f"{request.url.path}?{urllib.parse.urlencode(q)}"
 
-    return {"next_url": url(off + lim) if off + lim < total else None, "prev_url": url(max(0, off - lim)) if off else None, "offset": off}
+    return {
+        "next_url": url(off + lim) if off + lim < total else None,
+        "prev_url": url(max(0, off - lim)) if off else None,
+        "offset": off,
+    }
 
 
 # ---- the access log (auditor) ----------------------------------------------------------------
@@ -900,13 +1135,31 @@ def access_log(request: Request) -> Response:
     lim, off = _page(request, ctx)
     where = {k: v for k, v in request.query_params.items() if k in EVENT_COLUMNS and v}
     try:
-        events, total = ctx.db.events(where=where, since=request.query_params.get("since"), until=request.query_params.get("until"), limit=lim, offset=off)
+        events, total = ctx.db.events(
+            where=where,
+            since=request.query_params.get("since"),
+            until=request.query_params.get("until"),
+            limit=lim,
+            offset=off,
+        )
     except ValueError as exc:
         raise WebError(400, str(exc)) from exc
     audit(request, AuditEvent.QUERY, action="E", query=f"access log {urllib.parse.urlencode(where)}".strip())
-    return respond(request, template="access_log.html", name="access-log", table=events,
-                   context={"title": "Access log", "sentence": f"{total:,} events" + (" where " + " and ".join(f"{k} = {v}" for k, v in where.items()) if where else ""),
-                            "total": total, "event_columns": EVENT_COLUMNS, "where": where, **_pager(request, lim, off, total)})
+    return respond(
+        request,
+        template="access_log.html",
+        name="access-log",
+        table=events,
+        context={
+            "title": "Access log",
+            "sentence": f"{total:,} events"
+            + (" where " + " and ".join(f"{k} = {v}" for k, v in where.items()) if where else ""),
+            "total": total,
+            "event_columns": EVENT_COLUMNS,
+            "where": where,
+            **_pager(request, lim, off, total),
+        },
+    )
 
 
 @router.get("/access-log/{event_id}")
@@ -923,6 +1176,16 @@ def access_event(request: Request, event_id: str) -> Response:
     audit(request, AuditEvent.QUERY, action="R", query=f"access log event {raw}")
     if event_id.endswith(".xml"):
         return Response(audit_message_xml(events[0]), media_type="application/xml")
-    return respond(request, template="access_log.html", name=f"event-{raw}", table=events,
-                   context={"title": f"Event {raw}", "sentence": "1 event", "total": 1, "event_columns": EVENT_COLUMNS, "where": {}})
-
+    return respond(
+        request,
+        template="access_log.html",
+        name=f"event-{raw}",
+        table=events,
+        context={
+            "title": f"Event {raw}",
+            "sentence": "1 event",
+            "total": 1,
+            "event_columns": EVENT_COLUMNS,
+            "where": {},
+        },
+    )
