@@ -83,6 +83,7 @@ class SparkIngestReport:
     files_written: int = 0
     seconds: float = 0.0
     seconds_extract: float = 0.0
+    task_seconds: float = 0.0  # summed over tasks: the time spent reading, extracting and writing
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -354,6 +355,7 @@ def ingest_spark(
         report.rejected += c["rejected"]
         report.skipped += c["skipped"]
         report.notes.extend(c["notes"])
+        report.task_seconds += c["seconds"]
         stages.extend(c["stages"])
     by_stage: dict[str, list[str]] = {}
     for row in losers:
