@@ -210,6 +210,8 @@ def _install_middleware(app: FastAPI, ctx: WebContext) -> None:
             if principal is not None and principal.auth == "session" and request.method not in SAFE_METHODS:
                 supplied = request.headers.get("x-csrf-token")
                 if supplied is None and "application/x-www-form-urlencoded" in request.headers.get("content-type", ""):
+                    if int(request.headers.get("content-length") or 0) > 1 << 20:
+                        raise WebError(413, "form body larger than 1 MiB")
                     body = await request.body()
                     supplied = (urllib.parse.parse_qs(body.decode("latin-1")).get("csrf_token") or [None])[0]
                 if not csrf_ok(principal, supplied):
@@ -223,6 +225,8 @@ def _install_middleware(app: FastAPI, ctx: WebContext) -> None:
                     "<token> (`dicomlake token NAME` prints one)",
                 )
             response = await call_next(request)
+        except WebError as exc:
+            response = error_response(request, exc)
         except AuthError as exc:
             request.state.principal = principal if exc.status == 403 else None
             request.state.auth_error = exc.message
@@ -524,8 +528,7 @@ def serve_in_thread(
     settings = settings or web_settings()
     app = create_app(lake, settings, store=store, ingest=ingest, status_provider=status_provider)
     opts = uvicorn_options(settings)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, **opts)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, settings))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.run, name="web-http", daemon=True)
     thread.start()
@@ -540,6 +543,19 @@ def serve_in_thread(
     return server, thread, f"{scheme}://{opts['host']}:{opts['port']}"
 
 
+def uvicorn_config(app: Any, settings: WebSettings) -> Any:
+    """A loaded ``uvicorn.Config``; with TLS, its context refuses anything below TLS 1.2."""
+    import ssl
+
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, **uvicorn_options(settings))
+    config.load()
+    if config.ssl is not None:
+        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    return config
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -551,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bind", default=None)
     args = ap.parse_args(argv)
     settings = web_settings(http_port=args.port, bind=args.bind)
-    uvicorn.run(create_app(args.lake, settings), **uvicorn_options(settings))
+    uvicorn.Server(uvicorn_config(create_app(args.lake, settings), settings)).run()
 
 
 if __name__ == "__main__":

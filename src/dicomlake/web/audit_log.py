@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import socket
 import sqlite3
 import threading
@@ -100,6 +101,19 @@ CREATE INDEX IF NOT EXISTS events_user ON events(user);
 
 MAX_LISTED = 1000
 """Most instance/study UIDs kept in one event; the count is always exact. Default: 1000"""
+
+
+_SECRET_PARAM = re.compile(
+    r"(?i)(^|[&?;])((?:access_|id_|refresh_)?token|password|passwd|pwd|secret|client_secret|api_?key|key|code|"
+    r"csrf_token|login_csrf|authorization)=[^&;]*"
+)
+
+
+def redact(query: str | None) -> str | None:
+    """A query string with credential-like parameters blanked (they never reach the log)."""
+    if not query:
+        return query
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}=REDACTED", query)
 
 
 def now_iso() -> str:
@@ -193,7 +207,7 @@ class AccessDB:
             ev.source,
             ev.method,
             ev.path,
-            (ev.query or None) and ev.query[:4000],
+            (redact(ev.query) or None) and (redact(ev.query) or "")[:4000],
             ev.status,
             n,
             json.dumps(ev.instances[:MAX_LISTED]) if ev.instances else None,

@@ -600,7 +600,21 @@ async def store(request: Request, study: str | None) -> Response:
         raise WebError(415, "STOW-RS of metadata with bulk data is not supported; send application/dicom parts")
     if not ctx.data.can_ingest:
         raise WebError(503, f"the lake {ctx.lake} is open read-only here; send STOW-RS to the running service")
-    body = await request.body()
+    limit = ctx.settings.stow_max_bytes
+    declared = request.headers.get("content-length")
+    too_big = WebError(
+        413, f"STOW-RS body larger than web.stow_max_bytes={limit:,} bytes; send the instances in several requests"
+    )
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    body = b"".join(chunks)
     parts = split_multipart(body, ctype)
     if not parts:
         raise WebError(400, "the multipart body holds no parts")

@@ -56,6 +56,11 @@ class WebSettings(BaseModel):
     stow_keep_files: bool = Field(
         True, description="Keep STOW-RS instances under <lake>/files so WADO-RS can return them. Default: true"
     )
+    stow_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        description="Largest STOW-RS request body; larger ones are refused with 413 (send several requests). "
+        "Default: 256 MiB",
+    )
     login_attempts: int = Field(
         10, description="Failed logins per user per 15 minutes before further attempts are refused. Default: 10"
     )
