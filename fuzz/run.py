@@ -127,7 +127,9 @@ def run_target(
             "-reload=0", *dirs,
         ]  # fmt: skip
         before = set(artifacts.iterdir())
+        t_run = time.monotonic()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, errors="replace")
+        ran_out = time.monotonic() - t_run >= int(left) - 1
         out = proc.stdout + proc.stderr
         if verbose:
             print(out[-4000:])
@@ -147,6 +149,8 @@ def run_target(
             pass
         new = sorted(set(artifacts.iterdir()) - before)
         if proc.returncode != 0 and not new:
+            if proc.returncode == -14 and ran_out:
+                break  # libFuzzer's own -max_total_time alarm ended it mid-input: time is up, not a finding
             res.error = f"exit {proc.returncode} without an artifact: {out[-2000:]}"
             break
         for art in new:

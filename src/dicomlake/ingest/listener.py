@@ -220,13 +220,14 @@ def parse_associate_rq(body: bytes) -> AssociateRQ:
                 stype, _, slen = struct.unpack_from(">BBH", value, p)
                 sval = value[p + 4 : p + 4 + slen]
                 p += 4 + slen
-                if stype == 0x51 and slen == 4:
+                # len(sval), not slen: the item may claim more than the PDU holds (fuzz regressions)
+                if stype == 0x51 and len(sval) == 4:
                     (rq.max_pdu,) = struct.unpack(">I", sval)
                 elif stype == 0x52:
                     rq.implementation_class_uid = _uid(sval)
                 elif stype == 0x55:
                     rq.implementation_version = sval.decode("ascii", "replace").strip()
-                elif stype == 0x54 and slen >= 4:
+                elif stype == 0x54 and len(sval) >= 4:
                     (ulen,) = struct.unpack_from(">H", sval, 0)
                     uid = _uid(sval[2 : 2 + ulen])
                     if len(sval) >= 4 + ulen:
