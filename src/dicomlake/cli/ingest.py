@@ -28,6 +28,10 @@ def ingest(
     quarantine: Path | None = typer.Option(
         None, "--quarantine", help="PostgreSQL lakes: folder for the bytes of rejected input (default ./dicomlake-data)."
     ),
+    deid: str | None = typer.Option(
+        None, "--deid", help="De-identify with this profile (basic, research, dose-audit or a TOML file) before "
+        "anything reaches the lake; keys from DICOMLAKE_DEID__SECRET."
+    ),
 ) -> None:
     """Read DICOM headers (never pixel data) into the lake; re-ingest upserts on SOP Instance UID.
 
@@ -58,10 +62,10 @@ def ingest(
     if lake_kind(target) == "postgres":
         with open_store(normalise_url(str(target))) as store:
             rep = ingest_paths(paths, quarantine or Path("dicomlake-data"), workers=workers,
-                               batch_size=batch_size, progress=not quiet, store=store)
+                               batch_size=batch_size, progress=not quiet, store=store, deid=deid)
         rep.lake = redact(store.url)
     else:
-        rep = ingest_paths(paths, target, workers=workers, batch_size=batch_size, progress=not quiet)
+        rep = ingest_paths(paths, target, workers=workers, batch_size=batch_size, progress=not quiet, deid=deid)
     console = Console(stderr=True)
     t = Table(title=f"ingest {rep.run_id} into {rep.lake}", show_header=False)
     for k, v in (

@@ -140,7 +140,7 @@ class _Batcher:
             self.after_commit(committed)
 
 
-def _worker_config(settings: Settings, lake: Path, source: str | None) -> WorkerConfig:
+def _worker_config(settings: Settings, lake: Path, source: str | None, deid: str | None = None) -> WorkerConfig:
     ing = settings.ingest
     return WorkerConfig(
         lake=str(lake),
@@ -151,6 +151,7 @@ def _worker_config(settings: Settings, lake: Path, source: str | None) -> Worker
         max_zip_ratio=ing.max_zip_ratio,
         received_source=source,
         allow_executable_preamble=ing.allow_executable_preamble,
+        deid_profile=deid,
     )
 
 
@@ -164,6 +165,7 @@ def ingest_paths(
     settings: Settings | None = None,
     progress: bool | Callable[[IngestReport, int], None] = False,
     store: Store | None = None,
+    deid: str | None = None,
 ) -> IngestReport:
     """Read files, folders, zips and DICOMDIRs into the lake; return the counts.
 
@@ -181,6 +183,10 @@ def ingest_paths(
         Label recorded as each instance's ``source`` (default: file, zip or dicomdir).
     progress
         True for a rich progress bar on stderr, or a callback ``(report, total_files)``.
+    deid
+        A de-identification profile (name or TOML path): every instance is de-identified
+        before it is read, so the lake never holds identifying data; source paths are
+        replaced by keyed pseudonyms.
     store
         An open store to write into (the service passes its own; any back end: DuckDB,
         PostgreSQL); a DuckDB lake at ``lake`` is opened and closed here otherwise.
@@ -197,7 +203,11 @@ def ingest_paths(
     report = IngestReport(run_id=uuid.uuid4().hex[:12], lake=str(lake_dir))
     own_store = store is None
     st = store or DuckDBStore(lake_dir)
-    cfg = _worker_config(settings, lake_dir, source)
+    if deid:
+        from dicomlake.deid import load_profile
+
+        load_profile(deid)  # a bad profile name fails here, before any file is read
+    cfg = _worker_config(settings, lake_dir, source, deid)
     batcher = _Batcher(st, report, size)
     from dicomlake.curate.hook import ingest_hook
 

@@ -79,10 +79,32 @@ class WorkerConfig:
     max_zip_member_bytes: int
     max_zip_ratio: float
     received_source: str | None = None  # override of the source label (e.g. "c-store")
+    deid_profile: str | None = None  # de-identify every instance before extraction
     allow_executable_preamble: bool = False  # CVE-2019-11687 polyglots are rejected unless set
 
 
 _CONFIG: WorkerConfig | None = None
+_DEID: dict[str, Any] = {}
+
+
+def _deidentifier(profile: str) -> Any:
+    """One Deidentifier per worker process and profile (keys from DICOMLAKE_DEID__*)."""
+    hit = _DEID.get(profile)
+    if hit is None:
+        from dicomlake.deid import Deidentifier, settings_from_env
+
+        hit = _DEID[profile] = Deidentifier(profile, settings_from_env())
+    return hit
+
+
+def _pseudonymous_path(path: str) -> str:
+    """A stable stand-in for a source path under de-identification (folder names often
+    carry patient names): keyed BLAKE2 of the path with the de-identification secret."""
+    import hashlib
+    import os as _os
+
+    key = (_os.environ.get("DICOMLAKE_DEID__SECRET") or "").encode()[:64]
+    return "deid:" + hashlib.blake2b(path.encode("utf-8", "surrogateescape"), key=key, digest_size=16).hexdigest()
 
 
 def init_worker(config: WorkerConfig) -> None:
@@ -270,13 +292,25 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                 if _meta_text(header, 0x00020002) == MEDIA_STORAGE_DIRECTORY:
                     res.skipped += 1  # a DICOMDIR reached as a plain file
                     continue
+                if cfg.deid_profile:
+                    # the lake never sees identifying data: the whole object is de-identified
+                    # by the profile, then read again; an excluded instance is counted, not kept
+                    if data is None:
+                        data = _read_all(task.path) or b""
+                    clean = _deidentifier(cfg.deid_profile).deidentify_bytes(data, source=task.source_path)
+                    if clean is None:
+                        res.skipped += 1
+                        notes.append(f"{_pseudonymous_path(task.source_path)}: excluded by profile {cfg.deid_profile}")
+                        continue
+                    header = parse_all(clean, inline_max=cfg.inline_max)
+                    size = len(clean)
                 builder, dose_rows, accepted = segment_for(
                     _top_text(header, 0x00080018) or _meta_text(header, 0x00020003)
                 )
                 uid = builder.add(
                     header,
                     source=cfg.received_source or task.origin,
-                    source_path=task.source_path,
+                    source_path=_pseudonymous_path(task.source_path) if cfg.deid_profile else task.source_path,
                     size_bytes=size,
                     received_at=now,
                 )
@@ -292,7 +326,7 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                 continue
             res.instances += 1
             seen_in[-1].add(uid)
-            accepted.append(task.source_path)
+            accepted.append(_pseudonymous_path(task.source_path) if cfg.deid_profile else task.source_path)
             try:
                 sop_class = _top_text(header, 0x00080016)
                 modality = _top_text(header, 0x00080060)
