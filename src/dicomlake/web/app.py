@@ -213,7 +213,7 @@ def _install_middleware(app: FastAPI, ctx: WebContext) -> None:
                     if int(request.headers.get("content-length") or 0) > 1 << 20:
                         raise WebError(413, "form body larger than 1 MiB")
                     body = await request.body()
-                    supplied = (urllib.parse.parse_qs(body.decode("latin-1")).get("csrf_token") or [None])[0]
+                    supplied = next(iter(urllib.parse.parse_qs(body.decode("latin-1")).get("csrf_token") or []), None)
                 if not csrf_ok(principal, supplied):
                     raise AuthError(
                         403, f"{request.method} {path}: missing or wrong CSRF token (reload the page and retry)"
@@ -377,11 +377,11 @@ def _auth_router() -> Any:
             )
         rec.role = p.role.value
         sid, _csrf = ctx.auth.create_session(p, request.client.host if request.client else None)
-        resp = RedirectResponse(
+        ok: Response = RedirectResponse(
             _safe_next(next) if p.role is not Role.AUDITOR or next.startswith("/access-log") else "/access-log",
             status_code=303,
         )
-        resp.set_cookie(
+        ok.set_cookie(
             SESSION_COOKIE,
             sid,
             httponly=True,
@@ -390,8 +390,8 @@ def _auth_router() -> Any:
             max_age=int(ctx.settings.session_hours * 3600),
             path="/",
         )
-        resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
-        return resp
+        ok.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+        return ok
 
     @r.post("/logout")
     def logout(request: Request) -> Response:
@@ -529,7 +529,7 @@ def serve_in_thread(
     app = create_app(lake, settings, store=store, ingest=ingest, status_provider=status_provider)
     opts = uvicorn_options(settings)
     server = uvicorn.Server(uvicorn_config(app, settings))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.run, name="web-http", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -106,7 +106,8 @@ class LakeAccess:
             return self.store.query(sql, list(params) if params else None)  # type: ignore[no-any-return]
 
     def rows(self, sql: str, params: Sequence[object] | None = None) -> list[dict[str, Any]]:
-        return self.query(sql, params).to_pylist()
+        rows: list[dict[str, Any]] = self.query(sql, params).to_pylist()
+        return rows
 
     def has_table(self, name: str) -> bool:
         if self._tables is None or name not in self._tables:
