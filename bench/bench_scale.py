@@ -43,16 +43,22 @@ def _fingerprints(location: Path | str) -> dict[str, object]:
             out[f"{t}.rows"] = lk.count(t)
         inst = lk.store.query("SELECT * FROM instances LIMIT 0").column_names
         cols = ", ".join(f'"{c}"' for c in inst if c not in ("received_at",))
-        out["instances.hash"] = lk.store.query(
-            f"SELECT sum(hash({cols})::HUGEINT)::VARCHAR AS h FROM instances"
-        ).column("h")[0].as_py()
-        out["elements.hash"] = lk.store.query(
-            "SELECT sum(hash(SOPInstanceUID, path, path_key, depth, tag, keyword, VR, private_creator, "
-            "value_text, value_num, length)::HUGEINT)::VARCHAR AS h FROM elements"
-        ).column("h")[0].as_py()
-        out["dicom_json.hash"] = lk.store.query(
-            "SELECT sum(hash(SOPInstanceUID, json)::HUGEINT)::VARCHAR AS h FROM dicom_json"
-        ).column("h")[0].as_py()
+        out["instances.hash"] = (
+            lk.store.query(f"SELECT sum(hash({cols})::HUGEINT)::VARCHAR AS h FROM instances").column("h")[0].as_py()
+        )
+        out["elements.hash"] = (
+            lk.store.query(
+                "SELECT sum(hash(SOPInstanceUID, path, path_key, depth, tag, keyword, VR, private_creator, "
+                "value_text, value_num, length)::HUGEINT)::VARCHAR AS h FROM elements"
+            )
+            .column("h")[0]
+            .as_py()
+        )
+        out["dicom_json.hash"] = (
+            lk.store.query("SELECT sum(hash(SOPInstanceUID, json)::HUGEINT)::VARCHAR AS h FROM dicom_json")
+            .column("h")[0]
+            .as_py()
+        )
     return out
 
 
@@ -92,15 +98,21 @@ def main() -> BenchResult:
         per_core = spark_rate / 2
         task_rate = srep.files / srep.task_seconds if srep.task_seconds else 0.0
         rows.append(["Spark local[2] → Parquet lake", f"{spark_s:.1f}", f"{spark_rate:,.0f}", f"{per_core:,.0f}"])
-        print(f"spark: session start {start_s:.1f} s; job {spark_s:.1f} s, {spark_rate:,.0f} files/s; "
-              f"inside tasks {srep.task_seconds:.1f} core-s = {task_rate:,.0f} files/s per core", flush=True)
+        print(
+            f"spark: session start {start_s:.1f} s; job {spark_s:.1f} s, {spark_rate:,.0f} files/s; "
+            f"inside tasks {srep.task_seconds:.1f} core-s = {task_rate:,.0f} files/s per core",
+            flush=True,
+        )
 
         a, b = _fingerprints(work / "duck"), _fingerprints(work / "spark")
         if b["rejects.rows"] != a["rejects.rows"]:
             from dicomlake.query.lake import Lake
 
             with Lake.open(work / "spark", read_only=True) as lk:
-                print("Spark rejects:", lk.sql("SELECT reason, count(*) AS n FROM rejects GROUP BY 1 ORDER BY 2 DESC LIMIT 5"))
+                print(
+                    "Spark rejects:",
+                    lk.sql("SELECT reason, count(*) AS n FROM rejects GROUP BY 1 ORDER BY 2 DESC LIMIT 5"),
+                )
         same = a == b
         print(f"rows identical (counts + hashes of instances, elements, dicom_json): {same}")
         print(json.dumps({"embedded": a, "spark": b}, indent=1))
@@ -109,8 +121,8 @@ def main() -> BenchResult:
         pg_rate = None
         if os.environ.get("BENCH_SCALE_PG", "1") != "0":
             try:
-                from tests.integration.pg import PostgresCluster, pg_bin_dir
                 from dicomlake.store.postgres import PostgresStore
+                from tests.integration.pg import PostgresCluster, pg_bin_dir
 
                 if pg_bin_dir() is not None:
                     with PostgresCluster() as pg:
@@ -120,10 +132,16 @@ def main() -> BenchResult:
                             prep = ingest_paths([corpus], work / "pgq", workers=2, store=st)
                             pg_s = time.perf_counter() - t0
                         pg_rate = prep.files / pg_s
-                        rows.append(["embedded, 2 workers → PostgreSQL", f"{pg_s:.1f}", f"{pg_rate:,.0f}",
-                                     f"{pg_rate / 2:,.0f}"])
+                        rows.append(
+                            [
+                                "embedded, 2 workers → PostgreSQL",
+                                f"{pg_s:.1f}",
+                                f"{pg_rate:,.0f}",
+                                f"{pg_rate / 2:,.0f}",
+                            ]
+                        )
                         print(f"postgres: {pg_s:.1f} s, {pg_rate:,.0f} files/s", flush=True)
-            except Exception as exc:  # noqa: BLE001 - the other figures stand on their own
+            except Exception as exc:
                 print(f"postgres: not measured ({type(exc).__name__}: {exc})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -132,18 +150,43 @@ def main() -> BenchResult:
     load = os.getloadavg()
     print(f"load average during the bench: {load[0]:.1f} (a shared machine inflates every figure)")
     res.add("embedded engine, 2 workers → DuckDB", emb_rate, "files/s")
-    res.add("Spark local[2] → Parquet", spark_rate, "files/s", peer="embedded engine",
-            note=f"{spark_rate / emb_rate:.2f}x; session start {start_s:.0f} s not counted")
+    res.add(
+        "Spark local[2] → Parquet",
+        spark_rate,
+        "files/s",
+        peer="embedded engine",
+        note=f"{spark_rate / emb_rate:.2f}x; session start {start_s:.0f} s not counted",
+    )
     res.add("Spark per-core rate, wall clock (docs/scaling.md)", per_core, "files/s/core")
-    res.add("Spark per-core rate inside tasks (docs/scaling.md)", task_rate, "files/s/core",
-            note="read + extract + Parquet write, Spark scheduling excluded")
+    res.add(
+        "Spark per-core rate inside tasks (docs/scaling.md)",
+        task_rate,
+        "files/s/core",
+        note="read + extract + Parquet write, Spark scheduling excluded",
+    )
     if pg_rate is not None:
-        res.add("embedded engine, 2 workers → PostgreSQL", pg_rate, "files/s", peer="DuckDB",
-                note=f"{pg_rate / emb_rate:.2f}x")
+        res.add(
+            "embedded engine, 2 workers → PostgreSQL",
+            pg_rate,
+            "files/s",
+            peer="DuckDB",
+            note=f"{pg_rate / emb_rate:.2f}x",
+        )
     res.add("rows identical embedded vs Spark", 1.0 if same else 0.0, "", note=f"{files:,} files")
-    res.raw.update({"files": files, "embedded_s": emb_s, "spark_s": spark_s, "spark_start_s": start_s,
-                    "spark_tasks": srep.tasks, "spark_task_seconds": srep.task_seconds, "parquet_files": srep.files_written, "fingerprints": a,
-                    "identical": same, "loadavg": load})
+    res.raw.update(
+        {
+            "files": files,
+            "embedded_s": emb_s,
+            "spark_s": spark_s,
+            "spark_start_s": start_s,
+            "spark_tasks": srep.tasks,
+            "spark_task_seconds": srep.task_seconds,
+            "parquet_files": srep.files_written,
+            "fingerprints": a,
+            "identical": same,
+            "loadavg": load,
+        }
+    )
     if not same:
         res.error = "the engines wrote different rows"
     return res

@@ -71,7 +71,11 @@ def read_all(location: Any, table: str) -> pa.Table:
 def test_store_tables_hold_the_same_rows_as_duckdb(locations: dict[str, Any], backend: str, table: str) -> None:
     want = sorted_table(read_all(locations["duckdb"], table))
     got = read_all(locations[backend], table)
-    got = sorted_table(got.select(want.column_names + [c for c in got.column_names if c not in want.column_names and c not in VOLATILE]))
+    got = sorted_table(
+        got.select(
+            want.column_names + [c for c in got.column_names if c not in want.column_names and c not in VOLATILE]
+        )
+    )
     assert got.column_names == want.column_names
     if backend == "parquet":  # the same Arrow types, exactly
         assert got.schema == want.schema
@@ -101,7 +105,7 @@ FILTERS = [
     ["SOPClassUID = 1.2.840.10008.5.1.4.1.1.2"],
     ["ReferencedSOPSequence.ReferencedSOPClassUID = 1.2.840.10008.5.1.4.1.1.*"],
     ["ConceptNameCodeSequence.CodeMeaning = *Dose*"],
-    ["(0019,\"GEMS_ACQU_01\",10) > 0"],
+    ['(0019,"GEMS_ACQU_01",10) > 0'],
     ["(0008,0060) = CT"],
     ["WindowCenter > 0"],
     ["ScanOptions = HELICAL*"],
@@ -176,8 +180,14 @@ def _batch(sample_sources: list[Path]) -> tuple[dict[str, pa.Table], list[str]]:
     from dicomlake.ingest.worker import WorkerConfig, process_chunk
 
     tasks = [t for t in expand([sample_sources[0]]) if t.path.endswith(("CT_small.dcm", "MR_small.dcm", "rtdose.dcm"))]
-    cfg = WorkerConfig(lake=str(Path("/tmp")), columns_file=None, inline_max=256, max_header_bytes=1 << 26,
-                       max_zip_member_bytes=1 << 30, max_zip_ratio=200.0)
+    cfg = WorkerConfig(
+        lake=str(Path("/tmp")),
+        columns_file=None,
+        inline_max=256,
+        max_header_bytes=1 << 26,
+        max_zip_member_bytes=1 << 30,
+        max_zip_ratio=200.0,
+    )
     res = process_chunk(tasks, cfg)
     assert len(res.segments) == 1
     return res.segments[0].tables, res.segments[0].accepted_paths
@@ -193,7 +203,9 @@ def test_store_upsert_replaces_an_instance_and_its_rows(writable: Any, sample_so
     for name in ("instances", "elements", "dicom_json"):
         got = writable.query(f'SELECT count(*) AS n FROM "{name}"').column("n")[0].as_py()
         assert got == tables[name].num_rows, name
-    dup = writable.query("SELECT SOPInstanceUID, count(*) AS n FROM instances GROUP BY SOPInstanceUID HAVING count(*) > 1")
+    dup = writable.query(
+        "SELECT SOPInstanceUID, count(*) AS n FROM instances GROUP BY SOPInstanceUID HAVING count(*) > 1"
+    )
     assert dup.num_rows == 0
 
 
@@ -203,8 +215,17 @@ def test_store_clears_a_reject_once_the_path_reads(writable: Any) -> None:
     from dicomlake.store.base import REJECT_SCHEMA
 
     rej = pa.Table.from_pylist(
-        [{"source_path": "/x/a.dcm", "source": "file", "reason": "truncated", "size_bytes": 3, "sha256": None,
-          "quarantine_path": None, "rejected_at": dt.datetime(2024, 1, 1)}],
+        [
+            {
+                "source_path": "/x/a.dcm",
+                "source": "file",
+                "reason": "truncated",
+                "size_bytes": 3,
+                "sha256": None,
+                "quarantine_path": None,
+                "rejected_at": dt.datetime(2024, 1, 1),
+            }
+        ],
         schema=REJECT_SCHEMA,
     )
     writable.write_batch({"rejects": rej}, [])

@@ -69,15 +69,38 @@ class PostgresCluster:
             pw = pwd.getpwnam(self.run_user)
             os.chown(self.base, pw.pw_uid, pw.pw_gid)
         os.chmod(self.base, 0o700)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                  "--locale=C.UTF-8", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        )
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60 "
             "-c shared_buffers=64MB -c max_wal_size=512MB"
         )
-        res = self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.base / "server.log"),
-                        "-w", "-t", "60", "start", check=False)
+        res = self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            opts,
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
+        )
         if res.returncode != 0:
             log = (self.base / "server.log").read_text(errors="replace") if (self.base / "server.log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed ({res.returncode}): {res.stderr}\n{log[-2000:]}")

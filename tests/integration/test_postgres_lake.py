@@ -56,10 +56,9 @@ def test_postgres_round_trip_duckdb_parquet_postgres_duckdb_is_lossless(
         print(f"round trip {table}: {want.num_rows} rows identical")
     # importing again is an upsert: nothing doubles
     _cli("import", str(parquet), "--lake", url)
-    with Lake.open(url, read_only=True) as lk:
-        with Lake.open(sample_lake, read_only=True) as a:
-            for table in TABLES:
-                assert lk.count(table) == a.count(table), table
+    with Lake.open(url, read_only=True) as lk, Lake.open(sample_lake, read_only=True) as a:
+        for table in TABLES:
+            assert lk.count(table) == a.count(table), table
 
 
 def test_postgres_migrations_upgrade_an_existing_lake_in_place(pg: PostgresCluster, sample_sources: list[Path]) -> None:
@@ -144,9 +143,13 @@ def _role_web(url: str, done: Any, out: Any) -> None:
         while True:
             last = done.is_set()
             counts.append(lk.count())
-            dups += lk.store.query(
-                "SELECT count(*) AS n FROM (SELECT SOPInstanceUID FROM instances GROUP BY 1 HAVING count(*) > 1) d"
-            ).column("n")[0].as_py()
+            dups += (
+                lk.store.query(
+                    "SELECT count(*) AS n FROM (SELECT SOPInstanceUID FROM instances GROUP BY 1 HAVING count(*) > 1) d"
+                )
+                .column("n")[0]
+                .as_py()
+            )
             lk.query_arrow(["Modality = MG,CT"], level="study", limit=50)
             t = lk.store.query("SELECT SOPInstanceUID FROM instances LIMIT 1")
             if t.num_rows:
@@ -198,8 +201,10 @@ def test_postgres_listener_workers_and_web_in_separate_processes_lose_and_duplic
             "LEFT JOIN elements e USING (SOPInstanceUID) GROUP BY 1, 2"
         )
         js = lk.count("dicom_json")
-        by_source = {r["source"]: r["n"] for r in lk.store.query(
-            "SELECT source, count(*) AS n FROM instances GROUP BY 1").to_pylist()}
+        by_source = {
+            r["source"]: r["n"]
+            for r in lk.store.query("SELECT source, count(*) AS n FROM instances GROUP BY 1").to_pylist()
+        }
     assert read == [len(listener_files), 2 * len(worker_a), 2 * len(worker_b)]
     assert n == uids == js == n_total  # nothing lost, nothing twice
     assert per.num_rows == n_total
@@ -208,6 +213,8 @@ def test_postgres_listener_workers_and_web_in_separate_processes_lose_and_duplic
     # the web process never saw a duplicate, and saw the lake only grow
     assert web_seen["dups"] == 0
     assert web_seen["counts"] == sorted(web_seen["counts"]) and web_seen["counts"][-1] == n_total
-    print(f"concurrency: {n_total} files; listener read {read[0]}, workers {read[1]} + {read[2]} "
-          f"(two rounds each, overlapping); lake {n} instances, {uids} distinct, 0 duplicates; "
-          f"by source {by_source}; web ran {web_seen['queries']} queries during the load")
+    print(
+        f"concurrency: {n_total} files; listener read {read[0]}, workers {read[1]} + {read[2]} "
+        f"(two rounds each, overlapping); lake {n} instances, {uids} distinct, 0 duplicates; "
+        f"by source {by_source}; web ran {web_seen['queries']} queries during the load"
+    )

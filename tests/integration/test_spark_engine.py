@@ -26,7 +26,11 @@ def spark() -> Iterator[Any]:
     if shutil.which("java") is None:
         msg = "no Java runtime: apt-get install default-jre-headless (make install does it)"
         pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
-    pytest.importorskip("pyspark")
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        msg = "PySpark is not installed (pip install 'dicomlake[spark]'; make install does it)"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
     from dicomlake.ingest.spark import spark_session
 
     session = spark_session("local[2]", app_name="dicomlake-tests")
@@ -63,8 +67,9 @@ def _compare(duck: Path, parquet: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def spark_lakes(spark: Any, sample_sources: list[Path], generated: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
+def spark_lakes(
+    spark: Any, sample_sources: list[Path], generated: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, Any]]:
     from dicomlake.ingest.spark import ingest_spark
 
     out = {}
@@ -76,7 +81,10 @@ def spark_lakes(spark: Any, sample_sources: list[Path], generated: Path,
 
 @pytest.mark.parametrize("corpus", ["samples", "generated"])
 def test_spark_engine_gives_the_embedded_rows(
-    spark_lakes: dict[str, tuple[Path, Any]], corpus: str, sample_sources: list[Path], generated: Path,
+    spark_lakes: dict[str, tuple[Path, Any]],
+    corpus: str,
+    sample_sources: list[Path],
+    generated: Path,
     tmp_path: Path,
 ) -> None:
     sources = sample_sources if corpus == "samples" else [generated]
@@ -95,7 +103,9 @@ def test_spark_engine_gives_the_embedded_rows(
     assert any(p.name.startswith("part_month=") for p in next((out / "instances").iterdir()).iterdir())
 
 
-def test_spark_engine_cli_writes_a_lake_query_and_audit_read(spark: Any, sample_sources: list[Path], tmp_path: Path) -> None:
+def test_spark_engine_cli_writes_a_lake_query_and_audit_read(
+    spark: Any, sample_sources: list[Path], tmp_path: Path
+) -> None:
     from typer.testing import CliRunner
 
     from dicomlake.cli.main import app
@@ -110,8 +120,20 @@ def test_spark_engine_cli_writes_a_lake_query_and_audit_read(spark: Any, sample_
     res = runner.invoke(app, ["ingest", "--engine", "spark", str(small), "--out", str(out)])
     assert res.exit_code in (0, 1), res.output  # 1: the samples include unreadable files
     assert (out / "_dicomlake_lake.json").is_file()
-    res = runner.invoke(app, ["query", "--lake", str(out), "--where", "Modality = CT", "--select",
-                              "SOPInstanceUID,Modality", "--format", "json"])
+    res = runner.invoke(
+        app,
+        [
+            "query",
+            "--lake",
+            str(out),
+            "--where",
+            "Modality = CT",
+            "--select",
+            "SOPInstanceUID,Modality",
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     with Lake.open(out, read_only=True) as lk:
         n_ct = lk.query("Modality = CT").height

@@ -26,11 +26,15 @@ def ingest(
         "local[2]", "--master", help="--engine spark: Spark master URL (local[N], spark://HOST:7077, yarn)."
     ),
     quarantine: Path | None = typer.Option(
-        None, "--quarantine", help="PostgreSQL lakes: folder for the bytes of rejected input (default ./dicomlake-data)."
+        None,
+        "--quarantine",
+        help="PostgreSQL lakes: folder for the bytes of rejected input (default ./dicomlake-data).",
     ),
     deid: str | None = typer.Option(
-        None, "--deid", help="De-identify with this profile (basic, research, dose-audit or a TOML file) before "
-        "anything reaches the lake; keys from DICOMLAKE_DEID__SECRET."
+        None,
+        "--deid",
+        help="De-identify with this profile (basic, research, dose-audit or a TOML file) before "
+        "anything reaches the lake; keys from DICOMLAKE_DEID__SECRET.",
     ),
 ) -> None:
     """Read DICOM headers (never pixel data) into the lake; re-ingest upserts on SOP Instance UID.
@@ -61,8 +65,15 @@ def ingest(
     target = lake_path(lake)
     if lake_kind(target) == "postgres":
         with open_store(normalise_url(str(target))) as store:
-            rep = ingest_paths(paths, quarantine or Path("dicomlake-data"), workers=workers,
-                               batch_size=batch_size, progress=not quiet, store=store, deid=deid)
+            rep = ingest_paths(
+                paths,
+                quarantine or Path("dicomlake-data"),
+                workers=workers,
+                batch_size=batch_size,
+                progress=not quiet,
+                store=store,
+                deid=deid,
+            )
         rep.lake = redact(store.url)
     else:
         rep = ingest_paths(paths, target, workers=workers, batch_size=batch_size, progress=not quiet, deid=deid)
@@ -123,8 +134,10 @@ def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path
         t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
     console.print(t)
     if rep.rejected:
-        console.print(f"[yellow]{rep.rejected} input(s) rejected; their bytes are kept in {rep.out}/quarantine. "
-                      f"List them with: dicomlake rejects --lake {rep.out}")
+        console.print(
+            f"[yellow]{rep.rejected} input(s) rejected; their bytes are kept in {rep.out}/quarantine. "
+            f"List them with: dicomlake rejects --lake {rep.out}"
+        )
     dest = report or out / "reports" / f"ingest-{rep.run_id}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")

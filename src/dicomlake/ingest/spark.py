@@ -128,8 +128,11 @@ def spark_session(master: str = "local[2]", app_name: str = "dicomlake-ingest", 
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        defaults |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
-                     "spark.driver.memory": "1g"}
+        defaults |= {
+            "spark.driver.host": "127.0.0.1",
+            "spark.driver.bindAddress": "127.0.0.1",
+            "spark.driver.memory": "1g",
+        }
     for k, v in (defaults | conf).items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
@@ -316,10 +319,9 @@ def ingest_spark(
     )
     chunks = _chunks(tasks, FILES_PER_CHUNK)
     parallelism = max(1, sc.defaultParallelism)
-    if files_per_task:
-        n_parts = max(1, -(-len(tasks) // files_per_task))
-    else:
-        n_parts = max(1, min(len(chunks), parallelism * 4))
+    # default: 4 tasks per core, so a slow task does not hold the job up
+    spread = max(1, min(len(chunks), parallelism * 4))
+    n_parts = max(1, -(-len(tasks) // files_per_task)) if files_per_task else spread
     n_parts = min(n_parts, max(1, len(chunks)))
     report.partitions = n_parts
     rows = [(i, json.dumps([(o, asdict(t)) for o, t in c])) for i, c in enumerate(chunks)]
@@ -336,12 +338,9 @@ def ingest_spark(
 
         inst = result.filter("kind = 'instance'")
         dup = (
-            inst.groupBy("SOPInstanceUID").agg(F.count("*").alias("n"), F.max("ordinal").alias("keep"))
-            .filter("n > 1")
+            inst.groupBy("SOPInstanceUID").agg(F.count("*").alias("n"), F.max("ordinal").alias("keep")).filter("n > 1")
         )
-        losers = (
-            inst.join(dup, "SOPInstanceUID").filter("ordinal < keep").select("stage", "SOPInstanceUID").collect()
-        )
+        losers = inst.join(dup, "SOPInstanceUID").filter("ordinal < keep").select("stage", "SOPInstanceUID").collect()
         report.unique_instances = inst.select("SOPInstanceUID").distinct().count()
         report.seconds_extract = t_extract - t0  # expand + extraction + staged writes
     finally:

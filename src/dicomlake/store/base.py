@@ -20,6 +20,7 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 
+
 def dose_schema() -> pa.Schema:
     """The dose_events schema, from :data:`dicomlake.extract.dose.DOSE_EVENT_COLUMNS`."""
     from dicomlake.extract.dose import DOSE_EVENT_COLUMNS

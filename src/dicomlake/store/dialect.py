@@ -27,13 +27,75 @@ from collections.abc import Iterable, Mapping
 # window frame vs the ``Rows`` column): they are quoted only when written in the column's
 # exact spelling.
 _KEYWORDS = frozenset(
-    """all and any as asc between by case cast columns current desc distinct else end exists
-    false first following from full group having in inner interval is join last left like
-    limit not null nulls offset on or order outer over partition preceding range right rows
-    select then true unbounded union using when where window with grid""".split()
+    [
+        "all",
+        "and",
+        "any",
+        "as",
+        "asc",
+        "between",
+        "by",
+        "case",
+        "cast",
+        "columns",
+        "current",
+        "desc",
+        "distinct",
+        "else",
+        "end",
+        "exists",
+        "false",
+        "first",
+        "following",
+        "from",
+        "full",
+        "group",
+        "having",
+        "in",
+        "inner",
+        "interval",
+        "is",
+        "join",
+        "last",
+        "left",
+        "like",
+        "limit",
+        "not",
+        "null",
+        "nulls",
+        "offset",
+        "on",
+        "or",
+        "order",
+        "outer",
+        "over",
+        "partition",
+        "preceding",
+        "range",
+        "right",
+        "rows",
+        "select",
+        "then",
+        "true",
+        "unbounded",
+        "union",
+        "using",
+        "when",
+        "where",
+        "window",
+        "with",
+        "grid",
+    ]
 )
-_TYPES = {"double": "DOUBLE PRECISION", "tinyint": "SMALLINT", "hugeint": "NUMERIC",
-          "blob": "BYTEA", "string": "TEXT", "ubigint": "NUMERIC", "uinteger": "BIGINT"}
+_TYPES = {
+    "double": "DOUBLE PRECISION",
+    "tinyint": "SMALLINT",
+    "hugeint": "NUMERIC",
+    "blob": "BYTEA",
+    "string": "TEXT",
+    "ubigint": "NUMERIC",
+    "uinteger": "BIGINT",
+}
 _TOKEN = re.compile(
     r"""
     (?P<str>'(?:[^']|'')*')
@@ -49,8 +111,22 @@ _TOKEN = re.compile(
     """,
     re.S | re.X,
 )
-_UNITS = {"day", "days", "hour", "hours", "minute", "minutes", "second", "seconds", "month",
-          "months", "year", "years", "week", "weeks"}
+_UNITS = {
+    "day",
+    "days",
+    "hour",
+    "hours",
+    "minute",
+    "minutes",
+    "second",
+    "seconds",
+    "month",
+    "months",
+    "year",
+    "years",
+    "week",
+    "weeks",
+}
 
 
 def _col_map(columns: Iterable[str]) -> dict[str, str]:
@@ -91,9 +167,7 @@ def to_postgres(
             parens.append(prev_word if out and not out[-1].isspace() else "")
         elif kind == "other" and text == ")" and parens:
             parens.pop()
-        if kind == "str":
-            out.append(text.replace("%", "%%"))
-        elif kind == "comment":
+        if kind == "str" or kind == "comment":
             out.append(text.replace("%", "%%"))
         elif kind == "qmark":
             out.append("%s")
@@ -108,12 +182,15 @@ def to_postgres(
                 i = skip
                 prev_word = "interval"
                 continue
-            if low in _TYPES and (prev_word in ("as",) or _after_cast(out)):
-                if not (low == "double" and nxt == "precision"):
-                    out.append(_TYPES[low])
-                    prev_word = low
-                    i += 1
-                    continue
+            if (
+                low in _TYPES
+                and (prev_word == "as" or _after_cast(out))
+                and not (low == "double" and nxt == "precision")
+            ):
+                out.append(_TYPES[low])
+                prev_word = low
+                i += 1
+                continue
             if low in cols and (text == cols[low] or low not in _KEYWORDS) and not _is_call(tokens, i):
                 out.append(f'"{cols[low]}"')
             elif prev_word == "as" and not (parens and parens[-1] == "cast") and low not in _KEYWORDS:

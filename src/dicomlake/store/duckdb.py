@@ -17,7 +17,9 @@ from dicomlake.store.base import REJECT_SCHEMA, WriteReport, dose_schema
 DB_NAME = "lake.duckdb"
 SCHEMA_VERSION = 1
 
-_READ_ONLY_SQL = re.compile(r"^\s*(\(|with\b|select\b|from\b|pivot\b|unpivot\b|describe\b|show\b|summarize\b|explain\b|values\b|table\b)", re.I)
+_READ_ONLY_SQL = re.compile(
+    r"^\s*(\(|with\b|select\b|from\b|pivot\b|unpivot\b|describe\b|show\b|summarize\b|explain\b|values\b|table\b)", re.I
+)
 
 
 def table_schemas(columns: InstanceColumns) -> dict[str, pa.Schema]:
@@ -79,9 +81,7 @@ class DuckDBStore:
     def _ensure_schema(self) -> None:
         con = self.con
         con.execute("CREATE TABLE IF NOT EXISTS lake_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-        con.execute(
-            "INSERT OR IGNORE INTO lake_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-        )
+        con.execute("INSERT OR IGNORE INTO lake_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         for name, schema in table_schemas(self.columns).items():
             have = self._existing_columns(name)
             if not have:
@@ -119,9 +119,7 @@ class DuckDBStore:
                 replaced = int(existing[0]) if existing else 0
                 if replaced:
                     for t in ("elements", "dicom_json", "dose_events", "instances"):
-                        con.execute(
-                            f'DELETE FROM "{t}" WHERE SOPInstanceUID IN (SELECT SOPInstanceUID FROM b_inst)'
-                        )
+                        con.execute(f'DELETE FROM "{t}" WHERE SOPInstanceUID IN (SELECT SOPInstanceUID FROM b_inst)')
                 con.execute("INSERT INTO instances BY NAME SELECT * FROM b_inst")
                 con.unregister("b_inst")
             for name, tab in (("elements", elements), ("dicom_json", js), ("dose_events", dose)):

@@ -80,8 +80,10 @@ def with_partitions(table: pa.Table, keys: pa.Table) -> pa.Table:
     idx = pc.index_in(table.column("SOPInstanceUID"), value_set=keys.column("SOPInstanceUID"))
     out = table
     for name in PART_COLUMNS:
-        col = pc.fill_null(pc.take(keys.column(name), idx), NONE) if keys.num_rows else pa.array(
-            [NONE] * table.num_rows, pa.string()
+        col = (
+            pc.fill_null(pc.take(keys.column(name), idx), NONE)
+            if keys.num_rows
+            else pa.array([NONE] * table.num_rows, pa.string())
         )
         out = out.append_column(name, col)
     return out
@@ -232,7 +234,9 @@ class ParquetStore:
 
         return DuckDBStore.query_readonly(self, sql, params)  # type: ignore[arg-type]
 
-    def iter_table(self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+    def iter_table(
+        self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000
+    ) -> Iterator[pa.RecordBatch]:
         try:
             reader = self.con.sql(f'SELECT * FROM "{name}"').to_arrow_reader(batch_rows)
         except duckdb.Error as exc:

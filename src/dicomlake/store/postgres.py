@@ -244,9 +244,12 @@ class PostgresStore:
         """Stream a whole table as Arrow batches of ``schema`` (``COPY … TO STDOUT``, CSV)."""
         cols = ", ".join(f'"{f.name}"' for f in schema)
         types = {f.name: (pa.string() if pa.types.is_time(f.type) else f.type) for f in schema}
-        with self.connection.cursor() as cur, cur.copy(f'COPY (SELECT {cols} FROM "{name}") TO STDOUT (FORMAT csv)') as cp:
+        with (
+            self.connection.cursor() as cur,
+            cur.copy(f'COPY (SELECT {cols} FROM "{name}") TO STDOUT (FORMAT csv)') as cp,
+        ):
             reader = pacsv.open_csv(
-                io.BufferedReader(_CopyReader(iter(cp)), buffer_size=1 << 20),
+                io.BufferedReader(_CopyReader(bytes(b) for b in cp), buffer_size=1 << 20),
                 read_options=pacsv.ReadOptions(column_names=schema.names, block_size=16 << 20),
                 convert_options=pacsv.ConvertOptions(
                     column_types=types,

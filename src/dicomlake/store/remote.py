@@ -103,8 +103,7 @@ class _CopyShim:
         m = self._COPY.match(sql)
         if not m:
             raise QueryError(
-                "only SELECT-like statements run against a lake held by `dicomlake serve`; "
-                f"got {sql.strip()[:60]!r}"
+                f"only SELECT-like statements run against a lake held by `dicomlake serve`; got {sql.strip()[:60]!r}"
             )
         table, path, fmt = m.group(1), m.group(2).replace("''", "'"), m.group(3).lower()
         data = self.store.query(f'SELECT * FROM "{table}"')
@@ -124,8 +123,14 @@ class RemoteStore:
 
     read_only = True
 
-    def __init__(self, lake: str | os.PathLike[str], info: ServiceInfo, *, columns: InstanceColumns | None = None,
-                 timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        lake: str | os.PathLike[str],
+        info: ServiceInfo,
+        *,
+        columns: InstanceColumns | None = None,
+        timeout: float = 300.0,
+    ) -> None:
         import httpx
 
         self.lake = Path(lake)

@@ -63,7 +63,7 @@ def table_schema(store: Any, name: str) -> pa.Schema | None:
         return pa.schema([f for f in known if f.name in have])
     try:
         return store.query(f'SELECT * FROM "{name}" LIMIT 0').schema  # type: ignore[no-any-return]
-    except Exception:  # noqa: BLE001 - a table missing from an older lake
+    except Exception:
         return None
 
 
@@ -75,9 +75,7 @@ def iter_table(store: Any, name: str, schema: pa.Schema, batch_rows: int = BATCH
         yield from store.iter_table(name, schema, batch_rows)
         return
     cols = ", ".join(f'"{f.name}"' for f in schema)
-    reader = store.con.sql(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
-    for batch in reader:
-        yield batch
+    yield from store.con.sql(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
 
 
 def copy_lake(source: Any, destination: Any, *, batch_rows: int = BATCH_ROWS) -> TransferReport:
@@ -86,7 +84,10 @@ def copy_lake(source: Any, destination: Any, *, batch_rows: int = BATCH_ROWS) ->
     ``destination`` is an open DuckDB or PostgreSQL store (upsert), or a
     :class:`ParquetLakeWriter` on an empty folder.
     """
-    rep = TransferReport(str(getattr(source, "lake", source)), str(getattr(destination, "root", getattr(destination, "lake", destination))))
+    rep = TransferReport(
+        str(getattr(source, "lake", source)),
+        str(getattr(destination, "root", getattr(destination, "lake", destination))),
+    )
     names = [*TABLES, "ingest_runs"]
     if isinstance(destination, ParquetLakeWriter):
         existing = [p for p in destination.root.iterdir() if p.name != MARKER] if destination.root.exists() else []
@@ -107,8 +108,9 @@ def copy_lake(source: Any, destination: Any, *, batch_rows: int = BATCH_ROWS) ->
                     pa.field("part_month", pa.string())
                 )
                 batches = (
-                    with_partitions(pa.Table.from_batches([b]), keys).to_batches()[0] if b.num_rows else
-                    pa.RecordBatch.from_pylist([], schema=out_schema)
+                    with_partitions(pa.Table.from_batches([b]), keys).to_batches()[0]
+                    if b.num_rows
+                    else pa.RecordBatch.from_pylist([], schema=out_schema)
                     for b in batches
                 )
                 rep.rows[name] = destination.write(name, _nonempty(batches), out_schema)
@@ -143,7 +145,11 @@ def _keys(source: Any, batch_rows: int) -> pa.Table:
     if schema is None:
         return partition_keys(pa.table({"SOPInstanceUID": pa.array([], pa.string())}))
     wanted = pa.schema([f for f in schema if f.name in ("SOPInstanceUID", "Modality", "StudyDate")])
-    parts = [partition_keys(pa.Table.from_batches([b])) for b in iter_table(source, "instances", wanted, batch_rows) if b.num_rows]
+    parts = [
+        partition_keys(pa.Table.from_batches([b]))
+        for b in iter_table(source, "instances", wanted, batch_rows)
+        if b.num_rows
+    ]
     if not parts:
         return partition_keys(pa.table({"SOPInstanceUID": pa.array([], pa.string())}))
     return pa.concat_tables(parts)

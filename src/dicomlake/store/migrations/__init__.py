@@ -138,8 +138,9 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "lake tables (instances, elements, dicom_json, dose_events, rejects, ingest_runs)", _m1_tables),
-    Migration(2, "DuckDB-named SQL functions (list_contains, string_split, first, any_value, median, ...)",
-              _m2_functions),
+    Migration(
+        2, "DuckDB-named SQL functions (list_contains, string_split, first, any_value, median, ...)", _m2_functions
+    ),
     Migration(3, "primary keys on SOPInstanceUID; indexes for upserts and element filters", _m3_keys_and_indexes),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
