@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dicomlake.errors import AssociationError
-from dicomlake.ingest.spool import Spool, valid_uid
+from dicomlake.ingest.spool import Spool
 
 LOG = logging.getLogger("dicomlake.dicomweb")
 DICOM_JSON = "application/dicom+json"
@@ -35,6 +35,8 @@ class DicomwebReport:
     done: int = 0
     failed: int = 0
     bytes_received: int = 0
+    pixel_bytes: int = 0
+    """Pixel data bytes found inline in the answers (0 when the server sent BulkDataURIs only)."""
     requests: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
@@ -126,8 +128,107 @@ def strip_bulk(js: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_LONG = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_NUM = {"FL": "f", "FD": "d", "SL": "i", "SS": "h", "UL": "I", "US": "H", "SV": "q", "UV": "Q"}
+_BIN_WORD = {"OB": "B", "UN": "B", "OW": "H", "OL": "I", "OF": "f", "OD": "d", "OV": "Q"}
+
+
+def _pn(v: Any) -> str:
+    if isinstance(v, dict):
+        parts = [v.get("Alphabetic", ""), v.get("Ideographic", ""), v.get("Phonetic", "")]
+        while parts and not parts[-1]:
+            parts.pop()
+        return "=".join(parts)
+    return str(v)
+
+
+def _num_text(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return str(v)
+
+
+def _encode_value(vr: str, el: Mapping[str, Any]) -> bytes:
+    import base64
+    import struct
+
+    if "InlineBinary" in el:
+        raw = base64.b64decode(el["InlineBinary"])
+    elif vr in _NUM:
+        raw = struct.pack(f"<{len(el.get('Value', []))}{_NUM[vr]}", *el.get("Value", []))
+    elif vr in _BIN_WORD:
+        vals = el.get("Value", [])
+        raw = struct.pack(f"<{len(vals)}{_BIN_WORD[vr]}", *vals) if vals else b""
+    elif vr == "AT":
+        vals = el.get("Value", [])
+        raw = b"".join(struct.pack("<HH", int(t[:4], 16), int(t[4:], 16)) for t in vals)
+    else:
+        vals = el.get("Value", [])
+        if vr == "PN":
+            text = "\\".join(_pn(v) for v in vals)
+        elif vr in ("DS", "IS"):
+            text = "\\".join(_num_text(v) for v in vals if v is not None)
+        else:
+            text = "\\".join("" if v is None else str(v) for v in vals)
+        raw = text.encode("utf-8")
+        if len(raw) % 2:
+            raw += b"\x00" if vr == "UI" else b" "
+    if len(raw) % 2:
+        raw += b"\x00"
+    return raw
+
+
+def _encode_dataset(js: Mapping[str, Any], out: list[bytes]) -> None:
+    import struct
+
+    for key in sorted(js, key=lambda k: int(k, 16)):
+        el = js[key]
+        if "BulkDataURI" in el:
+            continue
+        tag = int(key, 16)
+        vr = el.get("vr") or "UN"
+        group, elem = tag >> 16, tag & 0xFFFF
+        if tag == 0x00080005:
+            el = {"vr": "CS", "Value": ["ISO_IR 192"]}  # PS3.18 F.2: JSON text is UTF-8
+        if vr == "SQ":
+            out.append(struct.pack("<HH2sHI", group, elem, b"SQ", 0, 0xFFFFFFFF))
+            for item in el.get("Value", []) or []:
+                out.append(struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF))
+                _encode_dataset(item, out)
+                out.append(struct.pack("<HHI", 0xFFFE, 0xE00D, 0))
+            out.append(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+            continue
+        raw = _encode_value(vr, el)
+        if vr in _LONG:
+            out.append(struct.pack("<HH2sHI", group, elem, vr.encode(), 0, len(raw)))
+        else:
+            if len(raw) > 0xFFFF:
+                raise ValueError(f"({group:04X},{elem:04X}) {vr} value of {len(raw)} bytes")
+            out.append(struct.pack("<HH2sH", group, elem, vr.encode(), len(raw)))
+        out.append(raw)
+
+
+def json_to_part10_fast(js: dict[str, Any]) -> tuple[str, bytes]:
+    """DICOM JSON → Explicit VR Little Endian Part-10 without pydicom (PS3.18 F.2 in reverse)."""
+    from dicomlake.ingest.spool import encode_file_meta
+
+    uid = _value(js, "00080018")
+    sop_class = _value(js, "00080016")
+    if not uid or not sop_class:
+        raise ValueError("SOPInstanceUID or SOPClassUID missing")
+    if "00080005" not in js and any(el.get("vr") in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") for el in js.values()):
+        js = {**js, "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]}}
+    out: list[bytes] = [encode_file_meta(sop_class, uid, "1.2.840.10008.1.2.1")]
+    _encode_dataset(js, out)
+    return uid, b"".join(out)
+
+
 def json_to_part10(js: dict[str, Any]) -> tuple[str, bytes]:
     """One instance's DICOM JSON as ``(SOPInstanceUID, Part-10 bytes)`` without bulk data."""
+    try:
+        return json_to_part10_fast(js)
+    except Exception as exc:  # noqa: BLE001 - odd values: let pydicom try, element by element
+        LOG.debug("fast JSON encoding failed (%s); using pydicom", exc)
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -138,9 +239,33 @@ def json_to_part10(js: dict[str, Any]) -> tuple[str, bytes]:
     meta.MediaStorageSOPInstanceUID = uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
+    return uid, encode_tolerant(ds)
+
+
+def encode_tolerant(ds: Any) -> bytes:
+    """Part-10 bytes of ``ds``; elements whose value cannot be encoded are left out (and logged)."""
+    from pydicom.filewriter import write_dataset
+
+    buf = io.BytesIO()
+    try:
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    except Exception:  # noqa: BLE001 - find the elements at fault below
+        pass
+    from pydicom.filebase import DicomBytesIO
+
+    for elem in list(ds):
+        probe = DicomBytesIO()
+        probe.is_little_endian, probe.is_implicit_VR = True, False
+        try:
+            write_dataset(probe, ds.__class__({elem.tag: elem}))
+        except Exception as exc:  # noqa: BLE001
+            LOG.warning("%s: element %s (%s) cannot be encoded (%s); left out",
+                        getattr(ds, "SOPInstanceUID", "?"), elem.tag, elem.keyword or "private", exc)
+            del ds[elem.tag]
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    return uid, buf.getvalue()
+    return buf.getvalue()
 
 
 def qido_filters(keys: Mapping[str, str]) -> dict[str, str]:
@@ -196,10 +321,12 @@ def pull_dicomweb(
                         continue
                     rep.series += 1
                     for js in client.retrieve_series_metadata(study_uid, series_uid):
+                        for ptag in ("7FE00010", "7FE00008", "7FE00009"):
+                            pel = js.get(ptag) or {}
+                            rep.pixel_bytes += len(pel.get("InlineBinary", "")) * 3 // 4 + len(pel.get("Value", []) or [])
                         uid, data = json_to_part10(js)
-                        if valid_uid(uid):
-                            spool.put(uid, data, "dicomweb")
-                            rep.instances += 1
+                        spool.put(uid, data, "dicomweb")
+                        rep.instances += 1
                 rep.done += 1
             except Exception as exc:  # noqa: BLE001 - report the study, go on with the rest
                 rep.failed += 1

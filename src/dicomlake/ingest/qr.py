@@ -508,7 +508,7 @@ def _storage_contexts(sop_classes: Sequence[str]) -> list[str]:
     from pynetdicom import StoragePresentationContexts
 
     if sop_classes:
-        return list(dict.fromkeys(sop_classes))[:120]
+        return [u for u in dict.fromkeys(sop_classes) if valid_uid(u)][:127] or _storage_contexts(())
     return [str(cx.abstract_syntax) for cx in StoragePresentationContexts][:120]
 
 
@@ -574,7 +574,8 @@ def retrieve_study_get(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spo
 
     uid = str(study["StudyInstanceUID"])
     out = StudyOutcome(uid, "requested")
-    roles = [build_role(c, scp_role=True) for c in _storage_contexts(sop_classes)]
+    roles = [build_role(c, scp_role=True) for c in dict.fromkeys(cx.abstract_syntax for cx in ae.requested_contexts)
+             if c != StudyRootQueryRetrieveInformationModelGet]
 
     def on_store(event: Any) -> int:
         try:
@@ -604,14 +605,40 @@ def retrieve_study_get(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spo
     return out
 
 
+# Transfer syntaxes offered for C-GET, one presentation context each (the SCP accepts one
+# transfer syntax per context, PS3.8 §9.3.3.2, and cannot always transcode compressed data).
+_GET_SYNTAXES: tuple[tuple[str, ...], ...] = (
+    ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"),
+    ("1.2.840.10008.1.2.4.50",), ("1.2.840.10008.1.2.4.51",), ("1.2.840.10008.1.2.4.57",),
+    ("1.2.840.10008.1.2.4.70",), ("1.2.840.10008.1.2.4.80",), ("1.2.840.10008.1.2.4.81",),
+    ("1.2.840.10008.1.2.4.90",), ("1.2.840.10008.1.2.4.91",), ("1.2.840.10008.1.2.5",),
+    ("1.2.840.10008.1.2.1.99",), ("1.2.840.10008.1.2.2",),
+)
+
+
 def _get_ae(ae_title: str, settings: Any, sop_classes: Sequence[str]) -> Any:
-    from pynetdicom import ALL_TRANSFER_SYNTAXES
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
     ae = _make_ae(ae_title, settings)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    for uid in _storage_contexts(sop_classes):
-        ae.add_requested_context(uid, ALL_TRANSFER_SYNTAXES[:])
+    found = [u for u in dict.fromkeys(sop_classes) if re.match(r"^[0-9]+(\.[0-9]+)*$", u)]
+    budget = 127
+    if found and len(found) * len(_GET_SYNTAXES) <= budget:
+        for uid in found:
+            for tss in _GET_SYNTAXES:
+                ae.add_requested_context(uid, list(tss))
+        budget -= len(found) * len(_GET_SYNTAXES)
+        found_set = set(found)
+        # the PACS's answer may miss a class: fill up with the common ones, uncompressed
+        for uid in _storage_contexts(()):
+            if budget <= 0:
+                break
+            if uid not in found_set:
+                ae.add_requested_context(uid, list(_GET_SYNTAXES[0]))
+                budget -= 1
+    else:  # many SOP classes: one context each, every transfer syntax offered
+        for uid in (found or _storage_contexts(()))[:budget]:
+            ae.add_requested_context(uid, [t for tss in _GET_SYNTAXES for t in tss])
     return ae
 
 
@@ -646,7 +673,7 @@ def collect_metadata(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spool
                 if elem.value not in (None, ""):
                     ds[elem.tag] = elem
             sop_uid = str(getattr(ds, "SOPInstanceUID", "") or "")
-            if not valid_uid(sop_uid):
+            if not sop_uid:
                 continue
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = getattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.7")
@@ -654,9 +681,9 @@ def collect_metadata(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spool
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             meta.SourceApplicationEntityTitle = peer.ae_title
             ds.file_meta = meta
-            buf = io.BytesIO()
-            ds.save_as(buf, enforce_file_format=True)
-            spool.put(sop_uid, buf.getvalue(), "c-find")
+            from dicomlake.ingest.dicomweb import encode_tolerant
+
+            spool.put(sop_uid, encode_tolerant(ds), "c-find")
             n += 1
     out.completed = n
     return out
@@ -815,7 +842,11 @@ def _reconcile(svc: Any, state: PullState, run_id: str, report: PullReport, sett
     expected = {o.StudyInstanceUID: o.completed + o.warning for o in report.outcomes if o.state != "failed"}
     deadline = time.monotonic() + settle
     counts: dict[str, int] = {}
+    seen, quiet_since = -1, time.monotonic()
     while True:
+        arrived = svc.scp.stats.stored if svc.scp is not None else 0
+        if arrived != seen:
+            seen, quiet_since = arrived, time.monotonic()
         if svc.drainer is not None:
             svc.drainer.wait_idle(timeout=max(0.5, deadline - time.monotonic()))
         rows = state._exec(
@@ -825,6 +856,9 @@ def _reconcile(svc: Any, state: PullState, run_id: str, report: PullReport, sett
         )
         counts = {str(r[0]): int(r[1]) for r in rows}
         if all(counts.get(u, 0) >= n for u, n in expected.items()) or time.monotonic() >= deadline:
+            break
+        # nothing arrived for 2 s and the spool is drained: late sub-operations are not coming
+        if time.monotonic() - quiet_since > 2.0 and (svc.spool is None or svc.spool.count() == 0):
             break
         time.sleep(0.2)
     report.instances = 0

@@ -461,8 +461,12 @@ class Drainer(threading.Thread):
 
     def run(self) -> None:
         if self.workers > 0:
-            ctx = mp.get_context("spawn")
-            self._pool = ctx.Pool(self.workers, maxtasksperchild=5000)
+            try:
+                ctx = mp.get_context("spawn")
+                self._pool = ctx.Pool(self.workers, maxtasksperchild=5000)
+            except Exception as exc:  # noqa: BLE001 - extract in this thread instead
+                LOG.warning("no extraction processes (%s); extracting in the service process", exc)
+                self._pool = None
         while True:
             items = self.spool.pending(self.batch)
             if not items:
