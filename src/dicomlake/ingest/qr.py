@@ -40,7 +40,7 @@ STUDY_KEYS = (
 """Return keys of the study-level C-FIND (PS3.4 C.6.2.1.2)."""
 
 IMAGE_KEYS = (
-    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "Rows", "Columns", "ContentDate", "ContentTime",
+    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "PatientID", "Rows", "Columns", "ContentDate", "ContentTime",
     "AcquisitionDate", "AcquisitionTime", "ImageType", "NumberOfFrames",
 )  # fmt: skip
 SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
