@@ -99,6 +99,10 @@ class _CopyShim:
     def __init__(self, store: RemoteStore) -> None:
         self.store = store
 
+    def sql(self, query: str, params: Any = None) -> _Relation:
+        """A relation-like result (``to_arrow_table``, ``to_arrow_reader``) fetched from the service."""
+        return _Relation(self.store.query(query, params))
+
     def execute(self, sql: str, params: Any = None) -> _CopyShim:
         m = self._COPY.match(sql)
         if not m:
@@ -116,6 +120,17 @@ class _CopyShim:
 
             pcsv.write_csv(data, path)
         return self
+
+
+class _Relation:
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def to_arrow_table(self) -> pa.Table:
+        return self.table
+
+    def to_arrow_reader(self, batch_rows: int = 100_000) -> pa.RecordBatchReader:
+        return pa.RecordBatchReader.from_batches(self.table.schema, self.table.to_batches(batch_rows))
 
 
 class RemoteStore:
