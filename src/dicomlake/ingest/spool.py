@@ -484,7 +484,7 @@ class Drainer(threading.Thread):
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 LOG.error("spool drain failed (%s); %d file(s) stay in the spool and are retried",
                           self.stats.last_error, len(items))
-                self._backoff = min(30.0, max(0.5, self._backoff * 2))
+                self._backoff = min(5.0, max(0.5, self._backoff * 2))
                 if self._halt.wait(self._backoff) and self.spool.count() and self.stats.failures > 3:
                     break
                 try:
