@@ -47,8 +47,6 @@ def ingest(
 
     Exit status: 0 all read, 1 some input rejected (see `dicomlake rejects`), 2 usage error.
     """
-    from rich.console import Console
-    from rich.table import Table
 
     from dicomlake.ingest.pipeline import ingest_paths
 
@@ -77,9 +75,7 @@ def ingest(
         rep.lake = redact(store.url)
     else:
         rep = ingest_paths(paths, target, workers=workers, batch_size=batch_size, progress=not quiet, deid=deid)
-    console = Console(stderr=True)
-    t = Table(title=f"ingest {rep.run_id} into {rep.lake}", show_header=False)
-    for k, v in (
+    rows = (
         ("files", rep.files),
         ("instances", rep.instances),
         ("  new", rep.inserted),
@@ -90,36 +86,44 @@ def ingest(
         ("dose events", rep.dose_events),
         ("seconds", f"{rep.seconds:.2f}"),
         ("files/s", f"{rep.rate:,.0f}"),
-    ):
-        t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
-    console.print(t)
-    if rep.rejected:
-        console.print(
-            f"[yellow]{rep.rejected} input(s) rejected; their bytes are kept in {rep.lake}/quarantine. "
-            f"List them with: dicomlake rejects --lake {rep.lake}"
-        )
-    for note in rep.notes[:10]:
-        console.print(f"[dim]note: {note}")
+    )
     folder = Path(rep.lake) if "://" not in rep.lake else (quarantine or Path("dicomlake-data"))
     dest = report or folder / "reports" / f"ingest-{rep.run_id}.json"
+    _summary(f"ingest {rep.run_id} into {rep.lake}", rows, rep, rep.lake, dest)
+
+
+def _summary(title: str, rows: tuple[tuple[str, object], ...], rep: object, lake: str | Path, dest: Path) -> None:
+    """Print the closing table, the rejects hint and notes; write the JSON report; exit 0/1."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    t = Table(title=title, show_header=False)
+    for k, v in rows:
+        t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(t)
+    rejected = getattr(rep, "rejected", 0)
+    if rejected:
+        console.print(
+            f"[yellow]{rejected} input(s) rejected; their bytes are kept in {lake}/quarantine. "
+            f"List them with: dicomlake rejects --lake {lake}"
+        )
+    for note in getattr(rep, "notes", [])[:10]:
+        console.print(f"[dim]note: {note}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")
+    dest.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")  # type: ignore[attr-defined]
     console.print(f"[dim]report: {dest}")
-    raise typer.Exit(rep.exit_code)
+    raise typer.Exit(rep.exit_code)  # type: ignore[attr-defined]
 
 
 def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     from dicomlake.ingest.spark import ingest_spark
 
     if out is None:
         raise ValueError("--engine spark needs --out DIR, the Parquet lake folder to write")
     rep = ingest_spark(paths, out, master=master)
-    console = Console(stderr=True)
-    t = Table(title=f"spark ingest {rep.run_id} into {rep.out} ({rep.master})", show_header=False)
-    for k, v in (
+    rows = (
         ("files", rep.files),
         ("instances read", rep.instances),
         ("instances in the lake", rep.unique_instances),
@@ -130,19 +134,9 @@ def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path
         ("Parquet files", rep.files_written),
         ("seconds", f"{rep.seconds:.2f}"),
         ("files/s", f"{rep.rate:,.0f}"),
-    ):
-        t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
-    console.print(t)
-    if rep.rejected:
-        console.print(
-            f"[yellow]{rep.rejected} input(s) rejected; their bytes are kept in {rep.out}/quarantine. "
-            f"List them with: dicomlake rejects --lake {rep.out}"
-        )
-    dest = report or out / "reports" / f"ingest-{rep.run_id}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")
-    console.print(f"[dim]report: {dest}")
-    raise typer.Exit(rep.exit_code)
+    )
+    _summary(f"spark ingest {rep.run_id} into {rep.out} ({rep.master})", rows, rep, rep.out,
+             report or out / "reports" / f"ingest-{rep.run_id}.json")
 
 
 def rejects(
