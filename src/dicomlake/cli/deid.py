@@ -16,7 +16,6 @@ from dicomlake.deid.vault import Vault
 from dicomlake.errors import DeidError
 
 
-
 def _files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
     """(file, path relative to its input root) for every file under the inputs."""
     for root in paths:
