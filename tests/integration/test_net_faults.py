@@ -33,14 +33,20 @@ def test_kill_9_twenty_times_loses_and_duplicates_no_acknowledged_instance(tmp_p
     acked: list[str] = []
     kills = 0
     while kills < 20 and remaining:
-        s = Served(lake, port).start()
+        s = Served(lake, port, lean=True).start()
         log = tmp_path / f"storescu-{kills}.log"
         with log.open("w") as fh:
             sender = subprocess.Popen(
                 ["storescu", "-v", "-nh", "-aec", "DICOMLAKE", "127.0.0.1", str(port), *remaining],
                 stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"},
             )
-            time.sleep(rng.uniform(0.05, 0.45))
+            # a random moment: after a random number of acknowledgements (0-79), mid-instance
+            target, deadline = rng.randrange(80), time.monotonic() + 5
+            while time.monotonic() < deadline and sender.poll() is None:
+                if log.read_text().count("Received Store Response") >= target:
+                    break
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, 0.01))
             s.kill9()
             kills += 1
             sender.wait(60)
@@ -80,10 +86,10 @@ def _mount_tmpfs(path: Path, size: str) -> None:
 
 def test_disk_full_answers_out_of_resources_and_recovers(tmp_path: Path) -> None:
     require_tool("storescu")
-    files = [str(p) for p in make_instances(tmp_path / "in", 500)]
+    files = [str(p) for p in make_instances(tmp_path / "in", 300)]
     uid_of = _uid_of(files)
     mnt = tmp_path / "small"
-    _mount_tmpfs(mnt, "12m")
+    _mount_tmpfs(mnt, "8m")
     try:
         lake, port = mnt / "lake", free_port()
         env = {"DICOMLAKE_DIMSE__MIN_FREE_BYTES": str(1 << 20)}

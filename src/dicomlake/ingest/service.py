@@ -283,3 +283,28 @@ class Service:
             for s, h in old.items():
                 signal.signal(s, h)
             self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dicomlake.ingest.service --lake DIR --port N``: the service without the CLI's imports.
+
+    The same :class:`Service` as ``dicomlake serve`` (settings from the environment), for
+    supervisors and tests that restart it often.
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--lake", required=True)
+    ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--ae-title", default=None)
+    args = ap.parse_args(argv)
+    settings = get_settings()
+    d = settings.dimse.model_dump()
+    d.update({k: v for k, v in {"port": args.port, "ae_title": args.ae_title}.items() if v is not None})
+    svc = Service(args.lake, settings, dimse=DimseSettings.model_validate(d)).start()
+    svc.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
