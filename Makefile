@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(PY) -m dicomlake.demo --lake $(LAKE)
+	$(PY) -m dicomlake.demo --lake $(LAKE) && $(VENV)/bin/dicomlake serve --lake $(LAKE)
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -28,6 +28,7 @@ BENCHES = [
     "bench.bench_qido",
     "bench.bench_sc",
     "bench.bench_scale",
+    "bench.bench_receive",
 ]
 """Modules whose ``main()`` is called, in this order."""
 
