@@ -72,9 +72,14 @@ def _send(files: Sequence[str], port: int, aec: str, senders: int, wrap: Callabl
     slices = [list(files[i::senders]) for i in range(senders)]
     t0 = time.perf_counter()
     procs = [
-        subprocess.Popen(wrap(["storescu", "-nh", "-aec", aec, "127.0.0.1", str(port), *chunk]),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        for chunk in slices if chunk
+        subprocess.Popen(
+            wrap(["storescu", "-nh", "-aec", aec, "127.0.0.1", str(port), *chunk]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for chunk in slices
+        if chunk
     ]
     errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - t0
@@ -87,11 +92,19 @@ def _send(files: Sequence[str], port: int, aec: str, senders: int, wrap: Callabl
 def _ours(files: Sequence[str], senders: int, *, fsync: bool) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="bench-recv-"))
     port = _free_port()
-    env = {**os.environ, "DICOMLAKE_CONFIG": os.devnull, "DICOMLAKE_DIMSE__FSYNC": "true" if fsync else "false",
-           "DICOMLAKE_DIMSE__MAX_ASSOCIATIONS": "32"}
-    proc = subprocess.Popen([sys.executable, "-m", "dicomlake.ingest.service", "--lake", str(work / "lake"),
-                             "--port", str(port)], env=env, cwd=REPO_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "DICOMLAKE_CONFIG": os.devnull,
+        "DICOMLAKE_DIMSE__FSYNC": "true" if fsync else "false",
+        "DICOMLAKE_DIMSE__MAX_ASSOCIATIONS": "32",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomlake.ingest.service", "--lake", str(work / "lake"), "--port", str(port)],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         info_path = work / "lake" / "service.json"
         deadline = time.monotonic() + 60
@@ -131,9 +144,12 @@ def _ours(files: Sequence[str], senders: int, *, fsync: bool) -> dict[str, float
 def _storescp(files: Sequence[str], senders: int) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="bench-storescp-"))
     port = _free_port()
-    proc = subprocess.Popen(["storescp", "-od", str(work), "-aet", "STORESCP", str(port)],
-                            env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["storescp", "-od", str(work), "-aet", "STORESCP", str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.5)
         cpu0 = _cpu(proc.pid)
@@ -150,13 +166,21 @@ def _orthanc(files: Sequence[str], senders: int) -> dict[str, float]:
     from tests.integration.orthanc import Orthanc
 
     work = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
+    # dcmtk inside Orthanc leaves Nagle on unless its environment says otherwise (PERF-BASELINE.md)
+    saved = os.environ.get("TCP_NODELAY")
+    os.environ["TCP_NODELAY"] = "1"
     try:
-        with Orthanc(work, aet="ORTHANC", extra_config={"DicomAssociationCloseDelay": 0,
-                                                        "MaximumPatientCount": 0}) as o:
+        with Orthanc(
+            work, aet="ORTHANC", extra_config={"DicomAssociationCloseDelay": 0, "MaximumPatientCount": 0}
+        ) as o:
             cpu0 = _cpu(o.pid)
             secs = _send(files, o.dicom_port, "ORTHANC", senders, o.command)
             return {"seconds": secs, "acked_seconds": secs, "cpu": _cpu(o.pid) - cpu0}
     finally:
+        if saved is None:
+            os.environ.pop("TCP_NODELAY", None)
+        else:
+            os.environ["TCP_NODELAY"] = saved
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -185,26 +209,43 @@ def main() -> BenchResult:
         for label, fn in receivers:
             try:
                 r = fn(files, senders)
-            except Exception as exc:  # noqa: BLE001 - one receiver failing must not hide the others
+            except Exception as exc:
                 print(f"{label}, {senders} sender(s): FAILED {exc}")
                 res.error = f"{label}: {exc}"
                 continue
             measured[label] = r
-            print(f"  {senders:2d} sender(s) {label}: {len(files) / r['seconds']:,.0f} inst/s "
-                  f"(acknowledged {len(files) / r['acked_seconds']:,.0f}/s), CPU {r['cpu']:.1f} s", flush=True)
+            print(
+                f"  {senders:2d} sender(s) {label}: {len(files) / r['seconds']:,.0f} inst/s "
+                f"(acknowledged {len(files) / r['acked_seconds']:,.0f}/s), CPU {r['cpu']:.1f} s",
+                flush=True,
+            )
         raw[f"senders_{senders}"] = measured
         base = measured.get("storescp -od (files, no fsync)")
         for label, r in measured.items():
             rate = len(files) / r["seconds"]
             ratio = rate / (len(files) / base["seconds"]) if base else None
             cpu_ms = 1000 * r["cpu"] / len(files)
-            rows.append([str(senders), label, fmt(rate, "inst/s"), fmt(len(files) / r["acked_seconds"], "inst/s"),
-                         fmt(mb / r["seconds"], "MB/s"), fmt(cpu_ms, "ms"),
-                         f"{ratio:.2f}×" if ratio is not None else "n/a"])
-            res.add(f"{label}, {senders} sender(s)", rate, "inst/s", peer="storescp -od",
-                    note=f"{ratio:.2f}× storescp; {cpu_ms:.2f} ms CPU/inst" if ratio is not None else "")
-    print(table(rows, ["senders", "receiver", "in lake / stored", "acknowledged", "MB/s", "CPU/inst",
-                       "rate vs storescp"]))
+            rows.append(
+                [
+                    str(senders),
+                    label,
+                    fmt(rate, "inst/s"),
+                    fmt(len(files) / r["acked_seconds"], "inst/s"),
+                    fmt(mb / r["seconds"], "MB/s"),
+                    fmt(cpu_ms, "ms"),
+                    f"{ratio:.2f}×" if ratio is not None else "n/a",
+                ]
+            )
+            res.add(
+                f"{label}, {senders} sender(s)",
+                rate,
+                "inst/s",
+                peer="storescp -od",
+                note=f"{ratio:.2f}× storescp; {cpu_ms:.2f} ms CPU/inst" if ratio is not None else "",
+            )
+    print(
+        table(rows, ["senders", "receiver", "in lake / stored", "acknowledged", "MB/s", "CPU/inst", "rate vs storescp"])
+    )
     out = REPO_ROOT / "bench" / "out" / "receive.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(raw, indent=1))

@@ -21,8 +21,9 @@ def _scp(tmp_path: Path, **kw: object) -> StoreSCP:
     return scp
 
 
-def _send(port: int, path: str | Path, *, sop_class: str = "1.2.840.10008.5.1.4.1.1.2",
-          ts: str = "1.2.840.10008.1.2.1") -> int:
+def _send(
+    port: int, path: str | Path, *, sop_class: str = "1.2.840.10008.5.1.4.1.1.2", ts: str = "1.2.840.10008.1.2.1"
+) -> int:
     from pynetdicom import AE
 
     ae = AE("TESTSCU")
@@ -43,8 +44,14 @@ def test_rejection_reads_in_the_standards_words_with_a_hint() -> None:
     assert "local limit exceeded" in describe_rejection(2, 3, 2)
 
 
-def _raw_store(port: int, dataset: bytes, *, sop_class: str = "1.2.840.10008.5.1.4.1.1.2",
-               sop_instance: str = "1.2.3.4.5", ts: str = "1.2.840.10008.1.2.1") -> int:
+def _raw_store(
+    port: int,
+    dataset: bytes,
+    *,
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.2",
+    sop_instance: str = "1.2.3.4.5",
+    ts: str = "1.2.840.10008.1.2.1",
+) -> int:
     """C-STORE exactly these data set bytes (pynetdicom would re-encode them); the status."""
     import socket
     import struct
@@ -56,8 +63,15 @@ def _raw_store(port: int, dataset: bytes, *, sop_class: str = "1.2.840.10008.5.1
 
     pc = item(0x20, bytes((1, 0, 0, 0)) + item(0x30, sop_class.encode()) + item(0x40, ts.encode()))
     user = item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
-    body = (struct.pack(">HH", 1, 0) + b"DICOMLAKE".ljust(16) + b"RAWSCU".ljust(16) + b"\0" * 32
-            + item(0x10, b"1.2.840.10008.3.1.1.1") + pc + user)
+    body = (
+        struct.pack(">HH", 1, 0)
+        + b"DICOMLAKE".ljust(16)
+        + b"RAWSCU".ljust(16)
+        + b"\0" * 32
+        + item(0x10, b"1.2.840.10008.3.1.1.1")
+        + pc
+        + user
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(struct.pack(">BBI", 1, 0, len(body)) + body)
         hdr = sock.recv(6)
@@ -65,8 +79,16 @@ def _raw_store(port: int, dataset: bytes, *, sop_class: str = "1.2.840.10008.5.1
         length = struct.unpack(">I", hdr[2:6])[0]
         while length:
             length -= len(sock.recv(length))
-        cmd = encode_command([(0x0002, "UI", sop_class), (0x0100, "US", 1), (0x0110, "US", 7),
-                              (0x0700, "US", 0), (0x0800, "US", 0), (0x1000, "UI", sop_instance)])
+        cmd = encode_command(
+            [
+                (0x0002, "UI", sop_class),
+                (0x0100, "US", 1),
+                (0x0110, "US", 7),
+                (0x0700, "US", 0),
+                (0x0800, "US", 0),
+                (0x1000, "UI", sop_instance),
+            ]
+        )
         for control, data in ((0x03, cmd), (0x02, dataset)):
             pdv = struct.pack(">IBB", len(data) + 2, 1, control) + data
             sock.sendall(struct.pack(">BBI", 4, 0, len(pdv)) + pdv)
@@ -83,7 +105,9 @@ def _raw_store(port: int, dataset: bytes, *, sop_class: str = "1.2.840.10008.5.1
 
 def test_store_scp_answers_c210_for_a_data_set_it_cannot_decode(tmp_path: Path) -> None:
     def el(elem: int, vr: bytes, value: bytes) -> bytes:
-        return (0x0008).to_bytes(2, "little") + elem.to_bytes(2, "little") + vr + len(value).to_bytes(2, "little") + value
+        return (
+            (0x0008).to_bytes(2, "little") + elem.to_bytes(2, "little") + vr + len(value).to_bytes(2, "little") + value
+        )
 
     uids = el(0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\x00") + el(0x0018, b"UI", b"1.2.3.4.5\x00")
     scp = _scp(tmp_path)
@@ -119,7 +143,7 @@ def test_metadata_only_spool_keeps_the_layout_with_pixel_data_as_a_hole(tmp_path
     scp = _scp(tmp_path)
     try:
         assert _send(scp.address[1], src, sop_class="1.2.840.10008.5.1.4.1.1.4") == 0
-        (label, path), = scp.spool.pending()
+        ((_label, path),) = scp.spool.pending()
         original, spooled = pydicom.dcmread(src), pydicom.dcmread(path)
         assert spooled.SOPInstanceUID == original.SOPInstanceUID and spooled.PatientID == original.PatientID
         assert len(spooled.PixelData) == len(original.PixelData) and not any(spooled.PixelData)

@@ -20,8 +20,10 @@ def limited_pacs() -> Iterator[tuple[int, list[tuple[str, str]]]]:
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-    studies = [(f"1.2.826.0.1.3680043.10.1428.9.{i}", (dt.date(2024, 1, 1) + dt.timedelta(days=6 * i)).strftime("%Y%m%d"))
-               for i in range(60)]
+    studies = [
+        (f"1.2.826.0.1.3680043.10.1428.9.{i}", (dt.date(2024, 1, 1) + dt.timedelta(days=6 * i)).strftime("%Y%m%d"))
+        for i in range(60)
+    ]
 
     def on_find(event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         q = event.identifier
@@ -49,7 +51,9 @@ def limited_pacs() -> Iterator[tuple[int, list[tuple[str, str]]]]:
         server.shutdown()
 
 
-def test_find_splits_date_ranges_so_a_result_limit_drops_nothing(limited_pacs: tuple[int, list[tuple[str, str]]]) -> None:
+def test_find_splits_date_ranges_so_a_result_limit_drops_nothing(
+    limited_pacs: tuple[int, list[tuple[str, str]]],
+) -> None:
     port, studies = limited_pacs
     ae = _find_ae("DICOMLAKE", DimseSettings())
     rep = find_studies(ae, Peer("PACS", "127.0.0.1", port), {"StudyDate": "20240101-20251231"}, find_limit=LIMIT)
@@ -57,7 +61,9 @@ def test_find_splits_date_ranges_so_a_result_limit_drops_nothing(limited_pacs: t
     assert rep.queries > 6 and len(rep.slices) >= 6 and not rep.warnings
 
 
-def test_find_without_a_date_range_splits_when_the_limit_is_reached(limited_pacs: tuple[int, list[tuple[str, str]]]) -> None:
+def test_find_without_a_date_range_splits_when_the_limit_is_reached(
+    limited_pacs: tuple[int, list[tuple[str, str]]],
+) -> None:
     port, studies = limited_pacs
     ae = _find_ae("DICOMLAKE", DimseSettings())
     rep = find_studies(ae, Peer("PACS", "127.0.0.1", port), {}, find_limit=LIMIT, today=dt.date(2025, 12, 31))
@@ -65,7 +71,9 @@ def test_find_without_a_date_range_splits_when_the_limit_is_reached(limited_pacs
     assert rep.warnings  # undated studies could still be missed: said, not hidden
 
 
-def test_refused_association_is_reported_in_the_standards_words(limited_pacs: tuple[int, list[tuple[str, str]]]) -> None:
+def test_refused_association_is_reported_in_the_standards_words(
+    limited_pacs: tuple[int, list[tuple[str, str]]],
+) -> None:
     from dicomlake.errors import AssociationError
     from dicomlake.ingest.listener import StoreSCP
     from dicomlake.ingest.qr import _associate
@@ -76,8 +84,9 @@ def test_refused_association_is_reported_in_the_standards_words(limited_pacs: tu
 
     from dicomlake.ingest.spool import Spool
 
-    scp = StoreSCP(Spool(tempfile.mkdtemp()), DimseSettings(ae_title="LAKE2", allowed_calling_aets=["PACS"],
-                                                          min_free_bytes=0))
+    scp = StoreSCP(
+        Spool(tempfile.mkdtemp()), DimseSettings(ae_title="LAKE2", allowed_calling_aets=["PACS"], min_free_bytes=0)
+    )
     scp.start("127.0.0.1", 0)
     try:
         with pytest.raises(AssociationError) as err:
@@ -91,7 +100,10 @@ def test_refused_association_is_reported_in_the_standards_words(limited_pacs: tu
 
 def test_parse_keys_accepts_keywords_and_tags() -> None:
     assert parse_keys(["StudyDate=20240101-20241231", "(0008,0061)=MG", "PatientID"]) == {
-        "StudyDate": "20240101-20241231", "ModalitiesInStudy": "MG", "PatientID": ""}
+        "StudyDate": "20240101-20241231",
+        "ModalitiesInStudy": "MG",
+        "PatientID": "",
+    }
     with pytest.raises(ValueError, match="not a DICOM keyword"):
         parse_keys(["Modalty=MG"])
     assert Peer.parse("PACS@10.0.0.5:104") == Peer("PACS", "10.0.0.5", 104)

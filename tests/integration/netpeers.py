@@ -25,8 +25,9 @@ def free_port() -> int:
 class Served:
     """``dicomlake serve`` as a subprocess (the way users start it)."""
 
-    def __init__(self, lake: Path, port: int, *args: str, env: dict[str, str] | None = None,
-                 lean: bool = False) -> None:
+    def __init__(
+        self, lake: Path, port: int, *args: str, env: dict[str, str] | None = None, lean: bool = False
+    ) -> None:
         self.lake, self.port, self.args = lake, port, list(args)
         self.lean = lean
         self.env = {**os.environ, "DICOMLAKE_CONFIG": os.devnull, **(env or {})}
@@ -38,10 +39,13 @@ class Served:
         info = self.lake / "service.json"
         fh = self.log.open("ab")
         # lean: the same Service without the CLI's imports of every verb (restarts 20 times)
-        cmd = ([sys.executable, "-m", "dicomlake.ingest.service"] if self.lean else [*DICOMLAKE, "serve", "-q"])
+        cmd = [sys.executable, "-m", "dicomlake.ingest.service"] if self.lean else [*DICOMLAKE, "serve", "-q"]
         self.proc = subprocess.Popen(
             [*cmd, "--lake", str(self.lake), "--port", str(self.port), *self.args],
-            stdout=fh, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=REPO,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

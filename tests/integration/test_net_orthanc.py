@@ -23,8 +23,16 @@ from tests.integration.orthanc import Orthanc, require_orthanc
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LAKE_PORT = 11113
-KEYS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality",
-        "StudyDate", "InstanceNumber")
+KEYS = (
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "Modality",
+    "StudyDate",
+    "InstanceNumber",
+)
 DICOMLAKE = [sys.executable, "-m", "dicomlake.cli.main"]
 
 
@@ -46,8 +54,13 @@ def _norm(key: str, v: Any) -> str | None:
 def pacs(tmp_path_factory: pytest.TempPathFactory, sample_sources: list[Path]) -> Iterator[Orthanc]:
     require_orthanc(dicomweb=True)
     work = tmp_path_factory.mktemp("orthanc")
-    with Orthanc(work, aet="PACS", dicomweb=True, modalities={"LAKE": ("DICOMLAKE", "127.0.0.1", LAKE_PORT)},
-                 extra_config={"LimitFindResults": 0}) as o:
+    with Orthanc(
+        work,
+        aet="PACS",
+        dicomweb=True,
+        modalities={"LAKE": ("DICOMLAKE", "127.0.0.1", LAKE_PORT)},
+        extra_config={"LimitFindResults": 0},
+    ) as o:
         for src in sample_sources:
             for dirpath, _, names in os.walk(src):
                 for name in names:
@@ -73,8 +86,14 @@ def oracle(pacs: Orthanc) -> dict[str, dict[str, str | None]]:
 def _run_pull(pacs: Orthanc, lake: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DICOMLAKE_CONFIG": os.devnull}
     argv = [*DICOMLAKE, "pull", "--lake", str(lake), "-q", *args] + (["-v"] if os.environ.get("PULL_V") else [])
-    proc = subprocess.run(pacs.command(argv), capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        pacs.command(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     if os.environ.get("PULL_V"):
         Path("/tmp/exp/pull_stderr.log").write_text(proc.stderr)
     return proc
@@ -100,19 +119,19 @@ def _lake_values(lake: Path) -> dict[str, dict[str, str | None]]:
     return out
 
 
-def _compare(oracle: dict[str, dict[str, str | None]], lake: dict[str, dict[str, str | None]],
-             keys: tuple[str, ...] = KEYS) -> None:
-    assert set(lake) == set(oracle), (
-        f"missing {len(set(oracle) - set(lake))}, extra {len(set(lake) - set(oracle))}"
-    )
+def _compare(
+    oracle: dict[str, dict[str, str | None]], lake: dict[str, dict[str, str | None]], keys: tuple[str, ...] = KEYS
+) -> None:
+    assert set(lake) == set(oracle), f"missing {len(set(oracle) - set(lake))}, extra {len(set(lake) - set(oracle))}"
     diffs = [(uid, k, oracle[uid][k], lake[uid][k]) for uid in oracle for k in keys if oracle[uid][k] != lake[uid][k]]
     assert not diffs, diffs[:10]
 
 
 def test_pull_c_move_gives_what_orthanc_holds(pacs: Orthanc, oracle: dict[str, Any], tmp_path: Path) -> None:
     lake = tmp_path / "lake"
-    proc = _run_pull(pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--port", str(LAKE_PORT),
-                     "--concurrency", "2")
+    proc = _run_pull(
+        pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--port", str(LAKE_PORT), "--concurrency", "2"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _compare(oracle, _lake_values(lake))
     report = json.loads(sorted((lake / "reports").glob("pull-*.json"))[-1].read_text())
@@ -151,27 +170,43 @@ def test_pull_dicomweb_moves_no_pixel_data(pacs: Orthanc, oracle: dict[str, Any]
     got = {u: v for u, v in lake_values.items() if v["StudyInstanceUID"] not in failed}
     _compare(expected, got)
     stored = int(pacs.get("/statistics")["TotalDiskSize"])
-    print(f"DICOMweb: {report['bytes_received']:,} bytes in {report['requests']} requests for "
-          f"{report['instances']} instances; pixel data bytes received {report['pixel_bytes']}; "
-          f"Orthanc stores {stored:,} bytes")
+    print(
+        f"DICOMweb: {report['bytes_received']:,} bytes in {report['requests']} requests for "
+        f"{report['instances']} instances; pixel data bytes received {report['pixel_bytes']}; "
+        f"Orthanc stores {stored:,} bytes"
+    )
     assert report["pixel_bytes"] == 0
     assert report["bytes_received"] < stored
 
 
-def test_pull_metadata_only_by_image_level_c_find_and_resume(pacs: Orthanc, oracle: dict[str, Any], tmp_path: Path) -> None:
+def test_pull_metadata_only_by_image_level_c_find_and_resume(
+    pacs: Orthanc, oracle: dict[str, Any], tmp_path: Path
+) -> None:
     lake = tmp_path / "lake"
-    first = _run_pull(pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--metadata-only",
-                      "-k", "ModalitiesInStudy=CT")
+    first = _run_pull(
+        pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--metadata-only", "-k", "ModalitiesInStudy=CT"
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     # image-level C-FIND answers (no pixel data moved) equal Orthanc's values for every CT study
     values = _lake_values(lake)
     ct_studies = {v["StudyInstanceUID"] for v in values.values()}
     expected = {u: v for u, v in oracle.items() if v["StudyInstanceUID"] in ct_studies}
     assert len(expected) >= 10
-    _compare(expected, values, ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
-                                "PatientID", "Modality"))
-    again = _run_pull(pacs, lake, "--pacs", f"PACS@127.0.0.1:{pacs.dicom_port}", "--metadata-only",
-                      "-k", "ModalitiesInStudy=CT", "--resume")
+    _compare(
+        expected,
+        values,
+        ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Modality"),
+    )
+    again = _run_pull(
+        pacs,
+        lake,
+        "--pacs",
+        f"PACS@127.0.0.1:{pacs.dicom_port}",
+        "--metadata-only",
+        "-k",
+        "ModalitiesInStudy=CT",
+        "--resume",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     report = json.loads(sorted((lake / "reports").glob("pull-*.json"), key=os.path.getmtime)[-1].read_text())
     assert report["resumed_from"] and report["instances"] == 0 and report["done"] == report["studies"] > 0

@@ -12,8 +12,9 @@ import typer
 from dicomlake.cli.common import LAKE_OPTION, handle_errors, lake_path
 
 
-def _keys(k: list[str], modality: str | None, date_from: str | None, date_to: str | None,
-          patient_id: str | None) -> dict[str, str]:
+def _keys(
+    k: list[str], modality: str | None, date_from: str | None, date_to: str | None, patient_id: str | None
+) -> dict[str, str]:
     from dicomlake.ingest.qr import parse_keys
 
     keys = parse_keys(k)
@@ -40,7 +41,9 @@ def pull(
     metadata_only: bool = typer.Option(
         False, "--metadata-only", help="Image-level C-FIND only: requested keys, no pixel data moved."
     ),
-    return_key: list[str] = typer.Option([], "-r", "--return-key", help="Extra keyword to ask for with --metadata-only."),
+    return_key: list[str] = typer.Option(
+        [], "-r", "--return-key", help="Extra keyword to ask for with --metadata-only."
+    ),
     ae_title: str | None = typer.Option(None, "-aet", "--ae-title", help="Our AE title (the C-MOVE destination)."),
     port: int | None = typer.Option(None, "--port", "-p", help="Port of our listener for C-MOVE (default 11112)."),
     concurrency: int | None = typer.Option(None, "--concurrency", help="Studies retrieved at once (default 1)."),
@@ -48,9 +51,13 @@ def pull(
     window: str | None = typer.Option(None, "--window", help="Off-peak window, e.g. 19:00-07:00 (local time)."),
     find_limit: int | None = typer.Option(None, "--find-limit", help="The PACS's C-FIND result limit (default 500)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the last run with the same PACS and keys."),
-    token: str | None = typer.Option(None, "--token", envvar="DICOMLAKE_DICOMWEB_TOKEN", help="Bearer token (DICOMweb)."),
+    token: str | None = typer.Option(
+        None, "--token", envvar="DICOMLAKE_DICOMWEB_TOKEN", help="Bearer token (DICOMweb)."
+    ),
     user: str | None = typer.Option(None, "--user", help="Basic-auth user (DICOMweb)."),
-    password: str | None = typer.Option(None, "--password", envvar="DICOMLAKE_DICOMWEB_PASSWORD", help="Basic-auth password."),
+    password: str | None = typer.Option(
+        None, "--password", envvar="DICOMLAKE_DICOMWEB_PASSWORD", help="Basic-auth password."
+    ),
     lake: Path | None = LAKE_OPTION,
     report: Path | None = typer.Option(None, "--report", help="Write the run's summary as JSON here."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
@@ -75,8 +82,9 @@ def pull(
 
     from dicomlake.config import get_settings
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if bool(pacs) == bool(dicomweb):
         raise ValueError("give exactly one of --pacs AET@host:port or --dicomweb URL")
     console = Console(stderr=True)
@@ -86,10 +94,24 @@ def pull(
     if dicomweb:
         out = _pull_web(dicomweb, folder, keys, token, user, password, quiet, console)
     else:
-        out = _pull_dimse(pacs or "", folder, keys, settings, get=get, metadata_only=metadata_only,
-                          return_keys=return_key, ae_title=ae_title, port=port, concurrency=concurrency,
-                          per_hour=per_hour, window=window, find_limit=find_limit, resume=resume, quiet=quiet,
-                          console=console)
+        out = _pull_dimse(
+            pacs or "",
+            folder,
+            keys,
+            settings,
+            get=get,
+            metadata_only=metadata_only,
+            return_keys=return_key,
+            ae_title=ae_title,
+            port=port,
+            concurrency=concurrency,
+            per_hour=per_hour,
+            window=window,
+            find_limit=find_limit,
+            resume=resume,
+            quiet=quiet,
+            console=console,
+        )
     dest = report or folder / "reports" / f"pull-{out['run_id']}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
@@ -97,10 +119,25 @@ def pull(
     raise typer.Exit(1 if out.get("failed") else 0)
 
 
-def _pull_dimse(pacs: str, folder: Path, keys: dict[str, str], settings: Any, *, get: bool, metadata_only: bool,
-                return_keys: list[str], ae_title: str | None, port: int | None, concurrency: int | None,
-                per_hour: int | None, window: str | None, find_limit: int | None, resume: bool, quiet: bool,
-                console: Any) -> dict[str, Any]:
+def _pull_dimse(
+    pacs: str,
+    folder: Path,
+    keys: dict[str, str],
+    settings: Any,
+    *,
+    get: bool,
+    metadata_only: bool,
+    return_keys: list[str],
+    ae_title: str | None,
+    port: int | None,
+    concurrency: int | None,
+    per_hour: int | None,
+    window: str | None,
+    find_limit: int | None,
+    resume: bool,
+    quiet: bool,
+    console: Any,
+) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dicomlake.ingest.qr import Peer, PullReport, iter_failures, pull_dimse
@@ -109,26 +146,53 @@ def _pull_dimse(pacs: str, folder: Path, keys: dict[str, str], settings: Any, *,
     d = settings.dimse.model_dump()
     d.update({k: v for k, v in {"ae_title": ae_title, "port": port}.items() if v is not None})
     dimse = type(settings.dimse).model_validate(d)
-    bar = None if quiet else Progress(
-        TextColumn("[bold]pull"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("studies · {task.fields[inst]:,} instances · {task.fields[pending]:,} pending · "
-                   "{task.fields[failed]:,} failed"),
-        TimeElapsedColumn(), console=console,
+    bar = (
+        None
+        if quiet
+        else Progress(
+            TextColumn("[bold]pull"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "studies · {task.fields[inst]:,} instances · {task.fields[pending]:,} pending · "
+                "{task.fields[failed]:,} failed"
+            ),
+            TimeElapsedColumn(),
+            console=console,
+        )
     )
     task = bar.add_task("pull", total=None, inst=0, pending=0, failed=0) if bar else None
 
     def progress(rep: PullReport) -> None:
         if bar is not None and task is not None:
-            bar.update(task, total=rep.studies, completed=rep.done + rep.failed, inst=rep.instances,
-                       pending=rep.pending, failed=rep.failed)
+            bar.update(
+                task,
+                total=rep.studies,
+                completed=rep.done + rep.failed,
+                inst=rep.instances,
+                pending=rep.pending,
+                failed=rep.failed,
+            )
 
     if bar:
         bar.start()
     try:
-        rep = pull_dimse(peer, str(folder), keys=keys, method="get" if get else "move", metadata_only=metadata_only,
-                         return_keys=return_keys, resume=resume, settings=settings, dimse=dimse,
-                         concurrency=concurrency, instances_per_hour=per_hour, window=window,
-                         find_limit=find_limit, progress=progress)
+        rep = pull_dimse(
+            peer,
+            str(folder),
+            keys=keys,
+            method="get" if get else "move",
+            metadata_only=metadata_only,
+            return_keys=return_keys,
+            resume=resume,
+            settings=settings,
+            dimse=dimse,
+            concurrency=concurrency,
+            instances_per_hour=per_hour,
+            window=window,
+            find_limit=find_limit,
+            progress=progress,
+        )
     finally:
         if bar:
             bar.stop()
@@ -145,14 +209,25 @@ def _pull_dimse(pacs: str, folder: Path, keys: dict[str, str], settings: Any, *,
     return rep.as_dict()
 
 
-def _pull_web(url: str, folder: Path, keys: dict[str, str], token: str | None, user: str | None,
-              password: str | None, quiet: bool, console: Any) -> dict[str, Any]:
+def _pull_web(
+    url: str,
+    folder: Path,
+    keys: dict[str, str],
+    token: str | None,
+    user: str | None,
+    password: str | None,
+    quiet: bool,
+    console: Any,
+) -> dict[str, Any]:
     from dicomlake.ingest.dicomweb import DicomwebReport, pull_dicomweb
 
     def progress(rep: DicomwebReport) -> None:
         if not quiet:
-            console.print(f"\rstudies {rep.done + rep.failed:,}/{rep.studies:,} · instances {rep.instances:,} · "
-                          f"{rep.bytes_received / 1e6:,.2f} MB received", end="")
+            console.print(
+                f"\rstudies {rep.done + rep.failed:,}/{rep.studies:,} · instances {rep.instances:,} · "
+                f"{rep.bytes_received / 1e6:,.2f} MB received",
+                end="",
+            )
 
     rep = pull_dicomweb(url, str(folder), keys=keys, token=token, user=user, password=password, progress=progress)
     console.print(

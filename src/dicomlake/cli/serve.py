@@ -17,18 +17,24 @@ def serve(
     ae_title: str | None = typer.Option(None, "-aet", "--ae-title", help="Our AE title (default DICOMLAKE)."),
     bind: str | None = typer.Option(None, "--bind", help="Address to bind; 0.0.0.0 for all (default 127.0.0.1)."),
     allow_aet: list[str] = typer.Option([], "--allow-aet", help="Accept only these calling AE titles (repeatable)."),
-    allow_host: list[str] = typer.Option([], "--allow-host", help="Accept only these hosts/CIDR networks (repeatable)."),
+    allow_host: list[str] = typer.Option(
+        [], "--allow-host", help="Accept only these hosts/CIDR networks (repeatable)."
+    ),
     modality: list[str] = typer.Option([], "--modality", "-m", help="Store only these modalities (repeatable)."),
     sop_class: list[str] = typer.Option([], "--sop-class", help="Accept only these SOP Class UIDs (repeatable)."),
     keep_files: bool | None = typer.Option(
         None, "--keep-files/--metadata-only", help="Keep received files under <lake>/files (default: metadata only)."
     ),
-    max_associations: int | None = typer.Option(None, "--max-associations", help="Concurrent associations (default 16)."),
+    max_associations: int | None = typer.Option(
+        None, "--max-associations", help="Concurrent associations (default 16)."
+    ),
     max_pdu: int | None = typer.Option(None, "--max-pdu", help="Largest PDU received, bytes; 0 = unlimited."),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: enables DICOM TLS."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
     tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA bundle that client certificates chain to."),
-    require_client_cert: bool = typer.Option(False, "--require-client-cert", help="Refuse TLS clients without a certificate."),
+    require_client_cert: bool = typer.Option(
+        False, "--require-client-cert", help="Refuse TLS clients without a certificate."
+    ),
     no_fsync: bool = typer.Option(False, "--no-fsync", help="Do not fsync before acknowledging (measurements only)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No status line."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every association."),
@@ -95,7 +101,8 @@ def serve(
         typer.echo(
             f"\rassociations {li.get('associations', 0):,} · received {li.get('stored', 0):,} · "
             f"in lake {dr['stored']:,} · spool {st['spool_pending']:,} · failed {li.get('failed', 0):,} · "
-            f"refused {li.get('rejected', 0):,}" + (f" · drain error: {dr['last_error'][:60]}" if dr["last_error"] and dr["failures"] else ""),
+            f"refused {li.get('rejected', 0):,}"
+            + (f" · drain error: {dr['last_error'][:60]}" if dr["last_error"] and dr["failures"] else ""),
             err=True,
             nl=False,
         )

@@ -52,8 +52,16 @@ class DicomwebReport:
 class DicomwebClient:
     """A few PS3.18 transactions over httpx, counting the bytes received."""
 
-    def __init__(self, url: str, *, token: str | None = None, user: str | None = None, password: str | None = None,
-                 timeout: float = 120.0, verify: bool | str = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        timeout: float = 120.0,
+        verify: bool | str = True,
+    ) -> None:
         import httpx
 
         headers = {"Accept": DICOM_JSON}
@@ -94,8 +102,10 @@ class DicomwebClient:
         """QIDO-RS ``/studies`` with paging (PS3.18 §8.3.4.4: limit and offset)."""
         offset = 0
         while True:
-            page = self._get("/studies", {**filters, "limit": PAGE, "offset": offset,
-                                          "includefield": "NumberOfStudyRelatedInstances"})
+            page = self._get(
+                "/studies",
+                {**filters, "limit": PAGE, "offset": offset, "includefield": "NumberOfStudyRelatedInstances"},
+            )
             yield from page
             if len(page) < PAGE:
                 return
@@ -227,7 +237,7 @@ def json_to_part10(js: dict[str, Any]) -> tuple[str, bytes]:
     """One instance's DICOM JSON as ``(SOPInstanceUID, Part-10 bytes)`` without bulk data."""
     try:
         return json_to_part10_fast(js)
-    except Exception as exc:  # noqa: BLE001 - odd values: let pydicom try, element by element
+    except Exception as exc:
         LOG.debug("fast JSON encoding failed (%s); using pydicom", exc)
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -236,7 +246,7 @@ def json_to_part10(js: dict[str, Any]) -> tuple[str, bytes]:
     uid = str(ds.SOPInstanceUID)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = uid
+    meta.MediaStorageSOPInstanceUID = uid  # type: ignore[assignment]
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     return uid, encode_tolerant(ds)
@@ -250,7 +260,7 @@ def encode_tolerant(ds: Any) -> bytes:
     try:
         ds.save_as(buf, enforce_file_format=True)
         return buf.getvalue()
-    except Exception:  # noqa: BLE001 - find the elements at fault below
+    except Exception:
         pass
     from pydicom.filebase import DicomBytesIO
 
@@ -259,9 +269,14 @@ def encode_tolerant(ds: Any) -> bytes:
         probe.is_little_endian, probe.is_implicit_VR = True, False
         try:
             write_dataset(probe, ds.__class__({elem.tag: elem}))
-        except Exception as exc:  # noqa: BLE001
-            LOG.warning("%s: element %s (%s) cannot be encoded (%s); left out",
-                        getattr(ds, "SOPInstanceUID", "?"), elem.tag, elem.keyword or "private", exc)
+        except Exception as exc:
+            LOG.warning(
+                "%s: element %s (%s) cannot be encoded (%s); left out",
+                getattr(ds, "SOPInstanceUID", "?"),
+                elem.tag,
+                elem.keyword or "private",
+                exc,
+            )
             del ds[elem.tag]
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -307,6 +322,7 @@ def pull_dicomweb(
     own = service is None
     svc = service or Service(lake, settings, listen=False).start()
     try:
+        assert svc.spool is not None
         spool: Spool = svc.spool
         studies = list(client.search_for_studies(qido_filters(keys or {})))
         rep.studies = len(studies)
@@ -323,12 +339,14 @@ def pull_dicomweb(
                     for js in client.retrieve_series_metadata(study_uid, series_uid):
                         for ptag in ("7FE00010", "7FE00008", "7FE00009"):
                             pel = js.get(ptag) or {}
-                            rep.pixel_bytes += len(pel.get("InlineBinary", "")) * 3 // 4 + len(pel.get("Value", []) or [])
+                            rep.pixel_bytes += len(pel.get("InlineBinary", "")) * 3 // 4 + len(
+                                pel.get("Value", []) or []
+                            )
                         uid, data = json_to_part10(js)
                         spool.put(uid, data, "dicomweb")
                         rep.instances += 1
                 rep.done += 1
-            except Exception as exc:  # noqa: BLE001 - report the study, go on with the rest
+            except Exception as exc:
                 rep.failed += 1
                 rep.failures.append(f"{study_uid}: {exc}")
             rep.bytes_received, rep.requests = client.bytes_received, client.requests
@@ -346,4 +364,4 @@ def pull_dicomweb(
     return rep
 
 
-__all__ = ["DicomwebClient", "DicomwebReport", "json_to_part10", "pull_dicomweb", "strip_bulk", "dt"]
+__all__ = ["DicomwebClient", "DicomwebReport", "dt", "json_to_part10", "pull_dicomweb", "strip_bulk"]

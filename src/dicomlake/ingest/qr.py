@@ -13,7 +13,6 @@ What was found, requested and received is kept in the lake (``pull_runs``,
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import re
@@ -31,6 +30,12 @@ from dicomlake.ingest.settings import check_ae_title
 from dicomlake.ingest.spool import Spool, SpoolError, valid_uid
 
 LOG = logging.getLogger("dicomlake.qr")
+
+# PS3.4 Annex C.6.2: Study Root Query/Retrieve Information Model SOP classes; PS3.4 A.4: Verification
+StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
+StudyRootQueryRetrieveInformationModelMove = "1.2.840.10008.5.1.4.1.2.2.2"
+StudyRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.2.3"
+Verification = "1.2.840.10008.1.1"
 
 STUDY_KEYS = (
     "PatientID", "PatientName", "PatientBirthDate", "StudyInstanceUID", "StudyDate", "StudyTime",
@@ -129,8 +134,12 @@ def _associate(ae: Any, peer: Peer, *, ext_neg: list[Any] | None = None, evt_han
     if assoc.is_rejected:
         prim = assoc.acceptor.primitive
         text = describe_rejection(
-            int(prim.result), int(prim.result_source), int(prim.diagnostic),
-            our_aet=ae.ae_title, peer=str(peer), hint_host=_our_host(peer),
+            int(prim.result),
+            int(prim.result_source),
+            int(prim.diagnostic),
+            our_aet=ae.ae_title,
+            peer=str(peer),
+            hint_host=_our_host(peer),
         )
         raise AssociationError(f"association with {peer} {text}")
     if assoc.is_aborted:
@@ -208,7 +217,6 @@ def _to_dict(ds: Any) -> dict[str, Any]:
 
 def c_find(ae: Any, peer: Peer, level: str, keys: Mapping[str, str], return_keys: Sequence[str]) -> list[Any]:
     """One C-FIND (Study Root) at ``level``; the matching identifiers."""
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
     assoc = _associate(ae, peer)
     out = []
@@ -366,7 +374,8 @@ class PullState:
         with self.holder.lock:
             cur = self.holder.store.con.cursor()
             try:
-                return cur.execute(sql, list(params)).fetchall()
+                rows: list[tuple[Any, ...]] = cur.execute(sql, list(params)).fetchall()
+                return rows
             finally:
                 cur.close()
 
@@ -379,7 +388,8 @@ class PullState:
 
     def start_run(self, run_id: str, pacs: str, method: str, query: str) -> None:
         self._exec(
-            "INSERT OR REPLACE INTO pull_runs (run_id, pacs, method, query, started_at, status) VALUES (?, ?, ?, ?, ?, 'running')",
+            "INSERT OR REPLACE INTO pull_runs (run_id, pacs, method, query, started_at, status) "
+            "VALUES (?, ?, ?, ?, ?, 'running')",
             [run_id, pacs, method, query, dt.datetime.now()],
         )
 
@@ -397,13 +407,30 @@ class PullState:
                 "INSERT INTO pull_studies (run_id, StudyInstanceUID, PatientID, StudyDate, ModalitiesInStudy, "
                 "NumberOfStudyRelatedInstances, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'found', ?) "
                 "ON CONFLICT DO NOTHING",
-                [run_id, s["StudyInstanceUID"], s.get("PatientID"), s.get("StudyDate"), s.get("ModalitiesInStudy"),
-                 int(n) if n not in (None, "") else None, now],
+                [
+                    run_id,
+                    s["StudyInstanceUID"],
+                    s.get("PatientID"),
+                    s.get("StudyDate"),
+                    s.get("ModalitiesInStudy"),
+                    int(n) if n not in (None, "") else None,
+                    now,
+                ],
             )
 
     def studies(self, run_id: str) -> list[dict[str, Any]]:
-        cols = ["StudyInstanceUID", "PatientID", "StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedInstances", "state"]
-        rows = self._exec(f"SELECT {', '.join(cols)} FROM pull_studies WHERE run_id = ? ORDER BY StudyDate, StudyInstanceUID", [run_id])
+        cols = [
+            "StudyInstanceUID",
+            "PatientID",
+            "StudyDate",
+            "ModalitiesInStudy",
+            "NumberOfStudyRelatedInstances",
+            "state",
+        ]
+        rows = self._exec(
+            f"SELECT {', '.join(cols)} FROM pull_studies WHERE run_id = ? ORDER BY StudyDate, StudyInstanceUID",
+            [run_id],
+        )
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def update(self, run_id: str, uid: str, state: str, **values: Any) -> None:
@@ -477,8 +504,12 @@ class PullReport:
             "expected": self.expected,
             "seconds": round(self.seconds, 2),
             "find": {
-                "queries": self.find.queries, "slices": self.find.slices, "warnings": self.find.warnings,
-            } if self.find else None,
+                "queries": self.find.queries,
+                "slices": self.find.slices,
+                "warnings": self.find.warnings,
+            }
+            if self.find
+            else None,
             "failures": [f.__dict__ for f in self.failures],
             "resumed_from": self.resumed_from,
         }
@@ -496,7 +527,6 @@ def _make_ae(ae_title: str, settings: Any) -> Any:
 
 
 def _find_ae(ae_title: str, settings: Any) -> Any:
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
     ae = _make_ae(ae_title, settings)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
@@ -538,7 +568,6 @@ class _Associations:
 
 def retrieve_study_move(assoc: Any, peer: Peer, study: Mapping[str, Any], destination: str) -> StudyOutcome:
     """C-MOVE one study to ``destination`` (our listener's AE title) on an open association."""
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
     uid = str(study["StudyInstanceUID"])
     out = StudyOutcome(uid, "requested")
@@ -567,15 +596,19 @@ def _final(out: StudyOutcome, status: Any) -> None:
         out.reason = meaning + (f"; {out.failed} sub-operation(s) failed" if out.failed else "")
 
 
-def retrieve_study_get(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spool, sop_classes: Sequence[str]) -> StudyOutcome:
+def retrieve_study_get(
+    ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spool, sop_classes: Sequence[str]
+) -> StudyOutcome:
     """C-GET one study; each instance arrives on the same association into the spool."""
     from pynetdicom import build_role, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
     uid = str(study["StudyInstanceUID"])
     out = StudyOutcome(uid, "requested")
-    roles = [build_role(c, scp_role=True) for c in dict.fromkeys(cx.abstract_syntax for cx in ae.requested_contexts)
-             if c != StudyRootQueryRetrieveInformationModelGet]
+    roles = [
+        build_role(c, scp_role=True)
+        for c in dict.fromkeys(cx.abstract_syntax for cx in ae.requested_contexts)
+        if c != StudyRootQueryRetrieveInformationModelGet
+    ]
 
     def on_store(event: Any) -> int:
         try:
@@ -585,7 +618,7 @@ def retrieve_study_get(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spo
         except SpoolError as exc:
             LOG.warning("C-GET sub-operation for %s refused: %s", event.request.AffectedSOPInstanceUID, exc)
             return exc.status
-        except Exception as exc:  # noqa: BLE001 - never let a handler end the association
+        except Exception as exc:
             LOG.exception("C-GET sub-operation failed: %s", exc)
             return 0xC210
 
@@ -609,15 +642,21 @@ def retrieve_study_get(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spo
 # transfer syntax per context, PS3.8 §9.3.3.2, and cannot always transcode compressed data).
 _GET_SYNTAXES: tuple[tuple[str, ...], ...] = (
     ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"),
-    ("1.2.840.10008.1.2.4.50",), ("1.2.840.10008.1.2.4.51",), ("1.2.840.10008.1.2.4.57",),
-    ("1.2.840.10008.1.2.4.70",), ("1.2.840.10008.1.2.4.80",), ("1.2.840.10008.1.2.4.81",),
-    ("1.2.840.10008.1.2.4.90",), ("1.2.840.10008.1.2.4.91",), ("1.2.840.10008.1.2.5",),
-    ("1.2.840.10008.1.2.1.99",), ("1.2.840.10008.1.2.2",),
+    ("1.2.840.10008.1.2.4.50",),
+    ("1.2.840.10008.1.2.4.51",),
+    ("1.2.840.10008.1.2.4.57",),
+    ("1.2.840.10008.1.2.4.70",),
+    ("1.2.840.10008.1.2.4.80",),
+    ("1.2.840.10008.1.2.4.81",),
+    ("1.2.840.10008.1.2.4.90",),
+    ("1.2.840.10008.1.2.4.91",),
+    ("1.2.840.10008.1.2.5",),
+    ("1.2.840.10008.1.2.1.99",),
+    ("1.2.840.10008.1.2.2",),
 )
 
 
 def _get_ae(ae_title: str, settings: Any, sop_classes: Sequence[str]) -> Any:
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
     ae = _make_ae(ae_title, settings)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
@@ -660,12 +699,18 @@ def collect_metadata(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spool
             ds = Dataset()
             for src in (study, _to_dict(se)):
                 for k, v in src.items():
-                    if v not in (None, "") and k not in ("QueryRetrieveLevel", "RetrieveAETitle", "state",
-                                                          "NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries",
-                                                          "ModalitiesInStudy", "SOPClassesInStudy"):
+                    if v not in (None, "") and k not in (
+                        "QueryRetrieveLevel",
+                        "RetrieveAETitle",
+                        "state",
+                        "NumberOfStudyRelatedInstances",
+                        "NumberOfStudyRelatedSeries",
+                        "ModalitiesInStudy",
+                        "SOPClassesInStudy",
+                    ):
                         try:
                             setattr(ds, k, v)
-                        except Exception:  # noqa: BLE001 - a value the dictionary cannot take
+                        except Exception:
                             pass
             for elem in img:
                 if elem.keyword in ("QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability"):
@@ -676,8 +721,8 @@ def collect_metadata(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spool
             if not sop_uid:
                 continue
             meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = getattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.7")
-            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.MediaStorageSOPClassUID = getattr(ds, "SOPClassUID", None) or "1.2.840.10008.5.1.4.1.1.7"  # type: ignore[assignment]
+            meta.MediaStorageSOPInstanceUID = sop_uid  # type: ignore[assignment]
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             meta.SourceApplicationEntityTitle = peer.ae_title
             ds.file_meta = meta
@@ -743,6 +788,8 @@ def pull_dimse(
     t0 = time.perf_counter()
     own = service is None
     svc = service or Service(lake, settings, dimse=dimse, listen=(method == "move")).start()
+    assert svc.spool is not None
+    spool: Spool = svc.spool
     stop = threading.Event()
     try:
         state = PullState(svc.holder)
@@ -775,7 +822,6 @@ def pull_dimse(
             progress(report)
         lock = threading.Lock()
         move_ae = _make_ae(dimse.ae_title, dimse)
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
         move_ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         movers = _Associations(lambda: _associate(move_ae, peer))
@@ -792,21 +838,37 @@ def pull_dimse(
                 elif method == "get":
                     classes = [c for c in str(study.get("SOPClassesInStudy") or "").split("\\") if c]
                     if not classes:  # the PACS does not answer SOPClassesInStudy: ask at image level
-                        classes = sorted({
-                            str(ds.SOPClassUID) for ds in c_find(find_ae, peer, "IMAGE", {"StudyInstanceUID": uid},
-                                                                  ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID"))
-                            if getattr(ds, "SOPClassUID", None)
-                        })
-                    out = retrieve_study_get(_get_ae(dimse.ae_title, dimse, classes), peer, study, svc.spool, classes)
+                        classes = sorted(
+                            {
+                                str(ds.SOPClassUID)
+                                for ds in c_find(
+                                    find_ae,
+                                    peer,
+                                    "IMAGE",
+                                    {"StudyInstanceUID": uid},
+                                    ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID"),
+                                )
+                                if getattr(ds, "SOPClassUID", None)
+                            }
+                        )
+                    out = retrieve_study_get(_get_ae(dimse.ae_title, dimse, classes), peer, study, spool, classes)
                 else:
-                    out = collect_metadata(find_ae, peer, study, svc.spool, return_keys)
+                    out = collect_metadata(find_ae, peer, study, spool, return_keys)
             except AssociationError as exc:
                 out = StudyOutcome(uid, "failed", reason=str(exc))
-            except Exception as exc:  # noqa: BLE001 - one study's failure is reported, the rest go on
+            except Exception as exc:
                 out = StudyOutcome(uid, "failed", reason=f"{type(exc).__name__}: {exc}")
             out.expected = int(n) if n not in (None, "") else None
-            state.update(run_id, uid, out.state, status=out.status, reason=out.reason, completed=out.completed,
-                         failed=out.failed, warning=out.warning)
+            state.update(
+                run_id,
+                uid,
+                out.state,
+                status=out.status,
+                reason=out.reason,
+                completed=out.completed,
+                failed=out.failed,
+                warning=out.warning,
+            )
             with lock:
                 report.outcomes.append(out)
                 if out.state == "failed":
@@ -868,9 +930,12 @@ def _reconcile(svc: Any, state: PullState, run_id: str, report: PullReport, sett
         o.received = counts.get(o.StudyInstanceUID, 0)
         report.instances += o.received
         if o.received == 0 and o.completed + o.warning > 0:
-            o.state, o.reason = "failed", (
-                f"the PACS reported {o.completed + o.warning} instance(s) sent but none arrived "
-                "within dimse.pull.settle_s — check that it sends to our AE title at our host and port"
+            o.state, o.reason = (
+                "failed",
+                (
+                    f"the PACS reported {o.completed + o.warning} instance(s) sent but none arrived "
+                    "within dimse.pull.settle_s — check that it sends to our AE title at our host and port"
+                ),
             )
             report.done -= 1
             report.failed += 1
@@ -878,8 +943,10 @@ def _reconcile(svc: Any, state: PullState, run_id: str, report: PullReport, sett
         else:
             o.state = "received"
             if o.received < o.completed + o.warning:
-                o.reason = (f"{o.completed + o.warning} sub-operations, {o.received} distinct SOP Instance UIDs "
-                            "in the lake (copies of one instance are kept once)")
+                o.reason = (
+                    f"{o.completed + o.warning} sub-operations, {o.received} distinct SOP Instance UIDs "
+                    "in the lake (copies of one instance are kept once)"
+                )
         state.update(run_id, o.StudyInstanceUID, o.state, received=o.received, reason=o.reason)
 
 
@@ -890,6 +957,7 @@ def iter_failures(report: PullReport) -> Iterator[str]:
 
 
 __all__ = [
+    "ConfigError",
     "Peer",
     "PullReport",
     "StudyOutcome",
@@ -897,5 +965,4 @@ __all__ = [
     "find_studies",
     "parse_keys",
     "pull_dimse",
-    "ConfigError",
 ]

@@ -146,7 +146,10 @@ class Service:
                 from dicomlake.web.app import serve_in_thread, spool_ingest
 
                 self._web, _, self.web_url = serve_in_thread(
-                    self.lake, store=self.holder, ingest=spool_ingest(self.spool, self.drainer), status_provider=self.status
+                    self.lake,
+                    store=self.holder,
+                    ingest=spool_ingest(self.spool, self.drainer),
+                    status_provider=self.status,
                 )
         except BaseException:
             self.stop()
@@ -169,7 +172,7 @@ class Service:
         if self.holder is not None:
             try:
                 self.holder.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         if self.control:
             for name in (SERVICE_FILE, TOKEN_FILE):
@@ -239,10 +242,9 @@ class Service:
         app.include_router(internal.router)
         self._token = app.state.service_token
         port = self.dimse.control_port or _free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                                lifespan="off")
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        setattr(server, "install_signal_handlers", lambda: None)  # noqa: B010 - older uvicorn; not main thread
         self._http = server
         self._http_thread = threading.Thread(target=server.run, name="control-http", daemon=True)
         self._http_thread.start()

@@ -29,9 +29,7 @@ class TlsSettings(BaseModel):
 
     certificate: str | None = Field(None, description="PEM certificate (chain) of the listener. Default: none")
     private_key: str | None = Field(None, description="PEM private key of the listener. Default: none")
-    ca_file: str | None = Field(
-        None, description="PEM CA bundle that client certificates must chain to. Default: none"
-    )
+    ca_file: str | None = Field(None, description="PEM CA bundle that client certificates must chain to. Default: none")
     require_client_certificate: bool = Field(
         False, description="Refuse a TLS handshake without a valid client certificate. Default: false"
     )

@@ -142,7 +142,7 @@ def read_source_aet(path: str | os.PathLike[str]) -> str | None:
 class SpoolWriter:
     """One instance being written; :meth:`commit` makes it durable, :meth:`abort` drops it."""
 
-    __slots__ = ("spool", "final", "tmp", "fd", "size", "hole_at_end", "skipped")
+    __slots__ = ("fd", "final", "hole_at_end", "size", "skipped", "spool", "tmp")
 
     def __init__(self, spool: Spool, final: Path, tmp: Path) -> None:
         self.spool = spool
@@ -156,7 +156,7 @@ class SpoolWriter:
         except OSError as exc:
             raise self.spool.error(exc) from exc
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
             view = memoryview(data)
             while view:
@@ -380,7 +380,7 @@ class StoreHolder:
         with self.lock:
             try:
                 self.store.close()
-            except Exception:  # noqa: BLE001 - the old connection may be invalidated
+            except Exception:
                 pass
             self.store = self._opener()
 
@@ -464,7 +464,7 @@ class Drainer(threading.Thread):
             try:
                 ctx = mp.get_context("spawn")
                 self._pool = ctx.Pool(self.workers, maxtasksperchild=5000)
-            except Exception as exc:  # noqa: BLE001 - extract in this thread instead
+            except Exception as exc:
                 LOG.warning("no extraction processes (%s); extracting in the service process", exc)
                 self._pool = None
         while True:
@@ -479,17 +479,20 @@ class Drainer(threading.Thread):
             try:
                 self.drain(items)
                 self._backoff = 0.0
-            except Exception as exc:  # noqa: BLE001 - never die: the files stay in the spool
+            except Exception as exc:
                 self.stats.failures += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                LOG.error("spool drain failed (%s); %d file(s) stay in the spool and are retried",
-                          self.stats.last_error, len(items))
+                LOG.error(
+                    "spool drain failed (%s); %d file(s) stay in the spool and are retried",
+                    self.stats.last_error,
+                    len(items),
+                )
                 self._backoff = min(5.0, max(0.5, self._backoff * 2))
                 if self._halt.wait(self._backoff) and self.spool.count() and self.stats.failures > 3:
                     break
                 try:
                     self.holder.reopen()
-                except Exception as exc2:  # noqa: BLE001
+                except Exception as exc2:
                     LOG.error("cannot reopen the lake: %s", exc2)
             if len(items) < self.batch and not self._halt.is_set():
                 # short batch: let more arrive (bounded by the interval)
@@ -504,8 +507,7 @@ class Drainer(threading.Thread):
         jobs: list[tuple[list[Task], WorkerConfig]] = []
         for label, tasks in by_label.items():
             cfg = WorkerConfig(**{**_cfg_dict(self.config), "received_source": label})
-            for i in range(0, len(tasks), self.CHUNK):
-                jobs.append((tasks[i : i + self.CHUNK], cfg))
+            jobs.extend((tasks[i : i + self.CHUNK], cfg) for i in range(0, len(tasks), self.CHUNK))
         if self._pool is not None and len(items) > 8:
             return list(self._pool.imap(_drain_chunk, jobs))
         return [_drain_chunk(j) for j in jobs]
@@ -549,7 +551,9 @@ class Drainer(threading.Thread):
         if "source_path" not in inst.column_names:
             return inst, []
         paths = inst.column("source_path").to_pylist()
-        uids = inst.column("SOPInstanceUID").to_pylist() if "SOPInstanceUID" in inst.column_names else [None] * len(paths)
+        uids = (
+            inst.column("SOPInstanceUID").to_pylist() if "SOPInstanceUID" in inst.column_names else [None] * len(paths)
+        )
         studies = (
             inst.column("StudyInstanceUID").to_pylist()
             if "StudyInstanceUID" in inst.column_names
@@ -579,4 +583,3 @@ class Drainer(threading.Thread):
 
 def _cfg_dict(cfg: WorkerConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in WorkerConfig.__dataclass_fields__}
-
