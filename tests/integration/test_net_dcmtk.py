@@ -132,6 +132,9 @@ def test_reading_while_receiving_sees_new_instances_within_seconds(tmp_path: Pat
                 break
             assert time.monotonic() - t0 < 15, "instances not visible within 15 s"
             time.sleep(0.2)
+        audited = dicomlake("audit", "quality", "--out", str(tmp_path / "q.html"), "--lake", str(s.lake), timeout=120)
+        assert audited.returncode in (0, 1), audited.stderr[-2000:]
+        assert (tmp_path / "q.html").exists()
         exported = dicomlake("export", "--out", str(tmp_path / "x"), "--lake", str(s.lake))
         assert exported.returncode == 0, exported.stderr
         assert (tmp_path / "x" / "instances.parquet").exists()

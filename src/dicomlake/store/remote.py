@@ -103,12 +103,11 @@ class _CopyShim:
         """A relation-like result (``to_arrow_table``, ``to_arrow_reader``) fetched from the service."""
         return _Relation(self.store.query(query, params))
 
-    def execute(self, sql: str, params: Any = None) -> _CopyShim:
+    def execute(self, sql: str, params: Any = None) -> _CopyShim | _Relation:
+        """``COPY … TO`` is done here; any other statement must be read-only and runs in the service."""
         m = self._COPY.match(sql)
         if not m:
-            raise QueryError(
-                f"only SELECT-like statements run against a lake held by `dicomlake serve`; got {sql.strip()[:60]!r}"
-            )
+            return _Relation(self.store.query(sql, list(params) if params is not None else None))
         table, path, fmt = m.group(1), m.group(2).replace("''", "'"), m.group(3).lower()
         data = self.store.query(f'SELECT * FROM "{table}"')
         if fmt == "parquet":
@@ -128,6 +127,17 @@ class _Relation:
 
     def to_arrow_table(self) -> pa.Table:
         return self.table
+
+    def fetch_arrow_table(self) -> pa.Table:
+        return self.table
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        cols = [c.to_pylist() for c in self.table.columns]
+        return list(zip(*cols, strict=True)) if cols else []
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        rows = self.fetchall()
+        return rows[0] if rows else None
 
     def to_arrow_reader(self, batch_rows: int = 100_000) -> pa.RecordBatchReader:
         return pa.RecordBatchReader.from_batches(self.table.schema, self.table.to_batches(batch_rows))
