@@ -36,6 +36,10 @@ def serve(
         False, "--require-client-cert", help="Refuse TLS clients without a certificate."
     ),
     no_fsync: bool = typer.Option(False, "--no-fsync", help="Do not fsync before acknowledging (measurements only)."),
+    http_port: int | None = typer.Option(
+        None, "--http-port", help="DICOMweb and web UI port on web.bind (default 8000, 127.0.0.1)."
+    ),
+    no_web: bool = typer.Option(False, "--no-web", help="Only the DICOM listener: no DICOMweb, no web UI."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No status line."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every association."),
 ) -> None:
@@ -84,12 +88,19 @@ def serve(
         }
     dimse = type(settings.dimse).model_validate(data)
     folder = lake_path(lake)
-    svc = Service(folder, settings, dimse=dimse).start()
+    web = None
+    if not no_web:
+        from dicomlake.web.settings import web_settings
+
+        web = web_settings(http_port=http_port)
+    svc = Service(folder, settings, dimse=dimse, web=not no_web, web_settings=web).start()
     assert svc.address is not None
     typer.secho(
         f"dicomlake serve: {dimse.ae_title} on {svc.address[0]}:{svc.address[1]}"
         f"{' (TLS)' if dimse.tls.enabled else ''} → {folder}  "
-        f"[{'keep files' if dimse.keep_files else 'metadata only'}; control {svc.control_url}]",
+        f"[{'keep files' if dimse.keep_files else 'metadata only'}; control {svc.control_url}]"
+        + (f"\n  DICOMweb and web UI: {svc.web_url} (create a user: dicomlake user add NAME --role admin)"
+           if svc.web_url else ""),
         err=True,
         bold=True,
     )

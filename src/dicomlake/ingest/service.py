@@ -79,6 +79,7 @@ class Service:
         control: bool = True,
         listen: bool = True,
         web: bool = False,
+        web_settings: Any = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.dimse = dimse or self.settings.dimse
@@ -97,6 +98,7 @@ class Service:
         self.started_at = dt.datetime.now(dt.UTC)
         self.address: tuple[str, int] | None = None
         self.web = web
+        self.web_settings = web_settings
         self.web_url: str | None = None
         self._web: Any = None
 
@@ -147,6 +149,7 @@ class Service:
 
                 self._web, _, self.web_url = serve_in_thread(
                     self.lake,
+                    self.web_settings,
                     store=self.holder,
                     ingest=spool_ingest(self.spool, self.drainer),
                     status_provider=self.status,
