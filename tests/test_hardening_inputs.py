@@ -105,13 +105,6 @@ def test_zip_bomb_member_is_refused_before_it_is_inflated(tmp_path: Path) -> Non
     assert res.rejects.column("quarantine_path")[0].as_py() is None  # not inflated to be kept
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest/listener.py read_pdu limits only P-DATA-TF: an A-ASSOCIATE-RQ (or release/abort) PDU "
-    "header declaring 0xFFFFFFF0 bytes makes recv_exact() allocate and zero a 4 GiB bytearray before a byte "
-    "arrives — one 6-byte packet per association exhausts memory. Fix: refuse non-P-DATA PDUs over ~1 MiB "
-    "(PS3.8 §9.3: they are small) and allocate as bytes arrive",
-)
 def test_oversized_associate_rq_is_refused_before_allocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
     import struct

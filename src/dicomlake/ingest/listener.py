@@ -166,6 +166,15 @@ def _uid(b: bytes) -> str:
     return b.rstrip(b"\x00 ").decode("ascii", "replace")
 
 
+
+MAX_CONTROL_PDU = 1 << 20
+"""Largest A-ASSOCIATE-RQ/RJ, release or abort PDU accepted. Default: 1 MiB"""
+MAX_UNBOUNDED_PDATA = 256 << 20
+"""Largest P-DATA-TF accepted when max_pdu is 0 (unlimited). Default: 256 MiB"""
+MAX_COMMAND = 1 << 20
+"""Largest command set assembled from fragments. Default: 1 MiB"""
+
+
 @dataclass
 class AssociateRQ:
     """The parts of an A-ASSOCIATE-RQ we act on."""
@@ -717,8 +726,15 @@ class _Association:
         hdr = self.recv_exact(6)
         pdu_type, _, length = struct.unpack(">BBI", hdr)
         limit = self.scp.settings.max_pdu
-        if pdu_type == 0x04 and limit and length > limit + 6 + 64:
-            raise ValueError(f"P-DATA-TF of {length} bytes exceeds our maximum length {limit}")
+        if pdu_type == 0x04:
+            # we told the peer our maximum (PS3.8 §D.1); without one, a hard cap still applies,
+            # so a 6-byte header cannot make us allocate gigabytes before any data arrives
+            cap = (limit + 6 + 64) if limit else MAX_UNBOUNDED_PDATA
+            if length > cap:
+                raise ValueError(f"P-DATA-TF of {length} bytes exceeds our maximum length {limit or cap}")
+        elif length > MAX_CONTROL_PDU:
+            # A-ASSOCIATE, release and abort PDUs are small (PS3.8 §9.3)
+            raise ValueError(f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds {MAX_CONTROL_PDU} bytes")
         return pdu_type, self.recv_exact(length) if length else bytearray()
 
     def send_command(self, context_id: int, command: bytes) -> None:
@@ -844,6 +860,8 @@ class _Association:
             if cid not in self.contexts:
                 raise ValueError(f"PDV on presentation context {cid}, which was not accepted")
             if control & 0x01:  # command fragment
+                if len(self.cmd) + len(data) > MAX_COMMAND:
+                    raise ValueError(f"command set over {MAX_COMMAND} bytes (PS3.7 command sets are small)")
                 self.cmd += data
                 if control & 0x02:
                     cmd = parse_command(bytes(self.cmd))

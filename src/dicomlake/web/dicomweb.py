@@ -141,12 +141,12 @@ def parse_qido(request: Request, level: str, ctx: WebContext) -> Qido:
     for name, value in request.query_params.multi_items():
         low = name.lower()
         if low == "limit":
-            if not value.isdigit() or int(value) < 1:
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:
                 errors.append(f"limit={value!r}: a positive integer (at most {ctx.settings.qido_max_limit})")
             else:
                 q.limit = min(int(value), ctx.settings.qido_max_limit)
         elif low == "offset":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 errors.append(f"offset={value!r}: a non-negative integer")
             else:
                 q.offset = int(value)
@@ -605,7 +605,7 @@ async def store(request: Request, study: str | None) -> Response:
     too_big = WebError(
         413, f"STOW-RS body larger than web.stow_max_bytes={limit:,} bytes; send the instances in several requests"
     )
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks: list[bytes] = []
     size = 0
