@@ -8,6 +8,8 @@ same extraction as every other source.
 
 from __future__ import annotations
 
+import re
+
 import datetime as dt
 import io
 import logging
@@ -218,14 +220,29 @@ def _encode_dataset(js: Mapping[str, Any], out: list[bytes]) -> None:
         out.append(raw)
 
 
+_UID_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _single_uid(js: dict[str, Any], tag: str, name: str) -> str:
+    """The one UID value of an element, or ValueError naming what is wrong (PS3.5 §9.1)."""
+    el = js.get(tag)
+    if not isinstance(el, dict):
+        raise ValueError(f"{name} ({tag[:4]},{tag[4:]}) missing")
+    values = el.get("Value") or []
+    if el.get("vr") != "UI" or len(values) != 1 or not isinstance(values[0], str):
+        raise ValueError(f"{name} ({tag[:4]},{tag[4:]}) must be one UI value, got vr={el.get('vr')!r} {values!r:.80}")
+    uid = values[0].strip()
+    if len(uid) > 64 or not _UID_TEXT.match(uid):
+        raise ValueError(f"{name} ({tag[:4]},{tag[4:]}) {uid!r:.80} is not a valid UID")
+    return uid
+
+
 def json_to_part10_fast(js: dict[str, Any]) -> tuple[str, bytes]:
     """DICOM JSON → Explicit VR Little Endian Part-10 without pydicom (PS3.18 F.2 in reverse)."""
     from dicomlake.ingest.spool import encode_file_meta
 
-    uid = _value(js, "00080018")
-    sop_class = _value(js, "00080016")
-    if not uid or not sop_class:
-        raise ValueError("SOPInstanceUID or SOPClassUID missing")
+    uid = _single_uid(js, "00080018", "SOP Instance UID")
+    sop_class = _single_uid(js, "00080016", "SOP Class UID")
     if "00080005" not in js and any(el.get("vr") in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") for el in js.values()):
         js = {**js, "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]}}
     out: list[bytes] = [encode_file_meta(sop_class, uid, "1.2.840.10008.1.2.1")]
@@ -234,7 +251,13 @@ def json_to_part10_fast(js: dict[str, Any]) -> tuple[str, bytes]:
 
 
 def json_to_part10(js: dict[str, Any]) -> tuple[str, bytes]:
-    """One instance's DICOM JSON as ``(SOPInstanceUID, Part-10 bytes)`` without bulk data."""
+    """One instance's DICOM JSON as ``(SOPInstanceUID, Part-10 bytes)`` without bulk data.
+
+    Raises ValueError when the SOP Instance or Class UID is not one valid UID: such an
+    instance cannot be keyed, and the pull reports it as failed instead of dropping it.
+    """
+    uid_checked = _single_uid(js, "00080018", "SOP Instance UID")
+    _single_uid(js, "00080016", "SOP Class UID")
     try:
         return json_to_part10_fast(js)
     except Exception as exc:
@@ -243,7 +266,7 @@ def json_to_part10(js: dict[str, Any]) -> tuple[str, bytes]:
     from pydicom.uid import ExplicitVRLittleEndian
 
     ds = Dataset.from_json(strip_bulk(js))
-    uid = str(ds.SOPInstanceUID)
+    uid = uid_checked
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = uid  # type: ignore[assignment]
