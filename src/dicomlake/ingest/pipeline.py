@@ -238,7 +238,9 @@ def ingest_paths(
         else:
             ctx = mp.get_context("spawn")
             with ctx.Pool(n_workers, initializer=init_worker, initargs=(cfg,), maxtasksperchild=2000) as pool:
-                for res in pool.imap_unordered(run_chunk, chunks, chunksize=1):
+                # ordered: when two files carry one SOP Instance UID, the one later in source
+                # order wins, every run and on every back end (as the Spark engine does)
+                for res in pool.imap(run_chunk, chunks, chunksize=1):
                     take(res)
         batcher.flush()
         status = "partial" if report.rejected else "ok"
