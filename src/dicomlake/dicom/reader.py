@@ -364,6 +364,10 @@ def parse_bytes(
         while pos + 8 <= len(buf) and buf[pos : pos + 2] == b"\x02\x00":
             group, elem, vr_b, length = _LE_EXPL.unpack_from(buf, pos)
             if vr_b in LONG_VRS:
+                if pos + 12 > len(buf):
+                    if len(buf) >= size:
+                        raise ExtractionError(f"truncated inside the file meta information at byte {pos}")
+                    raise _NeedMore
                 length = _LE_U32.unpack_from(buf, pos + 8)[0]
                 vpos = pos + 12
             elif vr_b in VALID_VRS:
@@ -377,7 +381,10 @@ def parse_bytes(
                 if len(buf) >= size:
                     raise ExtractionError(f"truncated inside the file meta information at byte {pos}")
                 raise _NeedMore
-            meta.append((group << 16 | elem, vr_b.decode("ascii"), buf[vpos : vpos + length], length))
+            vr_m = vr_b.decode("ascii")
+            if vr_m == "SQ":
+                vr_m = "UN"  # PS3.10 §7.1 has no sequences in the file meta; keep the bytes opaque
+            meta.append((group << 16 | elem, vr_m, buf[vpos : vpos + length], length))
             pos = vpos + length
         ts = _meta_value(meta, 0x00020010)
         if ts is None and meta:
@@ -427,13 +434,22 @@ def parse_bytes(
         if pixel_length >= 0:
             tail_at = vpos + pixel_length
         elif body_size <= len(body):
-            tail_at = parser._skip_fragments(vpos)
+            try:
+                tail_at = parser._skip_fragments(vpos)
+            except ExtractionError as exc:  # damaged fragments: the header before them stands
+                notes.append(f"encapsulated pixel data could not be walked: {exc}")
+                tail_at = None
         else:
             tail_at = -vpos  # negative: fragments start here, not yet walked
         if tail_at is not None and 0 < tail_at < body_size and body_size <= len(body):
             parser.stop_at_pixels = False
-            more, _, _ = parser.dataset(tail_at, None, 0, True)
-            elements.extend(more)
+            try:
+                more, _, _ = parser.dataset(tail_at, None, 0, True)
+                elements.extend(more)
+            except (ExtractionError, struct.error) as exc:
+                # as in _read_tail: what follows the pixel data is optional; a damaged tail
+                # is noted, the header before it is kept
+                notes.append(f"elements after the pixel data could not be read: {exc}")
             tail_at = None
         elif tail_at is not None and tail_at >= body_size:
             tail_at = None

@@ -8,8 +8,6 @@ same extraction as every other source.
 
 from __future__ import annotations
 
-import re
-
 import datetime as dt
 import io
 import logging
@@ -220,9 +218,6 @@ def _encode_dataset(js: Mapping[str, Any], out: list[bytes]) -> None:
         out.append(raw)
 
 
-_UID_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
 def _single_uid(js: dict[str, Any], tag: str, name: str) -> str:
     """The one UID value of an element, or ValueError naming what is wrong (PS3.5 §9.1)."""
     el = js.get(tag)
@@ -231,9 +226,11 @@ def _single_uid(js: dict[str, Any], tag: str, name: str) -> str:
     values = el.get("Value") or []
     if el.get("vr") != "UI" or len(values) != 1 or not isinstance(values[0], str):
         raise ValueError(f"{name} ({tag[:4]},{tag[4:]}) must be one UI value, got vr={el.get('vr')!r} {values!r:.80}")
-    uid = values[0].strip()
-    if len(uid) > 64 or not _UID_TEXT.match(uid):
-        raise ValueError(f"{name} ({tag[:4]},{tag[4:]}) {uid!r:.80} is not a valid UID")
+    uid = values[0].strip(" \x00")
+    # tolerant like the rest of ingest: a malformed but single UID still keys the instance
+    # (PACS hold such files; the spool names them by hash); only no UID, or several, is refused
+    if not uid or "\\" in uid:
+        raise ValueError(f"{name} ({tag[:4]},{tag[4:]}) {uid!r:.80} is not one UID")
     return uid
 
 
