@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", action="append", choices=TARGETS, help="a target (repeatable); default: all")
     ap.add_argument("--seconds", type=float, default=60.0, help="seconds per target. Default: 60")
-    ap.add_argument("--workdir", type=Path, default=REPO / "fuzz" / "work", help="corpus and artifacts")
+    ap.add_argument("--workdir", type=Path, default=REPO / "fuzz" / "runs", help="corpus and artifacts")
     ap.add_argument("--no-save", dest="save", action="store_false", help="do not copy crashes into tests/data/fuzz")
     ap.add_argument("--timeout", type=int, default=10, help="seconds one input may take (a hang). Default: 10")
     ap.add_argument("--seed-limit", type=int, default=None, help="use only the first N seeds (short runs)")

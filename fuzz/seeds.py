@@ -2,7 +2,7 @@
 
 A seed is the part of a file the parsers look at: the whole file when it is small, else
 everything before Pixel Data (the reader stops there). Seeds are written once per target
-into ``fuzz/work/<target>/seeds`` (content-addressed, so reruns add nothing).
+into ``fuzz/runs/<target>/seeds`` (content-addressed, so reruns add nothing).
 """
 
 from __future__ import annotations
