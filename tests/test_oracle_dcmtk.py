@@ -39,6 +39,8 @@ WE_READ_DCMTK_FAILS = {
     "convert to UTF-8, we fall back to Latin-1 as PS3.5 does not allow us to guess better",
     "J2K_pixelrep_mismatch.dcm": "dcmtk cannot open the declared character set for UTF-8 conversion",
     "MR_truncated.dcm": "the pixel data is truncated; the header before it is intact and is what we keep",
+    "emri_small_jpeg_2k_lossless_too_short.dcm": "the encapsulated pixel data ends early; dcmtk fails on the "
+    "fragments, we keep the intact header before them (and note the damaged fragments)",
     "SC_rgb_jpeg.dcm": "declares an explicit VR transfer syntax but is encoded implicit VR: dcmtk reads "
     "VR bytes that are not there and fails; we detect the mismatch and read it implicitly",
     "CT-RDSR-Siemens_Flash-QA-DS.dcm": "extended characters without Specific Character Set: dcmtk refuses "
