@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -82,3 +83,44 @@ def test_short_fuzz_run_finds_no_crash(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert took < 60 + 10 * (float(seconds) - 5), f"short fuzz run took {took:.0f} s"
+
+
+_SOP = {"00080016": {"vr": "UI", "Value": ["1.2.3"]}, "00080018": {"vr": "UI", "Value": ["1.2.3.4"]}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"00280010": {"vr": "U2", "Value": [45]}}, "(0028,0010)"),  # not a VR
+        ({"00100010": {"vr": "LO", "Value": ["x" * 70000]}}, "(0010,0010)"),  # past a 16-bit length
+        ({"00280010": {"vr": "US", "Value": [70000]}}, "(0028,0010)"),  # does not fit US
+        ({"00400275": {"vr": "SQ", "Value": [{"00280010": {"vr": "US", "Value": [-1]}}]}}, "(0028,0010)"),
+        ({"FFFEE000": {"vr": "UN"}}, "(FFFE,E000)"),  # an item tag as an element
+    ],
+    ids=["unknown-vr", "too-long", "out-of-range", "nested-out-of-range", "item-tag"],
+)
+def test_remote_dicom_json_that_cannot_be_encoded_is_a_value_error_naming_the_element(
+    extra: dict[str, object], named: str
+) -> None:
+    """json/crash-part10-written-corrupt: refused with the reason instead of corrupt Part-10 spooled."""
+    from dicomlake.ingest.dicomweb import json_to_part10
+
+    with pytest.raises(ValueError, match=re.escape(named)):
+        json_to_part10({**_SOP, **extra})
+
+
+def test_remote_dicom_json_that_pydicom_reads_more_kindly_still_round_trips() -> None:
+    from dicomlake.dicom.reader import parse_all
+    from dicomlake.ingest.dicomweb import json_to_part10
+
+    js = {
+        **_SOP,
+        "00020010": {"vr": "UI", "Value": ["1.2.840.10008.1.2"]},  # file meta in the JSON: ours is written
+        "00100010": {"vr": "LO", "Value": ["x" * 70]},  # over-long for LO, but encodable: kept
+        "00280010": {"vr": "US", "Value": ["512"]},  # a number as a string: pydicom's path
+    }
+    uid, data = json_to_part10(js)
+    assert uid == "1.2.3.4"
+    found = {t: (vr, v) for t, vr, v, _n in parse_all(data).elements}
+    assert found[0x00280010] == ("US", b"\x00\x02")
+    assert found[0x00100010][1].rstrip() == b"x" * 70

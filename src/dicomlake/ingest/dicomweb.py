@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicomlake.dicom.reader import VALID_VRS
 from dicomlake.errors import AssociationError
 from dicomlake.ingest.spool import Spool
 
@@ -188,16 +189,35 @@ def _encode_value(vr: str, el: Mapping[str, Any]) -> bytes:
     return raw
 
 
+class InvalidDicomJson(ValueError):
+    """DICOM JSON that no encoder can turn into valid Part-10 (an unknown VR, a bad tag key)."""
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _tag_of(key: Any) -> int:
+    """The tag of a DICOM JSON key (PS3.18 F.2.1.1: eight hex digits), or InvalidDicomJson."""
+    if not isinstance(key, str) or len(key) != 8 or not _HEX.issuperset(key):
+        raise InvalidDicomJson(f"{str(key)!r:.40} is not a DICOM JSON tag (eight hex digits)")
+    tag = int(key, 16)
+    if tag >> 16 == 0xFFFE:
+        raise InvalidDicomJson(f"({key[:4]},{key[4:]}) is an item or delimitation tag, not a data element")
+    return tag
+
+
 def _encode_dataset(js: Mapping[str, Any], out: list[bytes]) -> None:
     import struct
 
-    for key in sorted(js, key=lambda k: int(k, 16)):
+    for key in sorted(js, key=_tag_of):
         el = js[key]
         if "BulkDataURI" in el:
             continue
-        tag = int(key, 16)
+        tag = _tag_of(key)
         vr = el.get("vr") or "UN"
         group, elem = tag >> 16, tag & 0xFFFF
+        if not isinstance(vr, str) or vr.encode("ascii", "replace") not in VALID_VRS:
+            raise InvalidDicomJson(f"({group:04X},{elem:04X}) has VR {str(vr)!r:.20}, not a DICOM VR")
         if tag == 0x00080005:
             el = {"vr": "CS", "Value": ["ISO_IR 192"]}  # PS3.18 F.2: JSON text is UTF-8
         if vr == "SQ":
@@ -213,7 +233,9 @@ def _encode_dataset(js: Mapping[str, Any], out: list[bytes]) -> None:
             out.append(struct.pack("<HH2sHI", group, elem, vr.encode(), 0, len(raw)))
         else:
             if len(raw) > 0xFFFF:
-                raise ValueError(f"({group:04X},{elem:04X}) {vr} value of {len(raw)} bytes")
+                raise InvalidDicomJson(
+                    f"({group:04X},{elem:04X}) {vr} value of {len(raw)} bytes: too long for the VR's 16-bit length"
+                )
             out.append(struct.pack("<HH2sH", group, elem, vr.encode(), len(raw)))
         out.append(raw)
 
@@ -243,33 +265,97 @@ def json_to_part10_fast(js: dict[str, Any]) -> tuple[str, bytes]:
     if "00080005" not in js and any(el.get("vr") in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") for el in js.values()):
         js = {**js, "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]}}
     out: list[bytes] = [encode_file_meta(sop_class, uid, "1.2.840.10008.1.2.1")]
-    _encode_dataset(js, out)
+    _encode_dataset(_without_meta(js), out)
     return uid, b"".join(out)
+
+
+def _without_meta(js: dict[str, Any]) -> dict[str, Any]:
+    """``js`` without File Meta elements (group 0002): ours are written instead (PS3.10 §7.1)."""
+    if not any(isinstance(k, str) and k.startswith("0002") for k in js):
+        return js
+    return {k: v for k, v in js.items() if not (isinstance(k, str) and k.startswith("0002"))}
 
 
 def json_to_part10(js: dict[str, Any]) -> tuple[str, bytes]:
     """One instance's DICOM JSON as ``(SOPInstanceUID, Part-10 bytes)`` without bulk data.
 
-    Raises ValueError when the SOP Instance or Class UID is not one valid UID: such an
-    instance cannot be keyed, and the pull reports it as failed instead of dropping it.
+    Raises ValueError, naming the element, when the JSON cannot become valid Part-10: the
+    SOP Instance or Class UID is not one UID (the instance cannot be keyed), a tag or VR is
+    not DICOM, or a value does not fit its VR (a number out of range, a value too long for
+    a 16-bit length). The pull reports such a study as failed with the reason instead of
+    spooling corrupt bytes. Over-long text within 64 KiB (an LO of 70 characters) is kept,
+    as the rest of ingest keeps it.
     """
-    uid_checked = _single_uid(js, "00080018", "SOP Instance UID")
+    uid = _single_uid(js, "00080018", "SOP Instance UID")
     _single_uid(js, "00080016", "SOP Class UID")
     try:
-        return json_to_part10_fast(js)
+        _uid, data = json_to_part10_fast(js)
+    except InvalidDicomJson:
+        raise
     except Exception as exc:
         LOG.debug("fast JSON encoding failed (%s); using pydicom", exc)
+        data = _part10_pydicom(js, uid)
+    _check_written(js, uid, data)
+    return uid, data
+
+
+def _part10_pydicom(js: dict[str, Any], uid: str) -> bytes:
+    """Part-10 bytes written by pydicom (it reads more JSON spellings than the fast path)."""
+    import warnings
+
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    ds = Dataset.from_json(strip_bulk(js))
-    uid = uid_checked
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = uid  # type: ignore[assignment]
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    return uid, encode_tolerant(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each problem that matters is raised below
+        try:
+            ds = Dataset.from_json(strip_bulk(_without_meta(js)))
+        except Exception as exc:
+            raise ValueError(f"DICOM JSON not readable: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = uid  # type: ignore[assignment]
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        buf = io.BytesIO()
+        try:
+            ds.save_as(buf, enforce_file_format=True)
+        except Exception as exc:
+            # pydicom names the element: "With tag (0028,0010) got exception: …"
+            raise ValueError(f"DICOM JSON not encodable: {str(exc).splitlines()[0][:200]}") from exc
+    return buf.getvalue()
+
+
+def _check_written(js: Mapping[str, Any], uid: str, data: bytes) -> None:
+    """ValueError naming the element unless our reader reads ``data`` back as ``js`` says.
+
+    Every top-level element of the JSON (bulk data and File Meta aside) must be there with
+    the VR the JSON gave: pydicom silently turns a value too long for a 16-bit length
+    into UN and drops what it cannot encode; either is a value that did not fit its VR.
+    """
+    from dicomlake.dicom.reader import PIXEL_TAGS, parse_all
+    from dicomlake.errors import ExtractionError
+
+    try:
+        header = parse_all(data)
+    except ExtractionError as exc:
+        raise ValueError(f"DICOM JSON encodes as unreadable Part-10: {exc}") from exc
+    written = {t: vr for t, vr, _v, _n in header.elements}
+    if header.pixel_data_length is not None:  # the reader stops at pixel data and notes its length
+        written.update(dict.fromkeys(PIXEL_TAGS, None))
+    sop = next((v for t, _vr, v, _n in header.elements if t == 0x00080018), None)
+    if not isinstance(sop, bytes) or sop.strip(b"\x00 ").decode("utf-8", "replace") != uid:
+        raise ValueError(f"SOP Instance UID {uid!r:.80} does not survive encoding (written: {sop!r:.80})")
+    for key, el in js.items():
+        if "BulkDataURI" in el or key.startswith("0002"):
+            continue
+        tag = _tag_of(key)
+        name = f"({key[:4]},{key[4:]})"
+        if tag not in written:
+            raise ValueError(f"{name} {el.get('vr')} could not be encoded")
+        vr = el.get("vr")
+        if vr and written[tag] not in (vr, None) and not (tag == 0x00080005 and written[tag] == "CS"):
+            raise ValueError(f"{name} value does not fit VR {vr} (written as {written[tag]})")
 
 
 def encode_tolerant(ds: Any) -> bytes:
