@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.config import Settings, get_settings
-from dicomlake.errors import ConfigError, QueryError
+from dicomlake.errors import ConfigError, DicomlakeError, QueryError
 from dicomlake.ingest.listener import StoreSCP
 from dicomlake.ingest.settings import DimseSettings
 from dicomlake.ingest.spool import Drainer, DrainStats, Spool, StoreHolder
@@ -106,6 +107,8 @@ class Service:
 
     def start(self) -> Service:
         """Open the lake, replay the spool, start the drainer, the listener and the endpoint."""
+        import duckdb
+
         from dicomlake.extract.columns import instance_columns
         from dicomlake.ingest.pipeline import _worker_config
         from dicomlake.store.duckdb import DuckDBStore
@@ -119,7 +122,21 @@ class Service:
         self.lake.mkdir(parents=True, exist_ok=True)
         cols_file = str(self.settings.columns_file) if self.settings.columns_file else None
         columns = instance_columns(cols_file)
-        self.holder = StoreHolder(lambda: DuckDBStore(self.lake, columns=columns))
+        try:
+            self.holder = StoreHolder(lambda: DuckDBStore(self.lake, columns=columns))
+        except duckdb.Error as exc:
+            hint = ""
+            if "WAL" in str(exc):
+                hint = (
+                    " Its write-ahead log is damaged inside a committed transaction (a torn last write is "
+                    "skipped by itself): keep a copy of the lake folder, then restore lake.duckdb from a "
+                    "backup, or move lake.duckdb.wal aside to open the lake as of its last checkpoint "
+                    "(instances drained since then must be sent again)."
+                )
+            raise ConfigError(
+                f"cannot open the lake's database {self.lake / 'lake.duckdb'}: {exc}.{hint} Instances "
+                f"acknowledged but not yet in the lake stay in {self.lake / 'spool'} and are drained once it opens."
+            ) from exc
         d = self.dimse
         self.spool = Spool(self.lake, fsync=d.fsync, min_free_bytes=d.min_free_bytes)
         left = self.spool.count()
@@ -306,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     d = settings.dimse.model_dump()
     d.update({k: v for k, v in {"port": args.port, "ae_title": args.ae_title}.items() if v is not None})
-    svc = Service(args.lake, settings, dimse=DimseSettings.model_validate(d)).start()
+    try:
+        svc = Service(args.lake, settings, dimse=DimseSettings.model_validate(d)).start()
+    except DicomlakeError as exc:  # as `dicomlake serve` says it (STYLE.md §10): the message, no traceback
+        print(f"dicomlake serve: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
     svc.serve_forever()
     return 0
 
