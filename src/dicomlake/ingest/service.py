@@ -138,7 +138,9 @@ class Service:
                 f"acknowledged but not yet in the lake stay in {self.lake / 'spool'} and are drained once it opens."
             ) from exc
         d = self.dimse
-        self.spool = Spool(self.lake, fsync=d.fsync, min_free_bytes=d.min_free_bytes)
+        self.spool = Spool(
+            self.lake, fsync=d.fsync, min_free_bytes=d.min_free_bytes, max_instances=d.spool_max_instances
+        )
         left = self.spool.count()
         if left:
             LOG.info("replaying %d instance(s) left in the spool", left)

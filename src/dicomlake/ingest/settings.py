@@ -106,6 +106,11 @@ class DimseSettings(BaseModel):
         64 * 1024 * 1024,
         description="Answer 0xA700 (out of resources) when the lake's disk has less free space. Default: 64 MiB",
     )
+    spool_max_instances: int = Field(
+        0,
+        description="Answer 0xA700 (out of resources) while this many received instances wait in the spool "
+        "for the lake (the lake is down or slower than the senders); 0 = no limit. Default: 0",
+    )
     modalities: list[str] = Field(
         default_factory=list, description="Only store instances of these modalities; empty = all. Default: []"
     )

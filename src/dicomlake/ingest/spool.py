@@ -189,7 +189,10 @@ class SpoolWriter:
                 os.fdatasync(self.fd)
             os.close(self.fd)
             self.fd = -1
+            replaces = self.final.exists()  # a resent instance takes its earlier copy's place
             os.replace(self.tmp, self.final)
+            if not replaces:
+                self.spool.added(1)
             if self.spool.fsync:
                 self.spool.sync_dir(self.final.parent)
         except OSError as exc:
@@ -222,13 +225,23 @@ class Spool:
         fsync each file and its folder before :meth:`SpoolWriter.commit` returns.
     min_free_bytes
         Refuse new instances (``0xA700``) while the disk has less free space than this.
+    max_instances
+        Refuse new instances (``0xA700``) while this many wait to be drained; 0 = no limit.
     """
 
-    def __init__(self, lake: str | os.PathLike[str], *, fsync: bool = True, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        lake: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        min_free_bytes: int = 0,
+        max_instances: int = 0,
+    ) -> None:
         self.lake = Path(lake)
         self.root = self.lake / SPOOL_DIR
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
+        self.max_instances = max_instances
         self.tmp_dir = self.root / TMP_DIR
         self._event = threading.Event()
         self._dir_fds: dict[Path, int] = {}
@@ -243,6 +256,8 @@ class Spool:
                 leftover.unlink()
             except OSError:
                 pass
+        self._pending = 0
+        self.count()  # the files left by an earlier run count against max_instances
 
     # ---- writing ----------------------------------------------------------------------
 
@@ -267,12 +282,32 @@ class Spool:
                 OUT_OF_RESOURCES,
             )
 
+    def check_depth(self) -> None:
+        """Raise :class:`SpoolError` (0xA700) while ``max_instances`` instances wait for the lake."""
+        # the running count can only be off by files in flight; at the limit, count for real
+        if self.max_instances > 0 and self._pending >= self.max_instances and self.count() >= self.max_instances:
+            raise SpoolError(
+                f"{self._pending:,} instances wait in the spool ({self.root}) for the lake; "
+                f"dimse.spool_max_instances is {self.max_instances:,}. The listener accepts instances "
+                "again by itself as the spool drains; if it does not drain, look at the service's drain errors",
+                OUT_OF_RESOURCES,
+            )
+
+    def added(self, n: int) -> None:
+        with self._lock:
+            self._pending += n
+
+    def removed(self, n: int) -> None:
+        with self._lock:
+            self._pending = max(0, self._pending - n)
+
     def begin(self, sop_instance_uid: str, label: str = "c-store") -> SpoolWriter:
         """Start writing an instance; the name comes from its UID, never from a peer's path."""
         name = spool_name(sop_instance_uid)
         if label not in LABELS:
             raise ValueError(f"spool label {label!r}: choose one of {', '.join(LABELS)}")
         self.check_space()
+        self.check_depth()
         final = self.root / label / f"{name}.dcm"
         tmp = self.tmp_dir / f"{name}.{uuid.uuid4().hex[:12]}.part"
         return SpoolWriter(self, final, tmp)
@@ -320,12 +355,15 @@ class Spool:
         return [(label, p) for _, label, p in out]
 
     def count(self) -> int:
+        """Files waiting to be drained (a scan, which also corrects the running count)."""
         n = 0
         for label in LABELS:
             try:
                 n += sum(1 for e in os.scandir(self.root / label) if e.name.endswith(".dcm"))
             except FileNotFoundError:
                 pass
+        with self._lock:
+            self._pending = n
         return n
 
 
@@ -530,17 +568,21 @@ class Drainer(threading.Thread):
                 self.stats.rejected += res.rejected
             batcher.flush()
         # committed: the spool copies can go (or move to files/)
+        gone = 0
         for src, dst in moves:
             try:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dst)
+                gone += 1
             except OSError as exc:
                 LOG.error("cannot keep %s as %s: %s", src, dst, exc)
         for _, path in items:
             try:
                 path.unlink()
+                gone += 1
             except FileNotFoundError:
                 pass
+        self.spool.removed(gone)
         self.stats.drained += len(items)
         self.stats.stored += report.inserted + report.replaced
         self.stats.batches += 1

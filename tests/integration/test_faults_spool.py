@@ -1,0 +1,104 @@
+"""Faults: a full spool (dimse.spool_max_instances) answers 0xA700 and takes instances again once it drains.
+
+Outcome checked: nothing acknowledged is lost, nothing unacknowledged is claimed. A refused
+instance is neither in the spool nor in the lake until its sender sends it again.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dicomlake.config import get_settings
+from dicomlake.ingest.service import Service
+from dicomlake.ingest.settings import DimseSettings
+from tests.conftest import require_tool
+from tests.integration.netpeers import acknowledged, make_instances
+
+pytestmark = [pytest.mark.integration]
+
+LIMIT = 10
+
+
+def _uid_of(paths: list[str]) -> dict[str, str]:
+    import pydicom
+
+    return {p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+
+
+def _storescu(port: int, files: list[str]) -> tuple[list[str], list[str], str]:
+    proc = subprocess.run(
+        ["storescu", "-v", "-nh", "-aec", "DICOMLAKE", "127.0.0.1", str(port), *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    ok, bad = acknowledged(out)
+    return ok, bad, out
+
+
+def _spooled(lake: Path) -> set[str]:
+    return {p.stem for p in (lake / "spool").glob("*/*.dcm")}
+
+
+def test_full_spool_answers_out_of_resources_and_accepts_again_once_drained(tmp_path: Path) -> None:
+    require_tool("storescu")
+    files = [str(p) for p in make_instances(tmp_path / "in", 25)]
+    uid_of = _uid_of(files)
+    lake = tmp_path / "lake"
+    dimse = DimseSettings(port=0, min_free_bytes=0, spool_max_instances=LIMIT, drain_workers=0, drain_interval_s=0.1)  # type: ignore[call-arg]
+    svc = Service(lake, get_settings(), dimse=dimse, control=False).start()
+    try:
+        assert svc.holder is not None and svc.address is not None and svc.drainer is not None
+        port = svc.address[1]
+        # the lake is busy (its write lock held): nothing drains, the spool fills up
+        with svc.holder.lock:
+            ok, bad, out = _storescu(port, files)
+            assert len(ok) == LIMIT and len(bad) == len(files) - LIMIT, out[-2000:]
+            assert "Out of Resources" in out or "OutOfResources" in out, out[-2000:]
+            # acknowledged = spooled; refused = nowhere
+            assert _spooled(lake) == {uid_of[f] for f in ok}
+            assert svc.scp is not None and svc.scp.stats.statuses == {"0xA700": len(bad)}
+            refused_uids = {uid_of[f] for f in bad}
+        assert svc.drainer.wait_idle(60)
+        in_lake = {r["SOPInstanceUID"] for r in svc.query("SELECT SOPInstanceUID FROM instances").to_pylist()}
+        assert in_lake == {uid_of[f] for f in ok} and not in_lake & refused_uids
+        # drained: the same service takes the rest (the sender retries what was refused)
+        t0 = time.monotonic()
+        ok2, bad2, out2 = _storescu(port, bad)
+        assert not bad2 and sorted(ok2) == sorted(bad), out2[-2000:]
+        assert svc.drainer.wait_idle(60)
+        rows = svc.query("SELECT SOPInstanceUID FROM instances").to_pylist()
+        print(
+            f"full spool (limit {LIMIT}): {len(ok)} stored, {len(bad)} refused 0xA700 while the lake was busy; "
+            f"after the drain {len(ok2)} stored in {time.monotonic() - t0:.1f} s; lake holds {len(rows)}"
+        )
+    finally:
+        svc.stop()
+    counts = collections.Counter(r["SOPInstanceUID"] for r in rows)
+    assert set(counts) == {uid_of[f] for f in ok + ok2} == set(uid_of.values())
+    assert max(counts.values()) == 1
+    assert not _spooled(lake)
+
+
+def test_spool_limit_counts_what_an_earlier_run_left(tmp_path: Path) -> None:
+    """Instances left in the spool by a crash count against the limit after a restart."""
+    from dicomlake.ingest.spool import Spool, SpoolError
+
+    lake = tmp_path / "lake"
+    first = Spool(lake, fsync=False)
+    for i in range(3):
+        first.put(f"1.2.3.{i}", b"x")
+    first.put("1.2.3.0", b"y")  # a resent instance replaces its copy; it is still one
+    again = Spool(lake, fsync=False, max_instances=3)
+    with pytest.raises(SpoolError) as exc:
+        again.begin("1.2.3.9")
+    assert exc.value.status == 0xA700 and "spool_max_instances is 3" in str(exc.value)
+    (lake / "spool" / "c-store" / "1.2.3.1.dcm").unlink()  # drained by someone else: counted again
+    again.put("1.2.3.9", b"z")
+    assert again.count() == 3
