@@ -102,3 +102,51 @@ def test_spool_limit_counts_what_an_earlier_run_left(tmp_path: Path) -> None:
     (lake / "spool" / "c-store" / "1.2.3.1.dcm").unlink()  # drained by someone else: counted again
     again.put("1.2.3.9", b"z")
     assert again.count() == 3
+
+
+def test_instance_resent_while_its_earlier_copy_drains_keeps_the_later_copy(tmp_path: Path) -> None:
+    """A PACS resends a corrected instance (same SOP Instance UID) while the first copy is being committed."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pynetdicom import AE
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dimse = DimseSettings(port=0, min_free_bytes=0, drain_workers=0, drain_interval_s=0.05)  # type: ignore[call-arg]
+    svc = Service(tmp_path / "lake", get_settings(), dimse=dimse, control=False).start()
+    try:
+        assert svc.holder is not None and svc.scp is not None and svc.drainer is not None
+        ae = AE("FAULTSCU")
+        ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+        assoc = ae.associate("127.0.0.1", svc.scp.address[1], ae_title="DICOMLAKE")
+        assert assoc.is_established
+        try:
+            with svc.holder.lock:  # the first copy's commit waits for the lake
+                ds.PatientName = "FIRST^COPY"
+                assert assoc.send_c_store(ds).Status == 0
+                time.sleep(0.5)  # the drainer has read the first copy and waits to commit it
+                ds.PatientName = "CORRECTED^COPY"
+                assert assoc.send_c_store(ds).Status == 0
+        finally:
+            assoc.release()
+        assert svc.drainer.wait_idle(30)
+        rows = svc.query("SELECT SOPInstanceUID, PatientName FROM instances").to_pylist()
+    finally:
+        svc.stop()
+    assert rows == [{"SOPInstanceUID": ds.SOPInstanceUID, "PatientName": "CORRECTED^COPY"}]
+
+
+def test_a_file_set_aside_by_a_drain_cut_short_is_drained_again_unless_superseded(tmp_path: Path) -> None:
+    from dicomlake.ingest.spool import CHECK_SUFFIX, Spool
+
+    lake = tmp_path / "lake"
+    spool = Spool(lake, fsync=False)
+    kept, superseded = spool.put("1.2.3.1", b"first"), spool.put("1.2.3.2", b"old")
+    kept.rename(kept.with_name(kept.name + CHECK_SUFFIX))  # the service died inside Spool.release
+    superseded.rename(superseded.with_name(superseded.name + CHECK_SUFFIX))
+    spool.put("1.2.3.2", b"newer")  # and a newer copy had arrived
+    again = Spool(lake, fsync=False)
+    assert sorted((p.name, p.read_bytes()) for _, p in again.pending()) == [
+        ("1.2.3.1.dcm", b"first"),
+        ("1.2.3.2.dcm", b"newer"),
+    ]
+    assert not list((lake / "spool").glob(f"*/*{CHECK_SUFFIX}"))

@@ -38,6 +38,8 @@ LOG = logging.getLogger("dicomlake.spool")
 SPOOL_DIR = "spool"
 FILES_DIR = "files"
 TMP_DIR = ".tmp"
+CHECK_SUFFIX = ".check"
+"""A drained spool file set aside while its removal checks that no newer copy replaced it."""
 LABELS = ("c-store", "c-get", "c-find", "dicomweb")
 """Spool sub-folders, one per way an instance arrives; the label becomes the instance's ``source``."""
 
@@ -47,6 +49,15 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1428.1"
 """Implementation Class UID written into file meta (PS3.7 D.3.3.2). Default: ours."""
 IMPLEMENTATION_VERSION_NAME = "DICOMLAKE_01"
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of a file: a resent copy renamed into place is a new inode."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def valid_uid(uid: str | None) -> bool:
@@ -256,6 +267,18 @@ class Spool:
                 leftover.unlink()
             except OSError:
                 pass
+        # Set aside by a drain that a crash cut short (see release): drained again, unless superseded.
+        for aside in self.root.glob(f"*/*.dcm{CHECK_SUFFIX}"):
+            try:
+                os.link(aside, aside.with_name(aside.name.removesuffix(CHECK_SUFFIX)))
+            except FileExistsError:
+                pass
+            except OSError:
+                continue
+            try:
+                aside.unlink()
+            except OSError:
+                pass
         self._pending = 0
         self.count()  # the files left by an earlier run count against max_instances
 
@@ -332,6 +355,39 @@ class Spool:
         got = self._event.wait(timeout)
         self._event.clear()
         return got
+
+    def release(self, path: Path, identity: tuple[int, int] | None, keep_as: Path | None = None) -> bool:
+        """Delete a drained spool file (or move it to ``keep_as``) unless a newer copy took its place.
+
+        A sender may resend an instance (same SOP Instance UID, corrected) while its first copy
+        is being committed; the new copy, acknowledged, replaced the file. The file is first
+        renamed aside (atomic: whatever is there now), and only the copy that was drained goes;
+        a newer one is put back to be drained next. Left aside by a crash, it is put back on start.
+        """
+        if identity is None:
+            return False
+        aside = path.with_name(path.name + CHECK_SUFFIX)
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        if file_identity(aside) != identity:
+            try:
+                os.link(aside, path)  # back in the spool, unless a newer copy still arrived meanwhile
+            except FileExistsError:
+                pass
+            os.unlink(aside)
+            self.notify()
+            return False
+        if keep_as is not None:
+            try:
+                keep_as.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(aside, keep_as)
+                return True
+            except OSError as exc:
+                LOG.error("cannot keep %s as %s: %s", path, keep_as, exc)
+        os.unlink(aside)
+        return True
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -551,6 +607,8 @@ class Drainer(threading.Thread):
         return [_drain_chunk(j) for j in jobs]
 
     def drain(self, items: list[tuple[str, Path]]) -> None:
+        # which file each item is: a copy of the instance resent meanwhile replaces it, and must stay
+        taken = {path: identity for _, path in items if (identity := file_identity(path)) is not None}
         results = self._extract(items)
         from dicomlake.ingest.pipeline import IngestReport, _Batcher
 
@@ -568,20 +626,13 @@ class Drainer(threading.Thread):
                 self.stats.rejected += res.rejected
             batcher.flush()
         # committed: the spool copies can go (or move to files/)
+        keep = dict(moves)
         gone = 0
-        for src, dst in moves:
-            try:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-                gone += 1
-            except OSError as exc:
-                LOG.error("cannot keep %s as %s: %s", src, dst, exc)
         for _, path in items:
             try:
-                path.unlink()
-                gone += 1
-            except FileNotFoundError:
-                pass
+                gone += self.spool.release(path, taken.get(path), keep.get(path))
+            except OSError as exc:
+                LOG.error("cannot take %s out of the spool after its commit: %s", path, exc)
         self.spool.removed(gone)
         self.stats.drained += len(items)
         self.stats.stored += report.inserted + report.replaced
