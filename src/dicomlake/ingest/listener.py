@@ -311,7 +311,7 @@ def encode_command(elements: list[tuple[int, str, Any]]) -> bytes:
         if vr == "US":
             v = struct.pack("<H", value)
         elif vr == "UI":
-            v = value.encode("ascii")
+            v = value.encode("ascii", "replace")  # a peer's UID echoed back may hold U+FFFD
             v += b"\x00" * (len(v) % 2)
         else:
             v = str(value).encode("ascii", "replace")[:64]
@@ -872,6 +872,11 @@ class _Association:
 
     def command(self, cid: int, cmd: dict[int, Any]) -> None:
         field_ = cmd.get(0x0100)
+        if self.rq is not None:
+            # PS3.8 Annex E: a message's fragments are not interleaved with another message
+            raise ValueError(f"DIMSE command before the data set of the C-STORE of {self.rq.get(0x1000)!r:.80} ended")
+        if not isinstance(cmd.get(0x0110, 0), int):
+            raise ValueError(f"DIMSE command with a Message ID (0000,0110) that is not US: {cmd.get(0x0110)!r:.40}")
         if field_ == C_ECHO_RQ:
             self.scp.stats.echoes += 1
             self.send_command(cid, echo_response(cmd))
@@ -891,14 +896,21 @@ class _Association:
         uid = str(cmd.get(0x1000, ""))
         sop_class = str(cmd.get(0x0002, "")) or abstract
         try:
+            meta = encode_file_meta(sop_class, uid, ts, self.calling or None)
+        except UnicodeEncodeError:  # bytes that are not ASCII in a UID: before a spool file is opened
+            self.failure = (CANNOT_UNDERSTAND, f"SOP Class or Instance UID not ASCII: {sop_class!r:.80} {uid!r:.80}")
+            return
+        try:
             w = self.scp.spool.begin(uid, self.scp.label)
-            w.write(encode_file_meta(sop_class, uid, ts, self.calling or None))
+            w.write(meta)
             self.writer = w
         except SpoolError as exc:
             self.failure = (exc.status, str(exc))
 
     def _write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.writer is not None:
+        # nothing to write must not count as a write: after pixel data that end the data set,
+        # an empty tail would clear the writer's hole-at-end mark and cut the file short
+        if self.writer is not None and len(data):
             try:
                 self.writer.write(data)
             except SpoolError as exc:
