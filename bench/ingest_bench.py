@@ -63,8 +63,12 @@ class Run:
     cpu_seconds: float
     returncode: int
     n: int
-    samples: list[tuple[float, int, str, int]] = field(default_factory=list)
-    """(seconds since start, pid, role, RSS bytes) for every process at every tick."""
+    samples: list[tuple[float, int, str, int, int, int]] = field(default_factory=list)
+    """(seconds since start, pid, role, RSS, USS, PSS bytes) for every process at every tick.
+
+    RSS counts every page a process maps, the shared ones too (libraries, and the pages a
+    worker shares with the fork server it came from); USS counts the pages only it holds —
+    what one more worker costs — and PSS shares each shared page among its users."""
     report: dict[str, object] = field(default_factory=dict)
     log: str = ""
 
@@ -90,12 +94,19 @@ def _role(proc: object, root_pid: int) -> str:
         return "worker"
     for helper in ("resource_tracker", "forkserver", "semaphore_tracker"):
         if helper in cmd:
+            # a worker forked from the fork server carries the server's command line
+            try:
+                parent = proc.parent()
+                if parent is not None and parent.pid != root_pid and "forkserver" in " ".join(parent.cmdline()):
+                    return "worker"
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
             return helper
     return "worker"
 
 
 def _sample(
-    pid: int, start: float, out: list[tuple[float, int, str, int]], stop: threading.Event
+    pid: int, start: float, out: list[tuple[float, int, str, int, int, int]], stop: threading.Event
 ) -> None:
     import psutil
 
@@ -112,12 +123,16 @@ def _sample(
             return
         for proc in procs:
             try:
-                rss = proc.memory_info().rss
                 if proc.pid not in roles:
                     roles[proc.pid] = _role(proc, pid)
+                if roles[proc.pid] == "worker":  # smaps: slower to read, so for workers only
+                    mem = proc.memory_full_info()
+                    rss, uss, pss = mem.rss, mem.uss, mem.pss
+                else:
+                    rss = uss = pss = proc.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            out.append((now, proc.pid, roles[proc.pid], rss))
+            out.append((now, proc.pid, roles[proc.pid], rss, uss, pss))
         stop.wait(SAMPLE_SECONDS)
 
 
@@ -137,7 +152,7 @@ def run_ours(corpus: Path, n: int, round_no: int) -> Run:
     ]
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     log_path = OUT_DIR / f"ingest-ours-round{round_no}.log"
-    samples: list[tuple[float, int, str, int]] = []
+    samples: list[tuple[float, int, str, int, int, int]] = []
     stop = threading.Event()
     cpu0 = _children_cpu()
     with log_path.open("w") as log:
@@ -233,17 +248,20 @@ def warm_page_cache(corpus: Path, files: list[str], head: int = 256 * 1024) -> f
 
 
 def memory_profile(run: Run) -> dict[str, object]:
-    """Peak RSS per process and RSS at 25/50/75/100 % of the run, in MiB."""
+    """Peak RSS (and USS, PSS) per process and RSS at 25/50/75/100 % of the run, in MiB."""
     peaks: dict[int, tuple[str, int]] = {}
+    unique: dict[int, tuple[int, int]] = {}  # pid -> peak USS, peak PSS
     # a process that is exiting reports no resident pages: those samples say nothing
     samples = [s for s in run.samples if s[3] >= MIB]
-    for _, pid, role, rss in samples:
+    for _, pid, role, rss, uss, pss in samples:
         if rss > peaks.get(pid, (role, 0))[1]:
             peaks[pid] = (role, rss)
+        u, p = unique.get(pid, (0, 0))
+        unique[pid] = (max(u, uss), max(p, pss))
     workers = sorted(pid for pid, (role, _) in peaks.items() if role == "worker")
     mains = [pid for pid, (role, _) in peaks.items() if role == "main"]
     by_tick: dict[float, dict[int, int]] = {}
-    for t, pid, _, rss in samples:
+    for t, pid, _, rss, _uss, _pss in samples:
         by_tick.setdefault(t, {})[pid] = rss
     ticks = sorted(by_tick)
     active = [t for t in ticks if any(p in by_tick[t] for p in workers)]
@@ -272,6 +290,8 @@ def memory_profile(run: Run) -> dict[str, object]:
         "samples": len(ticks),
         "workers_seen": len(workers),
         "worker_peak_mib": [round(peaks[p][1] / MIB, 1) for p in workers],
+        "worker_peak_uss_mib": [round(unique[p][0] / MIB, 1) for p in workers],
+        "worker_peak_pss_mib": [round(unique[p][1] / MIB, 1) for p in workers],
         "main_peak_mib": round(peaks[mains[0]][1] / MIB, 1) if mains else None,
         "total_peak_mib": round(total_peak, 1),
         "other_processes": sorted({role for role, _ in peaks.values()} - {"main", "worker"}),
@@ -403,6 +423,9 @@ def main() -> BenchResult:
         best = profiles[len(profiles) // 2]
         worker_peak = max((max(p["worker_peak_mib"] or [0]) for p in profiles), default=None)  # type: ignore[type-var]
         result.add("ours peak RSS per worker (max over rounds)", worker_peak, "MiB")
+        for key, what in (("uss", "USS (its own pages)"), ("pss", "PSS (shared pages divided)")):
+            peak = max((max(p[f"worker_peak_{key}_mib"] or [0]) for p in profiles), default=None)  # type: ignore[type-var]
+            result.add(f"ours peak {what} per worker (max over rounds)", peak, "MiB")
         result.add(
             "ours peak RSS of the ingest process",
             median([p["main_peak_mib"] for p in profiles if p["main_peak_mib"] is not None]),
@@ -419,7 +442,9 @@ def main() -> BenchResult:
         print()
         print("memory of `dicomlake ingest --workers 2` (middle round), MiB:")
         print(
-            f"  peak per worker: {', '.join(fmt(v) for v in best['worker_peak_mib'])}"  # type: ignore[union-attr]
+            f"  peak per worker: RSS {', '.join(fmt(v) for v in best['worker_peak_mib'])}"  # type: ignore[union-attr]
+            f"; USS {', '.join(fmt(v) for v in best['worker_peak_uss_mib'])}"  # type: ignore[union-attr]
+            f"; PSS {', '.join(fmt(v) for v in best['worker_peak_pss_mib'])}"  # type: ignore[union-attr]
             f"  ({best['workers_seen']} worker processes seen; ingest process "
             f"{fmt(best['main_peak_mib'])}; all processes {fmt(best['total_peak_mib'])};"  # type: ignore[arg-type]
             f" others: {', '.join(best['other_processes']) or 'none'})"

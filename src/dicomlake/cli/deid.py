@@ -9,10 +9,6 @@ from pathlib import Path
 
 import typer
 
-from dicomlake.deid import Deidentifier, builtin_profiles, settings_from_env
-from dicomlake.deid.profile import profile_text
-from dicomlake.deid.pseudonym import parse_key
-from dicomlake.deid.vault import Vault
 from dicomlake.errors import DeidError
 
 
@@ -62,6 +58,8 @@ def deid(
         return
     if out is None:
         raise typer.BadParameter("give the output folder", param_hint="--out")
+    from dicomlake.deid import Deidentifier, settings_from_env  # pydicom: imported when used
+
     settings = settings_from_env()
     update: dict[str, object] = {}
     if secret_env != "DICOMLAKE_DEID__SECRET":
@@ -128,8 +126,12 @@ def deid(
 def profiles(show: str | None = None) -> None:
     """List the built-in profiles and what each keeps (or print one to copy)."""
     if show:
+        from dicomlake.deid.profile import profile_text
+
         typer.echo(profile_text(show), nl=False)
         return
+    from dicomlake.deid import builtin_profiles
+
     for p in builtin_profiles():
         typer.echo(f"{p.name:<12} {p.description}")
         typer.echo(f"{'':<12} keeps: {p.summary()}; burned-in: {p.burned_in.value}")
@@ -153,6 +155,9 @@ def reidentify(
         typer.echo(f"error: vault {vault} not found", err=True)
         raise typer.Exit(2)
     try:
+        from dicomlake.deid.pseudonym import parse_key
+        from dicomlake.deid.vault import Vault
+
         with Vault(vault, parse_key(key_text, "DICOMLAKE_DEID__VAULT_KEY")) as v:
             pairs = v.reidentify(list(pseudonyms), kind=kind, purpose=purpose)
     except DeidError as exc:

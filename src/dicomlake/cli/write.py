@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from dicomlake.errors import DicomlakeError, WriteError
-from dicomlake.write._common import WriteReport
+
+if TYPE_CHECKING:  # pydicom is imported by the write commands themselves, not by every CLI start
+    from dicomlake.write._common import WriteReport
 
 
 def _fail_usage(message: str) -> NoReturn:

@@ -8,7 +8,6 @@ SOP Instance UID, so nothing is lost and nothing is duplicated.
 from __future__ import annotations
 
 import datetime as dt
-import multiprocessing as mp
 import os
 import time
 import uuid
@@ -27,11 +26,17 @@ from dicomlake.ingest.worker import (
     init_worker,
     process_chunk,
     run_chunk,
+    start_worker_server,
+    worker_context,
+    worker_initargs,
 )
 from dicomlake.store.base import Store
 from dicomlake.store.duckdb import DuckDBStore
 
 CHUNK_FILES = 48
+RECYCLE_AFTER_CHUNKS = 50
+"""A worker is replaced by a fresh fork after this many chunks (2,400 files): its memory stays
+bounded however large the corpus, at the cost of one fork from the preloaded server."""
 
 
 @dataclass(slots=True)
@@ -199,6 +204,8 @@ def ingest_paths(
     size = batch_size or settings.ingest.batch_size
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    if n_workers > 1:
+        start_worker_server()  # its imports run while we list the files and open the lake
     tasks = expand(paths)
     report = IngestReport(run_id=uuid.uuid4().hex[:12], lake=str(lake_dir))
     own_store = store is None
@@ -236,8 +243,10 @@ def ingest_paths(
             for chunk in chunks:
                 take(process_chunk(chunk, cfg))
         else:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(n_workers, initializer=init_worker, initargs=(cfg,), maxtasksperchild=2000) as pool:
+            ctx = worker_context()
+            with ctx.Pool(
+                n_workers, initializer=init_worker, initargs=worker_initargs(cfg), maxtasksperchild=RECYCLE_AFTER_CHUNKS
+            ) as pool:
                 # ordered: when two files carry one SOP Instance UID, the one later in source
                 # order wins, every run and on every back end (as the Spark engine does)
                 for res in pool.imap(run_chunk, chunks, chunksize=1):
@@ -281,8 +290,10 @@ class _Progress:
             TextColumn("[bold]ingest"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("files · {task.fields[inst]:,} instances · {task.fields[rej]:,} rejected · "
-                       "{task.fields[skip]:,} skipped · {task.fields[rate]:,.0f} files/s"),
+            TextColumn(
+                "files · {task.fields[inst]:,} instances · {task.fields[rej]:,} rejected · "
+                "{task.fields[skip]:,} skipped · {task.fields[rate]:,.0f} files/s"
+            ),
             TimeRemainingColumn(),
             console=Console(stderr=True),
             transient=False,
@@ -305,4 +316,3 @@ class _Progress:
     def close(self) -> None:
         self.update()
         self.progress.stop()
-

@@ -107,10 +107,76 @@ def _pseudonymous_path(path: str) -> str:
     return "deid:" + hashlib.blake2b(path.encode("utf-8", "surrogateescape"), key=key, digest_size=16).hexdigest()
 
 
-def init_worker(config: WorkerConfig) -> None:
-    """Pool initializer: remember the configuration once per process."""
+def init_worker(config: WorkerConfig, env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+    """Pool initializer: remember the configuration once per process.
+
+    ``env`` (the parent's ``DICOMLAKE_*`` variables) and ``cwd`` are the parent's *now*: a
+    worker forked from the long-lived fork server would otherwise see them as they were
+    when the server started (a de-identification secret set since, a changed folder).
+    """
     global _CONFIG
     _CONFIG = config
+    if env is not None:
+        for key in [k for k in os.environ if k.startswith("DICOMLAKE_") and k not in env]:
+            del os.environ[key]
+        os.environ.update(env)
+        _DEID.clear()
+    if cwd is not None:
+        os.chdir(cwd)
+
+
+def worker_context() -> Any:
+    """The multiprocessing context for ingest workers: ``forkserver`` with the worker's
+    modules preloaded (:mod:`dicomlake.ingest.preload`), ``spawn`` where there is none.
+
+    Pass :func:`worker_initargs` to the pool's initializer with it.
+    """
+    import atexit
+    import multiprocessing as mp
+
+    try:
+        ctx = mp.get_context("forkserver")
+    except ValueError:  # platforms without fork
+        return mp.get_context("spawn")
+    ctx.set_forkserver_preload(["__main__", "dicomlake.ingest.preload"])  # __main__: imported once, not per worker
+    global _SERVER_STOP_REGISTERED
+    if not _SERVER_STOP_REGISTERED:
+        atexit.register(_stop_worker_server)
+        _SERVER_STOP_REGISTERED = True
+    return ctx
+
+
+_SERVER_STOP_REGISTERED = False
+
+
+def start_worker_server() -> None:
+    """Start the fork server now (it imports the worker's modules in the background), so
+    that the first pool does not wait for it; a no-op where workers are spawned."""
+    ctx = worker_context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def _stop_worker_server() -> None:
+    """At exit, end the fork server and wait for it, so that it does not outlive us and its
+    workers' CPU time is accounted to this process's children (``time``, benchmarks)."""
+    from multiprocessing import forkserver
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        try:
+            stop()
+        except OSError:
+            pass
+
+
+def worker_initargs(config: WorkerConfig) -> tuple[WorkerConfig, dict[str, str], str]:
+    """``initargs`` for :func:`init_worker`: the config, the ``DICOMLAKE_*`` environment and
+    the working folder of the parent at the time the pool starts."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("DICOMLAKE_")}
+    return config, env, os.getcwd()
 
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima", ".img", ".raw", ".sr", ".ko", ".pr"})
@@ -246,7 +312,8 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                     zf = zips.get(task.path) or zips.setdefault(task.path, zipfile.ZipFile(task.path))
                     info = zf.getinfo(task.member or "")
                     if info.file_size > cfg.max_zip_member_bytes or (
-                        info.compress_size and info.file_size / info.compress_size > cfg.max_zip_ratio
+                        info.compress_size
+                        and info.file_size / info.compress_size > cfg.max_zip_ratio
                         and info.file_size > 1 << 20
                     ):
                         reject(
