@@ -6,7 +6,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 
@@ -61,6 +61,11 @@ def regions_in(text: str | None) -> list[str]:
     """
     if not text:
         return []
+    return list(_regions(text))
+
+
+@lru_cache(maxsize=8192)  # descriptions repeat across a series and a site's protocols
+def _regions(text: str) -> tuple[str, ...]:
     pats, _, _, _ = _knowledge()
     s = _clean(text)
     found: list[tuple[int, str]] = []
@@ -81,8 +86,8 @@ def regions_in(text: str | None) -> list[str]:
         want = set().union(*(contains.get(t, {t}) for t in out))
         for comp, parts in sorted(contains.items(), key=lambda kv: len(kv[1])):
             if comp in defined_terms() and want <= parts:
-                return [comp]
-    return out
+                return (comp,)
+    return tuple(out)
 
 
 def compatible(body_part: str, region: str) -> bool:
