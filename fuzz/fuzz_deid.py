@@ -23,6 +23,8 @@ from dicomlake.errors import DeidError, ExtractionError
 
 MAX_LEN = 16 * 1024
 SEEDS = "dicom"
+SHORT_RUNS = 800
+"""Executions of the short, fixed-seed run in the tests (``fuzz/run.py --seed 1 --runs short``)."""
 _DEID: Deidentifier | None = None
 
 

@@ -28,6 +28,8 @@ from dicomlake.ingest.listener import (
 
 MAX_LEN = 16 * 1024
 SEEDS = "pdu"
+SHORT_RUNS = 20000
+"""Executions of the short, fixed-seed run in the tests (``fuzz/run.py --seed 1 --runs short``)."""
 _TS = (
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
     "1.2.840.10008.1.2.4.50",
@@ -39,9 +41,16 @@ def _item(t: int, v: bytes) -> bytes:
 
 
 def seed_inputs() -> list[bytes]:
-    ctx = _item(0x20, bytes((1, 0, 0, 0)) + _item(0x30, b"1.2.840.10008.5.1.4.1.1.2") + _item(0x40, b"1.2.840.10008.1.2"))
-    user = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.3.4") + _item(0x55, b"FUZZ")
-                 + _item(0x54, struct.pack(">H", 5) + b"1.2.3" + b"\x01\x00"))
+    ctx = _item(
+        0x20, bytes((1, 0, 0, 0)) + _item(0x30, b"1.2.840.10008.5.1.4.1.1.2") + _item(0x40, b"1.2.840.10008.1.2")
+    )
+    user = _item(
+        0x50,
+        _item(0x51, struct.pack(">I", 16384))
+        + _item(0x52, b"1.2.3.4")
+        + _item(0x55, b"FUZZ")
+        + _item(0x54, struct.pack(">H", 5) + b"1.2.3" + b"\x01\x00"),
+    )
     rq = struct.pack(">HH", 1, 0) + b"DICOMLAKE       " + b"STORESCU        " + b"\x00" * 32
     rq += _item(0x10, b"1.2.840.10008.3.1.1.1") + ctx + user
     out = [b"\x00" + rq]
@@ -60,7 +69,9 @@ def seed_inputs() -> list[bytes]:
             pos = 132
             while d[pos : pos + 2] == b"\x02\x00" and pos + 12 <= len(d):
                 vr = d[pos + 4 : pos + 6]
-                n = struct.unpack_from("<I" if vr in (b"OB", b"UN") else "<H", d, pos + (8 if vr in (b"OB", b"UN") else 6))[0]
+                n = struct.unpack_from(
+                    "<I" if vr in (b"OB", b"UN") else "<H", d, pos + (8 if vr in (b"OB", b"UN") else 6)
+                )[0]
                 pos += (12 if vr in (b"OB", b"UN") else 8) + n
             out.append(bytes((2 + i % 5,)) + d[pos : pos + 8000])
     return out
@@ -75,7 +86,9 @@ def check(data: bytes) -> None:
             rq = parse_associate_rq(body)
         except ValueError:
             return
-        encode_associate_ac(rq, [(cid, 0, tss[0] if tss else "1.2.840.10008.1.2") for cid, _a, tss in rq.contexts], 16384)
+        encode_associate_ac(
+            rq, [(cid, 0, tss[0] if tss else "1.2.840.10008.1.2") for cid, _a, tss in rq.contexts], 16384
+        )
     elif which == 1:
         parse_command(body)
     else:

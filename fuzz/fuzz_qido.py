@@ -25,6 +25,8 @@ from dicomlake.web.settings import WebSettings
 
 MAX_LEN = 2048
 SEEDS = "qido"
+SHORT_RUNS = 15000
+"""Executions of the short, fixed-seed run in the tests (``fuzz/run.py --seed 1 --runs short``)."""
 _CTX = SimpleNamespace(settings=WebSettings(), data=SimpleNamespace(columns=instance_columns(None)))
 
 

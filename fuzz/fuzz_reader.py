@@ -23,9 +23,13 @@ from dicomlake.extract.rows import BatchBuilder
 
 MAX_LEN = 64 * 1024
 SEEDS = "dicom"
+SHORT_RUNS = 2000
+"""Executions of the short, fixed-seed run in the tests (``fuzz/run.py --seed 1 --runs short``)."""
 _COLUMNS = instance_columns(None)
 _WHEN = dt.datetime(2024, 1, 1)
-_TMP = os.path.join(tempfile.gettempdir() if not os.path.isdir("/dev/shm") else "/dev/shm", f"fuzz-reader-{os.getpid()}")
+_TMP = os.path.join(
+    tempfile.gettempdir() if not os.path.isdir("/dev/shm") else "/dev/shm", f"fuzz-reader-{os.getpid()}"
+)
 
 
 def _through_file(data: bytes) -> object:

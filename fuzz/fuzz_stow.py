@@ -22,6 +22,8 @@ from dicomlake.web.dicomweb import split_multipart
 
 MAX_LEN = 32 * 1024
 SEEDS = "stow"
+SHORT_RUNS = 3000
+"""Executions of the short, fixed-seed run in the tests (``fuzz/run.py --seed 1 --runs short``)."""
 _NAME = re.compile(r"^[0-9a-f]{32}\.dcm$")
 
 
@@ -32,9 +34,13 @@ def seed_inputs() -> list[bytes]:
     files = [d for d in dicom_seeds(limit=60) if len(d) < 8000]
     for i in range(0, len(files), 3):
         boundary = f"b{i:04d}-fuzz"
-        body = b"".join(
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f + b"\r\n" for f in files[i : i + 3]
-        ) + f"--{boundary}--\r\n".encode()
+        body = (
+            b"".join(
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f + b"\r\n"
+                for f in files[i : i + 3]
+            )
+            + f"--{boundary}--\r\n".encode()
+        )
         ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
         out.append(ctype.encode() + b"\n" + body)
     return out
@@ -62,11 +68,13 @@ def check(data: bytes) -> None:
             warnings.simplefilter("ignore")
             try:
                 ds = pydicom.dcmread(
-                    io.BytesIO(content), stop_before_pixels=True, force=True,
+                    io.BytesIO(content),
+                    stop_before_pixels=True,
+                    force=True,
                     specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
                 )
                 sop_inst = str(ds.get("SOPInstanceUID", "") or "")
-            except Exception:  # noqa: BLE001 - the store reports the part as failed
+            except Exception:  # the store reports the part as failed
                 continue
         name = hashlib.sha256(sop_inst.encode()).hexdigest()[:32] + ".dcm"
         if not _NAME.match(name):

@@ -4,8 +4,10 @@ The target module (``fuzz.fuzz_<TARGET>``) is imported inside
 :func:`atheris.instrument_imports`, so dicomlake code it imports is instrumented for
 coverage. Around the target's ``check`` this adds what libFuzzer cannot see in Python:
 
-- a count of executions and of *distinct* inputs (8-byte BLAKE2b digests), written to the
-  JSON file named by ``FUZZ_STATS`` twice a second and on a crash;
+- a count of executions and of *distinct* inputs (8-byte BLAKE2b digests) and their XOR
+  (``inputs_digest``: two runs that executed the same inputs have the same one), written to
+  the JSON file named by ``FUZZ_STATS`` twice a second, on a crash and, with ``-runs=N``,
+  at the last inputs (libFuzzer ends the process without Python's ``atexit``);
 - a ceiling on address space (``FUZZ_MEMORY_MB`` above the start, default 1024), so an
   allocation sized from a declared length fails as ``MemoryError`` (a crash) instead of
   swapping the machine.
@@ -30,23 +32,33 @@ from collections.abc import Callable
 class Stats:
     """Executions and distinct inputs of one fuzzing process."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, runs: int | None = None) -> None:
         self.path = path
+        self.runs = runs
+        """libFuzzer's ``-runs``: it exits without Python's atexit, so the last inputs write the file."""
         self.executions = 0
         self.digests: set[bytes] = set()
+        self._xor = 0
         self.max_len = 0
         self.started = time.monotonic()
         self._next_write = self.started + 0.5
 
     def hit(self, data: bytes) -> None:
         self.executions += 1
-        self.digests.add(hashlib.blake2b(data, digest_size=8).digest())
+        digest = hashlib.blake2b(data, digest_size=8).digest()
+        if digest not in self.digests:
+            self.digests.add(digest)
+            self._xor ^= int.from_bytes(digest, "big")
         if len(data) > self.max_len:
             self.max_len = len(data)
         now = time.monotonic()
-        if now >= self._next_write:
+        if now >= self._next_write or (self.runs is not None and self.executions >= self.runs - 2):
             self._next_write = now + 0.5
             self.write()
+
+    def fingerprint(self) -> str:
+        """The XOR of the distinct inputs' digests: equal for two runs that ran the same inputs."""
+        return f"{self._xor:016x}"
 
     def write(self) -> None:
         if not self.path:
@@ -57,6 +69,7 @@ class Stats:
                 {
                     "executions": self.executions,
                     "distinct_inputs": len(self.digests),
+                    "inputs_digest": self.fingerprint(),
                     "max_input_len": self.max_len,
                     "seconds": round(time.monotonic() - self.started, 1),
                 },
@@ -76,9 +89,14 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def module_name(target: str) -> str:
+    """``fuzz.fuzz_<target>`` (a ``-`` in a target's name is ``_`` in its module's)."""
+    return "fuzz.fuzz_" + target.replace("-", "_")
+
+
 def load(target: str, *, instrument: bool) -> Callable[[bytes], None]:
     """The ``check`` of ``fuzz.fuzz_<target>``, imported under instrumentation when asked."""
-    name = f"fuzz.fuzz_{target}"
+    name = module_name(target)
     if instrument:
         import atheris
 
@@ -100,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m fuzz.harness TARGET [libFuzzer flags]")
     target = argv.pop(1)
     check = load(target, instrument=True)
-    stats = Stats(os.environ.get("FUZZ_STATS"))
+    runs = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("-runs=")), None)
+    stats = Stats(os.environ.get("FUZZ_STATS"), runs if runs is not None and runs >= 0 else None)
     atexit.register(stats.write)
 
     def one_input(data: bytes) -> None:

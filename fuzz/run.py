@@ -7,11 +7,20 @@ for the time left, so one run can find several distinct bugs. The figures per ta
 (executions, distinct inputs, corpus size, coverage, crashes) are printed as a table and
 written to ``<workdir>/results.json``.
 
+Without ``--seed`` libFuzzer picks a new random seed each run (the long run explores).
+``--seed N --runs short`` makes a run repeatable: a fixed seed, ``PYTHONHASHSEED=0``, no
+address randomisation (``setarch -R``, where it exists) and a fixed number of executions
+per target (its ``SHORT_RUNS``) instead of a time budget, so the inputs tried are the same
+on every run and a test cannot fail by chance on a new random input (``--seconds`` then
+only bounds a slow machine: it cuts the same sequence short). ``inputs_digest`` in the
+results identifies the set of inputs a run executed: compare it between two runs.
+
 Examples::
 
     python fuzz/run.py --seconds 600            # the long run (make fuzz)
     python fuzz/run.py --target reader --seconds 30
-    python fuzz/run.py --seconds 5 --no-save    # the short run in make test
+    python fuzz/run.py --seed 1 --runs short --seconds 30 --no-save   # the short run in make test
+    python fuzz/run.py --target pdu-live --seconds 300                # the listener over sockets
 """
 
 from __future__ import annotations
@@ -29,7 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ("reader", "json", "deid", "stow", "qido", "pdu")
+TARGETS = ("reader", "json", "deid", "stow", "qido", "pdu", "pdu-live")
+LIVE_TARGETS = ("pdu-live",)
+"""Targets that run a server in the fuzzing process and talk to it over sockets."""
 REGRESSIONS = REPO / "tests" / "data" / "fuzz"
 
 
@@ -42,6 +53,10 @@ class TargetResult:
     corpus: int = 0
     seeds: int = 0
     coverage: int = 0
+    inputs_digest: str = ""
+    """XOR of the distinct inputs' digests (one per process, joined by +): equal runs, equal digests."""
+    seed: int | None = None
+    runs: int | None = None
     features: int = 0
     peak_rss_mb: int = 0
     crashes: list[str] = field(default_factory=list)
@@ -69,13 +84,19 @@ def _seed_folder(workdir: Path, kind: str, limit: int | None = None) -> Path | N
     return folder
 
 
-def _target_meta(target: str) -> tuple[int, str | None]:
-    """``MAX_LEN`` and ``SEEDS`` of a target, read without importing it (no atheris needed)."""
-    text = (REPO / "fuzz" / f"fuzz_{target}.py").read_text()
+def target_file(target: str) -> Path:
+    """``fuzz/fuzz_<target>.py`` (a ``-`` in a target's name is ``_`` in its file's)."""
+    return REPO / "fuzz" / f"fuzz_{target.replace('-', '_')}.py"
+
+
+def _target_meta(target: str) -> tuple[int, str | None, int]:
+    """``MAX_LEN``, ``SEEDS`` and ``SHORT_RUNS`` of a target, read without importing it (no atheris)."""
+    text = target_file(target).read_text()
     m = re.search(r"^MAX_LEN = ([0-9* ]+)$", text, re.M)
-    max_len = eval(m.group(1)) if m else 4096  # noqa: S307 - a literal product from our own file
+    max_len = eval(m.group(1)) if m else 4096  # a literal product from our own file
     s = re.search(r'^SEEDS = "(\w+)"$', text, re.M)
-    return max_len, s.group(1) if s else None
+    r = re.search(r"^SHORT_RUNS = ([0-9_]+)$", text, re.M)
+    return max_len, s.group(1) if s else None, int(r.group(1)) if r else 2000
 
 
 _STAT = re.compile(r"^stat::(\w+):\s+(\d+)", re.M)
@@ -93,10 +114,17 @@ def run_target(
     rss_limit_mb: int = 2048,
     verbose: bool = False,
     seed_limit: int | None = None,
+    seed: int | None = None,
+    runs: int | str | None = None,
 ) -> TargetResult:
-    """Fuzz one target for ``seconds``; restart after each crash until time is up."""
-    res = TargetResult(target)
-    max_len, seed_kind = _target_meta(target)
+    """Fuzz one target for ``seconds`` (or ``runs`` executions); restart after each crash until done.
+
+    ``seed`` fixes libFuzzer's seed (each restart after a crash takes the next one);
+    ``runs`` bounds the executions: a number, or ``"short"`` for the target's ``SHORT_RUNS``.
+    """
+    max_len, seed_kind, short_runs = _target_meta(target)
+    runs = short_runs if runs == "short" else int(runs) if runs is not None else None
+    res = TargetResult(target, seed=seed, runs=runs)
     tdir = workdir / target
     corpus = tdir / "corpus"
     artifacts = tdir / "artifacts"
@@ -105,7 +133,7 @@ def run_target(
     dirs = [str(corpus)]
     try:
         seed_dir = _seed_folder(workdir, seed_kind or target, seed_limit)
-    except Exception as exc:  # noqa: BLE001 - a target without seeds still fuzzes
+    except Exception as exc:  # a target without seeds still fuzzes
         seed_dir = None
         res.error = f"seeds: {type(exc).__name__}: {exc}"
     if seed_dir is not None:
@@ -113,19 +141,34 @@ def run_target(
         res.seeds = sum(1 for p in seed_dir.iterdir() if not p.name.startswith("."))
     deadline = time.monotonic() + seconds
     started = time.monotonic()
+    digests = []
+    restarts = 0
     while True:
         left = deadline - time.monotonic()
-        if left < 1:
+        if left < 1 or (runs is not None and res.executions >= runs):
             break
         stats_file = tdir / "stats.json"
         stats_file.unlink(missing_ok=True)
-        env = {**os.environ, "FUZZ_STATS": str(stats_file), "PYTHONPATH": f"{REPO}:{REPO / 'src'}"}
+        # MALLOC_ARENA_MAX: threads (pdu-live) must not reserve 64 MiB arenas against FUZZ_MEMORY_MB
+        env = {**os.environ, "FUZZ_STATS": str(stats_file), "PYTHONPATH": f"{REPO}:{REPO / 'src'}",
+               "MALLOC_ARENA_MAX": "2"}  # fmt: skip
         cmd = [
             sys.executable, "-m", "fuzz.harness", target,
             f"-max_total_time={max(1, int(left))}", f"-max_len={max_len}", f"-timeout={timeout_s}",
             f"-rss_limit_mb={rss_limit_mb}", f"-artifact_prefix={artifacts}/", "-print_final_stats=1",
-            "-reload=0", *dirs,
+            "-reload=0",
         ]  # fmt: skip
+        if seed is not None:
+            # repeatable: libFuzzer's seed, string hashes, and (setarch -R) the addresses that
+            # object hashes come from: with ASLR, set orders change coverage and so the inputs
+            env["PYTHONHASHSEED"] = "0"
+            cmd.append(f"-seed={seed + restarts}")
+            if shutil.which("setarch"):
+                cmd[:0] = ["setarch", "-R"]
+        if runs is not None:
+            cmd.append(f"-runs={runs - res.executions}")
+        cmd += dirs
+        restarts += 1
         before = set(artifacts.iterdir())
         t_run = time.monotonic()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, errors="replace")
@@ -143,6 +186,7 @@ def run_target(
         try:
             st = json.loads(stats_file.read_text())
             res.distinct_inputs += st["distinct_inputs"]
+            digests.append(st.get("inputs_digest", ""))
             if not stats.get("number_of_executed_units"):
                 res.executions += st["executions"]
         except (OSError, ValueError, KeyError):
@@ -168,6 +212,7 @@ def run_target(
         if proc.returncode == 0 or len(res.crashes) >= max_crashes:
             break
     res.seconds = round(time.monotonic() - started, 1)
+    res.inputs_digest = "+".join(digests)
     res.corpus = sum(1 for _ in corpus.iterdir())
     return res
 
@@ -189,23 +234,41 @@ def _table(results: list[TargetResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--target", action="append", choices=TARGETS, help="a target (repeatable); default: all")
     ap.add_argument("--seconds", type=float, default=60.0, help="seconds per target. Default: 60")
     ap.add_argument("--workdir", type=Path, default=REPO / "fuzz" / "runs", help="corpus and artifacts")
     ap.add_argument("--no-save", dest="save", action="store_false", help="do not copy crashes into tests/data/fuzz")
     ap.add_argument("--timeout", type=int, default=10, help="seconds one input may take (a hang). Default: 10")
     ap.add_argument("--seed-limit", type=int, default=None, help="use only the first N seeds (short runs)")
+    ap.add_argument("--seed", type=int, default=None, help="libFuzzer's -seed (repeatable runs). Default: random")
+    ap.add_argument(
+        "--runs", default=None, help="executions per target instead of a time budget: N, or 'short' (SHORT_RUNS)"
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     targets = args.target or list(TARGETS)
     results = []
     for t in targets:
-        r = run_target(t, args.seconds, args.workdir, save=args.save, timeout_s=args.timeout, verbose=args.verbose,
-                       seed_limit=args.seed_limit)
+        r = run_target(
+            t,
+            args.seconds,
+            args.workdir,
+            save=args.save,
+            timeout_s=args.timeout,
+            verbose=args.verbose,
+            seed_limit=args.seed_limit,
+            seed=args.seed,
+            runs=args.runs,
+        )
         results.append(r)
-        print(f"{t}: {r.executions:,} executions, {r.distinct_inputs:,} distinct inputs, "
-              f"{len(r.crashes)} crashes" + (f" — {r.error[:300]}" if r.error else ""), flush=True)
+        print(
+            f"{t}: {r.executions:,} executions, {r.distinct_inputs:,} distinct inputs, "
+            f"{len(r.crashes)} crashes" + (f" — {r.error[:300]}" if r.error else ""),
+            flush=True,
+        )
         for c in r.crashes:
             print(f"  crash input: {c}")
     print(_table(results))
