@@ -29,6 +29,7 @@ BENCHES = [
     "bench.bench_sc",
     "bench.bench_scale",
     "bench.bench_receive",
+    "bench.bench_load",
 ]
 """Modules whose ``main()`` is called, in this order."""
 
