@@ -6,8 +6,9 @@ coverage. Around the target's ``check`` this adds what libFuzzer cannot see in P
 
 - a count of executions and of *distinct* inputs (8-byte BLAKE2b digests) and their XOR
   (``inputs_digest``: two runs that executed the same inputs have the same one), written to
-  the JSON file named by ``FUZZ_STATS`` twice a second, on a crash and, with ``-runs=N``,
-  at the last inputs (libFuzzer ends the process without Python's ``atexit``);
+  the JSON file named by ``FUZZ_STATS`` twice a second and on a crash; with ``-runs=N``
+  only at the last inputs (libFuzzer ends the process without Python's ``atexit``; and a
+  write on a clock would shift later objects' addresses, so a repeatable run would not be);
 - a ceiling on address space (``FUZZ_MEMORY_MB`` above the start, default 1024), so an
   allocation sized from a declared length fails as ``MemoryError`` (a crash) instead of
   swapping the machine.
@@ -51,8 +52,14 @@ class Stats:
             self._xor ^= int.from_bytes(digest, "big")
         if len(data) > self.max_len:
             self.max_len = len(data)
+        if self.runs is not None:
+            # a repeatable run allocates nothing on a clock: objects' addresses (their hashes,
+            # hence set orders and coverage) must depend on the inputs alone
+            if self.executions >= self.runs - 2:
+                self.write()
+            return
         now = time.monotonic()
-        if now >= self._next_write or (self.runs is not None and self.executions >= self.runs - 2):
+        if now >= self._next_write:
             self._next_write = now + 0.5
             self.write()
 
