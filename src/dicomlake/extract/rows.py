@@ -78,6 +78,36 @@ def _pn_json(part: str) -> str:
 
 _ELEMENT_FIELDS = tuple(f.name for f in ELEMENT_SCHEMA)
 
+# Decoded elements, keyed by their raw bytes and place: within a series, and across a site's
+# protocols, most of a header repeats byte for byte (equipment, protocol, technique, codes),
+# and decoding it again — text, numbers, path, JSON — was most of the walk's cost. One cache
+# per (endianness, character set), since both change what the same bytes mean. Bounded, in
+# two generations: when the young one is full it becomes the old one and the old one is
+# dropped; a hit in the old generation moves back to the young. Values met once (UIDs,
+# positions) age out, values that keep coming stay; at most 2 × 4,096 entries (~4 MB).
+_VALUE_CACHE_MAX = 4096
+_VALUE_MAX_BYTES = 128  # longer values rarely repeat; hashing them costs more than it saves
+_ValueCache = list[dict[tuple[Any, ...], tuple[Any, ...]]]  # [young, old]
+_VALUE_CACHES: dict[tuple[bool, str | None], _ValueCache] = {}
+
+
+def _value_cache(little: bool, charset: str | None) -> _ValueCache:
+    key = (little, charset)
+    cache = _VALUE_CACHES.get(key)
+    if cache is None:
+        if len(_VALUE_CACHES) >= 8:  # character sets come from input: stay bounded
+            _VALUE_CACHES.clear()
+        cache = _VALUE_CACHES[key] = [{}, {}]
+    return cache
+
+
+def _remember(cache: _ValueCache, key: tuple[Any, ...], entry: tuple[Any, ...]) -> None:
+    young = cache[0]
+    if len(young) >= _VALUE_CACHE_MAX:
+        cache[1] = young
+        young = cache[0] = {}
+    young[key] = entry
+
 
 class ElementColumns:
     """Element rows of a batch of instances, one tuple per row, transposed at the end."""
@@ -124,7 +154,7 @@ def _to_little_endian(value: bytes, width: int) -> bytes:
 class _Walk:
     """State of one instance's walk: decoder, endianness, output rows, wanted keywords."""
 
-    __slots__ = ("count", "decoder", "inline_max", "little", "rows", "typed", "uid", "wanted")
+    __slots__ = ("cache", "count", "decoder", "inline_max", "little", "rows", "typed", "uid", "wanted")
 
     def __init__(
         self,
@@ -133,7 +163,9 @@ class _Walk:
         cols: ElementColumns,
         wanted: dict[str, str],
         inline_max: int,
+        charset: str | None = None,
     ) -> None:
+        self.cache: _ValueCache = _value_cache(little, charset)
         self.decoder = decoder
         self.little = little
         self.rows = cols.rows
@@ -154,8 +186,27 @@ class _Walk:
         put = parts.append
         creators: dict[int, str] = {}
         tag_cache = _TAG_CACHE
+        vcache = self.cache if json_out else None
+        young = vcache[0] if vcache is not None else None
         for tag, vr, value, length in elements:
             group = tag >> 16
+            ckey = None
+            if young is not None and not group & 1 and vr != "SQ" and value is not None and length <= _VALUE_MAX_BYTES:
+                ckey = (tag, vr, value, length, prefix, key_prefix)
+                hit = young.get(ckey)
+                if hit is None:
+                    hit = vcache[1].get(ckey)  # type: ignore[index]
+                    if hit is not None:
+                        _remember(vcache, ckey, hit)  # type: ignore[arg-type]
+                        young = vcache[0]  # type: ignore[index]
+                if hit is not None:
+                    row_tail, fragment, kw, text = hit
+                    add((uid, *row_tail))
+                    if wanted is not None and text is not None and kw in wanted:
+                        typed[kw] = text
+                    if fragment is not None:
+                        put(fragment)
+                    continue
             creator = None
             if group & 1:
                 elem = tag & 0xFFFF
@@ -249,14 +300,20 @@ class _Walk:
                     if not little and vr in _SWAP_WIDTH:
                         value = _to_little_endian(value, _SWAP_WIDTH[vr])  # type: ignore[arg-type]
                     jval = '"InlineBinary":"' + V.inline_binary(value) + '"'
-            add((uid, path, (key_prefix + seg) if depth else seg, depth, tagtext, kw, vr, creator, text, num, length))
+            row_tail = (path, (key_prefix + seg) if depth else seg, depth, tagtext, kw, vr, creator, text, num, length)
+            add((uid, *row_tail))
             if wanted is not None and text is not None and kw in wanted:
                 typed[kw] = text
             # group 0002 (file meta) and group lengths (gggg,0000; retired, PS3.5 §7.2) are
             # not part of the DICOM JSON model of a dataset (PS3.18 §F.2)
             # nor is Data Set Trailing Padding (FFFC,FFFC), which carries no information
+            fragment = None
             if json_out and group != 0x0002 and tag & 0xFFFF and (value is not None or vr == "SQ") and tag != 0xFFFCFFFC:
-                put(jkey + vr + ('",' + jval + "}" if jval else '"}'))
+                fragment = jkey + vr + ('",' + jval + "}" if jval else '"}')
+                put(fragment)
+            if ckey is not None:
+                _remember(vcache, ckey, (row_tail, fragment, kw, text))  # type: ignore[arg-type]
+                young = vcache[0]  # type: ignore[index]
         self.count += len(elements)
         return "{" + ",".join(parts) + "}"
 
@@ -322,9 +379,10 @@ class BatchBuilder:
         received_at: dt.datetime,
     ) -> str:
         """Add one instance; returns its SOP Instance UID. Raises ExtractionError when unkeyable."""
-        decoder = V.TextDecoder(_charset(header.elements))
+        charset = _charset(header.elements)
+        decoder = V.TextDecoder(charset)
         mark = len(self.elements)
-        w = _Walk(decoder, header.little_endian, self.elements, self.columns.kinds, self.inline_max)
+        w = _Walk(decoder, header.little_endian, self.elements, self.columns.kinds, self.inline_max, charset)
         # the UID is needed on every element row: find it before the walk
         uid = None
         for tag, _vr, value, _len in header.elements:
