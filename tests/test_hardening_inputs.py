@@ -140,13 +140,45 @@ def test_oversized_associate_rq_is_refused_before_allocation(tmp_path: Path, mon
     assert not asked, f"the listener asked for {[f'{n >> 20} MiB' for n in asked]} on a 6-byte PDU header"
 
 
-def test_command_set_fragments_are_bounded() -> None:
-    from dicomlake.ingest import listener
+def test_command_set_fragments_are_bounded(tmp_path: Path) -> None:
+    """A peer sending command PDVs without the last-fragment bit, for ever: the listener
+    aborts the association once the command set passes its limit (1 MiB), not later."""
+    import socket
+    import struct
 
-    src = Path(listener.__file__).read_text()
-    if "self.cmd += data" in src and "MAX_COMMAND" not in src:
-        pytest.xfail("ingest/listener.py p_data: command fragments accumulate in self.cmd without a limit "
-                     "(a peer can send endless command PDVs without the last-fragment bit)")
+    from dicomlake.ingest import listener
+    from dicomlake.ingest.settings import DimseSettings
+    from fuzz.fuzz_pdu import seed_inputs
+
+    rq = seed_inputs()[0][1:]  # a valid A-ASSOCIATE-RQ body (verification, context id 1)
+    scp = listener.StoreSCP(Spool(tmp_path / "lake", fsync=False), DimseSettings(port=0))
+    host, port = scp.start("127.0.0.1", 0)
+    sent = 0
+    answer = b""
+    try:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(struct.pack(">BBI", 0x01, 0, len(rq)) + rq)
+            assert s.recv(1) == b"\x02", "no A-ASSOCIATE-AC for a valid request"
+            s.recv(65536)
+            fragment = b"\0" * 65536
+            pdv = struct.pack(">IBB", len(fragment) + 2, 1, 0x01) + fragment  # command, not last
+            pdu = struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+            try:
+                while sent < 4 * listener.MAX_COMMAND:
+                    s.sendall(pdu)
+                    sent += len(fragment)
+            except OSError:
+                pass  # the listener closed the connection: what we want
+            s.settimeout(5)
+            try:
+                answer = s.recv(6)
+            except OSError:
+                answer = b""
+    finally:
+        scp.stop()
+    assert sent <= listener.MAX_COMMAND + 4 * 65536 or answer[:1] in (b"\x07", b""), (sent, answer)
+    assert answer[:1] in (b"\x07", b""), f"expected an A-ABORT or a closed connection, got {answer!r}"
+    assert sent < 4 * listener.MAX_COMMAND, "the listener took 4 MiB of command fragments without aborting"
 
 
 def test_header_limits_are_settings() -> None:
