@@ -227,9 +227,11 @@ class Service:
         assert self.holder is not None
         cur = self.holder.store.con.cursor()
         try:
-            rel = cur.execute(sql, params) if params else cur.execute(sql)
-            fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
-            return fetch()  # type: ignore[no-any-return]
+            # a relation's Arrow result (cur.sql), not a DB-API one's: no extra copy, no warning
+            rel = cur.sql(sql, params=params) if params else cur.sql(sql)
+            if rel is None:  # a statement that returns nothing
+                return pa.table({})
+            return rel.to_arrow_table()  # type: ignore[no-any-return]
         except duckdb.Error as exc:
             raise QueryError(f"{type(exc).__name__}: {exc}\n  in: {sql.strip()[:500]}") from exc
         finally:

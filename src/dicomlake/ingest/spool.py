@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import multiprocessing as mp
 import os
 import re
 import struct
@@ -31,7 +30,14 @@ import pyarrow as pa
 
 from dicomlake.errors import DicomlakeError
 from dicomlake.ingest.sources import Task
-from dicomlake.ingest.worker import ChunkResult, WorkerConfig, process_chunk
+from dicomlake.ingest.worker import (
+    ChunkResult,
+    WorkerConfig,
+    init_worker,
+    process_chunk,
+    worker_context,
+    worker_initargs,
+)
 
 LOG = logging.getLogger("dicomlake.spool")
 
@@ -556,8 +562,14 @@ class Drainer(threading.Thread):
     def run(self) -> None:
         if self.workers > 0:
             try:
-                ctx = mp.get_context("spawn")
-                self._pool = ctx.Pool(self.workers, maxtasksperchild=5000)
+                # forked from the preloaded fork server, as ingest's workers (see ingest.preload)
+                ctx = worker_context()
+                self._pool = ctx.Pool(
+                    self.workers,
+                    initializer=init_worker,
+                    initargs=worker_initargs(WorkerConfig(**_cfg_dict(self.config))),
+                    maxtasksperchild=200,
+                )
             except Exception as exc:
                 LOG.warning("no extraction processes (%s); extracting in the service process", exc)
                 self._pool = None
