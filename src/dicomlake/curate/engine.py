@@ -140,23 +140,33 @@ class _Run:
                 )
 
     def required(self) -> None:
-        if not self.elem_ok:
+        if not self.elem_ok or not self.rules.required:
             return
+        # the scope's top-level elements that any rule names, read from the (large) elements
+        # table in one pass, not once per rule: per ingest batch, that scan was most of the cost
+        all_kws = sorted({k for r in self.rules.required for k in r.keywords})
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _cur_present AS
+                SELECT e.SOPInstanceUID, e.keyword,
+                       bool_or((e.value_text IS NOT NULL AND trim(e.value_text) <> '')
+                               OR (e.VR = 'SQ' AND coalesce(e.value_num, 0) > 0)
+                               OR (e.value_num IS NOT NULL AND e.VR <> 'SQ')) AS has_value
+                FROM elements e SEMI JOIN _cur_scope s ON e.SOPInstanceUID = s.SOPInstanceUID
+                WHERE e.depth = 0 AND e.keyword IN ({_in_list(all_kws)})
+                GROUP BY e.SOPInstanceUID, e.keyword"""
+        )
         for r in self.rules.required:
             kws = [k for k in r.keywords]
-            present = "TRUE" if r.type == 2 else (
-                "(e.value_text IS NOT NULL AND trim(e.value_text) <> '') OR (e.VR = 'SQ' AND coalesce(e.value_num, 0) > 0)"
-                " OR (e.value_num IS NOT NULL AND e.VR <> 'SQ')"
-            )  # fmt: skip
+            missing = "p.keyword IS NULL" if r.type == 2 else "(p.keyword IS NULL OR NOT p.has_value)"
             what = "present with a value" if r.type == 1 else "present (may be empty)"
+            # _cur_present has one row per (instance, keyword): a left join finds what is absent
             self.insert_sql(
                 f"""SELECT i.SOPInstanceUID, ?, ?, k.kw, NULL,
                     k.kw || ' is missing: Type {r.type}, must be {what} ({r.reference})', NULL
                     FROM instances i JOIN _cur_scope s USING (SOPInstanceUID)
                     CROSS JOIN (SELECT unnest([{_in_list(kws)}]) AS kw) k
-                    WHERE {self.modality_cond(r.modality)}
-                      AND NOT EXISTS (SELECT 1 FROM elements e WHERE e.SOPInstanceUID = i.SOPInstanceUID
-                                      AND e.depth = 0 AND e.keyword = k.kw AND ({present}))""",
+                    LEFT JOIN _cur_present p ON p.SOPInstanceUID = i.SOPInstanceUID AND p.keyword = k.kw
+                    WHERE {self.modality_cond(r.modality)} AND {missing}""",
                 [r.id, r.severity.value],
             )
 
