@@ -16,7 +16,8 @@ a fixed web secret) on loopback ports picked free, with its DICOMweb/UI port, ov
 2. HTTP with 1 (baseline), 8 and 32 concurrent clients for ``BENCH_LOAD_SECONDS`` (default 10)
    each, bearer JWT, cycling through two QIDO-RS searches on attributes that are not QIDO required
    keys and the UI's studies page: requests/s, p50/p95 latency and errors, per URL and in all.
-3. ``BENCH_SOAK_SECONDS`` (default 0, off; 3600 for the one-hour soak): ``BENCH_SOAK_SENDERS``
+3. ``BENCH_SOAK_SECONDS`` (default 0, off; 3600 for the one-hour soak; ``BENCH_SOAK_FILES``
+   cycles over only that many files, so the lake stops growing early): ``BENCH_SOAK_SENDERS``
    (4) senders, each opening an association per 50 instances, and ``BENCH_SOAK_CLIENTS`` (4)
    HTTP clients run together until the time is up, cycling over the whole corpus (after one pass
    instances are sent again: the same SOP Instance UIDs, replaced in the lake). RSS and open file
@@ -921,7 +922,14 @@ def _run() -> BenchResult:
 
         # 3. soak ---------------------------------------------------------------------------------
         if soak_seconds > 0:
-            s = soak(svc, every[need:] + every[:need], contexts, soak_seconds)
+            cycle_files = every[need:] + every[:need]
+            # BENCH_SOAK_FILES: cycle over fewer files, so that the lake stops growing early in
+            # the soak (every instance after the first pass is a re-send: an upsert) and what
+            # memory does after that is the leak check, not the lake's growth
+            soak_files = _env_int("BENCH_SOAK_FILES", 0)
+            if soak_files > 0:
+                cycle_files = cycle_files[:soak_files]
+            s = soak(svc, cycle_files, contexts, soak_seconds)
             _soak_report(res, s)
             raw["soak"] = s
         _rss, fds, kids = _usage(svc.pid)
