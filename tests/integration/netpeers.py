@@ -105,6 +105,22 @@ def acknowledged(storescu_output: str) -> tuple[list[str], list[str]]:
     return ok, bad
 
 
+def storescu(
+    port: int, files: list[str], aec: str = "DICOMLAKE", timeout: float = 120
+) -> tuple[list[str], list[str], str]:
+    """Send ``files`` with dcmtk ``storescu -v`` on one association to 127.0.0.1:``port``:
+    the files acknowledged with Success, those answered otherwise, and storescu's output."""
+    proc = subprocess.run(
+        ["storescu", "-v", "-nh", "-aec", aec, "127.0.0.1", str(port), *files],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    out = proc.stdout + proc.stderr
+    ok, bad = acknowledged(out)
+    return ok, bad, out
+
+
 def make_instances(folder: Path, n: int, template: str = "CT_small.dcm") -> list[Path]:
     """``n`` distinct instances cloned from a pydicom test file (new UIDs), written to ``folder``."""
     import pydicom

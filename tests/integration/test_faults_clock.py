@@ -22,7 +22,6 @@ import collections
 import datetime as dt
 import os
 import socket
-import subprocess
 import time
 import types
 from pathlib import Path
@@ -35,7 +34,7 @@ from dicomlake.ingest.service import Service
 from dicomlake.ingest.settings import DimseSettings
 from dicomlake.ingest.spool import Spool
 from tests.conftest import require_tool
-from tests.integration.netpeers import acknowledged, lake_uids, make_instances
+from tests.integration.netpeers import lake_uids, make_instances, storescu
 
 pytestmark = [pytest.mark.integration]
 
@@ -133,14 +132,8 @@ def test_wall_clock_jumps_lose_nothing_and_timeouts_still_fire(tmp_path: Path, m
         port = svc.scp.address[1]
         for i, (days, files) in enumerate(zip(JUMPS, batches, strict=True)):
             clock.days = days
-            proc = subprocess.run(
-                ["storescu", "-v", "-nh", "-aec", "DICOMLAKE", "127.0.0.1", str(port), *files],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            ok, bad = acknowledged(proc.stdout + proc.stderr)
-            assert not bad and len(ok) == len(files), (proc.stdout + proc.stderr)[-2000:]
+            ok, bad, out = storescu(port, files)
+            assert not bad and len(ok) == len(files), out[-2000:]
             acked.update({f: i for f in ok})
             closed_after.append(_silent_association_closed_after(port))
             assert svc.drainer.wait_idle(60)

@@ -11,7 +11,6 @@ import collections
 import dataclasses
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from dicomlake.ingest.service import Service
 from dicomlake.ingest.settings import DimseSettings
 from dicomlake.ingest.spool import Spool
 from tests.conftest import require_tool
-from tests.integration.netpeers import Served, acknowledged, free_port, lake_uids, make_instances
+from tests.integration.netpeers import Served, free_port, lake_uids, make_instances, storescu
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,14 +38,8 @@ def _uid_of(paths: list[str]) -> dict[str, str]:
 
 def _storescu(port: int, files: list[str]) -> list[str]:
     """Send ``files``; the ones acknowledged with Success (every one must be)."""
-    proc = subprocess.run(
-        ["storescu", "-v", "-nh", "-aec", "DICOMLAKE", "127.0.0.1", str(port), *files],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    ok, bad = acknowledged(proc.stdout + proc.stderr)
-    assert not bad and len(ok) == len(files), (proc.stdout + proc.stderr)[-2000:]
+    ok, bad, out = storescu(port, files)
+    assert not bad and len(ok) == len(files), out[-2000:]
     return ok
 
 

@@ -7,7 +7,6 @@ instance is neither in the spool nor in the lake until its sender sends it again
 from __future__ import annotations
 
 import collections
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from dicomlake.config import get_settings
 from dicomlake.ingest.service import Service
 from dicomlake.ingest.settings import DimseSettings
 from tests.conftest import require_tool
-from tests.integration.netpeers import acknowledged, make_instances
+from tests.integration.netpeers import make_instances, storescu
 
 pytestmark = [pytest.mark.integration]
 
@@ -28,18 +27,6 @@ def _uid_of(paths: list[str]) -> dict[str, str]:
     import pydicom
 
     return {p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
-
-
-def _storescu(port: int, files: list[str]) -> tuple[list[str], list[str], str]:
-    proc = subprocess.run(
-        ["storescu", "-v", "-nh", "-aec", "DICOMLAKE", "127.0.0.1", str(port), *files],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    out = proc.stdout + proc.stderr
-    ok, bad = acknowledged(out)
-    return ok, bad, out
 
 
 def _spooled(lake: Path) -> set[str]:
@@ -58,7 +45,7 @@ def test_full_spool_answers_out_of_resources_and_accepts_again_once_drained(tmp_
         port = svc.address[1]
         # the lake is busy (its write lock held): nothing drains, the spool fills up
         with svc.holder.lock:
-            ok, bad, out = _storescu(port, files)
+            ok, bad, out = storescu(port, files)
             assert len(ok) == LIMIT and len(bad) == len(files) - LIMIT, out[-2000:]
             assert "Out of Resources" in out or "OutOfResources" in out, out[-2000:]
             # acknowledged = spooled; refused = nowhere
@@ -70,7 +57,7 @@ def test_full_spool_answers_out_of_resources_and_accepts_again_once_drained(tmp_
         assert in_lake == {uid_of[f] for f in ok} and not in_lake & refused_uids
         # drained: the same service takes the rest (the sender retries what was refused)
         t0 = time.monotonic()
-        ok2, bad2, out2 = _storescu(port, bad)
+        ok2, bad2, out2 = storescu(port, bad)
         assert not bad2 and sorted(ok2) == sorted(bad), out2[-2000:]
         assert svc.drainer.wait_idle(60)
         rows = svc.query("SELECT SOPInstanceUID FROM instances").to_pylist()
