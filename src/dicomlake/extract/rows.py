@@ -14,6 +14,7 @@ One walk over the raw elements produces all three, so each value is decoded once
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -110,17 +111,28 @@ def _remember(cache: _ValueCache, key: tuple[Any, ...], entry: tuple[Any, ...]) 
 
 
 class ElementColumns:
-    """Element rows of a batch of instances, one tuple per row, transposed at the end."""
+    """Element rows of a batch of instances, transposed at the end.
 
-    __slots__ = ("rows",)
+    A row is the tuple of every column but the first (the SOP Instance UID), so that a
+    cached element's row is appended as it is, not copied; the UID column is rebuilt from
+    ``(uid, number of rows)`` runs, one per instance.
+    """
+
+    __slots__ = ("rows", "runs")
 
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
+        self.runs: list[tuple[str, int]] = []
+
+    def end_instance(self, uid: str, mark: int) -> None:
+        """The rows from ``mark`` on are the instance ``uid``'s."""
+        self.runs.append((uid, len(self.rows) - mark))
 
     def table(self) -> pa.Table:
         if not self.rows:
             return ELEMENT_SCHEMA.empty_table()
-        cols = list(zip(*self.rows, strict=True))
+        uids = list(itertools.chain.from_iterable(itertools.repeat(u, n) for u, n in self.runs))
+        cols = [uids, *zip(*self.rows, strict=True)]
         return pa.Table.from_arrays(
             [pa.array(c, type=f.type) for c, f in zip(cols, ELEMENT_SCHEMA, strict=True)], schema=ELEMENT_SCHEMA
         )
@@ -177,7 +189,6 @@ class _Walk:
 
     def walk(self, elements: Sequence[Element], prefix: str, key_prefix: str, depth: int, json_out: bool) -> str:
         add = self.rows.append
-        uid = self.uid
         decoder = self.decoder
         little = self.little
         wanted = self.wanted if depth == 0 else None
@@ -201,7 +212,7 @@ class _Walk:
                         young = vcache[0]  # type: ignore[index]
                 if hit is not None:
                     row_tail, fragment, kw, text = hit
-                    add((uid, *row_tail))
+                    add(row_tail)
                     if wanted is not None and text is not None and kw in wanted:
                         typed[kw] = text
                     if fragment is not None:
@@ -301,7 +312,7 @@ class _Walk:
                         value = _to_little_endian(value, _SWAP_WIDTH[vr])  # type: ignore[arg-type]
                     jval = '"InlineBinary":"' + V.inline_binary(value) + '"'
             row_tail = (path, (key_prefix + seg) if depth else seg, depth, tagtext, kw, vr, creator, text, num, length)
-            add((uid, *row_tail))
+            add(row_tail)
             if wanted is not None and text is not None and kw in wanted:
                 typed[kw] = text
             # group 0002 (file meta) and group lengths (gggg,0000; retired, PS3.5 §7.2) are
@@ -406,6 +417,7 @@ class BatchBuilder:
         except Exception:
             self._truncate_elements(mark)
             raise
+        self.elements.end_instance(uid, mark)
         kinds = self.columns.kinds
         row = self.instance_rows
         typed = w.typed
