@@ -36,6 +36,9 @@ VALID_VRS = frozenset(
     }
 )  # fmt: skip
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# the 2 bytes of an explicit VR → (VR text, long form?); one lookup instead of two set tests
+# and a decode, and every element of a VR shares one interned string
+_VR_FORMS: dict[bytes, tuple[str, bool]] = {b: (b.decode("ascii"), b in LONG_VRS) for b in VALID_VRS}
 
 ITEM = 0xFFFEE000
 ITEM_DELIMITATION = 0xFFFEE00D
@@ -135,6 +138,7 @@ class _Parser:
         impl = _LE_IMPL if little else _BE_IMPL
         u32 = _LE_U32 if little else _BE_U32
         inline_max = self.inline_max
+        vr_forms = _VR_FORMS
         out: list[Element] = []
         creators: dict[int, str] = {}
         limit = end if end is not None else self.file_size
@@ -162,21 +166,22 @@ class _Parser:
                     if tag == SEQUENCE_DELIMITATION:
                         raise ExtractionError(f"sequence delimiter outside a sequence at byte {pos}")
                     raise ExtractionError(f"unexpected item tag ({group:04X},{elem:04X}) at byte {pos}")
-                if vr_b in LONG_VRS:
+                form = vr_forms.get(vr_b)
+                if form is None:
+                    raise ExtractionError(
+                        f"invalid VR {vr_b!r} for ({group:04X},{elem:04X}) at byte {pos}; "
+                        "the file is corrupt or not DICOM"
+                    )
+                vr, long_form = form
+                if long_form:
                     if pos + 12 > buflen:
                         if buflen >= self.file_size:
                             raise ExtractionError(f"truncated inside the element header at byte {pos}")
                         raise _NeedMore
                     length = u32.unpack_from(buf, pos + 8)[0]
                     vpos = pos + 12
-                elif vr_b in VALID_VRS:
-                    vpos = pos + 8
                 else:
-                    raise ExtractionError(
-                        f"invalid VR {vr_b!r} for ({group:04X},{elem:04X}) at byte {pos}; "
-                        "the file is corrupt or not DICOM"
-                    )
-                vr = vr_b.decode("ascii")
+                    vpos = pos + 8
             else:
                 group, elem, length = impl.unpack_from(buf, pos)
                 tag = group << 16 | elem
