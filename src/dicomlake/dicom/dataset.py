@@ -45,8 +45,10 @@ def _dataset(elements: Seq[Element], template: dict[str, object], implicit: bool
     return ds
 
 
-def to_pydicom(header: Header) -> Dataset:
-    """The header's dataset (file meta attached) as a pydicom Dataset; bulk data left out."""
+def to_pydicom(header: Header, omit: frozenset[int] = frozenset()) -> Dataset:
+    """The header's dataset (file meta attached) as a pydicom Dataset; bulk data left out,
+    and the top-level elements whose tags are in ``omit`` (an SR's Content Sequence, when
+    its tree is read from the elements themselves)."""
     charset = None
     for tag, _vr, value, _len in header.elements:
         if tag == 0x00080005 and isinstance(value, bytes):
@@ -62,7 +64,8 @@ def to_pydicom(header: Header) -> Dataset:
     implicit, little = not header.explicit, header.little_endian
     proto = Dataset(parent_encoding=encodings)  # nested items inherit the top-level character set
     proto.set_original_encoding(implicit, little, charset)
-    ds = _dataset(header.elements, dict(proto.__dict__), implicit, little)
+    elements = [e for e in header.elements if e[0] not in omit] if omit else header.elements
+    ds = _dataset(elements, dict(proto.__dict__), implicit, little)
     if header.meta:
         meta = FileMetaDataset()
         for tag, vr, value, length in header.meta:

@@ -409,9 +409,7 @@ def _concept_key(item: ContentItem) -> str | None:
     return _codes().aliases.get(key, key)
 
 
-def _num_columns(
-    items: Iterable[ContentItem], table: Mapping[str, _Concept], where: str
-) -> dict[str, object]:
+def _num_columns(items: Iterable[ContentItem], table: Mapping[str, _Concept], where: str) -> dict[str, object]:
     """Fill columns from the NUM items among ``items`` that ``table`` maps."""
     collected: dict[str, list[float]] = {}
     how: dict[str, str] = {}
@@ -447,9 +445,7 @@ def _num_columns(
     return out
 
 
-def _first(
-    item: ContentItem, keys: Iterable[str] | str, stop: Iterable[str] = ()
-) -> ContentItem | None:
+def _first(item: ContentItem, keys: Iterable[str] | str, stop: Iterable[str] = ()) -> ContentItem | None:
     wanted = {keys} if isinstance(keys, str) else set(keys)
     for child in item.walk(stop=stop):
         if _concept_key(child) in wanted:
@@ -563,9 +559,7 @@ def _accumulated(container: ContentItem, where: str) -> list[dict[str, object]]:
     codes = _codes()
     common: dict[str, object] = {
         "acquisition_plane": _text(container.child(_ACQUISITION_PLANE)),
-        "reference_point_definition": _text(
-            _first(container, _REFERENCE_POINT_DEFINITION, stop=_EVENT_CONTAINERS)
-        ),
+        "reference_point_definition": _text(_first(container, _REFERENCE_POINT_DEFINITION, stop=_EVENT_CONTAINERS)),
     }
     totals = _num_columns(container.walk(stop=_EVENT_CONTAINERS), codes.accumulated, where)
     rows: list[dict[str, object]] = []
@@ -608,9 +602,7 @@ def _template_and_family(
     ):
         return template, "MG"
     # Dual-purpose rooms (Siemens Dual-RDSR-DX) write fluoro totals of 0 for radiography.
-    fluoro = any(r.get("_fluoroscopy") for r in events) or any(
-        r.get(c) for r in accumulated for c in _FLUORO_TOTALS
-    )
+    fluoro = any(r.get("_fluoroscopy") for r in events) or any(r.get(c) for r in accumulated for c in _FLUORO_TOTALS)
     return template, "RF" if fluoro else "DX"
 
 
@@ -640,11 +632,15 @@ def _radiopharmaceutical_events(root: ContentItem, where: str) -> list[dict[str,
     return rows
 
 
-def dose_events(ds: Dataset) -> list[dict[str, object]]:
+def dose_events(ds: Dataset, root: ContentItem | None = None) -> list[dict[str, object]]:
     """Return the ``dose_events`` rows of a Radiation Dose SR; ``[]`` for anything else.
 
     Parameters
     ----------
+    root
+        The SR's content tree when the caller has read it already
+        (:func:`~dicomlake.extract.sr.content_tree_from_elements`); read from ``ds`` otherwise,
+        and then ``ds`` needs no Content Sequence.
     ds
         Any dataset. X-Ray Radiation Dose SRs (CT TID 10011, projection X-ray TID 10001
         incl. RF/DX/MG), Enhanced or Comprehensive SRs whose root is one of those
@@ -666,7 +662,8 @@ def dose_events(ds: Dataset) -> list[dict[str, object]]:
         the message names the SOP Instance UID. Malformed values never raise: they are
         left out.
     """
-    root = content_tree(ds)
+    if root is None:
+        root = content_tree(ds)
     if root is None:
         return []
     root_key = root.key
@@ -700,15 +697,10 @@ def _dose_report_rows(
         })]  # fmt: skip
     if root.key == _RADIOPHARMACEUTICAL_DOSE_REPORT:
         base.update(template="10021", modality_family="NM")
-        return [
-            _finish({**base, **row, "record": "event"})
-            for row in _radiopharmaceutical_events(root, where)
-        ]
+        return [_finish({**base, **row, "record": "event"}) for row in _radiopharmaceutical_events(root, where)]
     events = [_xray_event(e, where) for e in _containers(root, _EVENT_CONTAINERS)]
     accumulated = [
-        row
-        for container in _containers(root, _ACCUMULATED_CONTAINERS)
-        for row in _accumulated(container, where)
+        row for container in _containers(root, _ACCUMULATED_CONTAINERS) for row in _accumulated(container, where)
     ]
     template, family = _template_and_family(ds, root, events, accumulated)
     base.update(template=template, modality_family=family)
@@ -772,15 +764,11 @@ def _xray_header(ds: Dataset, family: str | None) -> dict[str, object]:
         "exposure_time_ms": _first_number(
             ds, ("ExposureTimeInuS", 1e-3), ("ExposureTimeInms", 1.0), ("ExposureTime", 1.0)
         ),
-        "exposure_mAs": _first_number(
-            ds, ("ExposureInuAs", 1e-3), ("ExposureInmAs", 1.0), ("Exposure", 1.0)
-        ),
+        "exposure_mAs": _first_number(ds, ("ExposureInuAs", 1e-3), ("ExposureInmAs", 1.0), ("Exposure", 1.0)),
         # (0018,115E) Image and Fluoroscopy Area Dose Product is in dGy·cm² (PS3.3 C.8.7.8).
         "dap_Gym2": _number(ds, "ImageAndFluoroscopyAreaDoseProduct", 1e-5),
         # (0040,8302) Entrance Dose in mGy; (0040,0302) Entrance Dose is in dGy.
-        "entrance_exposure_mGy": _first_number(
-            ds, ("EntranceDoseInmGy", 1.0), ("EntranceDose", 100.0)
-        ),
+        "entrance_exposure_mGy": _first_number(ds, ("EntranceDoseInmGy", 1.0), ("EntranceDose", 100.0)),
         "half_value_layer_mm": _number(ds, "HalfValueLayer"),
         "exposure_index": _number(ds, "ExposureIndex"),
         "target_exposure_index": _number(ds, "TargetExposureIndex"),
@@ -791,10 +779,7 @@ def _xray_header(ds: Dataset, family: str | None) -> dict[str, object]:
         "target_region": text_value(ds, "BodyPartExamined"),
     }
     filters = [
-        part.strip().upper()
-        for value in text_values(ds, "FilterMaterial")
-        for part in value.split(",")
-        if part.strip()
+        part.strip().upper() for value in text_values(ds, "FilterMaterial") for part in value.split(",") if part.strip()
     ]
     row["filter_material"] = "\\".join(filters) or None
     if family == "MG":
@@ -827,12 +812,8 @@ def _elscint_dlp(item: Dataset) -> float | None:
     return values[0] if values else None
 
 
-def _radiopharmaceutical_header_rows(
-    ds: Dataset, base: dict[str, object]
-) -> list[dict[str, object]]:
-    pet = (text_value(ds, "Modality") or "").upper() == "PT" or (
-        text_value(ds, "SOPClassUID") in _PET_SOP_CLASSES
-    )
+def _radiopharmaceutical_header_rows(ds: Dataset, base: dict[str, object]) -> list[dict[str, object]]:
+    pet = (text_value(ds, "Modality") or "").upper() == "PT" or (text_value(ds, "SOPClassUID") in _PET_SOP_CLASSES)
     rows: list[dict[str, object]] = []
     for item in sequence_items(ds, "RadiopharmaceuticalInformationSequence"):
         # PS3.3 C.8.9.1 (PET Isotope): Radionuclide Total Dose in Bq;
