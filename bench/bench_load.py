@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.bench_receive import _env_int, _free_port
+from bench.bench_receive import _env_int, _free_port, storescp
 from bench.corpus import REPO_ROOT, ensure_corpus
 from bench.report import BenchResult, fmt, table
 
@@ -501,24 +501,8 @@ def _storescp_rate(files: Sequence[str], contexts: dict[str, list[str]]) -> tupl
     """dcmtk ``storescp -od`` (files to disk, no fsync) receiving ``files`` from the same client."""
     if shutil.which("storescp") is None:
         return None
-    work = Path(tempfile.mkdtemp(prefix="bench-load-storescp-"))
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["storescp", "-od", str(work), "-aet", "STORESCP", str(port)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.5)
+    with storescp("bench-load-storescp-") as (_proc, port):
         return send(files, 1, port, "STORESCP", contexts)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- HTTP clients -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ and ratios to storescp. Run alone with ``python -m bench.bench_receive``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,11 @@ def _ours(files: Sequence[str], senders: int, *, fsync: bool) -> dict[str, float
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _storescp(files: Sequence[str], senders: int) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix="bench-storescp-"))
+@contextlib.contextmanager
+def storescp(prefix: str = "bench-storescp-") -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """dcmtk ``storescp -od`` (files to a temporary folder, no fsync, ``TCP_NODELAY=1``) on a
+    free loopback port, AE title STORESCP: yields the process and the port; stopped after."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     port = _free_port()
     proc = subprocess.Popen(
         ["storescp", "-od", str(work), "-aet", "STORESCP", str(port)],
@@ -152,13 +156,21 @@ def _storescp(files: Sequence[str], senders: int) -> dict[str, float]:
     )
     try:
         time.sleep(0.5)
+        yield proc, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _storescp(files: Sequence[str], senders: int) -> dict[str, float]:
+    with storescp() as (proc, port):
         cpu0 = _cpu(proc.pid)
         secs = _send(files, port, "STORESCP", senders, lambda a: a)
         return {"seconds": secs, "acked_seconds": secs, "cpu": _cpu(proc.pid) - cpu0}
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _orthanc(files: Sequence[str], senders: int) -> dict[str, float]:
