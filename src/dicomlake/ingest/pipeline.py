@@ -207,9 +207,9 @@ def ingest_paths(
     size = batch_size or settings.ingest.batch_size
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    if n_workers > 1:
-        start_worker_server()  # its imports run while we list the files and open the lake
     tasks = expand(paths)
+    if n_workers > 1 and len(tasks) > CHUNK_FILES:
+        start_worker_server()  # its imports run while we open the lake (one chunk: no workers)
     report = IngestReport(run_id=uuid.uuid4().hex[:12], lake=str(lake_dir))
     own_store = store is None
     st = store or DuckDBStore(lake_dir)
