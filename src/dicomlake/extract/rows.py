@@ -166,7 +166,7 @@ def _to_little_endian(value: bytes, width: int) -> bytes:
 class _Walk:
     """State of one instance's walk: decoder, endianness, output rows, wanted keywords."""
 
-    __slots__ = ("cache", "count", "decoder", "inline_max", "little", "rows", "typed", "uid", "wanted")
+    __slots__ = ("cache", "count", "decoder", "inline_max", "little", "rows", "typed", "wanted")
 
     def __init__(
         self,
@@ -181,7 +181,6 @@ class _Walk:
         self.decoder = decoder
         self.little = little
         self.rows = cols.rows
-        self.uid = ""
         self.wanted = wanted
         self.typed: dict[str, Any] = {}
         self.inline_max = inline_max
@@ -394,7 +393,7 @@ class BatchBuilder:
         decoder = V.TextDecoder(charset)
         mark = len(self.elements)
         w = _Walk(decoder, header.little_endian, self.elements, self.columns.kinds, self.inline_max, charset)
-        # the UID is needed on every element row: find it before the walk
+        # the instance is keyed by its UID: find it before the walk (no UID, no rows)
         uid = None
         for tag, _vr, value, _len in header.elements:
             if tag == 0x00080018 and isinstance(value, bytes):
@@ -409,7 +408,6 @@ class BatchBuilder:
                 "no SOP Instance UID (0008,0018) and no Media Storage SOP Instance UID (0002,0003): "
                 "the instance cannot be keyed"
             )
-        w.uid = uid
         try:
             if header.meta:
                 w.walk(header.meta, "", "", 0, False)
