@@ -141,8 +141,10 @@ def test_oversized_associate_rq_is_refused_before_allocation(tmp_path: Path, mon
 
 
 def test_command_set_fragments_are_bounded(tmp_path: Path) -> None:
-    """A peer sending command PDVs without the last-fragment bit, for ever: the listener
-    aborts the association once the command set passes its limit (1 MiB), not later."""
+    """A peer sending command PDVs without the last-fragment bit: the listener aborts the
+    association once the command set passes its limit. Without a limit it would wait for
+    the last fragment for ever and answer nothing (socket buffers may take what we send
+    either way, so the answer — an A-ABORT or a closed connection — is what is checked)."""
     import socket
     import struct
 
@@ -153,8 +155,7 @@ def test_command_set_fragments_are_bounded(tmp_path: Path) -> None:
     rq = seed_inputs()[0][1:]  # a valid A-ASSOCIATE-RQ body (verification, context id 1)
     scp = listener.StoreSCP(Spool(tmp_path / "lake", fsync=False), DimseSettings(port=0))
     host, port = scp.start("127.0.0.1", 0)
-    sent = 0
-    answer = b""
+    answer: bytes | None = None
     try:
         with socket.create_connection((host, port), timeout=10) as s:
             s.sendall(struct.pack(">BBI", 0x01, 0, len(rq)) + rq)
@@ -164,21 +165,21 @@ def test_command_set_fragments_are_bounded(tmp_path: Path) -> None:
             pdv = struct.pack(">IBB", len(fragment) + 2, 1, 0x01) + fragment  # command, not last
             pdu = struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
             try:
-                while sent < 4 * listener.MAX_COMMAND:
+                for _ in range(2 * listener.MAX_COMMAND // len(fragment)):
                     s.sendall(pdu)
-                    sent += len(fragment)
             except OSError:
-                pass  # the listener closed the connection: what we want
-            s.settimeout(5)
+                pass  # the listener closed the connection already
+            s.settimeout(10)
             try:
                 answer = s.recv(6)
+            except TimeoutError:
+                answer = None  # no answer: the listener is still collecting fragments
             except OSError:
-                answer = b""
+                answer = b""  # reset: closed
     finally:
         scp.stop()
-    assert sent <= listener.MAX_COMMAND + 4 * 65536 or answer[:1] in (b"\x07", b""), (sent, answer)
+    assert answer is not None, "no A-ABORT and no close after twice the command-set limit"
     assert answer[:1] in (b"\x07", b""), f"expected an A-ABORT or a closed connection, got {answer!r}"
-    assert sent < 4 * listener.MAX_COMMAND, "the listener took 4 MiB of command fragments without aborting"
 
 
 def test_header_limits_are_settings() -> None:
