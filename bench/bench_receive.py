@@ -134,12 +134,17 @@ def _ours(files: Sequence[str], senders: int, *, fsync: bool) -> dict[str, float
         store.close()
         return {"seconds": in_lake, "acked_seconds": acked, "cpu": cpu}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc, 60)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Terminate a receiver; kill it if it has not ended after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @contextlib.contextmanager
@@ -158,11 +163,7 @@ def storescp(prefix: str = "bench-storescp-") -> Iterator[tuple[subprocess.Popen
         time.sleep(0.5)
         yield proc, port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc, 30)
         shutil.rmtree(work, ignore_errors=True)
 
 
