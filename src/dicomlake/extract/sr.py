@@ -250,10 +250,10 @@ def _floats_el(item: dict[int, tuple[str, Any]], tag: int, little: bool) -> list
     if hit is None or hit[1] is None:
         return []
     vr, value = hit
-    if vr != "FD" or not isinstance(value, bytes):
-        raise NeedsPydicom(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {vr}")
+    if vr != "FD" or not isinstance(value, bytes) or len(value) % 8:
+        raise NeedsPydicom(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {vr} of {len(value)} bytes")
     n = len(value) // 8
-    values = struct.unpack(("<" if little else ">") + "d" * n, value[: 8 * n])
+    values = struct.unpack(("<" if little else ">") + "d" * n, value)
     return _numbers(str(v) for v in values)
 
 
