@@ -57,23 +57,10 @@ def _raw_store(
     import struct
 
     from dicomlake.ingest.listener import encode_command, parse_command
+    from tests.integration.netpeers import associate_rq
 
-    def item(t: int, v: bytes) -> bytes:
-        return struct.pack(">BBH", t, 0, len(v)) + v
-
-    pc = item(0x20, bytes((1, 0, 0, 0)) + item(0x30, sop_class.encode()) + item(0x40, ts.encode()))
-    user = item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
-    body = (
-        struct.pack(">HH", 1, 0)
-        + b"DICOMLAKE".ljust(16)
-        + b"RAWSCU".ljust(16)
-        + b"\0" * 32
-        + item(0x10, b"1.2.840.10008.3.1.1.1")
-        + pc
-        + user
-    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(struct.pack(">BBI", 1, 0, len(body)) + body)
+        sock.sendall(associate_rq(sop_class, ts))
         hdr = sock.recv(6)
         assert hdr[0] == 0x02, hdr
         length = struct.unpack(">I", hdr[2:6])[0]

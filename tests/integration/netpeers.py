@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -103,6 +104,27 @@ def acknowledged(storescu_output: str) -> tuple[list[str], list[str]]:
             (ok if (m.group(1) or "").startswith("Success") else bad).append(current)
             current = None
     return ok, bad
+
+
+def associate_rq(sop_class: str, transfer_syntax: str, calling: str = "RAWSCU") -> bytes:
+    """A whole A-ASSOCIATE-RQ PDU (to DICOMLAKE) with one presentation context, id 1, for a
+    raw-socket peer: tests that must send bytes no well-behaved SCU would."""
+
+    def item(t: int, v: bytes) -> bytes:
+        return struct.pack(">BBH", t, 0, len(v)) + v
+
+    pc = item(0x20, bytes((1, 0, 0, 0)) + item(0x30, sop_class.encode()) + item(0x40, transfer_syntax.encode()))
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
+    body = (
+        struct.pack(">HH", 1, 0)
+        + b"DICOMLAKE".ljust(16)
+        + calling.encode().ljust(16)
+        + b"\0" * 32
+        + item(0x10, b"1.2.840.10008.3.1.1.1")
+        + pc
+        + user
+    )
+    return struct.pack(">BBI", 1, 0, len(body)) + body
 
 
 def storescu(

@@ -22,6 +22,7 @@ from dicomlake.config import get_settings
 from dicomlake.ingest.listener import encode_command, parse_command
 from dicomlake.ingest.service import Service
 from dicomlake.ingest.settings import DimseSettings
+from tests.integration.netpeers import associate_rq
 
 pytestmark = [pytest.mark.integration]
 
@@ -59,25 +60,10 @@ def _dataset() -> tuple[str, bytes]:
     return str(ds.SOPInstanceUID), data[meta_end:]
 
 
-def _item(t: int, v: bytes) -> bytes:
-    return struct.pack(">BBH", t, 0, len(v)) + v
-
-
 def _associate(port: int) -> socket.socket:
     """A raw association with one CT presentation context (id 1); the socket after A-ASSOCIATE-AC."""
-    pc = _item(0x20, bytes((1, 0, 0, 0)) + _item(0x30, CT.encode()) + _item(0x40, EXPLICIT_LE.encode()))
-    user = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.3.4"))
-    body = (
-        struct.pack(">HH", 1, 0)
-        + b"DICOMLAKE".ljust(16)
-        + b"RAWSCU".ljust(16)
-        + b"\0" * 32
-        + _item(0x10, b"1.2.840.10008.3.1.1.1")
-        + pc
-        + user
-    )
     sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-    sock.sendall(struct.pack(">BBI", 1, 0, len(body)) + body)
+    sock.sendall(associate_rq(CT, EXPLICIT_LE))
     pdu_type, _ = _read_pdu(sock)
     assert pdu_type == 0x02
     return sock
