@@ -63,7 +63,7 @@ def main() -> int:
                     raw={"returned": repr(outcome)},
                     error=f"main() returned {type(outcome).__name__}, not a BenchResult",
                 )
-        except Exception as exc:  # noqa: BLE001 - a failing bench must not hide the others
+        except Exception as exc:
             traceback.print_exc()
             outcome = BenchResult(name, error=f"{type(exc).__name__}: {exc}")
         outcome.raw.setdefault("seconds", round(time.perf_counter() - t0, 1))
@@ -73,13 +73,9 @@ def main() -> int:
     rows = []
     for res in results:
         if res.error and not res.figures:
-            rows.append(
-                [res.name, "FAILED" if "not run" not in res.error else "not run", "", res.error]
-            )
+            rows.append([res.name, "FAILED" if "not run" not in res.error else "not run", "", res.error])
         for f in res.figures:
-            rows.append(
-                [res.name, f.what, fmt(f.value, f.unit), " ".join(x for x in (f.peer, f.note) if x)]
-            )
+            rows.append([res.name, f.what, fmt(f.value, f.unit), " ".join(x for x in (f.peer, f.note) if x)])
         if res.error and res.figures:
             rows.append([res.name, "ERROR", "", res.error])
     print("=" * 100)

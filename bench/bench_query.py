@@ -104,7 +104,7 @@ def main() -> BenchResult:
                     times.append(time.perf_counter() - t0)
                 times.sort()
                 p50 = statistics.median(times)
-                p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+                p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
                 rows.append([label, " AND ".join(where), f"{count:,}", fmt(p50 * 1000, "ms"), fmt(p95 * 1000, "ms")])
                 res.add(f"{label}: p50", p50 * 1000, "ms", note=f"{N:,} instances, {count:,} matches")
                 res.add(f"{label}: p95", p95 * 1000, "ms")

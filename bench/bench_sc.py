@@ -52,9 +52,12 @@ def _presidio_engine() -> tuple[object | None, str]:
         )
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
     logging.getLogger("presidio-image-redactor").setLevel(logging.ERROR)
-    nlp = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}],
-    }).create_engine()
+    nlp = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": model}],
+        }
+    ).create_engine()
     analyzer = AnalyzerEngine(nlp_engine=nlp, supported_languages=["en"])
     return DicomImageRedactorEngine(image_analyzer_engine=ImageAnalyzerEngine(analyzer_engine=analyzer)), model
 
@@ -129,8 +132,16 @@ def main() -> BenchResult:
         kept = score.clinical_kept / score.clinical_total if score.clinical_total else None
         per_image = float(np.mean(seconds[tool])) if seconds[tool] else None
         note = f"spaCy {peer_note}" if tool == PEER else f"class accuracy {classes_right}/{len(corpus)}"
-        rows.append([tool, f"{recall:.3f} ({score.phi_redacted}/{score.phi_total})", str(len(leaks[tool])),
-                     f"{kept:.3f} ({score.clinical_kept}/{score.clinical_total})", fmt(per_image, "s"), note])
+        rows.append(
+            [
+                tool,
+                f"{recall:.3f} ({score.phi_redacted}/{score.phi_total})",
+                str(len(leaks[tool])),
+                f"{kept:.3f} ({score.clinical_kept}/{score.clinical_total})",
+                fmt(per_image, "s"),
+                note,
+            ]
+        )
         peer = "" if tool == "dicomlake" else PEER
         result.add(f"{tool} PHI recall", recall, "", peer=peer)
         result.add(f"{tool} leaks on a second OCR pass", float(len(leaks[tool])), "words", peer=peer)
@@ -139,20 +150,24 @@ def main() -> BenchResult:
     if presidio is None:
         result.add(f"{PEER} (blocked)", None, "", note=peer_note)
     result.add("dicomlake class accuracy", classes_right / len(corpus), "")
-    print(f"{len(corpus)} images with pixels, {sum(len(c.phi) for c in corpus)} PHI words, "
-          f"{sum(len(c.clinical) for c in corpus)} clinical numbers")
+    print(
+        f"{len(corpus)} images with pixels, {sum(len(c.phi) for c in corpus)} PHI words, "
+        f"{sum(len(c.clinical) for c in corpus)} clinical numbers"
+    )
     print(table(rows, ["tool", "PHI recall", "leaks", "clinical kept", "per image", "note"]))
     for tool, score in tools.items():
         if score.missed:
             print(f"{tool} missed: {', '.join(score.missed[:40])}")
         if leaks[tool]:
             print(f"{tool} leaked: {', '.join(leaks[tool][:40])}")
-    result.raw.update({
-        "missed": {t: s.missed for t, s in tools.items()},
-        "leaked": leaks,
-        "clinical_lost": {t: s.clinical_lost for t, s in tools.items()},
-        "peer": peer_note,
-    })
+    result.raw.update(
+        {
+            "missed": {t: s.missed for t, s in tools.items()},
+            "leaked": leaks,
+            "clinical_lost": {t: s.clinical_lost for t, s in tools.items()},
+            "peer": peer_note,
+        }
+    )
     return result
 
 

@@ -163,9 +163,7 @@ def ensure_corpus(n: int = 20000, seed: int = 0, cache_dir: Path = CACHE_DIR) ->
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.corpus --out DIR -n N [--seed S]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.corpus", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.corpus", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="folder to write into")
     parser.add_argument("-n", type=int, default=20000, help="number of instances (default 20000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -186,9 +186,7 @@ class Patient:
         return text.upper() if upper else text
 
     def age_at(self, day: dt.date) -> int:
-        return (
-            day.year - self.birth.year - ((day.month, day.day) < (self.birth.month, self.birth.day))
-        )
+        return day.year - self.birth.year - ((day.month, day.day) < (self.birth.month, self.birth.day))
 
 
 def _staff_name(rng: random.Random, style: str) -> str:
@@ -239,11 +237,7 @@ class Planner:
     def _age(self, kind: str, description: str) -> int:
         rng = self.rng
         if kind in ("MG", "MGSR"):
-            return (
-                rng.randint(50, 70)
-                if "SCREENING" in description or kind == "MGSR"
-                else rng.randint(30, 88)
-            )
+            return rng.randint(50, 70) if "SCREENING" in description or kind == "MGSR" else rng.randint(30, 88)
         if "OBSTETRIC" in description:
             return rng.randint(18, 44)
         if kind == "US" and rng.random() < 0.06:
@@ -292,10 +286,7 @@ class Planner:
         day = START_DATE + dt.timedelta(days=rng.randint(0, span))
         while day.weekday() >= 5 and rng.random() < 0.85 and kind != "CT":
             day = START_DATE + dt.timedelta(days=rng.randint(0, span))
-        if kind == "CT" and rng.random() < 0.2:
-            seconds = rng.randint(0, 86399)
-        else:
-            seconds = rng.randint(8 * 3600, 18 * 3600)
+        seconds = rng.randint(0, 86399) if kind == "CT" and rng.random() < 0.2 else rng.randint(8 * 3600, 18 * 3600)
         return dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=seconds)
 
     # -- studies --------------------------------------------------------------------------------
@@ -331,22 +322,16 @@ class Planner:
             series = self._mg_series(station, start, desc) if kind == "MG" else []
         elif kind == "US":
             desc, body, lo, hi, sex_needed = rng.choice(US_PROTOCOLS)
-            series = self._simple_series(
-                station, start, "US", body, desc, rng.randint(lo, hi), 8, 60
-            )
+            series = self._simple_series(station, start, "US", body, desc, rng.randint(lo, hi), 8, 60)
         else:
             desc, body, lo, hi = rng.choice(OT_PROTOCOLS)
-            series = self._simple_series(
-                station, start, "OT", body, desc, rng.randint(lo, hi), 20, 90
-            )
+            series = self._simple_series(station, start, "OT", body, desc, rng.randint(lo, hi), 20, 90)
         end = start + dt.timedelta(minutes=2)
         for _, _, images in series:
             for v in images:
                 end = max(end, v["_when"])  # type: ignore[type-var]
         if station.dose and (kind != "US" or rng.random() < 0.25):
-            series.append(
-                self._dose_series(station, end + dt.timedelta(seconds=rng.randint(30, 240)))
-            )
+            series.append(self._dose_series(station, end + dt.timedelta(seconds=rng.randint(30, 240))))
 
         patient = self.patient_for(kind, desc, sex_needed, start.date())
         upper = site.upper_names or station.operator_style == "upper"
@@ -490,9 +475,7 @@ class Planner:
                     {
                         "_when": when + dt.timedelta(seconds=duration),
                         "AcquisitionDate": _da(when),
-                        "AcquisitionTime": _tm(
-                            when + dt.timedelta(seconds=duration * i / count), True
-                        ),
+                        "AcquisitionTime": _tm(when + dt.timedelta(seconds=duration * i / count), True),
                         "AcquisitionNumber": "1",
                         "SliceThickness": decimal_string(thickness),
                         "ImagePositionPatient": f"-120.0\\-118.5\\{z:.2f}",
@@ -541,9 +524,7 @@ class Planner:
                     "KVP": str(kvp),
                     "BodyPartThickness": str(t),
                     "CompressionForce": decimal_string(round(force, 1)),
-                    "OrganDose": decimal_string(
-                        round(mgd / 10, 5)
-                    ),  # PS3.3 C.8.7.6: Organ Dose is in dGy
+                    "OrganDose": decimal_string(round(mgd / 10, 5)),  # PS3.3 C.8.7.6: Organ Dose is in dGy
                     "EntranceDoseInmGy": decimal_string(round(mgd * (2.0 + 0.06 * t), 3)),
                     "XRayTubeCurrent": str(ma),
                     "Exposure": str(round(mas)),
@@ -554,9 +535,7 @@ class Planner:
         out = []
         for number, template in enumerate(station.images, start=1):
             label = "For Processing" if template.endswith("proc") else "For Presentation"
-            out.append(
-                (template, self._series_values(number, f"{desc.title()} {label}", start), images)
-            )
+            out.append((template, self._series_values(number, f"{desc.title()} {label}", start), images))
         return out
 
     def _simple_series(
@@ -576,19 +555,13 @@ class Planner:
         images = []
         for _ in range(count):
             when += dt.timedelta(seconds=rng.randint(gap_lo, gap_hi))
-            images.append(
-                {"_when": when, "AcquisitionDate": _da(when), "AcquisitionTime": _tm(when)}
-            )
+            images.append({"_when": when, "AcquisitionDate": _da(when), "AcquisitionTime": _tm(when)})
         return [(template, self._series_values(1, desc, start), images)]
 
     def _dose_series(self, station: Station, when: dt.datetime) -> tuple:
         assert station.dose
         is_sr = station.dose.startswith("sr_")
-        desc = (
-            ("Report" if station.dose == "sr_text" else "Radiation Dose Report")
-            if is_sr
-            else "Dose Info"
-        )
+        desc = ("Report" if station.dose == "sr_text" else "Radiation Dose Report") if is_sr else "Dose Info"
         values = self._series_values(999 if is_sr else 998, desc, when)
         return (station.dose, values, [{"_when": when}])
 
@@ -599,5 +572,5 @@ def _shorten(study: list[Instance], limit: int) -> list[Instance]:
         return study
     last = study[-1]
     if limit > 1 and last.values.get("SeriesNumber") in ("998", "999"):
-        return study[: limit - 1] + [last]
+        return [*study[:limit - 1], last]
     return study[:limit]

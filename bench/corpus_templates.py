@@ -91,9 +91,7 @@ TEMPLATES: dict[str, TemplateSpec] = {
         _T("us_siemens", "corpus:deid-data/ultrasounds/RGB_IMAGE.dcm", 768, 1024, 8, 3),
         _T("us_philips_epiq", "corpus:deid-data/ultrasounds/GREYSCALE_IMAGE.dcm", 768, 1024, 8),
         # SC: scanned documents and photographs
-        _T(
-            "sc_cookie", "corpus:deid-data/dicom-cookies/image1.dcm", 1024, 768, 8, 3, modality="OT"
-        ),
+        _T("sc_cookie", "corpus:deid-data/dicom-cookies/image1.dcm", 1024, 768, 8, 3, modality="OT"),
         _T("sc_rgb", "pydicom:SC_rgb.dcm", 1000, 1200, 8, 3),
         # SR: Radiation Dose SRs and a comprehensive SR report
         _T("sr_ct_siemens", "corpus:openrem/CT-RDSR-Siemens-Multi-2.dcm"),
@@ -276,13 +274,7 @@ def _clean(ds: Dataset) -> None:
     for elem in list(ds):
         tag = elem.tag
         g = tag.group
-        if (
-            tag.element == 0
-            or g <= 0x0007
-            or 0x6000 <= g <= 0x60FF
-            or g >= 0x7FE0
-            or elem.keyword in DROP_KEYWORDS
-        ):
+        if tag.element == 0 or g <= 0x0007 or 0x6000 <= g <= 0x60FF or g >= 0x7FE0 or elem.keyword in DROP_KEYWORDS:
             del ds[tag]
         elif elem.VR == "SQ":
             for item in elem.value:
@@ -386,10 +378,7 @@ def _compile(ds: Dataset, spec: TemplateSpec) -> Template:
             if family and number is not None:
                 slot_args = {"kind": "num", "key": family, "number": number}
         elif (
-            elem.tag in (0x0040A120, 0x0018A002)
-            and dt0 is not None
-            and isinstance(value, str)
-            and _DT_RE.match(value)
+            elem.tag in (0x0040A120, 0x0018A002) and dt0 is not None and isinstance(value, str) and _DT_RE.match(value)
         ):
             slot_args = {"kind": "dt", "number": (_parse_dt(value) - dt0).total_seconds()}
         if slot_args is None:
@@ -449,9 +438,7 @@ def _compile(ds: Dataset, spec: TemplateSpec) -> Template:
         pixel_header = struct.pack("<HH", 0x7FE0, 0x0010) + pixel_vr + b"\0\0"
         pixel_header += struct.pack("<I", spec.pixel_length)
     keywords = frozenset(s.key for s in slots.values() if s.kind == "kw")
-    return Template(
-        spec, modality, str(ds.SOPClassUID), codec, parts, keywords, pixel_header, counts
-    )
+    return Template(spec, modality, str(ds.SOPClassUID), codec, parts, keywords, pixel_header, counts)
 
 
 def _to_float(value: object) -> float | None:
@@ -492,9 +479,7 @@ class Instance:
 
 def derived_uid(key: str) -> str:
     """A UID under the 2.25 root (PS3.5 B.2) derived from ``key``: deterministic and unique."""
-    return "2.25." + str(
-        int.from_bytes(hashlib.blake2b(key.encode(), digest_size=15).digest(), "big")
-    )
+    return "2.25." + str(int.from_bytes(hashlib.blake2b(key.encode(), digest_size=15).digest(), "big"))
 
 
 def decimal_string(value: float) -> str:
@@ -567,9 +552,7 @@ def render(tpl: Template, inst: Instance) -> bytes:
                 uid = derived_uid(f"{inst.sop_uid}/{part.index}")
             out.append(_element(part, uid.encode()))
         elif kind == "num":
-            out.append(
-                _element(part, decimal_string(part.number * inst.factors[part.key]).encode())
-            )
+            out.append(_element(part, decimal_string(part.number * inst.factors[part.key]).encode()))
         else:  # dt
             when = inst.study_start + dt.timedelta(seconds=part.number)
             out.append(_element(part, when.strftime("%Y%m%d%H%M%S").encode()))

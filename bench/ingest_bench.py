@@ -105,9 +105,7 @@ def _role(proc: object, root_pid: int) -> str:
     return "worker"
 
 
-def _sample(
-    pid: int, start: float, out: list[tuple[float, int, str, int, int, int]], stop: threading.Event
-) -> None:
+def _sample(pid: int, start: float, out: list[tuple[float, int, str, int, int, int]], stop: threading.Event) -> None:
     import psutil
 
     try:
@@ -164,9 +162,7 @@ def run_ours(corpus: Path, n: int, round_no: int) -> Run:
             cwd=REPO_ROOT,
             env={**os.environ, "COLUMNS": "120"},
         )
-        sampler = threading.Thread(
-            target=_sample, args=(proc.pid, start, samples, stop), daemon=True
-        )
+        sampler = threading.Thread(target=_sample, args=(proc.pid, start, samples, stop), daemon=True)
         sampler.start()
         code = proc.wait()
         seconds = time.perf_counter() - start
@@ -354,8 +350,7 @@ def main() -> BenchResult:
             d = run_dcmdump(corpus, files, procs)
             bucket.append(d)
             print(
-                f"round {r}: dcmdump x{procs} {d.seconds:6.1f} s  {d.rate:8,.0f} inst/s"
-                f"  exit {d.returncode}",
+                f"round {r}: dcmdump x{procs} {d.seconds:6.1f} s  {d.rate:8,.0f} inst/s  exit {d.returncode}",
                 flush=True,
             )
             if d.returncode:
@@ -392,13 +387,9 @@ def main() -> BenchResult:
     result.add("dcmdump -q -M, 2 processes", rate(d2_s), "inst/s")
     result.add("dcmdump -q -M, 1 process", rate(d1_s), "inst/s")
     if ours_s and d2_s:
-        result.add(
-            "ours / dcmdump x2 (time, lower is faster)", ours_s / d2_s, "×", "dcmdump -q -M x2"
-        )
+        result.add("ours / dcmdump x2 (time, lower is faster)", ours_s / d2_s, "×", "dcmdump -q -M x2")
     if ours_s and d1_s:
-        result.add(
-            "ours / dcmdump x1 (time, lower is faster)", ours_s / d1_s, "×", "dcmdump -q -M x1"
-        )
+        result.add("ours / dcmdump x1 (time, lower is faster)", ours_s / d1_s, "×", "dcmdump -q -M x1")
     cpu_ours = median([r.cpu_seconds for r in ok])
     cpu_d1 = median([r.cpu_seconds for r in dd1])
     if cpu_ours and cpu_d1:
@@ -431,9 +422,7 @@ def main() -> BenchResult:
             median([p["main_peak_mib"] for p in profiles if p["main_peak_mib"] is not None]),
             "MiB",
         )  # type: ignore[misc]
-        result.add(
-            "ours peak RSS, all processes", median([p["total_peak_mib"] for p in profiles]), "MiB"
-        )  # type: ignore[misc]
+        result.add("ours peak RSS, all processes", median([p["total_peak_mib"] for p in profiles]), "MiB")  # type: ignore[misc]
         growth, verdict = _flatness(best)
         result.add("worker RSS growth, 25 % → 100 % of worker lifetime", growth, "%", note=verdict)
         lake_bytes = median([float(r.report.get("lake_bytes", 0)) for r in ok])  # type: ignore[arg-type]
@@ -465,11 +454,7 @@ def main() -> BenchResult:
             print(table(rows, ["point", "at", "ingest process", "workers", "all"]))
         print(
             f"  worker RSS: {verdict}"
-            + (
-                f" ({growth:+.1f} % from 25 % to 100 % of their lifetime)"
-                if growth is not None
-                else ""
-            )
+            + (f" ({growth:+.1f} % from 25 % to 100 % of their lifetime)" if growth is not None else "")
         )
 
     result.raw = {
@@ -490,14 +475,8 @@ def main() -> BenchResult:
             }
             for r in ours
         ],
-        "dcmdump_2": [
-            {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "returncode": r.returncode}
-            for r in dd2
-        ],
-        "dcmdump_1": [
-            {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "returncode": r.returncode}
-            for r in dd1
-        ],
+        "dcmdump_2": [{"seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "returncode": r.returncode} for r in dd2],
+        "dcmdump_1": [{"seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "returncode": r.returncode} for r in dd1],
     }
     print()
     print(f"ingest of {nfiles:,} instances, medians of {rounds} alternating rounds, warm cache:")

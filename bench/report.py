@@ -28,9 +28,7 @@ class BenchResult:
     raw: dict[str, object] = field(default_factory=dict)
     error: str | None = None
 
-    def add(
-        self, what: str, value: float | None, unit: str, peer: str = "", note: str = ""
-    ) -> None:
+    def add(self, what: str, value: float | None, unit: str, peer: str = "", note: str = "") -> None:
         self.figures.append(Figure(what, value, unit, peer, note))
 
     def to_json(self) -> dict[str, object]:
@@ -67,11 +65,7 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     line = "  ".join("-" * w for w in widths)
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), line]
     for row in rows:
-        out.append(
-            "  ".join(
-                c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True)
-            )
-        )
+        out.append("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True)))
     return "\n".join(out)
 
 

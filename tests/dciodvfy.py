@@ -75,9 +75,7 @@ def run_dciodvfy(path: str | os.PathLike[str], *, timeout: float = 60.0) -> Dcio
         Seconds before the run is abandoned (raises ``subprocess.TimeoutExpired``).
     """
     exe = require_dciodvfy()
-    proc = subprocess.run(
-        [exe, os.fspath(path)], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    proc = subprocess.run([exe, os.fspath(path)], capture_output=True, text=True, timeout=timeout, check=False)
     output = proc.stderr + proc.stdout
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     iod = lines[0] if lines and " - " not in lines[0] else ""

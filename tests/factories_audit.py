@@ -308,7 +308,9 @@ def build(folder: Path, seed: int = 20240601) -> AnswerKey:
             for k in range(2):
                 acq = written_t + dt.timedelta(minutes=2 * k, seconds=rnd.randrange(30))
                 ds = _base("DX", DX_CLASS, p, study, series, 1, k + 1)
-                ds.SeriesDescription = ("PA CHEST" if k == 0 else "LAT CHEST") if chest else ("AP KNEE" if k == 0 else "LAT KNEE")
+                ds.SeriesDescription = (
+                    ("PA CHEST" if k == 0 else "LAT CHEST") if chest else ("AP KNEE" if k == 0 else "LAT KNEE")
+                )
                 ds.ProtocolName = "CHEST" if chest else "KNEE"
                 ds.BodyPartExamined = "CHEST" if chest else "KNEE"
                 ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
@@ -353,12 +355,22 @@ def build(folder: Path, seed: int = 20240601) -> AnswerKey:
                     key.drift_uids.add(uid)
                 key.bpe_judged += 1
                 # the receipt time is the true time: a drifting clock writes acquisitions ahead of it
-                key.receipt[uid] = acq - dt.timedelta(minutes=DRIFT_MINUTES if room == DRIFT_ROOM else 0) + dt.timedelta(
-                    minutes=RECEIPT_LAG_MINUTES)
+                key.receipt[uid] = (
+                    acq
+                    - dt.timedelta(minutes=DRIFT_MINUTES if room == DRIFT_ROOM else 0)
+                    + dt.timedelta(minutes=RECEIPT_LAG_MINUTES)
+                )
                 times.append(acq)
                 _write(ds, folder, key)
-                key.dx.append({"uid": uid, "study": study["uid"], "room": room, "protocol": ds.ProtocolName,
-                               "dap_cGycm2": dap * 10.0})  # 1 dGy·cm² = 10 cGy·cm²
+                key.dx.append(
+                    {
+                        "uid": uid,
+                        "study": study["uid"],
+                        "room": room,
+                        "protocol": ds.ProtocolName,
+                        "dap_cGycm2": dap * 10.0,
+                    }
+                )  # 1 dGy·cm² = 10 cGy·cm²
             key.exams[(study["uid"], room)] = [min(times), max(times)]
     # ---- CT dose reports ---------------------------------------------------------------------
     for c_idx, room in enumerate(("CT1", "CT2")):
@@ -372,8 +384,11 @@ def build(folder: Path, seed: int = 20240601) -> AnswerKey:
                      "manufacturer": "ACME CT", "model": "Scanner 64"}  # fmt: skip
             events = [{"protocol": "Topogram", "ctdivol": round(rnd.uniform(0.1, 0.3), 3), "dlp": round(rnd.uniform(3, 8), 2),
                        "event_uid": generate_uid(PREFIX)}]  # fmt: skip
-            main = {"protocol": "Head" if head else "Chest", "event_uid": generate_uid(PREFIX),
-                    "ctdivol": round((rnd.uniform(40, 60) if head else rnd.uniform(5, 12)) * (1 + 0.2 * c_idx), 2)}
+            main = {
+                "protocol": "Head" if head else "Chest",
+                "event_uid": generate_uid(PREFIX),
+                "ctdivol": round((rnd.uniform(40, 60) if head else rnd.uniform(5, 12)) * (1 + 0.2 * c_idx), 2),
+            }
             main["dlp"] = round(main["ctdivol"] * rnd.uniform(14, 35), 2)
             events.append(main)
             ds = ct_rdsr(p, study, events)
@@ -420,15 +435,29 @@ def simulate_receipt(con: object, key: AnswerKey, source: str = "dimse") -> None
     import pyarrow as pa
 
     rec = pa.table({"u": list(key.receipt), "t": pa.array(list(key.receipt.values()), pa.timestamp("us"))})  # noqa: F841
-    con.execute("UPDATE instances SET received_at = rec.t, source = ? FROM rec WHERE instances.SOPInstanceUID = rec.u",  # type: ignore[attr-defined]
-                [source])
+    con.execute(
+        "UPDATE instances SET received_at = rec.t, source = ? FROM rec WHERE instances.SOPInstanceUID = rec.u",  # type: ignore[attr-defined]
+        [source],
+    )
 
 
 # Name variants as found in real PACS, with the true groups (institution names).
 NAME_VARIANTS: list[list[str]] = [
-    ["St Mary's", "ST MARYS HOSP", "St. Mary's Hospital", "Saint Marys Hospital", "ST MARY'S HOSPITAL NHS TRUST", "St Marys"],
-    ["Royal Surrey County Hospital", "RSCH", "ROYAL SURREY COUNTY HOSP", "Royal Surrey Cty Hospital",
-     "Royal Surrey County Hospital NHS Foundation Trust"],
+    [
+        "St Mary's",
+        "ST MARYS HOSP",
+        "St. Mary's Hospital",
+        "Saint Marys Hospital",
+        "ST MARY'S HOSPITAL NHS TRUST",
+        "St Marys",
+    ],
+    [
+        "Royal Surrey County Hospital",
+        "RSCH",
+        "ROYAL SURREY COUNTY HOSP",
+        "Royal Surrey Cty Hospital",
+        "Royal Surrey County Hospital NHS Foundation Trust",
+    ],
     ["Royal Berkshire Hospital", "ROYAL BERKSHIRE HOSP", "RBH"],
     ["St Thomas' Hospital", "ST THOMAS HOSPITAL", "St. Thomas Hosp"],
     ["Frimley Park Hospital", "FRIMLEY PARK", "Frimley Pk Hosp"],

@@ -53,16 +53,37 @@ class Patient:
 
 PATIENTS = {
     "latin1": Patient(
-        "ISO_IR 100", "Müllerhäuser", "Jürgenolf", "Müllerhäuser^Jürgenolf", "MRN4471902",
-        date(1957, 3, 14), "ACC99017731", "+44 20 7946 0912", "12 Quernmore Road, London N4 4QT",
+        "ISO_IR 100",
+        "Müllerhäuser",
+        "Jürgenolf",
+        "Müllerhäuser^Jürgenolf",
+        "MRN4471902",
+        date(1957, 3, 14),
+        "ACC99017731",
+        "+44 20 7946 0912",
+        "12 Quernmore Road, London N4 4QT",
     ),
     "utf8": Patient(
-        "ISO_IR 192", "Παπαδόπουλος", "Χρυσάνθη", "Παπαδόπουλος^Χρυσάνθη", "GRC7730051",
-        date(1961, 11, 2), "ACC55120984", "+30 210 555 0147", "Odos Ermou 44, Athens 10563",
+        "ISO_IR 192",
+        "Παπαδόπουλος",
+        "Χρυσάνθη",
+        "Παπαδόπουλος^Χρυσάνθη",
+        "GRC7730051",
+        date(1961, 11, 2),
+        "ACC55120984",
+        "+30 210 555 0147",
+        "Odos Ermou 44, Athens 10563",
     ),
     "japanese": Patient(
-        ["", "ISO 2022 IR 87"], "Yamadaka", "Tarouzo", "Yamadaka^Tarouzo=山田花^太郎蔵", "JPN0042917",
-        date(1949, 7, 30), "ACC31187455", "03-5555-0199", "Chiyoda 1-1, Tokyo 100-0001",
+        ["", "ISO 2022 IR 87"],
+        "Yamadaka",
+        "Tarouzo",
+        "Yamadaka^Tarouzo=山田花^太郎蔵",
+        "JPN0042917",
+        date(1949, 7, 30),
+        "ACC31187455",
+        "03-5555-0199",
+        "Chiyoda 1-1, Tokyo 100-0001",
     ),
 }
 
@@ -123,8 +144,13 @@ def _text_of(value: object) -> str | None:
 def _nested_item(c: _Counter, where: str) -> Dataset:
     """An item holding identifying values of table rows and a nested sequence below them."""
     item = Dataset()
-    spec = [("PersonName", "PN"), ("ReferencedSOPInstanceUID", "UI"), ("InstitutionName", "LO"),
-            ("Date", "DA"), ("PatientComments", "LT")]
+    spec = [
+        ("PersonName", "PN"),
+        ("ReferencedSOPInstanceUID", "UI"),
+        ("InstitutionName", "LO"),
+        ("Date", "DA"),
+        ("PatientComments", "LT"),
+    ]
     for kw, vr in spec:
         v = c.value(vr)
         setattr(item, kw, v)
@@ -134,7 +160,9 @@ def _nested_item(c: _Counter, where: str) -> Dataset:
     v = c.value("UI")
     inner.ReferencedSOPClassUID = CT_IMAGE
     inner.ReferencedSOPInstanceUID = v
-    c.planted.append(Planted(str(v), f"{where} > ReferencedImageSequence > ReferencedSOPInstanceUID", "nested", None, "UI"))
+    c.planted.append(
+        Planted(str(v), f"{where} > ReferencedImageSequence > ReferencedSOPInstanceUID", "nested", None, "UI")
+    )
     item.ReferencedImageSequence = Sequence([inner])
     return item
 
@@ -188,8 +216,12 @@ def phi_dataset(
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     name_row = tables.by_tag[0x00100010].index
     for value, where in [
-        (p.family, "PatientName family"), (p.given, "PatientName given"), (p.patient_id, "PatientID"),
-        (p.accession, "AccessionNumber"), (p.phone, "PatientTelephoneNumbers"), (p.address, "PatientAddress"),
+        (p.family, "PatientName family"),
+        (p.given, "PatientName given"),
+        (p.patient_id, "PatientID"),
+        (p.accession, "AccessionNumber"),
+        (p.phone, "PatientTelephoneNumbers"),
+        (p.address, "PatientAddress"),
         (p.birth.strftime("%Y%m%d"), "PatientBirthDate"),
     ]:
         c.planted.append(Planted(value, where, "free-text", name_row, ""))
@@ -230,17 +262,34 @@ def phi_dataset(
         ds.add_new((group << 16) | 0x0100, "US", 1)
         ds.add_new((group << 16) | 0x0102, "US", 0)
         ds.add_new((group << 16) | 0x3000, "OW", v)
-        c.planted.append(Planted(v.decode(), f"({group:04X},3000) Overlay Data", "row",  # type: ignore[union-attr]
-                                 tables.row_for((group << 16) | 0x3000).index, "OW"))  # type: ignore[union-attr]
+        c.planted.append(
+            Planted(
+                v.decode(),
+                f"({group:04X},3000) Overlay Data",
+                "row",  # type: ignore[union-attr]
+                tables.row_for((group << 16) | 0x3000).index,
+                "OW",
+            )
+        )  # type: ignore[union-attr]
         t = f"Overlay {p.family} {c.token()}"
         ds.add_new((group << 16) | 0x4000, "LT", t)
-        c.planted.append(Planted(t, f"({group:04X},4000) Overlay Comments", "row",
-                                 tables.row_for((group << 16) | 0x4000).index, "LT"))  # type: ignore[union-attr]
+        c.planted.append(
+            Planted(
+                t, f"({group:04X},4000) Overlay Comments", "row", tables.row_for((group << 16) | 0x4000).index, "LT"
+            )
+        )  # type: ignore[union-attr]
     for group in (0x5000, 0x5002):
         v = c.value("OB")
         ds.add_new((group << 16) | 0x3000, "OB", v)
-        c.planted.append(Planted(v.decode(), f"({group:04X},3000) Curve Data", "row",  # type: ignore[union-attr]
-                                 tables.row_for((group << 16) | 0x3000).index, "OB"))  # type: ignore[union-attr]
+        c.planted.append(
+            Planted(
+                v.decode(),
+                f"({group:04X},3000) Curve Data",
+                "row",  # type: ignore[union-attr]
+                tables.row_for((group << 16) | 0x3000).index,
+                "OB",
+            )
+        )  # type: ignore[union-attr]
     # Private attributes: an unknown creator (always removed), a TCIA-safe element (kept only with
     # Retain Safe Private), and a known-unsafe one (removed even then).
     private_row = tables.private_row.index
@@ -272,6 +321,7 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 
 # --- outside oracles ----------------------------------------------------------------------------
+
 
 def require_tool(name: str) -> str:
     """Path of a dcmtk/dicom3tools binary; a missing one fails under CI=true and skips elsewhere."""

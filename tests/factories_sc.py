@@ -73,14 +73,62 @@ class Patient:
 
 
 PATIENTS = [
-    Patient("SMITH", "JOHN", "48213067", "19560403", "M", "A20240815", "St Elsewhere Hospital",
-            nhs_number("943476591"), "0113 496 0123", "12 Acacia Avenue Leeds", "LS6 2AB", "20240815"),
-    Patient("KOWALSKI", "ANNA", "RX0099812", "19820911", "F", "ACC771204", "Riverside General",
-            nhs_number("485777345"), "0161 496 0456", "7 Mill Lane Salford", "M5 4WT", "20240816"),
-    Patient("OKONKWO", "DAVID", "77120345", "19700128", "M", "R4410092", "Northgate Clinic",
-            nhs_number("401023871"), "020 7946 0789", "3 Elm Road Hackney", "E8 1LA", "20240902"),
-    Patient("BRENNAN", "CLAIRE", "H3392015", "19911230", "F", "XA558120", "Lakeside Infirmary",
-            nhs_number("612734580"), "0117 496 0321", "44 Quay Street Bristol", "BS1 4DJ", "20240910"),
+    Patient(
+        "SMITH",
+        "JOHN",
+        "48213067",
+        "19560403",
+        "M",
+        "A20240815",
+        "St Elsewhere Hospital",
+        nhs_number("943476591"),
+        "0113 496 0123",
+        "12 Acacia Avenue Leeds",
+        "LS6 2AB",
+        "20240815",
+    ),
+    Patient(
+        "KOWALSKI",
+        "ANNA",
+        "RX0099812",
+        "19820911",
+        "F",
+        "ACC771204",
+        "Riverside General",
+        nhs_number("485777345"),
+        "0161 496 0456",
+        "7 Mill Lane Salford",
+        "M5 4WT",
+        "20240816",
+    ),
+    Patient(
+        "OKONKWO",
+        "DAVID",
+        "77120345",
+        "19700128",
+        "M",
+        "R4410092",
+        "Northgate Clinic",
+        nhs_number("401023871"),
+        "020 7946 0789",
+        "3 Elm Road Hackney",
+        "E8 1LA",
+        "20240902",
+    ),
+    Patient(
+        "BRENNAN",
+        "CLAIRE",
+        "H3392015",
+        "19911230",
+        "F",
+        "XA558120",
+        "Lakeside Infirmary",
+        nhs_number("612734580"),
+        "0117 496 0321",
+        "44 Quay Street Bristol",
+        "BS1 4DJ",
+        "20240910",
+    ),
 ]
 
 
@@ -159,7 +207,9 @@ class Page:
             x += fnt.getlength(word) + space
         return x
 
-    def word(self, x: float, y: float, word: str, fnt: ImageFont.FreeTypeFont, fill: int | tuple[int, ...], kind: str) -> None:
+    def word(
+        self, x: float, y: float, word: str, fnt: ImageFont.FreeTypeFont, fill: int | tuple[int, ...], kind: str
+    ) -> None:
         wid = len(self.words) + 1
         left, top, right, bottom = (int(v) for v in fnt.getbbox(word))
         w, h = right - left + 2, bottom - top + 2
@@ -175,7 +225,9 @@ class Page:
         self.draw.text((round(x), round(y)), word, font=fnt, fill=fill)
         self.words.append(TruthWord(wid, word, kind))
 
-    def line(self, x: float, y: float, parts: list[tuple[str, str]], fnt: ImageFont.FreeTypeFont, fill: int | tuple[int, ...]) -> float:
+    def line(
+        self, x: float, y: float, parts: list[tuple[str, str]], fnt: ImageFont.FreeTypeFont, fill: int | tuple[int, ...]
+    ) -> float:
         """Draw ``(text, kind)`` parts one after the other on one line."""
         for text, kind in parts:
             x = self.text(x, y, text, fnt, fill, kind)
@@ -242,7 +294,9 @@ def dose_ge(p: Patient, *, theme: str, size: int, seed: int) -> tuple[Page, Dose
     page.text(14, y, "Exam Description: CT CHEST ABDOMEN PELVIS WITH CONTRAST", f, fg)
     y += int(lh * 1.5)
     cols = [14, int(width * 0.10), int(width * 0.24), int(width * 0.50), int(width * 0.67), int(width * 0.84)]
-    for cx, head in zip(cols, ["Series", "Type", "Scan Range (mm)", "CTDIvol (mGy)", "DLP (mGy-cm)", "Phantom"], strict=True):
+    for cx, head in zip(
+        cols, ["Series", "Type", "Scan Range (mm)", "CTDIvol (mGy)", "DLP (mGy-cm)", "Phantom"], strict=True
+    ):
         page.text(cx, y, head, f, accent)
     y += lh
     page.draw.line((10, y - 6, width - 10, y - 6), fill=accent, width=1)
@@ -291,9 +345,19 @@ def dose_siemens(p: Patient, *, size: int, seed: int) -> tuple[Page, DoseTruth]:
     dlp_head = round(float(rng.uniform(600, 900)), 1)
     topo_ctdi, topo_dlp = 0.14, round(float(rng.uniform(3, 9)), 1)
     total = round(topo_dlp + dlp_head, 1)
-    page.line(14, y, [("Total mAs 2310", OTHER), ("Total DLP", OTHER), (f"{total:.1f}", CLINICAL), ("mGycm", OTHER)], f, fg)
+    page.line(
+        14, y, [("Total mAs 2310", OTHER), ("Total DLP", OTHER), (f"{total:.1f}", CLINICAL), ("mGycm", OTHER)], f, fg
+    )
     y += int(lh * 1.4)
-    cols = [14, int(width * 0.26), int(width * 0.36), int(width * 0.45), int(width * 0.62), int(width * 0.77), int(width * 0.89)]
+    cols = [
+        14,
+        int(width * 0.26),
+        int(width * 0.36),
+        int(width * 0.45),
+        int(width * 0.62),
+        int(width * 0.77),
+        int(width * 0.89),
+    ]
     for cx, head in zip(cols, ["", "Scan", "kV", "mAs", "CTDIvol", "DLP", "TI"], strict=True):
         if head:
             page.text(cx, y, head, f, fg)
@@ -343,7 +407,13 @@ def scanned_form(p: Patient, *, kind: str, seed: int) -> Page:
     if kind == "consent":
         body = [
             [("I agree to an intravenous contrast injection of", OTHER), ("100", CLINICAL), ("mL.", OTHER)],
-            [("My kidney function: eGFR", OTHER), ("72", CLINICAL), ("mL/min, creatinine", OTHER), ("88", CLINICAL), ("umol/L.", OTHER)],
+            [
+                ("My kidney function: eGFR", OTHER),
+                ("72", CLINICAL),
+                ("mL/min, creatinine", OTHER),
+                ("88", CLINICAL),
+                ("umol/L.", OTHER),
+            ],
             [("Weight", OTHER), ("81", CLINICAL), ("kg. No known allergy to iodine.", OTHER)],
             [("The risks have been explained to me and I have", OTHER)],
             [("had the chance to ask questions.", OTHER)],
@@ -361,7 +431,13 @@ def scanned_form(p: Patient, *, kind: str, seed: int) -> Page:
         page.line(40, y, parts, f, ink)
         y += lh
     y += 20
-    page.line(40, y, [("Signed:", OTHER), ("____________", OTHER), ("Date:", OTHER), (_fmt_date(p.study_date, "dmy/"), PHI)], f, ink)
+    page.line(
+        40,
+        y,
+        [("Signed:", OTHER), ("____________", OTHER), ("Date:", OTHER), (_fmt_date(p.study_date, "dmy/"), PHI)],
+        f,
+        ink,
+    )
     # paper texture
     arr = np.asarray(page.img, dtype=np.int16) - rng.integers(0, 10, size=page.labels.shape)
     page.img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
@@ -405,7 +481,7 @@ def outside_image(p: Patient, *, bits: int, seed: int) -> tuple[Page, np.ndarray
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
     body = (((x - 256) / 200) ** 2 + ((y - 270) / 150) ** 2) < 1
     organ = (((x - 300) / 60) ** 2 + ((y - 250) / 45) ** 2) < 1
-    bone = ((((x - 256) / 18) ** 2 + ((y - 370) / 18) ** 2) < 1)
+    bone = (((x - 256) / 18) ** 2 + ((y - 370) / 18) ** 2) < 1
     grey = np.where(body, 95.0, 0.0) + np.where(organ, 25.0, 0.0) + np.where(bone, 110.0, 0.0)
     grey = grey + rng.normal(0, 7, grey.shape) * body
     page.img = Image.fromarray(np.clip(grey, 0, 230).astype(np.uint8), "L")
@@ -462,8 +538,12 @@ def _wrap(
         referring_physician_name="HOUSE^GREGORY",
     )
     options = WrapOptions(
-        iod=iod, kind=kind, conversion_type=conversion, burned_in_annotation=burned_in,
-        series_description=series_description, modality=modality,
+        iod=iod,
+        kind=kind,
+        conversion_type=conversion,
+        burned_in_annotation=burned_in,
+        series_description=series_description,
+        modality=modality,
     )
     out = directory / "dcm"
     report = wrap_paths([image_file], out, patient=patient, options=options, overwrite=True)
@@ -499,20 +579,56 @@ def build_sc_corpus(directory: Path) -> list[SCCase]:
     P1, P2, P3, P4 = PATIENTS
     cases: list[SCCase] = []
 
-    def add_dose(name: str, page: Page, truth: DoseTruth, p: Patient, *, rotate: bool = False,
-                 description: str | None, modality: str, extra: dict[str, object] | None = None) -> None:
+    def add_dose(
+        name: str,
+        page: Page,
+        truth: DoseTruth,
+        p: Patient,
+        *,
+        rotate: bool = False,
+        description: str | None,
+        modality: str,
+        extra: dict[str, object] | None = None,
+    ) -> None:
         img, labels = page.img, page.labels
         if rotate:
             img, labels = _rotate_cw90(img, labels)
         f = _save_png(img, src / f"{name}.png")
-        path = _wrap(directory, name, f, p, kind=SourceKind.SCREENSHOT, conversion=ConversionType.WSD,
-                     burned_in=True, series_description=description, modality=modality, extra=extra)
-        cases.append(SCCase(name, "dose_report", path, labels, page.words, truth, rotated=90 if rotate else 0,
-                            flags=("rotated",) if rotate else ()))
+        path = _wrap(
+            directory,
+            name,
+            f,
+            p,
+            kind=SourceKind.SCREENSHOT,
+            conversion=ConversionType.WSD,
+            burned_in=True,
+            series_description=description,
+            modality=modality,
+            extra=extra,
+        )
+        cases.append(
+            SCCase(
+                name,
+                "dose_report",
+                path,
+                labels,
+                page.words,
+                truth,
+                rotated=90 if rotate else 0,
+                flags=("rotated",) if rotate else (),
+            )
+        )
 
     page, truth = dose_ge(P1, theme="dark", size=15, seed=1)
-    add_dose("dose_ge_dark", page, truth, P1, description="Dose Report", modality="CT",
-             extra={"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]})
+    add_dose(
+        "dose_ge_dark",
+        page,
+        truth,
+        P1,
+        description="Dose Report",
+        modality="CT",
+        extra={"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]},
+    )
     page, truth = dose_ge(P2, theme="light", size=12, seed=2)
     add_dose("dose_ge_light_small", page, truth, P2, description=None, modality="OT")
     page, truth = dose_siemens(P3, size=12, seed=3)
@@ -520,56 +636,160 @@ def build_sc_corpus(directory: Path) -> list[SCCase]:
     page, truth = dose_ge(P4, theme="light", size=14, seed=4)
     add_dose("dose_ge_rotated", page, truth, P4, rotate=True, description=None, modality="OT")
 
-    def add_form(name: str, p: Patient, kind: str, skew: float, seed: int, *, conversion: ConversionType,
-                 description: str | None) -> None:
+    def add_form(
+        name: str, p: Patient, kind: str, skew: float, seed: int, *, conversion: ConversionType, description: str | None
+    ) -> None:
         page = scanned_form(p, kind=kind, seed=seed)
         img, labels = _skew(page.img, page.labels, skew, 248)
         img = _noise(img, 6.0, seed)
         f = src / f"{name}.jpg"
         img.save(f, "JPEG", quality=20)
-        path = _wrap(directory, name, f, p, kind=SourceKind.SCAN, conversion=conversion, burned_in=True,
-                     series_description=description, modality="OT")
-        cases.append(SCCase(name, "document", path, labels, page.words, skew=skew,
-                            flags=("heavily_compressed",) + (("rotated",) if abs(skew) >= 1.5 else ())))
+        path = _wrap(
+            directory,
+            name,
+            f,
+            p,
+            kind=SourceKind.SCAN,
+            conversion=conversion,
+            burned_in=True,
+            series_description=description,
+            modality="OT",
+        )
+        cases.append(
+            SCCase(
+                name,
+                "document",
+                path,
+                labels,
+                page.words,
+                skew=skew,
+                flags=("heavily_compressed",) + (("rotated",) if abs(skew) >= 1.5 else ()),
+            )
+        )
 
     add_form("form_consent", P1, "consent", 2.5, 11, conversion=ConversionType.SD, description="Consent form")
     add_form("form_lab_report", P2, "report", -3.0, 12, conversion=ConversionType.DI, description=None)
     add_form("form_referral", P4, "consent", 1.0, 13, conversion=ConversionType.SI, description=None)
 
-    def add_photo(name: str, p: Patient, *, label: bool, stamp: bool, seed: int, iod: CaptureIOD,
-                  description: str | None, modality: str | None, burned_in: bool) -> None:
+    def add_photo(
+        name: str,
+        p: Patient,
+        *,
+        label: bool,
+        stamp: bool,
+        seed: int,
+        iod: CaptureIOD,
+        description: str | None,
+        modality: str | None,
+        burned_in: bool,
+    ) -> None:
         page = photo(p, label=label, stamp=stamp, seed=seed)
         f = src / f"{name}.png"
         _save_png(page.img, f)
-        path = _wrap(directory, name, f, p, iod=iod, kind=SourceKind.PHOTO, conversion=ConversionType.DI,
-                     burned_in=burned_in, series_description=description, modality=modality)
+        path = _wrap(
+            directory,
+            name,
+            f,
+            p,
+            iod=iod,
+            kind=SourceKind.PHOTO,
+            conversion=ConversionType.DI,
+            burned_in=burned_in,
+            series_description=description,
+            modality=modality,
+        )
         cases.append(SCCase(name, "photo", path, page.labels, page.words, review=True))
 
-    add_photo("photo_label_vl", P1, label=True, stamp=True, seed=21, iod=CaptureIOD.VL_PHOTO,
-              description="Wound left leg", modality="XC", burned_in=True)
-    add_photo("photo_stamp_sc", P3, label=False, stamp=True, seed=22, iod=CaptureIOD.SC,
-              description=None, modality="OT", burned_in=True)
-    add_photo("photo_label_sc", P2, label=True, stamp=False, seed=24, iod=CaptureIOD.SC,
-              description="Clinical photo", modality="OT", burned_in=True)
-    add_photo("photo_no_text", P4, label=False, stamp=False, seed=23, iod=CaptureIOD.SC,
-              description=None, modality="OT", burned_in=True)
+    add_photo(
+        "photo_label_vl",
+        P1,
+        label=True,
+        stamp=True,
+        seed=21,
+        iod=CaptureIOD.VL_PHOTO,
+        description="Wound left leg",
+        modality="XC",
+        burned_in=True,
+    )
+    add_photo(
+        "photo_stamp_sc",
+        P3,
+        label=False,
+        stamp=True,
+        seed=22,
+        iod=CaptureIOD.SC,
+        description=None,
+        modality="OT",
+        burned_in=True,
+    )
+    add_photo(
+        "photo_label_sc",
+        P2,
+        label=True,
+        stamp=False,
+        seed=24,
+        iod=CaptureIOD.SC,
+        description="Clinical photo",
+        modality="OT",
+        burned_in=True,
+    )
+    add_photo(
+        "photo_no_text",
+        P4,
+        label=False,
+        stamp=False,
+        seed=23,
+        iod=CaptureIOD.SC,
+        description=None,
+        modality="OT",
+        burned_in=True,
+    )
 
     # a small, out-of-focus phone photo: insufficient for diagnosis
     page = photo(None, label=False, stamp=False, seed=25)
     small = page.img.resize((200, 150), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(2.5))
     f = _save_png(small, src / "photo_blurry_small.png")
-    path = _wrap(directory, "photo_blurry_small", f, P1, iod=CaptureIOD.VL_PHOTO, kind=SourceKind.PHOTO,
-                 conversion=ConversionType.DI, burned_in=False, series_description="Wound photo", modality="XC")
-    cases.append(SCCase("photo_blurry_small", "photo", path, np.zeros((150, 200), np.int32), [],
-                        flags=("insufficient_for_diagnosis",), review=True))
+    path = _wrap(
+        directory,
+        "photo_blurry_small",
+        f,
+        P1,
+        iod=CaptureIOD.VL_PHOTO,
+        kind=SourceKind.PHOTO,
+        conversion=ConversionType.DI,
+        burned_in=False,
+        series_description="Wound photo",
+        modality="XC",
+    )
+    cases.append(
+        SCCase(
+            "photo_blurry_small",
+            "photo",
+            path,
+            np.zeros((150, 200), np.int32),
+            [],
+            flags=("insufficient_for_diagnosis",),
+            review=True,
+        )
+    )
 
-    def add_outside(name: str, p: Patient, bits: int, seed: int, *, conversion: ConversionType,
-                    description: str | None) -> None:
+    def add_outside(
+        name: str, p: Patient, bits: int, seed: int, *, conversion: ConversionType, description: str | None
+    ) -> None:
         page, arr = outside_image(p, bits=bits, seed=seed)
         f = src / f"{name}.png"
         Image.fromarray(arr).save(f, "PNG")
-        path = _wrap(directory, name, f, p, kind=SourceKind.FILM if conversion is ConversionType.DF else SourceKind.IMAGE,
-                     conversion=conversion, burned_in=True, series_description=description, modality="OT")
+        path = _wrap(
+            directory,
+            name,
+            f,
+            p,
+            kind=SourceKind.FILM if conversion is ConversionType.DF else SourceKind.IMAGE,
+            conversion=conversion,
+            burned_in=True,
+            series_description=description,
+            modality="OT",
+        )
         cases.append(SCCase(name, "outside_image", path, page.labels, page.words))
 
     add_outside("outside_ct_16bit", P1, 16, 31, conversion=ConversionType.DF, description="Outside study import")
@@ -578,8 +798,18 @@ def build_sc_corpus(directory: Path) -> list[SCCase]:
     from tests.factories_write import three_page_pdf
 
     pdf = three_page_pdf(src, "outside_report.pdf")
-    path = _wrap(directory, "report_pdf", pdf, P2, iod=CaptureIOD.PDF, kind=SourceKind.DOCUMENT,
-                 conversion=ConversionType.SD, burned_in=None, series_description=None, modality=None)
+    path = _wrap(
+        directory,
+        "report_pdf",
+        pdf,
+        P2,
+        iod=CaptureIOD.PDF,
+        kind=SourceKind.DOCUMENT,
+        conversion=ConversionType.SD,
+        burned_in=None,
+        series_description=None,
+        modality=None,
+    )
     cases.append(SCCase("report_pdf", "document", path, None, review=True))
     return cases
 

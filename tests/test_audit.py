@@ -78,10 +78,12 @@ def test_every_planted_error_is_flagged_and_the_clean_part_has_none(
     clean = set(key.uids) - planted_uids
     with capsys.disabled():
         by_rule = collections.Counter(r for _, r in key.planted)
-        print(f"\nplanted {len(key.planted)} flags on {len(planted_uids)} instances "
-              f"({', '.join(f'{r} {n}' for r, n in sorted(by_rule.items()))}); found {len(key.planted & got)}, "
-              f"missed {len(missed)}; false flags {len(extra)} (on {len(clean)} clean instances: "
-              f"{len({u for u, _ in extra} & clean)})")
+        print(
+            f"\nplanted {len(key.planted)} flags on {len(planted_uids)} instances "
+            f"({', '.join(f'{r} {n}' for r, n in sorted(by_rule.items()))}); found {len(key.planted & got)}, "
+            f"missed {len(missed)}; false flags {len(extra)} (on {len(clean)} clean instances: "
+            f"{len({u for u, _ in extra} & clean)})"
+        )
     assert not missed, f"planted errors not flagged: {sorted(missed)}"
     assert not extra, f"false flags: {sorted(extra)}"
     assert batch_runs >= 1  # curation ran on ingest too
@@ -169,12 +171,18 @@ def test_ct_dose_numbers_equal_an_independent_computation(synth: tuple[Path, Ans
     ev = key.ct_events
     assert res.numbers["events"] == len(ev) and res.numbers["studies"] == len(key.ct_studies)
     for (prot, scanner), med in res.numbers["median_CTDIvol"].items():
-        assert med == pytest.approx(float(np.median([e["ctdivol"] for e in ev if e["protocol"] == prot and e["scanner"] == scanner])))
+        assert med == pytest.approx(
+            float(np.median([e["ctdivol"] for e in ev if e["protocol"] == prot and e["scanner"] == scanner]))
+        )
     for prot in {e["protocol"] for e in ev}:
-        meds = [np.median([e["ctdivol"] for e in ev if e["protocol"] == prot and e["scanner"] == s]) for s in ("CT1", "CT2")]
+        meds = [
+            np.median([e["ctdivol"] for e in ev if e["protocol"] == prot and e["scanner"] == s]) for s in ("CT1", "CT2")
+        ]
         assert res.numbers["drl_CTDIvol"][prot] == pytest.approx(float(np.percentile(meds, 75)))
     for (desc, scanner), med in res.numbers["median_DLP"].items():
-        want = np.median([s["dlp_total"] for s in key.ct_studies if s["description"] == desc and s["scanner"] == scanner])
+        want = np.median(
+            [s["dlp_total"] for s in key.ct_studies if s["description"] == desc and s["scanner"] == scanner]
+        )
         assert med == pytest.approx(float(want), rel=1e-6)
     assert res.numbers["alerts"] >= 1  # the 900 mGy event
 
@@ -188,7 +196,10 @@ def test_dx_dose_numbers_equal_an_independent_computation(synth: tuple[Path, Ans
         want = np.median([d["dap_cGycm2"] for d in key.dx if d["protocol"] == prot and d["room"] == room])
         assert med == pytest.approx(float(want), rel=1e-6)
     for prot in ("CHEST", "KNEE"):
-        meds = [np.median([d["dap_cGycm2"] for d in key.dx if d["protocol"] == prot and d["room"] == r]) for r in ("DXR1", DRIFT_ROOM)]
+        meds = [
+            np.median([d["dap_cGycm2"] for d in key.dx if d["protocol"] == prot and d["room"] == r])
+            for r in ("DXR1", DRIFT_ROOM)
+        ]
         assert res.numbers["drl_dap"][prot] == pytest.approx(float(np.percentile(meds, 75)), rel=1e-6)
 
 
@@ -299,7 +310,8 @@ def test_openrem_mammography_and_ct_sr_doses_reach_the_audit_tables(openrem_lake
         rows = exp.filter(exp["SOPInstanceUID"] == ds.SOPInstanceUID)
         assert sorted(rows.get_column("agd_mGy").to_list()) == pytest.approx(sorted(_sr_nums(corpus / name, "111631")))
         assert sorted(rows.get_column("compressed_breast_thickness_mm").to_list()) == pytest.approx(
-            sorted(_sr_nums(corpus / name, "111633")))
+            sorted(_sr_nums(corpus / name, "111633"))
+        )
     studies = ct.table("studies")
     checked = 0
     for path in sorted(corpus.glob("CT-RDSR-*.dcm")):
@@ -307,17 +319,27 @@ def test_openrem_mammography_and_ct_sr_doses_reach_the_audit_tables(openrem_lake
         totals = _sr_nums(path, "113813")
         row = studies.filter(studies["StudyInstanceUID"] == ds.StudyInstanceUID)
         if totals and row.height:
-            if len({p for p in corpus.glob("CT-RDSR-*.dcm")
-                    if pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID == ds.StudyInstanceUID}) > 1:
+            if (
+                len(
+                    {
+                        p
+                        for p in corpus.glob("CT-RDSR-*.dcm")
+                        if pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID == ds.StudyInstanceUID
+                    }
+                )
+                > 1
+            ):
                 continue  # several SRs of one study (Siemens "continued"): the total is their largest
             assert row.get_column("DLP_total_mGycm")[0] == pytest.approx(totals[0])
             checked += 1
     assert checked >= 4
     events = ct.all_data
     ge = pydicom.dcmread(corpus / "CT-RDSR-GEPixelMed.dcm", stop_before_pixels=True)
-    assert sorted(v for v in events.filter(events["SOPInstanceUID"] == ge.SOPInstanceUID)
-                  .get_column("CTDIvol_mGy").to_list() if v is not None) == pytest.approx(
-        sorted(_sr_nums(corpus / "CT-RDSR-GEPixelMed.dcm", "113830")))
+    assert sorted(
+        v
+        for v in events.filter(events["SOPInstanceUID"] == ge.SOPInstanceUID).get_column("CTDIvol_mGy").to_list()
+        if v is not None
+    ) == pytest.approx(sorted(_sr_nums(corpus / "CT-RDSR-GEPixelMed.dcm", "113830")))
 
 
 # ---- reports in a browser ------------------------------------------------------------------
@@ -362,10 +384,12 @@ def test_every_report_opens_in_chromium_with_charts_drawn_and_no_console_errors(
                 page.route("http*://**", lambda route: route.abort())  # offline: nothing may be fetched
                 page.goto(html.as_uri())
                 page.wait_for_function(
-                    f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {len(res.charts)}", timeout=30000)
+                    f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {len(res.charts)}", timeout=30000
+                )
                 drawn = page.evaluate(
                     "Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => d.querySelectorAll('.main-svg').length > 0"
-                    " && d.getBoundingClientRect().height > 100)")
+                    " && d.getBoundingClientRect().height > 100)"
+                )
                 assert len(drawn) == len(res.charts) and all(drawn), f"{name}: charts not drawn {drawn}"
                 assert page.locator("a.dl").count() == len(res.charts) + len(res.tables)
                 page.screenshot(path=str(ARTIFACTS / f"audit-{name}.png"), full_page=True)
@@ -387,8 +411,12 @@ def test_audit_cli_writes_html_csv_xlsx_and_applies_filters(synth: tuple[Path, A
     r = CliRunner().invoke(app, ["audit", "mg-dose", "--lake", str(synth[0]), "--out", str(out),
                                  "--from", "2024-03-04", "--to", "20240305", "--where", "StationName = MAMMO1"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    n_key = sum(1 for m in synth[1].mg if m["set"] == "MAMMO1" and m["study"] in {
-        s for (s, room), t in synth[1].exams.items() if t[0].date() <= dt.date(2024, 3, 5)})
+    n_key = sum(
+        1
+        for m in synth[1].mg
+        if m["set"] == "MAMMO1"
+        and m["study"] in {s for (s, room), t in synth[1].exams.items() if t[0].date() <= dt.date(2024, 3, 5)}
+    )
     assert f"{n_key:,} mammography exposures" in r.output
     assert out.exists() and out.with_suffix(".xlsx").exists() and (tmp_path / "mg-all-data.csv").exists()
     r = CliRunner().invoke(app, ["audit", "bone-density", "--lake", str(synth[0]), "--out", str(out)])

@@ -136,8 +136,10 @@ def test_name_clustering_finds_the_true_groups(capsys: pytest.CaptureFixture[str
     predicted = [[v for v, _ in g] for g in names.cluster_names(values)]
     precision, recall = names.precision_recall(predicted, NAME_VARIANTS)
     with capsys.disabled():
-        print(f"\nname clustering: {len(values)} variants, {len(NAME_VARIANTS)} true groups, "
-              f"{len(predicted)} proposed; pairwise precision {precision:.3f}, recall {recall:.3f}")
+        print(
+            f"\nname clustering: {len(values)} variants, {len(NAME_VARIANTS)} true groups, "
+            f"{len(predicted)} proposed; pairwise precision {precision:.3f}, recall {recall:.3f}"
+        )
     assert precision >= 0.95 and recall >= 0.9
     by_variant = {v: g for g in predicted for v in g}
     assert set(by_variant["St Mary's"]) >= {"ST MARYS HOSP", "St. Mary's Hospital"}
@@ -146,7 +148,9 @@ def test_name_clustering_finds_the_true_groups(capsys: pytest.CaptureFixture[str
 
 
 def test_proposed_standard_name_is_the_most_used_full_variant() -> None:
-    props = names.propose("institution", [("RSCH", 50), ("Royal Surrey County Hospital", 20), ("ROYAL SURREY COUNTY HOSP", 5)])
+    props = names.propose(
+        "institution", [("RSCH", 50), ("Royal Surrey County Hospital", 20), ("ROYAL SURREY COUNTY HOSP", 5)]
+    )
     assert {p.standard for p in props} == {"Royal Surrey County Hospital"}
 
 

@@ -92,7 +92,10 @@ def _run_cli(src: Path, out: Path) -> None:
     env = {**os.environ, "DICOMLAKE_DEID__SECRET": SECRET}
     res = subprocess.run(
         [sys.executable, "-m", "dicomlake.cli.main", "deid", str(src), "--out", str(out), "--profile", "basic"],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -117,8 +120,13 @@ def test_deid_same_input_in_two_processes_is_byte_identical(runs: tuple[Path, Pa
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
-_REF_KEYWORDS = {"ReferencedSOPInstanceUID", "FrameOfReferenceUID", "ReferencedFrameOfReferenceUID",
-                 "SeriesInstanceUID", "StudyInstanceUID"}
+_REF_KEYWORDS = {
+    "ReferencedSOPInstanceUID",
+    "FrameOfReferenceUID",
+    "ReferencedFrameOfReferenceUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+}
 
 
 def _entities(sets: list[Dataset]) -> set[str]:
@@ -142,8 +150,10 @@ def test_deid_every_uid_reference_resolves_inside_the_output_set(runs: tuple[Pat
     internal_in = [r for r in _references(inputs) if r[1] in in_entities]
     internal_out = [r for r in _references(outputs) if r[1] in out_entities]
     dangling = [r for r in _references(outputs) if r[1] in in_entities]  # an original UID survived
-    print(f"\nreferential integrity: {len(internal_in)} references inside the input set, "
-          f"{len(internal_out)} resolve inside the output set, {len(dangling)} originals left")
+    print(
+        f"\nreferential integrity: {len(internal_in)} references inside the input set, "
+        f"{len(internal_out)} resolve inside the output set, {len(dangling)} originals left"
+    )
     assert not dangling
     assert sorted(k for k, _ in internal_out) == sorted(k for k, _ in internal_in)
     assert len(internal_in) >= 20

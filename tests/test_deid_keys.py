@@ -68,15 +68,31 @@ def test_deid_table_action_follows_the_option_columns(row, chosen) -> None:  # t
         assert not (set(row.options) & chosen)
     else:
         assert option in chosen and row.options[option] is action
-    if RetainOption.RETAIN_LONGITUDINAL_FULL_DATES in chosen and RetainOption.RETAIN_LONGITUDINAL_FULL_DATES in row.options:
+    if (
+        RetainOption.RETAIN_LONGITUDINAL_FULL_DATES in chosen
+        and RetainOption.RETAIN_LONGITUDINAL_FULL_DATES in row.options
+    ):
         assert action is Action.K
 
 
 @pytest.mark.parametrize(
     ("compound", "iod_type", "expected"),
-    [("X/Z", "2", "Z"), ("X/Z", "3", "X"), ("X/Z", None, "X"), ("X/D", "1", "D"), ("Z/D", "1C", "D"),
-     ("Z/D", "2", "Z"), ("Z/D", None, "Z"), ("X/Z/D", "1", "D"), ("X/Z/D", "2C", "Z"), ("X/Z/D", "3", "X"),
-     ("X/Z/U*", "1", "U"), ("X/Z/U*", "2", "Z"), ("X/Z/U*", "3", "X"), ("X/D", "2", "Z")],
+    [
+        ("X/Z", "2", "Z"),
+        ("X/Z", "3", "X"),
+        ("X/Z", None, "X"),
+        ("X/D", "1", "D"),
+        ("Z/D", "1C", "D"),
+        ("Z/D", "2", "Z"),
+        ("Z/D", None, "Z"),
+        ("X/Z/D", "1", "D"),
+        ("X/Z/D", "2C", "Z"),
+        ("X/Z/D", "3", "X"),
+        ("X/Z/U*", "1", "U"),
+        ("X/Z/U*", "2", "Z"),
+        ("X/Z/U*", "3", "X"),
+        ("X/D", "2", "Z"),
+    ],
 )
 def test_deid_compound_actions_resolve_by_iod_type(compound: str, iod_type: str | None, expected: str) -> None:
     assert resolve_compound(Action(compound), iod_type) is Action(expected)
@@ -138,8 +154,21 @@ def test_deid_vault_reidentifies_only_with_its_key_and_logs(tmp_path: Path) -> N
         Vault(vault_path, bytes.fromhex("22" * 32))
     env = {**os.environ, "DICOMLAKE_DEID__VAULT_KEY": VAULT_KEY}
     res = subprocess.run(
-        [sys.executable, "-m", "dicomlake.cli.main", "reidentify", str(out.PatientID), "--vault", str(vault_path),
-         "--purpose", "update case 7"], capture_output=True, text=True, env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "dicomlake.cli.main",
+            "reidentify",
+            str(out.PatientID),
+            "--vault",
+            str(vault_path),
+            "--purpose",
+            "update case 7",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert res.returncode == 0, res.stderr
     assert "1CT1" in res.stdout and "CompressedSamples^CT1" in res.stdout
@@ -147,8 +176,21 @@ def test_deid_vault_reidentifies_only_with_its_key_and_logs(tmp_path: Path) -> N
     assert "update case 7" in log and "1CT1" not in log
     env.pop("DICOMLAKE_DEID__VAULT_KEY")
     res = subprocess.run(
-        [sys.executable, "-m", "dicomlake.cli.main", "reidentify", str(out.PatientID), "--vault", str(vault_path),
-         "--purpose", "x"], capture_output=True, text=True, env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "dicomlake.cli.main",
+            "reidentify",
+            str(out.PatientID),
+            "--vault",
+            str(vault_path),
+            "--purpose",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert res.returncode == 2 and "VAULT_KEY" in res.stderr
 
@@ -178,7 +220,9 @@ def test_deid_double_pseudonymisation_gives_an_unlinkable_consistent_extract() -
     assert second is not None and again is not None
     assert second.PatientID != first.PatientID and second.StudyInstanceUID != first.StudyInstanceUID
     assert second.PatientID == again.PatientID and second.SOPInstanceUID == again.SOPInstanceUID
-    d0, d1, d2 = (date.fromisoformat(f"{x[:4]}-{x[4:6]}-{x[6:]}") for x in (ds.StudyDate, first.StudyDate, second.StudyDate))
+    d0, d1, d2 = (
+        date.fromisoformat(f"{x[:4]}-{x[4:6]}-{x[6:]}") for x in (ds.StudyDate, first.StudyDate, second.StudyDate)
+    )
     s0, s2 = (date.fromisoformat(f"{x[:4]}-{x[4:6]}-{x[6:]}") for x in (ds.SeriesDate, second.SeriesDate))
     assert (d0 - s0) == (d2 - s2)  # intervals survive both stages
     assert d0.weekday() == d1.weekday() == d2.weekday()
@@ -186,13 +230,34 @@ def test_deid_double_pseudonymisation_gives_an_unlinkable_consistent_extract() -
 
 def test_deid_cli_lists_profiles_and_fails_on_non_dicom(tmp_path: Path) -> None:
     env = {**os.environ, "DICOMLAKE_DEID__SECRET": SECRET}
-    res = subprocess.run([sys.executable, "-m", "dicomlake.cli.main", "deid", "profiles"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "dicomlake.cli.main", "deid", "profiles"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     assert res.returncode == 0 and "research" in res.stdout and "dose-audit" in res.stdout
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("not dicom")
     (tmp_path / "in" / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())  # type: ignore[arg-type]
-    res = subprocess.run([sys.executable, "-m", "dicomlake.cli.main", "deid", str(tmp_path / "in"), "--out",
-                          str(tmp_path / "out"), "--profile", "basic"], capture_output=True, text=True, env=env, check=False)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicomlake.cli.main",
+            "deid",
+            str(tmp_path / "in"),
+            "--out",
+            str(tmp_path / "out"),
+            "--profile",
+            "basic",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert res.returncode == 1 and "notes.txt" in res.stderr and "de-identified 1" in res.stdout
     assert (tmp_path / "out" / "ct.dcm").is_file()

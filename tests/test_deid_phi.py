@@ -14,8 +14,13 @@ from tests.factories_phi import PATIENTS, Planted, dcmdump_text, encodings_of, p
 
 SECRET = "planted-phi-test-secret-0123456789"
 PROFILES = ["basic", "research", "dose-audit"]
-NESTED_ROWS = {"PersonName": 0x0040A123, "ReferencedSOPInstanceUID": 0x00081155,
-               "InstitutionName": 0x00080080, "Date": 0x0040A121, "PatientComments": 0x00104000}
+NESTED_ROWS = {
+    "PersonName": 0x0040A123,
+    "ReferencedSOPInstanceUID": 0x00081155,
+    "InstitutionName": 0x00080080,
+    "Date": 0x0040A121,
+    "PatientComments": 0x00104000,
+}
 
 
 def _must_vanish(p: Planted, profile_name: str) -> bool:
@@ -79,8 +84,10 @@ def test_deid_planted_phi_scan_finds_no_leaks(outputs: dict) -> None:
                 continue
             if any(form in raw for form in encodings_of(p.value, charset)) or p.value in dump:
                 leaks.append((variant, profile, p.where, p.value))
-    print(f"\nplanted-PHI scan: {checked} planted values checked in {len(outputs)} outputs "
-          f"(3 character sets x {len(PROFILES)} profiles), {len(leaks)} leaks")
+    print(
+        f"\nplanted-PHI scan: {checked} planted values checked in {len(outputs)} outputs "
+        f"(3 character sets x {len(PROFILES)} profiles), {len(leaks)} leaks"
+    )
     assert not leaks, leaks[:20]
     assert checked > 2000
 

@@ -88,8 +88,18 @@ def test_deid_removes_burned_in_annotation_series() -> None:
 
 
 def _validation_inputs() -> list[Path]:
-    names = ["CT_small.dcm", "MR_small.dcm", "test-SR.dcm", "rtdose.dcm", "rtplan.dcm", "rtstruct.dcm",
-             "SC_rgb.dcm", "US1_J2KR.dcm", "emri_small.dcm", "JPEG2000.dcm"]
+    names = [
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "test-SR.dcm",
+        "rtdose.dcm",
+        "rtplan.dcm",
+        "rtstruct.dcm",
+        "SC_rgb.dcm",
+        "US1_J2KR.dcm",
+        "emri_small.dcm",
+        "JPEG2000.dcm",
+    ]
     files = [Path(get_testdata_file(n)) for n in names]  # type: ignore[arg-type]
     files += DEID_DATA
     openrem = sorted((SHARED / "openrem").glob("*.dcm"))

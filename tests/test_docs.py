@@ -41,8 +41,9 @@ def generated(gen: object) -> dict[Path, str]:
 
 
 def test_generated_docs_are_up_to_date(generated: dict[Path, str]) -> None:
-    stale = [str(p.relative_to(ROOT)) for p, text in generated.items()
-             if not p.exists() or p.read_text("utf-8") != text]
+    stale = [
+        str(p.relative_to(ROOT)) for p, text in generated.items() if not p.exists() or p.read_text("utf-8") != text
+    ]
     assert not stale, f"out of date: {stale}; run `python util/gen_docs.py` (or `make docs`) and commit"
 
 
@@ -213,8 +214,7 @@ def _workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         script.write_text(f'#!/bin/sh\nexec {target} "$@"\n')
         script.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMLAKE_")}
-    env.update({"PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}", "DICOMLAKE_CONFIG": os.devnull,
-                "COLUMNS": "120"})
+    env.update({"PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}", "DICOMLAKE_CONFIG": os.devnull, "COLUMNS": "120"})
     return work, env
 
 
@@ -231,15 +231,18 @@ def test_docs_examples_run(page: str, tmp_path: Path) -> None:
     work, env = _workspace(tmp_path)
     for lang, info, body in _blocks(DOCS / page):
         if lang == "sh" and info == "run":
-            proc = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=work, env=env,
-                                  capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", body], cwd=work, env=env, capture_output=True, text=True, timeout=120
+            )
             assert proc.returncode == 0, (
-                f"{page}: example failed:\n{body}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+                f"{page}: example failed:\n{body}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            )
         elif "expect=" in info:
             name = info.split("expect=", 1)[1].split()[0]
             got = (work / name).read_text("utf-8")
             assert got.strip() == body.strip(), (
-                f"{page}: the numbers quoted for {name} are not what the audit gives:\n{got}")
+                f"{page}: the numbers quoted for {name} are not what the audit gives:\n{got}"
+            )
 
 
 def test_mg_dose_audit_quotes_its_exposure_count(tmp_path: Path) -> None:

@@ -173,8 +173,7 @@ def test_every_corpus_dose_sr_agrees_with_dsr2xml() -> None:
         checked_files += 1
         events = _events(rows)
         assert len(events) == len(report.events), (
-            f"{path.name}: {len(events)} event rows, dsr2xml finds {len(report.events)} "
-            "irradiation event containers"
+            f"{path.name}: {len(events)} event rows, dsr2xml finds {len(report.events)} irradiation event containers"
         )
         for index, (row, box) in enumerate(zip(events, report.events, strict=True)):
             events_checked += 1
@@ -216,9 +215,7 @@ def _compare_accumulated(
     containers_with_totals = []
     for box in report.accumulated:
         for num in box.values("111637"):
-            oracle_agd[_oracle_laterality(num.laterality)] = oracle.to_unit(
-                num.value, num.unit, "mGy"
-            )
+            oracle_agd[_oracle_laterality(num.laterality)] = oracle.to_unit(num.value, num.unit, "mGy")
         if any(n.code != "111637" for n in box.nums) or not box.values("111637"):
             containers_with_totals.append(box)
     if set(agd_rows) != set(oracle_agd):
@@ -351,9 +348,7 @@ def test_canon_rf_anchor_converts_dgycm2_and_mgy() -> None:
 def test_ge_rf_anchor_with_ucm_unit_scheme() -> None:
     row = _row("RF-RDSR-GE.dcm")
     # (0040,a30a) DS [0.00002206] Gy.m2, its units written with scheme "UCM" (sic)
-    assert row["dap_Gym2"] == pytest.approx(2.206e-5) and row["dose_rp_Gy"] == pytest.approx(
-        0.00107252
-    )
+    assert row["dap_Gym2"] == pytest.approx(2.206e-5) and row["dose_rp_Gy"] == pytest.approx(0.00107252)
     # (113734, DCM, "mA") is X-Ray Tube Current by code, whatever its meaning says
     assert row["tube_current_mA"] == pytest.approx(2.74306011)
 
@@ -361,9 +356,7 @@ def test_ge_rf_anchor_with_ucm_unit_scheme() -> None:
 def test_philips_azurion_anchor() -> None:
     row = _row("RF-RDSR-Philips_Azurion.dcm")
     # Dose Area Product (0040,a30a) DS [4.05878e-006] Gy.m2; Dose (RP) DS [0.000603992] Gy
-    assert row["dap_Gym2"] == pytest.approx(4.05878e-6) and row["dose_rp_Gy"] == pytest.approx(
-        0.000603992
-    )
+    assert row["dap_Gym2"] == pytest.approx(4.05878e-6) and row["dose_rp_Gy"] == pytest.approx(0.000603992)
     total = _row("RF-RDSR-Philips_Azurion.dcm", record="accumulated")
     assert total["dap_total_Gym2"] == pytest.approx(0.00247409)  # DS [0.00247409]
     assert total["total_number_of_radiographic_frames"] == 9581  # DS [9581]
@@ -412,10 +405,7 @@ def test_hologic_mammography_anchor() -> None:
     assert row["entrance_exposure_mGy"] == pytest.approx(3.65)  # DS [3.65]
     assert row["laterality"] == "L" and row["view"] == "CC"  # (R-10242, SNM3) cranio-caudal
     assert row["anode_target"] == "TUNGSTEN" and row["filter_material"] == "RHODIUM"
-    totals = {
-        r["laterality"]: r["agd_total_mGy"]
-        for r in _accumulated(_rows(CORPUS / "MG-RDSR-Hologic_2D.dcm"))
-    }
+    totals = {r["laterality"]: r["agd_total_mGy"] for r in _accumulated(_rows(CORPUS / "MG-RDSR-Hologic_2D.dcm"))}
     # Accumulated AGD DS [1.30] with Laterality (T-04030 Left breast), DS [1.28] (T-04020)
     assert totals == {"L": pytest.approx(1.30), "R": pytest.approx(1.28)}
 
@@ -518,7 +508,7 @@ def test_no_sample_file_crashes_either_function_even_in_raise_mode(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - pydicom's own failures are not ours to test
+        except Exception:
             unreadable += 1
             continue
         read += 1
@@ -530,9 +520,7 @@ def test_no_sample_file_crashes_either_function_even_in_raise_mode(
         if rows:
             pa.Table.from_pylist(rows, schema=schema)  # every value fits its column type
         rows_total += len(rows)
-    print(
-        f"\nrobustness: {read} files read ({unreadable} unreadable by pydicom), {rows_total} rows"
-    )
+    print(f"\nrobustness: {read} files read ({unreadable} unreadable by pydicom), {rows_total} rows")
     assert read > 250 and rows_total > 600
 
 
@@ -637,9 +625,7 @@ def test_dose_codes_carry_the_meanings_ps3_16_gives() -> None:
     """Every DCM concept in dose_codes.toml has the meaning of pydicom's PS3.16 dictionary."""
     import importlib.resources
 
-    table = tomllib.loads(
-        importlib.resources.files("dicomlake.data").joinpath("dose_codes.toml").read_text()
-    )
+    table = tomllib.loads(importlib.resources.files("dicomlake.data").joinpath("dose_codes.toml").read_text())
     standard = {code: meaning for group in PS3_16_CONCEPTS["DCM"].values()
                 for code, (meaning, _cids) in group.items()}  # fmt: skip
     checked = 0

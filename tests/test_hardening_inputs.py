@@ -49,7 +49,9 @@ def test_spool_names_come_from_validated_uids_never_from_input(tmp_path: Path) -
         if not path.resolve().is_relative_to(lake.resolve()):
             escaped += 1
         assert path.parent == (lake / path.parent.relative_to(lake))
-    print(f"{len(TRAVERSAL)} payloads: {written} spooled (valid UIDs as themselves, others hashed), {refused} refused, {escaped} escapes")
+    print(
+        f"{len(TRAVERSAL)} payloads: {written} spooled (valid UIDs as themselves, others hashed), {refused} refused, {escaped} escapes"
+    )
     assert escaped == 0
     assert not _files_named_evil(tmp_path)
     assert not [p for p in Path("/tmp").glob("evil*")]
@@ -66,14 +68,25 @@ def _zip_with(members: dict[str, bytes]) -> bytes:
 
 
 def _cfg(lake: Path) -> WorkerConfig:
-    return WorkerConfig(lake=str(lake), columns_file=None, inline_max=1024, max_header_bytes=1 << 26,
-                        max_zip_member_bytes=64 << 20, max_zip_ratio=200.0)
+    return WorkerConfig(
+        lake=str(lake),
+        columns_file=None,
+        inline_max=1024,
+        max_header_bytes=1 << 26,
+        max_zip_member_bytes=64 << 20,
+        max_zip_ratio=200.0,
+    )
 
 
 def test_zip_traversal_members_are_all_rejects_and_nothing_is_extracted(tmp_path: Path) -> None:
     ct = (pydicom_test_files() / "CT_small.dcm").read_bytes()
-    names = [n for n in TRAVERSAL if unsafe_member_name(n)] + ["../evil.dcm", "a/../../evil.dcm", "/abs/evil.dcm",
-                                                               "C:/evil.dcm", "..\\evil.dcm"]
+    names = [n for n in TRAVERSAL if unsafe_member_name(n)] + [
+        "../evil.dcm",
+        "a/../../evil.dcm",
+        "/abs/evil.dcm",
+        "C:/evil.dcm",
+        "..\\evil.dcm",
+    ]
     members = {n: ct for n in names}
     members["ok/CT_small.dcm"] = ct
     (tmp_path / "in").mkdir()
@@ -91,7 +104,9 @@ def test_zip_traversal_members_are_all_rejects_and_nothing_is_extracted(tmp_path
     assert res.instances == len(stored) - unsafe
     assert not _files_named_evil(tmp_path)
     # the bytes are kept by digest in quarantine, never under the member's name
-    for q, sha in zip(res.rejects.column("quarantine_path").to_pylist(), res.rejects.column("sha256").to_pylist(), strict=True):
+    for q, sha in zip(
+        res.rejects.column("quarantine_path").to_pylist(), res.rejects.column("sha256").to_pylist(), strict=True
+    ):
         assert Path(q).name == sha and (lake / q).resolve().is_relative_to(lake.resolve())
 
 

@@ -23,7 +23,11 @@ from dicomlake.samples import pydicom_test_files
 from dicomlake.security.preamble import EXECUTABLE_SIGNATURES, executable_preamble
 
 SAMPLES = ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "test-SR.dcm")
-PE_STUB = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff" + b"\x00" * 50 + b"This program cannot be run in DOS mode.\r\r\n$"
+PE_STUB = (
+    b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff"
+    + b"\x00" * 50
+    + b"This program cannot be run in DOS mode.\r\r\n$"
+)
 PREAMBLES = {
     "pe": PE_STUB,
     "elf": b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 8 + b"\x02\x00\x3e\x00",
@@ -85,12 +89,16 @@ def test_executable_preambles_are_all_quarantined_and_none_reach_the_lake(
     paths = res.rejects.column("source_path").to_pylist()
     assert res.rejected == bad, reasons
     assert all("suspicious preamble" in r and "CVE-2019-11687" in r for r in reasons)
-    assert all(os.path.basename(p.split("!/")[-1]).split("-")[0] in PREAMBLES or "/" in p.split("!/")[-1] for p in paths)
+    assert all(
+        os.path.basename(p.split("!/")[-1]).split("-")[0] in PREAMBLES or "/" in p.split("!/")[-1] for p in paths
+    )
     accepted = [p for seg in res.segments for p in seg.accepted_paths]
     assert len(accepted) == good
     assert not any(k in p for p in accepted for k in PREAMBLES)
     # 100 % quarantined, bytes intact, never executable
-    for q, sha in zip(res.rejects.column("quarantine_path").to_pylist(), res.rejects.column("sha256").to_pylist(), strict=True):
+    for q, sha in zip(
+        res.rejects.column("quarantine_path").to_pylist(), res.rejects.column("sha256").to_pylist(), strict=True
+    ):
         kept = lake / q
         assert kept.is_file() and kept.name == sha
         assert executable_preamble(kept.read_bytes()[:132]) is not None

@@ -80,7 +80,9 @@ def test_deflated_file_under_the_limit_still_reads() -> None:
 
 @pytest.mark.parametrize("length", [0xFFFFFFF0, 0x7FFFFFFF, 10 * 1024**3 % 2**32])
 def test_declared_length_past_the_end_is_an_error_not_an_allocation(length: int) -> None:
-    body = _el(0x0008, 0x0018, b"UI", b"1.2.3.4\0") + struct.pack("<HH2sHI", 0x0010, 0x4000, b"UT", 0, length) + b"x" * 64
+    body = (
+        _el(0x0008, 0x0018, b"UI", b"1.2.3.4\0") + struct.pack("<HH2sHI", 0x0010, 0x4000, b"UT", 0, length) + b"x" * 64
+    )
     tracemalloc.start()
     try:
         with pytest.raises(ExtractionError, match="truncated"):

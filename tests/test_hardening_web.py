@@ -35,7 +35,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from dicomlake.web.app import create_app
 
     root = tmp_path_factory.mktemp("hweb")
-    ingest_paths([pydicom_test_files() / "CT_small.dcm", pydicom_test_files() / "MR_small.dcm"], root / "lake", workers=1)
+    ingest_paths(
+        [pydicom_test_files() / "CT_small.dcm", pydicom_test_files() / "MR_small.dcm"], root / "lake", workers=1
+    )
     ws.make_users(root / "lake")
     yield create_app(root / "lake", ws.settings())
 
@@ -58,7 +60,11 @@ def _fill(path: str) -> str:
         a = out.index("{")
         b = out.index("}", a)
         name = out[a + 1 : b].split(":")[0]
-        out = out[:a] + ("1.2.3" if "uid" in name.lower() or name in ("study", "series", "instance") else "x") + out[b + 1 :]
+        out = (
+            out[:a]
+            + ("1.2.3" if "uid" in name.lower() or name in ("study", "series", "instance") else "x")
+            + out[b + 1 :]
+        )
     return out
 
 
@@ -93,7 +99,9 @@ def test_route_table_audit_every_request_is_logged(app: Any) -> None:
             n += 1
             after = _count(app)
             if after - before != 1:
-                missing.append(f"{method} {url} ({'admin' if headers else 'anonymous'}) → {r.status_code}: {after - before} events")
+                missing.append(
+                    f"{method} {url} ({'admin' if headers else 'anonymous'}) → {r.status_code}: {after - before} events"
+                )
     print(f"{n} requests over {len(routes)} routes + {len(EXTRA)} odd paths, {len(missing)} not logged exactly once")
     assert not missing, "\n".join(missing)
 
@@ -133,8 +141,11 @@ def test_stow_rs_body_has_a_size_limit(app: Any) -> None:
         )
     c = TestClient(app)
     body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * (limit + 1) + b"\r\n--b--\r\n"
-    r = c.post("/dicomweb/studies", content=body, headers={**ws.bearer(app, "ada"),
-               "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+    r = c.post(
+        "/dicomweb/studies",
+        content=body,
+        headers={**ws.bearer(app, "ada"), "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+    )
     assert r.status_code == 413
 
 
@@ -160,8 +171,9 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )  # fmt: skip
     (d / "c.pem").write_bytes(crt.public_bytes(serialization.Encoding.PEM))
-    (d / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
+    (d / "k.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return d / "c.pem", d / "k.pem"
 
 
@@ -234,7 +246,9 @@ def test_listener_refuses_tls_below_1_2(cert: tuple[Path, Path]) -> None:
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    results = {v.name: _handshake(port, v) for v in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1_2)}
+    results = {
+        v.name: _handshake(port, v) for v in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1_2)
+    }
     ls.close()
     print(results)
     assert results["TLSv1"].startswith("refused") and results["TLSv1_1"].startswith("refused"), results
@@ -253,7 +267,9 @@ def test_https_server_refuses_tls_below_1_2(app: Any, cert: tuple[Path, Path], t
     settings = ws.settings(tls_certificate=cert[0], tls_private_key=cert[1], http_port=port)
     server, thread, url = serve_in_thread(lake, settings)
     try:
-        results = {v.name: _handshake(port, v) for v in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1_2)}
+        results = {
+            v.name: _handshake(port, v) for v in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1_2)
+        }
     finally:
         server.should_exit = True
         thread.join(10)

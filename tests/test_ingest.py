@@ -143,9 +143,9 @@ def test_reingest_is_an_upsert_and_a_changed_header_updates_the_row(tmp_path: Pa
         assert con.execute("SELECT count(*) FROM instances").fetchone() == (1,)
         assert con.execute("SELECT StationName, KVP FROM instances").fetchone() == ("CHANGED-STATION", 99.0)
         assert con.execute("SELECT count(*) FROM elements").fetchone()[0] == n_elements
-        assert con.execute(
-            "SELECT value_text FROM elements WHERE path = 'StationName'"
-        ).fetchall() == [("CHANGED-STATION",)]
+        assert con.execute("SELECT value_text FROM elements WHERE path = 'StationName'").fetchall() == [
+            ("CHANGED-STATION",)
+        ]
 
 
 def test_zip_and_dicomdir_sources(tmp_path: Path) -> None:
@@ -156,8 +156,11 @@ def test_zip_and_dicomdir_sources(tmp_path: Path) -> None:
         zf.write(MR, "study/MR_small.dcm")
     rep = ingest_paths([dd / "DICOMDIR", zpath], tmp_path / "lake", workers=1)
     ds = pydicom.dcmread(dd / "DICOMDIR")
-    refs = {tuple(r.ReferencedFileID) if not isinstance(r.ReferencedFileID, str) else (r.ReferencedFileID,)
-            for r in ds.DirectoryRecordSequence if "ReferencedFileID" in r}
+    refs = {
+        tuple(r.ReferencedFileID) if not isinstance(r.ReferencedFileID, str) else (r.ReferencedFileID,)
+        for r in ds.DirectoryRecordSequence
+        if "ReferencedFileID" in r
+    }
     assert rep.instances == len(refs) + 2
     with _con(tmp_path / "lake") as con:
         sources = dict(con.execute("SELECT source, count(*) FROM instances GROUP BY ALL").fetchall())
@@ -177,14 +180,20 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     env = {**os.environ, "DICOMLAKE_CONFIG": os.devnull}
     ok = subprocess.run([*cli, "ingest", str(good), "--lake", str(tmp_path / "l1"), "-q"], env=env, capture_output=True)
     assert ok.returncode == 0, ok.stderr
-    partial = subprocess.run([*cli, "ingest", str(bad), str(good), "--lake", str(tmp_path / "l2"), "-q"],
-                             env=env, capture_output=True)
+    partial = subprocess.run(
+        [*cli, "ingest", str(bad), str(good), "--lake", str(tmp_path / "l2"), "-q"], env=env, capture_output=True
+    )
     assert partial.returncode == 1
-    usage = subprocess.run([*cli, "ingest", str(tmp_path / "nope"), "--lake", str(tmp_path / "l3"), "-q"],
-                           env=env, capture_output=True, text=True)
+    usage = subprocess.run(
+        [*cli, "ingest", str(tmp_path / "nope"), "--lake", str(tmp_path / "l3"), "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert usage.returncode == 2 and "no such file" in usage.stderr
-    listed = subprocess.run([*cli, "rejects", "--lake", str(tmp_path / "l2"), "-f", "csv"], env=env,
-                            capture_output=True, text=True)
+    listed = subprocess.run(
+        [*cli, "rejects", "--lake", str(tmp_path / "l2"), "-f", "csv"], env=env, capture_output=True, text=True
+    )
     assert listed.returncode == 0 and "x.dcm" in listed.stdout and "not DICOM" in listed.stdout
 
 

@@ -36,8 +36,20 @@ def _corpus(folder: Path) -> set[str]:
 
 
 def _ingest(src: Path, lake: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "dicomlake.cli.main", "ingest", str(src), "--lake", str(lake),
-           "--workers", "2", "--batch-size", "60", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dicomlake.cli.main",
+        "ingest",
+        str(src),
+        "--lake",
+        str(lake),
+        "--workers",
+        "2",
+        "--batch-size",
+        "60",
+        "-q",
+    ]
     env = {**os.environ, "DICOMLAKE_CONFIG": os.devnull}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
@@ -48,9 +60,7 @@ def _snapshot(lake: Path) -> dict[str, object]:
         return {
             "instances": con.execute("SELECT count(*), count(DISTINCT SOPInstanceUID) FROM instances").fetchone(),
             "uids": {r[0] for r in con.execute("SELECT SOPInstanceUID FROM instances").fetchall()},
-            "elements": con.execute(
-                "SELECT count(*), count(DISTINCT (SOPInstanceUID, path)) FROM elements"
-            ).fetchone(),
+            "elements": con.execute("SELECT count(*), count(DISTINCT (SOPInstanceUID, path)) FROM elements").fetchone(),
             "json": con.execute("SELECT count(*), count(DISTINCT SOPInstanceUID) FROM dicom_json").fetchone(),
             "rejects": con.execute("SELECT count(*), count(DISTINCT source_path) FROM rejects").fetchone(),
         }
@@ -69,7 +79,7 @@ def test_kill_9_during_ingest_then_rerun_loses_and_duplicates_nothing(tmp_path: 
     rng = random.Random(7)
     kills = 0
     committed_between: list[int] = []
-    for attempt in range(8):
+    for _attempt in range(8):
         proc = _ingest(src, lake)
         time.sleep(rng.uniform(0.35, 0.9) * full)
         if proc.poll() is None:

@@ -106,6 +106,7 @@ def _values_equal(vr: str, ours: list[Any], theirs: list[Any], path: str, diffs:
         for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
             _datasets_equal(a or {}, b or {}, f"{path}[{i}]", diffs, top=False)
         return
+
     # dcmtk drops trailing empty values; compare the non-empty prefix
     def empty(v: Any) -> bool:
         return v in (None, "") or (vr == "PN" and isinstance(v, dict) and not any(_norm_pn(x) for x in v.values()))
@@ -192,9 +193,7 @@ def test_lake_agrees_with_dcm2json_for_every_sample_file(sample_lake: Path, samp
     require_tool("dcm2json")
     con = duckdb.connect(str(sample_lake / "lake.duckdb"), read_only=True)
     ours = dict(
-        con.execute(
-            "SELECT i.source_path, j.json FROM instances i JOIN dicom_json j USING (SOPInstanceUID)"
-        ).fetchall()
+        con.execute("SELECT i.source_path, j.json FROM instances i JOIN dicom_json j USING (SOPInstanceUID)").fetchall()
     )
     rejected = dict(con.execute("SELECT source_path, reason FROM rejects").fetchall())
     con.close()

@@ -26,7 +26,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(src)],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (whl,) = (tmp / "dist").glob("dicomlake-*.whl")
@@ -61,8 +63,12 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def _pip_install(py: Path, *args: str) -> None:
-    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True, timeout=480)
+    proc = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
     if proc.returncode != 0 and ("Could not find a version" in proc.stderr or "NewConnectionError" in proc.stderr):
         pytest.skip(f"the package registry is not reachable: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,8 +88,14 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_core_install_help_runs_without_extras(venv: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([str(venv / "bin" / "dicomlake"), "--help"], capture_output=True, text=True,
-                          env=_env(tmp_path), cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [str(venv / "bin" / "dicomlake"), "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -92,18 +104,31 @@ def test_core_install_help_runs_without_extras(venv: Path, tmp_path: Path) -> No
 def test_wheel_installs_and_runs_in_a_clean_venv(venv: Path, wheel: Path, tmp_path: Path) -> None:
     py, exe, env = venv / "bin" / "python", venv / "bin" / "dicomlake", _env(tmp_path)
     _pip_install(py, f"{wheel}[write]")
-    where = subprocess.run([str(py), "-c", "import dicomlake; print(dicomlake.__file__)"],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    where = subprocess.run(
+        [str(py), "-c", "import dicomlake; print(dicomlake.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=True,
+    )
     assert str(venv) in where.stdout, f"imported from outside the venv: {where.stdout}"
     help_ = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert help_.returncode == 0, help_.stderr[-2000:]
     for verb in ("ingest", "query", "serve", "pull", "deid", "audit", "doctor"):
         assert verb in help_.stdout
-    doc = subprocess.run([str(exe), "doctor", "--no-ports", "--lake", str(tmp_path / "lake")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    doc = subprocess.run(
+        [str(exe), "doctor", "--no-ports", "--lake", str(tmp_path / "lake")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert doc.returncode == 0, doc.stdout + doc.stderr
     assert "core packages" in doc.stdout and "optional extras" in doc.stdout
     # the built-in de-identification profiles ship in the wheel
-    prof = subprocess.run([str(exe), "deid", "profiles"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120)
+    prof = subprocess.run(
+        [str(exe), "deid", "profiles"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert prof.returncode == 0 and "research" in prof.stdout, prof.stdout + prof.stderr

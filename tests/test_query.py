@@ -196,11 +196,29 @@ def test_cli_query_sql_and_export(keyed_lake, tmp_path: Path) -> None:  # type: 
         key, lambda r: r["Modality"] == "MG" and r["CompressionForce"] > 100
     )
     pq = tmp_path / "q.parquet"
-    subprocess.run([*cli, "sql", "SELECT Modality, count(*) AS n FROM instances GROUP BY ALL ORDER BY 1",
-                    "--lake", str(lake), "--format", "parquet", "--out", str(pq)], env=env, check=True)
+    subprocess.run(
+        [
+            *cli,
+            "sql",
+            "SELECT Modality, count(*) AS n FROM instances GROUP BY ALL ORDER BY 1",
+            "--lake",
+            str(lake),
+            "--format",
+            "parquet",
+            "--out",
+            str(pq),
+        ],
+        env=env,
+        check=True,
+    )
     assert pl.read_parquet(pq).to_dicts() == [{"Modality": m, "n": N // 3} for m in ("CT", "DX", "MG")]
     exp = tmp_path / "export"
     subprocess.run([*cli, "export", "--lake", str(lake), "--out", str(exp)], env=env, check=True)
     inst = pl.read_parquet(exp / "instances.parquet")
     assert inst.height == N and "CompressionForce" in inst.columns and "StudyDate" in inst.columns
-    assert pl.read_parquet(exp / "elements.parquet").filter(pl.col("path_key") == "CTDIPhantomTypeCodeSequence.CodeMeaning").height == N
+    assert (
+        pl.read_parquet(exp / "elements.parquet")
+        .filter(pl.col("path_key") == "CTDIPhantomTypeCodeSequence.CodeMeaning")
+        .height
+        == N
+    )

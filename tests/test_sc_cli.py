@@ -36,8 +36,9 @@ def test_sc_analyse_writes_sc_analysis_rows_keyed_by_sop_instance(sc_lake):
     from dicomlake.store.duckdb import DuckDBStore
 
     with DuckDBStore(sc_lake, read_only=True) as store:
-        rows = store.query("SELECT content_class, decided_by, review, dose_check, dose_status FROM sc_analysis "
-                           "ORDER BY content_class").to_pylist()
+        rows = store.query(
+            "SELECT content_class, decided_by, review, dose_check, dose_status FROM sc_analysis ORDER BY content_class"
+        ).to_pylist()
     assert [r["content_class"] for r in rows] == ["document", "dose_report", "photo"]
     dose = rows[1]
     assert dose["dose_check"] == "sum-ok" and dose["dose_status"] == "stored"
@@ -65,9 +66,9 @@ def test_sc_analyse_again_replaces_rows_and_an_rdsr_wins(sc_lake, tmp_path):
     from dicomlake.store.duckdb import DuckDBStore
 
     with DuckDBStore(sc_lake) as store:
-        study = store.query("SELECT StudyInstanceUID FROM sc_analysis WHERE content_class = 'dose_report'").to_pylist()[0][
-            "StudyInstanceUID"
-        ]
+        study = store.query("SELECT StudyInstanceUID FROM sc_analysis WHERE content_class = 'dose_report'").to_pylist()[
+            0
+        ]["StudyInstanceUID"]
         store.con.execute(
             "INSERT INTO dose_events (SOPInstanceUID, StudyInstanceUID, source, record) VALUES ('1.2.3.4', ?, 'rdsr', 'accumulated')",
             [study],

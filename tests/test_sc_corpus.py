@@ -14,15 +14,27 @@ from tests.sc_fixtures import Redacted, sc_analysed, sc_corpus, sc_redacted  # n
 
 def test_sc_corpus_covers_the_issue(sc_corpus):
     names = {c.name for c in sc_corpus}
-    assert {"dose_ge_dark", "dose_ge_light_small", "dose_ge_rotated", "form_consent", "form_lab_report",
-            "photo_label_vl", "photo_stamp_sc", "photo_no_text", "outside_ct_16bit"} <= names
+    assert {
+        "dose_ge_dark",
+        "dose_ge_light_small",
+        "dose_ge_rotated",
+        "form_consent",
+        "form_lab_report",
+        "photo_label_vl",
+        "photo_stamp_sc",
+        "photo_no_text",
+        "outside_ct_16bit",
+    } <= names
     assert any(c.rotated for c in sc_corpus) and any(abs(c.skew) >= 3 for c in sc_corpus)
     assert sum(len(c.phi) for c in sc_corpus) >= 100
 
 
 def test_sc_class_accuracy_is_at_least_95_percent(sc_corpus, sc_analysed):
-    wrong = [(c.name, c.klass, sc_analysed[c.name].classification.klass.value) for c in sc_corpus
-             if sc_analysed[c.name].classification.klass.value != c.klass]
+    wrong = [
+        (c.name, c.klass, sc_analysed[c.name].classification.klass.value)
+        for c in sc_corpus
+        if sc_analysed[c.name].classification.klass.value != c.klass
+    ]
     accuracy = 1 - len(wrong) / len(sc_corpus)
     assert accuracy >= 0.95, wrong
 

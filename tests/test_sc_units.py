@@ -62,34 +62,62 @@ def test_nhs_number_checksum():
 
 def test_birth_date_forms_cover_common_printings():
     forms = date_forms("19560403")
-    for printed in ("03/04/1956", "1956-04-03", "3 APR 1956", "03-APR-1956", "03.04.1956", "APRIL 3, 1956", "04/03/1956"):
+    for printed in (
+        "03/04/1956",
+        "1956-04-03",
+        "3 APR 1956",
+        "03-APR-1956",
+        "03.04.1956",
+        "APRIL 3, 1956",
+        "04/03/1956",
+    ):
         assert printed in forms
 
 
-@pytest.mark.parametrize(("ocr_text", "value", "same"), [
-    ("48213O67", "48213067", True),   # O read for 0
-    ("SMlTH", "SMITH", True),         # l read for I
-    ("A2024O8I5", "A20240815", True),
-    ("iii", "Mill", False),           # a filled box read as letters is not a short value
-    ("JONES", "SMITH", False),
-    ("12.34", "48213067", False),
-])
+@pytest.mark.parametrize(
+    ("ocr_text", "value", "same"),
+    [
+        ("48213O67", "48213067", True),  # O read for 0
+        ("SMlTH", "SMITH", True),  # l read for I
+        ("A2024O8I5", "A20240815", True),
+        ("iii", "Mill", False),  # a filled box read as letters is not a short value
+        ("JONES", "SMITH", False),
+        ("12.34", "48213067", False),
+    ],
+)
 def test_fuzzy_matching_allows_ocr_errors_only(ocr_text, value, same):
     assert fuzzy_equal(ocr_text, value) is same
 
 
 def test_phi_found_by_header_value_pattern_and_label_but_clinical_numbers_not():
-    result = _words([
-        ["Patient", "Name:", "SMlTH,", "JOHN", "|", "MRN", "48213O67"],
-        ["DOB:", "3", "Apr", "1956", "|", "NHS", "No:", "943", "476", "5919"],
-        ["Phone:", "0113", "496", "0123", "|", "LS6", "2AB"],
-        ["Creatinine", "88", "umol/L", "|", "eGFR", "72"],
-        ["Hospital", "number:", "Q77"],
-    ])
+    result = _words(
+        [
+            ["Patient", "Name:", "SMlTH,", "JOHN", "|", "MRN", "48213O67"],
+            ["DOB:", "3", "Apr", "1956", "|", "NHS", "No:", "943", "476", "5919"],
+            ["Phone:", "0113", "496", "0123", "|", "LS6", "2AB"],
+            ["Creatinine", "88", "umol/L", "|", "eGFR", "72"],
+            ["Hospital", "number:", "Q77"],
+        ]
+    )
     hits = find_phi(result, identifying_terms(_patient()))
     found = {h.word.text for h in hits}
-    assert {"SMlTH,", "JOHN", "48213O67", "3", "Apr", "1956", "943", "476", "5919", "0113", "496", "0123",
-            "LS6", "2AB", "Q77"} <= found
+    assert {
+        "SMlTH,",
+        "JOHN",
+        "48213O67",
+        "3",
+        "Apr",
+        "1956",
+        "943",
+        "476",
+        "5919",
+        "0113",
+        "496",
+        "0123",
+        "LS6",
+        "2AB",
+        "Q77",
+    } <= found
     assert not {"Creatinine", "88", "72", "eGFR", "Name:", "Patient"} & found
     reasons = {h.word.text: h.reason for h in hits}
     assert reasons["Q77"].startswith("label:")
@@ -103,24 +131,28 @@ def test_label_value_stops_at_a_wide_gap():
 
 
 def test_dose_table_is_read_by_columns_and_checked_against_the_total():
-    result = _words([
-        ["Series", "|", "Type", "|", "CTDIvol", "(mGy)", "|", "DLP", "(mGy-cm)"],
-        ["1", "|", "Scout", "|", "-", "|", "-"],
-        ["2", "|", "Helical", "|", "10.27", "|", "760.67"],
-        ["3", "|", "Helical", "|", "l9.30", "|", "290.93"],
-        ["|", "Total", "Exam", "DLP:", "|", "1051.60"],
-    ])
+    result = _words(
+        [
+            ["Series", "|", "Type", "|", "CTDIvol", "(mGy)", "|", "DLP", "(mGy-cm)"],
+            ["1", "|", "Scout", "|", "-", "|", "-"],
+            ["2", "|", "Helical", "|", "10.27", "|", "760.67"],
+            ["3", "|", "Helical", "|", "l9.30", "|", "290.93"],
+            ["|", "Total", "Exam", "DLP:", "|", "1051.60"],
+        ]
+    )
     reading = read_dose_table(result)
     assert [(s.number, s.CTDIvol_mGy, s.DLP_mGycm) for s in reading.series] == [(2, 10.27, 760.67), (3, 19.3, 290.93)]
     assert reading.total_DLP_mGycm == 1051.6 and reading.check == "sum-ok" and reading.confidence > 0.9
 
 
 def test_dose_sum_mismatch_lowers_confidence():
-    result = _words([
-        ["CTDIvol", "|", "DLP"],
-        ["10.0", "|", "100.0"],
-        ["Total", "DLP", "150.0"],
-    ])
+    result = _words(
+        [
+            ["CTDIvol", "|", "DLP"],
+            ["10.0", "|", "100.0"],
+            ["Total", "DLP", "150.0"],
+        ]
+    )
     reading = read_dose_table(result)
     assert reading.check == "sum-mismatch" and reading.confidence < 0.5
 
@@ -178,8 +210,12 @@ def test_pixel_statistics_tell_screens_photos_paper_and_anatomy_apart():
     for name, arr in (("screen", screen), ("photo", photo), ("paper", paper), ("anatomy", anatomy)):
         ev = pixel_evidence(pixel_stats(arr))
         klass[name] = ev.leader()[0]
-    assert klass == {"screen": ContentClass.DOSE_REPORT, "photo": ContentClass.PHOTO,
-                     "paper": ContentClass.DOCUMENT, "anatomy": ContentClass.OUTSIDE_IMAGE}
+    assert klass == {
+        "screen": ContentClass.DOSE_REPORT,
+        "photo": ContentClass.PHOTO,
+        "paper": ContentClass.DOCUMENT,
+        "anatomy": ContentClass.OUTSIDE_IMAGE,
+    }
 
 
 def test_ocr_keywords_point_at_dose_screens():

@@ -68,7 +68,7 @@ def assert_dcmdump_matches(path: Path) -> None:
     elems = list(ds.file_meta) + list(ds)
     compared = 0
     for elem in elems:
-        if elem.VR in VR_BINARY or elem.tag.group == 0x0002 and elem.tag.element == 0:
+        if elem.VR in VR_BINARY or (elem.tag.group == 0x0002 and elem.tag.element == 0):
             continue
         key = f"{elem.tag.group:04x}{elem.tag.element:04x}"
         assert key in dumped, f"dcmdump does not show {elem.keyword} in {path.name}"
@@ -140,13 +140,17 @@ def wrapped(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
 # -- every object is valid --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["photo", "photo444", "gray_jpeg", "scan", "screenshot", "png16", "bmp", "tiff", "pdf"])
+@pytest.mark.parametrize(
+    "name", ["photo", "photo444", "gray_jpeg", "scan", "screenshot", "png16", "bmp", "tiff", "pdf"]
+)
 def test_wrap_output_passes_dciodvfy_dcmdump_and_iod_tables(wrapped: dict[str, list[Path]], name: str) -> None:
     for path in wrapped[name]:
         assert_valid(path)
 
 
-def test_wrap_photo_keeps_jpeg_bitstream_byte_identical(inputs: dict[str, Path], wrapped: dict[str, list[Path]]) -> None:
+def test_wrap_photo_keeps_jpeg_bitstream_byte_identical(
+    inputs: dict[str, Path], wrapped: dict[str, list[Path]]
+) -> None:
     ds = pydicom.dcmread(wrapped["photo"][0])
     source = inputs["photo"].read_bytes()
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
@@ -337,7 +341,6 @@ def test_wrap_kind_and_burned_in_overrides_are_written(inputs: dict[str, Path], 
     )
     ds = pydicom.dcmread(report.written[0].path)
     assert ds.ConversionType == "SYN" and ds.BurnedInAnnotation == "NO"
-
 
 
 def test_wrap_cli_exit_codes_and_messages(inputs: dict[str, Path], tmp_path: Path) -> None:

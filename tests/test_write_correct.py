@@ -42,7 +42,9 @@ def files(tmp_path: Path) -> dict[str, Path]:
     shutil.copy(get_testdata_file("CT_small.dcm"), ct)
     d = tmp_path / "in"
     d.mkdir()
-    report = wrap_paths([fw.phone_photo_jpeg(d), fw.three_page_pdf(d)], tmp_path / "sc", patient=PatientStudy(patient_id="OLD-1"))
+    report = wrap_paths(
+        [fw.phone_photo_jpeg(d), fw.three_page_pdf(d)], tmp_path / "sc", patient=PatientStudy(patient_id="OLD-1")
+    )
     assert report.failed == []
     photo, pdf = (w.path for w in report.written)
     return {"ct": ct, "photo": photo, "pdf": pdf}
@@ -73,7 +75,12 @@ def test_correct_keeps_uid_records_old_values_and_validates(files: dict[str, Pat
     assert after.SOPInstanceUID == before.SOPInstanceUID == result.sop_instance_uid
     assert (after.PatientID, str(after.PatientName), after.AccessionNumber) == ("NEW-9", "Ørsted^Hans", "ACC-77")
     assert {"Type 1": macro_attributes("1"), "Type 2": macro_attributes("2")} == {
-        "Type 1": ["ModifiedAttributesSequence", "AttributeModificationDateTime", "ModifyingSystem", "ReasonForTheAttributeModification"],
+        "Type 1": [
+            "ModifiedAttributesSequence",
+            "AttributeModificationDateTime",
+            "ModifyingSystem",
+            "ReasonForTheAttributeModification",
+        ],
         "Type 2": ["SourceOfPreviousValues"],
     }
     item = after.OriginalAttributesSequence[-1]
@@ -173,8 +180,19 @@ def test_correct_with_lake_updates_rows_and_history_is_queryable(files: dict[str
     uid = pydicom.dcmread(files["photo"]).SOPInstanceUID
     result = CliRunner().invoke(
         app,
-        ["correct", str(files["photo"]), str(files["ct"]), "--set", "PatientID=LAKE-2", "--reason", "CORRECT",
-         "--source", "Outside", "--lake", str(lake)],
+        [
+            "correct",
+            str(files["photo"]),
+            str(files["ct"]),
+            "--set",
+            "PatientID=LAKE-2",
+            "--reason",
+            "CORRECT",
+            "--source",
+            "Outside",
+            "--lake",
+            str(lake),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "not in the lake; not added" in result.output  # ct.dcm was never ingested

@@ -55,8 +55,11 @@ def _md() -> MarkdownIt:
         lang = tok.info.split()[0] if tok.info.strip() else ""
         note = ""
         if "no-run" in tok.info:
-            note = '<div style="font-size:12px;color:#666">not run by the tests: ' + html.escape(
-                tok.info.split("no-run", 1)[1].lstrip(": ")) + "</div>"
+            note = (
+                '<div style="font-size:12px;color:#666">not run by the tests: '
+                + html.escape(tok.info.split("no-run", 1)[1].lstrip(": "))
+                + "</div>"
+            )
         return f'{note}<pre><code class="language-{html.escape(lang)}">{html.escape(tok.content)}</code></pre>\n'
 
     md.add_render_rule("heading_open", heading_open)
@@ -76,8 +79,11 @@ def build(out: Path) -> list[str]:
     sources["changelog.md"] = (ROOT / "CHANGELOG.md").read_text("utf-8")
     rendered: dict[str, tuple[str, set[str]]] = {}
     for name, text in sources.items():
-        text = re.sub(r"<!-- include: (\S+) (\w+) -->", lambda m: f"```{m.group(2)}\n"
-                      + (ROOT / m.group(1)).read_text("utf-8").rstrip("\n") + "\n```", text)
+        text = re.sub(
+            r"<!-- include: (\S+) (\w+) -->",
+            lambda m: f"```{m.group(2)}\n" + (ROOT / m.group(1)).read_text("utf-8").rstrip("\n") + "\n```",
+            text,
+        )
         env: dict[str, object] = {}
         body = md.render(text, env)
         rendered[name] = (body, env.get("anchors", set()))  # type: ignore[arg-type]
@@ -103,14 +109,17 @@ def build(out: Path) -> list[str]:
 
         body = re.sub(r'href="([^"#]*)(#[^"]*)?"', fix, body)
         links = "".join(
-            f"<h3>{html.escape(sec)}</h3>" + "".join(
-                f'<a href="{up}{page[:-3]}.html">{html.escape(title)}</a>' for title, page in items)
-            for sec, items in nav)
+            f"<h3>{html.escape(sec)}</h3>"
+            + "".join(f'<a href="{up}{page[:-3]}.html">{html.escape(title)}</a>' for title, page in items)
+            for sec, items in nav
+        )
         title = re.search(r"<h1[^>]*>(.*?)</h1>", body)
-        doc = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>"
-               f"{re.sub(r'<[^>]+>', '', title.group(1)) if title else name} — dicomlake</title>"
-               f'<meta name=viewport content="width=device-width"><style>{CSS}</style></head>'
-               f'<body><nav><a href="{up}index.html"><b>dicomlake</b></a>{links}</nav><main>{body}</main></body></html>')
+        doc = (
+            f"<!doctype html><html lang=en><head><meta charset=utf-8><title>"
+            f"{re.sub(r'<[^>]+>', '', title.group(1)) if title else name} — dicomlake</title>"
+            f'<meta name=viewport content="width=device-width"><style>{CSS}</style></head>'
+            f'<body><nav><a href="{up}index.html"><b>dicomlake</b></a>{links}</nav><main>{body}</main></body></html>'
+        )
         dest = out / (name[:-3] + ".html")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(doc, encoding="utf-8")

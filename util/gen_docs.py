@@ -64,10 +64,16 @@ def command_help(path: list[str]) -> str:
 
     from dicomlake.cli.main import app
 
-    env = {"COLUMNS": str(HELP_WIDTH), "TERMINAL_WIDTH": str(HELP_WIDTH), "NO_COLOR": "1",
-           "_TYPER_FORCE_DISABLE_TERMINAL": "1", "DICOMLAKE_CONFIG": os.devnull}
-    result = CliRunner().invoke(app, [*path, "--help"], env=env, prog_name="dicomlake",
-                                terminal_width=HELP_WIDTH, color=False)
+    env = {
+        "COLUMNS": str(HELP_WIDTH),
+        "TERMINAL_WIDTH": str(HELP_WIDTH),
+        "NO_COLOR": "1",
+        "_TYPER_FORCE_DISABLE_TERMINAL": "1",
+        "DICOMLAKE_CONFIG": os.devnull,
+    }
+    result = CliRunner().invoke(
+        app, [*path, "--help"], env=env, prog_name="dicomlake", terminal_width=HELP_WIDTH, color=False
+    )
     text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
 
@@ -154,10 +160,20 @@ def iter_settings() -> Iterator[tuple[str, Any, Any]]:
 
 
 EXTRA_SETTINGS = [
-    ("curate_on_ingest", "true/false", True, "DICOMLAKE_CURATE_ON_INGEST",
-     "Run the curation rules (quality_flags) over each batch ingest commits. Default: true"),
-    ("(config file)", "path", "dicomlake.toml", "DICOMLAKE_CONFIG",
-     "The TOML file settings are read from. Default: ./dicomlake.toml"),
+    (
+        "curate_on_ingest",
+        "true/false",
+        True,
+        "DICOMLAKE_CURATE_ON_INGEST",
+        "Run the curation rules (quality_flags) over each batch ingest commits. Default: true",
+    ),
+    (
+        "(config file)",
+        "path",
+        "dicomlake.toml",
+        "DICOMLAKE_CONFIG",
+        "The TOML file settings are read from. Default: ./dicomlake.toml",
+    ),
 ]
 """Settings read outside the pydantic models (environment variables only)."""
 
@@ -189,21 +205,29 @@ def config_reference() -> str:
         section = key.rsplit(".", 1)[0] if "." in key else "(top level)"
         default = _default(field)
         rows.setdefault(section, []).append(
-            (key, _type_name(field.annotation), _shown(default) if default is not None else "none",
-             env_name(key), (field.description or "").replace("|", "/"))
+            (
+                key,
+                _type_name(field.annotation),
+                _shown(default) if default is not None else "none",
+                env_name(key),
+                (field.description or "").replace("|", "/"),
+            )
         )
     for section, items in rows.items():
         title = section if section == "(top level)" else f"[{section}]"
         out.write(f"## {title}\n\n")
         if section in ("web", "deid"):
-            out.write(f"Read by the {section} components from `[{section}]` of the same file and "
-                      f"`DICOMLAKE_{section.upper()}__*` variables.\n\n")
+            out.write(
+                f"Read by the {section} components from `[{section}]` of the same file and "
+                f"`DICOMLAKE_{section.upper()}__*` variables.\n\n"
+            )
         out.write("| key | type | default | environment variable | description |\n|---|---|---|---|---|\n")
         for key, tname, default, env, desc in items:
             out.write(f"| `{key}` | {tname} | `{default}` | `{env}` | {desc} |\n")
         out.write("\n")
-    out.write("## Environment only\n\n| key | type | default | environment variable | description |\n"
-              "|---|---|---|---|---|\n")
+    out.write(
+        "## Environment only\n\n| key | type | default | environment variable | description |\n|---|---|---|---|---|\n"
+    )
     for key, tname, default, env, desc in EXTRA_SETTINGS:
         out.write(f"| `{key}` | {tname} | `{_shown(default)}` | `{env}` | {desc} |\n")
     out.write("\n")
@@ -235,7 +259,7 @@ def example_config() -> str:
         "#\n"
         "# Copy to ./dicomlake.toml (or point DICOMLAKE_CONFIG at it) and uncomment what you change.\n"
         "# Each key can also be set as an environment variable, e.g. [dimse] port -> DICOMLAKE_DIMSE__PORT.\n"
-        "# Keys without a default (\"none\") are shown with an example value.\n"
+        '# Keys without a default ("none") are shown with an example value.\n'
         "# Check the result with: dicomlake doctor\n"
     )
     current = None
@@ -330,64 +354,108 @@ COLUMN_NOTES: dict[str, dict[str, str]] = {
     },
     "dicom_json": {"SOPInstanceUID": "The instance", "json": "Its header as DICOM JSON (PS3.18 F.2)"},
     "rejects": {
-        "source_path": "The input that could not be read", "source": "How it arrived",
-        "reason": "Why it could not be read", "size_bytes": "Its size, bytes", "sha256": "SHA-256 of its bytes",
-        "quarantine_path": "Where its bytes were kept", "rejected_at": "When",
+        "source_path": "The input that could not be read",
+        "source": "How it arrived",
+        "reason": "Why it could not be read",
+        "size_bytes": "Its size, bytes",
+        "sha256": "SHA-256 of its bytes",
+        "quarantine_path": "Where its bytes were kept",
+        "rejected_at": "When",
     },
     "quality_flags": {
-        "SOPInstanceUID": "The instance flagged", "rule": "Rule name (see `dicomlake curate rules`)",
-        "severity": "info, warning or error", "attribute": "The attribute checked", "value": "The value found",
-        "message": "What is wrong, in words", "proposed": "A proposed corrected value, where there is one",
-        "rules_version": "Version of the rules file", "flagged_at": "When",
+        "SOPInstanceUID": "The instance flagged",
+        "rule": "Rule name (see `dicomlake curate rules`)",
+        "severity": "info, warning or error",
+        "attribute": "The attribute checked",
+        "value": "The value found",
+        "message": "What is wrong, in words",
+        "proposed": "A proposed corrected value, where there is one",
+        "rules_version": "Version of the rules file",
+        "flagged_at": "When",
     },
     "curate_runs": {
-        "started_at": "When", "seconds": "Duration", "scope": "Which instances were checked",
-        "instances": "Instances checked", "flags": "Flags written", "rules_version": "Version of the rules file",
+        "started_at": "When",
+        "seconds": "Duration",
+        "scope": "Which instances were checked",
+        "instances": "Instances checked",
+        "flags": "Flags written",
+        "rules_version": "Version of the rules file",
         "rules_source": "Rules file used",
     },
     "name_mappings": {
-        "version": "Mapping version", "field": "The attribute (e.g. InstitutionName)", "variant": "A spelling found",
-        "standard": "The confirmed standard name", "confirmed_by": "Who confirmed it",
-        "confirmed_at": "When", "source_file": "The edited CSV it came from",
+        "version": "Mapping version",
+        "field": "The attribute (e.g. InstitutionName)",
+        "variant": "A spelling found",
+        "standard": "The confirmed standard name",
+        "confirmed_by": "Who confirmed it",
+        "confirmed_at": "When",
+        "source_file": "The edited CSV it came from",
     },
     "pull_runs": {
-        "run_id": "Run identifier", "pacs": "The PACS (AET@host:port or URL)", "method": "c-move, c-get, "
-        "metadata or dicomweb", "query": "The matching keys", "started_at": "Start", "finished_at": "End",
-        "status": "running, done or failed", "studies": "Studies found", "received": "Instances received",
+        "run_id": "Run identifier",
+        "pacs": "The PACS (AET@host:port or URL)",
+        "method": "c-move, c-get, metadata or dicomweb",
+        "query": "The matching keys",
+        "started_at": "Start",
+        "finished_at": "End",
+        "status": "running, done or failed",
+        "studies": "Studies found",
+        "received": "Instances received",
         "failed": "Studies that failed",
     },
     "pull_studies": {
-        "run_id": "Run identifier", "state": "found, requested, received or failed",
-        "status": "Final DIMSE status (hex)", "reason": "Why it failed", "completed": "Sub-operations completed",
-        "failed": "Sub-operations failed", "warning": "Sub-operations with a warning",
-        "received": "Instances that arrived in the lake", "updated_at": "Last change",
+        "run_id": "Run identifier",
+        "state": "found, requested, received or failed",
+        "status": "Final DIMSE status (hex)",
+        "reason": "Why it failed",
+        "completed": "Sub-operations completed",
+        "failed": "Sub-operations failed",
+        "warning": "Sub-operations with a warning",
+        "received": "Instances that arrived in the lake",
+        "updated_at": "Last change",
     },
     "ingest_runs": {},
     "lake_meta": {"key": "Fact", "value": "Its value"},
     "sc_analysis": {
-        "SOPInstanceUID": "The SC instance", "content_class": "What the image shows (photo, scan, screenshot, "
-        "document, dose report, …)", "decided_by": "Rule or header that decided the class",
-        "class_confidence": "Confidence of the class (0-1)", "class_reasons": "Why",
-        "review": "Needs a human look", "review_reasons": "Why it needs one",
-        "phi_words": "OCR words that look like patient identifiers", "phi_reasons": "Which and why",
+        "SOPInstanceUID": "The SC instance",
+        "content_class": "What the image shows (photo, scan, screenshot, document, dose report, …)",
+        "decided_by": "Rule or header that decided the class",
+        "class_confidence": "Confidence of the class (0-1)",
+        "class_reasons": "Why",
+        "review": "Needs a human look",
+        "review_reasons": "Why it needs one",
+        "phi_words": "OCR words that look like patient identifiers",
+        "phi_reasons": "Which and why",
         "redaction_policy": "What `dicomlake sc redact` does with it",
         "quality_flags": "Image-quality findings (blur, noise, compression, skew)",
         "dose_total_DLP_mGycm": "Total DLP read from a CT dose screen, mGy·cm",
-        "dose_check": "Whether the screen's numbers agree with each other", "error": "Analysis error, if any",
-        "StudyInstanceUID": "Its study", "SOPClassUID": "Its SOP class",
+        "dose_check": "Whether the screen's numbers agree with each other",
+        "error": "Analysis error, if any",
+        "StudyInstanceUID": "Its study",
+        "SOPClassUID": "Its SOP class",
         "colourfulness": "Hasler-Süsstrunk colourfulness of the first frame",
         "distinct_colours": "Number of distinct colours (after quantisation)",
-        "white_share": "Share of near-white pixels (0-1)", "dark_share": "Share of near-black pixels (0-1)",
-        "texture_share": "Share of pixels in textured (non-flat) blocks (0-1)", "rows": "Rows of the frame analysed",
-        "columns": "Columns of the frame analysed", "aspect_ratio": "Columns / rows",
-        "megapixels": "Rows × columns / 10⁶", "blur_laplacian_var": "Variance of the Laplacian (low = blurred)",
-        "noise_sigma": "Estimated noise standard deviation", "jpeg_blockiness": "8×8 block-edge strength (JPEG artefacts)",
-        "skew_degrees": "Text skew angle, degrees", "orientation_rotate": "Rotation (degrees) that makes text upright",
+        "white_share": "Share of near-white pixels (0-1)",
+        "dark_share": "Share of near-black pixels (0-1)",
+        "texture_share": "Share of pixels in textured (non-flat) blocks (0-1)",
+        "rows": "Rows of the frame analysed",
+        "columns": "Columns of the frame analysed",
+        "aspect_ratio": "Columns / rows",
+        "megapixels": "Rows × columns / 10⁶",
+        "blur_laplacian_var": "Variance of the Laplacian (low = blurred)",
+        "noise_sigma": "Estimated noise standard deviation",
+        "jpeg_blockiness": "8×8 block-edge strength (JPEG artefacts)",
+        "skew_degrees": "Text skew angle, degrees",
+        "orientation_rotate": "Rotation (degrees) that makes text upright",
         "orientation_confidence": "Confidence of that rotation (tesseract OSD)",
-        "insufficient_for_diagnosis": "Quality too low to rely on", "rotated": "Text is not upright",
-        "heavily_compressed": "Strong compression artefacts", "ocr_words": "Words OCR read",
-        "dose_series": "Series rows read from a CT dose screen", "dose_confidence": "OCR confidence of the dose numbers",
-        "dose_status": "Outcome of reading the dose screen", "ocr_seconds": "OCR time, seconds",
+        "insufficient_for_diagnosis": "Quality too low to rely on",
+        "rotated": "Text is not upright",
+        "heavily_compressed": "Strong compression artefacts",
+        "ocr_words": "Words OCR read",
+        "dose_series": "Series rows read from a CT dose screen",
+        "dose_confidence": "OCR confidence of the dose numbers",
+        "dose_status": "Outcome of reading the dose screen",
+        "ocr_seconds": "OCR time, seconds",
         "analysed_at": "When the analysis ran",
     },
 }
@@ -493,8 +561,11 @@ def scu_sop_classes() -> dict[str, list[str]]:
     src = inspect.getsource(qr)
     found: dict[str, list[str]] = {}
     for m in re.finditer(r"def (\w+)\(.*?(?=\ndef |\nclass |\Z)", src, re.S):
-        for name in re.findall(r"\b(StudyRootQueryRetrieveInformationModel\w+|PatientRootQueryRetrieveInformationModel\w+|"
-                               r"Verification)\b", m.group(0)):
+        for name in re.findall(
+            r"\b(StudyRootQueryRetrieveInformationModel\w+|PatientRootQueryRetrieveInformationModel\w+|"
+            r"Verification)\b",
+            m.group(0),
+        ):
             found.setdefault(name, [])
             if m.group(1) not in found[name]:
                 found[name].append(m.group(1))
@@ -542,53 +613,69 @@ def conformance() -> str:
     out = io.StringIO()
     w = out.write
     w("# DICOM Conformance Statement\n\n" + HEADER)
-    w(f"**dicomlake {dicomlake.__version__}** — DICOM metadata lake. Layout of DICOM PS3.2 Annex A. "
-      f"Implementation Class UID `{listener.IMPLEMENTATION_CLASS_UID}`, Implementation Version Name "
-      f"`{listener.IMPLEMENTATION_VERSION_NAME}`. Built with pydicom {pydicom.__version__} and pynetdicom "
-      f"{pynetdicom.__version__}. The tables below are generated from the program's own tables "
-      "(`dicomlake.ingest.listener`, `dicomlake.ingest.qr`, `dicomlake.web.dicomweb`, the PS3.15 table and the "
-      "de-identification profiles) and a test checks them against the code.\n\n")
+    w(
+        f"**dicomlake {dicomlake.__version__}** — DICOM metadata lake. Layout of DICOM PS3.2 Annex A. "
+        f"Implementation Class UID `{listener.IMPLEMENTATION_CLASS_UID}`, Implementation Version Name "
+        f"`{listener.IMPLEMENTATION_VERSION_NAME}`. Built with pydicom {pydicom.__version__} and pynetdicom "
+        f"{pynetdicom.__version__}. The tables below are generated from the program's own tables "
+        "(`dicomlake.ingest.listener`, `dicomlake.ingest.qr`, `dicomlake.web.dicomweb`, the PS3.15 table and the "
+        "de-identification profiles) and a test checks them against the code.\n\n"
+    )
 
     w("## 1 Overview\n\n")
-    w("dicomlake receives DICOM instances (C-STORE from a PACS or modality, STOW-RS) and retrieves them from a "
-      "PACS (C-FIND then C-MOVE or C-GET; DICOMweb QIDO-RS/WADO-RS), extracts every header into a queryable "
-      "store, and serves the metadata over DICOMweb (QIDO-RS, WADO-RS). By default it keeps metadata only: "
-      "Pixel Data is not stored unless `dimse.keep_files` is set. It does not display images.\n\n")
-    w("### 1.1 Network services\n\n| SOP class family | user of service (SCU) | provider of service (SCP) |\n|---|---|---|\n")
+    w(
+        "dicomlake receives DICOM instances (C-STORE from a PACS or modality, STOW-RS) and retrieves them from a "
+        "PACS (C-FIND then C-MOVE or C-GET; DICOMweb QIDO-RS/WADO-RS), extracts every header into a queryable "
+        "store, and serves the metadata over DICOMweb (QIDO-RS, WADO-RS). By default it keeps metadata only: "
+        "Pixel Data is not stored unless `dimse.keep_files` is set. It does not display images.\n\n"
+    )
+    w(
+        "### 1.1 Network services\n\n| SOP class family | user of service (SCU) | provider of service (SCP) |\n|---|---|---|\n"
+    )
     w("| Storage (every storage SOP class below) | yes, as SCP role in C-GET sub-operations | yes |\n")
     w(f"| Verification | {'yes' if 'Verification' in scu else 'no'} | yes |\n")
     w(f"| Study Root Query/Retrieve — FIND | {'yes' if any('Find' in n for n in scu) else 'no'} | no |\n")
     w(f"| Study Root Query/Retrieve — MOVE | {'yes' if any('Move' in n for n in scu) else 'no'} | no |\n")
     w(f"| Study Root Query/Retrieve — GET | {'yes' if any('Get' in n for n in scu) else 'no'} | no |\n\n")
-    w("### 1.2 Web services (PS3.18)\n\n| service | user agent | origin server |\n|---|---|---|\n"
-      "| QIDO-RS (search) | yes (`dicomlake pull --dicomweb`) | yes |\n"
-      "| WADO-RS (retrieve metadata; instances when files are kept) | yes (metadata) | yes |\n"
-      "| STOW-RS (store) | no | yes |\n\n")
+    w(
+        "### 1.2 Web services (PS3.18)\n\n| service | user agent | origin server |\n|---|---|---|\n"
+        "| QIDO-RS (search) | yes (`dicomlake pull --dicomweb`) | yes |\n"
+        "| WADO-RS (retrieve metadata; instances when files are kept) | yes (metadata) | yes |\n"
+        "| STOW-RS (store) | no | yes |\n\n"
+    )
 
     w("## 2 Networking\n\n### 2.1 Implementation model\n\n")
-    w("One application entity, by default AE title "
-      f"`{dimse.ae_title}` (setting `dimse.ae_title`), runs in the `dicomlake serve` process. It listens on TCP "
-      f"port {dimse.port} (`dimse.port`) bound to `{dimse.bind}` (`dimse.bind`; `0.0.0.0` for every interface), "
-      "acknowledges each instance only after it is written and fsynced to a durable spool, and a drainer "
-      "extracts the headers into the lake. `dicomlake pull` runs the same AE title as an SCU: C-FIND to find "
-      "studies (date ranges are split when the PACS's result limit is hit), then C-MOVE to our own listener or "
-      "C-GET on the same association.\n\n")
-    w("```text\n  PACS / modality --C-STORE / C-ECHO-->  [ DICOMLAKE  Storage SCP ] --spool--> lake\n"
-      "  PACS <--C-FIND / C-MOVE / C-GET / C-ECHO--  [ DICOMLAKE  Q/R SCU (dicomlake pull) ]\n"
-      "  HTTP clients --QIDO-RS / WADO-RS / STOW-RS-->  [ dicomlake web (port "
-      f"{web.http_port}) ]\n```\n\n")
+    w(
+        "One application entity, by default AE title "
+        f"`{dimse.ae_title}` (setting `dimse.ae_title`), runs in the `dicomlake serve` process. It listens on TCP "
+        f"port {dimse.port} (`dimse.port`) bound to `{dimse.bind}` (`dimse.bind`; `0.0.0.0` for every interface), "
+        "acknowledges each instance only after it is written and fsynced to a durable spool, and a drainer "
+        "extracts the headers into the lake. `dicomlake pull` runs the same AE title as an SCU: C-FIND to find "
+        "studies (date ranges are split when the PACS's result limit is hit), then C-MOVE to our own listener or "
+        "C-GET on the same association.\n\n"
+    )
+    w(
+        "```text\n  PACS / modality --C-STORE / C-ECHO-->  [ DICOMLAKE  Storage SCP ] --spool--> lake\n"
+        "  PACS <--C-FIND / C-MOVE / C-GET / C-ECHO--  [ DICOMLAKE  Q/R SCU (dicomlake pull) ]\n"
+        "  HTTP clients --QIDO-RS / WADO-RS / STOW-RS-->  [ dicomlake web (port "
+        f"{web.http_port}) ]\n```\n\n"
+    )
 
     w("### 2.2 AE specification: Storage SCP and Verification SCP\n\n")
-    w(f"Accepts the Verification SOP Class (`{listener.VERIFICATION}`) and, as SCP, the {len(storage)} storage "
-      "SOP classes below (every storage SOP class pynetdicom knows). Also accepted as storage: any other SOP "
-      "class under the storage branch `1.2.840.10008.5.1.4.1.1.` (e.g. retired ones), and private SOP classes "
-      "outside `1.2.840.10008.` unless `dimse.accept_private_sop_classes` is false. Other standard SOP classes "
-      "(query/retrieve, worklist, print, commitment …) are rejected per presentation context (result 3, abstract "
-      "syntax not supported). `dimse.sop_classes` narrows acceptance to a list.\n\n")
-    w("Status codes returned by C-STORE (PS3.4 Table B.2-1, PS3.7 Annex C): `0000` success, sent only after the "
-      "instance is fsynced into the spool; `A700` out of resources (the lake's disk has less than "
-      "`dimse.min_free_bytes` free); `C210` cannot understand (the data set cannot be decoded or its UID is not "
-      "a UID). `dimse.modalities` restricts which modalities are stored.\n\n")
+    w(
+        f"Accepts the Verification SOP Class (`{listener.VERIFICATION}`) and, as SCP, the {len(storage)} storage "
+        "SOP classes below (every storage SOP class pynetdicom knows). Also accepted as storage: any other SOP "
+        "class under the storage branch `1.2.840.10008.5.1.4.1.1.` (e.g. retired ones), and private SOP classes "
+        "outside `1.2.840.10008.` unless `dimse.accept_private_sop_classes` is false. Other standard SOP classes "
+        "(query/retrieve, worklist, print, commitment …) are rejected per presentation context (result 3, abstract "
+        "syntax not supported). `dimse.sop_classes` narrows acceptance to a list.\n\n"
+    )
+    w(
+        "Status codes returned by C-STORE (PS3.4 Table B.2-1, PS3.7 Annex C): `0000` success, sent only after the "
+        "instance is fsynced into the spool; `A700` out of resources (the lake's disk has less than "
+        "`dimse.min_free_bytes` free); `C210` cannot understand (the data set cannot be decoded or its UID is not "
+        "a UID). `dimse.modalities` restricts which modalities are stored.\n\n"
+    )
     w("<!-- begin: storage-sop-classes -->\n| SOP class | UID | role |\n|---|---|---|\n")
     for uid, name in sorted(storage.items(), key=lambda kv: kv[1]):
         w(f"| {name} | `{uid}` | SCP |\n")
@@ -599,16 +686,20 @@ def conformance() -> str:
     for name, funcs in sorted(scu.items()):
         w(f"| {name} | `{getattr(sc, name)}` | SCU | {', '.join(f'`{f}`' for f in funcs)} |\n")
     w("<!-- end: scu-sop-classes -->\n\n")
-    w("Queries are Study Root at STUDY level (`StudyDate` ranges, `ModalitiesInStudy`, `PatientID`, and any "
-      "`-k Keyword=value`); `--metadata-only` queries at IMAGE level and stores the answers as header-only "
-      "instances. C-MOVE names our AE title as Move Destination, so the PACS must know our AE title, host and "
-      "port. C-GET proposes the storage SOP classes (up to 120 presentation contexts) with SCP/SCU Role "
-      "Selection (PS3.7 D.3.3.4) asking for the SCP role, each with every transfer syntax below. Pull speed is "
-      "limited by `dimse.pull.concurrency`, `dimse.pull.instances_per_hour` and an off-peak `dimse.pull.window`.\n\n")
+    w(
+        "Queries are Study Root at STUDY level (`StudyDate` ranges, `ModalitiesInStudy`, `PatientID`, and any "
+        "`-k Keyword=value`); `--metadata-only` queries at IMAGE level and stores the answers as header-only "
+        "instances. C-MOVE names our AE title as Move Destination, so the PACS must know our AE title, host and "
+        "port. C-GET proposes the storage SOP classes (up to 120 presentation contexts) with SCP/SCU Role "
+        "Selection (PS3.7 D.3.3.4) asking for the SCP role, each with every transfer syntax below. Pull speed is "
+        "limited by `dimse.pull.concurrency`, `dimse.pull.instances_per_hour` and an off-peak `dimse.pull.window`.\n\n"
+    )
 
-    w("### 2.4 Transfer syntaxes\n\nThe Storage SCP accepts every presentation context whose abstract syntax it "
-      "supports with any of these transfer syntaxes, preferring the first one the requestor proposed; headers "
-      "are read from compressed and deflated data without decoding pixels.\n\n")
+    w(
+        "### 2.4 Transfer syntaxes\n\nThe Storage SCP accepts every presentation context whose abstract syntax it "
+        "supports with any of these transfer syntaxes, preferring the first one the requestor proposed; headers "
+        "are read from compressed and deflated data without decoding pixels.\n\n"
+    )
     w("<!-- begin: transfer-syntaxes -->\n| transfer syntax | UID |\n|---|---|\n")
     for u in ts:
         name = UID(u).name if UID(u).name != u else "JPEG XL / HTJ2K family (PS3.5 2023+)"
@@ -618,43 +709,55 @@ def conformance() -> str:
     w("### 2.5 Association policies\n\n| policy | value |\n|---|---|\n")
     w(f"| Application Context Name | `{listener.APPLICATION_CONTEXT}` |\n")
     w(f"| Maximum PDU size received | {dimse.max_pdu} bytes (`dimse.max_pdu`; 0 = unlimited) |\n")
-    w(f"| Maximum concurrent associations | {dimse.max_associations} (`dimse.max_associations`); more are "
-      "rejected transient |\n")
+    w(
+        f"| Maximum concurrent associations | {dimse.max_associations} (`dimse.max_associations`); more are "
+        "rejected transient |\n"
+    )
     w(f"| Network (ARTIM/idle) timeout | {dimse.network_timeout_s:g} s (`dimse.network_timeout_s`) |\n")
     w(f"| Called AE title must match ours | {str(dimse.require_called_aet).lower()} (`dimse.require_called_aet`) |\n")
     w("| Calling AE titles accepted | any, or the list `dimse.allowed_calling_aets` |\n")
     w("| Peer addresses accepted | any, or the hosts/CIDR networks `dimse.allowed_hosts` |\n")
     w("| Asynchronous operations | not supported (maximum 1 outstanding operation) |\n")
     w("| Extended negotiation | none offered as SCP; SCP/SCU role selection as C-GET SCU |\n\n")
-    w("Association rejections (A-ASSOCIATE-RJ, result rejected permanent or transient) use the standard's "
-      "sources and reasons (PS3.8 Table 9-21):\n\n| source | reason |\n|---|---|\n")
+    w(
+        "Association rejections (A-ASSOCIATE-RJ, result rejected permanent or transient) use the standard's "
+        "sources and reasons (PS3.8 Table 9-21):\n\n| source | reason |\n|---|---|\n"
+    )
     for (src, code), reason in sorted(_flatten_reasons(listener.REJECT_REASON).items()):
         w(f"| {listener.REJECT_SOURCE.get(src, src)} | {code}: {reason} |\n")
     w("\n")
 
     w("## 3 Security\n\n")
     tls = TlsSettings()
-    w("### 3.1 DICOM (DIMSE) over TLS\n\n"
-      "The listener supports the BCP 195 TLS Secure Transport Connection Profile (PS3.15 Annex B.9/B.10) when "
-      "`dimse.tls.certificate` and `dimse.tls.private_key` are set (or `--tls-cert/--tls-key`). Lowest protocol "
-      f"version: TLS {tls.minimum_version} (`dimse.tls.minimum_version`, 1.2 or 1.3; older versions are never "
-      "accepted). Client certificates are verified against `dimse.tls.ca_file` and required when "
-      "`dimse.tls.require_client_certificate` is true.\n\n")
-    w("### 3.2 DICOMweb over HTTPS, users and audit\n\n"
-      "HTTPS with `web.tls_certificate`/`web.tls_private_key`; mutual TLS with `web.tls_ca_file`. Every request "
-      "is authenticated (session or bearer JWT/API token) and authorised by role (admin, analyst, auditor); "
-      "the analyst role sees data de-identified on the fly with the `web.analyst_profile` profile. Every access "
-      "is written to the access log (`web.access_db`).\n\n")
+    w(
+        "### 3.1 DICOM (DIMSE) over TLS\n\n"
+        "The listener supports the BCP 195 TLS Secure Transport Connection Profile (PS3.15 Annex B.9/B.10) when "
+        "`dimse.tls.certificate` and `dimse.tls.private_key` are set (or `--tls-cert/--tls-key`). Lowest protocol "
+        f"version: TLS {tls.minimum_version} (`dimse.tls.minimum_version`, 1.2 or 1.3; older versions are never "
+        "accepted). Client certificates are verified against `dimse.tls.ca_file` and required when "
+        "`dimse.tls.require_client_certificate` is true.\n\n"
+    )
+    w(
+        "### 3.2 DICOMweb over HTTPS, users and audit\n\n"
+        "HTTPS with `web.tls_certificate`/`web.tls_private_key`; mutual TLS with `web.tls_ca_file`. Every request "
+        "is authenticated (session or bearer JWT/API token) and authorised by role (admin, analyst, auditor); "
+        "the analyst role sees data de-identified on the fly with the `web.analyst_profile` profile. Every access "
+        "is written to the access log (`web.access_db`).\n\n"
+    )
 
-    w("## 4 Character sets\n\nAll Specific Character Set (0008,0005) values pydicom decodes are supported when "
-      "reading; values are stored as Unicode. Responses (DICOM JSON) are UTF-8.\n\n")
+    w(
+        "## 4 Character sets\n\nAll Specific Character Set (0008,0005) values pydicom decodes are supported when "
+        "reading; values are stored as Unicode. Responses (DICOM JSON) are UTF-8.\n\n"
+    )
     w("<!-- begin: character-sets -->\n| Specific Character Set | Python codec |\n|---|---|\n")
     for term, codec in character_sets():
         w(f"| `{term}` | {codec} |\n")
     w("<!-- end: character-sets -->\n\n")
 
-    w("## 5 DICOMweb services (PS3.18)\n\nBase URL `http(s)://HOST:"
-      f"{web.http_port}/dicomweb` (`web.bind`, `web.http_port`).\n\n")
+    w(
+        "## 5 DICOMweb services (PS3.18)\n\nBase URL `http(s)://HOST:"
+        f"{web.http_port}/dicomweb` (`web.bind`, `web.http_port`).\n\n"
+    )
     w("<!-- begin: dicomweb-routes -->\n| method | path | service |\n|---|---|---|\n")
     for method, path, summary in dicomweb_routes():
         w(f"| {method} | `{path}` | {summary} |\n")
@@ -663,24 +766,35 @@ def conformance() -> str:
     w("| parameter | supported |\n|---|---|\n")
     for p in dicomweb.CONTROL_PARAMS:
         w(f"| `{p}` | yes |\n")
-    w("| `{attributeID}={value}` | any attribute by keyword or tag, nested (`Sequence.Keyword`) or private "
-      "(`(gggg,\"CREATOR\",ee)`); wildcards `*` `?`, lists, date/time ranges |\n\n")
-    w(f"Unsupported parameters are answered with 400 and the list of supported ones (\"{dicomweb.SUPPORTED_HELP}\"). "
-      f"Results per page: {web.qido_default_limit} unless `limit` is given, at most {web.qido_max_limit}.\n\n")
+    w(
+        "| `{attributeID}={value}` | any attribute by keyword or tag, nested (`Sequence.Keyword`) or private "
+        '(`(gggg,"CREATOR",ee)`); wildcards `*` `?`, lists, date/time ranges |\n\n'
+    )
+    w(
+        f'Unsupported parameters are answered with 400 and the list of supported ones ("{dicomweb.SUPPORTED_HELP}"). '
+        f"Results per page: {web.qido_default_limit} unless `limit` is given, at most {web.qido_max_limit}.\n\n"
+    )
     from pydicom.datadict import keyword_for_tag
 
-    for level, tags in (("study", dicomweb.STUDY_RETURN), ("series", dicomweb.SERIES_RETURN),
-                        ("instance", dicomweb.INSTANCE_RETURN)):
+    for level, tags in (
+        ("study", dicomweb.STUDY_RETURN),
+        ("series", dicomweb.SERIES_RETURN),
+        ("instance", dicomweb.INSTANCE_RETURN),
+    ):
         names = ", ".join(f"{keyword_for_tag(int(t, 16))} ({t})" for t in tags)
         w(f"Attributes returned at {level} level (PS3.18 Table 10.6.3-3/-4/-5): {names}.\n\n")
-    w("STOW-RS accepts `multipart/related; type=\"application/dicom\"`; failures are reported per instance with "
-      f"Failure Reason `{dicomweb.PROCESSING_FAILURE:04X}` (processing failure), `{dicomweb.CANNOT_UNDERSTAND:04X}` "
-      f"(cannot understand) or `{dicomweb.STUDY_MISMATCH:04X}` (study does not match the URL).\n\n")
+    w(
+        'STOW-RS accepts `multipart/related; type="application/dicom"`; failures are reported per instance with '
+        f"Failure Reason `{dicomweb.PROCESSING_FAILURE:04X}` (processing failure), `{dicomweb.CANNOT_UNDERSTAND:04X}` "
+        f"(cannot understand) or `{dicomweb.STUDY_MISMATCH:04X}` (study does not match the URL).\n\n"
+    )
 
     w("## 6 De-identification (PS3.15 Annex E)\n\n")
     rows = _ps315_rows()
-    w(f"De-identification follows the Basic Application Level Confidentiality Profile of PS3.15 Table E.1-1 "
-      f"({len(rows)} attributes, edition {_ps315_edition()}), with these options (CID 7050):\n\n")
+    w(
+        f"De-identification follows the Basic Application Level Confidentiality Profile of PS3.15 Table E.1-1 "
+        f"({len(rows)} attributes, edition {_ps315_edition()}), with these options (CID 7050):\n\n"
+    )
     w("<!-- begin: deid-options -->\n| option | code | attributes the option changes |\n|---|---|---|\n")
     counts: dict[str, int] = {}
     for r in rows:
@@ -691,21 +805,29 @@ def conformance() -> str:
         w(f"| {inspect.cleandoc(_member_doc(opt))} | `{opt.value}` | {counts.get(key, 0)} |\n")
     w("<!-- end: deid-options -->\n\n")
     w("Built-in profiles (`dicomlake deid profiles --show NAME` prints one; copy and edit it for your own):\n\n")
-    w("<!-- begin: deid-profiles -->\n| profile | what it is for | options | burned-in annotation | pseudonymised |\n"
-      "|---|---|---|---|---|\n")
+    w(
+        "<!-- begin: deid-profiles -->\n| profile | what it is for | options | burned-in annotation | pseudonymised |\n"
+        "|---|---|---|---|---|\n"
+    )
     for p in builtin_profiles():
         opts = ", ".join(sorted(o.name.lower().replace("_", "-") for o in p.options)) or "none (Basic Profile)"
-        w(f"| `{p.name}` | {p.description} | {opts} | {p.burned_in.value} | "
-          f"{', '.join(p.pseudonymize) or 'Patient ID and name'} |\n")
+        w(
+            f"| `{p.name}` | {p.description} | {opts} | {p.burned_in.value} | "
+            f"{', '.join(p.pseudonymize) or 'Patient ID and name'} |\n"
+        )
     w("<!-- end: deid-profiles -->\n\n")
-    w("Patient ID and name are replaced by keyed pseudonyms; UIDs are remapped with a keyed hash (2.25 root) "
-      "consistently across a project; dates are shifted by a keyed per-patient offset when a retain-dates "
-      "option is chosen. De-identified objects carry Patient Identity Removed `YES` and De-identification "
-      "Method Code Sequence with the options used.\n\n")
-    w("## 7 Media storage\n\ndicomlake reads DICOM files (PS3.10) with or without preamble, ZIP archives and "
-      "DICOMDIR file-sets as a File-set Reader; it writes Part 10 files (Secondary Capture, VL Photographic, "
-      "Encapsulated PDF, derived images, corrections, de-identified copies) that `dciodvfy` validates in the "
-      "tests. It does not write DICOMDIRs.\n")
+    w(
+        "Patient ID and name are replaced by keyed pseudonyms; UIDs are remapped with a keyed hash (2.25 root) "
+        "consistently across a project; dates are shifted by a keyed per-patient offset when a retain-dates "
+        "option is chosen. De-identified objects carry Patient Identity Removed `YES` and De-identification "
+        "Method Code Sequence with the options used.\n\n"
+    )
+    w(
+        "## 7 Media storage\n\ndicomlake reads DICOM files (PS3.10) with or without preamble, ZIP archives and "
+        "DICOMDIR file-sets as a File-set Reader; it writes Part 10 files (Secondary Capture, VL Photographic, "
+        "Encapsulated PDF, derived images, corrections, de-identified copies) that `dciodvfy` validates in the "
+        "tests. It does not write DICOMDIRs.\n"
+    )
     return out.getvalue()
 
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from dicomlake.query.lake import Lake
 
 
-def open(path: str | Any = None, **kwargs: Any) -> "Lake":  # noqa: A001 - mirrors duckdb.connect/sqlite3
+def open(path: str | Any = None, **kwargs: Any) -> Lake:
     """Open a lake folder (default: the configured lake) for querying from Python.
 
     >>> import dicomlake, tempfile

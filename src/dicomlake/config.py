@@ -24,16 +24,12 @@ class IngestSettings(BaseModel):
     """How files are read into the lake."""
 
     workers: int = Field(0, description="Worker processes; 0 means one per core. Default: 0")
-    batch_size: int = Field(
-        2000, description="Instances committed to the lake per transaction. Default: 2000"
-    )
+    batch_size: int = Field(2000, description="Instances committed to the lake per transaction. Default: 2000")
     max_header_bytes: int = Field(
         64 * 1024 * 1024,
         description="Largest header (everything before Pixel Data) read from one file. Default: 64 MiB",
     )
-    max_zip_member_bytes: int = Field(
-        2 * 1024**3, description="Largest zip member read into memory. Default: 2 GiB"
-    )
+    max_zip_member_bytes: int = Field(2 * 1024**3, description="Largest zip member read into memory. Default: 2 GiB")
     max_zip_ratio: float = Field(
         200.0, description="Largest compression ratio accepted for a zip member (zip bombs). Default: 200"
     )

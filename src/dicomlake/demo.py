@@ -9,9 +9,18 @@ from pathlib import Path
 EXAMPLES = [
     (
         "Mammography exposures with their compression force and breast thickness",
-        dict(where=["Modality = MG", "CompressionForce > 0"],
-             select=["ManufacturerModelName", "ViewPosition", "ImageLaterality", "CompressionForce",
-                     "BodyPartThickness", "OrganDose", "KVP"]),
+        dict(
+            where=["Modality = MG", "CompressionForce > 0"],
+            select=[
+                "ManufacturerModelName",
+                "ViewPosition",
+                "ImageLaterality",
+                "CompressionForce",
+                "BodyPartThickness",
+                "OrganDose",
+                "KVP",
+            ],
+        ),
     ),
 ]
 
@@ -69,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             Format.table,
             None,
         )
-    console.print(f"\nThe lake is in {args.lake}; try: .venv/bin/dicomlake sql \"SELECT Modality, count(*) FROM instances GROUP BY ALL\" --lake {args.lake}")
+    console.print(
+        f'\nThe lake is in {args.lake}; try: .venv/bin/dicomlake sql "SELECT Modality, count(*) FROM instances GROUP BY ALL" --lake {args.lake}'
+    )
     return 0
 
 

@@ -312,9 +312,7 @@ class Orthanc:
         self, argv: Sequence[str], *, timeout: float = 120.0, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
         """Run a client program inside the namespace and return its result (text output)."""
-        return subprocess.run(
-            self.command(argv), capture_output=True, text=True, timeout=timeout, check=check
-        )
+        return subprocess.run(self.command(argv), capture_output=True, text=True, timeout=timeout, check=check)
 
     @contextlib.contextmanager
     def in_netns(self) -> Iterator[None]:
@@ -345,7 +343,7 @@ class Orthanc:
             try:
                 with self.in_netns():
                     result.append(fn())
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            except BaseException as exc:
                 error.append(exc)
 
         thread = threading.Thread(target=target, name="orthanc-netns")
@@ -454,9 +452,7 @@ class Orthanc:
 
     def find_instance(self, sop_instance_uid: str) -> str | None:
         """Orthanc ID of the instance with this SOP Instance UID, or ``None``."""
-        found = self.post(
-            "/tools/lookup", sop_instance_uid, content_type="text/plain"
-        )
+        found = self.post("/tools/lookup", sop_instance_uid, content_type="text/plain")
         for item in found or []:
             if item.get("Type") == "Instance":
                 return str(item["ID"])
@@ -484,8 +480,10 @@ class Orthanc:
         for option, group in groups.items():
             argv = [
                 "storescu",
-                "-aet", calling_aet,
-                "-aec", self.aet,
+                "-aet",
+                calling_aet,
+                "-aec",
+                self.aet,
                 *([option] if option else []),
                 *extra_args,
                 self.host,

@@ -49,7 +49,10 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     ]
     out = d / "dcm"
     report = wrap_paths(
-        inputs, out, patient=PatientStudy(patient_id="ORTHANC-1", patient_name="Doe^Jane"), options=WrapOptions(convert=True)
+        inputs,
+        out,
+        patient=PatientStudy(patient_id="ORTHANC-1", patient_name="Doe^Jane"),
+        options=WrapOptions(convert=True),
     )
     assert report.failed == []
     files = [w.path for w in report.written]

@@ -83,9 +83,7 @@ def find_dsr2xml() -> str | None:
 
 def read(path: Path, exe: str = "dsr2xml") -> DsrReport:
     """Run dsr2xml on ``path`` and walk its XML."""
-    proc = subprocess.run(
-        [exe, *DSR2XML_FLAGS, str(path)], capture_output=True, timeout=120, check=False
-    )
+    proc = subprocess.run([exe, *DSR2XML_FLAGS, str(path)], capture_output=True, timeout=120, check=False)
     stderr = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
         raise RuntimeError(f"dsr2xml failed on {path} ({proc.returncode}): {stderr[-2000:]}")

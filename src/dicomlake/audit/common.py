@@ -110,8 +110,10 @@ class OperatorPseudonyms:
     def note(self) -> str | None:
         if self.keyed:
             return None
-        return ("Operators are pseudonymised with a random key for this report only; set "
-                "DICOMLAKE_DEID__SECRET for pseudonyms that stay the same between reports.")
+        return (
+            "Operators are pseudonymised with a random key for this report only; set "
+            "DICOMLAKE_DEID__SECRET for pseudonyms that stay the same between reports."
+        )
 
 
 # ---- statistics ---------------------------------------------------------------------------
@@ -144,7 +146,9 @@ class ExpFit:
 
 def fit_exponential(x: Sequence[float], y: Sequence[float]) -> ExpFit | None:
     """Fit ``y = a·exp(b·x)`` by ordinary least squares of ``ln y`` on ``x`` (y > 0 only)."""
-    pts = [(float(a), math.log(float(b))) for a, b in zip(x, y, strict=True) if a is not None and b is not None and b > 0]
+    pts = [
+        (float(a), math.log(float(b))) for a, b in zip(x, y, strict=True) if a is not None and b is not None and b > 0
+    ]
     n = len(pts)
     if n < 3:
         return None
@@ -164,7 +168,18 @@ def fit_exponential(x: Sequence[float], y: Sequence[float]) -> ExpFit | None:
 
 @cache
 def _colors() -> list[str]:
-    return ["#3b6ea5", "#d9822b", "#3a9d5d", "#c23b3b", "#7d5ba6", "#8c6d31", "#d16ba5", "#5f6b73", "#bcbd22", "#17becf"]
+    return [
+        "#3b6ea5",
+        "#d9822b",
+        "#3a9d5d",
+        "#c23b3b",
+        "#7d5ba6",
+        "#8c6d31",
+        "#d16ba5",
+        "#5f6b73",
+        "#bcbd22",
+        "#17becf",
+    ]
 
 
 def color(i: int) -> str:

@@ -58,7 +58,11 @@ def _stats_by(df: pl.DataFrame, group: str, room: str, value: str, unit: str, na
     ).sort(group, room, nulls_last=True)  # fmt: skip
     rows = []
     for key in sorted({g for g in med.get_column(group).to_list()}, key=lambda x: (x is None, str(x))):
-        meds = med.filter(pl.col(group).is_null() if key is None else pl.col(group) == key).get_column(f"median_{unit}").to_list()
+        meds = (
+            med.filter(pl.col(group).is_null() if key is None else pl.col(group) == key)
+            .get_column(f"median_{unit}")
+            .to_list()
+        )
         q3 = quantile(meds, 0.75)
         nat = _national(national, key, national_key)
         rows.append({group: key, "rooms": len(meds), f"local_drl_{unit}": q3, f"national_drl_{unit}": nat,
@@ -111,12 +115,22 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
     )  # fmt: skip
     nat = list(cfg.get("drl", []))
     med_ev, drl_ev = _stats_by(events, "protocol", "scanner", "CTDIvol_mGy", "CTDIvol_mGy", nat, "CTDIvol_mGy")
-    med_st, drl_st = _stats_by(studies, "study_description_std", "scanner", "DLP_total_mGycm", "DLP_mGycm", nat, "DLP_mGycm")
+    med_st, drl_st = _stats_by(
+        studies, "study_description_std", "scanner", "DLP_total_mGycm", "DLP_mGycm", nat, "DLP_mGycm"
+    )
     res.numbers.update({"events": events.height, "studies": studies.height})
     res.numbers["median_CTDIvol"] = {(r[0], r[1]): r[3] for r in med_ev.iter_rows()}
     res.numbers["median_DLP"] = {(r[0], r[1]): r[3] for r in med_st.iter_rows()}
-    res.numbers["drl_CTDIvol"] = dict(zip(drl_ev.get_column("protocol").to_list(), drl_ev.get_column("local_drl_CTDIvol_mGy").to_list(), strict=True))
-    res.numbers["drl_DLP"] = dict(zip(drl_st.get_column("study_description_std").to_list(), drl_st.get_column("local_drl_DLP_mGycm").to_list(), strict=True))
+    res.numbers["drl_CTDIvol"] = dict(
+        zip(drl_ev.get_column("protocol").to_list(), drl_ev.get_column("local_drl_CTDIvol_mGy").to_list(), strict=True)
+    )
+    res.numbers["drl_DLP"] = dict(
+        zip(
+            drl_st.get_column("study_description_std").to_list(),
+            drl_st.get_column("local_drl_DLP_mGycm").to_list(),
+            strict=True,
+        )
+    )
     a_ct, a_dlp = float(cfg.get("alert_CTDIvol_mGy", 80)), float(cfg.get("alert_DLP_mGycm", 2000))
     alerts = pl.concat([
         events.filter(pl.col("CTDIvol_mGy") > a_ct).select(
@@ -144,7 +158,12 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
     ))  # fmt: skip
     res.tables += [
         Table("ctdivol", "CTDIvol by protocol and scanner", "Median and mean per irradiation event.", med_ev),
-        Table("drl-ctdivol", "CTDIvol DRLs by protocol", "Local DRL = Q3 of scanner medians; national from settings.", drl_ev),
+        Table(
+            "drl-ctdivol",
+            "CTDIvol DRLs by protocol",
+            "Local DRL = Q3 of scanner medians; national from settings.",
+            drl_ev,
+        ),
         Table("dlp", "Total DLP by study description and scanner", "Per study.", med_st),
         Table("drl-dlp", "DLP DRLs by study description", "Local DRL = Q3 of scanner medians.", drl_st),
         Table("alerts", "Alerts", f"Events above {a_ct:g} mGy CTDIvol; studies above {a_dlp:g} mGy·cm DLP.", alerts),
@@ -161,7 +180,8 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
     cfg = (settings or load_settings()).get(key, {})
     ev = _events(lake, selection, (family.upper(),))
     events = ev.filter(pl.col("record") == "event").with_columns(
-        (pl.col("dap_Gym2") * 1e6).alias("dap_cGycm2"), (pl.col("dose_rp_Gy") * 1e3).alias("dose_rp_mGy"))
+        (pl.col("dap_Gym2") * 1e6).alias("dap_cGycm2"), (pl.col("dose_rp_Gy") * 1e3).alias("dose_rp_mGy")
+    )
     acc = ev.filter(pl.col("record") == "accumulated")
     studies = (events.group_by("StudyInstanceUID").agg(
         pl.col("StudyDate").first(), pl.col("study_description_std").first(), pl.col("scanner").first(),
@@ -191,7 +211,9 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
     )  # fmt: skip
     res.numbers.update({"events": events.height, "studies": studies.height})
     res.numbers["median_dap"] = {(r[0], r[1]): r[3] for r in med.iter_rows()}
-    res.numbers["drl_dap"] = dict(zip(drl.get_column(group).to_list(), drl.get_column("local_drl_dap_cGycm2").to_list(), strict=True))
+    res.numbers["drl_dap"] = dict(
+        zip(drl.get_column(group).to_list(), drl.get_column("local_drl_dap_cGycm2").to_list(), strict=True)
+    )
     a_dap = float(cfg.get("alert_dap_cGycm2", 500))
     alerts = data.filter(pl.col(value) > a_dap).select("StudyInstanceUID", "StudyDate", "scanner", group, value)
     if key == "rf" and "alert_dose_rp_mGy" in cfg:
@@ -207,8 +229,11 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
     ))  # fmt: skip
     rp = events.filter(pl.col("dose_rp_mGy").is_not_null())
     if rp.height:
-        med_rp = rp.group_by(group if key != "rf" else "protocol", "scanner").agg(
-            pl.len().alias("n"), pl.col("dose_rp_mGy").median().alias("median_dose_rp_mGy")).sort(pl.all().exclude("n"))
+        med_rp = (
+            rp.group_by(group if key != "rf" else "protocol", "scanner")
+            .agg(pl.len().alias("n"), pl.col("dose_rp_mGy").median().alias("median_dose_rp_mGy"))
+            .sort(pl.all().exclude("n"))
+        )
         gcol = group if key != "rf" else "protocol"
         res.charts.append(Chart(
             "dose-rp", "Median dose at the reference point by protocol and room",
@@ -219,7 +244,12 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
     res.tables += [
         Table("dap", "DAP by group and room", what, med),
         Table("drl-dap", "DAP DRLs", "Local DRL = Q3 of room medians; national from settings.", drl),
-        Table("alerts", "Alerts", f"Above {a_dap:g} cGy·cm² DAP" + (" or the dose (RP) threshold" if key == "rf" else ""), alerts),
+        Table(
+            "alerts",
+            "Alerts",
+            f"Above {a_dap:g} cGy·cm² DAP" + (" or the dose (RP) threshold" if key == "rf" else ""),
+            alerts,
+        ),
         Table("studies", "Studies", "One row per study.", studies),
     ]
     return res

@@ -59,7 +59,9 @@ def exposures(lake: Lake, selection: Selection) -> pl.DataFrame:
     df = ops.column(df).drop("OperatorsName")
     tf = [
         f"{(a or '?').title()}/{(f or '?').title()}"
-        for a, f in zip(df.get_column("anode_target").to_list(), df.get_column("filter_material").to_list(), strict=True)
+        for a, f in zip(
+            df.get_column("anode_target").to_list(), df.get_column("filter_material").to_list(), strict=True
+        )
     ]
     return df.with_columns(pl.Series("target_filter", tf, dtype=pl.String))
 
@@ -125,7 +127,9 @@ def audit_mg_dose(lake: Lake, selection: Selection | None = None, settings: dict
     rows = []
     for s_key, part in sorted(dosed.group_by("x_ray_set"), key=lambda kv: str(kv[0][0])):
         for lo, hi in itertools.pairwise(edges):
-            band = part.filter((pl.col("compressed_breast_thickness_mm") >= lo) & (pl.col("compressed_breast_thickness_mm") < hi))
+            band = part.filter(
+                (pl.col("compressed_breast_thickness_mm") >= lo) & (pl.col("compressed_breast_thickness_mm") < hi)
+            )
             if band.height:
                 rows.append({"x_ray_set": str(s_key[0]), "band": _band_label(lo, hi), "band_low_mm": lo,
                              "n": band.height, "mean_agd_mGy": band.get_column("agd_mGy").mean()})  # fmt: skip
@@ -156,10 +160,12 @@ def audit_mg_dose(lake: Lake, selection: Selection | None = None, settings: dict
     lo_b, hi_b = (float(v) for v in cfg.get("drl_thickness_band", [50, 60]))
     national = cfg.get("national_drl_mGy")
     drl_rows = []
-    for view in sorted(v for v in med.get_column("view").unique().to_list() if v is not None) + [None]:
+    for view in [*sorted(v for v in med.get_column("view").unique().to_list() if v is not None), None]:
         part = dosed if view is None else dosed.filter(pl.col("view") == view)
         set_meds = part.group_by("x_ray_set").agg(pl.col("agd_mGy").median()).get_column("agd_mGy").to_list()
-        band = part.filter((pl.col("compressed_breast_thickness_mm") >= lo_b) & (pl.col("compressed_breast_thickness_mm") < hi_b))
+        band = part.filter(
+            (pl.col("compressed_breast_thickness_mm") >= lo_b) & (pl.col("compressed_breast_thickness_mm") < hi_b)
+        )
         band_meds = band.group_by("x_ray_set").agg(pl.col("agd_mGy").median()).get_column("agd_mGy").to_list()
         q3 = quantile(set_meds, 0.75)
         q3b = quantile(band_meds, 0.75)

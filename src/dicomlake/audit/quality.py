@@ -47,7 +47,9 @@ def audit_quality(lake: Lake, selection: Selection | None = None, settings: dict
     bpe_base = lake.sql(
         f"""SELECT count(*) FROM instances i WHERE {cond} AND i.BodyPartExamined IS NOT NULL
             AND trim(i.BodyPartExamined) <> ''""", params).item()  # fmt: skip
-    bpe_bad = flags.filter(pl.col("rule").is_in(BPE_RULES)).get_column("SOPInstanceUID").n_unique() if flags.height else 0
+    bpe_bad = (
+        flags.filter(pl.col("rule").is_in(BPE_RULES)).get_column("SOPInstanceUID").n_unique() if flags.height else 0
+    )
     rate = bpe_bad / bpe_base if bpe_base else None
     res.numbers.update({"bpe_instances": int(bpe_base), "bpe_errors": bpe_bad, "bpe_error_rate": rate})
     bpe_by = (flags.filter(pl.col("rule").is_in(BPE_RULES)).group_by("Modality", "rule")
@@ -86,9 +88,13 @@ def audit_quality(lake: Lake, selection: Selection | None = None, settings: dict
     res.tables += [
         Table("by-rule", "Flags by rule", "", by_rule),
         Table("bpe", "Body Part Examined errors by modality", "", bpe_by),
-        Table("names", "Name variants awaiting confirmation",
-              "Variants no confirmed mapping covers, clustered with a proposed standard name: confirm with "
-              "`dicomlake curate names --propose FILE`, edit, then `--confirm FILE`.", pend),
+        Table(
+            "names",
+            "Name variants awaiting confirmation",
+            "Variants no confirmed mapping covers, clustered with a proposed standard name: confirm with "
+            "`dicomlake curate names --propose FILE`, edit, then `--confirm FILE`.",
+            pend,
+        ),
         Table("flags", "All flags", "", flags),
     ]
     res.all_data = flags

@@ -117,13 +117,24 @@ def audit_sc_catalogue(lake: Lake, selection: Selection | None = None, settings:
     fig = go.Figure(go.Bar(x=by_desc.get_column("Description").to_list(), y=by_desc.get_column("objects").to_list(),
                            marker_color=color(0)))  # fmt: skip
     fig.update_layout(yaxis_title="Objects", template="plotly_white", height=360)
-    res.charts.append(Chart("by-description", "Secondary Capture objects by content category",
-                            "Category from Series/Study Description and Conversion Type (PS3.3 C.8.6.1).", fig, by_desc))
+    res.charts.append(
+        Chart(
+            "by-description",
+            "Secondary Capture objects by content category",
+            "Category from Series/Study Description and Conversion Type (PS3.3 C.8.6.1).",
+            fig,
+            by_desc,
+        )
+    )
     sizes = df.filter(pl.col("Size_bytes").is_not_null())
-    fig = go.Figure(go.Histogram(x=[v / 1e6 for v in sizes.get_column("Size_bytes").to_list()], nbinsx=30, marker_color=color(1)))
+    fig = go.Figure(
+        go.Histogram(x=[v / 1e6 for v in sizes.get_column("Size_bytes").to_list()], nbinsx=30, marker_color=color(1))
+    )
     fig.update_layout(xaxis_title="File size (MB, SI)", yaxis_title="Objects", template="plotly_white", height=360)
     res.charts.append(Chart("sizes", "File sizes", f"{sizes.height:,} objects with a known file size.", fig,
                             sizes.select("SOPInstanceUID", "Size_raw", "Size_bytes")))  # fmt: skip
-    res.tables += [Table("by-description", "By content category", "", by_desc),
-                   Table("catalogue", "Catalogue", "One row per Secondary Capture object.", df)]
+    res.tables += [
+        Table("by-description", "By content category", "", by_desc),
+        Table("catalogue", "Catalogue", "One row per Secondary Capture object.", df),
+    ]
     return res

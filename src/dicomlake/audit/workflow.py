@@ -98,7 +98,9 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
         pl.col("start").dt.date().n_unique().alias("days"),
     ).join(gap_df.group_by("room").agg(pl.len().alias("gaps"), pl.col("gap_min").median().alias("median_gap_min")),
            on="room", how="left").with_columns((pl.col("exams") / pl.col("days")).alias("exams_per_day")).sort("room")  # fmt: skip
-    per_day = df.group_by("room", pl.col("start").dt.date().alias("date")).agg(pl.len().alias("exams")).sort("date", "room")
+    per_day = (
+        df.group_by("room", pl.col("start").dt.date().alias("date")).agg(pl.len().alias("exams")).sort("date", "room")
+    )
     per_op = df.group_by("operator").agg(pl.len().alias("exams"), pl.col("duration_min").median().alias("median_duration_min")
                                          ).sort("operator", nulls_last=True)  # fmt: skip
     util, rooms = utilisation(df)
@@ -129,7 +131,9 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
         fig.add_trace(go.Bar(x=[str(d) for d in p.get_column("date").to_list()], y=p.get_column("exams").to_list(),
                              name=room, marker_color=color(n)))  # fmt: skip
     fig.update_layout(barmode="stack", yaxis_title="Exams", template="plotly_white", height=380)
-    res.charts.append(Chart("throughput", "Throughput per day", "Exams started per day, stacked by room.", fig, per_day))
+    res.charts.append(
+        Chart("throughput", "Throughput per day", "Exams started per day, stacked by room.", fig, per_day)
+    )
     fig = go.Figure(go.Heatmap(z=[[round(100 * v, 2) for v in row] for row in util], x=[f"{h:02d}:00" for h in range(24)],
                                y=WEEKDAYS, colorscale="Blues", colorbar={"title": "% busy"}))  # fmt: skip
     fig.update_layout(template="plotly_white", height=360, yaxis={"autorange": "reversed"})
@@ -141,9 +145,15 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
                            y=per_op.get_column("median_duration_min").to_list(), marker_color=color(0),
                            customdata=per_op.get_column("exams").to_list(),
                            hovertemplate="%{x}: %{y:.1f} min (n=%{customdata})<extra></extra>"))  # fmt: skip
-    fig.update_layout(xaxis_title="Operator (pseudonym)", yaxis_title="Median exam duration (min)", template="plotly_white", height=380)
-    res.charts.append(Chart("operator", "Exam duration per operator",
-                            "Operators' Name replaced by a keyed pseudonym.", fig, per_op))
+    fig.update_layout(
+        xaxis_title="Operator (pseudonym)",
+        yaxis_title="Median exam duration (min)",
+        template="plotly_white",
+        height=380,
+    )
+    res.charts.append(
+        Chart("operator", "Exam duration per operator", "Operators' Name replaced by a keyed pseudonym.", fig, per_op)
+    )
     res.tables += [
         Table("rooms", "Per room", "Exams, durations, gaps and exams per working day (days with an exam).", by_room),
         Table("per-day", "Exams per day and room", "", per_day),

@@ -27,7 +27,9 @@ def audit(
     date_from: str | None = typer.Option(None, "--from", help="First study date (YYYYMMDD or YYYY-MM-DD)."),
     date_to: str | None = typer.Option(None, "--to", help="Last study date."),
     where: list[str] = typer.Option([], "--where", "-w", help="KEY OP VALUE on any attribute, repeatable (AND)."),
-    settings: Path | None = typer.Option(None, "--settings", help="DRLs and thresholds (TOML; default: shipped examples)."),
+    settings: Path | None = typer.Option(
+        None, "--settings", help="DRLs and thresholds (TOML; default: shipped examples)."
+    ),
     lake: Path | None = LAKE_OPTION,
 ) -> None:
     """Run an audit over the lake and write a self-contained HTML report with CSV and XLSX beside it.

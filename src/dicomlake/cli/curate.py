@@ -19,7 +19,9 @@ curate_app = typer.Typer(
 @handle_errors
 def run(
     lake: Path | None = LAKE_OPTION,
-    rules: Path | None = typer.Option(None, "--rules", help="Rules file (default: shipped, or DICOMLAKE_CURATE_RULES)."),
+    rules: Path | None = typer.Option(
+        None, "--rules", help="Rules file (default: shipped, or DICOMLAKE_CURATE_RULES)."
+    ),
 ) -> None:
     """Check every instance against the rules; replace the lake's quality_flags.
 
@@ -32,7 +34,9 @@ def run(
     r = load_rules(rules)
     with DuckDBStore(lake_path(lake)) as st:
         rep = curate(st.con, None, r)
-    typer.echo(f"{rep.instances:,} instances checked, {rep.flags:,} flags (rules {rep.rules_version}) in {rep.seconds:.1f} s")
+    typer.echo(
+        f"{rep.instances:,} instances checked, {rep.flags:,} flags (rules {rep.rules_version}) in {rep.seconds:.1f} s"
+    )
     for rule, n in sorted(rep.by_rule.items(), key=lambda kv: -kv[1]):
         typer.echo(f"  {n:>7,}  {rule}")
     for note in rep.notes:
@@ -54,7 +58,9 @@ def rules_cmd() -> None:
 @handle_errors
 def names_cmd(
     propose: Path | None = typer.Option(None, "--propose", help="Write clustered variants to this CSV to edit."),
-    confirm: Path | None = typer.Option(None, "--confirm", help="Store the confirmed rows of an edited CSV as a new version."),
+    confirm: Path | None = typer.Option(
+        None, "--confirm", help="Store the confirmed rows of an edited CSV as a new version."
+    ),
     history: bool = typer.Option(False, "--history", help="List the mapping versions."),
     threshold: float = typer.Option(0.8, "--threshold", help="Similarity (0-1) at which variants join a group."),
     by: str = typer.Option("", "--by", help="Who confirmed (recorded with the version)."),
@@ -75,15 +81,20 @@ def names_cmd(
         raise ValueError("give --propose FILE, --confirm FILE or --history")
     with DuckDBStore(lake_path(lake), read_only=not confirm) as st:
         if propose:
-            props = names.unmapped(st.con, threshold) if names.latest_version(st.con) else [
-                p for f, v in names.variants_in_lake(st.con).items() for p in names.propose(f, v, threshold)]
+            props = (
+                names.unmapped(st.con, threshold)
+                if names.latest_version(st.con)
+                else [p for f, v in names.variants_in_lake(st.con).items() for p in names.propose(f, v, threshold)]
+            )
             n = names.write_proposals(propose, props)
             typer.echo(f"{n:,} variants in {len({(p.field, p.cluster) for p in props}):,} groups written to {propose}; "
                        "edit `standard`, set `status` to confirmed, then run --confirm")  # fmt: skip
         if confirm:
             rows = names.read_mapping(confirm)
             ver = names.apply_mapping(st.con, rows, confirmed_by=by, source_file=str(confirm))
-            typer.echo(f"mapping version {ver}: {len(rows):,} confirmed rows from {confirm}; view instances_std updated")
+            typer.echo(
+                f"mapping version {ver}: {len(rows):,} confirmed rows from {confirm}; view instances_std updated"
+            )
         if history:
             if names.latest_version(st.con) is None:
                 typer.echo("no confirmed mappings yet")
@@ -92,7 +103,9 @@ def names_cmd(
                 "SELECT version, count(*), any_value(confirmed_by), max(confirmed_at), any_value(source_file) "
                 "FROM name_mappings GROUP BY version ORDER BY version"
             ).fetchall():
-                typer.echo(f"v{row[0]}: {row[1]:,} mappings, by {row[2] or '?'} at {row[3]:%Y-%m-%d %H:%M} from {row[4]}")
+                typer.echo(
+                    f"v{row[0]}: {row[1]:,} mappings, by {row[2] or '?'} at {row[3]:%Y-%m-%d %H:%M} from {row[4]}"
+                )
 
 
 def register(app: typer.Typer) -> None:

@@ -32,7 +32,8 @@ def deid(
     out: Path | None = typer.Option(None, "--out", "-od", help="Output folder; the input layout is kept."),
     profile: str = typer.Option("basic", "--profile", "-p", help="Built-in name or TOML file."),
     secret_env: str = typer.Option(
-        "DICOMLAKE_DEID__SECRET", "--secret-env",
+        "DICOMLAKE_DEID__SECRET",
+        "--secret-env",
         help="Environment variable holding the key; a second key gives a second, unlinkable "
         "pseudonymisation of an extract for a third party.",
     ),
@@ -41,7 +42,9 @@ def deid(
     report: Path | None = typer.Option(None, "--report", help="Write a JSON report here."),
     show: str | None = typer.Option(None, "--show", help="With 'profiles': print one profile's TOML."),
     pixels: bool = typer.Option(
-        False, "--pixels", help="Clean burned-in text (OCR): SC-like and Burned In Annotation YES instances become "
+        False,
+        "--pixels",
+        help="Clean burned-in text (OCR): SC-like and Burned In Annotation YES instances become "
         "redacted derived objects (new UIDs from the maps); uncertain ones are listed for review.",
     ),
 ) -> None:
@@ -88,7 +91,9 @@ def deid(
         for path, rel in _files(inputs):
             try:
                 if pixel_report is not None:
-                    data = deidentify_bytes_with_pixels(engine, path.read_bytes(), source=str(path), report=pixel_report)
+                    data = deidentify_bytes_with_pixels(
+                        engine, path.read_bytes(), source=str(path), report=pixel_report
+                    )
                 else:
                     data = engine.deidentify_bytes(path.read_bytes(), source=str(path))
             except DeidError as exc:
@@ -108,17 +113,27 @@ def deid(
     for line in rep.excluded:
         typer.echo(f"  excluded {line}")
     if pixel_report is not None:
-        typer.echo(f"pixels: {len(pixel_report.written)} redacted ({pixel_report.regions} regions filled), "
-                   f"review {len(pixel_report.review)}")
+        typer.echo(
+            f"pixels: {len(pixel_report.written)} redacted ({pixel_report.regions} regions filled), "
+            f"review {len(pixel_report.review)}"
+        )
         for where, why in pixel_report.review:
             typer.echo(f"  review {where}: {why}")
     for line in failed:
         typer.echo(f"  failed {line}", err=True)
     if report is not None:
-        report.write_text(json.dumps({
-            "profile": engine.profile.name, "written": written, "excluded": rep.excluded,
-            "flagged": rep.flagged, "failed": failed,
-        }, indent=2))
+        report.write_text(
+            json.dumps(
+                {
+                    "profile": engine.profile.name,
+                    "written": written,
+                    "excluded": rep.excluded,
+                    "flagged": rep.flagged,
+                    "failed": failed,
+                },
+                indent=2,
+            )
+        )
     if failed:
         raise typer.Exit(1)
 

@@ -63,24 +63,41 @@ def _version(dist: str) -> str | None:
 def check_python() -> list[Check]:
     v = sys.version_info
     ok = v >= (3, 11)
-    out = [Check("python", "ok" if ok else "fail", f"{v.major}.{v.minor}.{v.micro} ({sys.executable})",
-                 "" if ok else "install Python 3.11 or newer and reinstall dicomlake in a new venv")]
+    out = [
+        Check(
+            "python",
+            "ok" if ok else "fail",
+            f"{v.major}.{v.minor}.{v.micro} ({sys.executable})",
+            "" if ok else "install Python 3.11 or newer and reinstall dicomlake in a new venv",
+        )
+    ]
     from dicomlake import __version__
 
     out.append(Check("dicomlake", "ok", __version__))
     missing = [d for d in CORE if _version(d) is None]
-    out.append(Check("core packages", "fail" if missing else "ok",
-                     ", ".join(f"{d} {_version(d)}" for d in CORE if d not in missing) if not missing
-                     else "missing: " + ", ".join(missing),
-                     "pip install --force-reinstall dicomlake" if missing else ""))
+    out.append(
+        Check(
+            "core packages",
+            "fail" if missing else "ok",
+            ", ".join(f"{d} {_version(d)}" for d in CORE if d not in missing)
+            if not missing
+            else "missing: " + ", ".join(missing),
+            "pip install --force-reinstall dicomlake" if missing else "",
+        )
+    )
     import importlib.util
 
     absent = [(mod, extra, what) for mod, extra, what in EXTRAS if importlib.util.find_spec(mod) is None]
     if absent:
         extras = sorted({e for _, e, _ in absent})
-        out.append(Check("optional extras", "warn", "not installed: " + ", ".join(sorted({m for m, _, _ in absent})),
-                         f"only needed for {'; '.join(w for _, _, w in absent)}: pip install "
-                         f"'dicomlake[{','.join(extras)}]'"))
+        out.append(
+            Check(
+                "optional extras",
+                "warn",
+                "not installed: " + ", ".join(sorted({m for m, _, _ in absent})),
+                f"only needed for {'; '.join(w for _, _, w in absent)}: pip install 'dicomlake[{','.join(extras)}]'",
+            )
+        )
     else:
         out.append(Check("optional extras", "ok", "all installed"))
     return out
@@ -102,12 +119,25 @@ def check_lake(lake: Path) -> list[Check]:
         state += f", lake.duckdb {db.stat().st_size / 1e6:,.1f} MB"
         if not os.access(db, os.R_OK | os.W_OK):
             writable = False
-    out.append(Check("lake folder", "ok" if writable else "fail", f"{lake.absolute()} {state}",
-                     "" if writable else f"give the service user write access: chown -R $USER {probe}"))
+    out.append(
+        Check(
+            "lake folder",
+            "ok" if writable else "fail",
+            f"{lake.absolute()} {state}",
+            "" if writable else f"give the service user write access: chown -R $USER {probe}",
+        )
+    )
     free = shutil.disk_usage(probe).free
-    out.append(Check("free disk", "ok" if free >= MIN_FREE_BYTES else "warn", f"{free / 1024**3:,.1f} GiB at {probe}",
-                     "" if free >= MIN_FREE_BYTES else "free space or move the lake: the listener answers "
-                     "A700 (out of resources) below dimse.min_free_bytes"))
+    out.append(
+        Check(
+            "free disk",
+            "ok" if free >= MIN_FREE_BYTES else "warn",
+            f"{free / 1024**3:,.1f} GiB at {probe}",
+            ""
+            if free >= MIN_FREE_BYTES
+            else "free space or move the lake: the listener answers A700 (out of resources) below dimse.min_free_bytes",
+        )
+    )
     return out
 
 
@@ -127,15 +157,29 @@ def port_in_use(host: str, port: int) -> bool:
 
 def check_ports(dimse_bind: str, dimse_port: int, http_bind: str, http_port: int) -> list[Check]:
     out = []
-    for label, host, port, setting in (("DICOM port", dimse_bind, dimse_port, "dimse.port"),
-                                       ("HTTP port", http_bind, http_port, "web.http_port")):
+    for label, host, port, setting in (
+        ("DICOM port", dimse_bind, dimse_port, "dimse.port"),
+        ("HTTP port", http_bind, http_port, "web.http_port"),
+    ):
         if port < 1024 and os.geteuid() != 0:
-            out.append(Check(label, "warn", f"{host}:{port} is below 1024 and we are not root",
-                             f"choose a port ≥ 1024 ({setting}) or grant CAP_NET_BIND_SERVICE"))
+            out.append(
+                Check(
+                    label,
+                    "warn",
+                    f"{host}:{port} is below 1024 and we are not root",
+                    f"choose a port ≥ 1024 ({setting}) or grant CAP_NET_BIND_SERVICE",
+                )
+            )
         elif port_in_use(host, port):
-            out.append(Check(label, "warn", f"{host}:{port} in use",
-                             f"stop what listens there (ss -ltnp 'sport = :{port}') or a running "
-                             f"`dicomlake serve`, or set {setting}"))
+            out.append(
+                Check(
+                    label,
+                    "warn",
+                    f"{host}:{port} in use",
+                    f"stop what listens there (ss -ltnp 'sport = :{port}') or a running "
+                    f"`dicomlake serve`, or set {setting}",
+                )
+            )
         else:
             out.append(Check(label, "ok", f"{host}:{port} free"))
     return out
@@ -147,8 +191,14 @@ def check_peers() -> list[Check]:
         path = shutil.which(prog) or (f"/usr/sbin/{prog}" if os.path.exists(f"/usr/sbin/{prog}") else None)
         if prog == "chromium" and path is None:
             path = shutil.which("chromium-browser") or shutil.which("google-chrome")
-        out.append(Check(f"peer {prog}", "ok" if path else "warn", path or "not on PATH",
-                         "" if path else f"only for {why}: {install}"))
+        out.append(
+            Check(
+                f"peer {prog}",
+                "ok" if path else "warn",
+                path or "not on PATH",
+                "" if path else f"only for {why}: {install}",
+            )
+        )
     return out
 
 
@@ -175,14 +225,29 @@ def doctor(
 
         reset_settings_cache()
         settings = get_settings()
-        checks.append(Check("configuration", "ok", os.environ.get("DICOMLAKE_CONFIG", "dicomlake.toml")
-                            + (" (found)" if Path(os.environ.get("DICOMLAKE_CONFIG", "dicomlake.toml")).is_file()
-                               else " (absent: defaults)")))
+        checks.append(
+            Check(
+                "configuration",
+                "ok",
+                os.environ.get("DICOMLAKE_CONFIG", "dicomlake.toml")
+                + (
+                    " (found)"
+                    if Path(os.environ.get("DICOMLAKE_CONFIG", "dicomlake.toml")).is_file()
+                    else " (absent: defaults)"
+                ),
+            )
+        )
     except Exception as exc:
         text = " ".join(str(exc).split())
-        checks.append(Check("configuration", "fail", text[:400],
-                            "fix the keys named above in dicomlake.toml or the DICOMLAKE_* variables; "
-                            "docs/reference/config.md lists every key"))
+        checks.append(
+            Check(
+                "configuration",
+                "fail",
+                text[:400],
+                "fix the keys named above in dicomlake.toml or the DICOMLAKE_* variables; "
+                "docs/reference/config.md lists every key",
+            )
+        )
     web_bind, web_port = "127.0.0.1", 8000
     try:
         from dicomlake.web.settings import web_settings
@@ -190,8 +255,14 @@ def doctor(
         ws = web_settings()
         web_bind, web_port = ws.bind, ws.http_port
     except Exception as exc:
-        checks.append(Check("web configuration", "fail", " ".join(str(exc).split())[:300],
-                            "fix [web] in dicomlake.toml or DICOMLAKE_WEB__* variables"))
+        checks.append(
+            Check(
+                "web configuration",
+                "fail",
+                " ".join(str(exc).split())[:300],
+                "fix [web] in dicomlake.toml or DICOMLAKE_WEB__* variables",
+            )
+        )
     folder = Path(lake) if lake is not None else (settings.lake if settings is not None else Path("dicomlake-data"))
     checks += check_lake(folder)
     if not no_ports:
@@ -210,8 +281,10 @@ def doctor(
     console.print(table)
     failed = [c for c in checks if c.status == "fail"]
     warned = [c for c in checks if c.status == "warn"]
-    console.print(f"{len(checks) - len(failed) - len(warned)} ok, {len(warned)} warning(s), {len(failed)} failed"
-                  + (": " + ", ".join(c.name for c in failed) if failed else ""))
+    console.print(
+        f"{len(checks) - len(failed) - len(warned)} ok, {len(warned)} warning(s), {len(failed)} failed"
+        + (": " + ", ".join(c.name for c in failed) if failed else "")
+    )
     raise typer.Exit(1 if failed else 0)
 
 

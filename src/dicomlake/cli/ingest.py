@@ -135,8 +135,13 @@ def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path
         ("seconds", f"{rep.seconds:.2f}"),
         ("files/s", f"{rep.rate:,.0f}"),
     )
-    _summary(f"spark ingest {rep.run_id} into {rep.out} ({rep.master})", rows, rep, rep.out,
-             report or out / "reports" / f"ingest-{rep.run_id}.json")
+    _summary(
+        f"spark ingest {rep.run_id} into {rep.out} ({rep.master})",
+        rows,
+        rep,
+        rep.out,
+        report or out / "reports" / f"ingest-{rep.run_id}.json",
+    )
 
 
 def rejects(

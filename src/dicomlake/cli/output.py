@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +14,7 @@ import typer
 from dicomlake.errors import QueryError
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     """How a table is written."""
 
     table = "table"
@@ -75,7 +75,9 @@ def write_table(table: pa.Table, fmt: Format, out: Path | None) -> None:
         for row in table.to_pylist():
             w.writerow(["" if v is None else v for v in row.values()])
     elif fmt == Format.json:
-        json.dump([{k: _jsonable(v) for k, v in r.items()} for r in table.to_pylist()], buf, ensure_ascii=False, indent=1)
+        json.dump(
+            [{k: _jsonable(v) for k, v in r.items()} for r in table.to_pylist()], buf, ensure_ascii=False, indent=1
+        )
         buf.write("\n")
     elif fmt == Format.nl:
         for r in table.to_pylist():

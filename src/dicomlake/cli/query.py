@@ -44,7 +44,9 @@ def query(
             return
         table = lk.store.query(sql, params)
     if fmt == Format.table and parsed:
-        typer.secho(f"{table.num_rows:,} {level} rows where " + " and ".join(f.sentence() for f in parsed), err=True, dim=True)
+        typer.secho(
+            f"{table.num_rows:,} {level} rows where " + " and ".join(f.sentence() for f in parsed), err=True, dim=True
+        )
     write_table(table, fmt, out)
 
 
@@ -68,7 +70,9 @@ def sql(
 def export(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write one file per table into."),
     fmt: str = typer.Option(
-        "parquet", "--format", "-f",
+        "parquet",
+        "--format",
+        "-f",
         help="parquet or csv (one file per table), or lake (a partitioned Parquet lake, see `dicomlake import`).",
     ),
     lake: Path | None = LAKE_OPTION,

@@ -49,13 +49,20 @@ def analyse(
 
     from dicomlake.extract.sc import analyse_lake
 
-    with Progress(TextColumn("[bold]sc analyse"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("review {task.fields[review]} · failed {task.fields[failed]}"),
-                  console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]sc analyse"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("review {task.fields[review]} · failed {task.fields[failed]}"),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task("sc", total=None, review=0, failed=0)
 
         def tick(rep, total):  # type: ignore[no-untyped-def]
-            bar.update(task, total=total, completed=rep.analysed + len(rep.failed), review=rep.review, failed=len(rep.failed))
+            bar.update(
+                task, total=total, completed=rep.analysed + len(rep.failed), review=rep.review, failed=len(rep.failed)
+            )
 
         rep = analyse_lake(lake_path(lake), only_missing=only_missing, progress=tick)
     classes = ", ".join(f"{k} {v}" for k, v in sorted(rep.by_class.items())) or "none"
@@ -123,15 +130,27 @@ def redact(
     finally:
         if engine is not None:
             engine.close()
-    typer.echo(f"redacted {len(rep.written)} ({rep.regions} regions filled), review {len(rep.review)}, "
-               f"excluded {len(rep.excluded)}, failed {len(rep.failed)}")
+    typer.echo(
+        f"redacted {len(rep.written)} ({rep.regions} regions filled), review {len(rep.review)}, "
+        f"excluded {len(rep.excluded)}, failed {len(rep.failed)}"
+    )
     for where, why in rep.review:
         typer.echo(f"  review {where}: {why}")
     for _, message in rep.failed:
         typer.echo(f"  failed {message}", err=True)
     if report is not None:
-        report.write_text(json.dumps({"written": rep.written, "review": rep.review, "excluded": rep.excluded,
-                                      "failed": rep.failed, "regions": rep.regions}, indent=2))
+        report.write_text(
+            json.dumps(
+                {
+                    "written": rep.written,
+                    "review": rep.review,
+                    "excluded": rep.excluded,
+                    "failed": rep.failed,
+                    "regions": rep.regions,
+                },
+                indent=2,
+            )
+        )
     if rep.failed:
         raise typer.Exit(1)
 

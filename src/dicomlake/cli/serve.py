@@ -99,8 +99,11 @@ def serve(
         f"dicomlake serve: {dimse.ae_title} on {svc.address[0]}:{svc.address[1]}"
         f"{' (TLS)' if dimse.tls.enabled else ''} → {folder}  "
         f"[{'keep files' if dimse.keep_files else 'metadata only'}; control {svc.control_url}]"
-        + (f"\n  DICOMweb and web UI: {svc.web_url} (create a user: dicomlake user add NAME --role admin)"
-           if svc.web_url else ""),
+        + (
+            f"\n  DICOMweb and web UI: {svc.web_url} (create a user: dicomlake user add NAME --role admin)"
+            if svc.web_url
+            else ""
+        ),
         err=True,
         bold=True,
     )

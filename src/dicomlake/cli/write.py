@@ -24,7 +24,7 @@ def _print_report(report: WriteReport) -> None:
         typer.echo(f"wrote {written.path}  ({written.sop_instance_uid})")
         for note in written.notes:
             typer.echo(f"  note: {note}")
-    for source, message in report.failed:
+    for _source, message in report.failed:
         typer.echo(f"failed: {message}", err=True)
     typer.echo(f"{len(report.written)} written, {len(report.failed)} failed")
 
@@ -135,7 +135,9 @@ def derive(
     description: str = typer.Option(..., "--description", help="Derivation Description (free text)."),
     out: Path = typer.Option(..., "--out", "-od", help="Output directory."),
     purpose: str = typer.Option(
-        "121322", "--purpose", help="CID 7202 purpose of reference (default 121322 Source image for image processing operation)."
+        "121322",
+        "--purpose",
+        help="CID 7202 purpose of reference (default 121322 Source image for image processing operation).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:

@@ -34,15 +34,15 @@ def defined_terms() -> dict[str, dict[str, object]]:
 
 @cache
 def _knowledge() -> tuple[list[tuple[re.Pattern[str], str]], dict[str, str], dict[str, str], dict[str, set[str]]]:
-    data = tomllib.loads(
-        resources.files("dicomlake.curate").joinpath("body_part_words.toml").read_text("utf-8")
-    )
+    data = tomllib.loads(resources.files("dicomlake.curate").joinpath("body_part_words.toml").read_text("utf-8"))
     phrases: list[tuple[str, str]] = []
     for term, words in data.get("words", {}).items():
         phrases.extend((w.upper(), term) for w in words)
     # longest phrase first, so "ABDOMEN PELVIS" wins over "ABDOMEN"
     phrases.sort(key=lambda p: -len(p[0]))
-    pats = [(re.compile(r"(?<![A-Z0-9])" + re.escape(p).replace(r"\ ", r"\s+") + r"(?![A-Z0-9])"), t) for p, t in phrases]
+    pats = [
+        (re.compile(r"(?<![A-Z0-9])" + re.escape(p).replace(r"\ ", r"\s+") + r"(?![A-Z0-9])"), t) for p, t in phrases
+    ]
     aliases = {k.upper(): v for k, v in data.get("aliases", {}).items()}
     modality = {k.upper(): v for k, v in data.get("modality", {}).items()}
     contains = {k: set(v) for k, v in data.get("contains", {}).items()}

@@ -134,7 +134,7 @@ class _Run:
                         FROM (SELECT d.SOPInstanceUID, d.IrradiationEventUID AS ev,
                                      CAST(d.{_q(r.attribute)} AS DOUBLE) AS v
                               FROM dose_events d JOIN _cur_scope s USING (SOPInstanceUID)
-                              WHERE d.source = 'rdsr' AND {self.modality_cond(r.modality, 'd.modality_family')})
+                              WHERE d.source = 'rdsr' AND {self.modality_cond(r.modality, "d.modality_family")})
                         WHERE v IS NOT NULL AND {bad}""",
                     [r.id, r.severity.value, r.attribute, r.message],
                 )

@@ -24,7 +24,7 @@ def ingest_hook(store: object, settings: object, notes: list[str]) -> Callable[[
         from dicomlake.curate.rules import load_rules
 
         rules = load_rules()
-    except Exception as exc:  # noqa: BLE001 - a broken rules file must not stop ingest
+    except Exception as exc:
         notes.append(f"curation on ingest is off: {exc}")
         return None
 
@@ -33,9 +33,11 @@ def ingest_hook(store: object, settings: object, notes: list[str]) -> Callable[[
             return
         try:
             curate(con, uids, rules)
-        except Exception as exc:  # noqa: BLE001 - curation never fails an ingest
+        except Exception as exc:
             log.warning("curation of %d instances failed: %s", len(uids), exc)
-            notes.append(f"curation of {len(uids)} instances failed ({type(exc).__name__}: {exc}); "
-                         "run `dicomlake curate` to re-check the lake")
+            notes.append(
+                f"curation of {len(uids)} instances failed ({type(exc).__name__}: {exc}); "
+                "run `dicomlake curate` to re-check the lake"
+            )
 
     return after_commit

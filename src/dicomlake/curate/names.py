@@ -116,7 +116,7 @@ def similarity(a: str, b: str) -> float:
     seq = difflib.SequenceMatcher(None, ka, kb).ratio() if ka and kb else 0.0
     acr = 0.0
     xa, xb = _is_acronym(a), _is_acronym(b)
-    if xa and not xb and xa in initials(b) or xb and not xa and xb in initials(a):
+    if (xa and not xb and xa in initials(b)) or (xb and not xa and xb in initials(a)):
         acr = 0.95
     return max(jac, seq, acr)
 
@@ -193,12 +193,14 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(row and row[0])
 
 
-def variants_in_lake(con: duckdb.DuckDBPyConnection, fields: Iterable[str] = FIELDS) -> dict[str, list[tuple[str, int]]]:
+def variants_in_lake(
+    con: duckdb.DuckDBPyConnection, fields: Iterable[str] = FIELDS
+) -> dict[str, list[tuple[str, int]]]:
     """Distinct values of each field with their instance counts (dose-event protocols included)."""
     out: dict[str, list[tuple[str, int]]] = {}
     for f in fields:
         col = FIELDS[f]
-        sql = f'SELECT trim("{col}") AS v, count(*) AS n FROM instances WHERE trim(coalesce("{col}", \'\')) <> \'\' GROUP BY 1'
+        sql = f"SELECT trim(\"{col}\") AS v, count(*) AS n FROM instances WHERE trim(coalesce(\"{col}\", '')) <> '' GROUP BY 1"
         if f == "protocol" and _has_table(con, "dose_events"):
             sql = (
                 f"SELECT v, sum(n) FROM ({sql} UNION ALL SELECT trim(acquisition_protocol), count(*) FROM dose_events "
@@ -220,7 +222,10 @@ def unmapped(con: duckdb.DuckDBPyConnection, threshold: float = 0.8) -> list[Pro
     ver = latest_version(con)
     mapped: set[tuple[str, str]] = set()
     if ver is not None:
-        mapped = {(f, v) for f, v in con.execute("SELECT field, variant FROM name_mappings WHERE version = ?", [ver]).fetchall()}
+        mapped = {
+            (f, v)
+            for f, v in con.execute("SELECT field, variant FROM name_mappings WHERE version = ?", [ver]).fetchall()
+        }
     out = []
     for f, values in variants_in_lake(con).items():
         for p in propose(f, values, threshold):
@@ -248,7 +253,9 @@ def read_mapping(path: str | Path, *, include_proposed: bool = False) -> list[tu
         reader = csv.DictReader(fh)
         need = {"field", "variant", "standard"}
         if not reader.fieldnames or not need <= set(reader.fieldnames):
-            raise ConfigError(f"mapping file {path}: header must include {', '.join(sorted(need))}; found {reader.fieldnames}")
+            raise ConfigError(
+                f"mapping file {path}: header must include {', '.join(sorted(need))}; found {reader.fieldnames}"
+            )
         for n, r in enumerate(reader, start=2):
             status = (r.get("status") or "confirmed").strip().lower()
             if status not in ("confirmed", "proposed", "rejected"):
@@ -256,7 +263,11 @@ def read_mapping(path: str | Path, *, include_proposed: bool = False) -> list[tu
                 continue
             if status == "rejected" or (status == "proposed" and not include_proposed):
                 continue
-            f, v, s = (r.get("field") or "").strip(), (r.get("variant") or "").strip(), (r.get("standard") or "").strip()
+            f, v, s = (
+                (r.get("field") or "").strip(),
+                (r.get("variant") or "").strip(),
+                (r.get("standard") or "").strip(),
+            )
             if f not in FIELDS:
                 problems.append(f"line {n}: field {f!r} is not one of {', '.join(FIELDS)}")
             elif not v or not s:
@@ -269,7 +280,11 @@ def read_mapping(path: str | Path, *, include_proposed: bool = False) -> list[tu
 
 
 def apply_mapping(
-    con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, str, str]], *, confirmed_by: str = "", source_file: str = ""
+    con: duckdb.DuckDBPyConnection,
+    rows: Sequence[tuple[str, str, str]],
+    *,
+    confirmed_by: str = "",
+    source_file: str = "",
 ) -> int:
     """Store confirmed mappings as a new version (previous confirmed rows carried over unless
     overridden) and refresh the ``instances_std`` view; the new version number."""
@@ -277,7 +292,9 @@ def apply_mapping(
     prev = latest_version(con)
     merged: dict[tuple[str, str], str] = {}
     if prev is not None:
-        for f, v, s in con.execute("SELECT field, variant, standard FROM name_mappings WHERE version = ?", [prev]).fetchall():
+        for f, v, s in con.execute(
+            "SELECT field, variant, standard FROM name_mappings WHERE version = ?", [prev]
+        ).fetchall():
             merged[(f, v)] = s
     for f, v, s in rows:
         merged[(f, v)] = s
@@ -298,9 +315,9 @@ def std_relation(con: duckdb.DuckDBPyConnection, table: str = "instances") -> st
     joins = []
     for n, (f, col) in enumerate(FIELDS.items()):
         if ver is None:
-            cols.append(f'nullif(trim(i."{col}"), \'\') AS {f}_std')
+            cols.append(f"nullif(trim(i.\"{col}\"), '') AS {f}_std")
             continue
-        cols.append(f'coalesce(m{n}.standard, nullif(trim(i."{col}"), \'\')) AS {f}_std')
+        cols.append(f"coalesce(m{n}.standard, nullif(trim(i.\"{col}\"), '')) AS {f}_std")
         joins.append(
             f"LEFT JOIN (SELECT variant, standard FROM name_mappings WHERE version = {ver} AND field = '{f}') m{n} "
             f'ON m{n}.variant = trim(i."{col}")'

@@ -306,9 +306,7 @@ def parse_time(text: str | None) -> dt.time | None:
     return V.parse_tm(text)
 
 
-def parse_datetime(
-    text: str | None, timezone_offset_from_utc: str | None = None
-) -> dt.datetime | None:
+def parse_datetime(text: str | None, timezone_offset_from_utc: str | None = None) -> dt.datetime | None:
     """A DT value; timezone-aware when it carries an offset (``&ZZXX``) or when the
     instance's Timezone Offset From UTC (0008,0201) is given, naive otherwise.
 

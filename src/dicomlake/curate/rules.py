@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from dicomlake.errors import ConfigError
 RULES_ENV = "DICOMLAKE_CURATE_RULES"
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     """How bad a violation is."""
 
     ERROR = "error"

@@ -8,7 +8,18 @@ from dicomlake.deid.table import Action, RetainOption, standard_tables
 from dicomlake.deid.vault import Vault
 
 __all__ = [
-    "Action", "BurnedInPolicy", "DeidProfile", "DeidReport", "DeidSettings", "Deidentifier",
-    "ExternalMap", "Keyring", "RetainOption", "Vault", "builtin_profiles", "load_profile",
-    "settings_from_env", "standard_tables",
+    "Action",
+    "BurnedInPolicy",
+    "DeidProfile",
+    "DeidReport",
+    "DeidSettings",
+    "Deidentifier",
+    "ExternalMap",
+    "Keyring",
+    "RetainOption",
+    "Vault",
+    "builtin_profiles",
+    "load_profile",
+    "settings_from_env",
+    "standard_tables",
 ]

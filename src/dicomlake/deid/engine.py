@@ -63,23 +63,61 @@ RISKY_SOP_CLASSES = {
 
 # UI attributes that hold well-known (persistent) UIDs: never remapped (seed 004, pixelmed isTransient).
 PERSISTENT_UID_KEYWORDS = {
-    "TransferSyntaxUID", "CodingSchemeUID", "ContextGroupExtensionCreatorUID", "MappingResourceUID",
-    "ContextUID", "PrivateInformationCreatorUID", "ImplementationClassUID", "EncryptedContentTransferSyntaxUID",
-    "MACCalculationTransferSyntaxUID", "CodingSchemeRegistry", "InstanceCoercionDateTime",
+    "TransferSyntaxUID",
+    "CodingSchemeUID",
+    "ContextGroupExtensionCreatorUID",
+    "MappingResourceUID",
+    "ContextUID",
+    "PrivateInformationCreatorUID",
+    "ImplementationClassUID",
+    "EncryptedContentTransferSyntaxUID",
+    "MACCalculationTransferSyntaxUID",
+    "CodingSchemeRegistry",
+    "InstanceCoercionDateTime",
 }
 
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "PN"}
 _DUMMY: dict[str, Any] = {
-    "AE": "ANON", "AS": "000D", "CS": "ANONYMIZED", "DA": "19000101", "DT": "19000101000000",
-    "TM": "000000", "DS": "0", "IS": "0", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "ST": "ANONYMIZED",
-    "LT": "ANONYMIZED", "UT": "ANONYMIZED", "UC": "ANONYMIZED", "PN": "ANONYMIZED",
-    "UR": "urn:dicomlake:removed", "OB": b"\x00\x00", "OW": b"\x00\x00", "UN": b"\x00\x00",
-    "OD": b"\x00" * 8, "OF": b"\x00" * 4, "OL": b"\x00" * 4, "OV": b"\x00" * 8,
-    "SS": 0, "US": 0, "SL": 0, "UL": 0, "FL": 0.0, "FD": 0.0, "SV": 0, "UV": 0, "AT": 0,
+    "AE": "ANON",
+    "AS": "000D",
+    "CS": "ANONYMIZED",
+    "DA": "19000101",
+    "DT": "19000101000000",
+    "TM": "000000",
+    "DS": "0",
+    "IS": "0",
+    "LO": "ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "UT": "ANONYMIZED",
+    "UC": "ANONYMIZED",
+    "PN": "ANONYMIZED",
+    "UR": "urn:dicomlake:removed",
+    "OB": b"\x00\x00",
+    "OW": b"\x00\x00",
+    "UN": b"\x00\x00",
+    "OD": b"\x00" * 8,
+    "OF": b"\x00" * 4,
+    "OL": b"\x00" * 4,
+    "OV": b"\x00" * 8,
+    "SS": 0,
+    "US": 0,
+    "SL": 0,
+    "UL": 0,
+    "FL": 0.0,
+    "FD": 0.0,
+    "SV": 0,
+    "UV": 0,
+    "AT": 0,
 }
 _PSEUDONYM_PREFIX = {
-    "OperatorsName": "OP", "PerformingPhysicianName": "PH", "ReferringPhysicianName": "PH",
-    "InstitutionName": "SITE", "InstitutionalDepartmentName": "DEPT", "StationName": "STN",
+    "OperatorsName": "OP",
+    "PerformingPhysicianName": "PH",
+    "ReferringPhysicianName": "PH",
+    "InstitutionName": "SITE",
+    "InstitutionalDepartmentName": "DEPT",
+    "StationName": "STN",
     "DeviceSerialNumber": "SN",
 }
 _PATIENT_ID = 0x00100020
@@ -167,8 +205,10 @@ class Deidentifier:
             self._keep | self._remove | set(self._pseudo) | set(self._generalize) | {_PATIENT_ID, _PATIENT_NAME}
         )
         self._dates = (
-            "full" if RetainOption.RETAIN_LONGITUDINAL_FULL_DATES in self.options
-            else "modified" if RetainOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in self.options
+            "full"
+            if RetainOption.RETAIN_LONGITUDINAL_FULL_DATES in self.options
+            else "modified"
+            if RetainOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in self.options
             else "removed"
         )
 
@@ -205,9 +245,7 @@ class Deidentifier:
         except Exception as exc:
             raise DeidError(f"{label}: cannot read as DICOM: {exc}") from exc
         if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-            raise DeidError(
-                f"{label}: not a DICOM instance (no SOP Class/Instance UID); pass DICOM files only"
-            )
+            raise DeidError(f"{label}: not a DICOM instance (no SOP Class/Instance UID); pass DICOM files only")
         if source:
             ds.filename = source
         try:
@@ -244,9 +282,13 @@ class Deidentifier:
         self.report.flagged.append(f"{label}: {why}")
         policy = self.profile.burned_in
         drop = (
-            declared == "YES" and policy is not BurnedInPolicy.FLAG
-            or risky and policy is BurnedInPolicy.EXCLUDE_ALL_RISKY
-            or risky and policy is BurnedInPolicy.EXCLUDE and declared != "NO"
+            (declared == "YES"
+            and policy is not BurnedInPolicy.FLAG)
+            or (risky
+            and policy is BurnedInPolicy.EXCLUDE_ALL_RISKY)
+            or (risky
+            and policy is BurnedInPolicy.EXCLUDE
+            and declared != "NO")
         )
         if drop:
             self.report.excluded.append(f"{label}: {why}")
@@ -299,8 +341,14 @@ class Deidentifier:
                     elif elem.VR in ("DA", "DT"):
                         if len(text) >= 8 and text[:8].isdigit():
                             d = text[:8]
-                            terms.extend([d, f"{d[:4]}-{d[4:6]}-{d[6:8]}", f"{d[6:8]}/{d[4:6]}/{d[:4]}",
-                                          f"{d[6:8]}.{d[4:6]}.{d[:4]}"])
+                            terms.extend(
+                                [
+                                    d,
+                                    f"{d[:4]}-{d[4:6]}-{d[6:8]}",
+                                    f"{d[6:8]}/{d[4:6]}/{d[:4]}",
+                                    f"{d[6:8]}.{d[4:6]}.{d[:4]}",
+                                ]
+                            )
                     else:
                         terms.append(text)
                         terms.extend(part for part in text.replace(",", " ").split() if len(part) >= 4)
@@ -368,7 +416,7 @@ class Deidentifier:
             return None
         if tag in self._keep:
             return self._sequence(elem, ctx, "keep", sig) if vr == "SQ" else _copy(elem)
-        if tag == _PATIENT_ID or tag == _PATIENT_NAME:
+        if tag in (_PATIENT_ID, _PATIENT_NAME):
             return self._patient_pseudonym(elem, tag, ctx)
         if tag in self._generalize and vr != "SQ":
             return self._generalised(elem, tag)
@@ -387,8 +435,14 @@ class Deidentifier:
         return self._apply(action, option, elem, tag, ctx, mode, sig)
 
     def _apply(
-        self, action: Action, option: RetainOption | None, elem: DataElement, tag: int, ctx: _Ctx,
-        mode: str, sig: tuple[str, ...],
+        self,
+        action: Action,
+        option: RetainOption | None,
+        elem: DataElement,
+        tag: int,
+        ctx: _Ctx,
+        mode: str,
+        sig: tuple[str, ...],
     ) -> DataElement | None:
         vr = elem.VR
         if action is Action.X:
@@ -594,7 +648,9 @@ class Deidentifier:
             items.append(item)
         out.DeidentificationMethodCodeSequence = Sequence(items)
         out.LongitudinalTemporalInformationModified = {
-            "full": "UNMODIFIED", "modified": "MODIFIED", "removed": "REMOVED"
+            "full": "UNMODIFIED",
+            "modified": "MODIFIED",
+            "removed": "REMOVED",
         }[self._dates]
         if "PatientID" not in out:
             out.PatientID = ctx.patient_pseudonym
@@ -609,16 +665,36 @@ class Deidentifier:
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = f"DICOMLAKE_{__version__}"[:16]
         out.file_meta = meta
-        out.set_original_encoding(
-            *(_encoding_of(UID(meta.TransferSyntaxUID))), out.get("SpecificCharacterSet", None)
-        )
+        out.set_original_encoding(*(_encoding_of(UID(meta.TransferSyntaxUID))), out.get("SpecificCharacterSet", None))
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 # VRs whose unlisted values are copied without being decoded (no text, date, UID or sequence).
-_PASS_VRS = {"CS", "DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT", "OB", "OW", "OF",
-             "OD", "OL", "OV", "US or SS", "OB or OW", "US or OW", "US or SS or OW"}
+_PASS_VRS = {
+    "CS",
+    "DS",
+    "IS",
+    "US",
+    "SS",
+    "UL",
+    "SL",
+    "FL",
+    "FD",
+    "SV",
+    "UV",
+    "AT",
+    "OB",
+    "OW",
+    "OF",
+    "OD",
+    "OL",
+    "OV",
+    "US or SS",
+    "OB or OW",
+    "US or OW",
+    "US or SS or OW",
+}
 
 
 def _dict_vr(tag: int) -> str:
@@ -630,8 +706,22 @@ def _dict_vr(tag: int) -> str:
         return "UN"
 
 
-_CODE_ITEM_TAGS = {0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119, 0x00080120, 0x0040A043,
-                   0x0040A168, 0x0040A010, 0x0040A040, 0x00080105, 0x00080106, 0x0040A30A, 0x004008EA}
+_CODE_ITEM_TAGS = {
+    0x00080100,
+    0x00080102,
+    0x00080103,
+    0x00080104,
+    0x00080119,
+    0x00080120,
+    0x0040A043,
+    0x0040A168,
+    0x0040A010,
+    0x0040A040,
+    0x00080105,
+    0x00080106,
+    0x0040A30A,
+    0x004008EA,
+}
 
 
 def _tag(keyword: str) -> int:

@@ -59,21 +59,92 @@ _MONTH_RE = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 _DATE_PATTERNS = [
     re.compile(r"\b\d{1,2}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?(?:\d{4}|\d{2})\b"),
     re.compile(r"\b(?:19|20)\d{2}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?\d{1,2}\b"),
-    re.compile(r"\b\d{1,2}(?:st|nd|rd|th)?[\s\-./]{0,2}" + _MONTH_RE + r"[\s\-./,]{0,2}(?:\d{4}|'?\d{2})\b", re.IGNORECASE),
+    re.compile(
+        r"\b\d{1,2}(?:st|nd|rd|th)?[\s\-./]{0,2}" + _MONTH_RE + r"[\s\-./,]{0,2}(?:\d{4}|'?\d{2})\b", re.IGNORECASE
+    ),
     re.compile(r"\b" + _MONTH_RE + r"\s\d{1,2}(?:st|nd|rd|th)?,?\s(?:\d{4})\b", re.IGNORECASE),
     re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
 ]
 _NHS = re.compile(r"\b\d(?:[\s.\-]?\d){9}\b")
 _PHONE = re.compile(r"(?:\+44\s?\(?0?\)?\s?|\b0)\d{2,4}[\s\-]?\d{3,4}[\s\-]?\d{3,4}\b|\(\d{3}\)\s?\d{3}[\s\-]\d{4}\b")
 _POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}\b", re.IGNORECASE)
-_CONFUSABLE = str.maketrans({"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "|": "1", "!": "1", "]": "1",
-                             "S": "5", "$": "5", "B": "8", "Z": "2", "G": "6", "T": "7"})
-_GENERIC = {"THE", "OF", "AND", "ST", "ST.", "HOSPITAL", "GENERAL", "CLINIC", "INFIRMARY", "NHS", "TRUST",
-            "UNIVERSITY", "MEDICAL", "CENTRE", "CENTER", "HEALTH", "ROAD", "STREET", "LANE", "AVENUE", "DR", "MR",
-            "MRS", "MS", "MISS", "PROF"}
-_LABELS = {"NAME", "PATIENT", "PATIENTNAME", "DOB", "D.O.B", "D.O.B.", "BIRTH", "BORN", "MRN", "ID", "PID",
-           "ACCESSION", "ACC", "ACC.", "ADDRESS", "TELEPHONE", "TEL", "TEL.", "PHONE", "MOBILE", "POSTCODE",
-           "REFERRER", "PHYSICIAN", "DOCTOR", "NHS", "CHI", "SURNAME", "FORENAME", "FORENAMES"}
+_CONFUSABLE = str.maketrans(
+    {
+        "O": "0",
+        "Q": "0",
+        "D": "0",
+        "I": "1",
+        "L": "1",
+        "|": "1",
+        "!": "1",
+        "]": "1",
+        "S": "5",
+        "$": "5",
+        "B": "8",
+        "Z": "2",
+        "G": "6",
+        "T": "7",
+    }
+)
+_GENERIC = {
+    "THE",
+    "OF",
+    "AND",
+    "ST",
+    "ST.",
+    "HOSPITAL",
+    "GENERAL",
+    "CLINIC",
+    "INFIRMARY",
+    "NHS",
+    "TRUST",
+    "UNIVERSITY",
+    "MEDICAL",
+    "CENTRE",
+    "CENTER",
+    "HEALTH",
+    "ROAD",
+    "STREET",
+    "LANE",
+    "AVENUE",
+    "DR",
+    "MR",
+    "MRS",
+    "MS",
+    "MISS",
+    "PROF",
+}
+_LABELS = {
+    "NAME",
+    "PATIENT",
+    "PATIENTNAME",
+    "DOB",
+    "D.O.B",
+    "D.O.B.",
+    "BIRTH",
+    "BORN",
+    "MRN",
+    "ID",
+    "PID",
+    "ACCESSION",
+    "ACC",
+    "ACC.",
+    "ADDRESS",
+    "TELEPHONE",
+    "TEL",
+    "TEL.",
+    "PHONE",
+    "MOBILE",
+    "POSTCODE",
+    "REFERRER",
+    "PHYSICIAN",
+    "DOCTOR",
+    "NHS",
+    "CHI",
+    "SURNAME",
+    "FORENAME",
+    "FORENAMES",
+}
 _NUMBER_LABEL_PREFIX = {"HOSPITAL", "NHS", "PATIENT", "MEDICAL", "RECORD", "CASE", "UNIT", "ID"}
 _LABEL_NEEDS_COLON = {"PATIENT", "ID", "NAME"}
 
@@ -130,13 +201,43 @@ def date_forms(value: str) -> list[str]:
     if not 1 <= mi <= 12:
         return [value[:8]]
     mon = _MONTHS[mi - 1]
-    full = ["JANUARY", "FEBRUARY", "MARCH", "APRIL", "MAY", "JUNE", "JULY", "AUGUST", "SEPTEMBER", "OCTOBER",
-            "NOVEMBER", "DECEMBER"][mi - 1]
+    full = [
+        "JANUARY",
+        "FEBRUARY",
+        "MARCH",
+        "APRIL",
+        "MAY",
+        "JUNE",
+        "JULY",
+        "AUGUST",
+        "SEPTEMBER",
+        "OCTOBER",
+        "NOVEMBER",
+        "DECEMBER",
+    ][mi - 1]
     di = str(int(d))
-    forms = {value[:8], f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{d}.{m}.{y}", f"{d}-{m}-{y}", f"{y}-{m}-{d}", f"{y}/{m}/{d}",
-             f"{y}.{m}.{d}", f"{d}/{m}/{y[2:]}", f"{m}/{d}/{y[2:]}", f"{d}-{mon}-{y}", f"{d}-{mon}-{y[2:]}",
-             f"{di} {mon} {y}", f"{d} {mon} {y}", f"{mon} {di}, {y}", f"{di} {full} {y}", f"{full} {di}, {y}",
-             f"{d}{mon}{y}", f"{di}/{int(m)}/{y}", f"{int(m)}/{di}/{y}"}
+    forms = {
+        value[:8],
+        f"{d}/{m}/{y}",
+        f"{m}/{d}/{y}",
+        f"{d}.{m}.{y}",
+        f"{d}-{m}-{y}",
+        f"{y}-{m}-{d}",
+        f"{y}/{m}/{d}",
+        f"{y}.{m}.{d}",
+        f"{d}/{m}/{y[2:]}",
+        f"{m}/{d}/{y[2:]}",
+        f"{d}-{mon}-{y}",
+        f"{d}-{mon}-{y[2:]}",
+        f"{di} {mon} {y}",
+        f"{d} {mon} {y}",
+        f"{mon} {di}, {y}",
+        f"{di} {full} {y}",
+        f"{full} {di}, {y}",
+        f"{d}{mon}{y}",
+        f"{di}/{int(m)}/{y}",
+        f"{int(m)}/{di}/{y}",
+    }
     return sorted(forms)
 
 
@@ -152,12 +253,35 @@ class Term:
 
 
 _TERM_KEYWORDS = {
-    "PN": ("PatientName", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
-           "PatientMotherBirthName", "OtherPatientNames", "PatientBirthName", "RequestingPhysician"),
-    "ID": ("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID", "IssuerOfPatientID",
-           "MedicalRecordLocator", "PatientInsurancePlanCodeSequence"),
-    "TEXT": ("InstitutionName", "InstitutionAddress", "PatientAddress", "PatientTelephoneNumbers",
-             "InstitutionalDepartmentName", "StationName", "CountryOfResidence", "RegionOfResidence"),
+    "PN": (
+        "PatientName",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "OperatorsName",
+        "PatientMotherBirthName",
+        "OtherPatientNames",
+        "PatientBirthName",
+        "RequestingPhysician",
+    ),
+    "ID": (
+        "PatientID",
+        "OtherPatientIDs",
+        "AccessionNumber",
+        "StudyID",
+        "IssuerOfPatientID",
+        "MedicalRecordLocator",
+        "PatientInsurancePlanCodeSequence",
+    ),
+    "TEXT": (
+        "InstitutionName",
+        "InstitutionAddress",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "InstitutionalDepartmentName",
+        "StationName",
+        "CountryOfResidence",
+        "RegionOfResidence",
+    ),
     "DATE": ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"),
 }
 
@@ -359,7 +483,15 @@ def ocr_for_class(arr: np.ndarray, klass: ContentClass, photometric: str = "", w
     """OCR with the settings that suit the class (photos: darkest channel, denoised, ≤ 2×)."""
     colour = arr.ndim == 3 and arr.shape[-1] >= 3
     if klass is ContentClass.PHOTO:
-        return ocr(arr, photometric=photometric, psm=11, variants=(Variant.MIN_CHANNEL,), denoise=True, max_scale=2.0, where=where)
+        return ocr(
+            arr,
+            photometric=photometric,
+            psm=11,
+            variants=(Variant.MIN_CHANNEL,),
+            denoise=True,
+            max_scale=2.0,
+            where=where,
+        )
     if klass is ContentClass.UNKNOWN and colour:
         return ocr(arr, photometric=photometric, psm=11, variants=(Variant.LUMA, Variant.MIN_CHANNEL), where=where)
     return ocr(arr, photometric=photometric, psm=11, where=where)
@@ -407,8 +539,11 @@ def plan_redaction(
     hits = find_phi(plan.ocr, terms if terms is not None else identifying_terms(ds))
     if all_text:
         seen = {id(h.word) for h in hits}
-        hits += [PhiHit(w, "policy:all-text") for w in plan.ocr.words
-                 if id(w) not in seen and w.conf >= MIN_CONF_ALL_TEXT and any(c.isalnum() for c in w.text)]
+        hits += [
+            PhiHit(w, "policy:all-text")
+            for w in plan.ocr.words
+            if id(w) not in seen and w.conf >= MIN_CONF_ALL_TEXT and any(c.isalnum() for c in w.text)
+        ]
     plan.hits = hits
     plan.boxes = [_pad(h.word.box, arr.shape) for h in hits]
     # review rules
@@ -417,8 +552,10 @@ def plan_redaction(
     if klass is ContentClass.UNKNOWN:
         plan.review.append("content class unknown")
     o = plan.ocr.orientation
-    if klass in (ContentClass.DOCUMENT, ContentClass.DOSE_REPORT) and len(plan.ocr.words) >= 3 and (
-        not o.detected or o.confidence < MIN_ORIENTATION_CONFIDENCE
+    if (
+        klass in (ContentClass.DOCUMENT, ContentClass.DOSE_REPORT)
+        and len(plan.ocr.words) >= 3
+        and (not o.detected or o.confidence < MIN_ORIENTATION_CONFIDENCE)
     ):
         plan.review.append(f"low orientation confidence ({o.confidence:.1f})")
     text_found = [w for w in plan.ocr.words if w.conf >= MIN_CONF_ALL_TEXT and sum(c.isalnum() for c in w.text) >= 2]
@@ -443,7 +580,9 @@ def fill_value(ds: Dataset, arr: np.ndarray) -> int | tuple[int, int, int]:
     return int(arr.min()) if int(ds.get("PixelRepresentation", 0)) else 0
 
 
-def redact_array(arr: np.ndarray, boxes: Iterable[tuple[int, int, int, int]], value: int | tuple[int, int, int] = 0) -> np.ndarray:
+def redact_array(
+    arr: np.ndarray, boxes: Iterable[tuple[int, int, int, int]], value: int | tuple[int, int, int] = 0
+) -> np.ndarray:
     """A copy of *arr* with every box (x0, y0, x1, y1) filled."""
     out = np.array(arr, copy=True)
     for x0, y0, x1, y1 in boxes:
@@ -507,7 +646,9 @@ def redacted_dataset(
         derived.file_meta.MediaStorageSOPInstanceUID = derived.SOPInstanceUID
         item = Dataset()
         item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
-            CLEAN_PIXEL_DATA.value, CLEAN_PIXEL_DATA.scheme_designator, CLEAN_PIXEL_DATA.meaning
+            CLEAN_PIXEL_DATA.value,
+            CLEAN_PIXEL_DATA.scheme_designator,
+            CLEAN_PIXEL_DATA.meaning,
         )
         methods = list(derived.get("DeidentificationMethodCodeSequence", []) or [])
         if not any(getattr(m, "CodeValue", "") == CLEAN_PIXEL_DATA.value for m in methods):
@@ -566,7 +707,11 @@ def classify_for_redaction(ds: Dataset, arr: np.ndarray | None) -> ContentClass:
 
 
 def redact_file(
-    path: Path, out_dir: Path, *, deidentifier: Deidentifier | None = None, report: RedactReport | None = None,
+    path: Path,
+    out_dir: Path,
+    *,
+    deidentifier: Deidentifier | None = None,
+    report: RedactReport | None = None,
     name: str | None = None,
 ) -> RedactReport:
     """Redact one file into *out_dir* (``<stem>-redacted.dcm`` or *name*)."""
@@ -575,7 +720,7 @@ def redact_file(
     rep = report if report is not None else RedactReport()
     try:
         ds = dcmread(path)
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types; the file is reported
+    except Exception as exc:
         rep.failed.append((str(path), f"{path}: not a readable DICOM file ({exc})"))
         return rep
     try:

@@ -33,8 +33,18 @@ class BurnedInPolicy(Enum):
 GENERALISERS = ("postcode-district", "postcode-area", "zip3", "year", "remove")
 
 _KNOWN_KEYS = {
-    "description", "options", "burned_in", "keep_weekday", "date_shift_days", "age_band_years",
-    "pseudonymize", "keep", "remove", "generalize", "scrub_free_text", "patient_id_prefix",
+    "description",
+    "options",
+    "burned_in",
+    "keep_weekday",
+    "date_shift_days",
+    "age_band_years",
+    "pseudonymize",
+    "keep",
+    "remove",
+    "generalize",
+    "scrub_free_text",
+    "patient_id_prefix",
     "keep_references",
 }
 
@@ -94,15 +104,12 @@ def _parse(name: str, doc: dict[str, Any], source: str) -> DeidProfile:
             options.add(RetainOption.parse(opt))
         except ValueError as exc:
             problems.append(str(exc))
-    if {RetainOption.RETAIN_LONGITUDINAL_FULL_DATES,
-            RetainOption.RETAIN_LONGITUDINAL_MODIFIED_DATES} <= options:
+    if {RetainOption.RETAIN_LONGITUDINAL_FULL_DATES, RetainOption.RETAIN_LONGITUDINAL_MODIFIED_DATES} <= options:
         problems.append("choose one of retain-longitudinal-full-dates and -modified-dates")
     try:
         burned = BurnedInPolicy(doc.get("burned_in", "exclude"))
     except ValueError:
-        problems.append(
-            f"burned_in={doc.get('burned_in')!r}; choose from {[p.value for p in BurnedInPolicy]}"
-        )
+        problems.append(f"burned_in={doc.get('burned_in')!r}; choose from {[p.value for p in BurnedInPolicy]}")
         burned = BurnedInPolicy.EXCLUDE
     for key in ("pseudonymize", "keep", "remove"):
         for kw in doc.get(key, []):

@@ -35,9 +35,7 @@ class ExternalMap:
         with path.open(encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not {"kind", "original", "replacement"} <= set(reader.fieldnames):
-                raise DeidError(
-                    f"map file {path}: header must be kind,original,replacement, found {reader.fieldnames}"
-                )
+                raise DeidError(f"map file {path}: header must be kind,original,replacement, found {reader.fieldnames}")
             for n, row in enumerate(reader, start=2):
                 kind, orig, repl = (row["kind"] or "").strip(), row["original"] or "", row["replacement"] or ""
                 if not kind or not orig.strip():

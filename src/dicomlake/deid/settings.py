@@ -26,8 +26,7 @@ class DeidSettings(BaseModel):
     )
     vault_path: Path | None = Field(
         None,
-        description="Re-identification vault file (SQLite), kept apart from the lake. "
-        "Default: none (no vault written)",
+        description="Re-identification vault file (SQLite), kept apart from the lake. Default: none (no vault written)",
     )
     map_file: Path | None = Field(
         None,
@@ -36,8 +35,7 @@ class DeidSettings(BaseModel):
     )
     map_strict: bool = Field(
         False,
-        description="With map_file: fail on a value the map lacks instead of deriving one. "
-        "Default: false",
+        description="With map_file: fail on a value the map lacks instead of deriving one. Default: false",
     )
     profile: str = Field(
         "basic",

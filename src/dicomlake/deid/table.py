@@ -76,9 +76,7 @@ class RetainOption(Enum):
         norm = text.upper().replace("-", "_").replace(" ", "_")
         aliases = {
             "RETAIN_LONGITUDINAL_TEMPORAL_INFORMATION_FULL_DATES": "RETAIN_LONGITUDINAL_FULL_DATES",
-            "RETAIN_LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED_DATES": (
-                "RETAIN_LONGITUDINAL_MODIFIED_DATES"
-            ),
+            "RETAIN_LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED_DATES": ("RETAIN_LONGITUDINAL_MODIFIED_DATES"),
             "FULL_DATES": "RETAIN_LONGITUDINAL_FULL_DATES",
             "MODIFIED_DATES": "RETAIN_LONGITUDINAL_MODIFIED_DATES",
         }
@@ -97,12 +95,8 @@ _CID_KEYWORD = {
     "RetainDeviceIdentityOption": RetainOption.RETAIN_DEVICE_IDENTITY,
     "RetainInstitutionIdentityOption": RetainOption.RETAIN_INSTITUTION_IDENTITY,
     "RetainPatientCharacteristicsOption": RetainOption.RETAIN_PATIENT_CHARACTERISTICS,
-    "RetainLongitudinalTemporalInformationFullDatesOption": (
-        RetainOption.RETAIN_LONGITUDINAL_FULL_DATES
-    ),
-    "RetainLongitudinalTemporalInformationModifiedDatesOption": (
-        RetainOption.RETAIN_LONGITUDINAL_MODIFIED_DATES
-    ),
+    "RetainLongitudinalTemporalInformationFullDatesOption": (RetainOption.RETAIN_LONGITUDINAL_FULL_DATES),
+    "RetainLongitudinalTemporalInformationModifiedDatesOption": (RetainOption.RETAIN_LONGITUDINAL_MODIFIED_DATES),
     "CleanDescriptorsOption": RetainOption.CLEAN_DESCRIPTORS,
     "CleanStructuredContentOption": RetainOption.CLEAN_STRUCTURED_CONTENT,
     "CleanGraphicsOption": RetainOption.CLEAN_GRAPHICS,
@@ -220,9 +214,7 @@ def standard_tables() -> StandardTables:
     rows = []
     for i, r in enumerate(doc["rows"]):
         opts = {_CID_KEYWORD[k]: Action(v) for k, v in r["options"].items()}
-        rows.append(
-            TableRow(i, r["tag"], r["name"], r["keyword"], r["in_std_iod"], Action(r["basic"]), opts)
-        )
+        rows.append(TableRow(i, r["tag"], r["name"], r["keyword"], r["in_std_iod"], Action(r["basic"]), opts))
     by_tag = {_row_key(r.tag): r for r in rows}
     cid: dict[RetainOption | str, tuple[str, str, str]] = {}
     for keyword, (value, scheme, meaning) in doc["cid7050"].items():

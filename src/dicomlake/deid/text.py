@@ -48,7 +48,7 @@ class Scrubber:
         for term in terms:
             t = term.strip()
             wide = not t.isascii()  # CJK names are often two characters long
-            if (len(t) >= 3 or wide and len(t) >= 2) and not t.isdigit() or (t.isdigit() and len(t) >= 4):
+            if ((len(t) >= 3 or (wide and len(t) >= 2)) and not t.isdigit()) or (t.isdigit() and len(t) >= 4):
                 words.add(t)
         self.terms = sorted(words, key=len, reverse=True)
         self._shift = shift

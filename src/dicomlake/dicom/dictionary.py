@@ -19,6 +19,7 @@ def _tables() -> tuple[dict[int, tuple[str, str, str]], dict[str, tuple[str, str
     repeaters = {k: (v[0], v[1], v[2]) for k, v in raw["repeaters"].items()}
     return public, repeaters
 
+
 # PS3.5 §7.1.2: with implicit VR, an ambiguous dictionary VR is resolved by context; we read
 # headers only, so the first choice is taken (it matters only for a few LUT/pixel elements).
 _AMBIGUOUS = {"US or SS or OW": "US", "US or SS": "US", "OB or OW": "OW", "US or OW": "US"}

@@ -25,9 +25,7 @@ from dicomlake.errors import ExtractionError
 Element = tuple  # (tag: int, vr: str, value: bytes | list[list[Element]] | None, length: int)
 
 # PS3.5 Table 7.1-1: VRs whose explicit encoding has a 2-byte reserved field and 4-byte length.
-LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 VALID_VRS = frozenset(
     {
         b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
@@ -356,9 +354,7 @@ def parse_bytes(
     if kind is None:
         if size == 0:
             raise ExtractionError("empty file (0 bytes)")
-        raise ExtractionError(
-            "not DICOM: no 'DICM' marker at byte 128 and no recognisable data element at the start"
-        )
+        raise ExtractionError("not DICOM: no 'DICM' marker at byte 128 and no recognisable data element at the start")
     meta: list[Element] = []
     notes_pre: list[str] = []
     pos = 0
@@ -421,7 +417,12 @@ def parse_bytes(
             )
         body_size = len(body)
         pos = 0
-    elif explicit and pos + 6 <= len(buf) and buf[pos + 4 : pos + 6] not in VALID_VRS and buf[pos : pos + 2] != b"\xfe\xff":
+    elif (
+        explicit
+        and pos + 6 <= len(buf)
+        and buf[pos + 4 : pos + 6] not in VALID_VRS
+        and buf[pos : pos + 2] != b"\xfe\xff"
+    ):
         # PS3.5 allows no such thing, but files exist that declare explicit VR and are implicit
         group = _LE_TAG.unpack_from(buf, pos)[0]
         if group in (0x0008, 0x0010, 0x0018, 0x0020):

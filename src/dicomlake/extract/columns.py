@@ -105,7 +105,7 @@ def _read_toml(data: dict, where: str) -> dict[str, str]:
     overrides = data.get("types", {})
     kinds: dict[str, str] = {}
     problems: list[str] = []
-    for _group, keywords in groups.items():
+    for keywords in groups.values():
         for kw in keywords:
             try:
                 kinds[kw] = overrides.get(kw) or kind_for_keyword(kw)

@@ -806,7 +806,7 @@ def _elscint_dlp(item: Dataset) -> float | None:
         block = item.private_block(0x00E1, "ELSCINT1")
     except (KeyError, ValueError):
         return None
-    except Exception:  # noqa: BLE001 - unreadable private creator: no value
+    except Exception:
         return None
     values = number_values(item, block.get_tag(0x21))
     return values[0] if values else None

@@ -191,10 +191,7 @@ def to_gray8(arr: np.ndarray, photometric: str = "", variant: Variant = Variant.
         rgb = a[..., :3].astype(np.float64)
         if a.dtype != np.uint8:
             rgb = rgb * 255.0 / max(float(rgb.max()), 1.0)
-        if variant is Variant.MIN_CHANNEL:
-            grey = rgb.min(axis=2)
-        else:
-            grey = rgb @ np.array([0.299, 0.587, 0.114])
+        grey = rgb.min(axis=2) if variant is Variant.MIN_CHANNEL else rgb @ np.array([0.299, 0.587, 0.114])
         out: np.ndarray = np.clip(grey + 0.5, 0, 255).astype(np.uint8)
         return out
     if a.ndim == 3:
@@ -273,12 +270,22 @@ def _unmap(w: Word, turned: int, shape: tuple[int, int], scale: float, pad: int)
         x0, y0, x1, y1 = wd - y1, x0, wd - y0, x1
     fx0, fy0 = int(np.floor(x0 / scale)), int(np.floor(y0 / scale))
     fx1, fy1 = int(np.ceil(x1 / scale)), int(np.ceil(y1 / scale))
-    up = ((w.left - pad) / scale, (w.top - pad) / scale, (w.left + w.width - pad) / scale, (w.top + w.height - pad) / scale)
+    up = (
+        (w.left - pad) / scale,
+        (w.top - pad) / scale,
+        (w.left + w.width - pad) / scale,
+        (w.top + w.height - pad) / scale,
+    )
     return Word(w.text, w.conf, max(fx0, 0), max(fy0, 0), max(fx1 - fx0, 1), max(fy1 - fy0, 1), w.line_key, up)
 
 
 def prepare(
-    grey: np.ndarray, *, invert: bool | None = None, scale: float | None = None, max_scale: float = 3.0, denoise: bool = False
+    grey: np.ndarray,
+    *,
+    invert: bool | None = None,
+    scale: float | None = None,
+    max_scale: float = 3.0,
+    denoise: bool = False,
 ) -> tuple[np.ndarray, bool, float]:
     """Dark-on-light and upscaled: (prepared image, inverted, scale)."""
     inv = is_dark(grey) if invert is None else invert

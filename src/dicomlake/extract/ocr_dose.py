@@ -116,7 +116,7 @@ def _total(line: Sequence[Word]) -> tuple[float, float] | None:
     dlp_at = [k for k, t in enumerate(texts) if t.startswith("DLP")]
     if not dlp_at:
         return None
-    for w in line[dlp_at[0] + 1:]:
+    for w in line[dlp_at[0] + 1 :]:
         v = number(w.text)
         if v is not None:
             return v, w.conf
@@ -136,7 +136,7 @@ def read_dose_table(result: OcrResult, *, pass_no: int = 0) -> DoseReading:
             total = t
     if head is not None:
         start, ctdi_col, dlp_col, series_col = head
-        for line in lines[start + 1:]:
+        for line in lines[start + 1 :]:
             if _total(line) is not None or any("TOTAL" in w.text.upper() for w in line):
                 break
             numbers = [(w, v) for w in line if (v := number(w.text)) is not None]
@@ -162,8 +162,13 @@ def read_dose_table(result: OcrResult, *, pass_no: int = 0) -> DoseReading:
                 # no series column: the row's leading integer, if it leads the row
                 first = number(line[0].text)
                 series_no = int(first) if first is not None and first.is_integer() else None
-            label = " ".join(w.text for w in line if number(w.text) is None and any(ch.isalpha() for ch in w.text)
-                             and not re.match(r"^[S$I1][\d.]+", w.text))[:64]
+            label = " ".join(
+                w.text
+                for w in line
+                if number(w.text) is None
+                and any(ch.isalpha() for ch in w.text)
+                and not re.match(r"^[S$I1][\d.]+", w.text)
+            )[:64]
             phantom = None
             m = re.search(r"\b(body|head)\s*(32|16)\b", " ".join(w.text for w in line), re.IGNORECASE)
             if m:
@@ -210,8 +215,13 @@ def dose_rows(ds: Dataset, reading: DoseReading) -> list[dict[str, object]]:
     rows = []
     for s in reading.series:
         row = blank()
-        row.update(record="event", acquisition_protocol=s.label or None, CTDIvol_mGy=s.CTDIvol_mGy, DLP_mGycm=s.DLP_mGycm,
-                   phantom=s.phantom)
+        row.update(
+            record="event",
+            acquisition_protocol=s.label or None,
+            CTDIvol_mGy=s.CTDIvol_mGy,
+            DLP_mGycm=s.DLP_mGycm,
+            phantom=s.phantom,
+        )
         if s.label and re.search(r"helical|spiral", s.label, re.IGNORECASE):
             row["ct_acquisition_type"] = "Spiral Acquisition"
         elif s.label and re.search(r"axial|sequence", s.label, re.IGNORECASE):
@@ -219,7 +229,10 @@ def dose_rows(ds: Dataset, reading: DoseReading) -> list[dict[str, object]]:
         rows.append(row)
     if reading.total_DLP_mGycm is not None:
         row = blank()
-        row.update(record="accumulated", ct_dose_length_product_total_mGycm=reading.total_DLP_mGycm,
-                   total_number_of_events=len(reading.series) or None)
+        row.update(
+            record="accumulated",
+            ct_dose_length_product_total_mGycm=reading.total_DLP_mGycm,
+            total_number_of_events=len(reading.series) or None,
+        )
         rows.append(row)
     return rows

@@ -261,14 +261,20 @@ class _Walk:
                         if vr in _NUMBER_TEXT_VRS:
                             num = V.first_number(t)
                             if json_out:
-                                jval = '"Value":[' + ",".join(
-                                    [V.json_number_text(p, vr) if p.strip() else "null" for p in t.split("\\")]
-                                ) + "]"
+                                jval = (
+                                    '"Value":['
+                                    + ",".join(
+                                        [V.json_number_text(p, vr) if p.strip() else "null" for p in t.split("\\")]
+                                    )
+                                    + "]"
+                                )
                         elif json_out:
                             if vr in _SINGLE_VALUED_TEXT:
                                 jval = '"Value":[' + _js(t) + "]"
                             elif vr == "PN":
-                                jval = '"Value":[' + ",".join([_pn_json(p) if p else "null" for p in t.split("\\")]) + "]"
+                                jval = (
+                                    '"Value":[' + ",".join([_pn_json(p) if p else "null" for p in t.split("\\")]) + "]"
+                                )
                             elif "\\" in t:
                                 jval = '"Value":[' + ",".join([_js(p) if p else "null" for p in t.split("\\")]) + "]"
                             else:
@@ -305,11 +311,10 @@ class _Walk:
                     text = "\\".join(tags)
                     if json_out:
                         jval = '"Value":[' + ",".join([f'"{t}"' for t in tags]) + "]"
-            elif value:
-                if json_out:
-                    if not little and vr in _SWAP_WIDTH:
-                        value = _to_little_endian(value, _SWAP_WIDTH[vr])  # type: ignore[arg-type]
-                    jval = '"InlineBinary":"' + V.inline_binary(value) + '"'
+            elif value and json_out:
+                if not little and vr in _SWAP_WIDTH:
+                    value = _to_little_endian(value, _SWAP_WIDTH[vr])  # type: ignore[arg-type]
+                jval = '"InlineBinary":"' + V.inline_binary(value) + '"'
             row_tail = (path, (key_prefix + seg) if depth else seg, depth, tagtext, kw, vr, creator, text, num, length)
             add(row_tail)
             if wanted is not None and text is not None and kw in wanted:
@@ -318,7 +323,13 @@ class _Walk:
             # not part of the DICOM JSON model of a dataset (PS3.18 §F.2)
             # nor is Data Set Trailing Padding (FFFC,FFFC), which carries no information
             fragment = None
-            if json_out and group != 0x0002 and tag & 0xFFFF and (value is not None or vr == "SQ") and tag != 0xFFFCFFFC:
+            if (
+                json_out
+                and group != 0x0002
+                and tag & 0xFFFF
+                and (value is not None or vr == "SQ")
+                and tag != 0xFFFCFFFC
+            ):
                 fragment = jkey + vr + ('",' + jval + "}" if jval else '"}')
                 put(fragment)
             if ckey is not None:

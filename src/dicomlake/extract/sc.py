@@ -45,48 +45,50 @@ from dicomlake.extract.sc_quality import Quality, assess
 log = logging.getLogger(__name__)
 
 _S, _F, _I, _B, _T = pa.string(), pa.float64(), pa.int64(), pa.bool_(), pa.timestamp("us")
-SC_ANALYSIS_SCHEMA = pa.schema([
-    pa.field("SOPInstanceUID", _S),
-    pa.field("StudyInstanceUID", _S),
-    pa.field("SOPClassUID", _S),
-    pa.field("content_class", _S),
-    pa.field("decided_by", _S),
-    pa.field("class_confidence", _F),
-    pa.field("class_reasons", _S),
-    pa.field("colourfulness", _F),
-    pa.field("distinct_colours", _I),
-    pa.field("white_share", _F),
-    pa.field("dark_share", _F),
-    pa.field("texture_share", _F),
-    pa.field("rows", _I),
-    pa.field("columns", _I),
-    pa.field("aspect_ratio", _F),
-    pa.field("megapixels", _F),
-    pa.field("blur_laplacian_var", _F),
-    pa.field("noise_sigma", _F),
-    pa.field("jpeg_blockiness", _F),
-    pa.field("skew_degrees", _F),
-    pa.field("orientation_rotate", _I),
-    pa.field("orientation_confidence", _F),
-    pa.field("quality_flags", _S),
-    pa.field("insufficient_for_diagnosis", _B),
-    pa.field("rotated", _B),
-    pa.field("heavily_compressed", _B),
-    pa.field("ocr_words", _I),
-    pa.field("phi_words", _I),
-    pa.field("phi_reasons", _S),
-    pa.field("redaction_policy", _S),
-    pa.field("review", _B),
-    pa.field("review_reasons", _S),
-    pa.field("dose_series", _I),
-    pa.field("dose_total_DLP_mGycm", _F),
-    pa.field("dose_check", _S),
-    pa.field("dose_confidence", _F),
-    pa.field("dose_status", _S),
-    pa.field("ocr_seconds", _F),
-    pa.field("analysed_at", _T),
-    pa.field("error", _S),
-])
+SC_ANALYSIS_SCHEMA = pa.schema(
+    [
+        pa.field("SOPInstanceUID", _S),
+        pa.field("StudyInstanceUID", _S),
+        pa.field("SOPClassUID", _S),
+        pa.field("content_class", _S),
+        pa.field("decided_by", _S),
+        pa.field("class_confidence", _F),
+        pa.field("class_reasons", _S),
+        pa.field("colourfulness", _F),
+        pa.field("distinct_colours", _I),
+        pa.field("white_share", _F),
+        pa.field("dark_share", _F),
+        pa.field("texture_share", _F),
+        pa.field("rows", _I),
+        pa.field("columns", _I),
+        pa.field("aspect_ratio", _F),
+        pa.field("megapixels", _F),
+        pa.field("blur_laplacian_var", _F),
+        pa.field("noise_sigma", _F),
+        pa.field("jpeg_blockiness", _F),
+        pa.field("skew_degrees", _F),
+        pa.field("orientation_rotate", _I),
+        pa.field("orientation_confidence", _F),
+        pa.field("quality_flags", _S),
+        pa.field("insufficient_for_diagnosis", _B),
+        pa.field("rotated", _B),
+        pa.field("heavily_compressed", _B),
+        pa.field("ocr_words", _I),
+        pa.field("phi_words", _I),
+        pa.field("phi_reasons", _S),
+        pa.field("redaction_policy", _S),
+        pa.field("review", _B),
+        pa.field("review_reasons", _S),
+        pa.field("dose_series", _I),
+        pa.field("dose_total_DLP_mGycm", _F),
+        pa.field("dose_check", _S),
+        pa.field("dose_confidence", _F),
+        pa.field("dose_status", _S),
+        pa.field("ocr_seconds", _F),
+        pa.field("analysed_at", _T),
+        pa.field("error", _S),
+    ]
+)
 """Columns of ``sc_analysis`` (one row per SOP Instance UID)."""
 
 _DUCK_TYPES = {_S: "VARCHAR", _F: "DOUBLE", _I: "BIGINT", _B: "BOOLEAN", _T: "TIMESTAMP"}
@@ -175,7 +177,9 @@ def analyse_dataset(ds: Dataset) -> SCAnalysis:
     where = str(getattr(ds, "filename", "") or ds.get("SOPInstanceUID", "instance"))
     ev = header_evidence(ds)
     result = SCAnalysis(
-        str(ds.get("SOPInstanceUID", "")), str(ds.get("StudyInstanceUID", "")), str(ds.get("SOPClassUID", "")),
+        str(ds.get("SOPInstanceUID", "")),
+        str(ds.get("StudyInstanceUID", "")),
+        str(ds.get("SOPClassUID", "")),
         Classification(ContentClass.UNKNOWN, DecidedBy.NONE, 0.0),
     )
     c = decide(ev, DecidedBy.HEADER)
@@ -195,8 +199,13 @@ def analyse_dataset(ds: Dataset) -> SCAnalysis:
         text = ocr_for_class(arr, c.klass, photometric, where)
     else:
         colour = arr.ndim == 3
-        text = ocr(arr, photometric=photometric, psm=11,
-                   variants=(Variant.LUMA, Variant.MIN_CHANNEL) if colour else (Variant.LUMA,), where=where)
+        text = ocr(
+            arr,
+            photometric=photometric,
+            psm=11,
+            variants=(Variant.LUMA, Variant.MIN_CHANNEL) if colour else (Variant.LUMA,),
+            where=where,
+        )
         ocr_evidence([w.text for w in text.words if w.conf >= 50], arr.shape, ev)
         c = decide(ev, DecidedBy.OCR, final=True)
         assert c is not None
@@ -205,11 +214,23 @@ def analyse_dataset(ds: Dataset) -> SCAnalysis:
     klass = c.klass
     ratio = ds.get("LossyImageCompressionRatio")
     try:
-        ratio_f = max(float(v) for v in (ratio if isinstance(ratio, (list, tuple)) or type(ratio).__name__ == "MultiValue" else [ratio])) if ratio else None  # type: ignore[union-attr]
+        ratio_f = (
+            max(
+                float(v)
+                for v in (
+                    ratio if isinstance(ratio, (list, tuple)) or type(ratio).__name__ == "MultiValue" else [ratio]
+                )
+            )
+            if ratio
+            else None
+        )  # type: ignore[union-attr]
     except (TypeError, ValueError):
         ratio_f = None
     result.quality = assess(
-        arr, klass.value, orientation=text.orientation, compression_ratio=ratio_f,
+        arr,
+        klass.value,
+        orientation=text.orientation,
+        compression_ratio=ratio_f,
         text_like=klass in (ContentClass.DOCUMENT, ContentClass.DOSE_REPORT, ContentClass.UNKNOWN),
     )
     plan = plan_redaction(ds, klass, arr=arr, result=text)
@@ -235,9 +256,12 @@ def ensure_sc_table(con: Any) -> None:
     """``CREATE TABLE IF NOT EXISTS sc_analysis`` (and any column a newer version added)."""
     cols = ", ".join(f'"{f.name}" {_DUCK_TYPES[f.type]}' for f in SC_ANALYSIS_SCHEMA)
     con.execute(f"CREATE TABLE IF NOT EXISTS sc_analysis ({cols}, PRIMARY KEY (SOPInstanceUID))")
-    have = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'sc_analysis'"
-    ).fetchall()}
+    have = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'sc_analysis'"
+        ).fetchall()
+    }
     for f in SC_ANALYSIS_SCHEMA:
         if f.name not in have:
             con.execute(f'ALTER TABLE sc_analysis ADD COLUMN "{f.name}" {_DUCK_TYPES[f.type]}')
@@ -353,7 +377,7 @@ def analyse_lake(
                     )
                 ds = dcmread(source_path)
                 analysis = analyse_dataset(ds)
-            except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the run; it is reported
+            except Exception as exc:
                 report.failed.append((str(where), f"{where}: {type(exc).__name__}: {exc}"))
                 failed = SCAnalysis(str(uid), "", "", Classification(ContentClass.UNKNOWN, DecidedBy.NONE, 0.0))
                 failed.error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -373,9 +397,23 @@ def analyse_lake(
 
 
 CATALOGUE_COLUMNS = (
-    "PatientID", "StudyDate", "Modality", "SeriesDescription", "content_class", "decided_by",
-    "class_confidence", "rows", "columns", "quality_flags", "phi_words", "review", "review_reasons",
-    "dose_total_DLP_mGycm", "dose_check", "dose_status", "SOPInstanceUID",
+    "PatientID",
+    "StudyDate",
+    "Modality",
+    "SeriesDescription",
+    "content_class",
+    "decided_by",
+    "class_confidence",
+    "rows",
+    "columns",
+    "quality_flags",
+    "phi_words",
+    "review",
+    "review_reasons",
+    "dose_total_DLP_mGycm",
+    "dose_check",
+    "dose_status",
+    "SOPInstanceUID",
 )
 """Columns of :func:`sc_catalogue`, in order."""
 

@@ -76,10 +76,37 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
 _C = ContentClass
 _DESCRIPTION_KEYWORDS: tuple[tuple[re.Pattern[str], ContentClass, float], ...] = (
-    (re.compile(r"\bdose\b.*\b(report|info|summary|screen)|patient protocol|radiation|ctdi|\bdlp\b|exposure (summary|report)", re.IGNORECASE), _C.DOSE_REPORT, 0.8),
-    (re.compile(r"consent|\bform\b|letter|referral|request|questionnaire|document|scanned|\breport\b|paperwork", re.IGNORECASE), _C.DOCUMENT, 0.7),
-    (re.compile(r"photo|wound|skin|lesion|derm|clinical (image|picture)|camera|surgical site|pressure (ulcer|sore)", re.IGNORECASE), _C.PHOTO, 0.7),
-    (re.compile(r"outside|external|import|prior|comparison|\bcd\b|foreign|other (hospital|trust)|film", re.IGNORECASE), _C.OUTSIDE_IMAGE, 0.7),
+    (
+        re.compile(
+            r"\bdose\b.*\b(report|info|summary|screen)|patient protocol|radiation|ctdi|\bdlp\b|exposure (summary|report)",
+            re.IGNORECASE,
+        ),
+        _C.DOSE_REPORT,
+        0.8,
+    ),
+    (
+        re.compile(
+            r"consent|\bform\b|letter|referral|request|questionnaire|document|scanned|\breport\b|paperwork",
+            re.IGNORECASE,
+        ),
+        _C.DOCUMENT,
+        0.7,
+    ),
+    (
+        re.compile(
+            r"photo|wound|skin|lesion|derm|clinical (image|picture)|camera|surgical site|pressure (ulcer|sore)",
+            re.IGNORECASE,
+        ),
+        _C.PHOTO,
+        0.7,
+    ),
+    (
+        re.compile(
+            r"outside|external|import|prior|comparison|\bcd\b|foreign|other (hospital|trust)|film", re.IGNORECASE
+        ),
+        _C.OUTSIDE_IMAGE,
+        0.7,
+    ),
 )
 _DESCRIPTION_KEYWORDS_ORDERED = True  # a dose "report" is a dose report, not a document: first match wins
 
@@ -215,7 +242,7 @@ def pixel_stats(arr: np.ndarray) -> PixelStats:
         rg, yb = r - g, 0.5 * (r + g) - b
         colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
         luma = rgb @ np.array([0.299, 0.587, 0.114])
-        q = (rgb.astype(np.uint16) >> 3)
+        q = rgb.astype(np.uint16) >> 3
         keys = (q[..., 0] << 10) | (q[..., 1] << 5) | q[..., 2]
         exact: np.ndarray = rgb.astype(np.uint32) @ np.array([65536, 256, 1], dtype=np.uint32)
     else:
@@ -273,12 +300,15 @@ def pixel_evidence(stats: PixelStats, evidence: Evidence | None = None) -> Evide
 _DOSE_WORDS = re.compile(r"ctdi|dlp|mgy|dose|protocol|mas\b|phantom", re.IGNORECASE)
 _DOC_WORDS = re.compile(
     r"consent|signature|signed|agree|laboratory|referral|address|telephone|hospital|dear|sincerely|"
-    r"patient|name|birth|number|report|risk|procedure|result", re.IGNORECASE
+    r"patient|name|birth|number|report|risk|procedure|result",
+    re.IGNORECASE,
 )
 _ANNOTATION_WORDS = re.compile(r"^(W|L|WW|WL|kV|kVp|mA|mAs|mm|Slice|Acc|Im|Se|Ex|Zoom|FOV|C|R|A|P)[:]?$", re.IGNORECASE)
 
 
-def ocr_evidence(words: Iterable[str], image_shape: tuple[int, ...] | None = None, evidence: Evidence | None = None) -> Evidence:
+def ocr_evidence(
+    words: Iterable[str], image_shape: tuple[int, ...] | None = None, evidence: Evidence | None = None
+) -> Evidence:
     """Evidence from recognised words (text only; boxes are not needed)."""
     ev = evidence or Evidence()
     ws = [w for w in words if w.strip()]

@@ -96,9 +96,15 @@ def noise_sigma(g: np.ndarray) -> float:
     if h < 3 or w < 3:
         return 0.0
     conv = (
-        f[:-2, :-2] - 2 * f[:-2, 1:-1] + f[:-2, 2:]
-        - 2 * f[1:-1, :-2] + 4 * f[1:-1, 1:-1] - 2 * f[1:-1, 2:]
-        + f[2:, :-2] - 2 * f[2:, 1:-1] + f[2:, 2:]
+        f[:-2, :-2]
+        - 2 * f[:-2, 1:-1]
+        + f[:-2, 2:]
+        - 2 * f[1:-1, :-2]
+        + 4 * f[1:-1, 1:-1]
+        - 2 * f[1:-1, 2:]
+        + f[2:, :-2]
+        - 2 * f[2:, 1:-1]
+        + f[2:, 2:]
     )
     return float(np.sqrt(np.pi / 2) * np.abs(conv).sum() / (6 * (w - 2) * (h - 2)))
 
@@ -177,7 +183,9 @@ def assess(
     flags: list[str] = []
     if rows * columns < MIN_PIXELS.get(klass, MIN_PIXELS["unknown"]) or blur < BLUR_MIN.get(klass, BLUR_MIN["unknown"]):
         flags.append(QualityFlag.INSUFFICIENT)
-    turned = orientation is not None and orientation.detected and orientation.rotate != 0 and orientation.confidence >= 2.0
+    turned = (
+        orientation is not None and orientation.detected and orientation.rotate != 0 and orientation.confidence >= 2.0
+    )
     if turned or (skew is not None and abs(skew) >= SKEW_ROTATED):
         flags.append(QualityFlag.ROTATED)
     if blocking > BLOCKING_HEAVY or (compression_ratio is not None and compression_ratio > COMPRESSION_RATIO_HEAVY):
@@ -192,6 +200,8 @@ def assess(
         jpeg_blockiness=round(blocking, 3),
         skew_degrees=skew,
         orientation_rotate=orientation.rotate if orientation is not None and orientation.detected else None,
-        orientation_confidence=round(orientation.confidence, 2) if orientation is not None and orientation.detected else None,
+        orientation_confidence=round(orientation.confidence, 2)
+        if orientation is not None and orientation.detected
+        else None,
         flags=tuple(flags),
     )

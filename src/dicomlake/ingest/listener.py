@@ -166,7 +166,6 @@ def _uid(b: bytes) -> str:
     return b.rstrip(b"\x00 ").decode("ascii", "replace")
 
 
-
 MAX_CONTROL_PDU = 1 << 20
 """Largest A-ASSOCIATE-RQ/RJ, release or abort PDU accepted. Default: 1 MiB"""
 MAX_UNBOUNDED_PDATA = 256 << 20

@@ -60,7 +60,12 @@ def _dicomdir_tasks(path: Path, seen: set[str]) -> Iterator[Task]:
         parts = list(ref) if not isinstance(ref, str) else ref.split("\\")
         # PS3.10 §8.2: file IDs are relative to the DICOMDIR's folder; refuse escapes.
         if any(p in ("..", "") for p in parts):
-            yield Task("missing", str(root.joinpath(*[p for p in parts if p])), note="unsafe ReferencedFileID", origin="dicomdir")
+            yield Task(
+                "missing",
+                str(root.joinpath(*[p for p in parts if p])),
+                note="unsafe ReferencedFileID",
+                origin="dicomdir",
+            )
             continue
         target = root.joinpath(*parts)
         if not target.exists():

@@ -107,8 +107,9 @@ def resolve_key(text: str, columns: InstanceColumns) -> Key:
     if t in columns.kinds:
         tag = keyword_to_tag().get(t)
         entry = lookup(tag) if tag is not None else None
-        return Key(t, column=t, kind=columns.kinds[t], vr=entry[0] if entry else None,
-                   multi=bool(entry and entry[1] != "1"))
+        return Key(
+            t, column=t, kind=columns.kinds[t], vr=entry[0] if entry else None, multi=bool(entry and entry[1] != "1")
+        )
     if t in derived:
         return Key(t, column=t, kind=derived[t])
     parts = _split_path(t)
@@ -274,7 +275,10 @@ def _element_sql(key: Key, op: str, value: str, where: str) -> tuple[str, list[o
             if "*" in v or "?" in v:
                 alts.append("e.value_text LIKE ? ESCAPE '\\'")
                 params.append(_like(v))
-            elif _NUM.match(v) and (op not in ("=", "!=") or key.vr in (None, "DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "UN")):
+            elif _NUM.match(v) and (
+                op not in ("=", "!=")
+                or key.vr in (None, "DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "UN")
+            ):
                 if op in ("=", "!="):
                     alts.append("(e.value_num = ? OR e.value_text = ?)")
                     params += [float(v), v]

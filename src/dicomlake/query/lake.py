@@ -122,18 +122,15 @@ class Lake:
             default_order = 'i."study_datetime", i."SeriesInstanceUID", i."InstanceNumber", i."SOPInstanceUID"'
         else:
             k = LEVEL_KEY[level]
-            extra = ['count(*) AS n_instances']
+            extra = ["count(*) AS n_instances"]
             if level in ("study", "patient"):
                 extra.append('count(DISTINCT i."SeriesInstanceUID") AS n_series')
-                extra.append("string_agg(DISTINCT i.\"Modality\", '\\' ORDER BY i.\"Modality\") AS ModalitiesInStudy")
+                extra.append('string_agg(DISTINCT i."Modality", \'\\\' ORDER BY i."Modality") AS ModalitiesInStudy')
             if level == "patient":
                 extra.append('count(DISTINCT i."StudyInstanceUID") AS n_studies')
             if k not in names:
                 exprs.insert(0, f'i."{k}" AS "{k}"')
-            sql = (
-                f"SELECT {', '.join(exprs + extra)} FROM instances i WHERE {cond} "
-                f'GROUP BY i."{k}"'
-            )
+            sql = f'SELECT {", ".join(exprs + extra)} FROM instances i WHERE {cond} GROUP BY i."{k}"'
             default_order = f'"{k}"'
         if order_by:
             okey = resolve_key(order_by.lstrip("-"), self.columns)
@@ -193,7 +190,9 @@ class Lake:
 
     # ---- export -------------------------------------------------------------------------
 
-    def export(self, out: str | os.PathLike[str], fmt: str = "parquet", tables: Sequence[str] | None = None) -> list[Path]:
+    def export(
+        self, out: str | os.PathLike[str], fmt: str = "parquet", tables: Sequence[str] | None = None
+    ) -> list[Path]:
         """Write every table of the lake to ``out`` (one file per table) with the same columns.
 
         ``fmt="lake"`` writes a partitioned Parquet lake instead (:mod:`dicomlake.store.parquet`),
@@ -227,7 +226,6 @@ class Lake:
 def _qident(name: str) -> str:
     """A SQL identifier for any column label (keywords, paths, private element names)."""
     return '"' + name.replace('"', '""') + '"'
-
 
     def _export_streamed(self, dest: Path, fmt: str, tables: Sequence[str] | None) -> list[Path]:
         """Export from a server back end: table by table as Arrow batches."""

@@ -44,8 +44,11 @@ class VersionCheck:
         return (
             f"{self.package} {self.found} ({where}) is below {self.minimum}, the first release that fixed "
             f"{', '.join(self.advisories)} ({self.why}); "
-            + ("upgrade it: pip install -U '" + self.package + ">=" + self.minimum + "'"
-               if self.kind == "installed" else f"raise the bound in pyproject.toml to '{self.package}>={self.minimum}'")
+            + (
+                "upgrade it: pip install -U '" + self.package + ">=" + self.minimum + "'"
+                if self.kind == "installed"
+                else f"raise the bound in pyproject.toml to '{self.package}>={self.minimum}'"
+            )
         )
 
 
@@ -105,8 +108,14 @@ def declared_checks(pyproject: Path) -> list[VersionCheck]:
             if req is not None and low is None:
                 found = "0"  # no lower bound at all
             out.append(
-                VersionCheck(name, e["minimum"], None if found == "missing" else found, "declared",
-                             tuple(e["advisories"]), e["why"])
+                VersionCheck(
+                    name,
+                    e["minimum"],
+                    None if found == "missing" else found,
+                    "declared",
+                    tuple(e["advisories"]),
+                    e["why"],
+                )
             )
     return out
 

@@ -75,7 +75,9 @@ class AnalystView:
             if env.secret is not None
             else hmac.new(secret, b"dicomlake analyst view", hashlib.sha256).hexdigest()
         )
-        self.settings = DeidSettings.model_validate({"secret": key, "map_file": env.map_file, "map_strict": env.map_strict})
+        self.settings = DeidSettings.model_validate(
+            {"secret": key, "map_file": env.map_file, "map_strict": env.map_strict}
+        )
         self.engine = Deidentifier(profile, self.settings, vault=None)
         self.profile = self.engine.profile
         self.db = db

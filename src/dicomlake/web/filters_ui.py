@@ -117,7 +117,12 @@ class UIFilters:
 
     def query_string(self, **overrides: object) -> str:
         params: list[tuple[str, str]] = [f.param() for f in self.filters]
-        view: dict[str, object] = {"_level": self.level, "_sort": self.sort, "_limit": self.limit, "_offset": self.offset}
+        view: dict[str, object] = {
+            "_level": self.level,
+            "_sort": self.sort,
+            "_limit": self.limit,
+            "_offset": self.offset,
+        }
         view.update(overrides)
         for k, v in view.items():
             if v is None or (k == "_offset" and not v) or (k == "_level" and v == "study"):

@@ -61,10 +61,7 @@ def tz_offset(moment: datetime) -> str | None:
 
 def needs_unicode(values: Iterable[object]) -> bool:
     """``True`` when any text value falls outside the default repertoire (ASCII)."""
-    for value in values:
-        if isinstance(value, str) and not value.isascii():
-            return True
-    return False
+    return any(isinstance(value, str) and not value.isascii() for value in values)
 
 
 def set_file_meta(ds: Dataset, transfer_syntax_uid: str) -> None:
@@ -118,7 +115,9 @@ def _strict_dataset_check(ds: Dataset, where: str) -> None:
             if elem.VR in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN") or elem.value is None:
                 continue
             try:
-                values = elem.value if isinstance(elem.value, (list, tuple, pydicom.multival.MultiValue)) else [elem.value]
+                values = (
+                    elem.value if isinstance(elem.value, (list, tuple, pydicom.multival.MultiValue)) else [elem.value]
+                )
                 for value in values:
                     if elem.VR in ("IS", "DS", "PN") or (elem.VR in _TEXT_VRS and not isinstance(value, (str, bytes))):
                         value = str(value)
@@ -131,7 +130,10 @@ def _strict_dataset_check(ds: Dataset, where: str) -> None:
 
 @contextlib.contextmanager
 def _validation(mode: int):  # type: ignore[no-untyped-def]
-    old_read, old_write = pydicom_config.settings.reading_validation_mode, pydicom_config.settings.writing_validation_mode
+    old_read, old_write = (
+        pydicom_config.settings.reading_validation_mode,
+        pydicom_config.settings.writing_validation_mode,
+    )
     pydicom_config.settings.writing_validation_mode = mode
     try:
         yield
@@ -164,8 +166,7 @@ def write_atomically(targets: Sequence[tuple[Path, bytes]], *, overwrite: bool =
         existing = [str(p) for p, _ in targets if p.exists()]
         if existing:
             raise WriteError(
-                f"{', '.join(existing)} already exist(s); choose another --out directory "
-                "or pass --overwrite"
+                f"{', '.join(existing)} already exist(s); choose another --out directory or pass --overwrite"
             )
     temps: list[tuple[Path, Path]] = []
     try:

@@ -368,7 +368,9 @@ def build_image_instances(
     conversion, burned_default = KIND_DEFAULTS[kind]
     conversion = options.conversion_type or conversion
     burned = burned_default if options.burned_in_annotation is None else options.burned_in_annotation
-    modality = options.modality or ("XC" if iod is CaptureIOD.VL_PHOTO else ("DOC" if kind in (SourceKind.SCAN, SourceKind.DOCUMENT) else "OT"))
+    modality = options.modality or (
+        "XC" if iod is CaptureIOD.VL_PHOTO else ("DOC" if kind in (SourceKind.SCAN, SourceKind.DOCUMENT) else "OT")
+    )
     content, from_exif = _content_moment(src, created)
     if from_exif:
         # Timezone Offset From UTC (C.12.1.1.8) covers every date and time of the instance:
@@ -381,7 +383,7 @@ def build_image_instances(
             keep_jpeg = False
             src.notes.append(f"{src.path}: {reason.removeprefix(AUTO_DECODE)}; stored the decoded pixels losslessly")
         elif reason is not None:
-            if not options.convert or iod is CaptureIOD.VL_PHOTO and "use --as sc" in reason:
+            if not options.convert or (iod is CaptureIOD.VL_PHOTO and "use --as sc" in reason):
                 raise WriteError(
                     f"{src.path}: {reason}; pass --convert to store the decoded pixels losslessly "
                     "(stated in the output), or re-export the image as baseline RGB JPEG"
@@ -548,14 +550,14 @@ def wrap_paths(
                     f"{path}: a PDF can only be wrapped as Encapsulated PDF (--as pdf); render its "
                     "pages to PNG first to make images"
                 )
-            src: ImageSource | PdfSource = read_pdf(path) if fmt is InputFormat.PDF else read_image(path, fmt, convert=options.convert)
+            src: ImageSource | PdfSource = (
+                read_pdf(path) if fmt is InputFormat.PDF else read_image(path, fmt, convert=options.convert)
+            )
             planned.append((path, fmt, src))
         except WriteError as exc:
             report.failed.append((str(path), str(exc)))
     # A new study is dated by the earliest content it holds.
-    moments = [
-        m for _, _, s in planned if isinstance(s, ImageSource) and (m := s.acquisition_datetime) is not None
-    ]
+    moments = [m for _, _, s in planned if isinstance(s, ImageSource) and (m := s.acquisition_datetime) is not None]
     study_moment = min(moments, key=lambda m: m.timestamp()) if moments else created
     series_uid_shared = new_uid()
     series_number = 0

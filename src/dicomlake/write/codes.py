@@ -133,6 +133,5 @@ def cid_code(cid: int, value: str | Code) -> Code:
         return found
     known = ", ".join(f"{c.value} {c.meaning}" for c in sorted(table.values(), key=lambda c: c.value))
     raise WriteError(
-        f"code {value!r} is not in CID {cid}; use one of: {known} "
-        "(or pass a pydicom Code for an extension)"
+        f"code {value!r} is not in CID {cid}; use one of: {known} (or pass a pydicom Code for an extension)"
     )

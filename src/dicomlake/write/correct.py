@@ -88,7 +88,9 @@ def _element_text(elem: DataElement | None) -> str:
     return str(value)
 
 
-def check_changes(changes: Mapping[str, str | Sequence[str]], where: str) -> dict[str, tuple[int, str, str | list[str]]]:
+def check_changes(
+    changes: Mapping[str, str | Sequence[str]], where: str
+) -> dict[str, tuple[int, str, str | list[str]]]:
     """Validate keywords and values; return keyword → (tag, VR, value) or raise once listing every problem."""
     problems: list[str] = []
     checked: dict[str, tuple[int, str, str | list[str]]] = {}
@@ -110,7 +112,11 @@ def check_changes(changes: Mapping[str, str | Sequence[str]], where: str) -> dic
         if vr == "SQ" or vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") or " or " in vr:
             problems.append(f"{keyword} has VR {vr}; only text and number attributes can be set with --set")
             continue
-        values: list[str] = raw.split(_MULTI_SEP) if isinstance(raw, str) and vr not in ("LT", "ST", "UT", "UR") else ([raw] if isinstance(raw, str) else list(raw))
+        values: list[str] = (
+            raw.split(_MULTI_SEP)
+            if isinstance(raw, str) and vr not in ("LT", "ST", "UT", "UR")
+            else ([raw] if isinstance(raw, str) else list(raw))
+        )
         converted: list[object] = []
         for value in values:
             try:
@@ -253,7 +259,11 @@ def correct_file(
     if diff:
         write_atomically([(path, encode(ds, str(path)))], overwrite=True)
     return Correction(
-        path, str(ds.get("SOPInstanceUID", "")), diff, ModificationReason(str(reason).upper() if isinstance(reason, str) else reason), dt(moment)
+        path,
+        str(ds.get("SOPInstanceUID", "")),
+        diff,
+        ModificationReason(str(reason).upper() if isinstance(reason, str) else reason),
+        dt(moment),
     )
 
 

@@ -91,7 +91,9 @@ class Derivation:
         return cls(
             cid_code(DERIVATION_CID, code),
             description,
-            cid_code(PURPOSE_OF_REFERENCE_CID, purpose) if purpose is not None else codes.cid7202.SourceImageForImageProcessingOperation,
+            cid_code(PURPOSE_OF_REFERENCE_CID, purpose)
+            if purpose is not None
+            else codes.cid7202.SourceImageForImageProcessingOperation,
         )
 
 
@@ -121,10 +123,7 @@ def _fit_bits(arr: np.ndarray, where: str, template_bits: int) -> tuple[np.ndarr
         arr = np.rint(arr)
     lo, hi = int(arr.min()), int(arr.max())
     signed = lo < 0
-    if signed:
-        needed = max((-lo - 1).bit_length(), max(hi, 0).bit_length()) + 1
-    else:
-        needed = max(1, hi.bit_length())
+    needed = max((-lo - 1).bit_length(), max(hi, 0).bit_length()) + 1 if signed else max(1, hi.bit_length())
     if needed > 16:
         raise WriteError(
             f"{where}: derived values {lo}…{hi} need {needed} bits; more than 16 is not supported — "
@@ -222,7 +221,13 @@ def derive_image(
     contributor.PurposeOfReferenceCodeSequence = DicomSequence([_coded(codes.cid7005.AcquisitionEquipment)])
     # Manufacturer is Type 1 in the Contributing Equipment Sequence.
     contributor.Manufacturer = str(template.get("Manufacturer", "") or "") or "UNKNOWN"
-    for keyword in ("InstitutionName", "StationName", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions"):
+    for keyword in (
+        "InstitutionName",
+        "StationName",
+        "ManufacturerModelName",
+        "DeviceSerialNumber",
+        "SoftwareVersions",
+    ):
         if template.get(keyword):
             contributor[keyword] = deepcopy(template[keyword])
     ds.ContributingEquipmentSequence = DicomSequence([contributor])
@@ -273,7 +278,15 @@ def derive_image(
             ds.WindowCenter = f"{(lo + hi) / 2 * slope + intercept:.6g}"
             ds.WindowWidth = f"{max(hi - lo, 1) * slope:.6g}"
     else:
-        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTSequence", "RescaleSlope", "RescaleIntercept", "RescaleType"):
+        for keyword in (
+            "WindowCenter",
+            "WindowWidth",
+            "WindowCenterWidthExplanation",
+            "VOILUTSequence",
+            "RescaleSlope",
+            "RescaleIntercept",
+            "RescaleType",
+        ):
             if keyword in ds:
                 del ds[keyword]
     # Once lossy, always lossy (C.7.6.1.1.5): the derived pixels inherit the history.
@@ -305,7 +318,7 @@ def _convolve_axis(arr: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray
 
 def gaussian_blur(arr: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     """Separable Gaussian blur of the first two axes (edges replicated)."""
-    radius = max(1, int(round(3 * sigma)))
+    radius = max(1, round(3 * sigma))
     x = np.arange(-radius, radius + 1)
     kernel = np.exp(-(x**2) / (2 * sigma**2))
     kernel /= kernel.sum()
@@ -398,7 +411,14 @@ def derive_files(
             target = out_dir / name
             write_atomically([(target, encode(ds, str(first_path)))], overwrite=overwrite)
             report.written.append(
-                WrittenFile(target, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID), first_path)
+                WrittenFile(
+                    target,
+                    str(ds.SOPClassUID),
+                    str(ds.SOPInstanceUID),
+                    str(ds.SeriesInstanceUID),
+                    str(ds.StudyInstanceUID),
+                    first_path,
+                )
             )
         except WriteError as exc:
             report.failed.append((str(first_path), str(exc)))

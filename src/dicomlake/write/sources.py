@@ -215,14 +215,14 @@ def _read_exif(img: Image.Image) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
         exif = img.getexif()
-    except Exception:  # noqa: BLE001 - Pillow raises assorted errors on damaged EXIF
+    except Exception:
         return out
     for tag, name in _EXIF_IFD0.items():
         if tag in exif:
             out[name] = str(exif[tag]).strip("\x00 ")
     try:
         sub = exif.get_ifd(0x8769)
-    except Exception:  # noqa: BLE001 - same: a damaged Exif IFD is ignored
+    except Exception:
         sub = {}
     for tag, name in _EXIF_SUB.items():
         if tag in sub:
@@ -300,8 +300,7 @@ def read_image(path: Path, fmt: InputFormat, *, convert: bool = False) -> ImageS
         jpeg = parse_jpeg_headers(data, path)
         if b"\xff\xd9" not in data[-16:]:
             raise WriteError(
-                f"{path}: corrupt JPEG (truncated: no end-of-image marker); copy the file again "
-                "from its source"
+                f"{path}: corrupt JPEG (truncated: no end-of-image marker); copy the file again from its source"
             )
     try:
         with warnings.catch_warnings():
