@@ -1,4 +1,4 @@
-"""Where the real sample files are: pydicom's test files, pydicom-data, and ../shared/corpus."""
+"""Where the real sample files are: pydicom's test files, pydicom-data, and the repository's tests/data/corpus."""
 
 from __future__ import annotations
 
@@ -27,24 +27,27 @@ def pydicom_data_files() -> Path | None:
     return p if p.is_dir() else None
 
 
-def shared_corpus() -> Path | None:
-    """``../shared/corpus`` beside the repository (or DICOMLAKE_SHARED_CORPUS)."""
-    env = os.environ.get("DICOMLAKE_SHARED_CORPUS")
+def repo_corpus() -> Path | None:
+    """The real files the project keeps for its tests and demo: ``tests/data/corpus``.
+
+    Present in a checkout (not in the wheel: the OpenREM files are GPLv3 test data, see
+    ``tests/data/corpus/SOURCES.md``); ``DICOMLAKE_CORPUS`` names another folder.
+    """
+    env = os.environ.get("DICOMLAKE_CORPUS")
     if env:
         return Path(env) if Path(env).is_dir() else None
     here = Path(__file__).resolve()
     for parent in here.parents:
-        cand = parent.parent / "shared" / "corpus"
-        if (parent / "pyproject.toml").exists() and cand.is_dir():
-            return cand
-    cand = Path.cwd().parent / "shared" / "corpus"
-    return cand if cand.is_dir() else None
+        if (parent / "pyproject.toml").exists():
+            cand = parent / "tests" / "data" / "corpus"
+            return cand if cand.is_dir() else None
+    return None
 
 
 def sample_sources() -> list[Path]:
     """Every sample folder present on this machine."""
     out = [pydicom_test_files()]
-    for p in (pydicom_data_files(), shared_corpus()):
+    for p in (pydicom_data_files(), repo_corpus()):
         if p is not None:
             out.append(p)
     return out
