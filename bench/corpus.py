@@ -3,7 +3,7 @@
 Each instance is a Part-10 file (preamble, ``DICM``, file meta with a correct
 (0002,0000) group length, Explicit VR Little Endian data set) whose header is the
 header of a real file — CT, MR, MG, US and Secondary Capture images and Radiation
-Dose SRs from pydicom's test files, ``pydicom-data`` and ``../shared/corpus`` — with
+Dose SRs from pydicom's test files, ``pydicom-data`` and ``tests/data/corpus`` — with
 the values that make a header *this* instance replaced:
 
 - fresh UIDs in a consistent hierarchy: studies of 1–300 instances, series inside

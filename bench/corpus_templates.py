@@ -31,8 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_corpus_dir() -> Path:
-    """Folder of the shared real files: ``$BENCH_SHARED_CORPUS`` or ``../shared/corpus``."""
-    return Path(os.environ.get("BENCH_SHARED_CORPUS", REPO_ROOT.parent / "shared" / "corpus"))
+    """Folder of the real files kept with the repository: ``$BENCH_CORPUS`` or ``tests/data/corpus``."""
+    return Path(os.environ.get("BENCH_CORPUS", REPO_ROOT / "tests" / "data" / "corpus"))
 
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -120,8 +120,8 @@ def template_path(spec: TemplateSpec) -> Path:
     path = shared_corpus_dir() / name
     if not path.is_file():
         raise FileNotFoundError(
-            f"template {spec.key}: {path} not found; the shared corpus is expected at "
-            "../shared/corpus relative to the repository (set BENCH_SHARED_CORPUS to override)."
+            f"template {spec.key}: {path} not found; the corpus is expected at "
+            "tests/data/corpus in the repository (set BENCH_CORPUS to override)."
         )
     return path
 

@@ -1,4 +1,4 @@
-"""Seed inputs from the real corpora: pydicom's test files, pydicom-data, ../shared/corpus.
+"""Seed inputs from the real corpora: pydicom's test files, pydicom-data, tests/data/corpus.
 
 A seed is the part of a file the parsers look at: the whole file when it is small, else
 everything before Pixel Data (the reader stops there). Seeds are written once per target

@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.support import IN_CI, require_tool
 
-
-def require_tool(name: str) -> str:
-    """Path of an external peer; a failure in CI (never a quiet skip), a skip elsewhere."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
-    if path is None:
-        msg = f"{name} is not installed (make install installs it)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+__all__ = ["IN_CI", "require_tool"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -40,11 +31,11 @@ def _isolated_settings() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def sample_sources() -> list[Path]:
+    from dicomlake.samples import repo_corpus
     from dicomlake.samples import sample_sources as ss
-    from dicomlake.samples import shared_corpus
 
-    if shared_corpus() is None and IN_CI:
-        pytest.fail("../shared/corpus is missing beside the repository")
+    if repo_corpus() is None:
+        pytest.fail("tests/data/corpus is missing from the checkout")
     return ss()
 
 

@@ -26,6 +26,7 @@ from dicomlake.ingest.pipeline import ingest_paths
 from dicomlake.query.lake import Lake
 from dicomlake.store.duckdb import DuckDBStore
 from tests.conftest import IN_CI
+from tests.support import OPENREM
 from tests.factories_audit import DRIFT_ROOM, SITE_OF, AnswerKey, build, simulate_receipt
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -267,14 +268,8 @@ def test_sc_catalogue_has_the_seed_columns(synth: tuple[Path, AnswerKey]) -> Non
 
 
 def _openrem() -> Path:
-    from dicomlake.samples import shared_corpus
-
-    corpus = shared_corpus()
-    if corpus is None or not (corpus / "openrem").is_dir():
-        if IN_CI:
-            pytest.fail("../shared/corpus/openrem is missing")
-        pytest.skip("../shared/corpus/openrem is missing")
-    return corpus / "openrem"
+    assert OPENREM.is_dir(), f"{OPENREM} is missing from the checkout"
+    return OPENREM
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from dicomlake.deid import Deidentifier, DeidSettings, load_profile, standard_ta
 from dicomlake.deid.profile import BurnedInPolicy
 from dicomlake.deid.table import Action
 from tests.factories_phi import dciodvfy_errors, dcmdump_text
+from tests.support import DEID_DATA_DIR
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-DEID_DATA = sorted((SHARED / "deid-data").rglob("*.dcm"))
+DEID_DATA = sorted(DEID_DATA_DIR.rglob("*.dcm"))
 SECRET = "real-data-test-secret-0123456789abcdef"
 _TEXT = {"LO", "SH", "PN", "ST", "LT", "UT", "UC", "AE", "DA", "DT", "TM", "UI", "CS"}
 
@@ -58,7 +58,6 @@ def _present(key: str, dump: str) -> bool:
     return bool(re.search(r"(?<![A-Za-z0-9])" + re.escape(key) + r"(?![A-Za-z0-9])", dump))
 
 
-@pytest.mark.skipif(not DEID_DATA, reason="../shared/corpus/deid-data not present")
 def test_deid_real_deid_data_keeps_no_known_identifier(tmp_path: Path) -> None:
     engine = Deidentifier(_flagging("basic"), DeidSettings(secret=SECRET))
     checked, leaks = 0, []
@@ -78,7 +77,6 @@ def test_deid_real_deid_data_keeps_no_known_identifier(tmp_path: Path) -> None:
     assert checked > 100
 
 
-@pytest.mark.skipif(not DEID_DATA, reason="../shared/corpus/deid-data not present")
 def test_deid_removes_burned_in_annotation_series() -> None:
     engine = Deidentifier("basic", DeidSettings(secret=SECRET))
     results = {src.name: engine.deidentify_bytes(src.read_bytes(), source=str(src)) for src in DEID_DATA}

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-CORPUS = ROOT.parent / "shared" / "corpus"
+CORPUS = ROOT / "tests" / "data" / "corpus"
 
 
 def _load(name: str) -> object:
@@ -197,16 +197,15 @@ def test_every_shell_example_is_marked_run_or_not_run_with_a_reason() -> None:
 
 
 def _workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A folder like a new user's: images/ with pydicom's samples, ../shared/corpus beside it."""
+    """A folder like a new user's checkout: images/ with pydicom's samples, tests/data/corpus."""
     from dicomlake.samples import pydicom_test_files
 
     work = tmp_path / "work"
     (work / "images").mkdir(parents=True)
     for name in ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "test-SR.dcm"):
         shutil.copy(pydicom_test_files() / name, work / "images" / name)
-    if CORPUS.is_dir():
-        (tmp_path / "shared").mkdir()
-        (tmp_path / "shared" / "corpus").symlink_to(CORPUS)
+    (work / "tests" / "data").mkdir(parents=True)
+    (work / "tests" / "data" / "corpus").symlink_to(CORPUS)
     bindir = tmp_path / "bin"
     bindir.mkdir()
     for prog, target in (("dicomlake", f'"{sys.executable}" -m dicomlake.cli.main'), ("python", f'"{sys.executable}"')):
@@ -226,8 +225,6 @@ RUN_PAGES = sorted(
 @pytest.mark.parametrize("page", RUN_PAGES)
 def test_docs_examples_run(page: str, tmp_path: Path) -> None:
     """Each page's `run` blocks in order in one fresh folder; `expect=FILE` blocks must equal FILE."""
-    if "../shared/corpus" in (DOCS / page).read_text("utf-8") and not CORPUS.is_dir():
-        pytest.skip("../shared/corpus is not beside the repository")
     work, env = _workspace(tmp_path)
     for lang, info, body in _blocks(DOCS / page):
         if lang == "sh" and info == "run":
@@ -247,8 +244,6 @@ def test_docs_examples_run(page: str, tmp_path: Path) -> None:
 
 def test_mg_dose_audit_quotes_its_exposure_count(tmp_path: Path) -> None:
     """The how-to's prose numbers match what the audit computes."""
-    if not CORPUS.is_dir():
-        pytest.skip("../shared/corpus is not beside the repository")
     import csv
 
     from dicomlake.audit import Selection, load_settings, run_audit, write_report

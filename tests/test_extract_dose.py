@@ -33,9 +33,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicomlake.extract import dose as dose_module
 from dicomlake.extract.dose import DOSE_EVENT_COLUMNS, dose_events, dose_events_from_image
 from tests.oracles import dsr as oracle
+from tests.support import IN_CI, OPENREM
 
-CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "openrem"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CORPUS = OPENREM
 
 # Files of the corpus that are Radiation Dose SRs (by their root concept, per dsrdump) and
 # how many of them hold irradiation events: all but the Siemens ARCADIS summary report.
@@ -46,7 +46,7 @@ EXPECTED_SRS_WITH_EVENTS = 28
 def _corpus_files() -> list[Path]:
     files = sorted(CORPUS.glob("*.dcm"))
     if not files:
-        message = f"the shared corpus is missing: no *.dcm in {CORPUS.resolve()}"
+        message = f"the corpus is missing: no *.dcm in {CORPUS}"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

@@ -1,6 +1,6 @@
 """The lake against an outside reader: dcmtk's dcm2json on every sample file.
 
-For every file of pydicom's test files, pydicom-data and ../shared/corpus, every top-level
+For every file of pydicom's test files, pydicom-data and tests/data/corpus, every top-level
 element in the lake's DICOM JSON must agree with what dcmtk reads from the same file
 (sequences compared all the way down). Files that one reader reads and the other
 cannot are listed below with the reason; an unlisted disagreement fails the test.

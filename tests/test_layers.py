@@ -1,0 +1,166 @@
+"""The import contract of the layers (DESIGN: "a package imports its own modules and
+packages of lower layers; packages of one layer stay independent of each other").
+
+Every ``import dicomlake.…`` in ``src/`` — at module level or inside a function, since a
+lazy import is still a dependency — is read with :mod:`ast` and checked against the
+layers below. The imports that break the contract today are listed in ``KNOWN`` with the
+reason and the issue that removes them; a new one fails this test, and so does an entry of
+``KNOWN`` that no longer occurs (the list only shrinks).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "dicomlake"
+
+#: layer of each top-level module or package of ``dicomlake`` (1 = faces, highest)
+LAYERS: dict[str, int] = {
+    # 1. faces
+    "cli": 1,
+    "web": 1,
+    "demo": 1,
+    # 2.
+    "ingest": 2,
+    "audit": 2,
+    # 3.
+    "query": 3,
+    "write": 3,
+    # 4.
+    "deid": 4,
+    "curate": 4,
+    "extract": 4,
+    "store": 4,
+    # 5. the bottom: the DICOM reader, settings, errors, security checks, data files
+    "dicom": 5,
+    "config": 5,
+    "security": 5,
+    "samples": 5,
+    "_standard": 5,
+    "data": 5,
+    # below everything: the exception types every layer raises
+    "errors": 6,
+}
+
+#: (importing module, imported module) pairs that break the contract today, with why.
+KNOWN: dict[tuple[str, str], str] = {
+    # The service process is the "service wiring that starts listener + web together", a face
+    # by DESIGN; it lives in ingest/ for history.
+    ("dicomlake.ingest.service", "dicomlake.web.internal"): "service wiring is a face",
+    ("dicomlake.ingest.service", "dicomlake.web.app"): "service wiring is a face",
+    # The settings root composes every package's settings model (pydantic-settings); the
+    # models belong to their packages.
+    ("dicomlake.config", "dicomlake.deid.settings"): "settings root composes package settings",
+    ("dicomlake.config", "dicomlake.ingest.settings"): "settings root composes package settings",
+    ("dicomlake.config", "dicomlake.web.settings"): "settings root composes package settings",
+    # cli and web are both faces: the user/token commands and doctor use web's settings,
+    # auth and access log (issue 16 moves users/sessions/access log behind the Store).
+    ("dicomlake.cli.doctor", "dicomlake.web.settings"): "issue 16",
+    ("dicomlake.cli.serve", "dicomlake.web.settings"): "issue 16",
+    ("dicomlake.cli.user", "dicomlake.web.audit_log"): "issue 16",
+    ("dicomlake.cli.user", "dicomlake.web.auth"): "issue 16",
+    ("dicomlake.cli.user", "dicomlake.web.settings"): "issue 16",
+    ("dicomlake.demo", "dicomlake.cli.output"): "the demo prints tables as the CLI does",
+    # The lake schema still lives in extract/ (issue 16: one schema module both import).
+    ("dicomlake.store.base", "dicomlake.extract.dose"): "issue 16: lake schema module",
+    ("dicomlake.store.duckdb", "dicomlake.extract.columns"): "issue 16: lake schema module",
+    ("dicomlake.store.duckdb", "dicomlake.extract.rows"): "issue 16: lake schema module",
+    ("dicomlake.store.migrations", "dicomlake.extract.columns"): "issue 16: lake schema module",
+    ("dicomlake.store.open", "dicomlake.extract.columns"): "issue 16: lake schema module",
+    ("dicomlake.store.parquet", "dicomlake.extract.columns"): "issue 16: lake schema module",
+    ("dicomlake.store.postgres", "dicomlake.extract.columns"): "issue 16: lake schema module",
+    ("dicomlake.store.remote", "dicomlake.extract.columns"): "issue 16: lake schema module",
+    # Secondary-capture analysis and pixel redaction share OCR and writers (issue 21).
+    ("dicomlake.deid.pixels", "dicomlake.extract.ocr"): "issue 21: OCR moves down a layer",
+    ("dicomlake.deid.pixels", "dicomlake.extract.sc_class"): "issue 21",
+    ("dicomlake.deid.pixels", "dicomlake.write._common"): "issue 21",
+    ("dicomlake.deid.pixels", "dicomlake.write.derive"): "issue 21",
+    ("dicomlake.extract.sc", "dicomlake.deid.pixels"): "issue 21",
+    ("dicomlake.extract.sc", "dicomlake.store.duckdb"): "issue 16/21",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(["dicomlake", *parts])
+
+
+def _imports(path: Path) -> set[str]:
+    """Every dicomlake module ``path`` imports, relative imports resolved."""
+    mod = _module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                name = node.module or ""
+            # ``from dicomlake.x import y`` imports the module x.y when y is one, else x
+            for alias in node.names:
+                sub = f"{name}.{alias.name}"
+                rel = Path(*sub.split(".")[1:])
+                is_module = (SRC / rel).with_suffix(".py").is_file() or (SRC / rel / "__init__.py").is_file()
+                out.add(sub if is_module else name)
+    return {n for n in out if n.startswith("dicomlake.")}  # the package root (__version__) is no layer
+
+
+def _top(module: str) -> str:
+    return module.split(".")[1]
+
+
+def contract_breaches(src: Path = SRC) -> set[tuple[str, str]]:
+    breaches = set()
+    for path in sorted(src.rglob("*.py")):
+        mod = _module_name(path)
+        if mod == "dicomlake":  # the package's public face re-exports from every layer
+            continue
+        own = _top(mod)
+        for target in _imports(path):
+            other = _top(target)
+            if other == own:
+                continue
+            assert own in LAYERS and other in LAYERS, f"{mod} -> {target}: give both a layer in LAYERS"
+            if LAYERS[other] <= LAYERS[own]:
+                breaches.add((mod, target))
+    return breaches
+
+
+def test_every_package_has_a_layer() -> None:
+    tops = {p.name.removesuffix(".py") for p in SRC.iterdir() if p.name != "__init__.py" and not p.name.startswith(".")}
+    tops.discard("__pycache__")
+    assert tops <= set(LAYERS), f"give these a layer in LAYERS: {sorted(tops - set(LAYERS))}"
+
+
+def test_no_lower_layer_imports_a_higher_one() -> None:
+    new = contract_breaches() - set(KNOWN)
+    assert not new, "imports that break the layer contract (a lower or same-layer package):\n" + "\n".join(
+        f"  {a} -> {b}" for a, b in sorted(new)
+    )
+
+
+def test_known_breaches_are_still_real() -> None:
+    """An exception that was fixed is taken off the list, so the list only shrinks."""
+    stale = set(KNOWN) - contract_breaches()
+    assert not stale, f"remove from KNOWN (no longer imported): {sorted(stale)}"
+
+
+def test_the_check_catches_a_breach(tmp_path: Path) -> None:
+    """The checker itself: a store module importing the web layer is a breach."""
+    pkg = tmp_path / "dicomlake"
+    (pkg / "store").mkdir(parents=True)
+    (pkg / "web").mkdir()
+    (pkg / "store" / "x.py").write_text("def f():\n    from dicomlake.web import app\n", "utf-8")
+    (pkg / "web" / "app.py").write_text("from ..store import x\n", "utf-8")
+    global SRC
+    saved, SRC = SRC, pkg
+    try:
+        assert contract_breaches(pkg) == {("dicomlake.store.x", "dicomlake.web.app")}
+    finally:
+        SRC = saved
