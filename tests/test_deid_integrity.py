@@ -114,8 +114,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 def test_deid_same_input_in_two_processes_is_byte_identical(runs: tuple[Path, Path, Path]) -> None:
     src, a, b = runs
-    names = sorted(p.name for p in src.iterdir())
-    assert sorted(p.name for p in a.iterdir()) == names
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*.dcm"))
+    assert len(names) == len(list(src.iterdir()))
+    assert sorted(str(p.relative_to(b)) for p in b.rglob("*.dcm")) == names
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
@@ -145,7 +146,7 @@ def _references(sets: list[Dataset]) -> list[tuple[str, str]]:
 def test_deid_every_uid_reference_resolves_inside_the_output_set(runs: tuple[Path, Path, Path]) -> None:
     src, out, _ = runs
     inputs = [pydicom.dcmread(p, force=True) for p in sorted(src.iterdir())]
-    outputs = [pydicom.dcmread(p) for p in sorted(out.iterdir())]
+    outputs = [pydicom.dcmread(p) for p in sorted(out.rglob("*.dcm"))]
     in_entities, out_entities = _entities(inputs), _entities(outputs)
     internal_in = [r for r in _references(inputs) if r[1] in in_entities]
     internal_out = [r for r in _references(outputs) if r[1] in out_entities]

@@ -260,4 +260,10 @@ def test_deid_cli_lists_profiles_and_fails_on_non_dicom(tmp_path: Path) -> None:
         check=False,
     )
     assert res.returncode == 1 and "notes.txt" in res.stderr and "de-identified 1" in res.stdout
-    assert (tmp_path / "out" / "ct.dcm").is_file()
+    (written,) = (tmp_path / "out").rglob("*.dcm")  # named from the new UIDs, not the input's name
+    ds = pydicom.dcmread(written)
+    assert written.relative_to(tmp_path / "out").parts == (
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        f"{ds.SOPInstanceUID}.dcm",
+    )

@@ -135,7 +135,8 @@ def test_deid_pixels_writes_deidentified_redacted_objects_with_mapped_uids(sc_co
     outs = []
     for run in ("a", "b"):
         out = tmp_path / run
-        result = runner.invoke(app, ["deid", str(src), "--out", str(out), "--pixels", "--profile", "basic"])
+        args = ["deid", str(src), "--out", str(out), "--pixels", "--profile", "basic", "--keep-names"]
+        result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         assert "pixels: 2 redacted" in result.output
         assert "review" in result.output and "photo_label_vl" in result.output

@@ -2,34 +2,122 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import typer
 
 from dicomlake.errors import DeidError
 
+_UID_NAME = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
-def _files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
-    """(file, path relative to its input root) for every file under the inputs."""
+
+def _files(paths: list[Path], skipped: list[str]) -> Iterator[tuple[Path, Path]]:
+    """(file, path relative to its input root) for every file under the inputs.
+
+    Symbolic links to folders are not followed (a loop, or a walk out of the input): each one
+    is listed in ``skipped``. Links to files are read.
+    """
     for root in paths:
         if root.is_file():
             yield root, Path(root.name)
         elif root.is_dir():
-            for f in sorted(root.rglob("*")):
-                if f.is_file():
-                    yield f, f.relative_to(root)
+            for folder, dirs, names in os.walk(root, followlinks=False):
+                here = Path(folder)
+                skipped.extend(
+                    f"{here / d}: symbolic link to a folder, not followed (pass its target)"
+                    for d in sorted(dirs)
+                    if (here / d).is_symlink()
+                )
+                dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink())
+                for name in sorted(names):
+                    f = here / name
+                    if f.is_file():
+                        yield f, f.relative_to(root)
         else:
             raise typer.BadParameter(f"{root} does not exist; pass files or folders of DICOM files")
+
+
+def _refuse_overlap(inputs: list[Path], out: Path) -> None:
+    """Exit 2 when --out is an input, lies inside one or contains one (nothing written yet).
+
+    Writing into the input would overwrite originals or, on the next run, de-identify the
+    outputs again (deid/deid/deid); an output around the input mixes originals with outputs.
+    """
+    target = Path(os.path.realpath(out))
+    for given in inputs:
+        source = Path(os.path.realpath(given))
+        if target == source:
+            why = "is the input"
+        elif target.is_relative_to(source):
+            why = "is inside the input"
+        elif source.is_relative_to(target):
+            why = "contains the input"
+        else:
+            continue
+        typer.echo(
+            f"error: --out {out} {why} {given}; choose an output folder outside the inputs (nothing was written)",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
+def _safe_uid(value: object) -> str | None:
+    text = str(value or "").strip("\x00 ")
+    return text if _UID_NAME.fullmatch(text) and len(text) <= 64 else None
+
+
+def _output_name(data: bytes) -> Path:
+    """StudyUID/SeriesUID/SOPInstanceUID.dcm of the de-identified object (never an input name).
+
+    A UID that is not a plain UID (possible only under Retain UIDs, from hostile input) is
+    replaced by a hash of the output bytes.
+    """
+    import pydicom
+
+    ds = pydicom.dcmread(
+        BytesIO(data),
+        stop_before_pixels=True,
+        force=True,
+        specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
+    )
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    study = _safe_uid(ds.get("StudyInstanceUID")) or "study-" + digest
+    series = _safe_uid(ds.get("SeriesInstanceUID")) or "series-" + digest
+    sop = _safe_uid(ds.get("SOPInstanceUID")) or "instance-" + digest
+    return Path(study) / series / f"{sop}.dcm"
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Write to a temporary file beside the target, then rename: never a half-written output."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def deid(
     inputs: list[Path] = typer.Argument(
         ..., help="DICOM files or folders (searched recursively); or the word 'profiles'."
     ),
-    out: Path | None = typer.Option(None, "--out", "-od", help="Output folder; the input layout is kept."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-od",
+        help="Output folder, outside the inputs; files are named STUDY/SERIES/INSTANCE.dcm from the new UIDs.",
+    ),
     profile: str = typer.Option("basic", "--profile", "-p", help="Built-in name or TOML file."),
     secret_env: str = typer.Option(
         "DICOMLAKE_DEID__SECRET",
@@ -47,6 +135,12 @@ def deid(
         help="Clean burned-in text (OCR): SC-like and Burned In Annotation YES instances become "
         "redacted derived objects (new UIDs from the maps); uncertain ones are listed for review.",
     ),
+    keep_names: bool = typer.Option(
+        False,
+        "--keep-names",
+        help="Keep the input folder and file names in the output (they often hold patient names, "
+        "dates and accession numbers: only for inputs whose names are known to be neutral).",
+    ),
 ) -> None:
     """De-identify DICOM files per PS3.15 into OUT with a profile; `deid profiles` lists profiles.
 
@@ -56,11 +150,15 @@ def deid(
 
     Example: dicomlake deid profiles --show research > my-profile.toml
     """
-    if [str(p) for p in inputs] == ["profiles"] and not Path("profiles").exists():
-        profiles(show)
+    if [str(p) for p in inputs] == ["profiles"] and (out is None or not Path("profiles").exists()):
+        profiles(show)  # the word, even when the current folder has a subfolder named profiles
         return
     if out is None:
         raise typer.BadParameter("give the output folder", param_hint="--out")
+    for given in inputs:
+        if not given.exists():
+            raise typer.BadParameter(f"{given} does not exist; pass files or folders of DICOM files")
+    _refuse_overlap(inputs, out)
     from dicomlake.deid import Deidentifier, settings_from_env  # pydicom: imported when used
 
     settings = settings_from_env()
@@ -81,14 +179,18 @@ def deid(
     except DeidError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    written, failed = 0, []
+    written = 0
+    failed: list[str] = []
+    skipped: list[str] = []
+    duplicates: list[str] = []
+    targets: dict[Path, Path] = {}
     pixel_report = None
     if pixels:
         from dicomlake.deid.pixels import RedactReport, deidentify_bytes_with_pixels
 
         pixel_report = RedactReport()
     with engine:
-        for path, rel in _files(inputs):
+        for path, rel in _files(inputs, skipped):
             try:
                 if pixel_report is not None:
                     data = deidentify_bytes_with_pixels(
@@ -99,19 +201,29 @@ def deid(
             except DeidError as exc:
                 failed.append(f"{path}: {exc}")
                 continue
+            except OSError as exc:
+                failed.append(f"{path}: cannot be read: {exc.strerror or exc}")
+                continue
             if data is None:
                 continue
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            name = rel if keep_names else _output_name(data)
+            if name in targets:
+                duplicates.append(f"{path}: same output {name} as {targets[name]}; not written twice")
+                continue
+            targets[name] = path
+            _write_atomic(out / name, data)
             written += 1
     rep = engine.report
     typer.echo(
         f"de-identified {written}, excluded {len(rep.excluded)}, flagged {len(rep.flagged)}, "
-        f"failed {len(failed)} (profile {engine.profile.name})"
+        f"failed {len(failed)}, skipped {len(skipped)} (profile {engine.profile.name})"
     )
     for line in rep.excluded:
         typer.echo(f"  excluded {line}")
+    for line in skipped:
+        typer.echo(f"  skipped {line}")
+    for line in duplicates:
+        typer.echo(f"  duplicate {line}")
     if pixel_report is not None:
         typer.echo(
             f"pixels: {len(pixel_report.written)} redacted ({pixel_report.regions} regions filled), "
@@ -130,6 +242,8 @@ def deid(
                     "excluded": rep.excluded,
                     "flagged": rep.flagged,
                     "failed": failed,
+                    "skipped": skipped,
+                    "duplicates": duplicates,
                 },
                 indent=2,
             )

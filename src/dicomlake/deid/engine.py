@@ -240,6 +240,7 @@ class Deidentifier:
             Name of the input, used in reports and errors.
         """
         label = source or f"<{len(data)} bytes>"
+        _refuse_truncated(data, label)
         try:
             ds = pydicom.dcmread(BytesIO(data), force=True)
         except Exception as exc:
@@ -282,13 +283,9 @@ class Deidentifier:
         self.report.flagged.append(f"{label}: {why}")
         policy = self.profile.burned_in
         drop = (
-            (declared == "YES"
-            and policy is not BurnedInPolicy.FLAG)
-            or (risky
-            and policy is BurnedInPolicy.EXCLUDE_ALL_RISKY)
-            or (risky
-            and policy is BurnedInPolicy.EXCLUDE
-            and declared != "NO")
+            (declared == "YES" and policy is not BurnedInPolicy.FLAG)
+            or (risky and policy is BurnedInPolicy.EXCLUDE_ALL_RISKY)
+            or (risky and policy is BurnedInPolicy.EXCLUDE and declared != "NO")
         )
         if drop:
             self.report.excluded.append(f"{label}: {why}")
@@ -320,8 +317,7 @@ class Deidentifier:
                     continue  # nothing to collect; leave the value unconverted
                 elem = item[tag]
                 if elem.VR == "SQ":
-                    for sub in elem.value or ():
-                        stack.append((sub, tag))
+                    stack.extend((sub, tag) for sub in elem.value or ())
                     continue
                 if elem.VR not in _TEXT_VRS and elem.VR not in ("AE", "DA", "DT"):
                     continue
@@ -695,6 +691,22 @@ _PASS_VRS = {
     "US or OW",
     "US or SS or OW",
 }
+
+
+def _refuse_truncated(data: bytes, label: str) -> None:
+    """DeidError for a file cut short (pydicom reads one silently and the output would look whole).
+
+    The structural walk of the lake's reader checks every element, sequence item and fragment
+    length against the bytes present; other complaints of that reader are left to pydicom.
+    """
+    from dicomlake.dicom.reader import parse_all
+    from dicomlake.errors import ExtractionError
+
+    try:
+        parse_all(data)
+    except ExtractionError as exc:
+        if "truncated" in str(exc):
+            raise DeidError(f"{label}: refused, the file is incomplete ({exc}); nothing written") from exc
 
 
 def _dict_vr(tag: int) -> str:
