@@ -18,6 +18,7 @@ Results for the analyst role are de-identified by :class:`dicomlake.web.deidview
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -64,12 +65,74 @@ COMPUTED = {
     "00080056": "InstanceAvailability",
     "00081190": "RetrieveURL",
 }
-CONTROL_PARAMS = ("limit", "offset", "fuzzymatching", "includefield", "accept", "charset")
+CONTROL_PARAMS = (
+    "limit", "offset", "fuzzymatching", "includefield", "accept", "charset", "emptyvaluematching",
+    "multiplevaluematching",
+)  # fmt: skip
+IGNORED_PARAMS = ("emptyvaluematching", "multiplevaluematching")
+"""PS3.18 §8.3.4.5/§8.3.4.6: optional; a server that does not support them ignores them with a Warning."""
 SUPPORTED_HELP = (
-    "supported QIDO-RS parameters: limit, offset, fuzzymatching, includefield, accept, and "
+    "supported QIDO-RS parameters: limit, offset, fuzzymatching, includefield, accept, "
+    "emptyvaluematching and multiplevaluematching (ignored, with a Warning header), and "
     "{attributeID}={value} for any attribute by keyword or tag (PatientName, 00100010, "
     'CTDIPhantomTypeCodeSequence.CodeMeaning, (0019,"CREATOR",10))'
 )
+# includefield=all (PS3.18 §8.3.4.3) returns the attributes of the level searched and the levels above
+# it: the Patient (PS3.3 C.7.1.1, C.7.1.3), General Study (C.7.2.1), Patient Study (C.7.2.2) and
+# Clinical Trial Study (C.7.2.3) modules at the study level; General Series (C.7.3.1), Frame of
+# Reference (C.7.4.1) and General Equipment (C.7.5.1) at the series level in addition.
+PATIENT_STUDY_KEYWORDS = (
+    "SpecificCharacterSet", "TimezoneOffsetFromUTC",
+    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "TypeOfPatientID",
+    "PatientBirthDate", "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "OtherPatientIDs",
+    "OtherPatientNames", "PatientComments", "EthnicGroup", "PatientSpeciesDescription",
+    "PatientSpeciesCodeSequence", "PatientBreedDescription", "PatientBreedCodeSequence", "ResponsiblePerson",
+    "ResponsiblePersonRole", "ResponsibleOrganization", "PatientIdentityRemoved", "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence", "QualityControlSubject", "PatientBirthName", "PatientMotherBirthName",
+    "PatientAddress", "PatientTelephoneNumbers", "MedicalRecordLocator", "PatientReligiousPreference",
+    "CountryOfResidence", "RegionOfResidence", "MilitaryRank", "BranchOfService", "StrainDescription",
+    "ReferencedPatientSequence", "PatientAlternativeCalendar", "PatientBirthDateInAlternativeCalendar",
+    "PatientDeathDateInAlternativeCalendar", "ClinicalTrialSponsorName", "ClinicalTrialProtocolID",
+    "ClinicalTrialProtocolName", "ClinicalTrialSiteID", "ClinicalTrialSiteName", "ClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "ReferringPhysicianIdentificationSequence", "ConsultingPhysicianName", "ConsultingPhysicianIdentificationSequence",
+    "StudyID", "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription", "PhysiciansOfRecord",
+    "PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence", "RequestingServiceCodeSequence", "ReferencedStudySequence",
+    "ProcedureCodeSequence", "ReasonForPerformedProcedureCodeSequence", "OtherStudyNumbers",
+    "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "PatientAge", "PatientSize",
+    "PatientWeight", "PatientBodyMassIndex", "MeasuredAPDimension", "MeasuredLateralDimension",
+    "PatientSizeCodeSequence", "MedicalAlerts", "Allergies", "SmokingStatus", "PregnancyStatus",
+    "LastMenstrualDate", "PatientState", "Occupation", "AdditionalPatientHistory", "AdmissionID",
+    "IssuerOfAdmissionIDSequence", "ServiceEpisodeID", "ServiceEpisodeDescription",
+    "IssuerOfServiceEpisodeIDSequence", "PatientSexNeutered", "ReasonForVisit", "ReasonForVisitCodeSequence",
+    "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription", "ConsentForClinicalTrialUseSequence",
+)  # fmt: skip
+SERIES_KEYWORDS = (
+    "Modality", "SeriesInstanceUID", "SeriesNumber", "Laterality", "SeriesDate", "SeriesTime",
+    "PerformingPhysicianName", "PerformingPhysicianIdentificationSequence", "ProtocolName", "SeriesDescription",
+    "SeriesDescriptionCodeSequence", "OperatorsName", "OperatorIdentificationSequence",
+    "ReferencedPerformedProcedureStepSequence", "RelatedSeriesSequence", "BodyPartExamined", "PatientPosition",
+    "SmallestPixelValueInSeries", "LargestPixelValueInSeries", "RequestAttributesSequence",
+    "PerformedProcedureStepID", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime", "PerformedProcedureStepDescription",
+    "PerformedProtocolCodeSequence", "CommentsOnThePerformedProcedureStep", "AnatomicalOrientationType",
+    "TreatmentSessionUID", "FrameOfReferenceUID", "PositionReferenceIndicator",
+    "Manufacturer", "InstitutionName", "InstitutionAddress", "StationName", "InstitutionalDepartmentName",
+    "InstitutionalDepartmentTypeCodeSequence", "ManufacturerModelName", "ManufacturerDeviceClassUID",
+    "DeviceSerialNumber", "SoftwareVersions", "GantryID", "UDISequence", "DeviceUID", "SpatialResolution",
+    "DateOfManufacture", "DateOfInstallation", "DateOfLastCalibration", "TimeOfLastCalibration",
+    "PixelPaddingValue",
+)  # fmt: skip
+
+
+@functools.cache
+def _level_tags(keywords: tuple[str, ...]) -> frozenset[str]:
+    k2t = keyword_to_tag()
+    return frozenset(f"{k2t[k]:08X}" for k in keywords if k in k2t)
+
+
 # STOW-RS failure reasons (PS3.18 Table 10.5.3-2 / PS3.4 Annex B)
 PROCESSING_FAILURE = 0x0110
 CANNOT_UNDERSTAND = 0xC000
@@ -99,6 +162,7 @@ class Qido:
     fuzzy: bool = False
     limit: int = 100
     offset: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def _tag_of_segment(seg: str) -> int | None:
@@ -171,6 +235,10 @@ def parse_qido(request: Request, level: str, ctx: WebContext) -> Qido:
                 errors.append(f"accept={value!r}: only {DICOM_JSON} is served")
         elif low == "charset":
             continue
+        elif low in IGNORED_PARAMS:
+            # PS3.18 §8.3.4.5 (emptyvaluematching), §8.3.4.6 (multiplevaluematching): optional;
+            # not supported here, so ignored with a Warning rather than refused
+            q.warnings.append(f"{low}={value} is not supported and was ignored")
         else:
             if name in ("ModalitiesInStudy", "00080061"):
                 name = "Modality"
@@ -188,8 +256,10 @@ def parse_qido(request: Request, level: str, ctx: WebContext) -> Qido:
                 continue
             if top is not None:
                 q.include.add(top)
-            if value == "":
-                continue  # universal matching: return the attribute (PS3.4 C.2.2.2.3)
+            if value == "" or set(value) == {"*"}:
+                # universal matching: an empty value, or "*" alone (PS3.4 C.2.2.2.3, C.2.2.2.4),
+                # matches every entity, those with the attribute empty or absent too
+                continue
             q.matches.append(Match(name, key, value, top, key.vr or vr))
     if errors:
         raise WebError(400, errors[0] if len(errors) == 1 else f"{len(errors)} problems in the query", errors)
@@ -276,6 +346,80 @@ def _check_accept(request: Request, *allowed: str) -> None:
     raise WebError(406, f"Accept: {accept!r} cannot be served here; ask for {' or '.join(allowed)}")
 
 
+def warning_value(request: Request, text: str) -> str:
+    """One ``Warning`` header value, ``299 {+service}: "text"`` (PS3.18 §8.3.4, RFC 7234 §5.5)."""
+    clean = re.sub(r'[^\x20-\x7e]|["\\]', "?", text)[:300]
+    return f'299 {request.url.hostname or "dicomlake"}: "{clean}"'
+
+
+def with_warnings(resp: Response, request: Request, notes: Iterable[str]) -> Response:
+    for note in dict.fromkeys(notes):
+        resp.headers.append("Warning", warning_value(request, note))
+    return resp
+
+
+def _from_json_ok(tag: str, el: Any) -> bool:
+    import warnings
+
+    from pydicom.dataset import Dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            Dataset.from_json({tag: el})
+        except Exception:
+            return False
+    return True
+
+
+def _readable(js: dict[str, Any], dropped: list[str], path: str = "") -> dict[str, Any]:
+    """``js`` without the elements pydicom cannot read (a DS ``"1.06,0.206"``), their tags in ``dropped``."""
+    out: dict[str, Any] = {}
+    for tag, el in js.items():
+        if isinstance(el, dict) and el.get("vr") == "SQ" and isinstance(el.get("Value"), list):
+            items = [_readable(it, dropped, f"{path}{tag}.") if isinstance(it, dict) else {} for it in el["Value"]]
+            el = {**el, "Value": items}
+        if _from_json_ok(tag, el):
+            out[tag] = el
+        else:
+            dropped.append(f"({path}{tag[:4]},{tag[4:]})" if len(tag) == 8 else f"{path}{tag}")
+    return out
+
+
+def analyst_json(ctx: WebContext, items: list[str | dict[str, Any]], notes: list[str]) -> list[dict[str, Any] | None]:
+    """The analyst's de-identified DICOM JSON of each item; one unreadable value never fails a page.
+
+    An element whose value pydicom cannot read (a DS of ``1.06,0.206``: not a decimal string,
+    PS3.5 §6.2) cannot go through the de-identification engine: it is left out and named in
+    ``notes`` (a ``Warning`` header). An instance that still fails is left out, also noted.
+    """
+    try:
+        return ctx.view.many_json(items)
+    except Exception:
+        pass
+    out: list[dict[str, Any] | None] = []
+    for item in items:
+        src = json.loads(item) if isinstance(item, str) else item
+        try:
+            out.extend(ctx.view.many_json([src]))
+            continue
+        except Exception:
+            pass
+        dropped: list[str] = []
+        clean = _readable(src, dropped)
+        try:
+            out.extend(ctx.view.many_json([clean]))
+        except Exception as exc:
+            notes.append(f"an instance could not be de-identified ({type(exc).__name__}) and was left out")
+            out.append(None)
+            continue
+        if dropped:
+            notes.append(
+                f"values not valid for their VR (PS3.5 6.2) were left out of an instance: {', '.join(dropped[:10])}"
+            )
+    return out
+
+
 def search(request: Request, level: str, study: str | None = None, series: str | None = None) -> Response:
     ctx = ctx_of(request)
     p = require(request, Role.ANALYST)
@@ -311,8 +455,9 @@ def search(request: Request, level: str, study: str | None = None, series: str |
     reps = [r["rep"] for r in found]
     js = ctx.data.json_by_uid(reps)
     docs: list[dict[str, Any] | None]
+    notes = list(q.warnings)
     if analyst:
-        docs = ctx.view.many_json([js.get(u) or "{}" for u in reps])
+        docs = analyst_json(ctx, [js.get(u) or "{}" for u in reps], notes)
     else:
         docs = [json.loads(js[u]) if u in js else {} for u in reps]
     wanted = {"study": STUDY_RETURN, "series": SERIES_RETURN, "instance": INSTANCE_RETURN}[level]
@@ -323,10 +468,20 @@ def search(request: Request, level: str, study: str | None = None, series: str |
         extra = SERIES_RETURN + (STUDY_RETURN if study is None else ())
     base = _base(request)
     out: list[dict[str, Any]] = []
+    # includefield=all: the attributes of this level and those above it, not the representative
+    # instance's own (PS3.18 §8.3.4.3; PS3.4 C.6.1.1: attributes belong to one level)
+    level_tags: frozenset[str] | None = None
+    if level == "study":
+        level_tags = _level_tags(PATIENT_STUDY_KEYWORDS)
+    elif level == "series":
+        level_tags = _level_tags(PATIENT_STUDY_KEYWORDS + SERIES_KEYWORDS)
     for key, doc in zip(keys, docs, strict=True):
         if doc is None:
             continue
-        tags = set(doc) if q.include_all else set(wanted) | set(extra) | q.include
+        if q.include_all:
+            tags = {t for t in doc if level_tags is None or t in level_tags} | set(wanted) | set(extra) | q.include
+        else:
+            tags = set(wanted) | set(extra) | q.include
         res: dict[str, Any] = {}
         for t in sorted(tags):
             if t in COMPUTED:
@@ -364,7 +519,7 @@ def search(request: Request, level: str, study: str | None = None, series: str |
             f'299 {request.url.hostname}: "The number of results exceeded the maximum supported by the '
             f'server. Additional results can be requested." (limit={q.limit}, offset={q.offset})'
         )
-    return Response(json.dumps(out), media_type=DICOM_JSON, headers=headers)
+    return with_warnings(Response(json.dumps(out), media_type=DICOM_JSON, headers=headers), request, notes)
 
 
 def _counts(ctx: WebContext, level: str, keys: list[str], analyst: bool) -> dict[str, dict[str, Any]]:
@@ -452,12 +607,13 @@ def retrieve_metadata(request: Request, study: str, series: str | None = None, i
         instances=uids,
         studies=sorted({r["study"] for r in rows}),
     )
+    notes: list[str] = []
     if analyst:
-        docs = [d for d in ctx.view.many_json([js.get(u, "{}") for u in uids]) if d is not None]
+        docs = [d for d in analyst_json(ctx, [js.get(u, "{}") for u in uids], notes) if d is not None]
         body = json.dumps(docs)
     else:
         body = "[" + ",".join(js[u] for u in uids if u in js) + "]"
-    return Response(body, media_type=DICOM_JSON)
+    return with_warnings(Response(body, media_type=DICOM_JSON), request, notes)
 
 
 @router.get("/studies/{study}/metadata", summary="WADO-RS: study metadata")
@@ -694,7 +850,8 @@ async def store(request: Request, study: str | None) -> Response:
         series_of = {
             r["u"]: r["s"]
             for r in ctx.data.rows(
-                f'SELECT SOPInstanceUID AS u, "SeriesInstanceUID" AS s FROM instances WHERE SOPInstanceUID IN ({marks})',
+                'SELECT SOPInstanceUID AS u, "SeriesInstanceUID" AS s FROM instances '
+                f"WHERE SOPInstanceUID IN ({marks})",
                 uids,
             )
         }
