@@ -21,7 +21,10 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(PY) -m dicomlake.demo --lake $(LAKE) && $(VENV)/bin/dicomlake serve --lake $(LAKE)
 
-test: install
+# The quality gate first (ruff, ruff format, mypy, doctests of src/), then the suite; the
+# layer contract is tests/test_layers.py. Any finding fails `make test`, and so CI.
+test: install lint
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules src/dicomlake
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # the long fuzz run: every target for FUZZ_SECONDS (default 600) each; findings land in tests/data/fuzz
@@ -33,7 +36,8 @@ bench: install
 	$(PY) -m bench
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench fuzz util
+	$(VENV)/bin/ruff format --check src tests bench fuzz util
 	$(VENV)/bin/mypy src
 
 # The docs: reference pages and the Conformance Statement generated from the code, then HTML in site/
