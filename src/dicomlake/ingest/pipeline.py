@@ -282,7 +282,7 @@ def ingest_paths(
                     "run_id": report.run_id,
                     "started_at": started,
                     "finished_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                    "sources": "; ".join(str(p) for p in paths)[:2000],
+                    "sources": _run_sources(paths, deid),
                     "files": report.files,
                     "instances": report.instances,
                     "rejected": report.rejected,
@@ -294,6 +294,16 @@ def ingest_paths(
             if own_store:
                 st.close()
     return report
+
+
+def _run_sources(paths: Sequence[str | os.PathLike[str]], deid: str | None) -> str:
+    """The run's sources as recorded; keyed pseudonyms under de-identification (folder names
+    often carry patient names)."""
+    if deid:
+        from dicomlake.ingest.worker import _pseudonymous_path
+
+        return "; ".join(_pseudonymous_path(str(p)) for p in paths)[:2000]
+    return "; ".join(str(p) for p in paths)[:2000]
 
 
 class _Progress:

@@ -107,6 +107,19 @@ def _pseudonymous_path(path: str) -> str:
     return "deid:" + hashlib.blake2b(path.encode("utf-8", "surrogateescape"), key=key, digest_size=16).hexdigest()
 
 
+def _deid_reason(reason: str, path: str, pseudonym: str) -> str:
+    """A reject reason without the source path, its folder and file names or quoted values."""
+    import re
+
+    out = reason.replace(path, pseudonym)
+    for part in sorted(set(re.split(r"[/\\!]", path)), key=len, reverse=True):
+        stem = part.rsplit(".", 1)[0]
+        for word in (part, stem):
+            if len(word) >= 3:
+                out = out.replace(word, "…")
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", out)
+
+
 def init_worker(config: WorkerConfig, env: dict[str, str] | None = None, cwd: str | None = None) -> None:
     """Pool initializer: remember the configuration once per process.
 
@@ -291,11 +304,18 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
 
     def reject(task: Task, reason: str, data: bytes | None, size: int | None) -> None:
         digest = qpath = None
-        if data is not None:
+        source_path = task.source_path
+        if cfg.deid_profile:
+            # nothing of the original reaches a de-identified lake: no quarantine copy (it holds
+            # the identifiers), a keyed pseudonym for the path, the path out of the reason
+            digest = hashlib.sha256(data).hexdigest() if data is not None else None
+            source_path = _pseudonymous_path(task.source_path)
+            reason = _deid_reason(reason, task.source_path, source_path)
+        elif data is not None:
             digest, qpath = _quarantine(lake, data)
         rejects.append(
             {
-                "source_path": task.source_path,
+                "source_path": source_path,
                 "source": cfg.received_source or task.origin,
                 "reason": reason,
                 "size_bytes": size,
@@ -415,7 +435,8 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                 ):
                     dose_rows.extend(_dose_rows(header, sop_class, modality))
             except Exception as exc:
-                notes.append(f"{task.source_path}: dose events not extracted ({type(exc).__name__}: {exc})")
+                where = _pseudonymous_path(task.source_path) if cfg.deid_profile else task.source_path
+                notes.append(f"{where}: dose events not extracted ({type(exc).__name__})")
     finally:
         for zf in zips.values():
             zf.close()
