@@ -63,7 +63,9 @@ class AuditResult:
 
 
 def _csv(df: pl.DataFrame) -> str:
-    return _flat(df).write_csv()
+    from dicomlake.security.cells import neutralise_frame  # formula injection (OWASP CSV injection)
+
+    return neutralise_frame(_flat(df)).write_csv()
 
 
 def _flat(df: pl.DataFrame) -> pl.DataFrame:
@@ -178,7 +180,9 @@ def write_xlsx(result: AuditResult, path: Path) -> None:
     (OpenREM's layout: summary, all data, one sheet per protocol)."""
     import xlsxwriter
 
-    wb = xlsxwriter.Workbook(str(path), {"nan_inf_to_errors": True, "remove_timezone": True})
+    from dicomlake.security.cells import XLSX_OPTIONS, neutralise  # formula injection (OWASP CSV injection)
+
+    wb = xlsxwriter.Workbook(str(path), {"nan_inf_to_errors": True, "remove_timezone": True, **XLSX_OPTIONS})
     bold = wb.add_format({"bold": True})
     used: set[str] = set()
     ws = wb.add_worksheet(_sheet_name("Summary", used))
@@ -210,7 +214,7 @@ def write_xlsx(result: AuditResult, path: Path) -> None:
                 elif isinstance(v, (int, float, bool)):
                     w.write(i, c, v)
                 else:
-                    w.write_string(i, c, str(v))
+                    w.write_string(i, c, neutralise(str(v)))
         w.freeze_panes(1, 0)
 
     for t in result.tables:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import sys
@@ -12,6 +13,7 @@ import pyarrow as pa
 import typer
 
 from dicomlake.errors import QueryError
+from dicomlake.security.cells import XLSX_OPTIONS, neutralise, neutralise_row
 
 
 class Format(StrEnum):
@@ -62,9 +64,7 @@ def write_table(table: pa.Table, fmt: Format, out: Path | None) -> None:
         pq.write_table(table, out)
         return
     if fmt == Format.xlsx:
-        import polars as pl
-
-        pl.from_arrow(table).write_excel(out)  # type: ignore[union-attr]
+        _write_xlsx(table, Path(out))  # type: ignore[arg-type]
         return
     buf = io.StringIO()
     if fmt in (Format.csv, Format.tsv):
@@ -73,7 +73,7 @@ def write_table(table: pa.Table, fmt: Format, out: Path | None) -> None:
         w = csv.writer(buf, delimiter="," if fmt == Format.csv else "\t", lineterminator="\n")
         w.writerow(table.column_names)
         for row in table.to_pylist():
-            w.writerow(["" if v is None else v for v in row.values()])
+            w.writerow(neutralise_row("" if v is None else v for v in row.values()))
     elif fmt == Format.json:
         json.dump(
             [{k: _jsonable(v) for k, v in r.items()} for r in table.to_pylist()], buf, ensure_ascii=False, indent=1
@@ -87,3 +87,36 @@ def write_table(table: pa.Table, fmt: Format, out: Path | None) -> None:
         Path(out).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+
+
+def _xlsx_cell(v: object) -> object:
+    if v is None or isinstance(v, (bool, int, float)):
+        return v
+    if isinstance(v, (dt.datetime, dt.date, dt.time)):
+        return v.isoformat()
+    if isinstance(v, (list, tuple)):
+        return neutralise("\\".join("" if x is None else str(x) for x in v))
+    return neutralise(str(v))
+
+
+def _write_xlsx(table: pa.Table, out: Path) -> None:
+    """One sheet, a header row, every text cell written as text (never a formula: OWASP CSV injection)."""
+    import xlsxwriter
+
+    wb = xlsxwriter.Workbook(str(out), {"constant_memory": True, "nan_inf_to_errors": True, **XLSX_OPTIONS})
+    ws = wb.add_worksheet("data")
+    bold = wb.add_format({"bold": True})
+    for c, name in enumerate(table.column_names):
+        ws.write_string(0, c, neutralise(name), bold)
+    for i, row in enumerate(table.to_pylist(), start=1):
+        for c, v in enumerate(row.values()):
+            cell = _xlsx_cell(v)
+            if cell is None:
+                continue
+            if isinstance(cell, str):
+                ws.write_string(i, c, cell)
+            else:
+                ws.write(i, c, cell)
+    if table.num_rows:
+        ws.freeze_panes(1, 0)
+    wb.close()

@@ -33,6 +33,8 @@ from fastapi.templating import Jinja2Templates
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup
 from dicomlake.errors import QueryError
 from dicomlake.query.filters import resolve_key
+from dicomlake.security.cells import XLSX_OPTIONS, neutralise_row, neutralise_table
+from dicomlake.security.html import json_for_script
 from dicomlake.web.audit_log import EVENT_COLUMNS, AuditEvent, audit_message_xml
 from dicomlake.web.auth import Principal, Role
 from dicomlake.web.context import WebContext, WebError, audit, ctx_of, require
@@ -43,6 +45,7 @@ router = APIRouter(tags=["UI"])
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.globals.update(zip=zip, dict=dict)
+templates.env.filters["script_json"] = json_for_script
 
 DEFAULT_COLUMNS = {
     "study": ["StudyDate", "PatientID", "PatientName", "AccessionNumber", "StudyDescription", "StudyInstanceUID"],
@@ -130,7 +133,7 @@ def csv_bytes(t: pa.Table | list[dict[str, Any]]) -> bytes:
     w = csv.writer(buf)
     w.writerow(cols)
     for r in rows:
-        w.writerow(["" if v is None else v for v in r])
+        w.writerow(neutralise_row("" if v is None else v for v in r))
     return buf.getvalue().encode("utf-8")
 
 
@@ -607,7 +610,6 @@ def dashboards(request: Request) -> Response:
             "charts": charts,
             "sentence": sentence,
             "total": n,
-            "charts_json": json.dumps(charts, default=str),
             "filters": [
                 {
                     "key": x.key,
@@ -717,7 +719,6 @@ def audit_page(request: Request, name: str) -> Response:
             "charts": charts,
             "tables": tables,
             "sentence": result.selection,
-            "figures_json": json.dumps(charts, default=str),
             "filter_form": True,
             "filters": [
                 {
@@ -835,7 +836,7 @@ def _run_export(ctx: WebContext, job: ExportJob, f: UIFilters, cols: list[str], 
                             if job.fmt == "parquet"
                             else pacsv.CSVWriter(str(tmp), schema)
                         )
-                    writer.write_table(t.cast(schema) if t.schema != schema else t)
+                    writer.write_table(neutralise_table(t.cast(schema) if t.schema != schema else t))
                 else:
                     xlsx_cols, rows = table_rows(t)
                     xlsx_rows.extend(rows)
@@ -845,14 +846,14 @@ def _run_export(ctx: WebContext, job: ExportJob, f: UIFilters, cols: list[str], 
             if job.fmt == "xlsx":
                 import xlsxwriter
 
-                wb = xlsxwriter.Workbook(str(tmp), {"constant_memory": True, "strings_to_numbers": False})
+                wb = xlsxwriter.Workbook(str(tmp), {"constant_memory": True, **XLSX_OPTIONS})
                 ws = wb.add_worksheet("export")
-                ws.write_row(0, 0, xlsx_cols or cols)
+                ws.write_row(0, 0, neutralise_row(xlsx_cols or cols))
                 for i, r in enumerate(xlsx_rows, start=1):
-                    ws.write_row(i, 0, ["" if v is None else v for v in r])
+                    ws.write_row(i, 0, neutralise_row("" if v is None else v for v in r))
                 meta = wb.add_worksheet("about")
-                meta.write_row(0, 0, ["query", job.sentence])
-                meta.write_row(1, 0, ["exported by", job.user])
+                meta.write_row(0, 0, neutralise_row(["query", job.sentence]))
+                meta.write_row(1, 0, neutralise_row(["exported by", job.user]))
                 wb.close()
             elif writer is None:
                 # no rows: an empty file with the header
