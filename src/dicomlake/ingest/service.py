@@ -154,6 +154,11 @@ class Service:
             interval=d.drain_interval_s,
             stats=self.stats,
         )
+        if self.web:
+            from dicomlake.web.settings import web_settings
+
+            if (self.web_settings or web_settings()).stow_keep_files:
+                self.drainer.keep_sources = frozenset({"dicomweb"})  # STOW-RS files stay for WADO-RS
         self.drainer.start()
         try:
             if self.listen:

@@ -529,6 +529,8 @@ class Drainer(threading.Thread):
         self.holder = holder
         self.config = config
         self.keep_files = keep_files
+        self.keep_sources: frozenset[str] = frozenset()
+        """Labels whose files are kept even when ``keep_files`` is off (``dicomweb``: STOW-RS, for WADO-RS)."""
         self.workers = workers
         self.batch = max(1, batch)
         self.interval = interval
@@ -673,7 +675,7 @@ class Drainer(threading.Thread):
                 new.append(p)
                 continue
             sp = Path(p)
-            if self.keep_files:
+            if self.keep_files or src in self.keep_sources:
                 folder = study if valid_uid(study) else "unknown-study"
                 name = f"{uid}.dcm" if valid_uid(uid) else sp.name
                 dst = files / folder / name
