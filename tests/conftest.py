@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,3 +46,20 @@ def sample_lake(tmp_path_factory: pytest.TempPathFactory, sample_sources: list[P
     lake = tmp_path_factory.mktemp("sample-lake")
     ingest_paths(sample_sources, lake, workers=2)
     return lake
+
+
+@pytest.fixture
+def strict_pydicom() -> Iterator[None]:
+    """pydicom raises on invalid values while the test runs, reading and writing alike.
+
+    For tests of what dicomlake writes: an object pydicom would only warn about is a failure.
+    """
+    from pydicom import config
+
+    saved = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
+    config.settings.reading_validation_mode = config.RAISE
+    config.settings.writing_validation_mode = config.RAISE
+    try:
+        yield
+    finally:
+        config.settings.reading_validation_mode, config.settings.writing_validation_mode = saved

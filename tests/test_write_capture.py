@@ -24,6 +24,9 @@ from dicomlake.write.codes import CaptureIOD, SourceKind
 from tests import factories_write as fw
 from tests.dciodvfy import dcmdump_top_level, run_dciodvfy
 
+# what the writers produce must satisfy pydicom with validation raising, not warning
+pytestmark = pytest.mark.usefixtures("strict_pydicom")
+
 VR_BINARY = {"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 
 

@@ -24,6 +24,9 @@ from dicomlake.write.correct import correct_file
 from tests import factories_write as fw
 from tests.dciodvfy import dcmdump_top_level, run_dciodvfy
 
+# what the writers produce must satisfy pydicom with validation raising, not warning
+pytestmark = pytest.mark.usefixtures("strict_pydicom")
+
 
 def macro_attributes(typ: str) -> list[str]:
     """Keywords of the given Type in Original Attributes Sequence Items (PS3.3)."""
@@ -207,7 +210,8 @@ def test_correct_with_lake_updates_rows_and_history_is_queryable(files: dict[str
         assert "OLD-1" in history["value_text"].to_list()
         assert any(p.startswith("OriginalAttributesSequence") for p in history["path"].to_list())
         reasons = handle.sql(
-            "SELECT value_text FROM elements WHERE SOPInstanceUID = ? AND keyword = 'ReasonForTheAttributeModification'",
+            "SELECT value_text FROM elements "
+            "WHERE SOPInstanceUID = ? AND keyword = 'ReasonForTheAttributeModification'",
             [uid],
         )
         assert reasons["value_text"].to_list() == ["CORRECT"]

@@ -28,6 +28,9 @@ from dicomlake.write.derive import Derivation, derive_files, derive_image
 from tests import factories_write as fw
 from tests.dciodvfy import dcmdump_top_level, run_dciodvfy
 
+# what the writers produce must satisfy pydicom with validation raising, not warning
+pytestmark = pytest.mark.usefixtures("strict_pydicom")
+
 
 def type1_in_items(module: str, path: list[str]) -> list[str]:
     """Keywords of Type 1 attributes inside the Items at *path* of *module* (PS3.3)."""
