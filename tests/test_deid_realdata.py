@@ -13,7 +13,7 @@ from dicomlake.deid import Deidentifier, DeidSettings, load_profile, standard_ta
 from dicomlake.deid.profile import BurnedInPolicy
 from dicomlake.deid.table import Action
 from tests.factories_phi import dciodvfy_errors, dcmdump_text
-from tests.support import DEID_DATA_DIR
+from tests.support import DEID_DATA_DIR, OPENREM
 
 DEID_DATA = sorted(DEID_DATA_DIR.rglob("*.dcm"))
 SECRET = "real-data-test-secret-0123456789abcdef"
@@ -100,7 +100,7 @@ def _validation_inputs() -> list[Path]:
     ]
     files = [Path(get_testdata_file(n)) for n in names]  # type: ignore[arg-type]
     files += DEID_DATA
-    openrem = sorted((SHARED / "openrem").glob("*.dcm"))
+    openrem = sorted(OPENREM.glob("*.dcm"))
     files += [f for f in openrem if "RDSR" in f.name][:6] + [f for f in openrem if "-Im-" in f.name][:6]
     return [f for f in files if f and f.is_file()]
 

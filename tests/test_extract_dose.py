@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import tomllib
 import warnings
 from collections.abc import Iterator
