@@ -26,8 +26,8 @@ from dicomlake.ingest.pipeline import ingest_paths
 from dicomlake.query.lake import Lake
 from dicomlake.store.duckdb import DuckDBStore
 from tests.conftest import IN_CI
-from tests.support import OPENREM
 from tests.factories_audit import DRIFT_ROOM, SITE_OF, AnswerKey, build, simulate_receipt
+from tests.support import OPENREM
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -122,12 +122,28 @@ def test_curate_cli_rerun_and_name_history(synth: tuple[Path, AnswerKey], tmp_pa
 # ---- dose audits against numpy -------------------------------------------------------------
 
 
+MG_VALUE_RULES = {"mg-organ-dose": "agd_mGy", "mg-breast-thickness": "compressed_breast_thickness_mm",
+                  "mg-compression-force": "compression_force_N", "mg-kvp": "kvp"}  # fmt: skip
+
+
 def test_mg_dose_numbers_equal_an_independent_computation(synth: tuple[Path, AnswerKey]) -> None:
     lake, key = synth
     with Lake.open(lake, read_only=True) as lk:
         res = run_audit("mg-dose", lk)
-    mg = key.mg
-    assert res.numbers["exposures"] == len(mg)
+
+    def flagged(m: dict, rule: str) -> bool:
+        return (m["uid"], rule) in key.planted
+
+    assert res.numbers["exposures"] == len(key.mg)
+    # values curation flags as errors are left out of the statistics, and listed with their rule
+    want_excluded = {(u, MG_VALUE_RULES[r]) for u, r in key.planted if r in MG_VALUE_RULES}
+    excl = res.table("excluded")
+    assert {(r["SOPInstanceUID"], r["column"]) for r in excl.to_dicts()} == want_excluded
+    assert set(excl.get_column("rule").to_list()) == set(MG_VALUE_RULES)
+    assert res.numbers["excluded_values"] == len(want_excluded) == 4
+    mg = [m for m in key.mg if not flagged(m, "mg-organ-dose") and not flagged(m, "mg-breast-thickness")]
+    assert res.numbers["exposures_with_dose_and_thickness"] == len(mg) == len(key.mg) - 2
+    assert max(m["agd"] for m in mg) < 10  # the 90 mGy exposure is out
     sets = sorted({m["set"] for m in mg})
     # median per set and view
     for s in sets:
@@ -137,10 +153,10 @@ def test_mg_dose_numbers_equal_an_independent_computation(synth: tuple[Path, Ans
     # DRL: third quartile of set medians (numpy's default linear interpolation), per view and band
     for v in ("CC", "MLO"):
         set_meds = [np.median([m["agd"] for m in mg if m["set"] == s and m["view"] == v]) for s in sets]
-        assert res.numbers["drl"][v] == pytest.approx(float(np.percentile(set_meds, 75)), rel=1e-9)
+        assert res.numbers["drl"][("2D", v)] == pytest.approx(float(np.percentile(set_meds, 75)), rel=1e-9)
         band = [np.median(x) for s in sets if (x := [m["agd"] for m in mg if m["set"] == s and m["view"] == v
                                                      and 50 <= m["thickness"] < 60])]  # fmt: skip
-        assert res.numbers["drl_band"][v] == pytest.approx(float(np.percentile(band, 75)), rel=1e-9)
+        assert res.numbers["drl_band"][("2D", v)] == pytest.approx(float(np.percentile(band, 75)), rel=1e-9)
     # fitted curve per set: ln AGD = ln a + b t
     for s in sets:
         t = np.array([m["thickness"] for m in mg if m["set"] == s])
@@ -153,11 +169,12 @@ def test_mg_dose_numbers_equal_an_independent_computation(synth: tuple[Path, Ans
         lo = float(band.split("–")[0])
         want = np.mean([m["agd"] for m in mg if m["set"] == s and lo <= m["thickness"] < lo + 10])
         assert mean == pytest.approx(float(want), rel=1e-9)
-    # compression force by (standardised) site and view
+    # compression force by (standardised) site and view, the 900 N exposure left out
+    forced = [m for m in key.mg if not flagged(m, "mg-compression-force")]
     got = {(_site(site), v): med for (site, v), med in res.numbers["compression_median_by_site_view"].items()}
     assert {k[0] for k in got} == {"St Mary's", "Royal Surrey"}
     for (site, v), med in got.items():
-        want = np.median([m["force"] for m in mg if SITE_OF[m["set"]] == site and m["view"] == v])
+        want = np.median([m["force"] for m in forced if SITE_OF[m["set"]] == site and m["view"] == v])
         assert med == pytest.approx(float(want), rel=1e-9)
     # operators pseudonymised, name variants of one operator are one pseudonym
     ops = res.table("compression-operator")

@@ -17,6 +17,7 @@ from dicomlake.audit.common import (
     std_expr,
     std_instances,
 )
+from dicomlake.audit.events import distinct_events_sql, study_totals
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.query.lake import Lake
 
@@ -32,12 +33,12 @@ def _events(lake: Lake, selection: Selection, families: tuple[str, ...]) -> pl.D
                       nullif(trim(coalesce(s.ManufacturerModelName, '') || ' ' || coalesce(s.DeviceSerialNumber, '')), ''),
                       'unknown') AS scanner,
              {std_expr(lake, "protocol", "coalesce(d.acquisition_protocol, s.ProtocolName, s.SeriesDescription)")} AS protocol
-      FROM dose_events d JOIN sel s USING (SOPInstanceUID)
+      FROM ({distinct_events_sql()}) d JOIN sel s USING (SOPInstanceUID)
       WHERE d.modality_family IN ({fam})),
     rdsr AS (SELECT DISTINCT StudyInstanceUID FROM ev WHERE source = 'rdsr')
     SELECT * FROM ev WHERE source = 'rdsr' OR StudyInstanceUID NOT IN (SELECT StudyInstanceUID FROM rdsr)
-    ORDER BY StudyDate, event_datetime, SOPInstanceUID"""
-    return lake.sql(sql, params)
+    ORDER BY StudyDate, event_datetime, SOPInstanceUID, IrradiationEventUID"""
+    return lake.sql(sql, params).drop("_copy")
 
 
 def _national(rules: list[dict[str, Any]], name: str | None, key: str) -> float | None:
@@ -99,11 +100,10 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
     acc = ev.filter(pl.col("record") == "accumulated")
     studies = (events.group_by("StudyInstanceUID").agg(
         pl.col("StudyDate").first(), pl.col("study_description_std").first(), pl.col("scanner").first(),
-        pl.len().alias("events"), pl.col("DLP_mGycm").sum().alias("dlp_sum"), pl.col("CTDIvol_mGy").max().alias("max_CTDIvol_mGy"),
-    ).join(acc.group_by("StudyInstanceUID").agg(pl.col("ct_dose_length_product_total_mGycm").max().alias("dlp_total")),
+        pl.len().alias("events"), pl.col("CTDIvol_mGy").max().alias("max_CTDIvol_mGy"),
+    ).join(study_totals(events, acc, "DLP_mGycm", "ct_dose_length_product_total_mGycm", "DLP_total_mGycm"),
            on="StudyInstanceUID", how="left")
-     .with_columns(pl.coalesce("dlp_total", "dlp_sum").alias("DLP_total_mGycm")).drop("dlp_sum", "dlp_total")
-     .sort("StudyDate", "StudyInstanceUID"))  # fmt: skip
+     .sort("StudyDate", "StudyInstanceUID", nulls_last=True))  # fmt: skip
     res = AuditResult(
         name="ct-dose", title="CT dose audit",
         selection=selection.sentence("CT irradiation events", events.height, lake.store.lake)
@@ -185,12 +185,14 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
     acc = ev.filter(pl.col("record") == "accumulated")
     studies = (events.group_by("StudyInstanceUID").agg(
         pl.col("StudyDate").first(), pl.col("study_description_std").first(), pl.col("scanner").first(),
-        pl.len().alias("events"), pl.col("dap_cGycm2").sum().alias("dap_sum"), pl.col("dose_rp_mGy").sum().alias("rp_sum"),
-    ).join(acc.group_by("StudyInstanceUID").agg(
-        (pl.col("dap_total_Gym2").max() * 1e6).alias("dap_tot"), (pl.col("dose_rp_total_Gy").max() * 1e3).alias("rp_tot"),
-        pl.col("total_fluoro_time_s").max().alias("fluoro_time_s")), on="StudyInstanceUID", how="left")
-     .with_columns(pl.coalesce("dap_tot", "dap_sum").alias("dap_total_cGycm2"), pl.coalesce("rp_tot", "rp_sum").alias("dose_rp_total_mGy"))
-     .drop("dap_sum", "rp_sum", "dap_tot", "rp_tot").sort("StudyDate", "StudyInstanceUID"))  # fmt: skip
+        pl.len().alias("events"),
+    ).join(study_totals(events, acc, "dap_Gym2", "dap_total_Gym2", "dap_total_cGycm2", 1e6), on="StudyInstanceUID", how="left")
+     .join(study_totals(events, acc, "dose_rp_Gy", "dose_rp_total_Gy", "dose_rp_total_mGy", 1e3), on="StudyInstanceUID", how="left")
+     .join(acc.group_by("StudyInstanceUID", "SOPInstanceUID").agg(pl.col("total_fluoro_time_s").max())
+           .group_by("StudyInstanceUID").agg(pl.when(pl.col("total_fluoro_time_s").is_not_null().any())
+                                                 .then(pl.col("total_fluoro_time_s").sum()).alias("fluoro_time_s")),
+           on="StudyInstanceUID", how="left")
+     .sort("StudyDate", "StudyInstanceUID", nulls_last=True))  # fmt: skip
     label = {"dx": "Radiography (DX/CR)", "rf": "Fluoroscopy (RF)"}.get(key, family)
     nat = list(cfg.get("drl", []))
     if key == "rf":
