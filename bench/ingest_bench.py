@@ -46,7 +46,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value) if value else default
     except ValueError:
-        raise SystemExit(f"{name}={value!r} is not an integer; unset it or give e.g. {default}.")
+        raise SystemExit(f"{name}={value!r} is not an integer; unset it or give e.g. {default}.") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def run_dcmdump(corpus: Path, files: list[str], procs: int) -> Run:
     cpu0 = _children_cpu()
     start = time.perf_counter()
     running = []
-    for part in parts:
+    for _part in parts:
         p = subprocess.Popen(
             ["xargs", "-0", "dcmdump", "-q", "-M"],
             stdin=subprocess.PIPE,

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `bench` is a top-level folder, not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench import corpus
+from bench import corpus  # noqa: E402  (after the sys.path line above)
 
 N = 60
 MB = 1_000_000

@@ -151,10 +151,11 @@ def _datasets_equal(ours: dict[str, Any], theirs: dict[str, Any], path: str, dif
             diffs.append(f"{path}{tag}: VR {a.get('vr')} vs dcmtk {b.get('vr')}")
             continue
         if "InlineBinary" in a or "InlineBinary" in b:
-            if base64.b64decode(a.get("InlineBinary", "")) != base64.b64decode(b.get("InlineBinary", "")):
-                # an UN read as its dictionary VR on one side only
-                if not ("Value" in a or "Value" in b):
-                    diffs.append(f"{path}{tag}: InlineBinary differs")
+            # (an UN read as its dictionary VR on one side only has a Value on that side)
+            if base64.b64decode(a.get("InlineBinary", "")) != base64.b64decode(b.get("InlineBinary", "")) and not (
+                "Value" in a or "Value" in b
+            ):
+                diffs.append(f"{path}{tag}: InlineBinary differs")
             continue
         _values_equal(a.get("vr", ""), a.get("Value", []), b.get("Value", []), f"{path}{tag}", diffs)
     for tag in ours:

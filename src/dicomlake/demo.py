@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             None,
         )
     console.print(
-        f'\nThe lake is in {args.lake}; try: .venv/bin/dicomlake sql "SELECT Modality, count(*) FROM instances GROUP BY ALL" --lake {args.lake}'
+        f"\nThe lake is in {args.lake}; try: "
+        f'.venv/bin/dicomlake sql "SELECT Modality, count(*) FROM instances GROUP BY ALL" --lake {args.lake}'
     )
     return 0
 

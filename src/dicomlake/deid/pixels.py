@@ -398,7 +398,7 @@ def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] 
         for line in result.lines(pass_no=p):
             text, spans = _line_text(line)
             # 1. header values, token by token
-            for i, w in enumerate(line):
+            for w in line:
                 for t in distinct:
                     if " " not in t.text and fuzzy_equal(w.text, t.text):
                         hit(w, f"header:{t.source}")
@@ -443,18 +443,16 @@ def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] 
                     continue
                 label = line[i].text.upper().rstrip(":")
                 prev = line[i]
-                taken = 0
                 for j in range(i + 1, len(line)):
                     w = line[j]
                     gap = w.upright[0] - prev.upright[2]
                     height = max(prev.upright[3] - prev.upright[1], w.upright[3] - w.upright[1], 1.0)
-                    if gap > 2.5 * height or _is_label(line, j) or taken >= 6:
+                    if gap > 2.5 * height or _is_label(line, j) or j - i > 6:  # at most 6 words taken
                         break
                     if w.text.endswith(":") and len(w.text) > 2:
                         break
                     hit(w, f"label:{label}")
                     prev = w
-                    taken += 1
     return [hits[n] for n in sorted(hits)]
 
 
