@@ -56,6 +56,8 @@ ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc", "Orthanc")
 """Where Debian's ``orthanc`` package puts the server. Default: ``/usr/sbin/Orthanc``."""
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 """Debian ``orthanc-dicomweb`` plugin library."""
+WORKLISTS_PLUGIN = "/usr/share/orthanc/plugins/libModalityWorklists.so"
+"""Sample ModalityWorklists plugin shipped by Debian ``orthanc``: serves the ``*.wl`` files of a folder."""
 CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
@@ -153,6 +155,9 @@ class Orthanc:
         e.g. a test SCP as a C-MOVE destination.
     check_called_aet
         Refuse associations whose called AE title is not ``aet``.
+    worklists
+        A folder of ``*.wl`` worklist files: load the ModalityWorklists plugin, which
+        answers Modality Worklist C-FIND from them (``None``: no worklist service).
     extra_config
         More Orthanc configuration keys, merged last.
     startup_timeout
@@ -171,6 +176,7 @@ class Orthanc:
         check_called_aet: bool = True,
         extra_config: Mapping[str, Any] | None = None,
         startup_timeout: float = 30.0,
+        worklists: str | os.PathLike[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
@@ -180,6 +186,7 @@ class Orthanc:
         self.modalities = dict(modalities or {})
         self.check_called_aet = check_called_aet
         self.extra_config = dict(extra_config or {})
+        self.worklists = Path(worklists) if worklists is not None else None
         self.startup_timeout = startup_timeout
         self.host = "127.0.0.1"
         self.process: subprocess.Popen[bytes] | None = None
@@ -231,6 +238,9 @@ class Orthanc:
         }
         if self.dicomweb:
             cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "Host": self.host}
+        if self.worklists is not None:
+            cfg["Plugins"] = [*cfg["Plugins"], WORKLISTS_PLUGIN]
+            cfg["Worklists"] = {"Enable": True, "Database": str(self.worklists), "FilterIssuerAet": False}
         cfg.update(self.extra_config)
         return cfg
 

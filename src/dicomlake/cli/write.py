@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -12,6 +12,7 @@ from dicomlake.errors import DicomlakeError, WriteError
 
 if TYPE_CHECKING:  # pydicom is imported by the write commands themselves, not by every CLI start
     from dicomlake.write._common import WriteReport
+    from dicomlake.write.capture import PatientStudy
 
 
 def _fail_usage(message: str) -> NoReturn:
@@ -58,6 +59,33 @@ def wrap(
     ),
     one_series: bool = typer.Option(False, "--one-series", help="All inputs in one series."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    worklist: str | None = typer.Option(
+        None,
+        "--worklist",
+        help="Take patient and study from this Modality Worklist provider, AE@HOST:PORT (default: the "
+        "dimse.worklist setting when a --scheduled-* key is given); --accession and --patient-id are then "
+        "query keys.",
+    ),
+    scheduled_date: str | None = typer.Option(
+        None, "--scheduled-date", help="Worklist query: YYYYMMDD, a range YYYYMMDD-YYYYMMDD, or 'today'."
+    ),
+    scheduled_station: str | None = typer.Option(
+        None, "--scheduled-station", help="Worklist query: Scheduled Station AE Title."
+    ),
+    scheduled_modality: str | None = typer.Option(None, "--scheduled-modality", help="Worklist query: Modality."),
+    choose: int | None = typer.Option(None, "--choose", help="Use the N-th matching worklist item (1-based)."),
+    calling_aet: str | None = typer.Option(
+        None, "--calling-aet", help="Our AE title towards the worklist and --send peers (default: dimse.ae_title)."
+    ),
+    send: str | None = typer.Option(None, "--send", help="C-STORE what was written to AE@HOST:PORT."),
+    stow: str | None = typer.Option(None, "--stow", help="STOW-RS what was written to this DICOMweb root URL."),
+    stow_auth: str | None = typer.Option(
+        None,
+        "--stow-auth",
+        envvar="DICOMLAKE_STOW_AUTH",
+        help="bearer:TOKEN or basic:USER:PASSWORD for --stow (better: the DICOMLAKE_STOW_AUTH variable).",
+        show_envvar=False,
+    ),
 ) -> None:
     """Wrap photos, scans, screenshots and PDFs as DICOM.
 
@@ -88,10 +116,30 @@ def wrap(
         burned = burned_in.lower() == "yes"
     if laterality is not None and laterality.upper() not in ("R", "L"):
         _fail_usage(f"--laterality {laterality!r}: use R or L")
+    if send and stow:
+        _fail_usage("give --send or --stow, not both (send the files again with dicomlake send)")
+    from dicomlake.config import get_settings
+
+    settings = get_settings()
+    calling = calling_aet or settings.dimse.ae_title
+    query_keys = (accession, patient_id, scheduled_date, scheduled_station, scheduled_modality)
+    if worklist is None and settings.dimse.worklist and (scheduled_date or scheduled_station or scheduled_modality):
+        worklist = settings.dimse.worklist
+    if worklist is None and (scheduled_date or scheduled_station or scheduled_modality or choose is not None):
+        _fail_usage("--scheduled-*/--choose query a worklist: give --worklist AE@HOST:PORT (or set dimse.worklist)")
+    if worklist is not None and like is not None:
+        _fail_usage("give --worklist or --like, not both")
+    sender = _sender(send, stow, stow_auth, calling)
     try:
-        patient = PatientStudy.like(like) if like else PatientStudy()
+        if worklist is not None:
+            patient = _from_worklist(worklist, query_keys, choose, calling)
+        else:
+            patient = PatientStudy.like(like) if like else PatientStudy()
     except WriteError as exc:
         _fail_usage(str(exc))
+    except DicomlakeError as exc:  # the provider cannot be reached or refused
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     overrides: dict[str, str | None] = {
         "patient_id": patient_id,
         "patient_name": patient_name,
@@ -100,10 +148,13 @@ def wrap(
         "accession_number": accession,
         "study_description": study_description,
     }
+    if worklist is not None:  # the worklist's identity is the truth; the flags were query keys
+        for key in ("patient_id", "accession_number"):
+            overrides[key] = None
     from dataclasses import replace
 
     patient = replace(patient, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
-    if like is None and patient_id is None:
+    if like is None and patient_id is None and worklist is None:
         typer.echo(
             "warning: no --patient-id or --like given; Patient ID is left empty (Type 2) and the "
             "receiving PACS must reconcile it",
@@ -126,7 +177,99 @@ def wrap(
     except DicomlakeError as exc:
         _fail_usage(str(exc))
     _print_report(report)
-    raise typer.Exit(report.exit_code)
+    code = report.exit_code
+    if sender is not None and report.written:
+        code = max(code, sender([w.path for w in report.written]))
+    raise typer.Exit(code)
+
+
+def _from_worklist(provider: str, keys: tuple[str | None, ...], choice: int | None, calling: str) -> PatientStudy:
+    """Query the worklist, list the matches on stderr, return the chosen item's patient and study."""
+    from datetime import date
+
+    from dicomlake.write.send import Peer
+    from dicomlake.write.worklist import WorklistQuery, choose, find_worklist
+
+    accession, patient_id, when, station, modality = keys
+    if when is not None and when.lower() == "today":
+        when = date.today().strftime("%Y%m%d")
+    query = WorklistQuery(
+        accession_number=accession,
+        patient_id=patient_id,
+        scheduled_date=when,
+        station_ae_title=station,
+        modality=modality,
+    )
+    items = find_worklist(Peer.parse(provider, "--worklist"), query, calling_ae=calling)
+    for n, item in enumerate(items, start=1):
+        typer.echo(f"worklist [{n}] {item.summary()}", err=True)
+    chosen = choose(items, query, choice)
+    typer.echo(f"worklist: using accession {chosen.accession_number!r}, study {chosen.study_instance_uid}", err=True)
+    return chosen.patient_study()
+
+
+def _sender(
+    send: str | None, stow: str | None, stow_auth: str | None, calling: str
+) -> Callable[[list[Path]], int] | None:
+    """A function that sends files and prints each outcome (exit code 1 if any was refused)."""
+    from dicomlake.write.send import Peer, SendResult, c_store, stow_rs
+
+    if send is None and stow is None:
+        return None
+    try:
+        peer = Peer.parse(send) if send else None
+    except WriteError as exc:
+        _fail_usage(str(exc))
+
+    def show(result: SendResult) -> None:
+        if result.ok:
+            typer.echo(f"sent {result.path}  ({result.message})")
+        else:
+            typer.echo(f"refused: {result.path}: {result.message}", err=True)
+
+    def run(paths: list[Path]) -> int:
+        try:
+            if peer is not None:
+                report = c_store(paths, peer, calling_ae=calling, progress=show)
+            else:
+                assert stow is not None
+                report = stow_rs(paths, stow, auth=stow_auth, progress=show)
+        except DicomlakeError as exc:
+            typer.echo(f"error: {exc}; nothing was sent, the files are kept: {', '.join(map(str, paths))}", err=True)
+            return 1
+        typer.echo(f"{len(report.sent)} sent, {len(report.refused)} refused (refused files are kept)")
+        return 1 if report.refused else 0
+
+    return run
+
+
+def send(
+    files: list[Path] = typer.Argument(..., help="DICOM files to send (they are kept).", show_default=False),
+    to: str | None = typer.Option(None, "--to", help="C-STORE to AE@HOST:PORT."),
+    stow: str | None = typer.Option(None, "--stow", help="STOW-RS to this DICOMweb root URL."),
+    stow_auth: str | None = typer.Option(
+        None,
+        "--stow-auth",
+        envvar="DICOMLAKE_STOW_AUTH",
+        help="bearer:TOKEN or basic:USER:PASSWORD.",
+        show_envvar=False,
+    ),
+    calling_aet: str | None = typer.Option(None, "--calling-aet", help="Our AE title (default: dimse.ae_title)."),
+) -> None:
+    """Send DICOM files to a PACS (C-STORE) or a DICOMweb origin (STOW-RS); each file's answer is shown.
+
+    Example: dicomlake send dcm/*.dcm --to PACS@10.0.0.5:104
+    """
+    from dicomlake.config import get_settings
+
+    if (to is None) == (stow is None):
+        _fail_usage("give one of --to AE@HOST:PORT or --stow URL")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        _fail_usage(f"no such file: {', '.join(missing[:5])}")
+    sender = _sender(to, stow, stow_auth, calling_aet or get_settings().dimse.ae_title)
+    assert sender is not None
+    raise typer.Exit(sender(list(files)))
 
 
 def derive(
@@ -271,7 +414,8 @@ def correct(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``wrap``, ``derive`` and ``correct`` to the ``dicomlake`` command."""
+    """Add ``wrap``, ``derive``, ``correct`` and ``send`` to the ``dicomlake`` command."""
     app.command("wrap")(wrap)
     app.command("derive")(derive)
     app.command("correct")(correct)
+    app.command("send")(send)

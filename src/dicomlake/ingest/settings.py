@@ -134,6 +134,11 @@ class DimseSettings(BaseModel):
     control_port: int = Field(
         0, description="127.0.0.1 port of the service's internal HTTP endpoint; 0 picks a free one. Default: 0"
     )
+    worklist: str | None = Field(
+        None,
+        description="Modality Worklist provider AE@HOST:PORT that `wrap` (and the worklist-identity "
+        "curation check) query when --worklist is not given. Default: none",
+    )
     tls: TlsSettings = Field(default_factory=TlsSettings)  # type: ignore[arg-type]
     pull: PullSettings = Field(default_factory=PullSettings)  # type: ignore[arg-type]
 

@@ -1,0 +1,282 @@
+"""``wrap --worklist/--send/--stow`` and the worklist-identity curation check, against real peers.
+
+Two Modality Worklist providers are started here, both serving ``*.wl`` files that dcmtk
+``dump2dcm`` makes from the dumps below: dcmtk ``wlmscpfs`` and Orthanc with its
+ModalityWorklists plugin. Orthanc is also the destination PACS (C-STORE and STOW-RS).
+Everything runs in Orthanc's private network namespace (``tests/integration/orthanc.py``),
+so ``wlmscpfs`` (which cannot bind to loopback only) is reachable from nowhere else.
+
+Oracles: dcmtk ``dcmdump`` for what was written, ``dciodvfy`` for conformance, Orthanc's
+REST API for what the PACS holds, and the worklist dumps (the answer key) for the values.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests import factories_write as fw
+from tests.conftest import require_tool
+from tests.dciodvfy import dcmdump_top_level, run_dciodvfy
+from tests.integration.orthanc import WORKLISTS_PLUGIN, Orthanc, require_orthanc
+
+pytestmark = pytest.mark.integration
+
+DICOMLAKE = [sys.executable, "-m", "dicomlake.cli.main"]
+WLM_PORT = 11110
+TODAY = date.today().strftime("%Y%m%d")
+
+# The answer key: what the RIS scheduled (one dict per worklist file).
+ITEMS = [
+    {
+        "accession": "ACC-1001", "patient_id": "P-0001", "name": "Doe^Jane", "birth": "19700102", "sex": "F",
+        "study": "1.2.826.0.1.3680043.8.498.22001", "rp_id": "RP-1001", "rp_desc": "Photo of wound, left hand",
+        "referring": "Who^Referred", "modality": "XC", "station_ae": "CAM1", "station": "WARD3CAM",
+        "sps_id": "SPS-1001", "sps_desc": "Clinical photograph",
+    },
+    {
+        "accession": "ACC-1002", "patient_id": "P-0001", "name": "Doe^Jane", "birth": "19700102", "sex": "F",
+        "study": "1.2.826.0.1.3680043.8.498.22002", "rp_id": "RP-1002", "rp_desc": "Scanned consent form",
+        "referring": "Who^Referred", "modality": "OT", "station_ae": "SCAN1", "station": "SCANNER",
+        "sps_id": "SPS-1002", "sps_desc": "Document scan",
+    },
+    {
+        "accession": "ACC-2001", "patient_id": "P-0002", "name": "Roe^Richard", "birth": "19551231", "sex": "M",
+        "study": "1.2.826.0.1.3680043.8.498.22003", "rp_id": "RP-2001", "rp_desc": "Photo of skin lesion",
+        "referring": "Other^Doctor", "modality": "XC", "station_ae": "CAM1", "station": "WARD3CAM",
+        "sps_id": "SPS-2001", "sps_desc": "Dermatology photograph",
+    },
+]  # fmt: skip
+
+
+def _dump(item: dict[str, str]) -> str:
+    """A worklist file in dcmdump's text form (dump2dcm's input)."""
+    return f"""(0008,0005) CS [ISO_IR 100]
+(0008,0050) SH [{item["accession"]}]
+(0008,0090) PN [{item["referring"]}]
+(0010,0010) PN [{item["name"]}]
+(0010,0020) LO [{item["patient_id"]}]
+(0010,0030) DA [{item["birth"]}]
+(0010,0040) CS [{item["sex"]}]
+(0020,000d) UI [{item["study"]}]
+(0032,1032) PN [{item["referring"]}]
+(0032,1060) LO [{item["rp_desc"]}]
+(0040,0100) SQ (Sequence with undefined length #=1)
+  (fffe,e000) na (Item with undefined length #=8)
+    (0008,0060) CS [{item["modality"]}]
+    (0040,0001) AE [{item["station_ae"]}]
+    (0040,0002) DA [{TODAY}]
+    (0040,0003) TM [090000]
+    (0040,0007) LO [{item["sps_desc"]}]
+    (0040,0009) SH [{item["sps_id"]}]
+    (0040,0010) SH [{item["station"]}]
+    (0040,0011) SH [WARD 3]
+  (fffe,e00d) na (ItemDelimitationItem)
+(fffe,e0dd) na (SequenceDelimitationItem)
+(0040,1001) SH [{item["rp_id"]}]
+"""
+
+
+def make_worklist_files(folder: Path) -> Path:
+    """``*.wl`` files made by dcmtk ``dump2dcm`` from :data:`ITEMS`."""
+    dump2dcm = require_tool("dump2dcm")
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, item in enumerate(ITEMS, start=1):
+        dump = folder / f"item{n}.dump"
+        dump.write_text(_dump(item))
+        subprocess.run([dump2dcm, "-q", str(dump), str(folder / f"item{n}.wl")], check=True, timeout=30)
+        dump.unlink()
+    return folder
+
+
+class Peers:
+    """Orthanc (worklist provider, destination PACS, DICOMweb) and wlmscpfs, in one namespace."""
+
+    def __init__(self, pacs: Orthanc, wlm: subprocess.Popen[bytes], inputs: Path) -> None:
+        self.pacs, self.wlm, self.inputs = pacs, wlm, inputs
+        self.orthanc_worklist = f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"
+        self.dcmtk_worklist = f"WLM@127.0.0.1:{WLM_PORT}"
+        self.destination = f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"
+
+    def dicomlake(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The command as users run it, inside the peers' namespace."""
+        return self.pacs.run([*DICOMLAKE, *args], timeout=timeout)
+
+
+def _wait_port(pacs: Orthanc, port: int, deadline_s: float = 20.0) -> None:
+    def probe() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if pacs.call_in_netns(probe):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} in Orthanc's namespace")
+
+
+@pytest.fixture(scope="module")
+def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
+    require_orthanc(dicomweb=True, tools=("wlmscpfs", "dump2dcm", "storescu"))
+    if not Path(WORKLISTS_PLUGIN).exists():
+        message = f"{WORKLISTS_PLUGIN} is missing (Debian package orthanc)"
+        pytest.fail(message) if __import__("os").environ.get("CI") == "true" else pytest.skip(message)
+    root = tmp_path_factory.mktemp("worklist")
+    orthanc_wl = make_worklist_files(root / "orthanc-worklists")
+    dcmtk_wl = make_worklist_files(root / "wlmscpfs" / "WLM")
+    (dcmtk_wl / "lockfile").touch()
+    inputs = root / "inputs"
+    inputs.mkdir()
+    fw.phone_photo_jpeg(inputs)
+    fw.screenshot_png(inputs)
+    fw.three_page_pdf(inputs, pages=1)
+    # Orthanc answers worklist queries only from modalities it knows (like a RIS would)
+    known = {"LAKE": ("DICOMLAKE", "127.0.0.1", 11112)}
+    with Orthanc(root / "orthanc", aet="PACS", dicomweb=True, worklists=orthanc_wl, modalities=known) as pacs:
+        log = (root / "wlmscpfs.log").open("wb")
+        wlm = subprocess.Popen(
+            pacs.command(["wlmscpfs", "-dfp", str(root / "wlmscpfs"), str(WLM_PORT)]),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_port(pacs, WLM_PORT)
+            yield Peers(pacs, wlm, inputs)
+        finally:
+            wlm.terminate()
+            try:
+                wlm.wait(10)
+            except subprocess.TimeoutExpired:
+                wlm.kill()
+                wlm.wait(10)
+            log.close()
+
+
+def _written(out: Path) -> list[Path]:
+    return sorted(out.glob("*.dcm"))
+
+
+@pytest.mark.parametrize("provider", ["wlmscpfs", "orthanc"])
+def test_wrap_takes_patient_and_study_from_the_worklist_and_orthanc_holds_it(
+    peers: Peers, tmp_path: Path, provider: str
+) -> None:
+    item = ITEMS[0]
+    worklist = peers.dcmtk_worklist if provider == "wlmscpfs" else peers.orthanc_worklist
+    out = tmp_path / "dcm"
+    inputs = [peers.inputs / "phone_photo.jpg", peers.inputs / "screenshot.png", peers.inputs / "report.pdf"]
+    proc = peers.dicomlake(
+        "wrap", *map(str, inputs), "--out", str(out), "--worklist", worklist, "--accession", item["accession"],
+        "--send", peers.destination,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 sent, 0 refused" in proc.stdout
+    files = _written(out)
+    assert len(files) == 3
+    for path in files:
+        top = dcmdump_top_level(path)  # dcmtk's reading of what we wrote
+        assert top["0020000d"][1] == item["study"]
+        assert top["00080050"][1] == item["accession"]
+        assert top["00100020"][1] == item["patient_id"]
+        assert top["00100010"][1] == item["name"]
+        assert top["00100030"][1] == item["birth"]
+        assert top["00100040"][1] == item["sex"]
+        assert top["00080090"][1] == item["referring"]
+        assert top["00081030"][1] == item["rp_desc"]
+        request = pydicom.dcmread(path, stop_before_pixels=True).RequestAttributesSequence[0]
+        assert (request.RequestedProcedureID, request.ScheduledProcedureStepID) == (item["rp_id"], item["sps_id"])
+        report = run_dciodvfy(path)
+        assert report.errors == [], report.output
+        # the destination PACS holds it, with the worklist's identity
+        orthanc_id = peers.pacs.find_instance(top["00080018"][1])
+        assert orthanc_id is not None, path.name
+        tags = peers.pacs.instance_tags(orthanc_id)
+        assert tags["StudyInstanceUID"] == item["study"]
+        assert tags["AccessionNumber"] == item["accession"]
+        assert tags["PatientID"] == item["patient_id"]
+        assert tags["StudyDescription"] == item["rp_desc"]
+
+
+def test_several_matching_items_need_a_choice_and_none_is_an_error(peers: Peers, tmp_path: Path) -> None:
+    photo = str(peers.inputs / "phone_photo.jpg")
+    several = peers.dicomlake(
+        "wrap", photo, "--out", str(tmp_path / "a"), "--worklist", peers.dcmtk_worklist, "--patient-id", "P-0001"
+    )
+    assert several.returncode == 2, several.stdout + several.stderr
+    assert "2 scheduled procedure steps match" in several.stderr and "--choose" in several.stderr
+    assert "ACC-1001" in several.stderr and "ACC-1002" in several.stderr  # both shown
+    assert not (tmp_path / "a").exists() or _written(tmp_path / "a") == []
+    none = peers.dicomlake(
+        "wrap", photo, "--out", str(tmp_path / "b"), "--worklist", peers.orthanc_worklist, "--accession", "NOPE-9"
+    )
+    assert none.returncode == 2 and "no scheduled procedure step matches" in none.stderr, none.stderr
+    assert "Traceback" not in none.stderr + several.stderr
+    # the second item, chosen by its number in the listing (order as the provider answered it)
+    listed = [line for line in several.stderr.splitlines() if line.startswith("worklist [")]
+    second = next(n for n, line in enumerate(listed, start=1) if "ACC-1002" in line)
+    chosen = peers.dicomlake(
+        "wrap", photo, "--out", str(tmp_path / "c"), "--worklist", peers.dcmtk_worklist, "--patient-id", "P-0001",
+        "--choose", str(second),
+    )  # fmt: skip
+    assert chosen.returncode == 0, chosen.stderr
+    (path,) = _written(tmp_path / "c")
+    assert dcmdump_top_level(path)["00080050"][1] == "ACC-1002"
+    # query by scheduled station and date
+    station = peers.dicomlake(
+        "wrap", photo, "--out", str(tmp_path / "d"), "--worklist", peers.orthanc_worklist,
+        "--scheduled-station", "SCAN1", "--scheduled-date", TODAY,
+    )  # fmt: skip
+    assert station.returncode == 0, station.stderr
+    (path,) = _written(tmp_path / "d")
+    assert dcmdump_top_level(path)["0020000d"][1] == ITEMS[1]["study"]
+
+
+def test_refused_send_keeps_the_file_and_names_the_peers_answer(peers: Peers, tmp_path: Path) -> None:
+    photo = str(peers.inputs / "phone_photo.jpg")
+    before = set(peers.pacs.instances())
+    # Orthanc checks the called AE title: an unknown one is rejected
+    unknown = peers.dicomlake(
+        "wrap", photo, "--out", str(tmp_path / "a"), "--patient-id", "X1", "--send", "NOTPACS@127.0.0.1:4242"
+    )
+    assert unknown.returncode == 1, unknown.stdout + unknown.stderr
+    assert "association rejected" in unknown.stderr and "alled AE title not recognised" in unknown.stderr
+    assert len(_written(tmp_path / "a")) == 1
+    # nothing listens on the port: the peer is down
+    down = peers.dicomlake(
+        "wrap", photo, "--out", str(tmp_path / "b"), "--patient-id", "X2", "--send", "PACS@127.0.0.1:4299"
+    )
+    assert down.returncode == 1 and "cannot connect" in down.stderr, down.stderr
+    assert len(_written(tmp_path / "b")) == 1
+    assert "Traceback" not in unknown.stderr + down.stderr
+    assert set(peers.pacs.instances()) == before
+    # the kept file goes later, with `dicomlake send`
+    again = peers.dicomlake("send", str(_written(tmp_path / "b")[0]), "--to", peers.destination)
+    assert again.returncode == 0, again.stderr
+    uid = dcmdump_top_level(_written(tmp_path / "b")[0])["00080018"][1]
+    assert peers.pacs.find_instance(uid) is not None
+
+
+def test_stow_rs_to_orthanc(peers: Peers, tmp_path: Path) -> None:
+    out = tmp_path / "dcm"
+    proc = peers.dicomlake(
+        "wrap", str(peers.inputs / "screenshot.png"), "--out", str(out), "--worklist", peers.orthanc_worklist,
+        "--accession", "ACC-2001", "--stow", f"{peers.pacs.dicomweb_url}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (path,) = _written(out)
+    tags = peers.pacs.instance_tags(peers.pacs.find_instance(dcmdump_top_level(path)["00080018"][1]) or "")
+    assert tags["StudyInstanceUID"] == ITEMS[2]["study"] and tags["PatientName"] == ITEMS[2]["name"]
+    refused = peers.dicomlake("send", str(path), "--stow", f"http://127.0.0.1:{peers.pacs.http_port}/nothing-here")
+    assert refused.returncode == 1 and "HTTP 404" in refused.stderr, refused.stderr
+    assert path.exists()
