@@ -202,7 +202,11 @@ def test_listener_drops_the_partial_instance_of_a_peer_that_vanishes_mid_pdv(ser
     pdus = _store_pdus(uid, dataset)
     sock = _associate(service.scp.address[1])
     sock.sendall(pdus[0] + pdus[1] + pdus[2][: len(pdus[2]) // 2])
-    time.sleep(0.2)  # the listener has begun the spool file
+    assert service.spool is not None
+    deadline = time.monotonic() + 10  # the listener has begun the spool file
+    while not any(service.spool.tmp_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert any(service.spool.tmp_dir.iterdir()), "the listener never began the spool file"
     if how == "reset":
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
     sock.close()
