@@ -33,9 +33,10 @@ def query(
 
       dicomlake query --where '(0019,"GEMS_ACQU_01",10) > 0'
     """
+    from dicomlake.query.filters import split_keys
     from dicomlake.query.lake import Lake
 
-    sel = [s.strip() for s in select.split(",")] if select else None
+    sel = split_keys(select) if select else None
     with Lake.open(lake_path(lake), read_only=True) as lk:
         sql, params, parsed = lk.build_query(where, sel, level, limit, order_by)
         if show_sql:
@@ -58,12 +59,23 @@ def sql(
 ) -> None:
     """Run read-only SQL (DuckDB dialect) over instances, elements, dicom_json, dose_events, rejects.
 
+    One query only, in a sandbox: no statement that changes the lake, no file or network access,
+    at most query.max_rows rows (it says when it cut) and query.time_limit_s seconds.
+
     Example: dicomlake sql "SELECT Modality, count(*) FROM instances GROUP BY ALL"
     """
     from dicomlake.query.lake import Lake
+    from dicomlake.store.sandbox import truncated
 
     with Lake.open(lake_path(lake), read_only=True) as lk:
         table = lk.sql_arrow(statement)
+    cut = truncated(table)
+    if cut is not None:
+        typer.secho(
+            f"showing the first {cut:,} rows; the result has more (cut at query.max_rows = {cut:,}: add a LIMIT "
+            "or a WHERE clause, or raise DICOMLAKE_QUERY__MAX_ROWS)",
+            err=True,
+        )
     write_table(table, fmt, out)
 
 

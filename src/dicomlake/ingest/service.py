@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.config import Settings, get_settings
-from dicomlake.errors import ConfigError, DicomlakeError, QueryError
+from dicomlake.errors import ConfigError, DicomlakeError
 from dicomlake.ingest.listener import StoreSCP
 from dicomlake.ingest.settings import DimseSettings
 from dicomlake.ingest.spool import Drainer, DrainStats, Spool, StoreHolder
@@ -218,29 +218,13 @@ class Service:
 
     # ---- reading while serving ------------------------------------------------------------
 
-    def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
-        """Run one read-only statement on its own cursor (never waits for the drainer)."""
-        import duckdb
-
-        from dicomlake.store.duckdb import _READ_ONLY_SQL
-
-        if not _READ_ONLY_SQL.match(sql) or ";" in sql.strip().rstrip(";"):
-            raise QueryError(
-                "only one read-only statement (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, PIVOT) "
-                f"is accepted; got: {sql.strip()[:80]!r}"
-            )
+    def query(
+        self, sql: str, params: Mapping[str, object] | list[object] | None = None, max_rows: int | None = None
+    ) -> pa.Table:
+        """Run one read-only statement in the user-SQL sandbox (dicomlake.store.sandbox): its own
+        cursor in a READ ONLY transaction on a DuckDB instance without file access."""
         assert self.holder is not None
-        cur = self.holder.store.con.cursor()
-        try:
-            # a relation's Arrow result (cur.sql), not a DB-API one's: no extra copy, no warning
-            rel = cur.sql(sql, params=params) if params else cur.sql(sql)
-            if rel is None:  # a statement that returns nothing
-                return pa.table({})
-            return rel.to_arrow_table()  # type: ignore[no-any-return]
-        except duckdb.Error as exc:
-            raise QueryError(f"{type(exc).__name__}: {exc}\n  in: {sql.strip()[:500]}") from exc
-        finally:
-            cur.close()
+        return self.holder.store.query_readonly(sql, params, max_rows=max_rows)  # type: ignore[no-any-return]
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {

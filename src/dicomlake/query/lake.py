@@ -74,13 +74,21 @@ class Lake:
 
     # ---- SQL ----------------------------------------------------------------------------
 
-    def sql_arrow(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
-        """Run one read-only statement; an Arrow table."""
-        return self.store.query_readonly(sql, list(params) if params is not None else None)
+    def sql_arrow(self, sql: str, params: Sequence[object] | None = None, *, max_rows: int | None = None) -> pa.Table:
+        """Run one read-only statement in the user-SQL sandbox (:mod:`dicomlake.store.sandbox`);
+        an Arrow table of at most ``max_rows`` rows (default ``query.max_rows``; 0: all).
+        :func:`dicomlake.store.sandbox.truncated` says whether rows were cut.
 
-    def sql(self, sql: str, params: Sequence[object] | None = None) -> pl.DataFrame:
-        """Run one read-only statement; a polars DataFrame."""
-        return pl.from_arrow(self.sql_arrow(sql, params))  # type: ignore[return-value]
+        On a DuckDB lake the first call takes file and network access away from the lake's
+        DuckDB instance for good (``enable_external_access = false``).
+        """
+        return self.store.query_readonly(  # type: ignore[no-any-return]
+            sql, list(params) if params is not None else None, max_rows=max_rows
+        )
+
+    def sql(self, sql: str, params: Sequence[object] | None = None, *, max_rows: int | None = None) -> pl.DataFrame:
+        """Run one read-only statement in the sandbox; a polars DataFrame (see :meth:`sql_arrow`)."""
+        return pl.from_arrow(self.sql_arrow(sql, params, max_rows=max_rows))  # type: ignore[return-value]
 
     # ---- filters ------------------------------------------------------------------------
 
@@ -207,28 +215,11 @@ class Lake:
             writer = ParquetLakeWriter(out)
             copy_lake(self.store, writer)
             return sorted(Path(f) for f in writer.files)
-        if not hasattr(self.store, "con") or not hasattr(self.store.con, "sql"):
-            return self._export_streamed(Path(out), fmt, tables)
-        dest = Path(out)
-        dest.mkdir(parents=True, exist_ok=True)
-        names = list(tables) if tables else ["instances", "elements", "dicom_json", "dose_events", "rejects"]
-        written = []
-        for name in names:
-            target = dest / f"{name}.{fmt}"
-            opts = "(FORMAT parquet, COMPRESSION zstd)" if fmt == "parquet" else "(FORMAT csv, HEADER true)"
-            tmp = target.with_name(f".{target.name}.tmp")
-            self.store.con.execute(f"COPY \"{name}\" TO '{_sql_path(tmp)}' {opts}")
-            os.replace(tmp, target)
-            written.append(target)
-        return written
-
-
-def _qident(name: str) -> str:
-    """A SQL identifier for any column label (keywords, paths, private element names)."""
-    return '"' + name.replace('"', '""') + '"'
+        return self._export_streamed(Path(out), fmt, tables)
 
     def _export_streamed(self, dest: Path, fmt: str, tables: Sequence[str] | None) -> list[Path]:
-        """Export from a server back end: table by table as Arrow batches."""
+        """Table by table as Arrow batches, written here by pyarrow (any back end: the lake's
+        DuckDB instance needs no file access, and a PostgreSQL lake streams ``COPY … TO STDOUT``)."""
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
 
@@ -253,8 +244,9 @@ def _qident(name: str) -> str:
         return written
 
 
-def _sql_path(p: Path) -> str:
-    return str(p).replace("'", "''")
+def _qident(name: str) -> str:
+    """A SQL identifier for any column label (keywords, paths, private element names)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 __all__ = ["DERIVED", "LEVELS", "Lake"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,10 +15,6 @@ from dicomlake.store.base import REJECT_SCHEMA, WriteReport, dose_schema
 
 DB_NAME = "lake.duckdb"
 SCHEMA_VERSION = 1
-
-_READ_ONLY_SQL = re.compile(
-    r"^\s*(\(|with\b|select\b|from\b|pivot\b|unpivot\b|describe\b|show\b|summarize\b|explain\b|values\b|table\b)", re.I
-)
 
 
 def table_schemas(columns: InstanceColumns) -> dict[str, pa.Schema]:
@@ -167,14 +162,23 @@ class DuckDBStore:
         except duckdb.Error as exc:
             raise QueryError(f"{type(exc).__name__}: {exc}\n  in: {sql.strip()[:500]}") from exc
 
-    def query_readonly(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
-        """Run a user's statement, refusing anything that is not a query."""
-        if not _READ_ONLY_SQL.match(sql) or ";" in sql.strip().rstrip(";"):
-            raise QueryError(
-                "only one read-only statement (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, PIVOT) "
-                f"is accepted; got: {sql.strip()[:80]!r}"
-            )
-        return self.query(sql, params)
+    def query_readonly(
+        self,
+        sql: str,
+        params: Mapping[str, object] | list[object] | None = None,
+        *,
+        max_rows: int | None = None,
+        time_limit_s: float | None = None,
+    ) -> pa.Table:
+        """Run a user's statement in the sandbox (:mod:`dicomlake.store.sandbox`): one read-only
+        query, in a READ ONLY transaction, on this instance with file and network access taken
+        away for good (the first call locks it), cut at ``max_rows`` (default ``query.max_rows``)
+        and stopped after ``time_limit_s`` (default ``query.time_limit_s``)."""
+        from dicomlake.store.sandbox import check_sql, lock_duckdb, run_duckdb
+
+        text = check_sql(sql)
+        lock_duckdb(self.con)
+        return run_duckdb(self.con, text, params, max_rows=max_rows, time_limit_s=time_limit_s, checked=True)
 
     def close(self) -> None:
         self.con.close()

@@ -229,10 +229,20 @@ class ParquetStore:
 
         return DuckDBStore.query(self, sql, params)  # type: ignore[arg-type]
 
-    def query_readonly(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
-        from dicomlake.store.duckdb import DuckDBStore
+    def query_readonly(
+        self,
+        sql: str,
+        params: Mapping[str, object] | list[object] | None = None,
+        *,
+        max_rows: int | None = None,
+        time_limit_s: float | None = None,
+    ) -> pa.Table:
+        """A user's statement in the sandbox; the views may still read the lake's own table folders."""
+        from dicomlake.store.sandbox import check_sql, lock_duckdb, run_duckdb
 
-        return DuckDBStore.query_readonly(self, sql, params)  # type: ignore[arg-type]
+        text = check_sql(sql)
+        lock_duckdb(self.con, allowed_directories=[p for p in sorted(self.lake.iterdir()) if p.is_dir()])
+        return run_duckdb(self.con, text, params, max_rows=max_rows, time_limit_s=time_limit_s, checked=True)
 
     def iter_table(
         self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000

@@ -28,7 +28,6 @@ from dicomlake.store.dialect import to_postgres
 from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate
 
 WRITE_LOCK = 0x44_4C_57_52  # "DLWR": pg_advisory_xact_lock key of batch writes
-_READ_ONLY_SQL = re.compile(r"^\s*(\(|with\b|select\b|values\b|table\b|explain\b)", re.I)
 
 # PostgreSQL type OIDs → Arrow types of query results
 _OID_ARROW: dict[int, pa.DataType] = {
@@ -218,21 +217,19 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise QueryError(f"{type(exc).__name__}: {str(exc).strip()}\n  in: {pg_sql.strip()[:500]}") from exc
 
-    def query_readonly(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
-        """Run a user's statement in a READ ONLY transaction, refusing anything but a query."""
-        import psycopg
+    def query_readonly(
+        self,
+        sql: str,
+        params: Mapping[str, object] | list[object] | None = None,
+        *,
+        max_rows: int | None = None,
+        time_limit_s: float | None = None,
+    ) -> pa.Table:
+        """Run a user's statement in the sandbox (:mod:`dicomlake.store.sandbox`): one read-only
+        query in a READ ONLY transaction with ``statement_timeout``, cut at ``max_rows``."""
+        from dicomlake.store.sandbox import run_postgres
 
-        if not _READ_ONLY_SQL.match(sql) or ";" in sql.strip().rstrip(";"):
-            raise QueryError(
-                "only one read-only statement (SELECT, WITH, VALUES, TABLE, EXPLAIN) is accepted on a "
-                f"PostgreSQL lake; got: {sql.strip()[:80]!r}"
-            )
-        try:
-            with self.connection.transaction():
-                self.connection.execute("SET TRANSACTION READ ONLY")
-                return self.query(sql, params)
-        except psycopg.Error as exc:
-            raise QueryError(f"{type(exc).__name__}: {str(exc).strip()}") from exc
+        return run_postgres(self, sql, params, max_rows=max_rows, time_limit_s=time_limit_s)
 
     def table_names(self) -> list[str]:
         rows = self.connection.execute(

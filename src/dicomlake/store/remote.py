@@ -13,7 +13,6 @@ import datetime as dt
 import decimal
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +90,9 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-class _CopyShim:
-    """``con.execute("COPY "table" TO 'file' (FORMAT …)")`` for :meth:`Lake.export`, done locally."""
-
-    _COPY = re.compile(r"""^\s*COPY\s+"?(\w+)"?\s+TO\s+'((?:[^']|'')*)'\s*\(FORMAT\s+(\w+)""", re.I)
+class _ConShim:
+    """``con.sql`` / ``con.execute`` of a read-only statement, answered by the service (no COPY:
+    :meth:`Lake.export` streams Arrow batches and writes the files itself)."""
 
     def __init__(self, store: RemoteStore) -> None:
         self.store = store
@@ -103,22 +101,9 @@ class _CopyShim:
         """A relation-like result (``to_arrow_table``, ``to_arrow_reader``) fetched from the service."""
         return _Relation(self.store.query(query, params))
 
-    def execute(self, sql: str, params: Any = None) -> _CopyShim | _Relation:
-        """``COPY … TO`` is done here; any other statement must be read-only and runs in the service."""
-        m = self._COPY.match(sql)
-        if not m:
-            return _Relation(self.store.query(sql, list(params) if params is not None else None))
-        table, path, fmt = m.group(1), m.group(2).replace("''", "'"), m.group(3).lower()
-        data = self.store.query(f'SELECT * FROM "{table}"')
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(data, path, compression="zstd")
-        else:
-            import pyarrow.csv as pcsv
-
-            pcsv.write_csv(data, path)
-        return self
+    def execute(self, sql: str, params: Any = None) -> _Relation:
+        """Any statement runs in the service's read-only sandbox."""
+        return _Relation(self.store.query(sql, list(params) if params is not None else None))
 
 
 class _Relation:
@@ -167,15 +152,32 @@ class RemoteStore:
             timeout=timeout,
             trust_env=False,  # loopback only: never through a proxy
         )
-        self.con = _CopyShim(self)
+        self.con = _ConShim(self)
 
     def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
-        """Run a read-only statement in the service; an Arrow table."""
+        """Run a read-only statement in the service (its sandbox, no row limit); an Arrow table."""
+        return self.query_readonly(sql, params, max_rows=0)
+
+    def query_readonly(
+        self,
+        sql: str,
+        params: Mapping[str, object] | list[object] | None = None,
+        *,
+        max_rows: int | None = None,
+        time_limit_s: float | None = None,
+    ) -> pa.Table:
+        """Run a user's statement in the service's sandbox (:mod:`dicomlake.store.sandbox`), cut at
+        ``max_rows`` (default: the service's ``query.max_rows``; 0: no cut). The time limit is the
+        service's ``query.time_limit_s``."""
         import httpx
 
         if isinstance(params, Mapping):
             raise QueryError("named parameters are not supported through the service; use ? placeholders")
-        body = {"sql": sql, "params": [_jsonable(p) for p in params] if params is not None else None}
+        body = {
+            "sql": sql,
+            "params": [_jsonable(p) for p in params] if params is not None else None,
+            "max_rows": max_rows,
+        }
         try:
             resp = self._client.post("/internal/query", json=body)
         except httpx.HTTPError as exc:
@@ -191,10 +193,6 @@ class RemoteStore:
             raise QueryError(str(message))
         with pa.ipc.open_stream(resp.content) as reader:
             return reader.read_all()
-
-    def query_readonly(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
-        """Same as :meth:`query`: the service accepts nothing but read-only statements."""
-        return self.query(sql, params)
 
     def status(self) -> dict[str, Any]:
         """The service's counters (see ``GET /internal/status``)."""

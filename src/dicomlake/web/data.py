@@ -75,16 +75,9 @@ class LakeAccess:
 
     # ---- reading -----------------------------------------------------------------------
 
-    def query_readonly(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
-        """A user's statement (the internal SQL endpoint): one read-only statement only."""
-        from dicomlake.store.duckdb import _READ_ONLY_SQL
-
-        if not _READ_ONLY_SQL.match(sql) or ";" in sql.strip().rstrip(";"):
-            raise QueryError(
-                "only one read-only statement (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, PIVOT) "
-                f"is accepted; got: {sql.strip()[:80]!r}"
-            )
-        return self.query(sql, params)
+    def query_readonly(self, sql: str, params: Sequence[object] | None = None, **kw: Any) -> pa.Table:
+        """A user's statement (the internal SQL endpoint): the sandbox of dicomlake.store.sandbox."""
+        return self.store.query_readonly(sql, list(params) if params else None, **kw)  # type: ignore[no-any-return]
 
     def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
         """Run one statement on a fresh cursor; an Arrow table."""
@@ -204,7 +197,12 @@ class CursorStore:
         except duckdb.Error as exc:
             raise QueryError(f"{type(exc).__name__}: {exc}") from exc
 
-    query_readonly = query
+    def query_readonly(self, sql: str, params: Any = None, **kw: Any) -> pa.Table:
+        """A user's statement: the sandbox of dicomlake.store.sandbox."""
+        from dicomlake.store.sandbox import lock_duckdb, run_duckdb
+
+        lock_duckdb(self.con)
+        return run_duckdb(self.con, sql, list(params) if params else None, **kw)
 
     def close(self) -> None:
         self.con.close()

@@ -1,5 +1,7 @@
 """Internal endpoints of ``dicomlake serve``: read-only SQL over the lake the service holds.
 
+Every statement, whoever sends it, runs in the user-SQL sandbox (:mod:`dicomlake.store.sandbox`).
+
 DuckDB lets one process write a database file at a time, so while the service runs,
 ``dicomlake query``, ``sql``, ``export`` and ``audit`` from another terminal send their
 statements here (:class:`dicomlake.store.remote.RemoteStore`) and get Arrow IPC back.
@@ -22,10 +24,13 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
 class QueryRequest(BaseModel):
-    """One read-only statement and its positional parameters."""
+    """One read-only statement, its positional parameters and a row limit."""
 
     sql: str = Field(..., description="SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, PIVOT …")
     params: list[Any] | None = Field(None, description="Values of the ``?`` placeholders")
+    max_rows: int | None = Field(
+        None, ge=0, description="Cut the result after this many rows (default query.max_rows; 0: no cut)"
+    )
 
 
 def _service_token(request: Request) -> None:
@@ -57,10 +62,16 @@ def query(body: QueryRequest, request: Request) -> Response:
     if run is None:
         raise HTTPException(status_code=503, detail="this server holds no lake to query")
     try:
-        table = run(body.sql, body.params)
+        # every statement runs in the user-SQL sandbox (dicomlake.store.sandbox): one read-only
+        # query, READ ONLY transaction, no file access, query.time_limit_s, a row limit
+        table = run(body.sql, body.params, max_rows=body.max_rows)
     except QueryError as exc:
         return Response(content=_error_json(str(exc), 400), status_code=400, media_type="application/json")
-    return Response(content=to_ipc(table), media_type=ARROW_STREAM)
+    from dicomlake.store.sandbox import truncated
+
+    cut = truncated(table)
+    headers = {"X-Dicomlake-Truncated": str(cut)} if cut is not None else None
+    return Response(content=to_ipc(table), media_type=ARROW_STREAM, headers=headers)
 
 
 @router.get("/status")
