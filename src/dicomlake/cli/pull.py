@@ -85,6 +85,8 @@ def pull(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not verbose:  # one clear line of ours per failure, not pynetdicom's transport errors as well
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     if bool(pacs) == bool(dicomweb):
         raise ValueError("give exactly one of --pacs AET@host:port or --dicomweb URL")
     console = Console(stderr=True)
@@ -192,6 +194,7 @@ def _pull_dimse(
             window=window,
             find_limit=find_limit,
             progress=progress,
+            on_wait=lambda why: console.print(f"[yellow]{why}"),
         )
     finally:
         if bar:

@@ -49,7 +49,8 @@ IMAGE_KEYS = (
     "AcquisitionDate", "AcquisitionTime", "ImageType", "NumberOfFrames",
 )  # fmt: skip
 SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
-               "SeriesDate", "SeriesTime", "Manufacturer", "StationName", "ProtocolName")  # fmt: skip
+               "SeriesDate", "SeriesTime", "Manufacturer", "StationName", "ProtocolName",
+               "NumberOfSeriesRelatedInstances")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +143,12 @@ def _associate(ae: Any, peer: Peer, *, ext_neg: list[Any] | None = None, evt_han
             hint_host=_our_host(peer),
         )
         raise AssociationError(f"association with {peer} {text}")
+    unreachable = _unreachable(peer, float(ae.acse_timeout or 10))
+    if unreachable:
+        raise AssociationError(
+            f"no association with {peer}: {unreachable} — check the PACS's host and port "
+            f"(echoscu -aet {ae.ae_title} -aec {peer.ae_title} {peer.host} {peer.port})"
+        )
     if assoc.is_aborted:
         raise AssociationError(
             f"association with {peer} was aborted during negotiation — check that {peer.ae_title} accepts "
@@ -151,6 +158,21 @@ def _associate(ae: Any, peer: Peer, *, ext_neg: list[Any] | None = None, evt_han
         f"no association with {peer}: the connection failed or timed out — check host, port and firewall "
         f"(echoscu -aet {ae.ae_title} -aec {peer.ae_title} {peer.host} {peer.port})"
     )
+
+
+def _unreachable(peer: Peer, timeout: float) -> str | None:
+    """Why a TCP connection to ``peer`` fails, or None when something listens there."""
+    import socket
+
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=min(timeout, 10.0)):
+            return None
+    except ConnectionRefusedError:
+        return f"nothing listens at {peer.host}:{peer.port} (connection refused)"
+    except TimeoutError:
+        return f"{peer.host}:{peer.port} did not answer within {min(timeout, 10.0):g} s (host down or firewall)"
+    except OSError as exc:
+        return f"cannot connect to {peer.host}:{peer.port} ({exc.strerror or exc})"
 
 
 def _our_host(peer: Peer) -> str:
@@ -215,27 +237,82 @@ def _to_dict(ds: Any) -> dict[str, Any]:
     return out
 
 
-def c_find(ae: Any, peer: Peer, level: str, keys: Mapping[str, str], return_keys: Sequence[str]) -> list[Any]:
-    """One C-FIND (Study Root) at ``level``; the matching identifiers."""
+class _Finder:
+    """C-FINDs at one peer over one association, opened on first use and reopened when it drops."""
 
-    assoc = _associate(ae, peer)
-    out = []
-    try:
-        for status, ident in assoc.send_c_find(
+    def __init__(self, ae: Any, peer: Peer) -> None:
+        self.ae = ae
+        self.peer = peer
+        self.assoc: Any = None
+
+    def __enter__(self) -> _Finder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.assoc is not None and self.assoc.is_established:
+            self.assoc.release()
+        self.assoc = None
+
+    def find(
+        self, level: str, keys: Mapping[str, str], return_keys: Sequence[str], *, find_limit: int = 0
+    ) -> tuple[list[Any], bool]:
+        """``(matches, limited)``: ``limited`` when the PACS stopped early or the answer reached ``find_limit``.
+
+        A PACS that enforces a result limit either sends N pending answers and then 0xFE00
+        (Cancel — Orthanc's ``LimitFindResults``/``LimitFindInstances``) or silently stops
+        at N: both mean "split this query", never "failed".
+        """
+        if self.assoc is None or not self.assoc.is_established:
+            self.assoc = _associate(self.ae, self.peer)
+        out: list[Any] = []
+        limited = False
+        t0 = time.monotonic()
+        for status, ident in self.assoc.send_c_find(
             _identifier(level, keys, return_keys), StudyRootQueryRetrieveInformationModelFind
         ):
-            if status is None:
-                raise AssociationError(f"C-FIND at {peer}: no answer (DIMSE timeout or aborted association)")
+            if status is None or "Status" not in status:
+                assoc, self.assoc = self.assoc, None
+                raise AssociationError(_no_answer(self.ae, self.peer, assoc, time.monotonic() - t0, len(out)))
             code = int(status.Status)
             if code in (0xFF00, 0xFF01):
                 if ident is not None:
                     out.append(ident)
+            elif code == 0xFE00:
+                limited = True
             elif code != 0x0000:
                 hx, meaning = _status_text(status)
-                raise AssociationError(f"C-FIND at {peer} failed with status {hx} ({meaning})")
-    finally:
-        assoc.release()
-    return out
+                raise AssociationError(f"C-FIND at {self.peer} failed with status {hx} ({meaning})")
+        if find_limit and len(out) >= find_limit:
+            limited = True
+        return out, limited
+
+
+def _no_answer(ae: Any, peer: Peer, assoc: Any, seconds: float, answers: int) -> str:
+    """Why a C-FIND ended without a status: the DIMSE timeout, or the PACS refused the query."""
+    timeout = float(ae.dimse_timeout or 0)
+    if timeout and seconds >= timeout - 0.5:
+        return (
+            f"C-FIND at {peer}: no answer within {timeout:g} s (dimse.pull.timeout_s) after {answers} match(es) — "
+            "the PACS is slow or the query too broad; narrow it (--from/--to, --modality) or raise the timeout"
+        )
+    return (
+        f"C-FIND at {peer} refused: the PACS ended the query without a status after {answers} match(es) — "
+        f"most likely it does not know our AE title {ae.ae_title} (add {ae.ae_title} at {_our_host(peer)} to "
+        f"its DICOM modalities) or does not allow it to query; see the PACS's log"
+    )
+
+
+def c_find(ae: Any, peer: Peer, level: str, keys: Mapping[str, str], return_keys: Sequence[str]) -> list[Any]:
+    """One C-FIND (Study Root) at ``level``; the matching identifiers (a limited answer as it came)."""
+    with _Finder(ae, peer) as finder:
+        return finder.find(level, keys, return_keys)[0]
+
+
+def _hhmmss(seconds: int) -> str:
+    return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
 
 
 def find_studies(
@@ -246,55 +323,79 @@ def find_studies(
     find_limit: int,
     today: dt.date | None = None,
 ) -> FindReport:
-    """Study-level C-FIND; a date range whose answer reaches ``find_limit`` is split in halves."""
+    """Study-level C-FIND; a limited answer splits its date range in halves, then a day by Study Time.
+
+    An answer is *limited* when the PACS says so (0xFE00 Cancel after the pending answers)
+    or when it reaches ``find_limit`` (a PACS that truncates silently).
+    """
     rep = FindReport()
     seen: dict[str, dict[str, Any]] = {}
-    base = {k: v for k, v in keys.items() if k != "StudyDate"}
+    base = {k: v for k, v in keys.items() if k not in ("StudyDate", "StudyTime")}
     lo, hi = parse_range(keys.get("StudyDate", ""))
+    finder = _Finder(ae, peer)
 
-    def run(date_value: str | None) -> list[Any]:
-        q = dict(base)
-        if date_value is not None:
-            q["StudyDate"] = date_value
+    def run(extra: Mapping[str, str]) -> tuple[list[Any], bool]:
         rep.queries += 1
-        return c_find(ae, peer, "STUDY", q, STUDY_KEYS)
-
-    def add(found: list[Any]) -> None:
+        found, limited = finder.find("STUDY", {**base, **extra}, STUDY_KEYS, find_limit=find_limit)
         for ds in found:
             d = _to_dict(ds)
             uid = d.get("StudyInstanceUID")
             if uid:
                 seen[uid] = d
+        return found, limited
 
     def sliced(a: dt.date, b: dt.date) -> None:
-        found = run(f"{_dicom_date(a)}-{_dicom_date(b)}")
-        if len(found) >= find_limit and a < b:
+        found, limited = run({"StudyDate": f"{_dicom_date(a)}-{_dicom_date(b)}"})
+        if limited and a < b:
             mid = a + (b - a) // 2
             sliced(a, mid)
             sliced(mid + dt.timedelta(days=1), b)
-            return
-        if len(found) >= find_limit:
+        elif limited and "StudyTime" in keys:  # the caller's own time key: no further split
             rep.warnings.append(
-                f"{_dicom_date(a)}: {len(found)} studies on one day reach the find limit ({find_limit}); "
-                "some may be missing — narrow the query (e.g. -k ModalitiesInStudy=…)"
+                f"{_dicom_date(a)}: {len(found)} studies on one day reach the PACS's result limit; some may be "
+                "missing — narrow the query (e.g. -k ModalitiesInStudy=…)"
             )
-        rep.slices.append(f"{_dicom_date(a)}-{_dicom_date(b)}")
-        add(found)
-
-    if lo is None and hi is None:
-        found = run(None)
-        if len(found) < find_limit:
-            rep.slices.append("(all dates)")
-            add(found)
+            rep.slices.append(_dicom_date(a))
+        elif limited:
+            rep.warnings.append(
+                f"{_dicom_date(a)}: more studies on one day than the PACS answers at once; split by Study Time "
+                "— studies of that day without a Study Time cannot be found this way"
+            )
+            timed(a, 0, 86399)
         else:
+            rep.slices.append(f"{_dicom_date(a)}-{_dicom_date(b)}")
+
+    def timed(day: dt.date, t0: int, t1: int) -> None:
+        found, limited = run({"StudyDate": _dicom_date(day), "StudyTime": f"{_hhmmss(t0)}-{_hhmmss(t1)}"})
+        if limited and t1 > t0:
+            mid = t0 + (t1 - t0) // 2
+            timed(day, t0, mid)
+            timed(day, mid + 1, t1)
+            return
+        if limited:
             rep.warnings.append(
-                f"the query without a date range reached the find limit ({find_limit}); split by date from "
-                "1900 to today — studies without a Study Date can only be found with narrower keys"
+                f"{_dicom_date(day)} {_hhmmss(t0)}: {len(found)} studies in one second reach the PACS's result "
+                "limit; some may be missing — narrow the query (e.g. -k ModalitiesInStudy=…)"
             )
-            add(found)
-            sliced(dt.date(1900, 1, 1), today or dt.date.today())
-    else:
-        sliced(lo or dt.date(1900, 1, 1), hi or today or dt.date.today())
+        rep.slices.append(f"{_dicom_date(day)} {_hhmmss(t0)}-{_hhmmss(t1)}")
+
+    try:
+        if "StudyTime" in keys:
+            base["StudyTime"] = keys["StudyTime"]
+        if lo is None and hi is None:
+            _found, limited = run({})
+            if not limited:
+                rep.slices.append("(all dates)")
+            else:
+                rep.warnings.append(
+                    "the query without a date range reached the PACS's result limit; split by date from 1900 to "
+                    "today — studies without a Study Date can only be found with narrower keys"
+                )
+                sliced(dt.date(1900, 1, 1), today or dt.date.today())
+        else:
+            sliced(lo or dt.date(1900, 1, 1), hi or today or dt.date.today())
+    finally:
+        finder.close()
     rep.studies = sorted(seen.values(), key=lambda d: (d.get("StudyDate") or "", d.get("StudyInstanceUID") or ""))
     return rep
 
@@ -307,12 +408,37 @@ def find_studies(
 class Throttle:
     """At most ``per_hour`` instances requested per hour, and only inside an off-peak window."""
 
-    def __init__(self, per_hour: int = 0, window: str | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        per_hour: int = 0,
+        window: str | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
         self.per_hour = per_hour
         self.window = _parse_window(window) if window else None
+        self.window_text = window
         self.clock = clock
+        self.on_wait = on_wait
+        """Told once per wait, in words, why and until when retrieval waits."""
         self._log: list[tuple[float, int]] = []
         self._lock = threading.Lock()
+        self._waiting: str | None = None
+
+    def _say(self, why: str) -> None:
+        if why != self._waiting:
+            self._waiting = why
+            LOG.info("%s", why)
+            if self.on_wait is not None:
+                self.on_wait(why)
+
+    def window_opens(self, now: dt.datetime | None = None) -> dt.datetime:
+        """When the off-peak window next opens (local time)."""
+        assert self.window is not None
+        now = now or dt.datetime.now()
+        start = now.replace(hour=self.window[0].hour, minute=self.window[0].minute, second=0, microsecond=0)
+        return start if start > now else start + dt.timedelta(days=1)
 
     def in_window(self, now: dt.datetime | None = None) -> bool:
         if self.window is None:
@@ -331,7 +457,19 @@ class Throttle:
                     used = sum(k for _, k in self._log)
                     if not self.per_hour or used == 0 or used + n <= self.per_hour:
                         self._log.append((now, n))
+                        self._waiting = None
                         return True
+                    free_at = dt.datetime.fromtimestamp(self._log[0][0] + 3600)
+                self._say(
+                    f"{used:,} instances requested in the last hour (--per-hour {self.per_hour:,}): "
+                    f"waiting until {free_at:%H:%M:%S} to request {n:,} more"
+                )
+            else:
+                opens = self.window_opens()
+                self._say(
+                    f"outside the retrieval window {self.window_text}: waiting until {opens:%Y-%m-%d %H:%M} "
+                    "local time (Ctrl-C stops; --resume continues later)"
+                )
             stop.wait(1.0)
         return False
 
@@ -688,50 +826,125 @@ def collect_metadata(ae: Any, peer: Peer, study: Mapping[str, Any], spool: Spool
 
     uid = str(study["StudyInstanceUID"])
     out = StudyOutcome(uid, "requested")
-    series = c_find(ae, peer, "SERIES", {"StudyInstanceUID": uid}, SERIES_KEYS)
-    image_keys = list(dict.fromkeys([*IMAGE_KEYS, *keys]))
+    missing: list[str] = []
+    finder = _Finder(ae, peer)
+    try:
+        series = _find_all(
+            finder,
+            "SERIES",
+            {"StudyInstanceUID": uid},
+            SERIES_KEYS,
+            "SeriesNumber",
+            study.get("NumberOfStudyRelatedSeries"),
+            missing,
+        )
+        image_keys = list(dict.fromkeys([*IMAGE_KEYS, *keys]))
+        images = []
+        for se in series:
+            se_uid = str(getattr(se, "SeriesInstanceUID", "") or "")
+            if se_uid:
+                q = {"StudyInstanceUID": uid, "SeriesInstanceUID": se_uid}
+                n_se = getattr(se, "NumberOfSeriesRelatedInstances", None)
+                images += [
+                    (se, img) for img in _find_all(finder, "IMAGE", q, image_keys, "InstanceNumber", n_se, missing)
+                ]
+    finally:
+        finder.close()
     n = 0
-    for se in series:
-        se_uid = str(getattr(se, "SeriesInstanceUID", "") or "")
-        if not se_uid:
-            continue
-        for img in c_find(ae, peer, "IMAGE", {"StudyInstanceUID": uid, "SeriesInstanceUID": se_uid}, image_keys):
-            ds = Dataset()
-            for src in (study, _to_dict(se)):
-                for k, v in src.items():
-                    if v not in (None, "") and k not in (
-                        "QueryRetrieveLevel",
-                        "RetrieveAETitle",
-                        "state",
-                        "NumberOfStudyRelatedInstances",
-                        "NumberOfStudyRelatedSeries",
-                        "ModalitiesInStudy",
-                        "SOPClassesInStudy",
-                    ):
-                        try:
-                            setattr(ds, k, v)
-                        except Exception:
-                            pass
-            for elem in img:
-                if elem.keyword in ("QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability"):
-                    continue
-                if elem.value not in (None, ""):
-                    ds[elem.tag] = elem
-            sop_uid = str(getattr(ds, "SOPInstanceUID", "") or "")
-            if not sop_uid:
+    for se, img in images:
+        ds = Dataset()
+        for src in (study, _to_dict(se)):
+            for k, v in src.items():
+                if v not in (None, "") and k not in (
+                    "QueryRetrieveLevel",
+                    "RetrieveAETitle",
+                    "state",
+                    "NumberOfStudyRelatedInstances",
+                    "NumberOfStudyRelatedSeries",
+                    "ModalitiesInStudy",
+                    "SOPClassesInStudy",
+                ):
+                    try:
+                        setattr(ds, k, v)
+                    except Exception:
+                        pass
+        for elem in img:
+            if elem.keyword in ("QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability"):
                 continue
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = getattr(ds, "SOPClassUID", None) or "1.2.840.10008.5.1.4.1.1.7"  # type: ignore[assignment]
-            meta.MediaStorageSOPInstanceUID = sop_uid  # type: ignore[assignment]
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.SourceApplicationEntityTitle = peer.ae_title
-            ds.file_meta = meta
-            from dicomlake.ingest.dicomweb import encode_tolerant
+            if elem.value not in (None, ""):
+                ds[elem.tag] = elem
+        sop_uid = str(getattr(ds, "SOPInstanceUID", "") or "")
+        if not sop_uid:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = getattr(ds, "SOPClassUID", None) or "1.2.840.10008.5.1.4.1.1.7"  # type: ignore[assignment]
+        meta.MediaStorageSOPInstanceUID = sop_uid  # type: ignore[assignment]
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.SourceApplicationEntityTitle = peer.ae_title
+        ds.file_meta = meta
+        from dicomlake.ingest.dicomweb import encode_tolerant
 
-            spool.put(sop_uid, encode_tolerant(ds), "c-find")
-            n += 1
+        spool.put(sop_uid, encode_tolerant(ds), "c-find")
+        n += 1
     out.completed = n
+    if missing:
+        out.state, out.status = "failed", "0xFE00"
+        out.reason = "; ".join(missing)
     return out
+
+
+def _find_all(
+    finder: _Finder,
+    level: str,
+    keys: Mapping[str, str],
+    return_keys: Sequence[str],
+    number_key: str,
+    expected: Any,
+    missing: list[str],
+) -> list[Any]:
+    """Every match of a series- or image-level C-FIND, even when the PACS limits its answers.
+
+    A limited answer is completed by matching ``number_key`` (SeriesNumber, InstanceNumber)
+    one value at a time until the count the PACS announced (NumberOfStudyRelatedSeries,
+    NumberOfSeriesRelatedInstances) is reached, or 20 numbers past the highest seen gave
+    nothing. What is still missing is described in ``missing``.
+    """
+    uid_key = "SeriesInstanceUID" if level == "SERIES" else "SOPInstanceUID"
+    found, limited = finder.find(level, keys, return_keys)
+    if not limited:
+        return found
+    try:
+        want = int(expected) if expected not in (None, "") else None
+    except (TypeError, ValueError):
+        want = None
+    got: dict[str, Any] = {}
+
+    def add(items: list[Any]) -> int:
+        top = -1
+        for ds in items:
+            u = str(getattr(ds, uid_key, "") or "")
+            if u:
+                got.setdefault(u, ds)
+            try:
+                top = max(top, int(getattr(ds, number_key, -1) or -1))
+            except (TypeError, ValueError):
+                pass
+        return top
+
+    highest = add(found)
+    number = 0
+    while (want is None or len(got) < want) and number <= max(highest, want or 0) + 20:
+        part, still = finder.find(level, {**keys, number_key: str(number)}, return_keys)
+        highest = max(highest, add(part))
+        if still:
+            missing.append(f"{level.lower()}s with {number_key} {number} reach the PACS's result limit")
+        number += 1
+    if want is not None and len(got) < want:
+        missing.append(
+            f"the PACS limits {level.lower()}-level C-FIND answers: {len(got)} of {want} found by matching "
+            f"{number_key} one value at a time"
+        )
+    return list(got.values())
 
 
 def pull_dimse(
@@ -751,6 +964,7 @@ def pull_dimse(
     find_limit: int | None = None,
     progress: Callable[[PullReport], None] | None = None,
     service: Any = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> PullReport:
     """Find studies on ``peer`` and bring their headers into ``lake``.
 
@@ -784,6 +998,7 @@ def pull_dimse(
     throttle = Throttle(
         instances_per_hour if instances_per_hour is not None else pull_cfg.instances_per_hour,
         window if window is not None else pull_cfg.window,
+        on_wait=on_wait,
     )
     t0 = time.perf_counter()
     own = service is None
@@ -859,10 +1074,13 @@ def pull_dimse(
             except Exception as exc:
                 out = StudyOutcome(uid, "failed", reason=f"{type(exc).__name__}: {exc}")
             out.expected = int(n) if n not in (None, "") else None
+            if method == "move" and out.state == "failed" and not out.completed and out.status is not None:
+                out.reason = f"{out.reason or 'failed'} — {_move_hint(svc, peer, dimse)}"
             state.update(
                 run_id,
                 uid,
-                out.state,
+                # retrieved: what the PACS sent is acknowledged in the spool, so --resume skips the study
+                "received" if out.state == "requested" else out.state,
                 status=out.status,
                 reason=out.reason,
                 completed=out.completed,
@@ -881,10 +1099,16 @@ def pull_dimse(
                 if progress:
                     progress(report)
 
+        pool = ThreadPoolExecutor(concurrency, thread_name_prefix="pull")
         try:
-            with ThreadPoolExecutor(concurrency, thread_name_prefix="pull") as pool:
-                list(pool.map(one, todo))
+            list(pool.map(one, todo))
+        except BaseException:  # Ctrl-C: workers waiting for the throttle stop; what completed is kept
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            state.finish_run(run_id, "interrupted", report.studies, report.instances, report.failed)
+            raise
         finally:
+            pool.shutdown(wait=True)
             movers.release()
         # Retrieval never waits for extraction; now see what reached the lake.
         _reconcile(svc, state, run_id, report, pull_cfg.settle_s if method == "move" else 10.0)
@@ -897,6 +1121,15 @@ def pull_dimse(
         stop.set()
         if own:
             svc.stop()
+
+
+def _move_hint(svc: Any, peer: Peer, dimse: Any) -> str:
+    """Where the PACS must send C-MOVE sub-operations: our AE title, host and listening port."""
+    port = svc.scp.address[1] if getattr(svc, "scp", None) is not None else dimse.port
+    return (
+        f"the PACS could not send to us: it must reach {dimse.ae_title} at {_our_host(peer)}:{port} "
+        f"(its DICOM modality entry for {dimse.ae_title}: AE title, host and port; and no firewall between)"
+    )
 
 
 def _reconcile(svc: Any, state: PullState, run_id: str, report: PullReport, settle: float) -> None:
