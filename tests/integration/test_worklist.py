@@ -12,6 +12,7 @@ REST API for what the PACS holds, and the worklist dumps (the answer key) for th
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -280,3 +281,92 @@ def test_stow_rs_to_orthanc(peers: Peers, tmp_path: Path) -> None:
     refused = peers.dicomlake("send", str(path), "--stow", f"http://127.0.0.1:{peers.pacs.http_port}/nothing-here")
     assert refused.returncode == 1 and "HTTP 404" in refused.stderr, refused.stderr
     assert path.exists()
+
+
+def _served_in_namespace(pacs: Orthanc, lake: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``dicomlake serve`` as users start it, inside the peers' namespace; returns once it listens."""
+    import os
+
+    lake.mkdir(parents=True, exist_ok=True)
+    log = (lake.parent / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        pacs.command([*DICOMLAKE, "serve", "-q", "--lake", str(lake), "--port", str(port)]),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
+    log.close()
+    deadline = time.monotonic() + 60
+    while not (lake / "service.json").exists():
+        assert proc.poll() is None, (lake.parent / "serve.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "dicomlake serve did not start"
+        time.sleep(0.1)
+    _wait_port(pacs, port)
+    return proc
+
+
+def test_curation_flags_planted_identity_errors_in_instances_sent_to_serve(peers: Peers, tmp_path: Path) -> None:
+    from dicomlake.curate.rules import default_rules_text
+    from dicomlake.write.capture import PatientStudy, wrap_paths
+
+    item = ITEMS[0]
+    # the answer key: what each instance carries, and which attribute is wrong
+    planted = {
+        "good": (item["patient_id"], item["accession"], None),
+        "wrong-patient-id": ("P-0009", item["accession"], "PatientID"),
+        "wrong-accession": (item["patient_id"], "ACC-1009", "AccessionNumber"),
+    }
+    files: dict[str, Path] = {}
+    for label, (pid, acc, _) in planted.items():
+        patient = PatientStudy(
+            patient_id=pid, patient_name=item["name"], patient_birth_date=item["birth"], patient_sex=item["sex"],
+            accession_number=acc, study_instance_uid=item["study"],
+        )  # fmt: skip
+        report = wrap_paths([peers.inputs / "phone_photo.jpg"], tmp_path / label, patient=patient)
+        assert report.failed == []
+        files[label] = report.written[0].path
+    uid_of = {label: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for label, p in files.items()}
+    rules = tmp_path / "rules.toml"
+    shipped = default_rules_text()
+    marker = "[checks.worklist-identity]\n"
+    assert marker in shipped
+    head, tail = shipped.split(marker)
+    rules.write_text(head + marker + tail.replace("enabled = false", "enabled = true", 1))
+    lake, port = tmp_path / "lake", 11114
+    proc = _served_in_namespace(
+        peers.pacs,
+        lake,
+        port,
+        {"DICOMLAKE_CURATE_RULES": str(rules), "DICOMLAKE_DIMSE__WORKLIST": peers.dcmtk_worklist},
+    )
+    try:
+        sent = peers.pacs.run(
+            ["storescu", "-xy", "-aet", "CAM1", "-aec", "DICOMLAKE", "127.0.0.1", str(port), *map(str, files.values())]
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        query = "SELECT SOPInstanceUID, attribute, value, proposed FROM quality_flags WHERE rule = 'worklist-identity'"
+        deadline = time.monotonic() + 60
+        while True:
+            out = peers.dicomlake("sql", query, "--lake", str(lake), "--format", "csv")
+            rows = [line.split(",") for line in out.stdout.splitlines()[1:]] if out.returncode == 0 else []
+            if len(rows) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    flagged = {(r[0], r[1]) for r in rows}
+    assert flagged == {
+        (uid_of["wrong-patient-id"], "PatientID"),
+        (uid_of["wrong-accession"], "AccessionNumber"),
+    }, out.stdout + out.stderr + (lake.parent / "serve.log").read_text()[-2000:]
+    by_uid = {r[0]: r for r in rows}
+    assert by_uid[uid_of["wrong-patient-id"]][2:] == ["P-0009", item["patient_id"]]  # found, proposed
+    # the whole-lake run (dicomlake curate run) finds the same, against the other provider
+    env_rules = ["--rules", str(rules)]
+    again = peers.pacs.run(
+        ["env", f"DICOMLAKE_DIMSE__WORKLIST={peers.orthanc_worklist}", *DICOMLAKE, "curate", "run",
+         "--lake", str(lake), *env_rules]
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert re.search(r"^\s+2\s+worklist-identity$", again.stdout, re.M), again.stdout

@@ -319,6 +319,12 @@ class _Run:
             [c.severity.value, limit],
         )
 
+    def worklist_identity(self) -> None:
+        """Header identity against the Modality Worklist (curate/worklist.py); off unless enabled."""
+        from dicomlake.curate.worklist import run_check
+
+        run_check(self)
+
 
 def curate(
     con: duckdb.DuckDBPyConnection,
@@ -357,7 +363,8 @@ def curate(
         scope_text = "batch"
     run = _Run(con, rules)
     for step in (run.ranges, run.required, run.dates_in_future, run.study_before_birth, run.ages,
-                 run.acquisition_order, run.body_part, run.duplicates, run.clock_drift):  # fmt: skip
+                 run.acquisition_order, run.body_part, run.duplicates, run.clock_drift,
+                 run.worklist_identity):  # fmt: skip
         try:
             step()
         except duckdb.Error as exc:

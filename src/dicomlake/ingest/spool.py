@@ -630,6 +630,9 @@ class Drainer(threading.Thread):
         with self.holder.lock:
             report = IngestReport(run_id="serve", lake=str(self.spool.lake))
             batcher = _Batcher(self.holder.store, report, self.batch * 2)
+            from dicomlake.curate.worklist import receiver_hook  # worklist-identity: off unless enabled
+
+            batcher.after_commit = receiver_hook(self.holder.store)
             for res in results:
                 for seg in res.segments:
                     inst = seg.tables.get("instances")
