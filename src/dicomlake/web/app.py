@@ -134,6 +134,23 @@ def wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
+def client_host(request: Request) -> str | None:
+    """The peer's address (the ASGI scope's client; no proxy headers are trusted)."""
+    return request.client.host if request.client else None
+
+
+def auth_headers(request: Request, exc: AuthError) -> dict[str, str]:
+    """WWW-Authenticate on a 401 (Basic too where clients use it: DICOMweb, the API), Retry-After on a 429."""
+    headers: dict[str, str] = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="dicomlake"'
+        if not wants_html(request):
+            headers["WWW-Authenticate"] += ', Basic realm="dicomlake"'
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return headers
+
+
 def error_response(request: Request, err: WebError) -> Response:
     if wants_html(request):
         from dicomlake.web import ui
@@ -149,11 +166,7 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(AuthError)
     async def _auth(request: Request, exc: AuthError) -> Response:
-        headers = {}
-        if exc.status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="dicomlake"'
-            if request.url.path.startswith("/dicomweb"):
-                headers["WWW-Authenticate"] += ', Basic realm="dicomlake"'
+        headers = auth_headers(request, exc)
         request.state.auth_error = exc.message
         return error_response(request, WebError(exc.status, exc.message, headers=headers))
 
@@ -205,7 +218,9 @@ def _install_middleware(app: FastAPI, ctx: WebContext) -> None:
         principal: Principal | None = None
         response: Response
         try:
-            principal = await run_in_threadpool(ctx.auth.authenticate, request.headers, request.cookies)
+            principal = await run_in_threadpool(
+                ctx.auth.authenticate, request.headers, request.cookies, client_host(request)
+            )
             request.state.principal = principal
             if principal is not None and principal.auth == "session" and request.method not in SAFE_METHODS:
                 supplied = request.headers.get("x-csrf-token")
@@ -230,7 +245,9 @@ def _install_middleware(app: FastAPI, ctx: WebContext) -> None:
         except AuthError as exc:
             request.state.principal = principal if exc.status == 403 else None
             request.state.auth_error = exc.message
-            headers = {"WWW-Authenticate": 'Bearer realm="dicomlake"'} if exc.status == 401 else {}
+            if exc.account:
+                request.state.attempted_user = exc.account
+            headers = auth_headers(request, exc)
             if exc.status == 401 and wants_html(request) and request.method == "GET":
                 response = RedirectResponse(
                     f"/login?next={urllib.parse.quote(str(request.url.path) + ('?' + request.url.query if request.url.query else ''))}",
@@ -266,7 +283,7 @@ def _headers(response: Response, tls: bool) -> None:
 def _log_request(ctx: WebContext, request: Request, status: int, seconds: float) -> None:
     rec: EventRecord | None = getattr(request.state, "audit", None)
     p: Principal | None = getattr(request.state, "principal", None)
-    if status in (401, 403) and not getattr(request.state, "login_event", False):
+    if status in (401, 403, 429) and not getattr(request.state, "login_event", False):
         rec = EventRecord(
             AuditEvent.SECURITY_ALERT,
             action="E",
@@ -354,19 +371,22 @@ def _auth_router() -> Any:
             )
             resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/login")
             return resp
-        if ctx.auth.failed_logins(username) >= ctx.settings.login_attempts:
-            rec.outcome, rec.detail = 4, "too many failed logins; refused"
-            return ui.render(
+        try:
+            p = ctx.auth.login(username, password, client_host(request), "login")
+        except AuthError as exc:
+            rec.outcome, rec.detail = 4, exc.message
+            resp = ui.render(
                 request,
                 "login.html",
                 {
                     "login_csrf": login_csrf,
                     "next": _safe_next(next),
-                    "failed": "Too many failed attempts; wait 15 minutes.",
+                    "failed": f"Too many wrong passwords from this address; try again in {exc.retry_after} s.",
                 },
-                status=429,
+                status=exc.status,
             )
-        p = ctx.auth.check_password(username, password)
+            resp.headers["Retry-After"] = str(exc.retry_after)
+            return resp
         if p is None:
             rec.outcome, rec.detail = 4, "wrong user name or password"
             return ui.render(
@@ -418,17 +438,29 @@ def _auth_router() -> Any:
         request.state.login_event = True
         rec = audit(request, AuditEvent.USER_AUTHENTICATION, action="E", event_type="110122", auth="oauth2")
         p: Principal | None = None
-        if grant_type == "password" and username and password:
-            rec.user = username
-            p = ctx.auth.check_password(username, password)
-        elif grant_type == "client_credentials":
-            header = request.headers.get("authorization", "")
-            if header.lower().startswith("basic "):
-                try:
-                    p = ctx.auth.verify_basic(header[6:].strip())
-                except AuthError:
-                    p = None
-        else:
+        try:
+            if grant_type == "password" and username and password:
+                rec.user = username
+                p = ctx.auth.login(username, password, client_host(request), "OAuth2 password grant")
+            elif grant_type == "client_credentials":
+                header = request.headers.get("authorization", "")
+                if header.lower().startswith("basic "):
+                    try:
+                        p = ctx.auth.verify_basic(header[6:].strip(), client_host(request))
+                    except AuthError as exc:
+                        if exc.status == 429:
+                            raise
+                        p = None
+            elif grant_type not in ("password", "client_credentials"):
+                raise _Unsupported
+        except AuthError as exc:
+            rec.outcome, rec.detail = 4, exc.message
+            return JSONResponse(
+                {"error": "invalid_grant", "error_description": exc.message},
+                status_code=exc.status,
+                headers={"Retry-After": str(exc.retry_after), "Cache-Control": "no-store"},
+            )
+        except _Unsupported:
             rec.outcome = 4
             return JSONResponse(
                 {
@@ -457,6 +489,10 @@ def _auth_router() -> Any:
         return {"ok": True, "name": p.name, "role": p.role.value, "auth": p.auth}
 
     return r
+
+
+class _Unsupported(Exception):
+    pass
 
 
 def _safe_next(target: str) -> str:

@@ -49,13 +49,88 @@ class Role(Enum):
 
 
 class AuthError(Exception):
-    """Authentication failed (401) or the role may not do this (403)."""
+    """Authentication failed (401), the role may not do this (403), or too many failures (429)."""
 
-    def __init__(self, status: int, message: str, *, alert: bool = True) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        alert: bool = True,
+        retry_after: int | None = None,
+        account: str | None = None,
+    ) -> None:
         super().__init__(message)
+        self.account = account
+        """The user name that was tried, if any (for the access log)."""
         self.status = status
         self.message = message
         self.alert = alert
+        self.retry_after = retry_after
+
+
+class Throttle:
+    """Exponential back-off of wrong passwords by (source address, account), never a lock-out.
+
+    Each pair gets ``free`` wrong passwords; then each further attempt must wait 1 s, 2 s, 4 s, …
+    (at most ``cap`` seconds) after the last failure, and an attempt inside that wait is refused
+    with 429 before the password is even checked. A right password clears the pair. A source
+    also gets ``free_per_source`` failures over all accounts (password spraying) before its own
+    back-off. Keyed by the source, an attacker elsewhere cannot lock a user out: the user's own
+    address keeps its own count. In memory (one service process); a pair idle for ``forget``
+    seconds is forgotten.
+    """
+
+    def __init__(self, free: int = 10, *, free_per_source: int = 100, cap: float = 900.0, forget: float = 3600.0):
+        self.free = max(1, free)
+        self.free_per_source = max(self.free, free_per_source)
+        self.cap = cap
+        self.forget = forget
+        self._fails: dict[tuple[str, str], tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def _delay(self, n: int, free: int) -> float:
+        return 0.0 if n < free else min(self.cap, 2.0 ** (n - free))
+
+    def wait(self, source: str | None, account: str) -> float:
+        """Seconds this source must still wait before trying ``account`` again (0: go ahead)."""
+        now = time.monotonic()
+        src = source or "?"
+        with self._lock:
+            out = 0.0
+            for key, free in (((src, account), self.free), ((src, "\x00*"), self.free_per_source)):
+                n, last = self._fails.get(key, (0, 0.0))
+                out = max(out, last + self._delay(n, free) - now)
+            return max(0.0, out)
+
+    def failed(self, source: str | None, account: str) -> None:
+        now = time.monotonic()
+        src = source or "?"
+        with self._lock:
+            if len(self._fails) > 100_000:
+                self._fails = {k: v for k, v in self._fails.items() if now - v[1] < self.forget}
+            for key in ((src, account), (src, "\x00*")):
+                n, last = self._fails.get(key, (0, 0.0))
+                if n and now - last > self.forget:
+                    n = 0
+                self._fails[key] = (n + 1, now)
+
+    def succeeded(self, source: str | None, account: str) -> None:
+        with self._lock:
+            self._fails.pop((source or "?", account), None)
+
+    def check(self, source: str | None, account: str, how: str) -> None:
+        """Raise 429 (with Retry-After) when this source must wait before trying ``account`` again."""
+        wait = self.wait(source, account)
+        if wait > 0:
+            secs = max(1, int(wait + 0.999))
+            raise AuthError(
+                429,
+                f"{how}: too many wrong passwords for {account!r} from {source or 'this address'}; "
+                f"retry in {secs} s (the wait doubles with each further failure)",
+                retry_after=secs,
+                account=account,
+            )
 
 
 @dataclass(frozen=True)
@@ -87,6 +162,7 @@ class Auth:
         self.secret = secret
         self._basic_cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
+        self.throttle = Throttle(settings.login_attempts)
 
     # ---- users -------------------------------------------------------------------------
 
@@ -113,6 +189,16 @@ class Auth:
     def users(self) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT name, role, created_at, disabled FROM users ORDER BY name")
         return [{"name": r[0], "role": r[1], "created_at": r[2], "disabled": bool(r[3])} for r in rows]
+
+    def login(self, name: str, password: str, source: str | None, how: str) -> Principal | None:
+        """:meth:`check_password` behind the :class:`Throttle` (429 :class:`AuthError` while backing off)."""
+        self.throttle.check(source, name, how)
+        p = self.check_password(name, password)
+        if p is None:
+            self.throttle.failed(source, name)
+        else:
+            self.throttle.succeeded(source, name)
+        return p
 
     def check_password(self, name: str, password: str) -> Principal | None:
         """The user when the password matches (constant work whether or not the user exists)."""
@@ -208,19 +294,20 @@ class Auth:
             raise AuthError(401, "bearer JWT was revoked or not issued by this service")
         return self._active_user(str(claims["sub"]), "jwt")
 
-    def verify_basic(self, header_value: str) -> Principal:
+    def verify_basic(self, header_value: str, source: str | None = None) -> Principal:
         try:
             name, _, password = base64.b64decode(header_value).decode().partition(":")
         except (ValueError, UnicodeDecodeError) as exc:
             raise AuthError(401, "Authorization: Basic value is not base64 of name:password") from exc
+        self.throttle.check(source, name, "Basic authentication")
         key = _sha(f"{name}\x00{password}")
         with self._lock:
             hit = self._basic_cache.get(key)
         if hit and hit[0] > time.monotonic():
             return self._active_user(hit[1].name, "basic")
-        p = self.check_password(name, password)
+        p = self.login(name, password, source, "Basic authentication")
         if p is None:
-            raise AuthError(401, f"Basic authentication failed for user {name!r}")
+            raise AuthError(401, f"Basic authentication failed for user {name!r}", account=name)
         principal = Principal(p.name, p.role, "basic")
         with self._lock:
             if len(self._basic_cache) > 1000:
@@ -255,17 +342,9 @@ class Auth:
     def end_session(self, sid: str) -> None:
         self.db.execute("DELETE FROM sessions WHERE session_sha256 = ?", [_sha(sid)])
 
-    def failed_logins(self, name: str, minutes: int = 15) -> int:
-        since = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
-        rows = self.db.execute(
-            "SELECT count(*) FROM events WHERE event_id = '110114' AND outcome != 0 AND user = ? AND time >= ?",
-            [name, since],
-        )
-        return int(rows[0][0])
-
     # ---- per request ---------------------------------------------------------------------
 
-    def authenticate(self, headers: Any, cookies: Any) -> Principal | None:
+    def authenticate(self, headers: Any, cookies: Any, source: str | None = None) -> Principal | None:
         """The caller of a request, None when anonymous; AuthError when credentials are bad."""
         header = headers.get("authorization")
         if header:
@@ -274,7 +353,7 @@ class Auth:
             if scheme == "bearer" and value.strip():
                 return self.verify_bearer(value.strip())
             if scheme == "basic" and value.strip():
-                return self.verify_basic(value.strip())
+                return self.verify_basic(value.strip(), source)
             raise AuthError(401, f"Authorization scheme {scheme!r} not supported; use Bearer or Basic")
         sid = cookies.get(SESSION_COOKIE)
         if sid:
