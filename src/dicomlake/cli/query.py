@@ -34,7 +34,7 @@ def query(
       dicomlake query --where '(0019,"GEMS_ACQU_01",10) > 0'
     """
     from dicomlake.query.filters import split_keys
-    from dicomlake.query.lake import Lake
+    from dicomlake.query.lake import Lake, cut_note
 
     sel = split_keys(select) if select else None
     with Lake.open(lake_path(lake), read_only=True) as lk:
@@ -43,8 +43,11 @@ def query(
             typer.echo(sql)
             typer.echo(f"-- params: {params}")
             return
-        table = lk.store.query(sql, params)
-    if fmt == Format.table and parsed:
+        table = lk.query_arrow(where, sel, level, limit, order_by)
+    note = cut_note(table, f"{level} rows")
+    if note is not None:  # a limit cut the result: say so, whatever the format
+        typer.secho(note + (" (raise --limit to see more)" if limit else " (the query.max_rows cap)"), err=True)
+    elif fmt == Format.table and parsed:
         typer.secho(
             f"{table.num_rows:,} {level} rows where " + " and ".join(f.sentence() for f in parsed), err=True, dim=True
         )

@@ -100,6 +100,26 @@ def _split_path(text: str) -> list[str]:
     return parts
 
 
+def split_keys(text: str) -> list[str]:
+    """Split a ``--select`` list on commas outside parentheses and quotes, so that tags
+    ``(0010,0010)`` and private keys ``(0019,"GEMS_ACQU_01",10)`` stay whole."""
+    parts, cur, depth, quote = [], "", 0, False
+    for ch in text:
+        if ch == '"':
+            quote = not quote
+        elif not quote and ch == "(":
+            depth += 1
+        elif not quote and ch == ")":
+            depth = max(depth - 1, 0)
+        if ch == "," and depth == 0 and not quote:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
 def resolve_key(text: str, columns: InstanceColumns) -> Key:
     """Resolve what a user named into a typed column or an elements path."""
     t = text.strip()
@@ -249,6 +269,7 @@ def _column_sql(key: Key, op: str, value: str, where: str) -> tuple[str, list[ob
 
 
 def _element_sql(key: Key, op: str, value: str, where: str) -> tuple[str, list[object]]:
+    params: list[object]
     if key.path_key is not None:
         loc, params = "e.path_key = ?", [key.path_key]
     else:

@@ -23,6 +23,8 @@ LEVEL_KEY = {
     "study": "StudyInstanceUID",
     "patient": "PatientID",
 }
+# the stable order of instance-level results, on every engine (then SOPInstanceUID)
+INSTANCE_ORDER = ("StudyDate", "StudyInstanceUID", "SeriesNumber", "InstanceNumber")
 DEFAULT_SELECT = {
     "instance": ["PatientID", "StudyDate", "Modality", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"],
     "series": ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"],
@@ -99,11 +101,29 @@ class Lake:
         level: str = "instance",
         limit: int | None = None,
         order_by: str | None = None,
+        *,
+        restrict: str | None = None,
+        extra_row: bool = False,
     ) -> tuple[str, list[object], list[Filter]]:
-        """The SQL for a filtered selection at a level (instance, series, study, patient)."""
+        """The SQL for a filtered selection at a level (instance, series, study, patient).
+
+        ``restrict`` is a predicate over ``instances i`` that every row must meet (the analyst
+        view's row restriction): it is ANDed into the one WHERE clause the query has, before
+        grouping, and the compiled SQL is checked to carry it (:func:`_assert_restricted`);
+        a query it cannot be applied to is refused, never run unrestricted.
+
+        Rows come in a stable order on every engine: instances by StudyDate,
+        StudyInstanceUID, SeriesNumber, InstanceNumber, SOPInstanceUID (NULLs last); other
+        levels by their key; ``order_by`` first, that order after it. ``extra_row`` asks
+        for one row past the limit, so a caller can tell that the limit cut.
+        """
         if level not in LEVELS:
             raise QueryError(f"level {level!r}: choose one of {', '.join(LEVELS)}")
         cond, params, parsed = where_clause(list(where), self.columns)
+        if restrict is not None:
+            if not isinstance(restrict, str) or not restrict.strip():
+                raise QueryError("the row restriction is empty: refusing to run the query without it")
+            cond = f"({restrict}) AND ({cond})"
         names = list(select) if select else DEFAULT_SELECT[level]
         exprs: list[str] = []
         sel_params: list[object] = []
@@ -127,7 +147,8 @@ class Lake:
                 exprs.append(f"any_value({expr}) AS {alias}")
         if level == "instance":
             sql = f"SELECT {', '.join(exprs)} FROM instances i WHERE {cond}"
-            default_order = 'i."study_datetime", i."SeriesInstanceUID", i."InstanceNumber", i."SOPInstanceUID"'
+            default_order = [f'i."{c}" ASC NULLS LAST' for c in INSTANCE_ORDER if c in self.columns.kinds]
+            default_order.append('i."SOPInstanceUID" ASC NULLS LAST')
         else:
             k = LEVEL_KEY[level]
             extra = ["count(*) AS n_instances"]
@@ -139,17 +160,22 @@ class Lake:
             if k not in names:
                 exprs.insert(0, f'i."{k}" AS "{k}"')
             sql = f'SELECT {", ".join(exprs + extra)} FROM instances i WHERE {cond} GROUP BY i."{k}"'
-            default_order = f'"{k}"'
+            default_order = [f'i."{k}" ASC NULLS LAST']
+        order = list(default_order)
         if order_by:
             okey = resolve_key(order_by.lstrip("-"), self.columns)
             if okey.column is None:
                 raise QueryError(f"order by {order_by!r}: only typed columns can order results")
-            sql += f' ORDER BY "{okey.column}"' + (" DESC" if order_by.startswith("-") else "")
-        else:
-            sql += f" ORDER BY {default_order}" if level != "instance" else ""
+            first = f'"{okey.column}"' if level != "instance" else f'i."{okey.column}"'
+            if level != "instance" and okey.column not in names and okey.column != LEVEL_KEY[level]:
+                first = f'any_value(i."{okey.column}")'
+            order.insert(0, first + (" DESC NULLS LAST" if order_by.startswith("-") else " ASC NULLS LAST"))
+        sql += " ORDER BY " + ", ".join(order)
         max_rows = get_settings().query.max_rows
         n = min(limit, max_rows) if limit else max_rows
-        sql += f" LIMIT {int(n)}"
+        sql += f" LIMIT {int(n) + (1 if extra_row else 0)}"
+        if restrict is not None:
+            _assert_restricted(sql, restrict)
         return sql, sel_params + params, parsed
 
     def query_arrow(
@@ -159,9 +185,33 @@ class Lake:
         level: str = "instance",
         limit: int | None = None,
         order_by: str | None = None,
+        *,
+        restrict: str | None = None,
     ) -> pa.Table:
-        sql, params, _ = self.build_query(where, select, level, limit, order_by)
-        return self.store.query(sql, params)
+        """The selection as an Arrow table, in a stable order. When ``limit`` (or the
+        ``query.max_rows`` cap) cut it, the schema metadata says so: ``dicomlake.truncated``
+        (the limit) and ``dicomlake.total`` (how many rows match); see :func:`cut_note`."""
+        sql, params, _ = self.build_query(where, select, level, limit, order_by, restrict=restrict, extra_row=True)
+        table = self.store.query(sql, params)
+        max_rows = get_settings().query.max_rows
+        n = min(limit, max_rows) if limit else max_rows
+        if table.num_rows <= n:
+            return table
+        total = self.count_matching(where, level, restrict=restrict)
+        meta = dict(table.schema.metadata or {})
+        meta.update({b"dicomlake.truncated": str(n).encode(), b"dicomlake.total": str(total).encode()})
+        return table.slice(0, n).replace_schema_metadata(meta)
+
+    def count_matching(self, where: Sequence[str] = (), level: str = "instance", *, restrict: str | None = None) -> int:
+        """How many rows a selection has at a level (before any limit)."""
+        if level not in LEVELS:
+            raise QueryError(f"level {level!r}: choose one of {', '.join(LEVELS)}")
+        cond, params, _ = where_clause(list(where), self.columns)
+        if restrict is not None:
+            cond = f"({restrict}) AND ({cond})"
+        what = "count(*)" if level == "instance" else f'count(DISTINCT i."{LEVEL_KEY[level]}")'
+        t = self.store.query(f"SELECT {what} AS n FROM instances i WHERE {cond}", params)
+        return int(t.column(0)[0].as_py())
 
     def query(
         self,
@@ -212,7 +262,7 @@ class Lake:
             from dicomlake.store.parquet import ParquetLakeWriter
             from dicomlake.store.transfer import copy_lake
 
-            writer = ParquetLakeWriter(out)
+            writer = ParquetLakeWriter(Path(out))
             copy_lake(self.store, writer)
             return sorted(Path(f) for f in writer.files)
         return self._export_streamed(Path(out), fmt, tables)
@@ -244,9 +294,43 @@ class Lake:
         return written
 
 
+def cut_note(table: pa.Table, what: str = "rows") -> str | None:
+    """The note for a table a limit cut (e.g. ``showing 3 of 2,891 instance rows``), else None."""
+    meta = table.schema.metadata or {}
+    if b"dicomlake.truncated" not in meta:
+        return None
+    total = meta.get(b"dicomlake.total")
+    if total is None:
+        return f"showing the first {table.num_rows:,} {what}; more match (cut at the row limit)"
+    return f"showing {table.num_rows:,} of {int(total):,} {what}"
+
+
+def _assert_restricted(sql: str, restrict: str) -> None:
+    """Fail closed unless the WHERE clause over ``instances i`` carries the restriction."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        want = sqlglot.parse_one(restrict, read="duckdb")
+    except sqlglot.errors.SqlglotError as exc:
+        raise QueryError(f"the row restriction could not be applied ({exc}); refusing to run the query") from exc
+    for select in tree.find_all(exp.Select):
+        src = select.args.get("from") or select.args.get("from_")
+        table = src.find(exp.Table) if src is not None else None
+        if table is None or table.name != "instances":
+            continue
+        where = select.args.get("where")
+        conj = list(where.this.flatten()) if where is not None and isinstance(where.this, exp.And) else []
+        conj = conj or ([where.this] if where is not None else [])
+        if any(c.unnest() == want or c == want for c in conj):
+            return
+    raise QueryError("the row restriction could not be applied to this query; refusing to run it unrestricted")
+
+
 def _qident(name: str) -> str:
     """A SQL identifier for any column label (keywords, paths, private element names)."""
     return '"' + name.replace('"', '""') + '"'
 
 
-__all__ = ["DERIVED", "LEVELS", "Lake"]
+__all__ = ["DERIVED", "INSTANCE_ORDER", "LEVELS", "Lake", "cut_note"]

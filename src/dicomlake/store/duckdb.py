@@ -29,7 +29,7 @@ def table_schemas(columns: InstanceColumns) -> dict[str, pa.Schema]:
 
 def _to_arrow(rel: duckdb.DuckDBPyConnection) -> pa.Table:
     """The result as an Arrow table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
-    fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
+    fetch = getattr(rel, "to_arrow_table", None) or getattr(rel, "fetch_arrow_table")  # noqa: B009
     return fetch()  # type: ignore[no-any-return]
 
 
@@ -153,11 +153,9 @@ class DuckDBStore:
 
     def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
         try:
-            if hasattr(self.con, "sql") and hasattr(duckdb.DuckDBPyRelation, "to_arrow_table"):
+            if hasattr(duckdb.DuckDBPyRelation, "to_arrow_table"):
                 rel = self.con.sql(sql, params=params) if params else self.con.sql(sql)
-                if rel is None:
-                    return pa.table({})
-                return rel.to_arrow_table()
+                return pa.table({}) if rel is None else rel.to_arrow_table()
             return _to_arrow(self.con.execute(sql, params) if params is not None else self.con.execute(sql))
         except duckdb.Error as exc:
             raise QueryError(f"{type(exc).__name__}: {exc}\n  in: {sql.strip()[:500]}") from exc

@@ -259,9 +259,9 @@ def _select(
     names = list(columns)
     if analyst:
         names += [c for c in CONTEXT if c not in names]
-    sql, params, _ = lake.build_query(f.where, names, level, (offset + limit) if limit else None, f.sort)
-    if analyst:
-        sql = sql.replace("FROM instances i WHERE ", f"FROM instances i WHERE {ctx.view.visible_sql('i')} AND ", 1)
+    restrict = ctx.view.visible_sql("i") if analyst else None  # compiled into the query; fails closed
+    limit_n = (offset + limit) if limit else None
+    sql, params, _ = lake.build_query(f.where, names, level, limit_n, f.sort, restrict=restrict)
     if offset:
         sql = f"SELECT * FROM ({sql}) LIMIT {int(limit or 0) or 'ALL'} OFFSET {int(offset)}"
     return sql, params
