@@ -17,14 +17,14 @@ from dicomlake.dicom.dataset import to_pydicom
 from dicomlake.dicom.reader import read_header
 from dicomlake.errors import ExtractionError
 from dicomlake.extract.sr import NeedsPydicom, content_tree, content_tree_from_elements
-from dicomlake.samples import pydicom_test_files, shared_corpus
+from dicomlake.samples import pydicom_test_files, repo_corpus
 
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
 def _sr_files() -> list[Path]:
     roots = [pydicom_test_files()]
-    corpus = shared_corpus()
+    corpus = repo_corpus()
     if corpus is not None:
         roots.append(corpus)
     out = []

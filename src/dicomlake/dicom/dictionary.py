@@ -22,7 +22,7 @@ def _tables() -> tuple[dict[int, tuple[str, str, str]], dict[str, tuple[str, str
 
 # PS3.5 §7.1.2: with implicit VR, an ambiguous dictionary VR is resolved by context; we read
 # headers only, so the first choice is taken (it matters only for a few LUT/pixel elements).
-_AMBIGUOUS = {"US or SS or OW": "US", "US or SS": "US", "OB or OW": "OW", "US or OW": "US"}
+_AMBIGUOUS = {"US or SS or OW": "US", "US or SS": "US", "OB or OW": "OW", "US or OW": "US", "OB_OW": "OW"}
 
 _TAG_FORM = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,?\s*([0-9A-Fa-f]{4})\s*\)?$")
 
@@ -82,19 +82,34 @@ def lookup(tag: int) -> tuple[str, str, str] | None:
     return None
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def private_vr(group: int, creator: str, element_offset: int) -> str:
-    """Return the VR of a private element from pydicom's private dictionaries, else ``UN``."""
-    from pydicom.datadict import private_dictionaries
+@cache
+def _private() -> dict[str, dict[str, str]]:
+    """``{creator: {key: VR}}`` from ``_standard/private_dictionary.json`` (pydicom's private
+    dictionary, exported by ``util/gen_dictionary.py`` so that workers need not import pydicom)."""
+    raw = json.loads(resources.files("dicomlake._standard").joinpath("private_dictionary.json").read_text("utf-8"))
+    return raw["private"]  # type: ignore[no-any-return]
 
-    block = private_dictionaries.get(creator)
+
+@lru_cache(maxsize=CACHE_SIZE)
+def private_vr(group: int, creator: str, element_offset: int, element: int | None = None) -> str:
+    """Return the VR of a private element from the private dictionary, else ``UN``.
+
+    ``element_offset`` is the element's low byte; ``element``, when given, the whole element
+    number, for the few entries that name one block (pydicom's lookup order).
+    """
+    block = _private().get(creator)
     if not block:
         return "UN"
-    key = f"{group:04X}xx{element_offset:02X}"
-    entry = block.get(key)
-    if entry is None:
+    g = f"{group:04X}"
+    e = f"{element_offset & 0xFF:02X}"
+    vr = None
+    if element is not None:
+        vr = block.get(f"{g}{element:04X}")
+    if vr is None:
+        vr = block.get(f"{g}xx{e}") or block.get(f"{g[:2]}xxxx{e}")
+    if vr is None:
         return "UN"
-    return _clean_vr(entry[0])
+    return _clean_vr(vr)
 
 
 def parse_tag(text: str) -> int | None:

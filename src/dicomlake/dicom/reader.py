@@ -38,6 +38,18 @@ BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # and a decode, and every element of a VR shares one interned string
 _VR_FORMS: dict[bytes, tuple[str, bool]] = {b: (b.decode("ascii"), b in LONG_VRS) for b in VALID_VRS}
 
+
+def _nonstandard_vr(vr_b: bytes) -> tuple[str, bool]:
+    """How a VR that PS3.5 does not define is read: as UN, as dcmtk does (``??`` in dcmdump).
+
+    Two upper-case letters may be a VR of a later edition, which PS3.5 §7.1.2 gives a
+    4-byte length; anything else (two spaces, as some writers emit) has a 2-byte length.
+    """
+    if len(vr_b) == 2 and vr_b.isalpha() and vr_b.isupper():
+        return "UN", True
+    return "UN", False
+
+
 ITEM = 0xFFFEE000
 ITEM_DELIMITATION = 0xFFFEE00D
 SEQUENCE_DELIMITATION = 0xFFFEE0DD
@@ -166,10 +178,7 @@ class _Parser:
                     raise ExtractionError(f"unexpected item tag ({group:04X},{elem:04X}) at byte {pos}")
                 form = vr_forms.get(vr_b)
                 if form is None:
-                    raise ExtractionError(
-                        f"invalid VR {vr_b!r} for ({group:04X},{elem:04X}) at byte {pos}; "
-                        "the file is corrupt or not DICOM"
-                    )
+                    form = _nonstandard_vr(vr_b)
                 vr, long_form = form
                 if long_form:
                     if pos + 12 > buflen:
@@ -193,7 +202,7 @@ class _Parser:
                         vr = "LO"  # PS3.5 §7.8.1: private creator
                     else:
                         creator = creators.get(group << 8 | elem >> 8)
-                        vr = private_vr(group, creator, elem & 0xFF) if creator else "UN"
+                        vr = private_vr(group, creator, elem & 0xFF, elem) if creator else "UN"
                 elif elem == 0:
                     vr = "UL"  # group length
                 else:
@@ -208,18 +217,12 @@ class _Parser:
                 return out, pos, (length if length != UNDEFINED else -1)
             if vr == "SQ" or (length == UNDEFINED and vr == "UN"):
                 if depth >= self.max_depth:
-                    raise ExtractionError(f"sequences nested deeper than {self.max_depth} at byte {pos}")
-                if vr == "UN":
-                    # PS3.5 §6.2.2: a UN of undefined length is a sequence in implicit VR LE
-                    sub = _Parser(
-                        buf,
-                        explicit=False,
-                        little=True,
-                        inline_max=inline_max,
-                        file_size=self.file_size,
-                        max_depth=self.max_depth,
+                    raise ExtractionError(
+                        f"sequences nested deeper than {self.max_depth} levels: ({group:04X},{elem:04X}) at byte "
+                        f"{pos}; raise ingest.max_sequence_depth if such files are expected"
                     )
-                    items, pos = sub.sequence(vpos, None, depth + 1)
+                if vr == "UN":
+                    items, pos = self._un_sequence(vpos, depth + 1)
                     vr = "SQ"
                 else:
                     items, pos = self.sequence(vpos, None if length == UNDEFINED else vpos + length, depth + 1)
@@ -253,6 +256,43 @@ class _Parser:
         if end is not None and pos > end:
             raise ExtractionError(f"an element overruns its sequence item (ends at {pos}, item at {end})")
         return out, pos, None
+
+    def _un_sequence(self, pos: int, depth: int) -> tuple[list[list[Element]], int]:
+        """Parse the items of a UN element of undefined length.
+
+        PS3.5 §6.2.2 says such a value is a sequence encoded in implicit VR little endian,
+        but vendors (private sequences of mammography images among them) write its items in
+        explicit VR. As gdcm and pydicom do, the first element of the first item decides: a
+        valid VR where implicit VR has the low half of the length means explicit. Should that
+        reading fail, the other encoding is tried before the file is given up.
+        """
+        buf = self.buf
+        if pos + 20 > len(buf) and len(buf) < self.file_size:
+            raise _NeedMore
+        explicit = (
+            buf[pos : pos + 4] == b"\xfe\xff\x00\xe0"
+            and buf[pos + 8 : pos + 10] != b"\xfe\xff"
+            and buf[pos + 12 : pos + 14] in VALID_VRS
+        )
+        tries = (explicit, not explicit)
+        first: ExtractionError | None = None
+        for expl in tries:
+            sub = _Parser(
+                buf,
+                explicit=expl,
+                little=True,
+                inline_max=self.inline_max,
+                file_size=self.file_size,
+                max_depth=self.max_depth,
+            )
+            try:
+                return sub.sequence(pos, None, depth)
+            except ExtractionError as exc:
+                if "nested deeper" in str(exc):
+                    raise
+                first = first or exc
+        assert first is not None
+        raise first
 
     def sequence(self, pos: int, end: int | None, depth: int) -> tuple[list[list[Element]], int]:
         """Parse the items of a sequence (PS3.5 §7.5) of defined or undefined length."""
@@ -478,6 +518,7 @@ def read_header(
     first_read: int = 65536,
     max_header_bytes: int = 64 * 1024 * 1024,
     inline_max: int = 1024,
+    max_depth: int = 32,
 ) -> tuple[Header, bytes, int]:
     """Read a file's header without reading its pixel data.
 
@@ -490,9 +531,11 @@ def read_header(
         buf = os.read(fd, want)
         while True:
             try:
-                header = parse_bytes(buf, file_size=size, inline_max=inline_max, max_inflated=max_header_bytes)
+                header = parse_bytes(
+                    buf, file_size=size, inline_max=inline_max, max_inflated=max_header_bytes, max_depth=max_depth
+                )
                 if header.tail_at is not None:
-                    _read_tail(fd, header, size, inline_max, max_header_bytes)
+                    _read_tail(fd, header, size, inline_max, max_header_bytes, max_depth)
                 return header, buf, size
             except _NeedMore:
                 if len(buf) >= size:
@@ -510,7 +553,7 @@ def read_header(
         os.close(fd)
 
 
-def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int) -> None:
+def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int, max_depth: int = 32) -> None:
     """Read the elements after the pixel data, walking fragment headers with pread."""
     at = header.tail_at
     assert at is not None
@@ -536,7 +579,9 @@ def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int) 
         header.notes.append(f"{size - at} bytes after the pixel data not read (over the header limit)")
         return
     tail = os.pread(fd, size - at, at)
-    parser = _Parser(tail, explicit=header.explicit, little=little, inline_max=inline_max, file_size=len(tail))
+    parser = _Parser(
+        tail, explicit=header.explicit, little=little, inline_max=inline_max, file_size=len(tail), max_depth=max_depth
+    )
     parser.stop_at_pixels = False
     try:
         more, _, _ = parser.dataset(0, None, 0, True)
@@ -546,9 +591,11 @@ def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int) 
     header.elements.extend(more)
 
 
-def parse_all(data: bytes, *, inline_max: int = 1024, max_inflated: int = MAX_INFLATED) -> Header:
+def parse_all(data: bytes, *, inline_max: int = 1024, max_inflated: int = MAX_INFLATED, max_depth: int = 32) -> Header:
     """Parse a header from bytes that hold the whole object (zip members, network)."""
     try:
-        return parse_bytes(data, file_size=len(data), inline_max=inline_max, max_inflated=max_inflated)
+        return parse_bytes(
+            data, file_size=len(data), inline_max=inline_max, max_inflated=max_inflated, max_depth=max_depth
+        )
     except _NeedMore as exc:  # cannot happen with the whole object; keep the contract
         raise ExtractionError("truncated: the header runs past the end of the data") from exc

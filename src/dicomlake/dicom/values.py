@@ -31,7 +31,7 @@ def _struct(fmt: str, little: bool, count: int) -> struct.Struct:
 class TextDecoder:
     """Decodes text values under one Specific Character Set (0008,0005)."""
 
-    __slots__ = ("_encodings", "declared", "terms")
+    __slots__ = ("_encodings", "declared", "iso2022", "terms")
 
     def __init__(self, specific_character_set: str | None = None) -> None:
         terms = [t.strip() for t in (specific_character_set or "").split("\\")]
@@ -41,6 +41,9 @@ class TextDecoder:
             terms[0] = "ISO_IR 6"
         self.terms = terms
         self.declared = bool(specific_character_set)
+        # PS3.5 §6.1.2.5: with code extensions (ISO 2022 escape sequences) a value can be
+        # all 7-bit bytes and still not ASCII (ISO 2022 IR 87 is 7-bit JIS X 0208)
+        self.iso2022 = any(t.startswith("ISO 2022") for t in terms)
         self._encodings: list[str] | None = None
 
     @property
@@ -57,7 +60,7 @@ class TextDecoder:
 
     def text(self, value: bytes, vr: str) -> str:
         """Return a text value decoded and stripped of padding, multiple values kept as ``\\``."""
-        if value.isascii():
+        if value.isascii() and not (self.iso2022 and b"\x1b" in value):
             s = value.decode("ascii")
         elif vr in CHARSET_VRS:
             from pydicom.charset import decode_bytes
@@ -83,6 +86,24 @@ def binary_numbers(value: bytes, vr: str, little: bool) -> tuple[float | int, ..
     if n == 0:
         return ()
     return _struct(BINARY_NUMBER_FORMATS[vr], little, n).unpack_from(value, 0)
+
+
+_F32 = struct.Struct("<f")
+
+
+@lru_cache(maxsize=4096)
+def float32_text(x: float) -> str:
+    """The shortest decimal that reads back as the same single-precision float, as Python float
+    text: an FL of 0.8 is stored as 0.800000011920929 in binary, and ``0.8`` is what was meant
+    (what numpy and dcmtk print for it). Not finite: ``nan``, ``inf``, ``-inf``."""
+    if not math.isfinite(x):
+        return repr(x)
+    pack, unpack = _F32.pack, _F32.unpack
+    for digits in (6, 7, 8):
+        s = f"{x:.{digits}g}"
+        if unpack(pack(float(s)))[0] == x:
+            return repr(float(s))
+    return repr(float(f"{x:.9g}"))  # 9 significant digits always round-trip a float32
 
 
 def attribute_tags(value: bytes, little: bool) -> list[str]:

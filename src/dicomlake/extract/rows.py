@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.dicom import values as V
-from dicomlake.dicom.dictionary import lookup, tag_text
+from dicomlake.dicom.dictionary import lookup, private_vr, tag_text
 from dicomlake.dicom.reader import Element, Header
 from dicomlake.errors import ExtractionError
 from dicomlake.extract.columns import ARROW_TYPES, InstanceColumns
@@ -198,6 +198,7 @@ class _Walk:
         tag_cache = _TAG_CACHE
         vcache = self.cache if json_out else None
         young = vcache[0] if vcache is not None else None
+        iso2022 = decoder.iso2022  # 7-bit values may hold escape sequences: decode them
         for tag, vr, value, length in elements:
             group = tag >> 16
             ckey = None
@@ -231,6 +232,10 @@ class _Walk:
                     creator = creators.get(group << 8 | elem >> 8)
                     if creator is not None:
                         seg = f'({group:04X},"{creator}",{elem & 0xFF:02X})'
+                        if vr == "UN" and isinstance(value, bytes):
+                            pvr = private_vr(group, creator, elem & 0xFF, elem)
+                            if pvr not in ("UN", "SQ"):
+                                vr = pvr  # as for public elements: read with the dictionary's VR
                     else:
                         seg = f"({group:04X},{elem:04X})"
             else:
@@ -246,7 +251,7 @@ class _Walk:
             jval: str | None = None  # the JSON "Value"/"InlineBinary" part, or None for none
             if vr in _TEXT_VRS:
                 if value:
-                    if value.isascii():  # type: ignore[union-attr]
+                    if value.isascii() and not (iso2022 and b"\x1b" in value):  # type: ignore[operator]
                         t = value.decode("ascii")  # type: ignore[union-attr]
                         if vr in _KEEP_LEADING or vr == "UI":
                             t = t.rstrip("\x00 ")
@@ -296,12 +301,25 @@ class _Walk:
                 pass  # bulk data: only the length is kept
             elif vr in _BINARY_NUMBER_FORMATS:
                 nums = V.binary_numbers(value, vr, little)
-                if nums:
+                if nums and vr == "FL":
+                    # single precision: the shortest text that reads back as the same float32
+                    # (0.8, not 0.800000011920929), so that `= 0.8` finds it
+                    texts = [V.float32_text(x) for x in nums]
+                    text = "\\".join(texts)
+                    first = nums[0]
+                    num = float(texts[0]) if math.isfinite(first) else None
+                    if json_out:
+                        jval = (
+                            '"Value":['
+                            + ",".join([t if math.isfinite(x) else "null" for t, x in zip(texts, nums, strict=True)])
+                            + "]"
+                        )
+                elif nums:
                     text = "\\".join(map(str, nums))
                     first = nums[0]
                     num = float(first) if math.isfinite(first) else None
                     if json_out:
-                        if vr in ("FL", "FD"):
+                        if vr == "FD":
                             jval = '"Value":[' + ",".join([repr(x) if math.isfinite(x) else "null" for x in nums]) + "]"
                         else:
                             jval = '"Value":[' + ",".join(map(str, nums)) + "]"

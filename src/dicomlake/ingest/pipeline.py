@@ -160,6 +160,7 @@ def _worker_config(settings: Settings, lake: Path, source: str | None, deid: str
         received_source=source,
         allow_executable_preamble=ing.allow_executable_preamble,
         deid_profile=deid,
+        max_sequence_depth=ing.max_sequence_depth,
     )
 
 

@@ -81,6 +81,7 @@ class WorkerConfig:
     received_source: str | None = None  # override of the source label (e.g. "c-store")
     deid_profile: str | None = None  # de-identify every instance before extraction
     allow_executable_preamble: bool = False  # CVE-2019-11687 polyglots are rejected unless set
+    max_sequence_depth: int = 16  # ingest.max_sequence_depth: deeper nesting rejects the file
 
 
 _CONFIG: WorkerConfig | None = None
@@ -368,7 +369,7 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                     if why:
                         reject(task, _preamble_reason(why), data, size)
                         continue
-                    header = parse_all(data, inline_max=cfg.inline_max)
+                    header = parse_all(data, inline_max=cfg.inline_max, max_depth=cfg.max_sequence_depth)
                 else:
                     try:
                         with open(task.path, "rb") as fh:
@@ -385,7 +386,10 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                         reject(task, _preamble_reason(why), data, len(data) if data is not None else None)
                         continue
                     header, _, size = read_header(
-                        task.path, max_header_bytes=cfg.max_header_bytes, inline_max=cfg.inline_max
+                        task.path,
+                        max_header_bytes=cfg.max_header_bytes,
+                        inline_max=cfg.inline_max,
+                        max_depth=cfg.max_sequence_depth,
                     )
                 if _meta_text(header, 0x00020002) == MEDIA_STORAGE_DIRECTORY:
                     res.skipped += 1  # a DICOMDIR reached as a plain file
@@ -400,7 +404,7 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                         res.skipped += 1
                         notes.append(f"{_pseudonymous_path(task.source_path)}: excluded by profile {cfg.deid_profile}")
                         continue
-                    header = parse_all(clean, inline_max=cfg.inline_max)
+                    header = parse_all(clean, inline_max=cfg.inline_max, max_depth=cfg.max_sequence_depth)
                     size = len(clean)
                 builder, dose_rows, accepted = segment_for(
                     _top_text(header, 0x00080018) or _meta_text(header, 0x00020003)
