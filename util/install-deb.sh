@@ -4,6 +4,7 @@ set -euo pipefail
 PACKAGES=(
   dcmtk                 # dcmdump, dcm2json, dsr2xml, storescu, findscu, movescu: client and oracle
   dicom3tools           # dciodvfy: validates every object we write
+  libgdcm-tools         # gdcmdump: second reader oracle (vendor encodings dcmtk refuses)
   orthanc orthanc-dicomweb   # the PACS peer
   tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd   # OCR of burned-in text
   chromium              # headless browser for the web UI and report tests
