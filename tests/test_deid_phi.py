@@ -157,13 +157,21 @@ def test_deid_research_generalises_postcode_and_keeps_characteristics(outputs: d
     assert out.LongitudinalTemporalInformationModified == "MODIFIED"
     assert out.PatientIdentityRemoved == "YES"
     codes = {item.CodeValue for item in out.DeidentificationMethodCodeSequence}
-    assert codes == {"113100", "113107", "113108", "113109", "113105", "113104"}
+    assert codes == {"113100", "113107", "113108", "113109", "113105", "113104", "DEV01"}
+    # the deviation from Table E.1-1 (Patient Address is X there) is named in both places
+    (dev,) = [i for i in out.DeidentificationMethodCodeSequence if i.CodingSchemeDesignator == "99DICOMLAKE"]
+    assert "PatientAddress" in dev.CodeMeaning and "postcode-district" in dev.CodeMeaning
+    assert any("PatientAddress" in v for v in out.DeidentificationMethod[1:])
 
 
 def test_deid_dose_audit_pseudonymises_operators_and_keeps_safe_private(outputs: dict) -> None:
     path, _ = outputs[("latin1", "dose-audit")]
     out = pydicom.dcmread(path)
     assert str(out.OperatorsName).startswith("OP-")
+    deviations = [str(v) for v in out.DeidentificationMethod[1:]]
+    for kw in ("PerformingPhysicianName", "InstitutionalDepartmentName"):  # X in Table E.1-1
+        assert any(kw in v and "keyed pseudonym" in v for v in deviations), deviations
+        assert any(kw in i.CodeMeaning for i in out.DeidentificationMethodCodeSequence)
     assert str(out.InstitutionName).startswith("SITE-")
     block = out.private_block(0x0019, "GEMS_ACQU_01")
     assert str(block[0x2B].value) == "1234.5678"

@@ -220,6 +220,12 @@ def deid(
     )
     for line in rep.excluded:
         typer.echo(f"  excluded {line}")
+    if rep.kept_text:
+        n = sum(len(v) for v in rep.kept_text.values())
+        typer.echo(
+            f"  cleaned free text kept: {n} distinct values in {', '.join(sorted(rep.kept_text))} "
+            "(names and identifiers removed; read them before release: --report lists them)"
+        )
     for line in skipped:
         typer.echo(f"  skipped {line}")
     for line in duplicates:
@@ -243,6 +249,7 @@ def deid(
                     "flagged": rep.flagged,
                     "failed": failed,
                     "skipped": skipped,
+                    "kept_text": {k: sorted(v) for k, v in sorted(rep.kept_text.items())},
                     "duplicates": duplicates,
                 },
                 indent=2,
@@ -264,6 +271,8 @@ def profiles(show: str | None = None) -> None:
     for p in builtin_profiles():
         typer.echo(f"{p.name:<12} {p.description}")
         typer.echo(f"{'':<12} keeps: {p.summary()}; burned-in: {p.burned_in.value}")
+        for line in p.deviations():
+            typer.echo(f"{'':<12} deviates from Table E.1-1: {line}")
 
 
 def reidentify(
@@ -277,17 +286,26 @@ def reidentify(
     Example: dicomlake reidentify DL4A3H6V21JN70 --vault /secure/vault.db --purpose "update case 12"
     """
     key_text = os.environ.get("DICOMLAKE_DEID__VAULT_KEY")
-    if not key_text:
-        typer.echo("error: DICOMLAKE_DEID__VAULT_KEY is not set; only key holders can re-identify", err=True)
-        raise typer.Exit(2)
     if not vault.is_file():
         typer.echo(f"error: vault {vault} not found", err=True)
         raise typer.Exit(2)
-    try:
-        from dicomlake.deid.pseudonym import parse_key
-        from dicomlake.deid.vault import Vault
+    if not key_text:
+        from dicomlake.deid.vault import log_access
 
-        with Vault(vault, parse_key(key_text, "DICOMLAKE_DEID__VAULT_KEY")) as v:
+        log_access(vault, "refused", list(pseudonyms), 0, purpose, reason="no key")
+        typer.echo("error: DICOMLAKE_DEID__VAULT_KEY is not set; only key holders can re-identify", err=True)
+        raise typer.Exit(2)
+    from dicomlake.deid.pseudonym import parse_key
+    from dicomlake.deid.vault import Vault, log_access
+
+    try:
+        key = parse_key(key_text, "DICOMLAKE_DEID__VAULT_KEY")
+    except DeidError as exc:
+        log_access(vault, "refused", list(pseudonyms), 0, purpose, reason="malformed key")
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        with Vault(vault, key) as v:
             pairs = v.reidentify(list(pseudonyms), kind=kind, purpose=purpose)
     except DeidError as exc:
         typer.echo(f"error: {exc}", err=True)

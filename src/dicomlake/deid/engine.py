@@ -35,6 +35,7 @@ from dicomlake.deid.table import (
     standard_tables,
 )
 from dicomlake.deid.text import (
+    REDACTED,
     Scrubber,
     name_terms,
     postcode_area,
@@ -133,6 +134,15 @@ class DeidReport:
     excluded: list[str] = field(default_factory=list)
     flagged: list[str] = field(default_factory=list)
     removed_elements: int = 0
+    kept_text: dict[str, set[str]] = field(default_factory=dict)
+    """Cleaned free text that was kept (Clean Descriptors / Structured Content), by keyword:
+    what a reviewer should read before release (``deid --report``)."""
+
+    def keep_text(self, keyword: str, value: str) -> None:
+        """Remember one kept cleaned value (at most 50 distinct values per keyword)."""
+        values = self.kept_text.setdefault(keyword, set())
+        if len(values) < 50:
+            values.add(value)
 
 
 @dataclass
@@ -141,6 +151,7 @@ class _Ctx:
     offset_days: int
     scrubber: Scrubber
     patient_pseudonym: str
+    animal: bool = False
 
 
 def settings_from_env() -> DeidSettings:
@@ -204,6 +215,7 @@ class Deidentifier:
         self._special = (
             self._keep | self._remove | set(self._pseudo) | set(self._generalize) | {_PATIENT_ID, _PATIENT_NAME}
         )
+        self._deviations = self.profile.deviations(self.tables)
         self._dates = (
             "full"
             if RetainOption.RETAIN_LONGITUDINAL_FULL_DATES in self.options
@@ -302,7 +314,8 @@ class Deidentifier:
         shift = shift_by(offset) if self._dates == "modified" else None
         terms = self._identifying_terms(ds, sop_class)
         pseudo = self.keys.code("PatientID", patient_key, self.profile.patient_id_prefix)
-        return _Ctx(sop_class, offset, Scrubber(terms, shift), pseudo)
+        animal = bool(ds.get("PatientSpeciesDescription") or ds.get("PatientSpeciesCodeSequence"))
+        return _Ctx(sop_class, offset, Scrubber(terms, shift), pseudo, animal)
 
     def _identifying_terms(self, ds: Dataset, sop_class: str) -> list[str]:
         """Values this profile removes or replaces: they must not survive inside free text."""
@@ -371,8 +384,14 @@ class Deidentifier:
             if mode != "dummy" and group % 2 == 0 and tag not in self._special:
                 vr = raw.VR or _dict_vr(tag)
                 if vr in _PASS_VRS and self.tables.row_for(tag) is None:
-                    # Not in Table E.1-1, not text, date or UID: kept as read if the IOD has it.
-                    if self.tables.iod_type(ctx.sop_class, tag, parent) is None:
+                    # Not in Table E.1-1, not text, date or UID: kept as read if the IOD has it,
+                    # or if the pixel data cannot be read without it (Number of Frames in an
+                    # MR, US or SC file whose IOD table lacks the Multi-frame Module).
+                    if (
+                        tag not in _PIXEL_DESCRIPTION
+                        and not (parent is None and self._overlay_structure(tag))
+                        and self.tables.iod_type(ctx.sop_class, tag, parent) is None
+                    ):
                         self.report.removed_elements += 1
                     else:
                         out[tag] = raw
@@ -428,7 +447,19 @@ class Deidentifier:
             action = Action.U
         if "/" in action.value:
             action = resolve_compound(action, self.tables.iod_type(ctx.sop_class, tag, parent))
+        if action is Action.X and ctx.animal and parent is None and tag in _ANIMAL_TYPE_2C:
+            action = Action.Z  # Patient Module: Type 2C when the patient is an animal
         return self._apply(action, option, elem, tag, ctx, mode, sig)
+
+    def _overlay_structure(self, tag: int) -> bool:
+        """Overlay Rows/Columns/Type/Origin/Bits…: kept with the zeroed Overlay Data (Clean Graphics)."""
+        group = tag >> 16
+        return (
+            RetainOption.CLEAN_GRAPHICS in self.options
+            and 0x6000 <= group <= 0x601E
+            and group % 2 == 0
+            and (tag & 0xFFFF) in _OVERLAY_STRUCTURE
+        )
 
     def _apply(
         self,
@@ -478,6 +509,8 @@ class Deidentifier:
         if option is RetainOption.RETAIN_DEVICE_IDENTITY and vr == "AE":
             return DataElement(tag, vr, self.keys.code("AE", str(elem.value or ""), "AE", 10))
         if vr in _TEXT_VRS:
+            if option in (RetainOption.CLEAN_DESCRIPTORS, RetainOption.CLEAN_STRUCTURED_CONTENT):
+                return self._scrubbed(elem, ctx, clean=True)
             return self._scrubbed(elem, ctx)
         if vr == "UI":
             return self._uid_element(elem, force=True)
@@ -508,6 +541,8 @@ class Deidentifier:
         if vr in _TEXT_VRS:
             if mode == "dummy" and tag not in _CODE_ITEM_TAGS:
                 return DataElement(tag, vr, _DUMMY[vr])
+            if mode == "clean" and tag not in _CODE_ITEM_TAGS:
+                return self._scrubbed(elem, ctx, clean=True)  # e.g. Text Value in cleaned SR content
             return self._scrubbed(elem, ctx) if self.profile.scrub_free_text else _copy(elem)
         return _copy(elem)
 
@@ -612,7 +647,9 @@ class Deidentifier:
         out = [_shift_text(str(v or ""), vr, ctx.offset_days) for v in values]
         return DataElement(elem.tag, vr, out if len(out) > 1 else out[0])
 
-    def _scrubbed(self, elem: DataElement, ctx: _Ctx) -> DataElement:
+    def _scrubbed(self, elem: DataElement, ctx: _Ctx, clean: bool = False) -> DataElement:
+        """Text with identifying values out; ``clean``: PS3.15 cleaning of a descriptor or of
+        structured content (names and identifiers of anyone), the kept text reported."""
         vr = elem.VR
         values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
         out: list[Any] = []
@@ -621,7 +658,9 @@ class Deidentifier:
                 out.append(v if v is not None else "")
                 continue
             text = str(v)
-            new = ctx.scrubber.scrub(text)
+            new = ctx.scrubber.clean(text) if clean else ctx.scrubber.scrub(text)
+            if clean and new.replace(REDACTED, "").strip(" .,;:-"):
+                self.report.keep_text(elem.keyword or f"{int(elem.tag):08X}", new)
             out.append(PersonName(new) if vr == "PN" else new)
         return DataElement(elem.tag, vr, out if len(out) > 1 else out[0])
 
@@ -630,11 +669,14 @@ class Deidentifier:
     def _finish(self, src: Dataset, out: Dataset, ctx: _Ctx) -> None:
         # PS3.15 E.1.1: Patient Identity Removed YES, De-identification Method (Code Sequence).
         out.PatientIdentityRemoved = "YES"
-        out.DeidentificationMethod = (
-            f"dicomlake {__version__} PS3.15 E.1-1 {self.tables.edition} profile {self.profile.name}"
-        )[:64]
+        method = (f"dicomlake {__version__} PS3.15 E.1-1 {self.tables.edition} profile {self.profile.name}")[:64]
+        # deviations from Table E.1-1 are named: one value each (LO, VM 1-n), and one code each
+        out.DeidentificationMethod = [method, *(f"deviation: {d}"[:64] for d in self._deviations)]
+        if len(out.DeidentificationMethod) == 1:
+            out.DeidentificationMethod = method
         codes = [self.tables.cid7050["BasicApplicationConfidentialityProfile"]]
         codes += [self.tables.cid7050[o] for o in sorted(self.options, key=lambda o: o.value)]
+        codes += [(f"DEV{n:02d}", "99DICOMLAKE", d[:64]) for n, d in enumerate(self._deviations, 1)]
         items = []
         for value, scheme, meaning in codes:
             item = Dataset()
@@ -650,6 +692,8 @@ class Deidentifier:
         }[self._dates]
         if "PatientID" not in out:
             out.PatientID = ctx.patient_pseudonym
+        if ctx.animal and "ResponsiblePersonRole" in out and not out.get("ResponsiblePerson"):
+            del out.ResponsiblePersonRole  # Type 1C: only with a Responsible Person value
         if "SpecificCharacterSet" in src and "SpecificCharacterSet" not in out:
             out.SpecificCharacterSet = src.SpecificCharacterSet
         meta = FileMetaDataset()
@@ -690,6 +734,63 @@ _PASS_VRS = {
     "OB or OW",
     "US or OW",
     "US or SS or OW",
+}
+
+
+# Patient Module attributes of Type 2C "required if the patient is an animal" that Table E.1-1
+# removes (X): emptied instead for an animal, so the IOD stays conformant.
+_ANIMAL_TYPE_2C = {
+    0x00102297,  # Responsible Person
+    0x00102299,  # Responsible Organization
+}
+
+# Overlay Plane Module attributes describing the bit plane (no content): kept beside the
+# zeroed Overlay Data under Clean Graphics (Overlay Rows, Columns, Type, Origin are Type 1).
+_OVERLAY_STRUCTURE = {
+    0x0010,  # Overlay Rows
+    0x0011,  # Overlay Columns
+    0x0015,  # Number of Frames in Overlay
+    0x0040,  # Overlay Type
+    0x0045,  # Overlay Subtype
+    0x0050,  # Overlay Origin
+    0x0051,  # Image Frame Origin
+    0x0100,  # Overlay Bits Allocated
+    0x0102,  # Overlay Bit Position
+}
+
+# Attributes the pixel data (or overlay data) depends on: never removed, whatever the IOD table
+# says; all are numbers or defined terms, none identifies anyone.
+_PIXEL_DESCRIPTION = {
+    0x00280002,  # Samples per Pixel
+    0x00280004,  # Photometric Interpretation
+    0x00280006,  # Planar Configuration
+    0x00280008,  # Number of Frames
+    0x00280010,  # Rows
+    0x00280011,  # Columns
+    0x00280034,  # Pixel Aspect Ratio
+    0x00280100,  # Bits Allocated
+    0x00280101,  # Bits Stored
+    0x00280102,  # High Bit
+    0x00280103,  # Pixel Representation
+    0x00280120,  # Pixel Padding Value
+    0x00280121,  # Pixel Padding Range Limit
+    0x00281101,  # Red Palette Color Lookup Table Descriptor
+    0x00281102,  # Green Palette Color Lookup Table Descriptor
+    0x00281103,  # Blue Palette Color Lookup Table Descriptor
+    0x00281104,  # Alpha Palette Color Lookup Table Descriptor
+    0x00281201,  # Red Palette Color Lookup Table Data
+    0x00281202,  # Green Palette Color Lookup Table Data
+    0x00281203,  # Blue Palette Color Lookup Table Data
+    0x00281204,  # Alpha Palette Color Lookup Table Data
+    0x00281221,  # Segmented Red Palette Color Lookup Table Data
+    0x00281222,  # Segmented Green Palette Color Lookup Table Data
+    0x00281223,  # Segmented Blue Palette Color Lookup Table Data
+    0x00281224,  # Segmented Alpha Palette Color Lookup Table Data
+    0x7FE00001,  # Extended Offset Table
+    0x7FE00002,  # Extended Offset Table Lengths
+    0x7FE00008,  # Float Pixel Data
+    0x7FE00009,  # Double Float Pixel Data
+    0x7FE00010,  # Pixel Data
 }
 
 

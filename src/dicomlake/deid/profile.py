@@ -12,7 +12,7 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
-from dicomlake.deid.table import RetainOption
+from dicomlake.deid.table import RetainOption, StandardTables, standard_tables
 from dicomlake.errors import DeidError
 
 
@@ -79,6 +79,29 @@ class DeidProfile:
     UIDs remapped (U) even where the IOD would allow removal, so references inside an exported
     set stay resolvable (IHE TCE: references within the set are updated)."""
     source: str = ""
+
+    def deviations(self, tables: StandardTables | None = None) -> list[str]:
+        """Where this profile departs from PS3.15 Table E.1-1 under its options: attributes the
+        table removes or blanks (X, Z, or a compound with them) that the profile pseudonymises,
+        generalises or keeps. Named in De-identification Method, its Code Sequence and
+        ``deid profiles``."""
+        tables = tables or standard_tables()
+        out = []
+        for what, keywords in (
+            ("keyed pseudonym", {k: "" for k in self.pseudonymize}),
+            ("generalised", self.generalize),
+            ("kept", {k: "" for k in self.keep}),
+        ):
+            for kw, how in keywords.items():
+                tag = tag_for_keyword(kw)
+                row = tables.by_tag.get(int(tag)) if tag is not None else None
+                if row is None:
+                    continue
+                action, _ = row.action(self.options)
+                if "X" in action.value or "Z" in action.value or (what == "kept" and action.value != "K"):
+                    label = f"{what} {how}".strip() if how else what
+                    out.append(f"{kw} {label} (E.1-1 {action.value})")
+        return out
 
     def summary(self) -> str:
         """One line on what the profile keeps."""

@@ -103,15 +103,18 @@ _CID_KEYWORD = {
 }
 
 # When several chosen options change one row, the one earlier here wins: retaining beats cleaning
-# (the user asked for the value), full dates beat modified dates.
+# (the user asked for the value), full dates beat modified dates. Modified dates come next: a
+# date is shifted whenever that option applies, even when another option would keep it (device
+# calibration, installation and manufacture dates under Retain Device Identity): one date kept
+# beside shifted ones gives away the patient's offset for every extract made with that key.
 _PRECEDENCE = [
     RetainOption.RETAIN_LONGITUDINAL_FULL_DATES,
+    RetainOption.RETAIN_LONGITUDINAL_MODIFIED_DATES,
     RetainOption.RETAIN_UIDS,
     RetainOption.RETAIN_DEVICE_IDENTITY,
     RetainOption.RETAIN_INSTITUTION_IDENTITY,
     RetainOption.RETAIN_PATIENT_CHARACTERISTICS,
     RetainOption.RETAIN_SAFE_PRIVATE,
-    RetainOption.RETAIN_LONGITUDINAL_MODIFIED_DATES,
     RetainOption.CLEAN_STRUCTURED_CONTENT,
     RetainOption.CLEAN_GRAPHICS,
     RetainOption.CLEAN_DESCRIPTORS,

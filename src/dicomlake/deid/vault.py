@@ -65,6 +65,7 @@ class Vault:
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)  # 0600 from the start: SQLite gives its -wal/-shm the same mode
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
@@ -82,6 +83,7 @@ class Vault:
                 self._aead.decrypt(blob[:12], blob[12:], b"check")
             except InvalidTag:
                 self._db.close()
+                log_access(self.path, "refused", [], 0, "", reason="wrong key")
                 raise DeidError(
                     f"vault {self.path}: the key does not open this vault; use the key it was "
                     "created with (DICOMLAKE_DEID__VAULT_KEY)"
@@ -140,17 +142,7 @@ class Vault:
         return int(self._db.execute("SELECT count(*) FROM pairs").fetchone()[0])
 
     def _log(self, action: str, pseudonyms: list[str], found: int, purpose: str) -> None:
-        entry = {
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "user": getpass.getuser(),
-            "pid": os.getpid(),
-            "action": action,
-            "pseudonyms": pseudonyms,
-            "found": found,
-            "purpose": purpose,
-        }
-        with open(f"{self.path}.access.log", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        log_access(self.path, action, pseudonyms, found, purpose)
 
     def close(self) -> None:
         """Write what is buffered and close the file."""
@@ -162,3 +154,33 @@ class Vault:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (whatever the umask)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def log_access(vault: Path, action: str, pseudonyms: list[str], found: int, purpose: str, *, reason: str = "") -> None:
+    """Append one line to ``<vault>.access.log`` (mode 0600): who, when, which pseudonyms, why.
+
+    Refused attempts (no key, wrong key) are logged too; originals never are.
+    """
+    entry: dict[str, object] = {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "user": getpass.getuser(),
+        "pid": os.getpid(),
+        "action": action,
+        "pseudonyms": pseudonyms,
+        "found": found,
+        "purpose": purpose,
+    }
+    if reason:
+        entry["reason"] = reason
+    fd = os.open(f"{vault}.access.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
