@@ -259,7 +259,33 @@ def test_refused_send_keeps_the_file_and_names_the_peers_answer(peers: Peers, tm
     )
     assert down.returncode == 1 and "cannot connect" in down.stderr, down.stderr
     assert len(_written(tmp_path / "b")) == 1
-    assert "Traceback" not in unknown.stderr + down.stderr
+
+    # dcmtk storescp: by default it takes uncompressed transfer syntaxes only (not this JPEG);
+    # with +xa it takes the association, then aborts it on the C-STORE request
+    def storescp(*options: str, out: str) -> subprocess.CompletedProcess[str]:
+        peer = subprocess.Popen(
+            peers.pacs.command(["storescp", *options, "-od", str(tmp_path), "11115"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_port(peers.pacs, 11115)
+            return peers.dicomlake(
+                "wrap", photo, "--out", str(tmp_path / out), "--patient-id", "X3", "--send", "SCP@127.0.0.1:11115"
+            )
+        finally:
+            peer.terminate()
+            peer.wait(10)
+
+    no_jpeg = storescp(out="d")
+    assert no_jpeg.returncode == 1, no_jpeg.stdout + no_jpeg.stderr
+    assert "none of the proposed presentation contexts" in no_jpeg.stderr and "1.2.840.10008.1.2.4.50" in no_jpeg.stderr
+    assert len(_written(tmp_path / "d")) == 1
+    aborted = storescp("+xa", "--abort-after", out="c")
+    assert aborted.returncode == 1 and "aborted the association" in aborted.stderr, aborted.stdout + aborted.stderr
+    assert "0 sent, 1 refused" in aborted.stdout
+    assert len(_written(tmp_path / "c")) == 1
+    assert "Traceback" not in unknown.stderr + down.stderr + aborted.stderr + no_jpeg.stderr
     assert set(peers.pacs.instances()) == before
     # the kept file goes later, with `dicomlake send`
     again = peers.dicomlake("send", str(_written(tmp_path / "b")[0]), "--to", peers.destination)

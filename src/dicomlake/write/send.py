@@ -11,6 +11,7 @@ import base64
 import logging
 import re
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -118,6 +119,8 @@ def associate(
         # the A-ASSOCIATE-RJ PDU itself: a peer that closes the connection right after
         # sending it can make the state machine report an abort instead of the rejection
         pdu = event.pdu
+        if type(pdu).__name__ == "A_ASSOCIATE_AC":
+            seen["accepted"] = "yes"
         if type(pdu).__name__ == "A_ASSOCIATE_RJ":
             seen["reject"] = (
                 f"association rejected ({pdu.result_str}; source: {pdu.source_str}; reason: {pdu.reason_str})"
@@ -133,6 +136,13 @@ def associate(
         return assoc
     if "reject" in seen:
         raise AssociationError(f"{what} {peer}: {seen['reject']}; check the AE titles each side expects")
+    if "accepted" in seen:
+        offered = "; ".join(f"{abstract} in {', '.join(syntaxes)}" for abstract, syntaxes in contexts[:6])
+        raise AssociationError(
+            f"{what} {peer}: the peer accepted the association but none of the proposed presentation "
+            f"contexts (SOP Class in transfer syntax: {offered}); it does not take these objects in "
+            "these transfer syntaxes"
+        )
     if assoc.is_rejected:
         raise AssociationError(f"{what} {peer}: association rejected; check the AE titles each side expects")
     raise AssociationError(f"{what} {peer}: association aborted or timed out before it was accepted")
@@ -195,12 +205,18 @@ def c_store(
                 result = SendResult(path, uid, False, None, f"association lost before this file; kept {path}")
             else:
                 ds = dcmread(path)
+                started = time.monotonic()
                 status = assoc.send_c_store(ds)
                 code = int(getattr(status, "Status", -1)) if status is not None and "Status" in status else None
                 if code is None:
-                    result = SendResult(
-                        path, uid, False, None, f"no answer from the peer (timeout or abort); kept {path}"
+                    why = (
+                        "the peer aborted the association (A-ABORT or closed connection) instead of answering"
+                        # no answer well before the DIMSE timeout: the peer aborted or closed
+                        # (pynetdicom's flags can lag behind its return)
+                        if assoc.is_aborted or not assoc.is_established or time.monotonic() - started < timeout * 0.9
+                        else "no answer from the peer within the timeout"
                     )
+                    result = SendResult(path, uid, False, None, f"{why}; kept {path}")
                 elif code == 0x0000 or code & 0xF000 == 0xB000:
                     result = SendResult(path, uid, True, code, _describe_status(code))
                 else:
