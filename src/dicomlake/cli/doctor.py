@@ -103,10 +103,56 @@ def check_python() -> list[Check]:
     return out
 
 
+def check_lake_modes(lake: Path) -> Check:
+    """Warn when the lake folder, its database or its spool/quarantine are open to other users."""
+    import stat
+
+    wide = []
+    for p in (lake, lake / "lake.duckdb", lake / "lake.duckdb.wal", lake / "spool", lake / "quarantine"):
+        try:
+            mode = stat.S_IMODE(p.stat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o077:
+            wide.append(f"{p.name if p != lake else str(lake)} {mode:04o}")
+    if not wide:
+        return Check("lake permissions", "ok", "owner only (folder 0700, files 0600)")
+    return Check(
+        "lake permissions",
+        "warn",
+        "open to other users: " + ", ".join(wide),
+        f"the lake holds patient data: chmod -R go-rwx {lake}",
+    )
+
+
+def check_postgres_lake(url: str) -> list[Check]:
+    """A PostgreSQL lake: can we connect, and which schema version does it hold."""
+    from dicomlake.store.postgres import redact
+
+    shown = redact(url)
+    try:
+        import psycopg
+    except ImportError:
+        return [Check("lake", "fail", f"{shown}: psycopg is not installed", "pip install 'dicomlake[server]'")]
+    try:
+        with psycopg.connect(url, connect_timeout=5) as con:
+            row = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'instances' "
+                "AND table_schema = current_schema()"
+            ).fetchone()
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [Check("lake", "fail", f"{shown}: cannot connect ({first})", "check the URL, the server and the role")]
+    state = "holds a lake" if row and row[0] else "empty database (the first ingest creates the lake)"
+    return [Check("lake", "ok", f"PostgreSQL {shown}: {state}")]
+
+
 def check_lake(lake: Path) -> list[Check]:
     out: list[Check] = []
-    if "://" in str(lake):
-        return [Check("lake", "ok", f"{lake} (server database; not checked here)")]
+    from dicomlake.store.postgres import is_postgres_url, normalise_url
+
+    if is_postgres_url(str(lake)):  # a URL passed through Path has lost one '/' of '//'
+        return check_postgres_lake(normalise_url(str(lake)))
     lake = lake.expanduser()
     probe = lake if lake.exists() else next((p for p in lake.absolute().parents if p.exists()), Path("/"))
     if lake.exists() and not lake.is_dir():
@@ -127,6 +173,8 @@ def check_lake(lake: Path) -> list[Check]:
             "" if writable else f"give the service user write access: chown -R $USER {probe}",
         )
     )
+    if lake.is_dir():
+        out.append(check_lake_modes(lake))
     free = shutil.disk_usage(probe).free
     out.append(
         Check(

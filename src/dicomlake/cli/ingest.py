@@ -57,10 +57,17 @@ def ingest(
         return
     if out is not None:
         raise ValueError("--out is for --engine spark (a Parquet lake folder); the embedded engine writes --lake")
+    from dicomlake.errors import ConfigError
     from dicomlake.store.open import lake_kind, open_store
     from dicomlake.store.postgres import normalise_url, redact
 
     target = lake_path(lake)
+    if lake_kind(target) == "parquet":
+        raise ConfigError(
+            f"{target} is a Parquet lake, which ingest cannot add to: ingest into a DuckDB folder or a "
+            "postgresql:// lake, then write a new Parquet lake with `dicomlake export --format lake --out DIR` "
+            "(or `dicomlake ingest --engine spark FILES --out NEW_DIR`)"
+        )
     if lake_kind(target) == "postgres":
         with open_store(normalise_url(str(target))) as store:
             rep = ingest_paths(
@@ -89,10 +96,17 @@ def ingest(
     )
     folder = Path(rep.lake) if "://" not in rep.lake else (quarantine or Path("dicomlake-data"))
     dest = report or folder / "reports" / f"ingest-{rep.run_id}.json"
-    _summary(f"ingest {rep.run_id} into {rep.lake}", rows, rep, rep.lake, dest)
+    _summary(f"ingest {rep.run_id} into {rep.lake}", rows, rep, rep.lake, dest, kept_in=folder / "quarantine")
 
 
-def _summary(title: str, rows: tuple[tuple[str, object], ...], rep: object, lake: str | Path, dest: Path) -> None:
+def _summary(
+    title: str,
+    rows: tuple[tuple[str, object], ...],
+    rep: object,
+    lake: str | Path,
+    dest: Path,
+    kept_in: Path | None = None,
+) -> None:
     """Print the closing table, the rejects hint and notes; write the JSON report; exit 0/1."""
     from rich.console import Console
     from rich.table import Table
@@ -105,7 +119,7 @@ def _summary(title: str, rows: tuple[tuple[str, object], ...], rep: object, lake
     rejected = getattr(rep, "rejected", 0)
     if rejected:
         console.print(
-            f"[yellow]{rejected} input(s) rejected; their bytes are kept in {lake}/quarantine. "
+            f"[yellow]{rejected} input(s) rejected; their bytes are kept in {kept_in or f'{lake}/quarantine'}. "
             f"List them with: dicomlake rejects --lake {lake}"
         )
     for note in getattr(rep, "notes", [])[:10]:

@@ -88,6 +88,19 @@ def serve(
         }
     dimse = type(settings.dimse).model_validate(data)
     folder = lake_path(lake)
+    from dicomlake.store.open import lake_kind
+
+    if lake_kind(folder) != "duckdb":  # before anything is created: no stray './postgresql:/…' folder
+        from dicomlake.errors import ConfigError
+        from dicomlake.store.postgres import normalise_url, redact
+
+        shown = redact(normalise_url(str(folder)))
+        raise ConfigError(
+            f"dicomlake serve --lake {shown}: the service holds a DuckDB lake folder and cannot serve a "
+            f"{'PostgreSQL' if lake_kind(folder) == 'postgres' else 'Parquet'} lake; serve a folder "
+            f"(--lake ./dicomlake-data) and copy it with `dicomlake import ./dicomlake-data --lake {shown}`"
+            + (", or ingest files straight into it with `dicomlake ingest FILES --lake URL`" if "://" in shown else "")
+        )
     web = None
     if not no_web:
         from dicomlake.web.settings import web_settings

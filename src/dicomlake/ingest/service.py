@@ -119,7 +119,9 @@ class Service:
                 f"{self.lake} is already served by pid {other.pid} ({other.ae_title} on port {other.port}); "
                 "stop it first or choose another --lake"
             )
-        self.lake.mkdir(parents=True, exist_ok=True)
+        from dicomlake.store.duckdb import make_private_dir
+
+        make_private_dir(self.lake)  # 0700: the lake's files are its owner's only
         cols_file = str(self.settings.columns_file) if self.settings.columns_file else None
         columns = instance_columns(cols_file)
         try:

@@ -264,7 +264,7 @@ class Spool:
         self._dir_fds: dict[Path, int] = {}
         self._lock = threading.Lock()
         for d in (self.root, self.tmp_dir, *(self.root / label for label in LABELS)):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)  # received instances: the owner's only
         for d in (self.lake, self.root):
             self.sync_dir(d)
         # Half-written files were never acknowledged: the sender still has them.

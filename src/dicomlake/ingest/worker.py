@@ -228,12 +228,14 @@ def _quarantine(lake: Path, data: bytes) -> tuple[str, str]:
     rel = Path("quarantine") / digest[:2] / digest
     dest = lake / rel
     if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        (lake / "quarantine").mkdir(parents=True, exist_ok=True, mode=0o700)  # the owner's only
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
         os.replace(tmp, dest)
     return digest, str(rel)
 

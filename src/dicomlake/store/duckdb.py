@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +28,24 @@ def table_schemas(columns: InstanceColumns) -> dict[str, pa.Schema]:
     }
 
 
+def make_private_dir(path: Path) -> None:
+    """Create a lake folder (and missing parents) readable by its owner only (0700).
+
+    A folder that exists keeps its mode: ``dicomlake doctor`` warns when it is wider.
+    """
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _chmod(path, 0o700)  # mkdir's mode is filtered through the umask
+
+
+def _chmod(path: Path, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError:  # a file system without modes (some network mounts): doctor reports it
+        pass
+
+
 def _to_arrow(rel: duckdb.DuckDBPyConnection) -> pa.Table:
     """The result as an Arrow table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
     fetch = getattr(rel, "to_arrow_table", None) or getattr(rel, "fetch_arrow_table")  # noqa: B009
@@ -46,13 +65,24 @@ class DuckDBStore:
         self.read_only = read_only
         self.columns = columns or instance_columns()
         db = self.lake / DB_NAME
+        from dicomlake.store.parquet import is_parquet_lake
+        from dicomlake.store.postgres import is_postgres_url
+
+        if is_postgres_url(str(lake)):
+            raise ConfigError(f"{lake} is a PostgreSQL URL, not a DuckDB lake folder; open it with open_store()")
+        if not db.exists() and is_parquet_lake(self.lake):
+            raise ConfigError(
+                f"{self.lake} is a Parquet lake, which cannot be written here: ingest into a DuckDB folder or a "
+                "postgresql:// lake, then write a new Parquet lake with `dicomlake export --format lake --out DIR`"
+            )
         if read_only and not db.exists():
             raise ConfigError(
                 f"no lake at {self.lake} (missing {DB_NAME}); run `dicomlake ingest PATH --lake {self.lake}` "
                 "first or point --lake / DICOMLAKE_LAKE at an existing lake"
             )
+        created = not db.exists()
         if not read_only:
-            self.lake.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.lake)
         try:
             self.con = duckdb.connect(str(db), read_only=read_only)
         except duckdb.IOException as exc:
@@ -60,8 +90,11 @@ class DuckDBStore:
                 f"cannot open {db}: {exc}. Another dicomlake process (ingest or serve) may hold "
                 "the lake; wait for it, or query through the running service"
             ) from exc
+        self._wal_private = read_only
         if not read_only:
             self._ensure_schema()
+            if created:
+                _chmod(db, 0o600)
 
     # ---- schema -------------------------------------------------------------------------
 
@@ -135,6 +168,11 @@ class DuckDBStore:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        if not self._wal_private:  # DuckDB creates the WAL with the umask's mode at the first write
+            wal = self.lake / f"{DB_NAME}.wal"
+            if wal.exists():
+                _chmod(wal, 0o600)
+                self._wal_private = True
         n_inst = inst.num_rows if inst is not None else 0
         return WriteReport(
             inserted=n_inst - replaced,

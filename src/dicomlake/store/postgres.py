@@ -14,6 +14,7 @@ The query layer writes DuckDB SQL; :mod:`dicomlake.store.dialect` translates it.
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -245,8 +246,12 @@ class PostgresStore:
             self.connection.cursor() as cur,
             cur.copy(f'COPY (SELECT {cols} FROM "{name}") TO STDOUT (FORMAT csv)') as cp,
         ):
+            chunks = (bytes(b) for b in cp)
+            first = next(chunks, b"")
+            if not first:  # an empty table: COPY sends nothing, which Arrow's CSV reader refuses
+                return
             reader = pacsv.open_csv(
-                io.BufferedReader(_CopyReader(bytes(b) for b in cp), buffer_size=1 << 20),
+                io.BufferedReader(_CopyReader(itertools.chain([first], chunks)), buffer_size=1 << 20),
                 read_options=pacsv.ReadOptions(column_names=schema.names, block_size=16 << 20),
                 convert_options=pacsv.ConvertOptions(
                     column_types=types,
