@@ -43,8 +43,8 @@ target_region                         string              123014 meaning (header
 acquisition_plane                     string              113764 meaning, e.g. 'Single Plane'
 reference_point_definition            string              113780 text or meaning
 ct_acquisition_type                   string              113820 meaning, e.g. 'Spiral Acquisition'
-CTDIvol_mGy                           double    mGy       Mean CTDIvol (113830)
-DLP_mGycm                             double    mGy.cm    DLP (113838)
+CTDIvol_mGy                           double    mGy       Mean CTDIvol (113830), first value
+DLP_mGycm                             double    mGy.cm    DLP (113838), first value
 phantom                               string              CTDIw phantom: '16' (head) or '32' (body) cm
 scanning_length_mm                    double    mm        Scanning Length (113825)
 pitch_factor                          double    ratio     Pitch Factor (113828)
@@ -52,21 +52,23 @@ total_collimation_width_mm            double    mm        Nominal Total Collimat
 number_of_xray_sources                int64               Number of X-Ray Sources (113823)
 exposure_time_per_rotation_s          double    s         Exposure Time per Rotation (113834), mean
 kvp                                   double    kV        KVP (113733), mean over pulses/sources
+kvp_values                            string    kV        every KVP value of the event, '\\'-joined (RDSR)
 tube_current_mA                       double    mA        X-Ray Tube Current (113734), mean
+tube_current_mA_values                string    mA        every X-Ray Tube Current value, '\\'-joined (RDSR)
 exposure_time_ms                      double    ms        Exposure Time (113824, retired 113735), sum
 exposure_mAs                          double    mAs       Exposure (113736), sum over pulses
-pulse_rate                            double    1/s       Pulse Rate (113791)
+pulse_rate                            double    1/s       Pulse Rate (113791), mean
 pulse_width_ms                        double    ms        Pulse Width (113793), mean
-number_of_pulses                      int64               Number of Pulses (113768)
-irradiation_duration_s                double    s         Irradiation Duration (113742)
-half_value_layer_mm                   double    mm        Half Value Layer (111634)
+number_of_pulses                      int64               Number of Pulses (113768), sum
+irradiation_duration_s                double    s         Irradiation Duration (113742), sum
+half_value_layer_mm                   double    mm        Half Value Layer (111634), mean
 anode_target                          string              Anode Target Material, e.g. 'TUNGSTEN'
 filter_material                       string              X-Ray Filter Material(s), '\\'-joined
-dap_Gym2                              double    Gy.m2     Dose Area Product (122130)
-dose_rp_Gy                            double    Gy        Dose (RP) (113738)
-entrance_exposure_mGy                 double    mGy       Entrance Exposure at RP (111636) / entrance dose
+dap_Gym2                              double    Gy.m2     Dose Area Product (122130), first value
+dose_rp_Gy                            double    Gy        Dose (RP) (113738), first value
+entrance_exposure_mGy                 double    mGy       Entrance Exposure at RP (111636) / entrance dose, first value
 distance_source_to_rp_mm              double    mm        Distance Source to Reference Point (113737)
-agd_mGy                               double    mGy       Average Glandular Dose (111631)
+agd_mGy                               double    mGy       Average Glandular Dose (111631), first value
 compressed_breast_thickness_mm        double    mm        Compression Thickness (111633)
 compression_force_N                   double    N         Compression Force (111647)
 laterality                            string              'R', 'L', 'B' (or header 'U')
@@ -105,7 +107,10 @@ radiopharmaceutical_start_datetime    timestamp local     Radiopharmaceutical St
 Where a template gives several values for one event (per pulse, per CT X-ray source,
 or a multi-valued NumericValue) a row holds their mean (kVp, tube current, pulse
 width, rotation time, HVL) or their sum (exposure, exposure time, number of pulses,
-irradiation duration); doses take the first value. Projection RDSRs are ``'MG'`` for
+irradiation duration); doses take the first value. The kVp and tube current values
+themselves are kept too, in document order (``kvp_values``, ``tube_current_mA_values``:
+e.g. the per-pulse values of a GE Pristina or a tomosynthesis sweep), so the mean is
+never the only record of them. Projection RDSRs are ``'MG'`` for
 mammography, ``'RF'`` when they record fluoroscopy (a Fluoroscopy event or a non-zero
 fluoro total), else ``'DX'``; ``'XA'`` only comes from XA image headers, and CR/PX/IO
 headers count as ``'DX'``. Not extracted: CT Dose Check alerts, per-organ NM doses,
@@ -179,6 +184,8 @@ _COLUMNS: tuple[_Column, ...] = (
     _Column("exposure_time_per_rotation_s", _F, "s"),
     _Column("kvp", _F, "kV"),
     _Column("tube_current_mA", _F, "mA"),
+    _Column("kvp_values", _S),
+    _Column("tube_current_mA_values", _S),
     _Column("exposure_time_ms", _F, "ms"),
     _Column("exposure_mAs", _F, "mAs"),
     _Column("pulse_rate", _F, "/s"),
@@ -409,6 +416,10 @@ def _concept_key(item: ContentItem) -> str | None:
     return _codes().aliases.get(key, key)
 
 
+# columns whose every value is kept beside the statistic (a string column, '\'-joined)
+_LISTED = {"kvp": "kvp_values", "tube_current_mA": "tube_current_mA_values"}
+
+
 def _num_columns(items: Iterable[ContentItem], table: Mapping[str, _Concept], where: str) -> dict[str, object]:
     """Fill columns from the NUM items among ``items`` that ``table`` maps."""
     collected: dict[str, list[float]] = {}
@@ -436,6 +447,9 @@ def _num_columns(items: Iterable[ContentItem], table: Mapping[str, _Concept], wh
             how[concept.column] = concept.how
     out: dict[str, object] = {}
     for column, values in collected.items():
+        listed = _LISTED.get(column)
+        if listed is not None:
+            out[listed] = "\\".join(f"{v:.12g}" for v in values)
         if how[column] == "mean":
             out[column] = float(f"{math.fsum(values) / len(values):.15g}")
         elif how[column] == "sum":
