@@ -4,7 +4,6 @@ national DRLs and alerts above configured thresholds."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import polars as pl
@@ -17,6 +16,7 @@ from dicomlake.audit.common import (
     std_expr,
     std_instances,
 )
+from dicomlake.audit import drl as drl_rules
 from dicomlake.audit.events import distinct_events_sql, study_totals
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.query.lake import Lake
@@ -41,16 +41,21 @@ def _events(lake: Lake, selection: Selection, families: tuple[str, ...]) -> pl.D
     return lake.sql(sql, params).drop("_copy")
 
 
-def _national(rules: list[dict[str, Any]], name: str | None, key: str) -> float | None:
-    if not name:
-        return None
-    for r in rules:
-        if key in r and re.search(str(r.get("match", "")), name, re.IGNORECASE):
-            return float(r[key])
-    return None
+def judge(df: pl.DataFrame, name: str, value: str, rules: list[drl_rules.Rule], key: str) -> pl.DataFrame:
+    """Add the DRL each row is judged against: ``drl_rule``, ``national_drl``, ``over_national``
+    and ``drl_match`` (why this rule, or why none: no match, ambiguous)."""
+    got = [drl_rules.match(rules, n, key) for n in df.get_column(name).to_list()]
+    vals = df.get_column(value).to_list()
+    return df.with_columns(
+        pl.Series("drl_rule", [m.rule for m in got], dtype=pl.String),
+        pl.Series(f"national_drl_{key}", [m.value for m in got], dtype=pl.Float64),
+        pl.Series(f"over_national_{key}", [(v / m.value) if (v is not None and m.value) else None
+                                          for v, m in zip(vals, got, strict=True)], dtype=pl.Float64),
+        pl.Series("drl_match", [m.note for m in got], dtype=pl.String),
+    )  # fmt: skip
 
 
-def _stats_by(df: pl.DataFrame, group: str, room: str, value: str, unit: str, national: list[dict[str, Any]],
+def _stats_by(df: pl.DataFrame, group: str, room: str, value: str, unit: str, national: list[drl_rules.Rule],
               national_key: str) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
     """Medians per (group, room) and the DRL table per group."""
     part = df.filter(pl.col(value).is_not_null())
@@ -65,12 +70,15 @@ def _stats_by(df: pl.DataFrame, group: str, room: str, value: str, unit: str, na
             .to_list()
         )
         q3 = quantile(meds, 0.75)
-        nat = _national(national, key, national_key)
-        rows.append({group: key, "rooms": len(meds), f"local_drl_{unit}": q3, f"national_drl_{unit}": nat,
-                     "local_over_national": (q3 / nat) if (q3 is not None and nat) else None})  # fmt: skip
-    drl = pl.DataFrame(rows, schema={group: pl.String, "rooms": pl.Int64, f"local_drl_{unit}": pl.Float64,
-                                     f"national_drl_{unit}": pl.Float64, "local_over_national": pl.Float64})  # fmt: skip
-    return med, drl
+        m = drl_rules.match(national, key, national_key)
+        nat = m.value
+        rows.append({group: key, "rooms": len(meds), f"local_drl_{unit}": q3, "drl_rule": m.rule,
+                     f"national_drl_{unit}": nat, "local_over_national": (q3 / nat) if (q3 is not None and nat) else None,
+                     "drl_match": m.note})  # fmt: skip
+    table = pl.DataFrame(rows, schema={group: pl.String, "rooms": pl.Int64, f"local_drl_{unit}": pl.Float64,
+                                       "drl_rule": pl.String, f"national_drl_{unit}": pl.Float64,
+                                       "local_over_national": pl.Float64, "drl_match": pl.String})  # fmt: skip
+    return med, table
 
 
 def _bar(med: pl.DataFrame, group: str, room: str, ycol: str, ytitle: str, drl: pl.DataFrame | None = None,
@@ -110,15 +118,27 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
         + f" {studies.height:,} studies. From the CT Radiation Dose SR (TID 10011) where the study has one, "
         "else the image headers (CTDIvol only).",
         all_data=events.select("StudyInstanceUID", "StudyDate", "scanner", "study_description_std", "protocol",
-                               "ct_acquisition_type", "CTDIvol_mGy", "DLP_mGycm", "phantom", "source", "SOPInstanceUID"),
+                               "ct_acquisition_type", "CTDIvol_mGy", "DLP_mGycm", "phantom", "source", "SOPInstanceUID",
+                               "IrradiationEventUID"),
         sheets_by="protocol",
     )  # fmt: skip
-    nat = list(cfg.get("drl", []))
-    med_ev, drl_ev = _stats_by(events, "protocol", "scanner", "CTDIvol_mGy", "CTDIvol_mGy", nat, "CTDIvol_mGy")
+    nat = drl_rules.parse_rules(list(cfg.get("drl", [])), "ct")
+    studies = judge(studies, "study_description_std", "DLP_total_mGycm", nat, "DLP_mGycm")
+    # localisers (no CTDIvol, or a constant-angle acquisition) are not compared with DRLs
+    events = events.with_columns(
+        ((pl.col("CTDIvol_mGy").fill_null(1.0) == 0)
+         | pl.col("ct_acquisition_type").fill_null("").str.to_lowercase().str.starts_with("constant angle")).alias("localiser")
+    )  # fmt: skip
+    n_loc = events.filter(pl.col("localiser")).height
+    res.all_data = res.all_data.with_columns(events.get_column("localiser")) if res.all_data is not None else None
+    med_ev, drl_ev = _stats_by(events.filter(~pl.col("localiser")), "protocol", "scanner", "CTDIvol_mGy", "CTDIvol_mGy",
+                               nat, "CTDIvol_mGy")  # fmt: skip
     med_st, drl_st = _stats_by(
         studies, "study_description_std", "scanner", "DLP_total_mGycm", "DLP_mGycm", nat, "DLP_mGycm"
     )
-    res.numbers.update({"events": events.height, "studies": studies.height})
+    res.numbers.update({"events": events.height, "studies": studies.height, "localisers": n_loc})
+    res.numbers["study_drl"] = {r["StudyInstanceUID"]: (r["drl_rule"], r["national_drl_DLP_mGycm"])
+                                for r in studies.to_dicts()}  # fmt: skip
     res.numbers["median_CTDIvol"] = {(r[0], r[1]): r[3] for r in med_ev.iter_rows()}
     res.numbers["median_DLP"] = {(r[0], r[1]): r[3] for r in med_st.iter_rows()}
     res.numbers["drl_CTDIvol"] = dict(
@@ -144,7 +164,8 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
     n_no = events.filter(pl.col("CTDIvol_mGy").is_null()).height
     res.charts.append(Chart(
         "ctdivol", "Median CTDIvol by acquisition protocol and scanner",
-        f"Irradiation events with a CTDIvol (localisers included; {n_no:,} events without CTDIvol left out). "
+        f"Irradiation events with a CTDIvol; {n_loc:,} localisers (CTDIvol 0 or a constant-angle acquisition) and "
+        f"{n_no:,} events without CTDIvol left out, so no localiser is compared with a DRL. "
         "Protocols are standardised names where a mapping is confirmed. Black marks: local DRL.",
         _bar(med_ev, "protocol", "scanner", "median_CTDIvol_mGy", "Median CTDIvol (mGy)", drl_ev, "local_drl_CTDIvol_mGy"),
         med_ev,
@@ -167,7 +188,15 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
         Table("dlp", "Total DLP by study description and scanner", "Per study.", med_st),
         Table("drl-dlp", "DLP DRLs by study description", "Local DRL = Q3 of scanner medians.", drl_st),
         Table("alerts", "Alerts", f"Events above {a_ct:g} mGy CTDIvol; studies above {a_dlp:g} mGy·cm DLP.", alerts),
-        Table("studies", "Studies", "One row per study.", studies),
+        Table(
+            "studies",
+            "Studies",
+            "One row per study: each irradiation event once (several dose SRs of a study "
+            "share their events), the DLP total from the accumulated data of the reports that no later report "
+            "supersedes (DLP_total_mGycm_from), and the national DRL rule it is judged against (drl_rule, "
+            "drl_match: most specific rule first; an ambiguous description is not judged).",
+            studies,
+        ),
     ]
     return res
 
@@ -194,8 +223,9 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
            on="StudyInstanceUID", how="left")
      .sort("StudyDate", "StudyInstanceUID", nulls_last=True))  # fmt: skip
     label = {"dx": "Radiography (DX/CR)", "rf": "Fluoroscopy (RF)"}.get(key, family)
-    nat = list(cfg.get("drl", []))
+    nat = drl_rules.parse_rules(list(cfg.get("drl", [])), key)
     if key == "rf":
+        studies = judge(studies, "study_description_std", "dap_total_cGycm2", nat, "dap_cGycm2")
         data, group, value = studies, "study_description_std", "dap_total_cGycm2"
         what = "per study (total DAP: the SR's Dose Area Product Total, else the sum of events)"
     else:
@@ -217,11 +247,16 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
         zip(drl.get_column(group).to_list(), drl.get_column("local_drl_dap_cGycm2").to_list(), strict=True)
     )
     a_dap = float(cfg.get("alert_dap_cGycm2", 500))
-    alerts = data.filter(pl.col(value) > a_dap).select("StudyInstanceUID", "StudyDate", "scanner", group, value)
+    alerts = data.filter(pl.col(value) > a_dap).select(
+        "StudyInstanceUID", "StudyDate", "scanner", pl.col(group).alias("what"), pl.lit(value).alias("quantity"),
+        pl.col(value).alias("value"), pl.lit("cGy·cm²").alias("unit"), pl.lit(a_dap).alias("threshold"))  # fmt: skip
     if key == "rf" and "alert_dose_rp_mGy" in cfg:
         a_rp = float(cfg["alert_dose_rp_mGy"])
         alerts = pl.concat([alerts, studies.filter(pl.col("dose_rp_total_mGy") > a_rp).select(
-            "StudyInstanceUID", "StudyDate", "scanner", group, pl.col("dose_rp_total_mGy").alias(value))], how="vertical_relaxed")  # fmt: skip
+            "StudyInstanceUID", "StudyDate", "scanner", pl.col(group).alias("what"),
+            pl.lit("dose_rp_total_mGy").alias("quantity"), pl.col("dose_rp_total_mGy").alias("value"),
+            pl.lit("mGy").alias("unit"), pl.lit(a_rp).alias("threshold"))], how="vertical_relaxed")  # fmt: skip
+    alerts = alerts.sort("StudyDate", "StudyInstanceUID", "quantity", nulls_last=True)
     res.numbers["alerts"] = alerts.height
     res.charts.append(Chart(
         "dap", f"Median DAP by {'study description' if key == 'rf' else 'protocol'} and room",

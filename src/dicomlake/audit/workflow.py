@@ -20,6 +20,7 @@ from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.query.lake import Lake
 
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+UNKNOWN_ROOM = "unknown room"
 
 
 def exams(lake: Lake, selection: Selection, exclude_modalities: list[str]) -> pl.DataFrame:
@@ -27,13 +28,13 @@ def exams(lake: Lake, selection: Selection, exclude_modalities: list[str]) -> pl
     cond, params = selection.sql(lake, "s")
     excl = ", ".join(f"'{m}'" for m in exclude_modalities) or "''"
     sql = f"""
-    SELECT s.StudyInstanceUID, coalesce(s.station_std, s.StationName, 'unknown room') AS room,
+    SELECT s.StudyInstanceUID, coalesce(s.station_std, nullif(trim(s.StationName), ''), '{UNKNOWN_ROOM}') AS room,
            any_value(s.Modality) AS Modality, any_value(s.PatientID) AS PatientID,
            any_value(s.institution_std) AS site, any_value(s.OperatorsName) AS OperatorsName,
            min(s.acquisition_datetime) AS start, max(s.acquisition_datetime) AS "end", count(*) AS instances
     FROM {std_instances(lake)} s
     WHERE {cond} AND s.acquisition_datetime IS NOT NULL AND coalesce(s.Modality, '') NOT IN ({excl})
-    GROUP BY 1, 2 ORDER BY room, start"""
+    GROUP BY 1, 2 ORDER BY room, start, "end", StudyInstanceUID"""
     df = lake.sql(sql, params)
     df = OperatorPseudonyms().column(df).drop("OperatorsName")
     return df.with_columns(((pl.col("end") - pl.col("start")).dt.total_seconds() / 60.0).alias("duration_min"))
@@ -83,8 +84,13 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
         res.notes.append(note)
     # gaps: from the end of one exam to the start of the next in the same room on the same day
     gaps = []
-    for (room,), part in df.sort("start").group_by("room", maintain_order=True):
-        rows = part.sort("start").select("StudyInstanceUID", "start", "end").rows()
+    # exams in a room in a fixed order (start, end, study UID): tied start times give the same
+    # gaps on every engine; the 'unknown room' bucket pools unrelated stations: no gap there
+    ordered = df.sort("room", "start", "end", "StudyInstanceUID", nulls_last=True)
+    for (room,), part in ordered.group_by("room", maintain_order=True):
+        if room == UNKNOWN_ROOM:
+            continue
+        rows = part.select("StudyInstanceUID", "start", "end").rows()
         for prev, cur in itertools.pairwise(rows):
             if prev[2].date() == cur[1].date():
                 g = (cur[1] - prev[2]).total_seconds() / 60.0
@@ -123,8 +129,9 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
                              marker_color=color(n), boxpoints="all", jitter=0.3))  # fmt: skip
     fig.update_layout(yaxis_title="Gap between patients (min)", template="plotly_white", height=420)
     res.charts.append(Chart("gaps", "Gap between patients per room",
-                            f"From the last acquisition of one exam to the first of the next in the same room, same day; "
-                            f"gaps over {max_gap:g} min are breaks and left out.", fig, gap_df))  # fmt: skip
+                            f"From the last acquisition of one exam to the first of the next in the same room, same day "
+                            f"(exams ordered by start, end, then study UID); gaps over {max_gap:g} min are breaks and "
+                            f"left out, and none is computed in the '{UNKNOWN_ROOM}' bucket (exams without a station).", fig, gap_df))  # fmt: skip
     fig = go.Figure()
     for n, room in enumerate(sorted(per_day.get_column("room").unique().to_list())):
         p = per_day.filter(pl.col("room") == room)
@@ -135,7 +142,7 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
         Chart("throughput", "Throughput per day", "Exams started per day, stacked by room.", fig, per_day)
     )
     fig = go.Figure(go.Heatmap(z=[[round(100 * v, 2) for v in row] for row in util], x=[f"{h:02d}:00" for h in range(24)],
-                               y=WEEKDAYS, colorscale="Blues", colorbar={"title": "% busy"}))  # fmt: skip
+                               y=WEEKDAYS, colorscale="Blues", zmin=0, colorbar={"title": "% busy"}))  # fmt: skip
     fig.update_layout(template="plotly_white", height=360, yaxis={"autorange": "reversed"})
     util_df = pl.DataFrame({"weekday": WEEKDAYS, **{f"{h:02d}": [util[w][h] for w in range(7)] for h in range(24)}})
     res.charts.append(Chart("utilisation", "Utilisation by hour and weekday",
