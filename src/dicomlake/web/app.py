@@ -95,7 +95,7 @@ def create_app(
         title="dicomlake",
         summary="DICOMweb (QIDO-RS, WADO-RS, STOW-RS), web UI and access log over a DICOM metadata lake",
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # our own /api/docs: Swagger UI from the package, not a CDN (see ui.api_docs)
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
@@ -151,6 +151,10 @@ def auth_headers(request: Request, exc: AuthError) -> dict[str, str]:
     return headers
 
 
+def internal_error(exc: BaseException) -> WebError:
+    return WebError(500, f"internal error ({type(exc).__name__}); the service log has the details")
+
+
 def error_response(request: Request, err: WebError) -> Response:
     if wants_html(request):
         from dicomlake.web import ui
@@ -199,9 +203,7 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _any(request: Request, exc: Exception) -> Response:
         LOG.exception("%s %s failed", request.method, request.url.path)
-        return error_response(
-            request, WebError(500, f"internal error ({type(exc).__name__}); the service log has the details")
-        )
+        return error_response(request, internal_error(exc))
 
 
 # ---- the middleware: authentication, CSRF, headers, access log ----------------------------
@@ -257,6 +259,12 @@ def _install_middleware(app: FastAPI, ctx: WebContext) -> None:
                 request.state.redirected_401 = True
             else:
                 response = error_response(request, WebError(exc.status, exc.message, headers=headers))
+        except Exception as exc:
+            # an unexpected error: answered here (not by Starlette's outermost handler), so the
+            # 500 gets the security headers and its access-log event like every other answer
+            LOG.exception("%s %s failed", request.method, path)
+            request.state.error_detail = f"internal error ({type(exc).__name__}); see the service log"
+            response = error_response(request, internal_error(exc))
         _headers(response, tls)
         try:
             await run_in_threadpool(_log_request, ctx, request, response.status_code, time.perf_counter() - t0)
@@ -308,6 +316,8 @@ def _log_request(ctx: WebContext, request: Request, status: int, seconds: float)
     rec.status = status
     if rec.outcome == 0:
         rec.outcome = outcome_of(status)
+    if rec.detail is None and status >= 500:
+        rec.detail = getattr(request.state, "error_detail", None)
     if rec.detail is None and seconds > 5:
         rec.detail = f"{seconds:.1f} s"
     ctx.db.record(rec)

@@ -210,8 +210,8 @@ class AccessDB:
             (redact(ev.query) or None) and (redact(ev.query) or "")[:4000],
             ev.status,
             n,
-            json.dumps(ev.instances[:MAX_LISTED]) if ev.instances else None,
-            json.dumps(ev.studies[:MAX_LISTED]) if ev.studies else None,
+            json.dumps([u for u in ev.instances if u][:MAX_LISTED]) if any(ev.instances or ()) else None,
+            json.dumps([u for u in ev.studies if u][:MAX_LISTED]) if any(ev.studies or ()) else None,
             ev.detail and ev.detail[:2000],
         )
         with self._lock:
@@ -353,6 +353,8 @@ def audit_message_xml(event: Mapping[str, Any], *, source_id: str | None = None)
     out.append("  </ActiveParticipant>")
     out.append(f"  <AuditSourceIdentification AuditSourceID={a(sid)}/>")
     for uid in json.loads(event.get("studies") or "[]"):
+        if not uid:  # an instance without a Study Instance UID (hostile or broken input)
+            continue
         out.append(
             f'  <ParticipantObjectIdentification ParticipantObjectID={a(uid)} ParticipantObjectTypeCode="2" '
             'ParticipantObjectTypeCodeRole="3">'
@@ -372,7 +374,7 @@ def audit_message_xml(event: Mapping[str, Any], *, source_id: str | None = None)
         )
         out.append("    <ParticipantObjectDescription>")
         for uid in instances:
-            out.append(f"      <SOPClass><Instance UID={a(uid)}/></SOPClass>")
+            out.append(f"      <SOPClass><Instance UID={a(str(uid or ''))}/></SOPClass>")
         out.append("    </ParticipantObjectDescription>")
         out.append("  </ParticipantObjectIdentification>")
     if code == AuditEvent.QUERY.value and event.get("query") is not None:

@@ -215,11 +215,21 @@ class Auth:
 
     # ---- bearer tokens -----------------------------------------------------------------
 
-    def issue_jwt(self, name: str, *, days: float | None = None) -> str:
-        """A signed bearer JWT for a user (IHE IUA style claims); its ``jti`` can be revoked."""
+    def _issuable(self, name: str) -> tuple[Role, str, bool]:
+        """The user a token may be issued for: it exists and is not disabled (KeyError otherwise)."""
         found = self.user(name)
         if found is None:
             raise KeyError(f"no user {name!r}; add one with `dicomlake user add {name} --role ROLE`")
+        if found[2]:
+            raise KeyError(
+                f"user {name!r} is disabled: no token is issued "
+                f"(enable it again with `dicomlake user add {name} --role {found[0].value}`)"
+            )
+        return found
+
+    def issue_jwt(self, name: str, *, days: float | None = None) -> str:
+        """A signed bearer JWT for a user (IHE IUA style claims); its ``jti`` can be revoked."""
+        found = self._issuable(name)
         life = (days if days is not None else self.settings.token_days) * 86400
         now = int(time.time())
         jti = uuid.uuid4().hex
@@ -243,8 +253,7 @@ class Auth:
 
     def issue_api_token(self, name: str, *, days: float | None = None) -> str:
         """An opaque API token (``dlk_…``); only its SHA-256 is stored."""
-        if self.user(name) is None:
-            raise KeyError(f"no user {name!r}; add one with `dicomlake user add {name} --role ROLE`")
+        self._issuable(name)
         token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
         life = (days if days is not None else self.settings.token_days) * 86400
         self.db.execute(

@@ -241,6 +241,21 @@ def _analyst_filters(ctx: WebContext, f: UIFilters) -> None:
             flt = replace(flt, value=",".join(vals))
         out.append(flt)
     f.filters = out
+    if f.sort:
+        # ordering by a value the profile replaces would leak it (rows sorted by the real names)
+        name = f.sort.lstrip("-+")
+        try:
+            key = resolve_key(name, ctx.data.columns)
+        except QueryError as exc:
+            raise WebError(400, f"_sort={f.sort!r}: {exc}") from exc
+        tag = keyword_to_tag().get(name.split(".")[-1]) if key.tag is None else int(key.tag, 16)
+        if "." in name or tag is None or ctx.view.filter_policy(tag, key.vr) != "keep":
+            raise WebError(
+                403,
+                f"the analyst role may not sort on {name}: the {ctx.view.profile.name!r} profile removes or "
+                "replaces it, and the order of the real values would show through; sort on attributes it "
+                "keeps (e.g. Modality, StationName, CTDIvol)",
+            )
 
 
 def _select(
@@ -538,8 +553,30 @@ CHARTS = [
 ]
 
 
+def _dose_where(ctx: WebContext, f: UIFilters) -> tuple[str, list[object]]:
+    """The filters for dose charts: ``Modality = CT`` also matches the study's dose reports.
+
+    A CT study's dose is in an RDSR whose Modality is SR; a Modality filter therefore matches a
+    dose event when its instance, its dose family (CT, MG, DX, RF) or any instance of its study
+    has that modality."""
+    mods = [x for x in f.filters if x.key == "Modality" and x.op.op == "="]
+    if not mods:
+        return f.where_sql(ctx.data.columns)
+    cond, params = UIFilters(filters=[x for x in f.filters if x not in mods]).where_sql(ctx.data.columns)
+    mcond, mparams = UIFilters(filters=mods).where_sql(ctx.data.columns)
+    family = mcond.replace('i."Modality"', "d.modality_family")
+    study = mcond.replace('i."', 'j."')
+    widened = (
+        f'({mcond} OR {family} OR i."StudyInstanceUID" IN (SELECT j."StudyInstanceUID" FROM instances j WHERE {study}))'
+    )
+    return f"({cond}) AND {widened}", [*params, *mparams, *mparams, *mparams]
+
+
 def chart_rows(ctx: WebContext, f: UIFilters, p: Principal, chart: str) -> list[dict[str, Any]]:
-    cond, params = f.where_sql(ctx.data.columns)
+    if chart in ("ct-dose", "ct-dlp", "mg-agd", "mg-force"):
+        cond, params = _dose_where(ctx, f)
+    else:
+        cond, params = f.where_sql(ctx.data.columns)
     if p.role is Role.ANALYST:
         cond = f"{ctx.view.visible_sql('i')} AND {cond}"
     has_dose = ctx.data.has_table("dose_events")
@@ -643,10 +680,40 @@ def favicon() -> Response:
     )
 
 
+SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")
+"""Swagger UI's assets, served from the swagger-ui-bundle package (no CDN; the CSP allows 'self' only)."""
+
+
+def _swagger_dir() -> Path | None:
+    try:
+        import swagger_ui_bundle  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return Path(swagger_ui_bundle.swagger_ui_path)
+
+
+@router.get("/api/docs", include_in_schema=False)
+def api_docs(request: Request) -> Response:
+    """Swagger UI over /api/openapi.json, every asset from this service."""
+    from dicomlake.web.context import principal
+
+    p = principal(request)
+    d = _swagger_dir()
+    assets = d is not None and all((d / n).is_file() for n in SWAGGER_FILES)
+    return render(request, "api_docs.html", {"assets": assets, "spec": "/api/openapi.json", "csrf": p.csrf})
+
+
 @router.get("/static/{name}", include_in_schema=False)
 def static(name: str) -> Response:
     types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
     p = HERE / "static" / name
+    if name in SWAGGER_FILES:
+        d = _swagger_dir()
+        if d is None:
+            raise WebError(
+                404, f"{name}: the swagger-ui-bundle package is not installed (pip install swagger-ui-bundle)"
+            )
+        p = d / name
     if "/" in name or ".." in name or p.suffix not in types or not p.is_file():
         raise WebError(404, f"no static file {name}")
     return Response(p.read_bytes(), media_type=types[p.suffix], headers={"Cache-Control": "public, max-age=3600"})
