@@ -129,6 +129,18 @@ def wrap(
         _fail_usage("--scheduled-*/--choose query a worklist: give --worklist AE@HOST:PORT (or set dimse.worklist)")
     if worklist is not None and like is not None:
         _fail_usage("give --worklist or --like, not both")
+    if worklist is not None:
+        typed = [
+            flag
+            for flag, value in (
+                ("--patient-name", patient_name),
+                ("--patient-birth-date", patient_birth_date),
+                ("--patient-sex", patient_sex),
+            )
+            if value is not None
+        ]
+        if typed:
+            _fail_usage(f"{', '.join(typed)} with --worklist: the worklist item gives the patient; leave them out")
     sender = _sender(send, stow, stow_auth, calling)
     try:
         if worklist is not None:
