@@ -569,6 +569,161 @@ def search_for_series_instances(request: Request, study: str, series: str) -> Re
 
 # ---- WADO-RS metadata ------------------------------------------------------------------------
 
+DICOM_XML = "application/dicom+xml"
+NATIVE_NS = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_PN_PARTS = ("FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix")
+
+
+def _xml_text(v: Any) -> str:
+    """A value as XML 1.0 character data: characters XML cannot carry become U+FFFD."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        v = int(v)
+    return _XML_BAD.sub("\ufffd", str(v))
+
+
+def _private_creator(doc: dict[str, Any], tag: int) -> str | None:
+    group, elem = tag >> 16, tag & 0xFFFF
+    if not group & 1 or elem < 0x1000:
+        return None
+    el = doc.get(f"{group:04X}{elem >> 8:04X}") or {}
+    vals = el.get("Value") or []
+    return str(vals[0]) if vals else None
+
+
+def xml_dataset(doc: dict[str, Any], parent: Any) -> None:
+    """DICOM JSON (PS3.18 Annex F) as Native DICOM Model elements (PS3.19 §A.1) under ``parent``."""
+    from xml.etree.ElementTree import SubElement
+
+    for key in sorted(doc):
+        el = doc[key]
+        if not isinstance(el, dict) or not re.fullmatch(r"[0-9A-Fa-f]{8}", key):
+            continue
+        tag = int(key, 16)
+        vr = str(el.get("vr") or "UN")
+        attrs = {"tag": key.upper(), "vr": vr}
+        entry = lookup(tag) if not (tag >> 16) & 1 else None
+        if entry is not None and entry[2]:
+            attrs["keyword"] = entry[2]
+        creator = _private_creator(doc, tag)
+        if creator is not None:
+            # PS3.19 §A.1.1: a private data element is named by its creator and its element
+            # number within the block (gggg00ee), as dcmtk's dcm2xml --native-format writes it
+            attrs["tag"] = f"{tag >> 16:04X}00{tag & 0xFF:02X}"
+            attrs["privateCreator"] = _xml_text(creator)
+        node = SubElement(parent, "DicomAttribute", attrs)
+        values = el.get("Value")
+        if "BulkDataURI" in el:
+            SubElement(node, "BulkData", {"uri": _xml_text(el["BulkDataURI"])})
+        elif "InlineBinary" in el:
+            SubElement(node, "InlineBinary").text = _xml_text(el["InlineBinary"])
+        elif not isinstance(values, list):
+            continue
+        elif vr == "SQ":
+            for n, item in enumerate(values, 1):
+                xml_dataset(item if isinstance(item, dict) else {}, SubElement(node, "Item", {"number": str(n)}))
+        elif vr == "PN":
+            for n, v in enumerate(values, 1):
+                pn = SubElement(node, "PersonName", {"number": str(n)})
+                if not isinstance(v, dict):
+                    v = {"Alphabetic": "" if v is None else str(v)}
+                for group in ("Alphabetic", "Ideographic", "Phonetic"):
+                    text = v.get(group)
+                    if not text:
+                        continue
+                    g = SubElement(pn, group)
+                    for part, comp in zip(_PN_PARTS, str(text).split("^"), strict=False):
+                        if comp:
+                            SubElement(g, part).text = _xml_text(comp)
+        else:
+            for n, v in enumerate(values, 1):
+                val = SubElement(node, "Value", {"number": str(n)})
+                if v is not None:
+                    val.text = _xml_text(v)
+
+
+def to_native_xml(doc: dict[str, Any]) -> bytes:
+    """One instance's DICOM JSON as a Native DICOM Model document (PS3.19 §A.1), UTF-8."""
+    from xml.etree.ElementTree import Element, tostring
+
+    root = Element("NativeDicomModel", {"xmlns": NATIVE_NS, "xml:space": "preserve"})
+    xml_dataset(doc, root)
+    body: bytes = tostring(root, encoding="utf-8", xml_declaration=False)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body
+
+
+def _wants(request: Request, *offered: str) -> str:
+    """The media type to answer with: the first of ``offered`` the Accept header allows (else 406)."""
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return offered[0]
+    types = []
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        typ = re.search(r'type\s*=\s*"?([^";,]+)"?', part, re.I)
+        types.append(typ.group(1).strip().lower() if media == "multipart/related" and typ else media)
+    for media in types:
+        if media in offered:
+            return media
+        if media in ("*/*", "application/*", "multipart/related"):
+            return offered[0]
+    raise WebError(406, f"Accept: {accept!r} cannot be served here; ask for {' or '.join(offered)}")
+
+
+def _first(doc: dict[str, Any], tag: str) -> str:
+    vals = (doc.get(tag) or {}).get("Value") or [""]
+    return str(vals[0])
+
+
+def _kept(path: str | None) -> bool:
+    if not path:
+        return False
+    if "!/" in path:
+        return Path(path.partition("!/")[0]).is_file()
+    return Path(path).is_file()
+
+
+def _bulk_elements(ds: Any, doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(tag, VR) of the top-level elements of a file that its lake JSON leaves out: its bulk data."""
+    out = []
+    for elem in ds.elements():
+        tag = int(elem.tag)
+        key = f"{tag:08X}"
+        if key in doc or tag >> 16 == 0x0002 or (tag & 0xFFFF) == 0:
+            continue
+        vr = str(elem.VR or (lookup(tag) or ("UN",))[0])
+        out.append((key, vr if len(vr) == 2 else "OW"))
+    return out
+
+
+def _open_kept(ctx: WebContext, path: str | None, analyst: bool, uid: str) -> Any:
+    """The kept file as a pydicom dataset (large values deferred), de-identified for the analyst; None if gone."""
+    import warnings
+
+    import pydicom
+
+    if not path:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if analyst or "!/" in path:
+                data = ctx.data.read_file(path)
+                if data is None:
+                    return None
+                if analyst:
+                    with ctx.view._lock:
+                        data = ctx.view.engine.deidentify_bytes(data, source=uid)
+                    if data is None:
+                        return None
+                return pydicom.dcmread(io.BytesIO(data), force=True)
+            if not Path(path).is_file():
+                return None
+            return pydicom.dcmread(path, defer_size=1024, force=True)
+        except Exception:
+            return None
+
 
 def _instances(
     request: Request, study: str, series: str | None, instance: str | None, cols: str
@@ -593,10 +748,22 @@ def _instances(
 
 
 def retrieve_metadata(request: Request, study: str, series: str | None = None, instance: str | None = None) -> Response:
+    """WADO-RS metadata (PS3.18 §10.4.1.1.2): DICOM JSON, or the Native DICOM Model in XML.
+
+    Elements the lake's JSON leaves out because they are bulk data (pixel data, large binary
+    values) are given as ``BulkDataURI`` (PS3.18 §8.7.3.3.2) when the instance's file is kept:
+    ``…/instances/{uid}/bulkdata/{tag}`` retrieves them. The analyst gets Pixel Data's only
+    (from the de-identified instance); instances whose files are not kept have none.
+    """
     ctx = ctx_of(request)
-    _check_accept(request, DICOM_JSON, "application/json")
+    media = _wants(request, DICOM_JSON, "application/json", DICOM_XML)
     rows, analyst = _instances(
-        request, study, series, instance, 'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study'
+        request,
+        study,
+        series,
+        instance,
+        'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i."SeriesInstanceUID" AS series, '
+        "i.source_path AS path",
     )
     uids = [r["uid"] for r in rows]
     js = ctx.data.json_by_uid(uids)
@@ -608,12 +775,43 @@ def retrieve_metadata(request: Request, study: str, series: str | None = None, i
         studies=sorted({r["study"] for r in rows}),
     )
     notes: list[str] = []
+    docs: list[dict[str, Any] | None]
     if analyst:
-        docs = [d for d in analyst_json(ctx, [js.get(u, "{}") for u in uids], notes) if d is not None]
-        body = json.dumps(docs)
+        docs = analyst_json(ctx, [js.get(u, "{}") for u in uids], notes)
     else:
-        body = "[" + ",".join(js[u] for u in uids if u in js) + "]"
-    return with_warnings(Response(body, media_type=DICOM_JSON), request, notes)
+        docs = [json.loads(js[u]) if u in js else None for u in uids]
+    base = _base(request)
+    out: list[dict[str, Any]] = []
+    for r, doc in zip(rows, docs, strict=True):
+        if doc is None:
+            continue
+        if analyst:
+            # the bulk data the analyst may have: the de-identified instance's pixel data
+            if _kept(r["path"]) and "7FE00010" not in doc:
+                bulk = [("7FE00010", "OW")]
+            else:
+                bulk = []
+        else:
+            ds = _open_kept(ctx, r["path"], False, r["uid"])
+            bulk = _bulk_elements(ds, doc) if ds is not None else []
+        if bulk:
+            st, se, sop = (_first(doc, t) for t in ("0020000D", "0020000E", "00080018"))
+            url = f"{base}/studies/{st}/series/{se}/instances/{sop}"
+            doc = dict(doc)
+            for tag, vr in bulk:
+                doc[tag] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{tag}"}
+            doc = dict(sorted(doc.items()))
+        out.append(doc)
+    if media == DICOM_XML:
+        boundary = secrets.token_hex(16)
+        body = b"".join(
+            f"--{boundary}\r\nContent-Type: {DICOM_XML}\r\n\r\n".encode() + to_native_xml(d) + b"\r\n" for d in out
+        )
+        body += f"--{boundary}--\r\n".encode()
+        resp = Response(body, media_type=f'multipart/related; type="{DICOM_XML}"; boundary={boundary}')
+    else:
+        resp = Response(json.dumps(out), media_type=DICOM_JSON)
+    return with_warnings(resp, request, notes)
 
 
 @router.get("/studies/{study}/metadata", summary="WADO-RS: study metadata")
@@ -629,6 +827,53 @@ def retrieve_series_metadata(request: Request, study: str, series: str) -> Respo
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="WADO-RS: instance metadata")
 def retrieve_instance_metadata(request: Request, study: str, series: str, instance: str) -> Response:
     return retrieve_metadata(request, study, series, instance)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}",
+    summary="WADO-RS: bulk data of an instance (a BulkDataURI of its metadata)",
+)
+def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, tag: str) -> Response:
+    """PS3.18 §10.4.1.1.4 (Bulkdata resource): ``multipart/related; type="application/octet-stream"``,
+    one part with the element's value as kept in the file."""
+    ctx = ctx_of(request)
+    _wants(request, "application/octet-stream")
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
+        raise WebError(404, f"bulk data {tag!r}: not a tag (eight hex digits, as in the BulkDataURI)")
+    rows, analyst = _instances(
+        request,
+        study,
+        series,
+        instance,
+        'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i.source_path AS path',
+    )
+    r = rows[0]
+    if analyst and tag.upper() != "7FE00010":
+        raise WebError(404, f"bulk data {tag}: the analyst role is given pixel data (7FE00010) only")
+    ds = _open_kept(ctx, r["path"], analyst, r["uid"])
+    if ds is None:
+        raise WebError(404, f"the file of instance {instance} is not kept (or could not be read): no bulk data")
+    try:
+        raw = ds.get_item(int(tag, 16))
+    except Exception:
+        raw = None
+    if raw is None:
+        raise WebError(404, f"instance {instance} has no element ({tag[:4]},{tag[4:]})")
+    value = raw.value
+    if value is None:
+        value = b""
+    elif isinstance(value, str):
+        value = value.encode("utf-8")
+    elif not isinstance(value, bytes):
+        value = bytes(value) if isinstance(value, bytearray | memoryview) else str(value).encode()
+    audit(request, AuditEvent.INSTANCES_TRANSFERRED, action="R", instances=[r["uid"]], studies=[r["study"]])
+    boundary = secrets.token_hex(16)
+    body = (
+        f"--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(value)}\r\n\r\n".encode()
+        + value
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
 
 
 # ---- WADO-RS instances ---------------------------------------------------------------------
