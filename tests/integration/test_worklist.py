@@ -12,6 +12,7 @@ REST API for what the PACS holds, and the worklist dumps (the answer key) for th
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -133,7 +134,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     require_orthanc(dicomweb=True, tools=("wlmscpfs", "dump2dcm", "storescu"))
     if not Path(WORKLISTS_PLUGIN).exists():
         message = f"{WORKLISTS_PLUGIN} is missing (Debian package orthanc)"
-        pytest.fail(message) if __import__("os").environ.get("CI") == "true" else pytest.skip(message)
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
     root = tmp_path_factory.mktemp("worklist")
     orthanc_wl = make_worklist_files(root / "orthanc-worklists")
     dcmtk_wl = make_worklist_files(root / "wlmscpfs" / "WLM")
@@ -311,8 +312,6 @@ def test_stow_rs_to_orthanc(peers: Peers, tmp_path: Path) -> None:
 
 def _served_in_namespace(pacs: Orthanc, lake: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``dicomlake serve`` as users start it, inside the peers' namespace; returns once it listens."""
-    import os
-
     lake.mkdir(parents=True, exist_ok=True)
     log = (lake.parent / "serve.log").open("wb")
     proc = subprocess.Popen(
@@ -396,3 +395,91 @@ def test_curation_flags_planted_identity_errors_in_instances_sent_to_serve(peers
     )  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"^\s+2\s+worklist-identity$", again.stdout, re.M), again.stdout
+
+
+# ---- UPS-RS ------------------------------------------------------------------------------------
+# No UPS-RS origin can be started here (Orthanc has none; dcm4chee-arc is not packaged), so a tiny
+# HTTP server in the test answers the workitems query from hand-written DICOM JSON (PS3.18 F.2):
+# it stands in for the peer, and checks the query keys we send.
+
+UPS_ITEM = {
+    "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
+    "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Anna"}]},
+    "00100020": {"vr": "LO", "Value": ["P-0300"]},
+    "00100030": {"vr": "DA", "Value": ["19800315"]},
+    "00100040": {"vr": "CS", "Value": ["F"]},
+    "00404005": {"vr": "DT", "Value": [f"{TODAY}101500"]},
+    "00741000": {"vr": "CS", "Value": ["SCHEDULED"]},
+    "00741204": {"vr": "LO", "Value": ["Wound photograph"]},
+    "0040A370": {
+        "vr": "SQ",
+        "Value": [
+            {
+                "0020000D": {"vr": "UI", "Value": ["1.2.826.0.1.3680043.8.498.22300"]},
+                "00080050": {"vr": "SH", "Value": ["ACC-3001"]},
+                "00401001": {"vr": "SH", "Value": ["RP-3001"]},
+                "00321060": {"vr": "LO", "Value": ["Photo of pressure ulcer"]},
+            }
+        ],
+    },
+}
+
+
+def test_wrap_takes_patient_and_study_from_a_ups_rs_workitem(tmp_path: Path) -> None:
+    import json
+    import threading
+    import urllib.parse
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    queries: list[dict[str, list[str]]] = []
+
+    class Workitems(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            query = urllib.parse.parse_qs(url.query)
+            queries.append(query)
+            match = url.path == "/dicom-web/workitems" and query.get("ReferencedRequestSequence.AccessionNumber") == [
+                "ACC-3001"
+            ]
+            if not match:
+                self.send_response(204)
+                self.end_headers()
+                return
+            body = json.dumps([UPS_ITEM]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Workitems)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    root = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    photo = str(fw.phone_photo_jpeg(inputs))
+    try:
+        found = subprocess.run(
+            [*DICOMLAKE, "wrap", photo, "--out", str(tmp_path / "a"), "--ups", root, "--accession", "ACC-3001"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        none = subprocess.run(
+            [*DICOMLAKE, "wrap", photo, "--out", str(tmp_path / "b"), "--ups", root, "--accession", "ACC-0000"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert queries[0]["ProcedureStepState"] == ["SCHEDULED"]
+    (path,) = _written(tmp_path / "a")
+    top = dcmdump_top_level(path)
+    assert top["00100010"][1] == "Müller^Anna" and top["00080005"][1] == "ISO_IR 192"
+    assert top["0020000d"][1] == "1.2.826.0.1.3680043.8.498.22300"
+    assert top["00080050"][1] == "ACC-3001" and top["00100020"][1] == "P-0300"
+    assert top["00081030"][1] == "Photo of pressure ulcer"
+    assert run_dciodvfy(path).errors == []
+    assert none.returncode == 2 and "no scheduled procedure step matches accession ACC-0000" in none.stderr

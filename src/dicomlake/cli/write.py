@@ -66,6 +66,16 @@ def wrap(
         "dimse.worklist setting when a --scheduled-* key is given); --accession and --patient-id are then "
         "query keys.",
     ),
+    ups: str | None = typer.Option(
+        None, "--ups", help="Take patient and study from this DICOMweb UPS-RS root (workitems query) instead."
+    ),
+    ups_auth: str | None = typer.Option(
+        None,
+        "--ups-auth",
+        envvar="DICOMLAKE_UPS_AUTH",
+        help="bearer:TOKEN or basic:USER:PASSWORD for --ups.",
+        show_envvar=False,
+    ),
     scheduled_date: str | None = typer.Option(
         None, "--scheduled-date", help="Worklist query: YYYYMMDD, a range YYYYMMDD-YYYYMMDD, or 'today'."
     ),
@@ -125,6 +135,10 @@ def wrap(
     query_keys = (accession, patient_id, scheduled_date, scheduled_station, scheduled_modality)
     if worklist is None and settings.dimse.worklist and (scheduled_date or scheduled_station or scheduled_modality):
         worklist = settings.dimse.worklist
+    if worklist is not None and ups is not None:
+        _fail_usage("give --worklist or --ups, not both")
+    if ups is not None:
+        worklist = "ups:" + ups
     if worklist is None and (scheduled_date or scheduled_station or scheduled_modality or choose is not None):
         _fail_usage("--scheduled-*/--choose query a worklist: give --worklist AE@HOST:PORT (or set dimse.worklist)")
     if worklist is not None and like is not None:
@@ -144,7 +158,7 @@ def wrap(
     sender = _sender(send, stow, stow_auth, calling)
     try:
         if worklist is not None:
-            patient = _from_worklist(worklist, query_keys, choose, calling)
+            patient = _from_worklist(worklist, query_keys, choose, calling, ups_auth)
         else:
             patient = PatientStudy.like(like) if like else PatientStudy()
     except WriteError as exc:
@@ -195,7 +209,9 @@ def wrap(
     raise typer.Exit(code)
 
 
-def _from_worklist(provider: str, keys: tuple[str | None, ...], choice: int | None, calling: str) -> PatientStudy:
+def _from_worklist(
+    provider: str, keys: tuple[str | None, ...], choice: int | None, calling: str, ups_auth: str | None = None
+) -> PatientStudy:
     """Query the worklist, list the matches on stderr, return the chosen item's patient and study."""
     from datetime import date
 
@@ -212,7 +228,12 @@ def _from_worklist(provider: str, keys: tuple[str | None, ...], choice: int | No
         station_ae_title=station,
         modality=modality,
     )
-    items = find_worklist(Peer.parse(provider, "--worklist"), query, calling_ae=calling)
+    if provider.startswith("ups:"):
+        from dicomlake.write.worklist import find_workitems
+
+        items = find_workitems(provider.removeprefix("ups:"), query, auth=ups_auth)
+    else:
+        items = find_worklist(Peer.parse(provider, "--worklist"), query, calling_ae=calling)
     for n, item in enumerate(items, start=1):
         typer.echo(f"worklist [{n}] {item.summary()}", err=True)
     chosen = choose(items, query, choice)

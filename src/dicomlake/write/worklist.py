@@ -295,6 +295,98 @@ def find_worklist(
     return items
 
 
+def _ups_to_mwl(ups: Dataset) -> Dataset:
+    """A UPS workitem (PS3.4 CC.2.5) in the shape of a worklist answer: patient at the top, the
+    first Referenced Request Sequence item's order attributes, one Scheduled Procedure Step."""
+    out = Dataset()
+    for keyword in ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+                    "PatientSex", "OtherPatientIDsSequence", "ReferringPhysicianName"):  # fmt: skip
+        if keyword in ups:
+            out[keyword] = ups[keyword]
+    requests = ups.get("ReferencedRequestSequence") or [Dataset()]
+    request = requests[0]
+    for keyword in ("StudyInstanceUID", "AccessionNumber", "IssuerOfAccessionNumberSequence", "RequestedProcedureID",
+                    "RequestedProcedureDescription", "RequestedProcedureCodeSequence", "RequestingPhysician"):  # fmt: skip
+        if keyword in request:
+            out[keyword] = request[keyword]
+    sps = Dataset()
+    start = str(ups.get("ScheduledProcedureStepStartDateTime", "") or "")
+    sps.ScheduledProcedureStepStartDate = start[:8]
+    sps.ScheduledProcedureStepStartTime = start[8:14]
+    sps.ScheduledProcedureStepDescription = str(ups.get("ProcedureStepLabel", "") or "")
+    stations = ups.get("ScheduledStationNameCodeSequence") or []
+    sps.ScheduledStationName = str(stations[0].get("CodeMeaning", "") or "") if stations else ""
+    if ups.get("ScheduledWorkitemCodeSequence"):
+        sps.ScheduledProtocolCodeSequence = ups.ScheduledWorkitemCodeSequence
+    out.ScheduledProcedureStepSequence = DicomSequence([sps])
+    return out
+
+
+def find_workitems(
+    url: str,
+    query: WorklistQuery,
+    *,
+    auth: str | None = None,
+    timeout: float = 30.0,
+) -> list[WorklistItem]:
+    """Scheduled UPS workitems (``GET URL/workitems``, PS3.18 11.9) matching *query*, as worklist items.
+
+    Accession Number matches inside the Referenced Request Sequence, the date against
+    Scheduled Procedure Step Start DateTime; the state is SCHEDULED. A UPS workitem has no
+    Scheduled Station AE Title or Modality: those keys are refused for ``--ups``.
+    """
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from dicomlake.write.send import _auth_header
+
+    if query.station_ae_title or query.modality or query.station_name:
+        raise WriteError("--ups: a UPS workitem has no scheduled station AE title or modality; query by "
+                         "--accession, --patient-id or --scheduled-date")  # fmt: skip
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise WriteError(f"--ups {url!r}: give the DICOMweb root, e.g. https://ris.example/dicom-web")
+    if query.scheduled_date and not _DATE.match(query.scheduled_date):
+        raise WriteError(f"--scheduled-date {query.scheduled_date!r}: write YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+    params = [("ProcedureStepState", "SCHEDULED"), ("includefield", "all")]
+    if query.accession_number:
+        params.append(("ReferencedRequestSequence.AccessionNumber", query.accession_number))
+    if query.patient_id:
+        params.append(("PatientID", query.patient_id))
+    if query.scheduled_date:
+        low, dash, high = query.scheduled_date.partition("-")
+        high = high if dash else low
+        params.append(
+            (
+                "ScheduledProcedureStepStartDateTime",
+                f"{low + '000000' if low else ''}-{high + '235959' if high else ''}",
+            )
+        )
+    target = url.rstrip("/") + "/workitems?" + urllib.parse.urlencode(params)
+    request = urllib.request.Request(target, headers={**_auth_header(auth), "Accept": "application/dicom+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            code, body = int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        text = exc.read()[:300].decode(errors="replace")
+        raise AssociationError(
+            f"--ups {url}: the workitems query answered HTTP {exc.code} {exc.reason}: {text}"
+        ) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise AssociationError(f"--ups {url}: cannot reach it ({getattr(exc, 'reason', exc)})") from exc
+    if code == 204 or not body.strip():
+        return []
+    try:
+        answer = json.loads(body)
+        if not isinstance(answer, list):
+            raise ValueError("not a JSON array")
+        return [WorklistItem.from_dataset(_ups_to_mwl(Dataset.from_json(item))) for item in answer]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise AssociationError(f"--ups {url}: the answer is not DICOM JSON workitems ({exc})") from exc
+
+
 def choose(items: Sequence[WorklistItem], query: WorklistQuery, choice: int | None) -> WorklistItem:
     """The one item to use: the only match, or the ``choice``-th (1-based) of several."""
     if not items:
@@ -321,4 +413,4 @@ def describe_peer_default(settings: Any) -> str | None:
     return str(value) if value else None
 
 
-__all__ = ["WorklistItem", "WorklistQuery", "choose", "find_worklist"]
+__all__ = ["WorklistItem", "WorklistQuery", "choose", "find_workitems", "find_worklist"]
