@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,11 @@ def serve(
     ),
     no_web: bool = typer.Option(False, "--no-web", help="Only the DICOM listener: no DICOMweb, no web UI."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No status line."),
+    status_every: float = typer.Option(
+        60.0,
+        "--status-every",
+        help="Output not a terminal (a log file): a status line when the counts changed, at most every N seconds.",
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every association."),
 ) -> None:
     """Receive instances over DICOM (C-STORE, C-ECHO) into the lake; runs until Ctrl-C.
@@ -121,21 +129,49 @@ def serve(
         bold=True,
     )
 
+    status = StatusLine(live=sys.stderr.isatty(), every=status_every)
+
     def tick(st: dict[str, Any]) -> None:
-        if quiet:
-            return
-        li, dr = st.get("listener", {}), st["drain"]
-        typer.echo(
-            f"\rassociations {li.get('associations', 0):,} · received {li.get('stored', 0):,} · "
-            f"in lake {dr['stored']:,} · spool {st['spool_pending']:,} · failed {li.get('failed', 0):,} · "
-            f"refused {li.get('rejected', 0):,}"
-            + (f" · drain error: {dr['last_error'][:60]}" if dr["last_error"] and dr["failures"] else ""),
-            err=True,
-            nl=False,
-        )
+        if not quiet:
+            status.show(status_text(st))
 
     svc.serve_forever(tick)
-    typer.echo("", err=True)
+    if not quiet:
+        status.close(status_text(svc.status()))
+
+
+def status_text(st: dict[str, Any]) -> str:
+    """The service's counts in one line."""
+    li, dr = st.get("listener", {}), st["drain"]
+    return (
+        f"associations {li.get('associations', 0):,} · received {li.get('stored', 0):,} · "
+        f"in lake {dr['stored']:,} · spool {st['spool_pending']:,} · failed {li.get('failed', 0):,} · "
+        f"refused {li.get('rejected', 0):,} · filtered {li.get('filtered', 0):,}"
+        + (f" · drain error: {dr['last_error'][:60]}" if dr["last_error"] and dr["failures"] else "")
+    )
+
+
+class StatusLine:
+    """The status on stderr: rewritten in place on a terminal; in a log, a line when it changed, at most every N s."""
+
+    def __init__(self, *, live: bool, every: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.live, self.every, self.clock = live, every, clock
+        self.last_text: str | None = None
+        self.last_at = -float("inf")
+
+    def show(self, text: str) -> None:
+        if self.live:
+            typer.echo(f"\r{text}\x1b[K", err=True, nl=False)
+            self.last_text = text
+        elif text != self.last_text and self.clock() - self.last_at >= self.every:
+            typer.echo(f"{dt.datetime.now():%Y-%m-%d %H:%M:%S} {text}", err=True)
+            self.last_text, self.last_at = text, self.clock()
+
+    def close(self, text: str) -> None:
+        if self.live:
+            typer.echo("", err=True)
+        elif text != self.last_text:
+            typer.echo(f"{dt.datetime.now():%Y-%m-%d %H:%M:%S} {text}", err=True)
 
 
 def register(app: typer.Typer) -> None:

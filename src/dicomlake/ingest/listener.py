@@ -36,6 +36,7 @@ from dicomlake.ingest.spool import (
     SpoolError,
     SpoolWriter,
     encode_file_meta,
+    instance_uid_problem,
 )
 
 LOG = logging.getLogger("dicomlake.listener")
@@ -89,12 +90,24 @@ ABORT_REASON = {
 
 
 def describe_rejection(
-    result: int, source: int, reason: int, *, our_aet: str = "", peer: str = "", hint_host: str = ""
+    result: int,
+    source: int,
+    reason: int,
+    *,
+    our_aet: str = "",
+    peer: str = "",
+    hint_host: str = "",
+    acceptor: str | None = None,
 ) -> str:
     """An A-ASSOCIATE-RJ in the standard's words, plus what to check.
 
+    By default we asked and ``peer`` refused us. With ``acceptor`` (the calling AE title) we
+    refused ``peer`` (its address), and the hint says what to change on our side.
+
     >>> describe_rejection(1, 1, 7, peer="PACS@10.0.0.5:104").split(" — ")[0]
     'rejected permanent, source: service user, reason: called AE title not recognised'
+    >>> describe_rejection(1, 1, 3, acceptor="PACS", peer="10.0.0.5").split(" — ")[1]
+    'to accept PACS, add it to dimse.allowed_calling_aets (serve --allow-aet PACS)'
     """
     words = (
         f"{REJECT_RESULT.get(result, f'result {result}')}, "
@@ -103,7 +116,16 @@ def describe_rejection(
     )
     hint = ""
     peer_aet = peer.split("@")[0] if "@" in peer else ""
-    if source == 1 and reason == 3:
+    if acceptor is not None:
+        if source == 1 and reason == 3:
+            hint = f"to accept {acceptor}, add it to dimse.allowed_calling_aets (serve --allow-aet {acceptor})"
+        elif source == 1 and reason == 1 and peer:
+            hint = f"to accept {peer}, add it to dimse.allowed_hosts (serve --allow-host {peer})"
+        elif source == 1 and reason == 7:
+            hint = "the sender's entry for us has another AE title: fix it there, or set dimse.ae_title (serve -aet)"
+        elif source == 3:
+            hint = "dimse.max_associations reached; the sender should retry, or raise --max-associations"
+    elif source == 1 and reason == 3:
         hint = (
             f"check that the PACS knows us as {our_aet or 'our AE title'}"
             + (f" at {hint_host}" if hint_host else "")
@@ -527,6 +549,33 @@ def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     return ctx
 
 
+def allowed_networks(hosts: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``dimse.allowed_hosts`` (``--allow-host``) as networks: addresses, CIDR networks or host names.
+
+    A host name stands for the addresses it resolves to now (``localhost``: 127.0.0.1 and ::1).
+    """
+    from dicomlake.errors import ConfigError
+
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for h in hosts:
+        try:
+            out.append(ipaddress.ip_network(h.strip(), strict=False))
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(h.strip(), None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError) as exc:
+            raise ConfigError(
+                f"--allow-host {h!r} (dimse.allowed_hosts): not an IP address, a CIDR network or a host name that "
+                f"resolves ({exc}); write e.g. 10.0.0.5, 10.0.0.0/24 or pacs.example.org"
+            ) from None
+        addrs = sorted({str(info[4][0]).split("%")[0] for info in infos})
+        LOG.info("dimse.allowed_hosts: %s is %s", h, ", ".join(addrs))
+        out += [ipaddress.ip_network(a) for a in addrs]
+    return out
+
+
 class StoreSCP:
     """A Storage SCP (and Verification SCP) that spools every received instance durably.
 
@@ -557,7 +606,8 @@ class StoreSCP:
         else:
             self.abstract_syntaxes = frozenset(classes) | {VERIFICATION}
         self.transfer_syntaxes = transfer_syntaxes()
-        self.networks = [ipaddress.ip_network(h, strict=False) for h in settings.allowed_hosts]
+        self.networks = allowed_networks(settings.allowed_hosts)
+        self.filtered_seen: set[tuple[str | None, str | None]] = set()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._active = 0
@@ -753,7 +803,7 @@ class _Association:
             self.conn.sendall(encode_associate_rj(result, source, reason))
             scp._count_reject(
                 f"association from {who} (called {rq.called_aet!r}) refused: "
-                f"{describe_rejection(result, source, reason)} ({why})"
+                f"{describe_rejection(result, source, reason, acceptor=rq.calling_aet, peer=self.addr[0])} ({why})"
             )
             return False
 
@@ -894,6 +944,10 @@ class _Association:
             self.mode, self.walker = "through", None
         uid = str(cmd.get(0x1000, ""))
         sop_class = str(cmd.get(0x0002, "")) or abstract
+        problem = instance_uid_problem(uid, sop_class)
+        if problem:  # refused before a spool file is opened (docs/conformance.md: 0xC210)
+            self.failure = (CANNOT_UNDERSTAND, problem)
+            return
         try:
             meta = encode_file_meta(sop_class, uid, ts, self.calling or None)
         except UnicodeEncodeError:  # bytes that are not ASCII in a UID: before a spool file is opened
@@ -987,6 +1041,9 @@ class _Association:
         scp = self.scp
         status, comment = 0x0000, None
         _, ts = self.contexts[cid]
+        if self.failure is None and self.ds_size == 0:
+            # an empty data set would replace a stored instance's metadata with nothing
+            self.failure = (CANNOT_UNDERSTAND, "the data set is empty")
         if self.failure is None:
             if self.walker is not None:  # the walk already checked the encoding
                 problem, modality = None, self.walker.modality
@@ -995,7 +1052,23 @@ class _Association:
             if problem:
                 self.failure = (CANNOT_UNDERSTAND, f"cannot decode the data set: {problem}")
             elif scp.settings.modalities and (modality or "").upper() not in scp.settings.modalities:
+                # answered Success (the sender must not retry a deliberate filter), logged and counted
                 scp.stats.filtered += 1
+                first = (self.calling, modality) not in scp.filtered_seen
+                scp.filtered_seen.add((self.calling, modality))
+                LOG.log(
+                    logging.WARNING if first else logging.INFO,
+                    "C-STORE of %s from %s@%s answered 0x0000 but not stored: modality %s is not in "
+                    "dimse.modalities %s%s",
+                    rq.get(0x1000),
+                    self.calling,
+                    self.addr[0],
+                    modality or "(none)",
+                    scp.settings.modalities,
+                    " (further ones of this sender and modality are only counted: 'filtered' in the status)"
+                    if first
+                    else "",
+                )
                 if self.writer is not None:
                     self.writer.abort()
                     self.writer = None

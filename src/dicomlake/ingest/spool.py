@@ -71,6 +71,29 @@ def valid_uid(uid: str | None) -> bool:
     return bool(uid) and len(uid) <= 64 and _UID.match(uid) is not None  # type: ignore[arg-type]
 
 
+def instance_uid_problem(sop_instance_uid: str | None, sop_class_uid: str | None) -> str | None:
+    """The one rule for an instance arriving by any transport (C-STORE, C-GET, DICOMweb); None when it passes.
+
+    An instance is keyed by its SOP Instance UID, which must be a UID (PS3.5 §9.1: digits
+    and dots, no leading zeros, at most 64 characters). A SOP Class UID, when there is one,
+    must be a UID too; a missing one is no reason to refuse (C-STORE carries it in the
+    command; the header is kept as it came).
+
+    >>> instance_uid_problem("1.2.3.04.5", None)
+    "SOP Instance UID '1.2.3.04.5' is not a UID (PS3.5 §9.1: digits and dots, no leading zeros, at most 64)"
+    >>> instance_uid_problem("1.2.3", None) is None
+    True
+    """
+    rule = "(PS3.5 §9.1: digits and dots, no leading zeros, at most 64)"
+    if not sop_instance_uid:
+        return "SOP Instance UID missing"
+    if not valid_uid(sop_instance_uid):
+        return f"SOP Instance UID {sop_instance_uid[:80]!r} is not a UID {rule}"
+    if sop_class_uid and not valid_uid(sop_class_uid):
+        return f"SOP Class UID {sop_class_uid[:80]!r} is not a UID {rule}"
+    return None
+
+
 def spool_name(sop_instance_uid: str) -> str:
     """The spool file's name: the UID itself when it is a valid UID, else a digest of it.
 
