@@ -363,3 +363,33 @@ def test_xml_metadata_escapes_hostile_values_and_reads_back(admin: TestClient) -
             tree.remove(el)
     ds = _load_xml_dataset(tree)
     assert ds.StationName == PAYLOAD.replace("\x01", "\ufffd") and ds.KVP == 120 and ds.Rows == 4
+
+
+# ---- person name case sensitivity -------------------------------------------------------------
+
+
+def test_person_name_matching_is_case_sensitive_unless_fuzzy_and_the_statement_says_so(
+    admin: TestClient, corpus: tuple[Path, dict[str, Any]]
+) -> None:
+    """PS3.4 C.2.2.2.1: single value matching of PN is case-sensitive; fuzzymatching=true
+    (PS3.18 §8.3.4.1, PS3.4 C.2.2.2.1.1) is case-insensitive here. The Conformance Statement
+    (PS3.2 asks for matching behaviour) states both."""
+    names = {str(d.PatientName) for d in files_read(corpus)}
+    assert names == {ws.PLANTED["PatientName"]}
+    studies = {str(d.StudyInstanceUID) for d in files_read(corpus)}
+    exact = ws.PLANTED["PatientName"]
+    lower = exact.lower()
+
+    def found(q: str) -> set[str]:
+        r = admin.get(f"/dicomweb/studies?{q}")
+        assert r.status_code == 200, r.text
+        return {x[STUDY]["Value"][0] for x in r.json()}
+
+    assert found(f"PatientName={exact}") == studies
+    assert found(f"PatientName={lower}") == set()
+    assert found(f"PatientName={lower[:5]}*") == set()
+    assert found(f"PatientName={lower}&fuzzymatching=true") == studies
+    assert found(f"PatientName={lower.split('^')[1]}&fuzzymatching=true") == studies  # a given name starts
+    statement = (Path(__file__).parents[1] / "docs" / "conformance.md").read_text("utf-8")
+    assert "**case-sensitive**" in statement and "**case-insensitive**" in statement
+    assert "`fuzzymatching=true`" in statement

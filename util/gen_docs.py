@@ -764,8 +764,8 @@ def conformance() -> str:
     w("<!-- end: dicomweb-routes -->\n\n")
     w("### 5.1 QIDO-RS query parameters\n\n")
     w("| parameter | supported |\n|---|---|\n")
-    for p in dicomweb.CONTROL_PARAMS:
-        w(f"| `{p}` | yes |\n")
+    for p in (*dicomweb.CONTROL_PARAMS, *dicomweb.IGNORED_PARAMS):
+        w(f"| `{p}` | {'ignored, with a Warning' if p in dicomweb.IGNORED_PARAMS else 'yes'} |\n")
     w(
         "| `{attributeID}={value}` | any attribute by keyword or tag, nested (`Sequence.Keyword`) or private "
         '(`(gggg,"CREATOR",ee)`); wildcards `*` `?`, lists, date/time ranges |\n\n'
@@ -788,6 +788,7 @@ def conformance() -> str:
         f"Failure Reason `{dicomweb.PROCESSING_FAILURE:04X}` (processing failure), `{dicomweb.CANNOT_UNDERSTAND:04X}` "
         f"(cannot understand) or `{dicomweb.STUDY_MISMATCH:04X}` (study does not match the URL).\n\n"
     )
+    w(dicomweb.CONFORMANCE_NOTES + "\n")
 
     w("## 6 De-identification (PS3.15 Annex E)\n\n")
     rows = _ps315_rows()

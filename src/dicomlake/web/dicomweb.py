@@ -65,10 +65,7 @@ COMPUTED = {
     "00080056": "InstanceAvailability",
     "00081190": "RetrieveURL",
 }
-CONTROL_PARAMS = (
-    "limit", "offset", "fuzzymatching", "includefield", "accept", "charset", "emptyvaluematching",
-    "multiplevaluematching",
-)  # fmt: skip
+CONTROL_PARAMS = ("limit", "offset", "fuzzymatching", "includefield", "accept", "charset")
 IGNORED_PARAMS = ("emptyvaluematching", "multiplevaluematching")
 """PS3.18 §8.3.4.5/§8.3.4.6: optional; a server that does not support them ignores them with a Warning."""
 SUPPORTED_HELP = (
@@ -137,6 +134,37 @@ def _level_tags(keywords: tuple[str, ...]) -> frozenset[str]:
 PROCESSING_FAILURE = 0x0110
 CANNOT_UNDERSTAND = 0xC000
 STUDY_MISMATCH = 0xA900  # Data Set does not match the target (study in the URL)
+
+
+CONFORMANCE_NOTES = """\
+**Matching (PS3.4 C.2.2.2).** Single value and wildcard matching are **case-sensitive** for every
+attribute, Person Names (Patient Name, Referring Physician's Name, …) included:
+`PatientName=doe^jane` does not match `DOE^JANE`. With `fuzzymatching=true` (PS3.18 §8.3.4.1,
+PS3.4 C.2.2.2.1.1) person-name matching is **case-insensitive** and the value may start any name
+component (`PatientName=jan` matches `DOE^JANE`). A value of `*` alone, like an empty value, is
+universal matching (PS3.4 C.2.2.2.4): entities with the attribute empty or absent match too.
+`includefield=all` returns the attributes of the level searched and of the levels above it (study:
+the Patient, General Study, Patient Study and Clinical Trial modules; series: also General Series,
+Frame of Reference and General Equipment), never one instance's. `emptyvaluematching` and
+`multiplevaluematching` (PS3.18 §8.3.4.5, §8.3.4.6) are not supported: they are ignored and the
+response says so in a `Warning: 299 {+service}: "…"` header.
+
+**Values that are not valid for their VR.** DS and IS values are served as JSON Numbers, or as
+JSON Strings when they are not valid numbers (PS3.18 F.2.3.1 allows both), exactly as received
+(`"1.06,0.206"`). For the analyst role, whose responses go through de-identification, such a
+value is left out and the response carries a `Warning: 299` header naming the attribute; one bad
+value never fails a page.
+
+**WADO-RS metadata (PS3.18 §10.4.1.1.2)** is served as DICOM JSON (`application/dicom+json`) or as
+the Native DICOM Model (`Accept: application/dicom+xml`, PS3.19 §A.1: `multipart/related;
+type="application/dicom+xml"`, one document per instance). Top-level bulk data (Pixel Data, large
+binary values) is given as a `BulkDataURI` when the instance's file is kept (STOW-RS with
+`web.stow_keep_files`, default true, also under `dicomlake serve`; `dimse.keep_files`; files
+ingested in place); `…/instances/{uid}/bulkdata/{tag}` returns it as `multipart/related;
+type="application/octet-stream"`. Bulk data nested in sequences is not offered. The analyst role
+is offered the de-identified instance's Pixel Data only.
+"""
+"""The Conformance Statement's notes on DICOMweb behaviour (util/gen_docs.py writes them)."""
 
 
 # ---- request parsing -------------------------------------------------------------------------
