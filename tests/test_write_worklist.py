@@ -4,7 +4,6 @@ tests/integration/test_worklist.py): every mistake is one line naming the option
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,15 @@ from dicomlake.write.send import Peer, _auth_header
 from dicomlake.write.worklist import WorklistQuery, choose
 from tests import factories_write as fw
 
-DICOMLAKE = [sys.executable, "-m", "dicomlake.cli.main"]
-
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*DICOMLAKE, *args], capture_output=True, text=True, timeout=120)
+    """The command in-process (typer's runner): usage errors happen before any network or file."""
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    result = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.mark.parametrize(
