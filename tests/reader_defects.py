@@ -89,7 +89,7 @@ def un_sequence_explicit_items() -> bytes:
         + el(0x0018, 0x0060, b"DS", b"29")
         + el(0x0019, 0x0010, b"LO", b"HOLOGIC, Inc.")
         + undefined_sq(0x0019, 0x1001, b"UN", [item(code + inner), item(code, defined=True)])
-        + el(0x0040, 0x0316, b"DS", b"0.26")
+        + el(0x0040, 0x0316, b"DS", b"0.0026")  # Organ Dose is in dGy (PS3.3): AGD 0.26 mGy
         + el(0x0040, 0x8302, b"DS", b"0.0031")
     )
     return part10(body, UID_UN_EXPLICIT)
@@ -105,7 +105,7 @@ def un_sequence_implicit_items() -> bytes:
         _head(UID_UN_IMPLICIT)
         + el(0x0019, 0x0010, b"LO", b"HOLOGIC, Inc.")
         + undefined_sq(0x0019, 0x1001, b"UN", [item(code)])
-        + el(0x0040, 0x0316, b"DS", b"0.26")
+        + el(0x0040, 0x0316, b"DS", b"0.0026")  # Organ Dose is in dGy (PS3.3): AGD 0.26 mGy
     )
     return part10(body, UID_UN_IMPLICIT)
 

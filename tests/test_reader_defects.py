@@ -87,7 +87,7 @@ def test_un_sequence_with_explicit_vr_items_is_read_as_pydicom_reads_it(lake: Pa
     seq = ds[0x0019, 0x1001].value
     got = _elements(lake, F.UID_UN_EXPLICIT)
     # was: rejected, "truncated: (0008,0100) SH declares 542803 bytes …"
-    assert got["OrganDose"][1] == str(ds.OrganDose) == "0.26"
+    assert got["OrganDose"][1] == str(ds.OrganDose) == "0.0026"
     assert got["EntranceDoseInmGy"][2] == float(ds.EntranceDoseInmGy)
     prefix = '(0019,"HOLOGIC, Inc.",01)'
     for i, item in enumerate(seq):
@@ -95,7 +95,11 @@ def test_un_sequence_with_explicit_vr_items_is_read_as_pydicom_reads_it(lake: Pa
         assert got[f"{prefix}[{i}].CodeMeaning"][1] == item.CodeMeaning
     nested = seq[0][0x0019, 0x1002].value[0][0x0019, 0x1003].value
     assert got[f'{prefix}[0].(0019,1002)[0].(0019,"HOLOGIC, Inc.",03)'][1] == nested
-    assert _query(lake, "OrganDose = 0.26") == {F.UID_UN_EXPLICIT, F.UID_UN_IMPLICIT}
+    assert _query(lake, "OrganDose = 0.0026") == {F.UID_UN_EXPLICIT, F.UID_UN_IMPLICIT}
+    # the dose the file was rejected with: AGD 0.26 mGy (Organ Dose is in dGy, PS3.3 C.8.11.7)
+    with dicomlake.open(lake, read_only=True) as lk:
+        agd = lk.sql(f"SELECT agd_mGy FROM dose_events WHERE SOPInstanceUID = '{F.UID_UN_EXPLICIT}'")["agd_mGy"]
+    assert agd.to_list() == [pytest.approx(float(ds.OrganDose) * 100)] and agd[0] == pytest.approx(0.26)
 
 
 def test_un_sequence_with_implicit_vr_items_still_reads(lake: Path) -> None:
