@@ -114,6 +114,17 @@ class Peers:
         """The command as users run it, inside the peers' namespace."""
         return self.pacs.run([*DICOMLAKE, *args], timeout=timeout)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The same command in this process (typer's runner) on a thread inside the namespace:
+        no interpreter start per call (the error paths below make many calls)."""
+        from typer.testing import CliRunner
+
+        from dicomlake.cli.main import app
+
+        result = self.pacs.call_in_netns(lambda: CliRunner().invoke(app, list(args)))
+        assert not isinstance(result.exception, (AssertionError, TypeError, AttributeError)), result.exception
+        return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
 
 def _wait_port(pacs: Orthanc, port: int, deadline_s: float = 20.0) -> None:
     def probe() -> bool:
@@ -214,14 +225,14 @@ def test_wrap_takes_patient_and_study_from_the_worklist_and_orthanc_holds_it(
 
 def test_several_matching_items_need_a_choice_and_none_is_an_error(peers: Peers, tmp_path: Path) -> None:
     photo = str(peers.inputs / "phone_photo.jpg")
-    several = peers.dicomlake(
+    several = peers.cli(
         "wrap", photo, "--out", str(tmp_path / "a"), "--worklist", peers.dcmtk_worklist, "--patient-id", "P-0001"
     )
     assert several.returncode == 2, several.stdout + several.stderr
     assert "2 scheduled procedure steps match" in several.stderr and "--choose" in several.stderr
     assert "ACC-1001" in several.stderr and "ACC-1002" in several.stderr  # both shown
     assert not (tmp_path / "a").exists() or _written(tmp_path / "a") == []
-    none = peers.dicomlake(
+    none = peers.cli(
         "wrap", photo, "--out", str(tmp_path / "b"), "--worklist", peers.orthanc_worklist, "--accession", "NOPE-9"
     )
     assert none.returncode == 2 and "no scheduled procedure step matches" in none.stderr, none.stderr
@@ -229,7 +240,7 @@ def test_several_matching_items_need_a_choice_and_none_is_an_error(peers: Peers,
     # the second item, chosen by its number in the listing (order as the provider answered it)
     listed = [line for line in several.stderr.splitlines() if line.startswith("worklist [")]
     second = next(n for n, line in enumerate(listed, start=1) if "ACC-1002" in line)
-    chosen = peers.dicomlake(
+    chosen = peers.cli(
         "wrap", photo, "--out", str(tmp_path / "c"), "--worklist", peers.dcmtk_worklist, "--patient-id", "P-0001",
         "--choose", str(second),
     )  # fmt: skip
@@ -237,7 +248,7 @@ def test_several_matching_items_need_a_choice_and_none_is_an_error(peers: Peers,
     (path,) = _written(tmp_path / "c")
     assert dcmdump_top_level(path)["00080050"][1] == "ACC-1002"
     # query by scheduled station and date
-    station = peers.dicomlake(
+    station = peers.cli(
         "wrap", photo, "--out", str(tmp_path / "d"), "--worklist", peers.orthanc_worklist,
         "--scheduled-station", "SCAN1", "--scheduled-date", TODAY,
     )  # fmt: skip
@@ -250,16 +261,14 @@ def test_refused_send_keeps_the_file_and_names_the_peers_answer(peers: Peers, tm
     photo = str(peers.inputs / "phone_photo.jpg")
     before = set(peers.pacs.instances())
     # Orthanc checks the called AE title: an unknown one is rejected
-    unknown = peers.dicomlake(
+    unknown = peers.cli(
         "wrap", photo, "--out", str(tmp_path / "a"), "--patient-id", "X1", "--send", "NOTPACS@127.0.0.1:4242"
     )
     assert unknown.returncode == 1, unknown.stdout + unknown.stderr
     assert "association rejected" in unknown.stderr and "alled AE title not recognised" in unknown.stderr
     assert len(_written(tmp_path / "a")) == 1
     # nothing listens on the port: the peer is down
-    down = peers.dicomlake(
-        "wrap", photo, "--out", str(tmp_path / "b"), "--patient-id", "X2", "--send", "PACS@127.0.0.1:4299"
-    )
+    down = peers.cli("wrap", photo, "--out", str(tmp_path / "b"), "--patient-id", "X2", "--send", "PACS@127.0.0.1:4299")
     assert down.returncode == 1 and "cannot connect" in down.stderr, down.stderr
     assert len(_written(tmp_path / "b")) == 1
 
@@ -273,7 +282,7 @@ def test_refused_send_keeps_the_file_and_names_the_peers_answer(peers: Peers, tm
         )
         try:
             _wait_port(peers.pacs, 11115)
-            return peers.dicomlake(
+            return peers.cli(
                 "wrap", photo, "--out", str(tmp_path / out), "--patient-id", "X3", "--send", "SCP@127.0.0.1:11115"
             )
         finally:
@@ -291,7 +300,7 @@ def test_refused_send_keeps_the_file_and_names_the_peers_answer(peers: Peers, tm
     assert "Traceback" not in unknown.stderr + down.stderr + aborted.stderr + no_jpeg.stderr
     assert set(peers.pacs.instances()) == before
     # the kept file goes later, with `dicomlake send`
-    again = peers.dicomlake("send", str(_written(tmp_path / "b")[0]), "--to", peers.destination)
+    again = peers.cli("send", str(_written(tmp_path / "b")[0]), "--to", peers.destination)
     assert again.returncode == 0, again.stderr
     uid = dcmdump_top_level(_written(tmp_path / "b")[0])["00080018"][1]
     assert peers.pacs.find_instance(uid) is not None
