@@ -58,6 +58,12 @@ ITEMS = [
         "referring": "Other^Doctor", "modality": "XC", "station_ae": "CAM1", "station": "WARD3CAM",
         "sps_id": "SPS-2001", "sps_desc": "Dermatology photograph",
     },
+    {
+        "accession": "ACC-4001", "patient_id": "P-0400", "name": "Müller^Jürgen", "birth": "19440229", "sex": "M",
+        "study": "1.2.826.0.1.3680043.8.498.22004", "rp_id": "RP-4001", "rp_desc": "Fußfoto links, Druckstelle",
+        "referring": "Groß^Renée", "modality": "XC", "station_ae": "CAM2", "station": "AMBULANZ",
+        "sps_id": "SPS-4001", "sps_desc": "Wundfoto",
+    },
 ]  # fmt: skip
 
 
@@ -95,7 +101,7 @@ def make_worklist_files(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for n, item in enumerate(ITEMS, start=1):
         dump = folder / f"item{n}.dump"
-        dump.write_text(_dump(item))
+        dump.write_bytes(_dump(item).encode("latin-1"))  # the files declare ISO_IR 100
         subprocess.run([dump2dcm, "-q", str(dump), str(folder / f"item{n}.wl")], check=True, timeout=30)
         dump.unlink()
     return folder
@@ -304,6 +310,52 @@ def test_refused_send_keeps_the_file_and_names_the_peers_answer(peers: Peers, tm
     assert again.returncode == 0, again.stderr
     uid = dcmdump_top_level(_written(tmp_path / "b")[0])["00080018"][1]
     assert peers.pacs.find_instance(uid) is not None
+
+
+def test_latin1_worklist_values_are_written_as_utf8(peers: Peers, tmp_path: Path) -> None:
+    item = ITEMS[3]
+    for provider in (peers.dcmtk_worklist, peers.orthanc_worklist):
+        out = tmp_path / provider.split("@")[0]
+        proc = peers.cli("wrap", str(peers.inputs / "screenshot.png"), "--out", str(out), "--worklist", provider,
+                         "--accession", item["accession"])  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Müller^Jürgen" in proc.stderr  # the listing shows the name as the provider meant it
+        (path,) = _written(out)
+        top = dcmdump_top_level(path)  # dcmdump +U8: converted from the file's character set
+        assert top["00080005"][1] == "ISO_IR 192"
+        assert (top["00100010"][1], top["00080090"][1], top["00081030"][1]) == (
+            item["name"],
+            item["referring"],
+            item["rp_desc"],
+        )
+        assert run_dciodvfy(path).errors == []
+
+
+def test_native_object_goes_in_the_only_syntax_the_peer_takes(peers: Peers, tmp_path: Path) -> None:
+    """storescp +xi accepts Implicit VR Little Endian only: the Explicit VR object is re-encoded."""
+    received = tmp_path / "received"
+    received.mkdir()
+    out = tmp_path / "dcm"
+    made = peers.cli("wrap", str(peers.inputs / "screenshot.png"), "--out", str(out), "--patient-id", "X4")
+    assert made.returncode == 0, made.stderr
+    (path,) = _written(out)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    scp = subprocess.Popen(
+        peers.pacs.command(["storescp", "+xi", "-od", str(received), "11116"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(peers.pacs, 11116)
+        sent = peers.cli("send", str(path), "--to", "SCP@127.0.0.1:11116")
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    assert sent.returncode == 0 and "0x0000" in sent.stdout, sent.stdout + sent.stderr
+    (stored,) = list(received.iterdir())
+    dump = subprocess.run(["dcmdump", "-M", "+P", "0002,0010", str(stored)], capture_output=True, text=True)
+    assert "=LittleEndianImplicit" in dump.stdout, dump.stdout  # storescp writes what it received
+    assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(path).PixelData
 
 
 def test_stow_rs_to_orthanc(peers: Peers, tmp_path: Path) -> None:

@@ -106,6 +106,14 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value)
 
 
+def _shown(value: str, limit: int = 64) -> str:
+    """A provider's value for a terminal: printable characters only (others escaped), cut to *limit*."""
+    if not value:
+        return "-"
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _codes(ds: Dataset, keyword: str) -> DicomSequence | None:
     """A code sequence whose items have the three basic code attributes, else None."""
     items = [
@@ -176,13 +184,14 @@ class WorklistItem:
         )
 
     def summary(self) -> str:
-        """One line for a person choosing between items (values as the provider sent them)."""
+        """One line for a person choosing between items; the provider's values are shown with
+        control characters escaped (they reach a terminal)."""
         when = " ".join(v for v in (self.start_date, self.start_time[:4]) if v)
         what = self.requested_procedure_description or self.step_description or "?"
         return (
-            f"accession {self.accession_number or '-'} | patient {self.patient_id or '-'} {self.patient_name!r} "
-            f"| {what!r} | {self.modality or '-'} at {self.station_ae_title or self.station_name or '-'} "
-            f"| {when or '-'}"
+            f"accession {_shown(self.accession_number)} | patient {_shown(self.patient_id)} "
+            f"{_shown(self.patient_name)} | {_shown(what)} | {_shown(self.modality)} at "
+            f"{_shown(self.station_ae_title or self.station_name)} | {_shown(when)}"
         )
 
     def patient_study(self) -> PatientStudy:
@@ -235,7 +244,8 @@ class WorklistItem:
             issuer_of_patient_id=self.issuer_of_patient_id or None,
             study_instance_uid=self.study_instance_uid,
             accession_number=self.accession_number,
-            study_description=(self.requested_procedure_description or self.step_description or None),
+            # Study Description is LO: at most 64 characters
+            study_description=(self.requested_procedure_description or self.step_description or "")[:64] or None,
             referring_physician_name=self.referring_physician_name,
             template=template,
         )
