@@ -673,8 +673,10 @@ def conformance() -> str:
     w(
         "Status codes returned by C-STORE (PS3.4 Table B.2-1, PS3.7 Annex C): `0000` success, sent only after the "
         "instance is fsynced into the spool; `A700` out of resources (the lake's disk has less than "
-        "`dimse.min_free_bytes` free); `C210` cannot understand (the data set cannot be decoded or its UID is not "
-        "a UID). `dimse.modalities` restricts which modalities are stored.\n\n"
+        "`dimse.min_free_bytes` free); `C210` cannot understand (the data set is empty or cannot be decoded, or its "
+        "SOP Instance or Class UID is not a UID, PS3.5 §9.1). `dimse.modalities` (`serve --modality`) restricts "
+        "which modalities are stored: an instance of another modality is answered `0000` (a deliberate filter, so "
+        "the sender does not retry), not stored, logged and counted as *filtered* in the service's status.\n\n"
     )
     w("<!-- begin: storage-sop-classes -->\n| SOP class | UID | role |\n|---|---|---|\n")
     for uid, name in sorted(storage.items(), key=lambda kv: kv[1]):
@@ -692,7 +694,11 @@ def conformance() -> str:
         "instances. C-MOVE names our AE title as Move Destination, so the PACS must know our AE title, host and "
         "port. C-GET proposes the storage SOP classes (up to 120 presentation contexts) with SCP/SCU Role "
         "Selection (PS3.7 D.3.3.4) asking for the SCP role, each with every transfer syntax below. Pull speed is "
-        "limited by `dimse.pull.concurrency`, `dimse.pull.instances_per_hour` and an off-peak `dimse.pull.window`.\n\n"
+        "limited by `dimse.pull.concurrency`, `dimse.pull.instances_per_hour` and an off-peak `dimse.pull.window`. "
+        "A C-FIND result limit (status `FE00` Cancel after the pending answers, as Orthanc's `LimitFindResults`, or "
+        "an answer of `dimse.pull.find_limit` matches) splits the query: date ranges in halves, then a full day by "
+        "`StudyTime` ranges; with `--metadata-only`, series and image queries by `SeriesNumber` / `InstanceNumber` "
+        "one value at a time until the count the PACS announced is found.\n\n"
     )
 
     w(

@@ -267,30 +267,48 @@ class _Finder:
         """
         if self.assoc is None or not self.assoc.is_established:
             self.assoc = _associate(self.ae, self.peer)
-        out: list[Any] = []
-        limited = False
-        t0 = time.monotonic()
-        for status, ident in self.assoc.send_c_find(
-            _identifier(level, keys, return_keys), StudyRootQueryRetrieveInformationModelFind
-        ):
-            if status is None or "Status" not in status:
-                assoc, self.assoc = self.assoc, None
-                raise AssociationError(_no_answer(self.ae, self.peer, assoc, time.monotonic() - t0, len(out)))
-            code = int(status.Status)
-            if code in (0xFF00, 0xFF01):
-                if ident is not None:
-                    out.append(ident)
-            elif code == 0xFE00:
-                limited = True
-            elif code != 0x0000:
-                hx, meaning = _status_text(status)
-                raise AssociationError(f"C-FIND at {self.peer} failed with status {hx} ({meaning})")
-        if find_limit and len(out) >= find_limit:
+        try:
+            return c_find_limited(self.assoc, self.ae, self.peer, level, keys, return_keys, find_limit=find_limit)
+        except AssociationError:
+            if not self.assoc.is_established:
+                self.assoc = None
+            raise
+
+
+def c_find_limited(
+    assoc: Any,
+    ae: Any,
+    peer: Peer,
+    level: str,
+    keys: Mapping[str, str],
+    return_keys: Sequence[str],
+    *,
+    find_limit: int = 0,
+) -> tuple[list[Any], bool]:
+    """One C-FIND (Study Root) on an open association: ``(matches, limited)``; see :meth:`_Finder.find`."""
+    out: list[Any] = []
+    limited = False
+    t0 = time.monotonic()
+    for status, ident in assoc.send_c_find(
+        _identifier(level, keys, return_keys), StudyRootQueryRetrieveInformationModelFind
+    ):
+        if status is None or "Status" not in status:
+            raise AssociationError(_no_answer(ae, peer, time.monotonic() - t0, len(out)))
+        code = int(status.Status)
+        if code in (0xFF00, 0xFF01):
+            if ident is not None:
+                out.append(ident)
+        elif code == 0xFE00:
             limited = True
-        return out, limited
+        elif code != 0x0000:
+            hx, meaning = _status_text(status)
+            raise AssociationError(f"C-FIND at {peer} failed with status {hx} ({meaning})")
+    if find_limit and len(out) >= find_limit:
+        limited = True
+    return out, limited
 
 
-def _no_answer(ae: Any, peer: Peer, assoc: Any, seconds: float, answers: int) -> str:
+def _no_answer(ae: Any, peer: Peer, seconds: float, answers: int) -> str:
     """Why a C-FIND ended without a status: the DIMSE timeout, or the PACS refused the query."""
     timeout = float(ae.dimse_timeout or 0)
     if timeout and seconds >= timeout - 0.5:
