@@ -10,7 +10,7 @@ import pytest
 
 from dicomlake.errors import WriteError
 from dicomlake.write.send import Peer, _auth_header
-from dicomlake.write.worklist import WorklistQuery, choose
+from dicomlake.write.worklist import WorklistItem, WorklistQuery, choose
 from tests import factories_write as fw
 
 
@@ -99,3 +99,32 @@ def test_send_usage_errors(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no such file" in proc.stderr
     proc = _run("send", str(tmp_path / "missing.dcm"))
     assert proc.returncode == 2 and "give one of --to" in proc.stderr
+
+
+def _item(**values: str) -> WorklistItem:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = Dataset()
+    ds.PatientName, ds.PatientID, ds.StudyInstanceUID = "Doe^Jane", "P1", "1.2.3.4"
+    ds.AccessionNumber, ds.RequestedProcedureID = "A1", "RP1"
+    sps = Dataset()
+    sps.ScheduledProcedureStepID, sps.Modality = "SPS1", "XC"
+    ds.ScheduledProcedureStepSequence = Sequence([sps])
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return WorklistItem.from_dataset(ds)
+
+
+def test_summary_escapes_control_characters_from_the_provider() -> None:
+    line = _item(AccessionNumber="A1\x1b[2J", PatientID="P\r1").summary()
+    assert "\x1b" not in line and "\r" not in line
+    assert "A1\\x1b[2J" in line and "P\\r1" in line
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")  # the provider's over-long value
+def test_a_long_requested_procedure_description_still_makes_a_valid_study_description() -> None:
+    study = _item(RequestedProcedureDescription="x" * 100).patient_study()
+    assert study.study_description == "x" * 64
+    assert study.template is not None
+    assert study.template.RequestAttributesSequence[0].RequestedProcedureDescription == "x" * 64
