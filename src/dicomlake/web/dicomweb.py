@@ -565,32 +565,108 @@ def _counts(ctx: WebContext, level: str, keys: list[str], analyst: bool) -> dict
     return {r["k"]: r for r in rows}
 
 
-@router.get("/studies", summary="QIDO-RS: search for studies")
+# PS3.18 Table 10.6.1-5: the matching keys a QIDO-RS provider supports at each level (any other
+# attribute matches too; these are the ones the OpenAPI description names)
+MATCH_KEYS = {
+    "study": (
+        ("StudyDate", "DA: a date or a range (20190101-20191231, open ends allowed)"),
+        ("StudyTime", "TM: a time or a range"),
+        ("AccessionNumber", "SH; * and ? wildcards"),
+        ("ModalitiesInStudy", "CS: a modality of any series of the study"),
+        ("ReferringPhysicianName", "PN; wildcards; fuzzymatching"),
+        ("PatientName", "PN; case-sensitive unless fuzzymatching=true"),
+        ("PatientID", "LO; wildcards"),
+        ("StudyInstanceUID", "UI: one UID or a list (, or \\)"),
+        ("StudyID", "SH; wildcards"),
+    ),
+    "series": (
+        ("Modality", "CS"),
+        ("SeriesInstanceUID", "UI: one UID or a list"),
+        ("SeriesNumber", "IS"),
+        ("PerformedProcedureStepStartDate", "DA: a date or a range"),
+        ("PerformedProcedureStepStartTime", "TM: a time or a range"),
+        ("RequestAttributesSequence.ScheduledProcedureStepID", "SH, in the sequence"),
+        ("RequestAttributesSequence.RequestedProcedureID", "SH, in the sequence"),
+    ),
+    "instance": (
+        ("SOPClassUID", "UI: one UID or a list"),
+        ("SOPInstanceUID", "UI: one UID or a list"),
+        ("InstanceNumber", "IS"),
+    ),
+}
+
+
+def qido_parameters(*levels: str) -> dict[str, Any]:
+    """OpenAPI ``parameters`` of a QIDO-RS route (PS3.18 §8.3.4, §10.6.1.2): the matching keys of
+    ``levels`` and the query control parameters."""
+    params: list[dict[str, Any]] = []
+    for level in levels:
+        for name, text in MATCH_KEYS[level]:
+            params.append(
+                {"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
+            )
+    ctl: list[tuple[str, dict[str, Any], str]] = [
+        ("limit", {"type": "integer", "minimum": 1}, "results per page (PS3.18 §8.3.4.4)"),
+        ("offset", {"type": "integer", "minimum": 0}, "results to skip (PS3.18 §8.3.4.4)"),
+        ("fuzzymatching", {"type": "boolean"}, "case-insensitive person-name matching (PS3.18 §8.3.4.1)"),
+        (
+            "includefield",
+            {"type": "array", "items": {"type": "string"}},
+            "attributes to return besides the required ones: keywords, tags (ggggeeee), or all (PS3.18 §8.3.4.3)",
+        ),
+        ("emptyvaluematching", {"type": "boolean"}, "not supported: ignored with a Warning (PS3.18 §8.3.4.5)"),
+        ("multiplevaluematching", {"type": "boolean"}, "not supported: ignored with a Warning (PS3.18 §8.3.4.6)"),
+    ]
+    for name, schema, text in ctl:
+        param: dict[str, Any] = {"name": name, "in": "query", "required": False, "description": text, "schema": schema}
+        if schema["type"] == "array":
+            param.update(style="form", explode=True)
+        params.append(param)
+    return {"parameters": params}
+
+
+@router.get("/studies", summary="QIDO-RS: search for studies", openapi_extra=qido_parameters("study"))
 def search_for_studies(request: Request) -> Response:
     return search(request, "study")
 
 
-@router.get("/series", summary="QIDO-RS: search for series")
+@router.get("/series", summary="QIDO-RS: search for series", openapi_extra=qido_parameters("study", "series"))
 def search_for_series(request: Request) -> Response:
     return search(request, "series")
 
 
-@router.get("/instances", summary="QIDO-RS: search for instances")
+@router.get(
+    "/instances",
+    summary="QIDO-RS: search for instances",
+    openapi_extra=qido_parameters("study", "series", "instance"),
+)
 def search_for_instances(request: Request) -> Response:
     return search(request, "instance")
 
 
-@router.get("/studies/{study}/series", summary="QIDO-RS: search for series of a study")
+@router.get(
+    "/studies/{study}/series",
+    summary="QIDO-RS: search for series of a study",
+    openapi_extra=qido_parameters("series"),
+)
 def search_for_study_series(request: Request, study: str) -> Response:
     return search(request, "series", study)
 
 
-@router.get("/studies/{study}/instances", summary="QIDO-RS: search for instances of a study")
+@router.get(
+    "/studies/{study}/instances",
+    summary="QIDO-RS: search for instances of a study",
+    openapi_extra=qido_parameters("series", "instance"),
+)
 def search_for_study_instances(request: Request, study: str) -> Response:
     return search(request, "instance", study)
 
 
-@router.get("/studies/{study}/series/{series}/instances", summary="QIDO-RS: search for instances of a series")
+@router.get(
+    "/studies/{study}/series/{series}/instances",
+    summary="QIDO-RS: search for instances of a series",
+    openapi_extra=qido_parameters("instance"),
+)
 def search_for_series_instances(request: Request, study: str, series: str) -> Response:
     return search(request, "instance", study, series)
 
