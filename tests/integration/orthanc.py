@@ -155,6 +155,9 @@ class Orthanc:
         e.g. a test SCP as a C-MOVE destination.
     check_called_aet
         Refuse associations whose called AE title is not ``aet``.
+    http_headers
+        Headers sent with every REST call of this helper, e.g. ``Authorization`` when
+        ``extra_config`` turns on Orthanc's HTTP authentication.
     worklists
         A folder of ``*.wl`` worklist files: load the ModalityWorklists plugin, which
         answers Modality Worklist C-FIND from them (``None``: no worklist service).
@@ -177,6 +180,7 @@ class Orthanc:
         extra_config: Mapping[str, Any] | None = None,
         startup_timeout: float = 30.0,
         worklists: str | os.PathLike[str] | None = None,
+        http_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
@@ -187,6 +191,7 @@ class Orthanc:
         self.check_called_aet = check_called_aet
         self.extra_config = dict(extra_config or {})
         self.worklists = Path(worklists) if worklists is not None else None
+        self.http_headers = dict(http_headers or {})
         self.startup_timeout = startup_timeout
         self.host = "127.0.0.1"
         self.process: subprocess.Popen[bytes] | None = None
@@ -376,6 +381,7 @@ class Orthanc:
     ) -> tuple[int, bytes]:
         """Send an HTTP request to Orthanc inside the namespace; return ``(status, body)``."""
         url = self.base_url + path
+        headers = {**self.http_headers, **(headers or {})}
 
         def send() -> tuple[int, bytes]:
             req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))

@@ -565,3 +565,32 @@ def test_wrap_takes_patient_and_study_from_a_ups_rs_workitem(tmp_path: Path) -> 
     assert top["00081030"][1] == "Photo of pressure ulcer"
     assert run_dciodvfy(path).errors == []
     assert none.returncode == 2 and "no scheduled procedure step matches accession ACC-0000" in none.stderr
+
+
+def test_stow_rs_with_basic_auth_and_a_refused_password(tmp_path: Path) -> None:
+    """Orthanc with HTTP authentication: the right user stores, a wrong password is refused (401)."""
+    import base64
+    import json
+
+    require_orthanc(dicomweb=True)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    config = {"AuthenticationEnabled": True, "RegisteredUsers": {"lake": "s3cret pass"}}
+    auth = {"Authorization": "Basic " + base64.b64encode(b"lake:s3cret pass").decode()}
+    with Orthanc(tmp_path / "orthanc", aet="PACS", dicomweb=True, extra_config=config, http_headers=auth) as pacs:
+        peers = Peers(pacs, None, inputs)  # type: ignore[arg-type]
+        good = peers.dicomlake(
+            "wrap", str(fw.screenshot_png(inputs)), "--out", str(tmp_path / "a"), "--patient-id", "AUTH-1",
+            "--stow", pacs.dicomweb_url, "--stow-auth", "basic:lake:s3cret pass",
+        )  # fmt: skip
+        bad = peers.cli(
+            "wrap", str(inputs / "screenshot.png"), "--out", str(tmp_path / "b"), "--patient-id", "AUTH-2",
+            "--stow", pacs.dicomweb_url, "--stow-auth", "basic:lake:wrong",
+        )  # fmt: skip
+        status, body = pacs.request("GET", "/patients?expand")
+        anonymous = pacs.request("GET", "/patients", headers={"Authorization": ""})[0]
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert bad.returncode == 1 and "HTTP 401" in bad.stderr, bad.stdout + bad.stderr
+    assert len(_written(tmp_path / "b")) == 1
+    assert status == 200 and anonymous == 401
+    assert sorted(p["MainDicomTags"]["PatientID"] for p in json.loads(body)) == ["AUTH-1"]
