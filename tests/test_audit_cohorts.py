@@ -196,3 +196,58 @@ def test_workflow_gaps_skip_unknown_room_and_break_ties_the_same_way(tie_lakes: 
         assert "unknown room" in res.table("rooms").get_column("room").to_list()
     assert got_all[0] == got_all[1]
     assert [g for g in got_all[0]] == [w for w in want if w[0] >= 0]
+
+
+# ---- nuclear medicine: administered activity --------------------------------------------
+
+
+def _dcmdump_values(path: Path, tag: str) -> list[str]:
+    out = subprocess.run([require_tool("dcmdump"), "+P", tag, str(path)], capture_output=True, text=True, check=True)
+    return [line.split("[", 1)[1].split("]", 1)[0] for line in out.stdout.splitlines() if "[" in line]
+
+
+def test_nm_activity_audit_counts_each_administration_once_in_mbq(openrem_lake: Path) -> None:  # noqa: F811
+    corpus = openrem_dir()
+    with Lake.open(openrem_lake, read_only=True) as lk:
+        res = run_audit("nm-dose", lk)
+    rows = {r["radiopharmaceutical"]: r for r in res.all_data.to_dicts()}
+    # NM images: Radionuclide Total Dose (0018,1074) in MBq (dcmdump); two images, one administration
+    assert _dcmdump_values(corpus / "NM-NmIm-Siemens.dcm", "0018,1074") == ["764"]
+    assert rows["DPD"]["activity_MBq"] == 764.0 and rows["DPD"]["drl_rule"] == "99mTc bone (MDP/HDP/DPD)"
+    assert _dcmdump_values(corpus / "NM-NmIm-Siemens-s1-1.dcm", "0018,1074") == ["320"]
+    assert _dcmdump_values(corpus / "NM-NmIm-Siemens-s1-2.dcm", "0018,1074") == ["320"]
+    assert [r["radiopharmaceutical"] for r in res.all_data.to_dicts()].count("Sestamibi") == 1
+    # PET images: in Bq (GE: 221596288 Bq = 221.596288 MBq)
+    (bq,) = _dcmdump_values(corpus / "NM-PetIm-GE.dcm", "0018,1074")
+    assert rows["FDG -- fluorodeoxyglucose"]["activity_MBq"] == pytest.approx(float(bq) / 1e6)
+    # the study with a Radiopharmaceutical Radiation Dose SR: the SR's administration (113507), not its
+    # PET images' again
+    rep = dsr.read(corpus / "NM-RRDSR-Siemens.dcm", require_tool("dsr2xml"))
+    sr_mbq = [dsr.to_unit(n.value, n.unit, "MBq") for ev in rep.events for n in ev.values("113507")]
+    sr_study = str(pydicom.dcmread(corpus / "NM-RRDSR-Siemens.dcm", stop_before_pixels=True).StudyInstanceUID)
+    in_study = res.all_data.filter(res.all_data["StudyInstanceUID"] == sr_study)
+    assert sorted(in_study.get_column("activity_MBq").to_list()) == pytest.approx(sorted(sr_mbq))
+    assert set(in_study.get_column("source").to_list()) == {"rdsr"}
+    assert res.numbers["administrations"] == 4
+    alerts = res.table("alerts")
+    assert alerts.get_column("value").to_list() == [764.0] and alerts.get_column("unit").to_list() == ["MBq"]
+
+
+def test_trend_table_medians_per_month_and_quarter() -> None:
+    import polars as pl
+
+    from dicomlake.audit.trends import trend_table
+
+    df = pl.DataFrame({
+        "StudyDate": [dt.date(2024, 1, 5), dt.date(2024, 1, 20), dt.date(2024, 2, 1), dt.date(2024, 4, 2), None],
+        "room": ["CT1", "CT1", "CT1", "CT2", "CT1"],
+        "dlp": [100.0, 300.0, 50.0, 80.0, 999.0],
+    })  # fmt: skip
+    month = trend_table(df, "StudyDate", "room", "dlp", "month").to_dicts()
+    assert [(r["period"], r["room"], r["n"], r["median_dlp"]) for r in month] == [
+        ("2024-01", "CT1", 2, 200.0), ("2024-02", "CT1", 1, 50.0), ("2024-04", "CT2", 1, 80.0)]  # fmt: skip
+    quarter = trend_table(df, "StudyDate", "room", "dlp", "quarter").to_dicts()
+    assert [(r["period"], r["room"], r["n"], r["median_dlp"]) for r in quarter] == [
+        ("2024-Q1", "CT1", 3, 100.0), ("2024-Q2", "CT2", 1, 80.0)]  # fmt: skip
+    with pytest.raises(ValueError, match="month or quarter"):
+        trend_table(df, "StudyDate", "room", "dlp", "week")

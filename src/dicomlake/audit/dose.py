@@ -19,6 +19,7 @@ from dicomlake.audit.common import (
 from dicomlake.audit import drl as drl_rules
 from dicomlake.audit.events import distinct_events_sql, study_totals
 from dicomlake.audit.report import AuditResult, Chart, Table
+from dicomlake.audit.trends import trend_chart
 from dicomlake.query.lake import Lake
 
 
@@ -177,6 +178,11 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
         _bar(med_st, "study_description_std", "scanner", "median_DLP_mGycm", "Median DLP (mGy·cm)", drl_st, "local_drl_DLP_mGycm"),
         med_st,
     ))  # fmt: skip
+    trend = trend_chart(studies, "StudyDate", "scanner", "DLP_total_mGycm", "Median total DLP per study (mGy·cm)",
+                        (settings or load_settings()).get("trends", {}))  # fmt: skip
+    if trend is not None:
+        res.charts.append(trend[0])
+        res.tables.append(trend[1])
     res.tables += [
         Table("ctdivol", "CTDIvol by protocol and scanner", "Median and mean per irradiation event.", med_ev),
         Table(
@@ -278,6 +284,11 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
             _bar(med_rp, gcol, "scanner", "median_dose_rp_mGy", "Median dose (RP) (mGy)"), med_rp,
         ))  # fmt: skip
         res.tables.append(Table("dose-rp", "Dose at the reference point", "Per event.", med_rp))
+    trend = trend_chart(data, "StudyDate", "scanner", value, "Median DAP (cGy·cm²)" + (" per study" if key == "rf" else ""),
+                        (settings or load_settings()).get("trends", {}))  # fmt: skip
+    if trend is not None:
+        res.charts.append(trend[0])
+        res.tables.append(trend[1])
     res.tables += [
         Table("dap", "DAP by group and room", what, med),
         Table("drl-dap", "DAP DRLs", "Local DRL = Q3 of room medians; national from settings.", drl),

@@ -25,6 +25,7 @@ from dicomlake.audit.common import (
 )
 from dicomlake.audit.events import distinct_events_sql
 from dicomlake.audit.report import AuditResult, Chart, Table
+from dicomlake.audit.trends import trend_chart
 from dicomlake.query.lake import Lake
 
 MODES = ("2D", "DBT", "CE")
@@ -364,6 +365,12 @@ def audit_mg_dose(lake: Lake, selection: Selection | None = None, settings: dict
                             "quality_flags row of severity 'error' on the exposure's image, or on its dose SR "
                             "naming the event). The exposure's other values still count.",
                             excluded))  # fmt: skip
+
+    trend = trend_chart(dosed, "StudyDate", "cohort", "agd_mGy", "Median AGD per exposure (mGy)",
+                        (settings or load_settings()).get("trends", {}))  # fmt: skip
+    if trend is not None:
+        res.charts.append(trend[0])
+        res.tables.append(trend[1])
 
     # ---- compression force ----------------------------------------------------------------
     forced = df.filter(pl.col("compression_force_N").is_not_null())
