@@ -255,3 +255,23 @@ def test_max_sequence_depth_is_enforced_with_a_clear_reason(tmp_path: Path) -> N
     assert len(reason) == 1 and "nested deeper than 4" in reason[0] and "ingest.max_sequence_depth" in reason[0]
     report = ingest_paths([src], tmp_path / "default", workers=1)  # default 16
     assert (report.instances, report.rejected) == (1, 0)
+
+
+def test_float32_text_is_numpys_shortest_round_trip_decimal() -> None:
+    import random
+    import struct
+
+    import numpy as np
+
+    from dicomlake.dicom.values import float32_text
+
+    rng = random.Random(18)
+    for _ in range(20_000):
+        (x,) = struct.unpack("<f", struct.pack("<I", rng.getrandbits(32)))
+        ours = float32_text(x)
+        if x != x:
+            assert ours == "nan"
+            continue
+        want = np.format_float_positional(np.float32(x), unique=True) if abs(x) < 1e16 else str(np.float32(x))
+        assert float(ours) == float(want), (x, ours, want)  # the same shortest decimal
+        assert struct.unpack("<f", struct.pack("<f", float(ours)))[0] == x  # which reads back as the same float32

@@ -99,7 +99,7 @@ def float32_text(x: float) -> str:
     if not math.isfinite(x):
         return repr(x)
     pack, unpack = _F32.pack, _F32.unpack
-    for digits in (6, 7, 8):
+    for digits in range(1, 9):
         s = f"{x:.{digits}g}"
         if unpack(pack(float(s)))[0] == x:
             return repr(float(s))

@@ -308,12 +308,8 @@ class _Walk:
                     text = "\\".join(texts)
                     first = nums[0]
                     num = float(texts[0]) if math.isfinite(first) else None
-                    if json_out:
-                        jval = (
-                            '"Value":['
-                            + ",".join([t if math.isfinite(x) else "null" for t, x in zip(texts, nums, strict=True)])
-                            + "]"
-                        )
+                    if json_out:  # JSON keeps the double that the float32 is (as pydicom writes it)
+                        jval = '"Value":[' + ",".join([repr(x) if math.isfinite(x) else "null" for x in nums]) + "]"
                 elif nums:
                     text = "\\".join(map(str, nums))
                     first = nums[0]
