@@ -375,7 +375,7 @@ def test_sandbox_postgres_cli_and_lake_sql_refuse_payloads(
 
 
 def test_sandbox_postgres_engine_refuses_writes_without_the_statement_check(
-    pg_lake: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+    pg_lake: tuple[Any, str], secret: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dicomlake.store.sandbox as sandbox
     from dicomlake.store.postgres import PostgresStore
@@ -389,9 +389,13 @@ def test_sandbox_postgres_engine_refuses_writes_without_the_statement_check(
             "DELETE FROM instances",
             "DROP TABLE elements",
             "SELECT set_config('transaction_read_only', 'off', true)",
+            f"SELECT pg_read_file('{secret}')",  # the test server's user is a superuser: the role stops it
+            f"SELECT pg_read_binary_file('{secret}')",
+            "SELECT * FROM pg_ls_dir('.')",
         ):
-            with pytest.raises(QueryError):
+            with pytest.raises(QueryError) as info:
                 st.query_readonly(sql)
+            assert MARKER not in str(info.value)
     assert pg_checksum(url) == before
 
 

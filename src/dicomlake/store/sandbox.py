@@ -365,9 +365,12 @@ def run_postgres(
     )
     check_sql(pg_sql.replace("%s", "NULL"), "postgres")
     conn = store.connection
+    role = _pg_reader_role(store)
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SET TRANSACTION READ ONLY")
+            if role:
+                cur.execute(f'SET LOCAL ROLE "{role}"')
             if time_limit_s:
                 cur.execute(f"SET LOCAL statement_timeout = {int(time_limit_s * 1000)}")
             cur.execute(pg_sql, pg_params)
@@ -389,6 +392,40 @@ def run_postgres(
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise QueryError(f"{type(exc).__name__}: {first}") from exc
+
+
+PG_READER_ROLE = "dicomlake_sql_reader"
+
+
+def _pg_reader_role(store: Any) -> str | None:
+    """The role user SQL runs as on PostgreSQL: SELECT on the lake's tables and nothing else
+    (not a superuser, no ``pg_read_server_files``), made once when the lake's user may create
+    roles; None (statement check and READ ONLY only) when it may not."""
+    import psycopg
+
+    cached = getattr(store, "_sql_reader_role", None)
+    if cached is not None:
+        return cached or None
+    conn = store.connection
+    role = PG_READER_ROLE
+    try:
+        with conn.transaction():
+            schema = conn.execute("SELECT current_schema()").fetchone()
+            schema_name = str(schema[0]) if schema and schema[0] else "public"
+            quoted = '"' + schema_name.replace('"', '""') + '"'
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+                conn.execute(f'CREATE ROLE "{role}" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT')
+            conn.execute(f'GRANT USAGE ON SCHEMA {quoted} TO "{role}"')
+            conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA {quoted} TO "{role}"')
+            conn.execute(f'ALTER DEFAULT PRIVILEGES IN SCHEMA {quoted} GRANT SELECT ON TABLES TO "{role}"')
+            member = conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [role]).fetchone()
+            if not (member and member[0]):
+                conn.execute(f'GRANT "{role}" TO CURRENT_USER')
+    except psycopg.Error:
+        store._sql_reader_role = ""
+        return None
+    store._sql_reader_role = role
+    return role
 
 
 class _Rollback(Exception):
