@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pydicom
@@ -45,6 +46,7 @@ ITEMS = [
         "study": "1.2.826.0.1.3680043.8.498.22001", "rp_id": "RP-1001", "rp_desc": "Photo of wound, left hand",
         "referring": "Who^Referred", "modality": "XC", "station_ae": "CAM1", "station": "WARD3CAM",
         "sps_id": "SPS-1001", "sps_desc": "Clinical photograph",
+        "rp_code": "PHOTO-HAND|99RIS|Clinical photo of the hand", "protocol_code": "P-WOUND|99RIS|Wound photo",
     },
     {
         "accession": "ACC-1002", "patient_id": "P-0001", "name": "Doe^Jane", "birth": "19700102", "sex": "F",
@@ -67,6 +69,18 @@ ITEMS = [
 ]  # fmt: skip
 
 
+def _code_sequence(tag: str, code: str | None) -> str:
+    """A one-item code sequence in dump form from ``VALUE|SCHEME|MEANING``, or nothing."""
+    if not code:
+        return ""
+    value, scheme, meaning = code.split("|")
+    return (
+        f"{tag} SQ (Sequence with undefined length #=1)\n  (fffe,e000) na (Item with undefined length #=3)\n"
+        f"    (0008,0100) SH [{value}]\n    (0008,0102) SH [{scheme}]\n    (0008,0104) LO [{meaning}]\n"
+        "  (fffe,e00d) na (ItemDelimitationItem)\n(fffe,e0dd) na (SequenceDelimitationItem)\n"
+    )
+
+
 def _dump(item: dict[str, str]) -> str:
     """A worklist file in dcmdump's text form (dump2dcm's input)."""
     return f"""(0008,0005) CS [ISO_IR 100]
@@ -79,7 +93,7 @@ def _dump(item: dict[str, str]) -> str:
 (0020,000d) UI [{item["study"]}]
 (0032,1032) PN [{item["referring"]}]
 (0032,1060) LO [{item["rp_desc"]}]
-(0040,0100) SQ (Sequence with undefined length #=1)
+{_code_sequence("(0032,1064)", item.get("rp_code"))}(0040,0100) SQ (Sequence with undefined length #=1)
   (fffe,e000) na (Item with undefined length #=8)
     (0008,0060) CS [{item["modality"]}]
     (0040,0001) AE [{item["station_ae"]}]
@@ -89,7 +103,7 @@ def _dump(item: dict[str, str]) -> str:
     (0040,0009) SH [{item["sps_id"]}]
     (0040,0010) SH [{item["station"]}]
     (0040,0011) SH [WARD 3]
-  (fffe,e00d) na (ItemDelimitationItem)
+    {_code_sequence("(0040,0008)", item.get("protocol_code"))}  (fffe,e00d) na (ItemDelimitationItem)
 (fffe,e0dd) na (SequenceDelimitationItem)
 (0040,1001) SH [{item["rp_id"]}]
 """
@@ -185,6 +199,11 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
             log.close()
 
 
+def _code(seq: Any) -> str:
+    """The first item of a code sequence as ``VALUE|SCHEME|MEANING`` (the answer key's form)."""
+    return "|".join((seq[0].CodeValue, seq[0].CodingSchemeDesignator, seq[0].CodeMeaning))
+
+
 def _written(out: Path) -> list[Path]:
     return sorted(out.glob("*.dcm"))
 
@@ -215,8 +234,11 @@ def test_wrap_takes_patient_and_study_from_the_worklist_and_orthanc_holds_it(
         assert top["00100040"][1] == item["sex"]
         assert top["00080090"][1] == item["referring"]
         assert top["00081030"][1] == item["rp_desc"]
-        request = pydicom.dcmread(path, stop_before_pixels=True).RequestAttributesSequence[0]
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        request = ds.RequestAttributesSequence[0]
         assert (request.RequestedProcedureID, request.ScheduledProcedureStepID) == (item["rp_id"], item["sps_id"])
+        assert _code(ds.ProcedureCodeSequence) == _code(request.RequestedProcedureCodeSequence) == item["rp_code"]
+        assert _code(request.ScheduledProtocolCodeSequence) == item["protocol_code"]
         report = run_dciodvfy(path)
         assert report.errors == [], report.output
         # the destination PACS holds it, with the worklist's identity

@@ -85,6 +85,7 @@ class WorklistQuery:
         sps = Dataset()
         for keyword in SPS_KEYS:
             setattr(sps, keyword, "")
+        sps.ScheduledProtocolCodeSequence = DicomSequence()
         if self.modality:
             sps.Modality = self.modality.upper()
         if self.station_ae_title:
