@@ -256,12 +256,28 @@ def _single_uid(js: dict[str, Any], tag: str, name: str) -> str:
     return uid
 
 
+def _instance_uids(js: dict[str, Any]) -> tuple[str, str]:
+    """``(SOP Instance UID, SOP Class UID or "")`` under the rule C-STORE follows (:func:`instance_uid_problem`).
+
+    The instance must have one SOP Instance UID that is a UID; a missing SOP Class UID is
+    accepted as C-STORE accepts a data set without one (Orthanc's WADO-RS metadata omits
+    it when the stored file has none).
+    """
+    from dicomlake.ingest.spool import instance_uid_problem
+
+    uid = _single_uid(js, "00080018", "SOP Instance UID")
+    sop_class = _single_uid(js, "00080016", "SOP Class UID") if "00080016" in js else ""
+    problem = instance_uid_problem(uid, sop_class)
+    if problem:
+        raise ValueError(problem)
+    return uid, sop_class
+
+
 def json_to_part10_fast(js: dict[str, Any]) -> tuple[str, bytes]:
     """DICOM JSON → Explicit VR Little Endian Part-10 without pydicom (PS3.18 F.2 in reverse)."""
     from dicomlake.ingest.spool import encode_file_meta
 
-    uid = _single_uid(js, "00080018", "SOP Instance UID")
-    sop_class = _single_uid(js, "00080016", "SOP Class UID")
+    uid, sop_class = _instance_uids(js)
     if "00080005" not in js and any(el.get("vr") in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") for el in js.values()):
         js = {**js, "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]}}
     out: list[bytes] = [encode_file_meta(sop_class, uid, "1.2.840.10008.1.2.1")]
@@ -286,8 +302,7 @@ def json_to_part10(js: dict[str, Any]) -> tuple[str, bytes]:
     spooling corrupt bytes. Over-long text within 64 KiB (an LO of 70 characters) is kept,
     as the rest of ingest keeps it.
     """
-    uid = _single_uid(js, "00080018", "SOP Instance UID")
-    _single_uid(js, "00080016", "SOP Class UID")
+    uid, _sop_class = _instance_uids(js)
     try:
         _uid, data = json_to_part10_fast(js)
     except InvalidDicomJson:
@@ -304,7 +319,7 @@ def _part10_pydicom(js: dict[str, Any], uid: str) -> bytes:
     import warnings
 
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each problem that matters is raised below
@@ -313,7 +328,7 @@ def _part10_pydicom(js: dict[str, Any], uid: str) -> bytes:
         except Exception as exc:
             raise ValueError(f"DICOM JSON not readable: {type(exc).__name__}: {str(exc)[:200]}") from exc
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID if "SOPClassUID" in ds else UID("")
         meta.MediaStorageSOPInstanceUID = uid  # type: ignore[assignment]
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
@@ -436,6 +451,7 @@ def pull_dicomweb(
             study_uid = _value(st, "0020000D")
             if not study_uid:
                 continue
+            refused: list[str] = []
             try:
                 for se in client.search_for_series(study_uid):
                     series_uid = _value(se, "0020000E")
@@ -448,10 +464,18 @@ def pull_dicomweb(
                             rep.pixel_bytes += len(pel.get("InlineBinary", "")) * 3 // 4 + len(
                                 pel.get("Value", []) or []
                             )
-                        uid, data = json_to_part10(js)
+                        try:
+                            uid, data = json_to_part10(js)
+                        except ValueError as exc:  # this instance only; the rest of the study still comes
+                            refused.append(f"instance {_value(js, '00080018')!r:.80}: {exc}")
+                            continue
                         spool.put(uid, data, "dicomweb")
                         rep.instances += 1
-                rep.done += 1
+                if refused:
+                    rep.failed += 1
+                    rep.failures.append(f"{study_uid}: {len(refused)} instance(s) refused — {'; '.join(refused[:3])}")
+                else:
+                    rep.done += 1
             except Exception as exc:
                 rep.failed += 1
                 rep.failures.append(f"{study_uid}: {exc}")
