@@ -128,3 +128,19 @@ def test_a_long_requested_procedure_description_still_makes_a_valid_study_descri
     assert study.study_description == "x" * 64
     assert study.template is not None
     assert study.template.RequestAttributesSequence[0].RequestedProcedureDescription == "x" * 64
+
+
+def test_worklist_identity_flags_nothing_when_the_provider_is_down() -> None:
+    import socket
+
+    from dicomlake.curate.rules import Check, Severity
+    from dicomlake.curate.worklist import find_mismatches
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    check = Check("worklist-identity", True, Severity.ERROR, {"provider": f"RIS@127.0.0.1:{port}"})
+    notes: list[str] = []
+    rows = [{"SOPInstanceUID": "1.2.3", "AccessionNumber": "A1", "PatientID": "P9"}]
+    assert find_mismatches(rows, check, notes) == []
+    assert len(notes) == 1 and "cannot connect" in notes[0] and "nothing flagged" in notes[0]

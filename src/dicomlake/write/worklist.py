@@ -268,9 +268,19 @@ def find_worklist(
         The provider cannot be reached, refused the association, or answered with a
         failure status (named, e.g. ``0xA700 Failure: Refused: Out of resources``).
     """
-    from pynetdicom.status import MODALITY_WORKLIST_SERVICE_CLASS_STATUS, code_to_category
+    return find_worklist_many(peer, [query], calling_ae=calling_ae, timeout=timeout, limit=limit)[0]
 
-    identifier = query.identifier()
+
+def find_worklist_many(
+    peer: Peer,
+    queries: Sequence[WorklistQuery],
+    *,
+    calling_ae: str = "DICOMLAKE",
+    timeout: float = 30.0,
+    limit: int = 1000,
+) -> list[list[WorklistItem]]:
+    """The answers to several queries over one association (one list per query, in order)."""
+    identifiers = [query.identifier() for query in queries]
     assoc = associate(
         peer,
         [(MWL_FIND, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])],
@@ -278,31 +288,37 @@ def find_worklist(
         timeout=timeout,
         what="--worklist",
     )
-    items: list[WorklistItem] = []
     try:
-        for status, found in assoc.send_c_find(identifier, MWL_FIND):
-            if status is None or "Status" not in status:
-                raise AssociationError(
-                    f"--worklist {peer}: the provider aborted or did not answer the C-FIND; it may not "
-                    f"accept queries from our AE title {calling_ae} (add it to the provider's known modalities)"
-                )
-            code = int(status.Status)
-            if code in (0xFF00, 0xFF01):
-                if found is not None and len(items) < limit:
-                    items.append(WorklistItem.from_dataset(found))
-                continue
-            if code == 0x0000:
-                break
-            category, text = MODALITY_WORKLIST_SERVICE_CLASS_STATUS.get(code, (code_to_category(code), ""))
-            comment = str(status.get("ErrorComment", "") or "")
-            raise AssociationError(
-                f"--worklist {peer}: C-FIND answered 0x{code:04X} {category}"
-                + (f": {text}" if text else "")
-                + (f" ({comment})" if comment else "")
-            )
+        return [_c_find(assoc, identifier, peer, calling_ae, limit) for identifier in identifiers]
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _c_find(assoc: Any, identifier: Dataset, peer: Peer, calling_ae: str, limit: int) -> list[WorklistItem]:
+    from pynetdicom.status import MODALITY_WORKLIST_SERVICE_CLASS_STATUS, code_to_category
+
+    items: list[WorklistItem] = []
+    for status, found in assoc.send_c_find(identifier, MWL_FIND):
+        if status is None or "Status" not in status:
+            raise AssociationError(
+                f"--worklist {peer}: the provider aborted or did not answer the C-FIND; it may not "
+                f"accept queries from our AE title {calling_ae} (add it to the provider's known modalities)"
+            )
+        code = int(status.Status)
+        if code in (0xFF00, 0xFF01):
+            if found is not None and len(items) < limit:
+                items.append(WorklistItem.from_dataset(found))
+            continue
+        if code == 0x0000:
+            break
+        category, text = MODALITY_WORKLIST_SERVICE_CLASS_STATUS.get(code, (code_to_category(code), ""))
+        comment = str(status.get("ErrorComment", "") or "")
+        raise AssociationError(
+            f"--worklist {peer}: C-FIND answered 0x{code:04X} {category}"
+            + (f": {text}" if text else "")
+            + (f" ({comment})" if comment else "")
+        )
     return items
 
 
@@ -424,4 +440,4 @@ def describe_peer_default(settings: Any) -> str | None:
     return str(value) if value else None
 
 
-__all__ = ["WorklistItem", "WorklistQuery", "choose", "find_workitems", "find_worklist"]
+__all__ = ["WorklistItem", "WorklistQuery", "choose", "find_workitems", "find_worklist", "find_worklist_many"]
