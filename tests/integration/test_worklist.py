@@ -616,3 +616,65 @@ def test_stow_rs_with_basic_auth_and_a_refused_password(tmp_path: Path) -> None:
     assert len(_written(tmp_path / "b")) == 1
     assert status == 200 and anonymous == 401
     assert sorted(p["MainDicomTags"]["PatientID"] for p in json.loads(body)) == ["AUTH-1"]
+
+
+def test_capture_page_wraps_an_upload_with_the_chosen_item_and_sends_it(
+    peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The web capture page (admin): worklist query, upload, wrap, C-STORE to the PACS."""
+    from fastapi.testclient import TestClient
+
+    from dicomlake.web.app import create_app
+    from tests import web_support as ws
+
+    item = ITEMS[2]
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    ws.make_users(lake)
+    monkeypatch.setenv("DICOMLAKE_DIMSE__WORKLIST", peers.orthanc_worklist)
+    monkeypatch.setenv("DICOMLAKE_DIMSE__STORE_TO", peers.destination)
+    reset_settings_cache()
+    photo = (peers.inputs / "phone_photo.jpg").read_bytes()
+
+    def session() -> dict[str, Any]:
+        # the client's threads are started from this one, inside the peers' namespace
+        app = create_app(lake, ws.settings())
+        with TestClient(app) as client:
+            admin, analyst = ws.bearer(app, "ada"), ws.bearer(app, "ann")
+            form = {"accession": item["accession"], "study_uid": item["study"]}
+            return {
+                "page": client.get("/capture", params={"accession": item["accession"]}, headers=admin),
+                "denied": client.get("/capture", headers=analyst),
+                "posted": client.post(
+                    "/capture", headers=admin, data=form, files={"file": ("<b>wound</b>.jpg", photo, "image/jpeg")}
+                ),
+                "forged": client.post(
+                    "/capture",
+                    headers=admin,
+                    data={**form, "study_uid": "1.2.3.4"},
+                    files={"file": ("x.jpg", photo, "image/jpeg")},
+                ),
+            }
+
+    try:
+        answers = peers.pacs.call_in_netns(session)
+    finally:
+        monkeypatch.delenv("DICOMLAKE_DIMSE__WORKLIST")
+        monkeypatch.delenv("DICOMLAKE_DIMSE__STORE_TO")
+        reset_settings_cache()
+    page = answers["page"]
+    assert page.status_code == 200, page.text
+    assert item["name"] in page.text and f'data-study="{item["study"]}"' in page.text
+    assert answers["denied"].status_code == 403
+    posted = answers["posted"]
+    assert posted.status_code == 200, posted.text
+    result = posted.json()
+    assert len(result["sent"]) == 1 and result["refused"] == []
+    (kept,) = [Path(w["path"]) for w in result["written"]]
+    assert kept.is_file() and kept.parent == lake / "capture" / item["study"]
+    tags = peers.pacs.instance_tags(peers.pacs.find_instance(result["written"][0]["sop_instance_uid"]) or "")
+    assert (tags["StudyInstanceUID"], tags["PatientID"], tags["AccessionNumber"]) == (
+        item["study"], item["patient_id"], item["accession"]
+    )  # fmt: skip
+    assert answers["forged"].status_code == 409  # the worklist, not the browser, names the study
+    assert not (lake / "capture" / "1.2.3.4").exists()

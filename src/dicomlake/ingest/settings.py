@@ -139,6 +139,11 @@ class DimseSettings(BaseModel):
         description="Modality Worklist provider AE@HOST:PORT that `wrap` (and the worklist-identity "
         "curation check) query when --worklist is not given. Default: none",
     )
+    store_to: str | None = Field(
+        None,
+        description="PACS AE@HOST:PORT that the web capture page (/capture) sends what it wraps to; "
+        "none keeps the objects in the lake folder only. Default: none",
+    )
     tls: TlsSettings = Field(default_factory=TlsSettings)  # type: ignore[arg-type]
     pull: PullSettings = Field(default_factory=PullSettings)  # type: ignore[arg-type]
 

@@ -110,6 +110,9 @@ def create_app(
 
     app.include_router(dicomweb.router)
     app.include_router(ui.router)
+    from dicomlake.web import capture  # the worklist capture page (admin)
+
+    app.include_router(capture.router)
     if importlib.util.find_spec("dicomlake.web.internal") is not None:
         from fastapi import Depends
 
