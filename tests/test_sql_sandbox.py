@@ -185,7 +185,10 @@ def test_sandbox_cli_sql_refuses_payloads_on_duckdb(duck_lake: Path, secret: Pat
     assert ok.exit_code == 0 and ok.output.split()[-1] == str(before["instances"][0])
 
 
-def test_sandbox_python_lake_sql_on_a_writable_lake(duck_lake: Path, secret: Path, tmp_path: Path) -> None:
+def test_sandbox_python_lake_sql_on_a_writable_lake(
+    duck_lake: Path, few_files: list[Path], secret: Path, tmp_path: Path
+) -> None:
+    from dicomlake.ingest.pipeline import ingest_paths
     from dicomlake.query.lake import Lake
 
     lake = tmp_path / "lake"
@@ -197,11 +200,12 @@ def test_sandbox_python_lake_sql_on_a_writable_lake(duck_lake: Path, secret: Pat
                 lk.sql(sql)
             assert MARKER not in str(info.value)
         assert lk.sql("SELECT count(*) AS n FROM instances")["n"][0] == before["instances"][0]
-        # the lake's writer still writes after user SQL locked its instance
-        from dicomlake.ingest.pipeline import ingest_paths
-
-        ingest_paths([], lake, workers=1, store=lk.store)
     assert duck_checksum(lake) == before
+    with Lake.open(lake) as lk:
+        lk.sql("SELECT 1")  # locks this instance: the writer must still write
+        rep = ingest_paths(few_files[:2], lake, workers=1, store=lk.store)
+        assert rep.replaced == 2 and rep.inserted == 0
+        assert lk.sql("SELECT count(*) AS n FROM instances")["n"][0] == before["instances"][0]
 
 
 def test_sandbox_row_limit_says_it_cut(duck_lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,7 +252,7 @@ def test_sandbox_time_limit_stops_a_long_query(duck_lake: Path, monkeypatch: pyt
 
 
 @pytest.fixture
-def served_lake(duck_lake: Path, tmp_path: Path) -> Iterator[Path]:
+def served_lake(duck_lake: Path, tmp_path: Path) -> Iterator[tuple[Path, int]]:
     from tests.integration.netpeers import Served, free_port
 
     lake = tmp_path / "lake"
@@ -256,18 +260,22 @@ def served_lake(duck_lake: Path, tmp_path: Path) -> Iterator[Path]:
     served = Served(lake, free_port(), lean=True)
     served.start()
     try:
-        yield lake
+        yield lake, served.port
     finally:
         served.stop()
 
 
 def test_sandbox_service_internal_endpoint_and_cli_refuse_payloads(
-    served_lake: Path, secret: Path, tmp_path: Path
+    served_lake: tuple[Path, int], secret: Path, tmp_path: Path
 ) -> None:
     import json
 
     from dicomlake.store.remote import live_service
+    from tests.integration.netpeers import make_instances, storescu
+    from tests.support import require_tool
 
+    served_lake, port = served_lake  # type: ignore[assignment]
+    assert isinstance(served_lake, Path)
     info = live_service(served_lake)
     assert info is not None
     with httpx.Client(base_url=info.control_url, headers={"Authorization": f"Bearer {info.token}"}) as c:
@@ -284,6 +292,17 @@ def test_sandbox_service_internal_endpoint_and_cli_refuse_payloads(
     ok = cli("sql", "--lake", str(served_lake), "--format", "csv", "SELECT count(*) AS n FROM instances")
     assert ok.exit_code == 0, ok.output
     n = int(ok.output.split()[-1])
+    # the service's writer still writes after user SQL locked its DuckDB instance
+    require_tool("storescu")
+    sent, bad, out = storescu(port, [str(p) for p in make_instances(tmp_path / "new", 2)])
+    assert len(sent) == 2 and not bad, out[-1500:]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        got = cli("sql", "--lake", str(served_lake), "--format", "csv", "SELECT count(*) AS n FROM instances")
+        if int(got.output.split()[-1]) == n + 2:
+            break
+        time.sleep(0.2)
+    n += 2
     pid = info.pid
     import os
     import signal

@@ -182,3 +182,44 @@ def test_the_spool_is_owner_only(tmp_path: Path) -> None:
         os.umask(old)
     for d in [tmp_path / "lake" / "spool", *(p for p in (tmp_path / "lake" / "spool").iterdir() if p.is_dir())]:
         assert _mode(d) == 0o700, d
+
+
+# ---- the upsert finds existing instances through instance_keys ----------------------------------
+
+
+def test_upsert_through_instance_keys_replaces_and_never_duplicates(files: list[Path], tmp_path: Path) -> None:
+    import duckdb
+    import pydicom
+
+    from dicomlake.ingest.pipeline import ingest_paths
+    from dicomlake.store.duckdb import DuckDBStore
+
+    lake = tmp_path / "lake"
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    first = ingest_paths(files[:4], lake, workers=1)
+    again = ingest_paths(files, lake, workers=1)  # 4 replaced, the rest new
+    assert (first.inserted, first.replaced) == (4, 0)
+    assert (again.inserted, again.replaced) == (len(files) - 4, 4)
+
+    def counts() -> tuple[int, int, int]:
+        con = duckdb.connect(str(lake / "lake.duckdb"), read_only=True)
+        try:
+            row = con.execute(
+                "SELECT (SELECT count(*) FROM instances), (SELECT count(DISTINCT SOPInstanceUID) FROM instances), "
+                "(SELECT count(*) FROM instance_keys)"
+            ).fetchall()[0]
+            return int(row[0]), int(row[1]), int(row[2])
+        finally:
+            con.close()
+
+    assert counts() == (len(uids), len(uids), len(uids))
+    # a lake written before instance_keys existed: the table is rebuilt when the lake is opened
+    con = duckdb.connect(str(lake / "lake.duckdb"))
+    con.execute("DROP TABLE instance_keys")
+    con.close()
+    with DuckDBStore(lake):
+        pass
+    assert counts() == (len(uids), len(uids), len(uids))
+    rep = ingest_paths(files, lake, workers=1)
+    assert (rep.inserted, rep.replaced) == (0, len(files))
+    assert counts() == (len(uids), len(uids), len(uids))

@@ -283,17 +283,22 @@ def lock_duckdb(con: Any, allowed_directories: Sequence[str | Path] = ()) -> Non
     """
     import duckdb
 
+    # a cursor of its own: the settings are the instance's, and the caller's connection may be
+    # in use by another thread (the service's drainer writes on it)
+    cur = con.cursor()
     try:
-        locked = con.execute("SELECT current_setting('lock_configuration')").fetchone()
-        if locked and locked[0] in (True, "true"):
+        locked = cur.execute("SELECT current_setting('lock_configuration')").fetchall()
+        if locked and locked[0][0] in (True, "true"):
             return
         if allowed_directories:
             dirs = ", ".join("'" + (str(d).rstrip("/") + "/").replace("'", "''") + "'" for d in allowed_directories)
-            con.execute(f"SET allowed_directories = [{dirs}]")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+            cur.execute(f"SET allowed_directories = [{dirs}]")
+        cur.execute("SET enable_external_access = false")
+        cur.execute("SET lock_configuration = true")
     except duckdb.Error as exc:  # pragma: no cover - a DuckDB without these settings
         raise QueryError(f"cannot lock the DuckDB instance for user SQL: {exc}") from exc
+    finally:
+        cur.close()
 
 
 def run_duckdb(
