@@ -251,3 +251,39 @@ def test_trend_table_medians_per_month_and_quarter() -> None:
         ("2024-Q1", "CT1", 3, 100.0), ("2024-Q2", "CT2", 1, 80.0)]  # fmt: skip
     with pytest.raises(ValueError, match="month or quarter"):
         trend_table(df, "StudyDate", "room", "dlp", "week")
+
+
+def test_cumulative_fluoroscopy_alerts_sum_a_patients_studies_in_the_window() -> None:
+    """Two studies of one patient 30 days apart, each under the threshold, together over it; a
+    third 200 days later starts afresh; another patient never adds to the first."""
+    import polars as pl
+
+    from dicomlake.audit.dose import _cumulative_alerts
+
+    d = dt.date(2024, 1, 10)
+    studies = pl.DataFrame({
+        "StudyInstanceUID": ["s1", "s2", "s3", "s4"],
+        "StudyDate": [d, d + dt.timedelta(days=30), d + dt.timedelta(days=230), d + dt.timedelta(days=31)],
+        "dap_total_cGycm2": [6000.0, 5000.0, 6000.0, 9000.0],
+        "dose_rp_total_mGy": [1000.0, 1500.0, 1000.0, 2000.0],
+    })  # fmt: skip
+    events = pl.DataFrame({"StudyInstanceUID": ["s1", "s2", "s3", "s4"], "PatientID": ["P1", "P1", "P1", "P2"]})
+    got = _cumulative_alerts(events, studies, {"cumulative_window_days": 84, "alert_cumulative_dap_cGycm2": 10000,
+                                               "alert_cumulative_dose_rp_mGy": 3000})  # fmt: skip
+    assert got.select("StudyInstanceUID", "studies_in_window", "cumulative_dap_cGycm2", "exceeds").rows() == [
+        ("s2", 2, 11000.0, "DAP")]  # fmt: skip
+    assert got.get_column("patient")[0].startswith("PT-") and "P1" not in got.get_column("patient")[0]
+
+
+def test_ct_ctdivol_is_split_by_phantom_and_dlp_by_patient_weight(openrem_lake: Path) -> None:  # noqa: F811
+    with Lake.open(openrem_lake, read_only=True) as lk:
+        res = run_audit("ct-dose", lk)
+    prot = res.table("ctdivol").get_column("protocol").to_list()
+    assert "4DCT [32 cm phantom]" in prot and "10.13 RADIOTHERAPY QA [16 cm phantom]" in prot
+    size = res.table("dlp-by-size").to_dicts()
+    # CT-RDSR-Siemens_Flash-QA-DS: Patient's Weight (0010,1030) read by dcmdump
+    ds = pydicom.dcmread(openrem_dir() / "CT-RDSR-Siemens_Flash-QA-DS.dcm", stop_before_pixels=True)
+    weight = float(_dcmdump_values(openrem_dir() / "CT-RDSR-Siemens_Flash-QA-DS.dcm", "0010,1030")[0])
+    want_band = "70–90 kg" if 70 <= weight < 90 else ("≥ 90 kg" if weight >= 90 else None)
+    row = [r for r in size if r["study_description_std"] == ds.StudyDescription]
+    assert row and row[0]["weight_band"] == want_band

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
@@ -95,7 +97,10 @@ def test_cumulative_reports_count_each_protocol_event_once(openrem_lake: Path) -
     ctdi = sorted(n.value for ev in newest.events for n in ev.values("113830"))
     with Lake.open(openrem_lake, read_only=True) as lk:
         res = run_audit("ct-dose", lk)
-    med = res.table("ctdivol").filter(res.table("ctdivol")["protocol"] == "4DCT").to_dicts()
+    # 4DCT in the 32 cm (body) phantom: dsr2xml reads CTDIw Phantom Type (113835) as 113691
+    out = subprocess.run([exe, *dsr.DSR2XML_FLAGS, str(openrem_dir() / MULTI[-1])], capture_output=True, check=True)
+    assert "113691" in {v.get("codValue") for v in ET.fromstring(out.stdout).iter("value")}
+    med = res.table("ctdivol").filter(res.table("ctdivol")["protocol"] == "4DCT [32 cm phantom]").to_dicts()
     assert [r["n"] for r in med] == [2]
     four_d = sorted(ctdi)[-2:]  # the two 4DCT events are the non-topogram ones (8.13, 7.02)
     assert med[0]["median_CTDIvol_mGy"] == pytest.approx(sum(four_d) / 2)

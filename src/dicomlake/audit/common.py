@@ -106,6 +106,12 @@ class OperatorPseudonyms:
         values = df.get_column(source).to_list() if source in df.columns else [None] * df.height
         return df.with_columns(pl.Series(target, [self(v) for v in values], dtype=pl.String))
 
+    def patient(self, patient_id: str | None) -> str | None:
+        """A keyed pseudonym of a Patient ID (for per-patient alerts), never the ID itself."""
+        if not patient_id or not patient_id.strip():
+            return None
+        return self.keyring.code("PatientID", patient_id.strip(), prefix="PT-", length=8)
+
     @property
     def note(self) -> str | None:
         if self.keyed:

@@ -4,10 +4,12 @@ national DRLs and alerts above configured thresholds."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import polars as pl
 
+from dicomlake.audit import drl as drl_rules
 from dicomlake.audit.common import (
     Selection,
     color,
@@ -16,7 +18,6 @@ from dicomlake.audit.common import (
     std_expr,
     std_instances,
 )
-from dicomlake.audit import drl as drl_rules
 from dicomlake.audit.events import distinct_events_sql, study_totals
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.audit.trends import trend_chart
@@ -30,6 +31,7 @@ def _events(lake: Lake, selection: Selection, families: tuple[str, ...]) -> pl.D
     WITH sel AS (SELECT * FROM {std_instances(lake)} s WHERE {cond}),
     ev AS (
       SELECT d.*, s.StudyDate, s.study_description_std, s.institution_std,
+             CAST(s.PatientWeight AS DOUBLE) AS PatientWeight,
              coalesce(s.station_std, d.device_observer_name,
                       nullif(trim(coalesce(s.ManufacturerModelName, '') || ' ' || coalesce(s.DeviceSerialNumber, '')), ''),
                       'unknown') AS scanner,
@@ -82,6 +84,36 @@ def _stats_by(df: pl.DataFrame, group: str, room: str, value: str, unit: str, na
     return med, table
 
 
+def _cumulative_alerts(events: pl.DataFrame, studies: pl.DataFrame, cfg: dict[str, Any]) -> pl.DataFrame:
+    """Per patient and study: the DAP and dose (RP) totals of the patient's studies in the window
+    ending on that study's date, where one of them exceeds its cumulative threshold."""
+    from dicomlake.audit.common import OperatorPseudonyms
+
+    window = int(cfg.get("cumulative_window_days", 84))
+    a_dap = float(cfg.get("alert_cumulative_dap_cGycm2", 10000))
+    a_rp = float(cfg.get("alert_cumulative_dose_rp_mGy", 3000))
+    pid = events.group_by("StudyInstanceUID").agg(pl.col("PatientID").drop_nulls().first())
+    st = studies.join(pid, on="StudyInstanceUID", how="left").filter(
+        pl.col("PatientID").is_not_null() & pl.col("StudyDate").is_not_null()
+    ).sort("PatientID", "StudyDate", "StudyInstanceUID")  # fmt: skip
+    pseud = OperatorPseudonyms()
+    rows = []
+    for (patient,), part in st.group_by("PatientID", maintain_order=True):
+        recs = part.select("StudyInstanceUID", "StudyDate", "dap_total_cGycm2", "dose_rp_total_mGy").rows()
+        for uid, day, _dap, _rp in recs:
+            inside = [r for r in recs if 0 <= (day - r[1]).days < window]
+            dap = sum(r[2] or 0.0 for r in inside)
+            rp = sum(r[3] or 0.0 for r in inside)
+            if dap > a_dap or rp > a_rp:
+                rows.append({"patient": pseud.patient(str(patient)), "StudyInstanceUID": uid, "StudyDate": day,
+                             "studies_in_window": len(inside), "cumulative_dap_cGycm2": dap,
+                             "cumulative_dose_rp_mGy": rp,
+                             "exceeds": ", ".join(q for q, hit in (("DAP", dap > a_dap), ("dose (RP)", rp > a_rp)) if hit)})  # fmt: skip
+    return pl.DataFrame(rows, schema={"patient": pl.String, "StudyInstanceUID": pl.String, "StudyDate": pl.Date,
+                                      "studies_in_window": pl.Int64, "cumulative_dap_cGycm2": pl.Float64,
+                                      "cumulative_dose_rp_mGy": pl.Float64, "exceeds": pl.String})  # fmt: skip
+
+
 def _bar(med: pl.DataFrame, group: str, room: str, ycol: str, ytitle: str, drl: pl.DataFrame | None = None,
          drl_col: str | None = None) -> Any:  # fmt: skip
     import plotly.graph_objects as go
@@ -110,6 +142,7 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
     studies = (events.group_by("StudyInstanceUID").agg(
         pl.col("StudyDate").first(), pl.col("study_description_std").first(), pl.col("scanner").first(),
         pl.len().alias("events"), pl.col("CTDIvol_mGy").max().alias("max_CTDIvol_mGy"),
+        pl.col("PatientWeight").drop_nulls().first().alias("PatientWeight"),
     ).join(study_totals(events, acc, "DLP_mGycm", "ct_dose_length_product_total_mGycm", "DLP_total_mGycm"),
            on="StudyInstanceUID", how="left")
      .sort("StudyDate", "StudyInstanceUID", nulls_last=True))  # fmt: skip
@@ -131,6 +164,13 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
          | pl.col("ct_acquisition_type").fill_null("").str.to_lowercase().str.starts_with("constant angle")).alias("localiser")
     )  # fmt: skip
     n_loc = events.filter(pl.col("localiser")).height
+    # CTDIvol is measured in a 16 cm (head) or 32 cm (body) phantom: never pooled
+    events = events.with_columns(
+        pl.when(pl.col("phantom").is_not_null())
+        .then(pl.col("protocol").fill_null("(none)") + pl.lit(" [") + pl.col("phantom") + pl.lit(" cm phantom]"))
+        .otherwise(pl.col("protocol"))
+        .alias("protocol")
+    )
     res.all_data = res.all_data.with_columns(events.get_column("localiser")) if res.all_data is not None else None
     med_ev, drl_ev = _stats_by(events.filter(~pl.col("localiser")), "protocol", "scanner", "CTDIvol_mGy", "CTDIvol_mGy",
                                nat, "CTDIvol_mGy")  # fmt: skip
@@ -152,6 +192,26 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
             strict=True,
         )
     )
+    # patient size: DLP by study description and weight band where the weight is recorded
+    edges = sorted(float(e) for e in cfg.get("weight_bands_kg", [50, 70, 90]))
+    bands = [f"< {edges[0]:g} kg"] + [f"{a:g}–{b:g} kg" for a, b in itertools.pairwise(edges)] + [f"≥ {edges[-1]:g} kg"]
+
+    def band(w: float | None) -> str | None:
+        if w is None or w <= 0:
+            return None
+        return bands[sum(1 for e in edges if w >= e)]
+
+    studies = studies.with_columns(
+        pl.Series("weight_band", [band(w) for w in studies.get_column("PatientWeight").to_list()], dtype=pl.String)
+    )
+    by_size = (
+        studies.filter(pl.col("weight_band").is_not_null() & pl.col("DLP_total_mGycm").is_not_null())
+        .group_by("study_description_std", "weight_band")
+        .agg(pl.len().alias("n"), pl.col("DLP_total_mGycm").median().alias("median_DLP_mGycm"))
+        .sort("study_description_std", pl.col("weight_band").replace_strict({b: i for i, b in enumerate(bands)}),
+              nulls_last=True)
+    )  # fmt: skip
+    res.numbers["studies_with_weight"] = studies.filter(pl.col("weight_band").is_not_null()).height
     a_ct, a_dlp = float(cfg.get("alert_CTDIvol_mGy", 80)), float(cfg.get("alert_DLP_mGycm", 2000))
     alerts = pl.concat([
         events.filter(pl.col("CTDIvol_mGy") > a_ct).select(
@@ -192,6 +252,14 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
             drl_ev,
         ),
         Table("dlp", "Total DLP by study description and scanner", "Per study.", med_st),
+        Table(
+            "dlp-by-size",
+            "Total DLP by study description and patient weight",
+            f"Studies with a Patient's Weight (0010,1030), in bands of {', '.join(bands)} (settings [ct] "
+            "weight_bands_kg); CTDIvol is split by the CTDI phantom (16 cm head, 32 cm body) in the tables "
+            "above.",
+            by_size,
+        ),
         Table("drl-dlp", "DLP DRLs by study description", "Local DRL = Q3 of scanner medians.", drl_st),
         Table("alerts", "Alerts", f"Events above {a_ct:g} mGy CTDIvol; studies above {a_dlp:g} mGy·cm DLP.", alerts),
         Table(
@@ -263,6 +331,15 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
             pl.lit("dose_rp_total_mGy").alias("quantity"), pl.col("dose_rp_total_mGy").alias("value"),
             pl.lit("mGy").alias("unit"), pl.lit(a_rp).alias("threshold"))], how="vertical_relaxed")  # fmt: skip
     alerts = alerts.sort("StudyDate", "StudyInstanceUID", "quantity", nulls_last=True)
+    if key == "rf":
+        cumulative = _cumulative_alerts(events, studies, cfg)
+        res.tables.append(Table(
+            "cumulative-alerts", "Per-patient cumulative alerts",
+            f"Patients whose fluoroscopy studies within {int(cfg.get('cumulative_window_days', 84))} days up to a "
+            f"study add up to more than {float(cfg.get('alert_cumulative_dap_cGycm2', 10000)):g} cGy·cm² DAP or "
+            f"{float(cfg.get('alert_cumulative_dose_rp_mGy', 3000)):g} mGy dose at the reference point (settings "
+            "[rf] cumulative_window_days, alert_cumulative_*); patients pseudonymised.", cumulative))  # fmt: skip
+        res.numbers["cumulative_alerts"] = cumulative.height
     res.numbers["alerts"] = alerts.height
     res.charts.append(Chart(
         "dap", f"Median DAP by {'study description' if key == 'rf' else 'protocol'} and room",

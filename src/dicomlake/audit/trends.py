@@ -64,7 +64,7 @@ def trend_chart(df: pl.DataFrame, date: str, group: str, value: str, ytitle: str
                       xaxis={"type": "category", "categoryorder": "array", "categoryarray": periods},
                       yaxis_type="log" if cfg.get("log_axis") else "linear")  # fmt: skip
     chart = Chart(
-        f"trend-{value}", f"Trend: {ytitle.lower()} per {period} and {group.replace('_', ' ')}",
+        f"trend-{value}", f"Trend: {ytitle[:1].lower()}{ytitle[1:]} per {period} and {group.replace('_', ' ')}",
         f"Median {value} per {period} (study date) for each {group.replace('_', ' ')}; the table gives n and "
         "quartiles. A step marks a change of protocol, equipment or practice.",
         fig, table,
