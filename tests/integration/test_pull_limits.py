@@ -136,26 +136,20 @@ def test_pull_with_a_find_limit_retrieves_every_study(pacs: Orthanc, tmp_path: P
     assert sops == _orthanc_instances(pacs)
 
 
-def test_pull_date_range_splits_a_full_day_by_study_time(pacs: Orthanc, tmp_path: Path) -> None:
-    lake = tmp_path / "lake"
-    proc = _run(pacs, lake, "--port", str(LAKE_PORT), "--from", "2024-03-01", "--to", "2024-03-31")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    expected = {
-        pacs.get(f"/studies/{s}")["MainDicomTags"]["StudyInstanceUID"]
-        for s in pacs.get("/studies")
-        if pacs.get(f"/studies/{s}")["MainDicomTags"]["StudyDate"].startswith("202403")
-    }
-    got = {str(r[0]) for r in _lake(lake, "SELECT DISTINCT StudyInstanceUID FROM instances")}
-    assert got == expected and len(got) == 6  # 20240320 and five studies on 20240315
-
-
 def test_pull_metadata_only_with_an_instance_limit_gets_every_instance(pacs: Orthanc, tmp_path: Path) -> None:
     lake = tmp_path / "lake"
-    proc = _run(pacs, lake, "--metadata-only")
+    # March to June: four monthly studies, five on 20240315 (split by Study Time), and the study with five series
+    # (split by SeriesNumber) whose first series has nine instances (split by InstanceNumber)
+    proc = _run(pacs, lake, "--metadata-only", "--from", "2024-03-01", "--to", "2024-06-30")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = _lake(lake, "SELECT SOPInstanceUID, SeriesInstanceUID FROM instances")
-    assert {str(r[0]) for r in rows} == _orthanc_instances(pacs)
-    assert len({str(r[1]) for r in rows}) == len(pacs.get("/series"))
+    expected = set()
+    for oid in pacs.instances():
+        tags = pacs.instance_tags(oid)
+        if "20240301" <= tags["StudyDate"] <= "20240630":
+            expected.add(tags["SOPInstanceUID"])
+    rows = _lake(lake, "SELECT SOPInstanceUID, SeriesInstanceUID, StudyInstanceUID FROM instances")
+    assert {str(r[0]) for r in rows} == expected and len(expected) == 4 + 5 + 13  # by month, 20240315, study 13
+    assert len({str(r[1]) for r in rows if str(r[2]) == f"{ROOT}.13"}) == 5
 
 
 def _wait_for(path: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> str:

@@ -1019,6 +1019,10 @@ def pull_dimse(
         on_wait=on_wait,
     )
     t0 = time.perf_counter()
+    find_ae = _find_ae(dimse.ae_title, dimse)
+    limit = find_limit or pull_cfg.find_limit
+    # a new run asks the PACS before the lake is opened: a refused or unreachable PACS fails fast
+    found = None if resume else find_studies(find_ae, peer, keys, find_limit=limit)
     own = service is None
     svc = service or Service(lake, settings, dimse=dimse, listen=(method == "move")).start()
     assert svc.spool is not None
@@ -1030,7 +1034,6 @@ def pull_dimse(
         run_id = uuid.uuid4().hex[:12]
         report = PullReport(run_id=run_id, pacs=str(peer), method=method)
         previous = state.last_run(str(peer), method, query) if resume else None
-        find_ae = _find_ae(dimse.ae_title, dimse)
         if previous:
             run_id = report.run_id = previous
             report.resumed_from = previous
@@ -1038,7 +1041,7 @@ def pull_dimse(
             state._exec("UPDATE pull_runs SET status = 'running' WHERE run_id = ?", [run_id])
         else:
             state.start_run(run_id, str(peer), method, query)
-            report.find = find_studies(find_ae, peer, keys, find_limit=find_limit or pull_cfg.find_limit)
+            report.find = found or find_studies(find_ae, peer, keys, find_limit=limit)
             state.found(run_id, report.find.studies)
             studies = [{**s, "state": "found"} for s in report.find.studies]
         report.studies = len(studies)
