@@ -113,3 +113,32 @@ def test_throttle_window_wraps_midnight() -> None:
     t = Throttle(window="19:00-07:00")
     assert t.in_window(dt.datetime(2024, 1, 1, 23, 0)) and t.in_window(dt.datetime(2024, 1, 1, 6, 59))
     assert not t.in_window(dt.datetime(2024, 1, 1, 12, 0))
+
+
+def test_a_c_find_timeout_is_one_clear_error_not_an_attribute_error() -> None:
+    """pynetdicom ends a C-FIND that outlives dimse_timeout with an empty status Dataset."""
+    import threading
+
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    from dicomlake.errors import AssociationError
+
+    release = threading.Event()
+
+    def on_find(event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        release.wait(10)  # a PACS busy with a broad query
+        yield 0x0000, None
+
+    scp = AE("PACS")
+    scp.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)])
+    try:
+        ae = _find_ae("DICOMLAKE", DimseSettings())
+        ae.dimse_timeout = 1
+        with pytest.raises(AssociationError, match=r"no answer within 1 s \(dimse.pull.timeout_s\)"):
+            find_studies(ae, Peer("PACS", "127.0.0.1", server.server_address[1]), {}, find_limit=LIMIT)
+    finally:
+        release.set()
+        server.shutdown()
