@@ -287,3 +287,43 @@ def test_ct_ctdivol_is_split_by_phantom_and_dlp_by_patient_weight(openrem_lake: 
     want_band = "70–90 kg" if 70 <= weight < 90 else ("≥ 90 kg" if weight >= 90 else None)
     row = [r for r in size if r["study_description_std"] == ds.StudyDescription]
     assert row and row[0]["weight_band"] == want_band
+
+
+def test_a_flag_on_a_dose_sr_excludes_only_the_event_it_names() -> None:
+    """The Hologic case: an RDSR with a 0.0 mGy event among good ones; curation's rdsr-agd flag
+    names the event by its UID (engine message format), and only that AGD leaves the statistics."""
+    import polars as pl
+
+    from dicomlake.audit.mg import exclude_flagged
+
+    df = pl.DataFrame({
+        "SOPInstanceUID": ["sr1", "sr1", "sr1", "img1"], "IrradiationEventUID": ["e1", "e2", "e3", None],
+        "source": ["rdsr", "rdsr", "rdsr", "header"], "x_ray_set": ["H"] * 4, "mode": ["2D"] * 4,
+        "view": ["CC", "CC", "MLO", "CC"], "agd_mGy": [1.2, 0.0, 1.3, 1.1], "kvp": [28.0, 20.0, 29.0, 28.0],
+        "compressed_breast_thickness_mm": [50.0, 128.0, 55.0, 4.0], "compression_force_N": [90.0, 80.0, 85.0, 70.0],
+    })  # fmt: skip
+    flags = pl.DataFrame({
+        "SOPInstanceUID": ["sr1", "img1"], "rule": ["rdsr-agd", "mg-breast-thickness"],
+        "attribute": ["agd_mGy", "BodyPartThickness"], "value": ["0.0", "4.0"],
+        "message": ["Average Glandular Dose (111631) outside 0.1-10 mGy (found 0.0 mGy in irradiation event e2; "
+                    "plausible 0.1–10 mGy)", "Compressed breast thickness implausible (found 4.0 mm)"],
+    })  # fmt: skip
+    kept, excluded = exclude_flagged(df, flags)
+    assert kept.get_column("agd_mGy").to_list() == [1.2, None, 1.3, 1.1]
+    assert kept.get_column("compressed_breast_thickness_mm").to_list() == [50.0, 128.0, 55.0, None]
+    assert excluded.select("IrradiationEventUID", "column", "value", "rule").rows() == [
+        ("e2", "agd_mGy", 0.0, "rdsr-agd"), (None, "compressed_breast_thickness_mm", 4.0, "mg-breast-thickness")]  # fmt: skip
+
+
+def test_log_axis_option(openrem_lake: Path) -> None:  # noqa: F811
+    cfg = load_settings()
+    cfg["ct"]["log_axis"] = True
+    cfg["mg"]["log_axis"] = True
+    with Lake.open(openrem_lake, read_only=True) as lk:
+        ct = run_audit("ct-dose", lk, settings=cfg)
+        mg = run_audit("mg-dose", lk, settings=cfg)
+        plain = run_audit("ct-dose", lk)
+    assert {c.id: c.figure.layout.yaxis.type for c in ct.charts if c.id in ("ctdivol", "dlp")} == {
+        "ctdivol": "log", "dlp": "log"}  # fmt: skip
+    assert next(c for c in mg.charts if c.id == "dose-vs-thickness").figure.layout.yaxis.type == "log"
+    assert next(c for c in plain.charts if c.id == "ctdivol").figure.layout.yaxis.type == "linear"

@@ -115,7 +115,8 @@ def _cumulative_alerts(events: pl.DataFrame, studies: pl.DataFrame, cfg: dict[st
 
 
 def _bar(med: pl.DataFrame, group: str, room: str, ycol: str, ytitle: str, drl: pl.DataFrame | None = None,
-         drl_col: str | None = None) -> Any:  # fmt: skip
+         drl_col: str | None = None, log_axis: bool = False) -> Any:  # fmt: skip
+    """Grouped bars of the medians per group and room; ``log_axis`` keeps outliers readable."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -128,7 +129,8 @@ def _bar(med: pl.DataFrame, group: str, room: str, ycol: str, ytitle: str, drl: 
         fig.add_trace(go.Scatter(x=[str(g) for g in drl.get_column(group).to_list()], y=drl.get_column(drl_col).to_list(),
                                  mode="markers", name="local DRL (Q3 of room medians)",
                                  marker={"symbol": "line-ew-open", "size": 30, "color": "black", "line": {"width": 3}}))  # fmt: skip
-    fig.update_layout(barmode="group", yaxis_title=ytitle, template="plotly_white", height=440)
+    fig.update_layout(barmode="group", yaxis_title=ytitle, template="plotly_white", height=440,
+                      yaxis_type="log" if log_axis else "linear")  # fmt: skip
     return fig
 
 
@@ -228,14 +230,14 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
         f"Irradiation events with a CTDIvol; {n_loc:,} localisers (CTDIvol 0 or a constant-angle acquisition) and "
         f"{n_no:,} events without CTDIvol left out, so no localiser is compared with a DRL. "
         "Protocols are standardised names where a mapping is confirmed. Black marks: local DRL.",
-        _bar(med_ev, "protocol", "scanner", "median_CTDIvol_mGy", "Median CTDIvol (mGy)", drl_ev, "local_drl_CTDIvol_mGy"),
+        _bar(med_ev, "protocol", "scanner", "median_CTDIvol_mGy", "Median CTDIvol (mGy)", drl_ev, "local_drl_CTDIvol_mGy", bool(cfg.get("log_axis"))),
         med_ev,
     ))  # fmt: skip
     res.charts.append(Chart(
         "dlp", "Median total DLP per study by study description and scanner",
         "Total DLP: the SR's CT Dose Length Product Total, else the sum of the events' DLP. Studies whose events "
         "carry no DLP (header-only) are left out.",
-        _bar(med_st, "study_description_std", "scanner", "median_DLP_mGycm", "Median DLP (mGy·cm)", drl_st, "local_drl_DLP_mGycm"),
+        _bar(med_st, "study_description_std", "scanner", "median_DLP_mGycm", "Median DLP (mGy·cm)", drl_st, "local_drl_DLP_mGycm", bool(cfg.get("log_axis"))),
         med_st,
     ))  # fmt: skip
     trend = trend_chart(studies, "StudyDate", "scanner", "DLP_total_mGycm", "Median total DLP per study (mGy·cm)",
@@ -345,7 +347,8 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
         "dap", f"Median DAP by {'study description' if key == 'rf' else 'protocol'} and room",
         f"Dose-area product in cGy·cm² {what}; {data.filter(pl.col(value).is_null()).height:,} without DAP left out. "
         "Black marks: local DRL (Q3 of room medians).",
-        _bar(med, group, "scanner", "median_dap_cGycm2", "Median DAP (cGy·cm²)", drl, "local_drl_dap_cGycm2"), med,
+        _bar(med, group, "scanner", "median_dap_cGycm2", "Median DAP (cGy·cm²)", drl, "local_drl_dap_cGycm2",
+             bool(cfg.get("log_axis"))), med,
     ))  # fmt: skip
     rp = events.filter(pl.col("dose_rp_mGy").is_not_null())
     if rp.height:
@@ -358,7 +361,8 @@ def audit_projection_dose(lake: Lake, family: str, selection: Selection | None =
         res.charts.append(Chart(
             "dose-rp", "Median dose at the reference point by protocol and room",
             f"Dose (RP) per irradiation event, {rp.height:,} events that record it.",
-            _bar(med_rp, gcol, "scanner", "median_dose_rp_mGy", "Median dose (RP) (mGy)"), med_rp,
+            _bar(med_rp, gcol, "scanner", "median_dose_rp_mGy", "Median dose (RP) (mGy)", log_axis=bool(cfg.get("log_axis"))),
+            med_rp,
         ))  # fmt: skip
         res.tables.append(Table("dose-rp", "Dose at the reference point", "Per event.", med_rp))
     trend = trend_chart(data, "StudyDate", "scanner", value, "Median DAP (cGy·cm²)" + (" per study" if key == "rf" else ""),

@@ -124,6 +124,11 @@ def error_flags(lake: Lake, uids: list[str]) -> pl.DataFrame:
     return flags.filter(pl.col("SOPInstanceUID").is_in(uids)).cast(schema)  # type: ignore[arg-type]
 
 
+def _names(message: str | None, uid: str) -> bool:
+    """Does a flag message name this UID (whole, not as the prefix of a longer UID)?"""
+    return bool(message) and re.search(rf"(?<![\d.]){re.escape(uid)}(?![\d.]*\d)", message or "") is not None
+
+
 def exclude_flagged(df: pl.DataFrame, flags: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Null every exposure value a curation flag of severity 'error' marks; the exclusions.
 
@@ -140,9 +145,9 @@ def exclude_flagged(df: pl.DataFrame, flags: pl.DataFrame) -> tuple[pl.DataFrame
             col = FLAG_COLUMNS[f["attribute"]]
             if r["source"] == "rdsr" and f["attribute"] == col:  # a dose_events flag: which event?
                 ev = r.get("IrradiationEventUID")
-                if ev and ev in (f["message"] or ""):
+                if ev and _names(f["message"], ev):
                     pass
-                elif any(e and e in (f["message"] or "") for e in (x.get("IrradiationEventUID") for x in rows)):
+                elif any(e and _names(f["message"], e) for e in (x.get("IrradiationEventUID") for x in rows)):
                     continue  # the flag names another event
                 else:
                     try:
