@@ -748,7 +748,15 @@ def conformance() -> str:
         "HTTPS with `web.tls_certificate`/`web.tls_private_key`; mutual TLS with `web.tls_ca_file`. Every request "
         "is authenticated (session or bearer JWT/API token) and authorised by role (admin, analyst, auditor); "
         "the analyst role sees data de-identified on the fly with the `web.analyst_profile` profile. Every access "
-        "is written to the access log (`web.access_db`).\n\n"
+        "is written to the access log (`web.access_db`), errors (500) included. A 401 from DICOMweb or the API "
+        'offers both schemes: `WWW-Authenticate: Bearer realm="dicomlake", Basic realm="dicomlake"`. Wrong '
+        "passwords (login form, `POST /oauth/token`, HTTP Basic) are throttled per source address and account: "
+        "`web.login_attempts` free failures, then waits of 1 s, 2 s, 4 s … (at most 15 min) answered 429 with "
+        "`Retry-After`; a right password after the wait succeeds, and other addresses are never affected (no "
+        "lock-out). Values from DICOM objects are escaped wherever they are shown: HTML, JSON embedded in pages "
+        "(`<`, `>`, `&`, U+2028/9 as `\\u` escapes), and spreadsheet cells (CSV, TSV and XLSX exports: a text "
+        "starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`, per OWASP's CSV-injection guidance; XLSX "
+        "never holds formulas).\n\n"
     )
 
     w(

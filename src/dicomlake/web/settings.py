@@ -62,7 +62,9 @@ class WebSettings(BaseModel):
         "Default: 256 MiB",
     )
     login_attempts: int = Field(
-        10, description="Failed logins per user per 15 minutes before further attempts are refused. Default: 10"
+        10,
+        description="Wrong passwords per source address and account (form, /oauth/token, Basic) before each "
+        "further attempt waits 1 s, 2 s, 4 s … (at most 15 min); never a lock-out. Default: 10",
     )
 
 

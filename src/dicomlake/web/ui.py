@@ -38,6 +38,7 @@ from dicomlake.security.html import json_for_script
 from dicomlake.web.audit_log import EVENT_COLUMNS, AuditEvent, audit_message_xml
 from dicomlake.web.auth import Principal, Role
 from dicomlake.web.context import WebContext, WebError, audit, ctx_of, require
+from dicomlake.web import present
 from dicomlake.web.filters_ui import UIFilters, parse_ui_filters
 
 LOG = logging.getLogger("dicomlake.web.ui")
@@ -46,6 +47,16 @@ HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.globals.update(zip=zip, dict=dict)
 templates.env.filters["script_json"] = json_for_script
+templates.env.globals.update(
+    show=present.show,
+    header=present.header,
+    col_width=present.col_width,
+    wide_column=present.wide_column,
+    human_time=present.human_time,
+    uid_name=present.uid_name,
+    duration=present.duration,
+    num=present.num,
+)
 
 DEFAULT_COLUMNS = {
     "study": ["StudyDate", "PatientID", "PatientName", "AccessionNumber", "StudyDescription", "StudyInstanceUID"],
@@ -258,6 +269,16 @@ def _analyst_filters(ctx: WebContext, f: UIFilters) -> None:
             )
 
 
+def default_sort(ctx: WebContext, level: str, analyst: bool) -> str | None:
+    """Newest first: by study date, descending (for the analyst only when the profile keeps dates,
+    so that the order of the real dates never shows through shifted ones)."""
+    if level == "patient" or "StudyDate" not in ctx.data.columns.kinds:
+        return None
+    if analyst and ctx.view.filter_policy(keyword_to_tag().get("StudyDate"), "DA") != "keep":
+        return None
+    return "-StudyDate"
+
+
 def _select(
     ctx: WebContext,
     f: UIFilters,
@@ -276,7 +297,8 @@ def _select(
         names += [c for c in CONTEXT if c not in names]
     restrict = ctx.view.visible_sql("i") if analyst else None  # compiled into the query; fails closed
     limit_n = (offset + limit) if limit else None
-    sql, params, _ = lake.build_query(f.where, names, level, limit_n, f.sort, restrict=restrict)
+    sort = f.sort or default_sort(ctx, level, analyst)
+    sql, params, _ = lake.build_query(f.where, names, level, limit_n, sort, restrict=restrict)
     if offset:
         sql = f"SELECT * FROM ({sql}) LIMIT {int(limit or 0) or 'ALL'} OFFSET {int(offset)}"
     return sql, params
@@ -500,6 +522,10 @@ def element_rows(js: dict[str, Any], depth: int = 0, prefix: str = "") -> list[d
     return out
 
 
+ELEMENTS_SHOWN = 500
+"""Elements listed on an instance page before "show all" (an RDSR has thousands; the twins have all)."""
+
+
 @router.get("/instances/{uid}")
 def instance(request: Request, uid: str) -> Response:
     """Every element of one instance, nested and private ones included."""
@@ -531,7 +557,8 @@ def instance(request: Request, uid: str) -> Response:
         table=els,
         context={
             "title": f"Instance {uid}",
-            "elements": els,
+            "elements": els if request.query_params.get("_all") else els[:ELEMENTS_SHOWN],
+            "total_elements": len(els),
             "uid": uid,
             "study_uid": study_shown,
             "has_file": bool(rows[0]["path"]) and not analyst,
@@ -681,15 +708,17 @@ def favicon() -> Response:
 
 
 SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")
-"""Swagger UI's assets, served from the swagger-ui-bundle package (no CDN; the CSP allows 'self' only)."""
+"""Swagger UI's assets, served from the swagger-ui-py package (no CDN; the CSP allows 'self' only)."""
 
 
 def _swagger_dir() -> Path | None:
-    try:
-        import swagger_ui_bundle  # type: ignore[import-untyped]
-    except ImportError:
+    """The Swagger UI 5 distribution files of the swagger-ui-py package (OpenAPI 3.1, which FastAPI writes)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(swagger_ui_bundle.swagger_ui_path)
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
 @router.get("/api/docs", include_in_schema=False)
@@ -710,9 +739,7 @@ def static(name: str) -> Response:
     if name in SWAGGER_FILES:
         d = _swagger_dir()
         if d is None:
-            raise WebError(
-                404, f"{name}: the swagger-ui-bundle package is not installed (pip install swagger-ui-bundle)"
-            )
+            raise WebError(404, f"{name}: the swagger-ui-py package is not installed (pip install swagger-ui-py)")
         p = d / name
     if "/" in name or ".." in name or p.suffix not in types or not p.is_file():
         raise WebError(404, f"no static file {name}")
@@ -1106,7 +1133,12 @@ def ingest_status(request: Request) -> Response:
         template="ingest.html",
         name="ingest-runs",
         table=runs,
-        context={"title": "Ingest", "status": status, "errors": [{k: _cell(v) for k, v in e.items()} for e in errors]},
+        context={
+            "title": "Ingest",
+            "status": status,
+            "sections": present.status_sections(status),
+            "errors": [{k: _cell(v) for k, v in e.items()} for e in errors],
+        },
         extra_json={"status": status},
     )
 

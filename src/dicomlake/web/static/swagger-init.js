@@ -1,4 +1,4 @@
-// /api/docs: Swagger UI from the installed swagger-ui-bundle package (served by /static/), no CDN,
+// /api/docs: Swagger UI from the installed swagger-ui-py package (served by /static/), no CDN,
 // no inline script (the app's CSP allows scripts from 'self' only).
 (function () {
   "use strict";
