@@ -74,7 +74,7 @@ def _stow_body(data: bytes) -> tuple[bytes, str]:
 
 def _fill(path: str, ids: dict[str, str]) -> str:
     out = path.replace("/studies/{uid}", "/studies/{study}").replace("/instances/{uid}", "/instances/{instance}")
-    out = out.replace("/audits/{name}", "/audits/mg-dose")
+    out = out.replace("/audits/{name}", "/audits/mg-dose").replace("/bulkdata/{tag}", "/bulkdata/7FE00010")
     for k, v in ids.items():
         out = out.replace("{" + k + "}", v)
     return out

@@ -941,6 +941,7 @@ def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, 
     """PS3.18 §10.4.1.1.4 (Bulkdata resource): ``multipart/related; type="application/octet-stream"``,
     one part with the element's value as kept in the file."""
     ctx = ctx_of(request)
+    require(request, Role.ANALYST)
     _wants(request, "application/octet-stream")
     if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
         raise WebError(404, f"bulk data {tag!r}: not a tag (eight hex digits, as in the BulkDataURI)")
