@@ -191,6 +191,7 @@ class AnalystView:
         if len(rep.flagged) > 1000:
             rep.flagged.clear()
             rep.excluded.clear()
+            rep.kept_text.clear()
 
     # ---- rows ----------------------------------------------------------------------------
 
