@@ -27,6 +27,7 @@ BENCHES = [
     "bench.bench_query",
     "bench.bench_qido",
     "bench.bench_sc",
+    "bench.bench_deid",
     "bench.bench_scale",
     "bench.bench_receive",
     "bench.bench_load",
