@@ -125,7 +125,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     work = tmp_path_factory.mktemp("serve")
     lake, log, port = work / "lake", work / "serve.log", free_port()
     args = ["serve", "--lake", str(lake), "--port", str(port), "--no-web", "--status-every", "1"]
-    args += ["--allow-aet", "PACS", "--allow-aet", "TESTSCU"] + [a for m in MODALITIES for a in ("-m", m)]
+    args += ["--allow-aet", "PACS", "--allow-aet", "TESTSCU", "--allow-host", "localhost"]
+    args += [a for m in MODALITIES for a in ("-m", m)]
     env = {**os.environ, "DICOMLAKE_CONFIG": os.devnull}
     with log.open("wb") as out:  # not a terminal: the output goes to a file, as under systemd or nohup
         proc = subprocess.Popen([*DICOMLAKE, *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -244,3 +245,16 @@ def test_readme_commands_send_compressed_files(session: Session) -> None:
     assert "Received Store Response (Success)" in session.storescu.stdout + session.storescu.stderr, (
         session.storescu.stdout + session.storescu.stderr
     )
+
+
+def test_allow_host_takes_host_names_and_names_one_that_does_not_resolve(session: Session, tmp_path: Path) -> None:
+    # the session's serve ran with --allow-host localhost and accepted 127.0.0.1
+    assert session.statuses["ct"] == 0x0000
+    env = {**os.environ, "DICOMLAKE_CONFIG": os.devnull}
+    argv = [*DICOMLAKE, "serve", "--lake", str(tmp_path / "lake"), "--no-web", "--port", str(free_port())]
+    proc = subprocess.run(
+        [*argv, "--allow-host", "no-such-host.invalid"], capture_output=True, text=True, timeout=60, env=env, cwd=REPO
+    )
+    assert proc.returncode == 2
+    assert "--allow-host 'no-such-host.invalid'" in proc.stderr and "10.0.0.0/24" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
