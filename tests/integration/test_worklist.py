@@ -204,6 +204,16 @@ def _code(seq: Any) -> str:
     return "|".join((seq[0].CodeValue, seq[0].CodingSchemeDesignator, seq[0].CodeMeaning))
 
 
+def _in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command in this process (typer's runner), for peers outside any namespace."""
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    result = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 def _written(out: Path) -> list[Path]:
     return sorted(out.glob("*.dcm"))
 
@@ -382,7 +392,7 @@ def test_native_object_goes_in_the_only_syntax_the_peer_takes(peers: Peers, tmp_
 
 def test_stow_rs_to_orthanc(peers: Peers, tmp_path: Path) -> None:
     out = tmp_path / "dcm"
-    proc = peers.dicomlake(
+    proc = peers.cli(
         "wrap", str(peers.inputs / "screenshot.png"), "--out", str(out), "--worklist", peers.orthanc_worklist,
         "--accession", "ACC-2001", "--stow", f"{peers.pacs.dicomweb_url}",
     )  # fmt: skip
@@ -390,7 +400,7 @@ def test_stow_rs_to_orthanc(peers: Peers, tmp_path: Path) -> None:
     (path,) = _written(out)
     tags = peers.pacs.instance_tags(peers.pacs.find_instance(dcmdump_top_level(path)["00080018"][1]) or "")
     assert tags["StudyInstanceUID"] == ITEMS[2]["study"] and tags["PatientName"] == ITEMS[2]["name"]
-    refused = peers.dicomlake("send", str(path), "--stow", f"http://127.0.0.1:{peers.pacs.http_port}/nothing-here")
+    refused = peers.cli("send", str(path), "--stow", f"http://127.0.0.1:{peers.pacs.http_port}/nothing-here")
     assert refused.returncode == 1 and "HTTP 404" in refused.stderr, refused.stderr
     assert path.exists()
 
@@ -400,7 +410,7 @@ def _served_in_namespace(pacs: Orthanc, lake: Path, port: int, env: dict[str, st
     lake.mkdir(parents=True, exist_ok=True)
     log = (lake.parent / "serve.log").open("wb")
     proc = subprocess.Popen(
-        pacs.command([*DICOMLAKE, "serve", "-q", "--lake", str(lake), "--port", str(port)]),
+        pacs.command([*DICOMLAKE, "serve", "-q", "--no-web", "--lake", str(lake), "--port", str(port)]),
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **env},
@@ -567,14 +577,8 @@ def test_wrap_takes_patient_and_study_from_a_ups_rs_workitem(tmp_path: Path) -> 
     inputs.mkdir()
     photo = str(fw.phone_photo_jpeg(inputs))
     try:
-        found = subprocess.run(
-            [*DICOMLAKE, "wrap", photo, "--out", str(tmp_path / "a"), "--ups", root, "--accession", "ACC-3001"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        none = subprocess.run(
-            [*DICOMLAKE, "wrap", photo, "--out", str(tmp_path / "b"), "--ups", root, "--accession", "ACC-0000"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        found = _in_process("wrap", photo, "--out", str(tmp_path / "a"), "--ups", root, "--accession", "ACC-3001")
+        none = _in_process("wrap", photo, "--out", str(tmp_path / "b"), "--ups", root, "--accession", "ACC-0000")
     finally:
         server.shutdown()
     assert found.returncode == 0, found.stdout + found.stderr
@@ -601,7 +605,7 @@ def test_stow_rs_with_basic_auth_and_a_refused_password(tmp_path: Path) -> None:
     auth = {"Authorization": "Basic " + base64.b64encode(b"lake:s3cret pass").decode()}
     with Orthanc(tmp_path / "orthanc", aet="PACS", dicomweb=True, extra_config=config, http_headers=auth) as pacs:
         peers = Peers(pacs, None, inputs)  # type: ignore[arg-type]
-        good = peers.dicomlake(
+        good = peers.cli(
             "wrap", str(fw.screenshot_png(inputs)), "--out", str(tmp_path / "a"), "--patient-id", "AUTH-1",
             "--stow", pacs.dicomweb_url, "--stow-auth", "basic:lake:s3cret pass",
         )  # fmt: skip
