@@ -133,3 +133,60 @@ def test_dose_charts_under_modality_ct_keep_the_ct_dose_reports(world: dict[str,
     assert len(ct["charts"][0]["rows"]) == len(everything)
     mg = c.get("/dashboards.json", params={"_chart": "ct-dose", "Modality": "MG"}, headers=admin).json()
     assert mg["charts"][0]["rows"] == []
+
+
+def test_the_study_list_is_newest_first_with_names_as_people_write_them(world: dict[str, Any]) -> None:
+    from html.parser import HTMLParser
+
+    from pydicom.valuerep import PersonName
+
+    app, c = world["app"], world["client"]
+    # the oracle: pydicom's reading of the files that went in
+    files = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted((world["root"] / "in").glob("*.dcm"))]
+    by_study = {str(d.StudyInstanceUID): d for d in files if "StudyInstanceUID" in d}
+    expected_dates = sorted({str(d.StudyDate) for d in by_study.values() if d.get("StudyDate")}, reverse=True)
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[tuple[str, str | None]]] = []
+            self._cell: list[str] | None = None
+            self._href: str | None = None
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "tr":
+                self.rows.append([])
+            elif tag == "td":
+                self._cell, self._href = [], None
+            elif tag == "a" and self._cell is not None:
+                self._href = dict(attrs).get("href")
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "td" and self._cell is not None:
+                self.rows[-1].append(("".join(self._cell).strip(), self._href))
+                self._cell = None
+
+        def handle_data(self, data: str) -> None:
+            if self._cell is not None:
+                self._cell.append(data)
+
+    r = c.get("/studies", headers={**ws.bearer(app, "ada"), "Accept": "text/html"})
+    parser = Rows()
+    parser.feed(r.text)
+    rows = [row for row in parser.rows if row]
+    cols = ["StudyDate", "PatientID", "PatientName", "AccessionNumber", "StudyDescription", "StudyInstanceUID"]
+    shown = [dict(zip(cols, row, strict=False)) for row in rows]
+    dates = [s["StudyDate"][0].replace("-", "") for s in shown if s["StudyDate"][0]]
+    assert dates == sorted(dates, reverse=True) and dates[0] == expected_dates[0], dates
+    shown = [s for s in shown if s["StudyInstanceUID"][0]]  # the instance without a study UID has its own row
+    for s in shown:
+        uid = s["StudyInstanceUID"][0]
+        ds = by_study[uid]
+        pn = PersonName(str(ds.PatientName))
+        assert s["PatientName"][0] == f"{pn.family_name}, {pn.given_name}", s
+        # the description and the date link to the study, like its UID
+        assert s["StudyInstanceUID"][1] == f"/studies/{uid}"
+        for key in ("StudyDescription", "StudyDate"):
+            if ds.get(key):
+                assert s[key][1] == f"/studies/{uid}", (key, s)
+    assert len(shown) == len(by_study)
