@@ -205,6 +205,7 @@ def test_sandbox_python_lake_sql_on_a_writable_lake(
         lk.sql("SELECT 1")  # locks this instance: the writer must still write
         rep = ingest_paths(few_files[:2], lake, workers=1, store=lk.store)
         assert rep.replaced == 2 and rep.inserted == 0
+        assert not [n for n in rep.notes if "curation" in n], rep.notes  # curation on ingest still runs
         assert lk.sql("SELECT count(*) AS n FROM instances")["n"][0] == before["instances"][0]
 
 

@@ -352,8 +352,10 @@ def curate(
         con.execute("INSERT INTO _cur_scope SELECT SOPInstanceUID FROM instances")
         scope_text = "lake"
     else:
-        batch = pa.table({"SOPInstanceUID": pa.array(list(uids), pa.string())})  # noqa: F841
-        con.execute("INSERT INTO _cur_scope SELECT DISTINCT SOPInstanceUID FROM batch")
+        # registered, not a replacement scan: those are off once user SQL locked the instance
+        con.register("_cur_batch", pa.table({"SOPInstanceUID": pa.array(list(uids), pa.string())}))
+        con.execute("INSERT INTO _cur_scope SELECT DISTINCT SOPInstanceUID FROM _cur_batch")
+        con.unregister("_cur_batch")
         # series siblings: an out-of-order instance may be an earlier one
         con.execute(
             "INSERT INTO _cur_scope SELECT SOPInstanceUID FROM instances WHERE SeriesInstanceUID IN "
@@ -383,10 +385,15 @@ def curate(
     try:
         con.execute("DELETE FROM quality_flags WHERE SOPInstanceUID IN (SELECT SOPInstanceUID FROM _cur_scope)")
         if extra:
-            ex = pa.table({"u": pa.array(sorted(str(e) for e in extra), pa.string())})  # noqa: F841
-            con.execute("DELETE FROM quality_flags WHERE rule = 'duplicate' AND SOPInstanceUID IN (SELECT u FROM ex)")
+            con.register("_cur_extra", pa.table({"u": pa.array(sorted(str(e) for e in extra), pa.string())}))
+            con.execute(
+                "DELETE FROM quality_flags WHERE rule = 'duplicate' AND SOPInstanceUID IN (SELECT u FROM _cur_extra)"
+            )
+            con.unregister("_cur_extra")
         if flags.num_rows:
-            con.execute("INSERT INTO quality_flags BY NAME SELECT * FROM flags")
+            con.register("_cur_flags", flags)
+            con.execute("INSERT INTO quality_flags BY NAME SELECT * FROM _cur_flags")
+            con.unregister("_cur_flags")
         n_scope = con.execute("SELECT count(*) FROM _cur_scope").fetchall()[0]
         report = CurateReport(instances=int(n_scope[0]) if n_scope else 0, flags=flags.num_rows,
                               rules_version=rules.version, notes=run.notes)  # fmt: skip
