@@ -327,3 +327,17 @@ def test_log_axis_option(openrem_lake: Path) -> None:  # noqa: F811
         "ctdivol": "log", "dlp": "log"}  # fmt: skip
     assert next(c for c in mg.charts if c.id == "dose-vs-thickness").figure.layout.yaxis.type == "log"
     assert next(c for c in plain.charts if c.id == "ctdivol").figure.layout.yaxis.type == "linear"
+
+
+def test_no_gap_between_two_devices_that_share_a_station_name(openrem_lake: Path) -> None:  # noqa: F811
+    """NM-NmIm-Siemens (Encore2) and NM-PetIm-Siemens (Biograph64_Vision 600) both say StationName
+    REMOVED (dcmdump); 94 minutes between them is not a gap between patients in one room."""
+    corpus = openrem_dir()
+    assert _dcmdump_values(corpus / "NM-NmIm-Siemens.dcm", "0008,1010") == ["REMOVED"]
+    assert _dcmdump_values(corpus / "NM-PetIm-Siemens.dcm", "0008,1010") == ["REMOVED"]
+    assert _dcmdump_values(corpus / "NM-NmIm-Siemens.dcm", "0008,1090") != _dcmdump_values(
+        corpus / "NM-PetIm-Siemens.dcm", "0008,1090"
+    )
+    with Lake.open(openrem_lake, read_only=True) as lk:
+        res = run_audit("workflow", lk)
+    assert res.table("gaps").height == 0

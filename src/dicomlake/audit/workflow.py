@@ -31,6 +31,8 @@ def exams(lake: Lake, selection: Selection, exclude_modalities: list[str]) -> pl
     SELECT s.StudyInstanceUID, coalesce(s.station_std, nullif(trim(s.StationName), ''), '{UNKNOWN_ROOM}') AS room,
            any_value(s.Modality) AS Modality, any_value(s.PatientID) AS PatientID,
            any_value(s.institution_std) AS site, any_value(s.OperatorsName) AS OperatorsName,
+           min(trim(coalesce(s.Manufacturer, '') || ' ' || coalesce(s.ManufacturerModelName, '') || ' '
+                    || coalesce(s.DeviceSerialNumber, ''))) AS device,
            min(s.acquisition_datetime) AS start, max(s.acquisition_datetime) AS "end", count(*) AS instances
     FROM {std_instances(lake)} s
     WHERE {cond} AND s.acquisition_datetime IS NOT NULL AND coalesce(s.Modality, '') NOT IN ({excl})
@@ -86,8 +88,10 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
     gaps = []
     # exams in a room in a fixed order (start, end, study UID): tied start times give the same
     # gaps on every engine; the 'unknown room' bucket pools unrelated stations: no gap there
-    ordered = df.sort("room", "start", "end", "StudyInstanceUID", nulls_last=True)
-    for (room,), part in ordered.group_by("room", maintain_order=True):
+    # gaps only between exams of one device: two scanners sharing a station name (an anonymised
+    # 'REMOVED', say) are not one room
+    ordered = df.sort("room", "device", "start", "end", "StudyInstanceUID", nulls_last=True)
+    for (room, _device), part in ordered.group_by("room", "device", maintain_order=True):
         if room == UNKNOWN_ROOM:
             continue
         rows = part.select("StudyInstanceUID", "start", "end").rows()
@@ -130,7 +134,7 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
     fig.update_layout(yaxis_title="Gap between patients (min)", template="plotly_white", height=420)
     res.charts.append(Chart("gaps", "Gap between patients per room",
                             f"From the last acquisition of one exam to the first of the next in the same room, same day "
-                            f"(exams ordered by start, end, then study UID); gaps over {max_gap:g} min are breaks and "
+                            f"and device (exams ordered by start, end, then study UID); gaps over {max_gap:g} min are breaks and "
                             f"left out, and none is computed in the '{UNKNOWN_ROOM}' bucket (exams without a station).", fig, gap_df))  # fmt: skip
     fig = go.Figure()
     for n, room in enumerate(sorted(per_day.get_column("room").unique().to_list())):
