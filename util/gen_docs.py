@@ -632,16 +632,21 @@ def conformance() -> str:
     w(
         "### 1.1 Network services\n\n| SOP class family | user of service (SCU) | provider of service (SCP) |\n|---|---|---|\n"
     )
-    w("| Storage (every storage SOP class below) | yes, as SCP role in C-GET sub-operations | yes |\n")
+    w(
+        "| Storage (every storage SOP class below) | yes: `wrap --send`, `dicomlake send`, the web `/capture` page "
+        "(section 2.3.1); and as SCP role in C-GET sub-operations | yes |\n"
+    )
     w(f"| Verification | {'yes' if 'Verification' in scu else 'no'} | yes |\n")
     w(f"| Study Root Query/Retrieve — FIND | {'yes' if any('Find' in n for n in scu) else 'no'} | no |\n")
     w(f"| Study Root Query/Retrieve — MOVE | {'yes' if any('Move' in n for n in scu) else 'no'} | no |\n")
-    w(f"| Study Root Query/Retrieve — GET | {'yes' if any('Get' in n for n in scu) else 'no'} | no |\n\n")
+    w(f"| Study Root Query/Retrieve — GET | {'yes' if any('Get' in n for n in scu) else 'no'} | no |\n")
+    w("| Modality Worklist Information Model — FIND | yes (`wrap --worklist`, curation `worklist-identity`) | no |\n\n")
     w(
         "### 1.2 Web services (PS3.18)\n\n| service | user agent | origin server |\n|---|---|---|\n"
         "| QIDO-RS (search) | yes (`dicomlake pull --dicomweb`) | yes |\n"
         "| WADO-RS (retrieve metadata; instances when files are kept) | yes (metadata) | yes |\n"
-        "| STOW-RS (store) | no | yes |\n\n"
+        "| STOW-RS (store) | yes (`wrap --stow`, `dicomlake send --stow`) | yes |\n"
+        "| UPS-RS (search workitems) | yes (`wrap --ups`) | no |\n\n"
     )
 
     w("## 2 Networking\n\n### 2.1 Implementation model\n\n")
@@ -699,6 +704,20 @@ def conformance() -> str:
         "an answer of `dimse.pull.find_limit` matches) splits the query: date ranges in halves, then a full day by "
         "`StudyTime` ranges; with `--metadata-only`, series and image queries by `SeriesNumber` / `InstanceNumber` "
         "one value at a time until the count the PACS announced is found.\n\n"
+    )
+
+    w("### 2.3.1 AE specification: Modality Worklist SCU and Storage SCU (`wrap`, `send`)\n\n")
+    w(
+        "`wrap --worklist AE@HOST:PORT` (and the curation check `worklist-identity`) sends C-FIND in the Modality "
+        "Worklist Information Model – FIND (`1.2.840.10008.5.1.4.31`, PS3.4 K.6) with Explicit or Implicit VR "
+        "Little Endian: matching keys Accession Number, Patient ID, and in the Scheduled Procedure Step Sequence "
+        "Scheduled Station AE Title, Scheduled Procedure Step Start Date and Modality; every return key of the "
+        "patient, the requested procedure (with its code) and the scheduled step (with the protocol code) is "
+        "asked for. `wrap --send`, `dicomlake send` and the web `/capture` page send C-STORE as SCU: each SOP "
+        "class in the file's own transfer syntax, and for native pixels also in Explicit and Implicit VR Little "
+        "Endian (the object is re-encoded into the one the peer accepted); compressed objects are never "
+        "transcoded. A status other than success or warning (`Bxxx`), a rejection (with its source and reason), "
+        "an abort or no accepted presentation context is reported per file, and the file is kept.\n\n"
     )
 
     w(
