@@ -12,10 +12,12 @@ REST API for what the PACS holds, and the worklist dumps (the answer key) for th
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -682,3 +684,79 @@ def test_capture_page_wraps_an_upload_with_the_chosen_item_and_sends_it(
     )  # fmt: skip
     assert answers["forged"].status_code == 409  # the worklist, not the browser, names the study
     assert not (lake / "capture" / "1.2.3.4").exists()
+
+
+def test_capture_page_in_a_browser(peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headless Chromium (Playwright) logs in, finds the order, drops the photo, sends it: the page's
+    script carries the CSRF token, the PACS holds the object. Server and browser run in the peers'
+    namespace (started from a thread inside it)."""
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        message = f"{chromium} missing (apt-get install chromium)"
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+    import uvicorn
+    from playwright.sync_api import expect, sync_playwright
+
+    from dicomlake.web.app import create_app
+    from tests import web_support as ws
+
+    item = ITEMS[1]
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    ws.make_users(lake)
+    monkeypatch.setenv("DICOMLAKE_DIMSE__WORKLIST", peers.dcmtk_worklist)
+    monkeypatch.setenv("DICOMLAKE_DIMSE__STORE_TO", peers.destination)
+    reset_settings_cache()
+    photo = peers.inputs / "phone_photo.jpg"
+
+    def browse() -> str:
+        app = create_app(lake, ws.settings())
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        errors: list[str] = []
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+                page = browser.new_page()
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.set_default_timeout(30_000)
+                page.goto(f"{base}/login")
+                page.fill("#username", "ada")
+                page.fill("#password", ws.PASSWORDS["ada"])
+                page.click("#login")
+                page.wait_for_load_state()
+                page.goto(f"{base}/capture")
+                page.fill("input[name=accession]", item["accession"])
+                page.click("form.capture-query button")
+                expect(page.locator("#worklist-items tr.item")).to_have_count(1)
+                page.set_input_files("input[name=file]", str(photo))
+                page.click("#capture button[type=submit]")
+                expect(page.locator("#capture-result")).to_contain_text('"sent"')
+                result = page.locator("#capture-result").text_content() or ""
+                browser.close()
+        finally:
+            server.should_exit = True
+            thread.join(10)
+        assert errors == [], errors
+        return result
+
+    try:
+        shown = peers.pacs.call_in_netns(browse)
+    finally:
+        monkeypatch.delenv("DICOMLAKE_DIMSE__WORKLIST")
+        monkeypatch.delenv("DICOMLAKE_DIMSE__STORE_TO")
+        reset_settings_cache()
+    answer = json.loads(shown)
+    assert len(answer["sent"]) == 1 and answer["refused"] == [], answer
+    tags = peers.pacs.instance_tags(peers.pacs.find_instance(answer["written"][0]["sop_instance_uid"]) or "")
+    assert (tags["StudyInstanceUID"], tags["PatientID"]) == (item["study"], item["patient_id"])
