@@ -118,3 +118,15 @@ def test_distinct_event_view_serves_other_consumers(openrem_lake: Path) -> None:
         )
     assert d.height and d["n"].max() == 1
     assert raw - d["n"].sum() >= 3  # Multi-2 repeats one event, Multi-3 two
+
+
+def test_name_variants_count_each_protocol_event_once(openrem_lake: Path) -> None:
+    """`curate names --propose` counts a protocol's uses from dose_events too: 4DCT was used twice
+    (two distinct Irradiation Event UIDs in the newest cumulative report, read by dsr2xml)."""
+    from dicomlake.curate import names
+
+    rep = dsr.read(openrem_dir() / MULTI[-1], require_tool("dsr2xml"))
+    assert len({ev.uid for ev in rep.events}) == 3  # topogram + two 4DCT
+    with Lake.open(openrem_lake, read_only=True) as lk:
+        counts = dict(names.variants_in_lake(lk.store.con, ["protocol"])["protocol"])
+    assert counts["4DCT"] == 2

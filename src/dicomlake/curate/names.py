@@ -347,8 +347,11 @@ def variants_in_lake(
         col = FIELDS[f]
         sql = f"SELECT trim(\"{col}\") AS v, count(*) AS n FROM instances WHERE trim(coalesce(\"{col}\", '')) <> '' GROUP BY 1"
         if f == "protocol" and _has_table(con, "dose_events"):
+            from dicomlake.audit.events import distinct_events_sql  # each event once (repeated in RDSRs)
+
             sql = (
-                f"SELECT v, sum(n) FROM ({sql} UNION ALL SELECT trim(acquisition_protocol), count(*) FROM dose_events "
+                f"SELECT v, sum(n) FROM ({sql} UNION ALL SELECT trim(acquisition_protocol), count(*) "
+                f"FROM ({distinct_events_sql()}) d "
                 "WHERE trim(coalesce(acquisition_protocol, '')) <> '' GROUP BY 1) GROUP BY v"
             )
         out[f] = [(str(v), int(n)) for v, n in con.execute(sql + " ORDER BY 2 DESC, 1").fetchall()]
