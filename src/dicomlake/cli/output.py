@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
 
 import pyarrow as pa
 import typer
+from rich.text import Text
 
 from dicomlake.errors import QueryError
 from dicomlake.security.cells import XLSX_OPTIONS, neutralise, neutralise_row
@@ -35,6 +37,17 @@ FORMAT_OPTION = typer.Option(Format.table, "--format", "-f", help="table, csv, t
 OUT_OPTION = typer.Option(None, "--out", "-o", help="Write to this file instead of standard output.")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _terminal_text(v: object) -> Text:
+    """A cell for the terminal: never rich markup (a value like ``[/]`` or ``[link=…]`` is text), never a
+    control sequence (ESC and the other C0/C1 controls are shown escaped, as ``\\x1b``)."""
+    if v is None:
+        return Text("")
+    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(v)))
+
+
 def _jsonable(v: object) -> object:
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
@@ -53,10 +66,16 @@ def write_table(table: pa.Table, fmt: Format, out: Path | None) -> None:
         for name in table.column_names:
             t.add_column(name, overflow="fold")
         for row in table.to_pylist():
-            t.add_row(*["" if v is None else str(v) for v in row.values()])
-        console = Console(file=open(out, "w") if out else None, width=None if out is None else 250)
-        console.print(t)
-        console.print(f"{table.num_rows:,} rows", style="dim")
+            t.add_row(*[_terminal_text(v) for v in row.values()])
+        if out is None:
+            console = Console()
+            console.print(t)
+            console.print(f"{table.num_rows:,} rows", style="dim")
+            return
+        with open(out, "w", encoding="utf-8") as fh:
+            console = Console(file=fh, width=250)
+            console.print(t)
+            console.print(f"{table.num_rows:,} rows", style="dim")
         return
     if fmt == Format.parquet:
         import pyarrow.parquet as pq

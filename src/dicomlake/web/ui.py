@@ -35,10 +35,10 @@ from dicomlake.errors import QueryError
 from dicomlake.query.filters import resolve_key
 from dicomlake.security.cells import XLSX_OPTIONS, neutralise_row, neutralise_table
 from dicomlake.security.html import json_for_script
+from dicomlake.web import present
 from dicomlake.web.audit_log import EVENT_COLUMNS, AuditEvent, audit_message_xml
 from dicomlake.web.auth import Principal, Role
 from dicomlake.web.context import WebContext, WebError, audit, ctx_of, require
-from dicomlake.web import present
 from dicomlake.web.filters_ui import UIFilters, parse_ui_filters
 
 LOG = logging.getLogger("dicomlake.web.ui")
@@ -538,7 +538,8 @@ def instance(request: Request, uid: str) -> Response:
         real = ctx.view.original_uid(uid) or "2.25.0"
     cond = f" AND {ctx.view.visible_sql('i')}" if analyst else ""
     rows = ctx.data.rows(
-        f'SELECT i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i.source_path AS path FROM instances i WHERE i.SOPInstanceUID = ?{cond}',
+        'SELECT i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i.source_path AS path '
+        f"FROM instances i WHERE i.SOPInstanceUID = ?{cond}",
         [real],
     )
     if not rows:
@@ -635,10 +636,14 @@ def chart_rows(ctx: WebContext, f: UIFilters, p: Principal, chart: str) -> list[
     else:
         raise WebError(400, f"_chart={chart!r}: choose one of {', '.join(c[0] for c in CHARTS)}")
     t = ctx.data.query(sql, params)
-    if p.role is Role.ANALYST and "group" in t.column_names and chart != "mg-agd":
-        # station names are device identity: shown only when the profile keeps them
-        if not ctx.view.keyword_allowed("StationName"):
-            t = t.set_column(t.column_names.index("group"), "group", pa.array(["(hidden)"] * t.num_rows))
+    # station names are device identity: shown to the analyst only when the profile keeps them
+    if (
+        p.role is Role.ANALYST
+        and "group" in t.column_names
+        and chart != "mg-agd"
+        and not ctx.view.keyword_allowed("StationName")
+    ):
+        t = t.set_column(t.column_names.index("group"), "group", pa.array(["(hidden)"] * t.num_rows))
     return [{"chart": chart, **r} for r in t.to_pylist()]
 
 
