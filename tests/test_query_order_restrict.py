@@ -36,6 +36,60 @@ def lakes(files: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return {"duckdb": root / "duck", "parquet": root / "parquet"}
 
 
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[Any]:
+    from tests.integration.pg import start_or_skip
+
+    cluster = start_or_skip()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def en_us_database(cluster: Any, name: str) -> str:
+    """A database whose collation is not byte order (en_US ignores punctuation first)."""
+    import psycopg
+
+    with psycopg.connect(cluster.url(), autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name} TEMPLATE template0 LC_COLLATE 'en_US.UTF-8' LC_CTYPE 'en_US.UTF-8'")
+    return str(cluster.url(name))
+
+
+@pytest.fixture(scope="module")
+def pg_url(lakes: dict[str, Path], pg_cluster: Any) -> str:
+    """The same rows in a real PostgreSQL server."""
+    from dicomlake.store.open import open_store
+    from dicomlake.store.transfer import copy_lake
+
+    url = en_us_database(pg_cluster, "ordered")
+    src, dest = open_store(lakes["duckdb"], read_only=True), open_store(url)
+    try:
+        copy_lake(src, dest)
+    finally:
+        src.close()
+        dest.close()
+    return url
+
+
+def test_uids_sort_byte_wise_on_postgres_whatever_its_collation(pg_cluster: Any, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from dicomlake.store.duckdb import DuckDBStore
+    from dicomlake.store.open import open_store
+
+    uids = ["1.2.21", "1.2.2.10", "1.2.2.9"]  # byte order: 1.2.2.10 < 1.2.2.9 < 1.2.21
+    rows = pa.table({"SOPInstanceUID": uids, "StudyInstanceUID": ["1.9"] * 3, "Modality": ["OT"] * 3})
+    url = en_us_database(pg_cluster, "bytewise")
+    for location in (url, tmp_path / "duck"):
+        st = open_store(location) if location == url else DuckDBStore(location)
+        with st:
+            st.write_batch({"instances": rows}, [])
+        with Lake.open(location, read_only=True) as lk:
+            got = lk.query_arrow([], ["SOPInstanceUID"], "instance").column("SOPInstanceUID").to_pylist()
+        assert got == sorted(uids, key=str.encode), location
+
+
 def oracle_order(files: list[Path]) -> list[str]:
     """SOP Instance UIDs in the documented default order, read by pydicom (None/absent last)."""
     rows = {}
@@ -58,12 +112,13 @@ def oracle_order(files: list[Path]) -> list[str]:
     return sorted(rows, key=lambda s: rows[s])
 
 
-@pytest.mark.parametrize("engine", ["duckdb", "parquet"])
+@pytest.mark.parametrize("engine", ["duckdb", "parquet", "postgres"])
 def test_instance_rows_come_in_the_documented_order_on_every_engine(
-    lakes: dict[str, Path], files: list[Path], engine: str
+    lakes: dict[str, Path], files: list[Path], engine: str, request: pytest.FixtureRequest
 ) -> None:
     want = oracle_order(files)
-    with Lake.open(lakes[engine], read_only=True) as lk:
+    location = request.getfixturevalue("pg_url") if engine == "postgres" else lakes[engine]
+    with Lake.open(location, read_only=True) as lk:
         got = lk.query_arrow([], ["SOPInstanceUID"], "instance").column("SOPInstanceUID").to_pylist()
         first3 = lk.query_arrow([], ["SOPInstanceUID"], "instance", limit=3).column("SOPInstanceUID").to_pylist()
     assert got == want

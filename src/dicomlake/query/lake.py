@@ -147,8 +147,10 @@ class Lake:
                 exprs.append(f"any_value({expr}) AS {alias}")
         if level == "instance":
             sql = f"SELECT {', '.join(exprs)} FROM instances i WHERE {cond}"
-            default_order = [f'i."{c}" ASC NULLS LAST' for c in INSTANCE_ORDER if c in self.columns.kinds]
-            default_order.append('i."SOPInstanceUID" ASC NULLS LAST')
+            default_order = [
+                f'i."{c}"{self._collate(c)} ASC NULLS LAST' for c in INSTANCE_ORDER if c in self.columns.kinds
+            ]
+            default_order.append('i."SOPInstanceUID" COLLATE "C" ASC NULLS LAST')
         else:
             k = LEVEL_KEY[level]
             extra = ["count(*) AS n_instances"]
@@ -160,7 +162,7 @@ class Lake:
             if k not in names:
                 exprs.insert(0, f'i."{k}" AS "{k}"')
             sql = f'SELECT {", ".join(exprs + extra)} FROM instances i WHERE {cond} GROUP BY i."{k}"'
-            default_order = [f'i."{k}" ASC NULLS LAST']
+            default_order = [f'i."{k}"{self._collate(k)} ASC NULLS LAST']
         order = list(default_order)
         if order_by:
             okey = resolve_key(order_by.lstrip("-"), self.columns)
@@ -169,6 +171,7 @@ class Lake:
             first = f'"{okey.column}"' if level != "instance" else f'i."{okey.column}"'
             if level != "instance" and okey.column not in names and okey.column != LEVEL_KEY[level]:
                 first = f'any_value(i."{okey.column}")'
+            first += self._collate(okey.column)
             order.insert(0, first + (" DESC NULLS LAST" if order_by.startswith("-") else " ASC NULLS LAST"))
         sql += " ORDER BY " + ", ".join(order)
         max_rows = get_settings().query.max_rows
@@ -177,6 +180,11 @@ class Lake:
         if restrict is not None:
             _assert_restricted(sql, restrict)
         return sql, sel_params + params, parsed
+
+    def _collate(self, column: str) -> str:
+        """Text sorts byte-wise on every engine (PostgreSQL's default collation would not)."""
+        kind = self.columns.kinds.get(column, "text" if column.endswith("UID") or column == "PatientID" else "")
+        return ' COLLATE "C"' if kind == "text" else ""
 
     def query_arrow(
         self,
