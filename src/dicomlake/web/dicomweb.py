@@ -163,6 +163,11 @@ binary values) is given as a `BulkDataURI` when the instance's file is kept (STO
 ingested in place); `…/instances/{uid}/bulkdata/{tag}` returns it as `multipart/related;
 type="application/octet-stream"`. Bulk data nested in sequences is not offered. The analyst role
 is offered the de-identified instance's Pixel Data only.
+
+**URLs in responses** (RetrieveURL, BulkDataURI) take their scheme, host and port from the
+request (its `Host` header). dicomweb-client 0.61 sends `Host` without the port, so the URLs it
+receives from a server on a port other than 80/443 lack the port; prefix the path with the base
+URL you called.
 """
 """The Conformance Statement's notes on DICOMweb behaviour (util/gen_docs.py writes them)."""
 
