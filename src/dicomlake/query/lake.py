@@ -114,7 +114,8 @@ class Lake:
 
         Rows come in a stable order on every engine: instances by StudyDate,
         StudyInstanceUID, SeriesNumber, InstanceNumber, SOPInstanceUID (NULLs last); other
-        levels by their key; ``order_by`` first, that order after it. ``extra_row`` asks
+        levels by their key; ``order_by`` first, that order after it. A restricted view orders
+        by the MD5 of the UIDs instead, which shows nothing of the values it hides. ``extra_row`` asks
         for one row past the limit, so a caller can tell that the limit cut.
         """
         if level not in LEVELS:
@@ -151,6 +152,15 @@ class Lake:
                 f'i."{c}"{self._collate(c)} ASC NULLS LAST' for c in INSTANCE_ORDER if c in self.columns.kinds
             ]
             default_order.append('i."SOPInstanceUID" COLLATE "C" ASC NULLS LAST')
+            if restrict is not None:
+                # a restricted (analyst) view must not show the order of values it hides: dates,
+                # or UIDs that embed a time. Studies stay together, in an order that means nothing.
+                default_order = [
+                    'md5(i."StudyInstanceUID") ASC NULLS LAST',
+                    'i."SeriesNumber" ASC NULLS LAST',
+                    'i."InstanceNumber" ASC NULLS LAST',
+                    'md5(i."SOPInstanceUID") ASC NULLS LAST',
+                ]
         else:
             k = LEVEL_KEY[level]
             extra = ["count(*) AS n_instances"]
@@ -163,6 +173,8 @@ class Lake:
                 exprs.insert(0, f'i."{k}" AS "{k}"')
             sql = f'SELECT {", ".join(exprs + extra)} FROM instances i WHERE {cond} GROUP BY i."{k}"'
             default_order = [f'i."{k}"{self._collate(k)} ASC NULLS LAST']
+            if restrict is not None:  # as above: no order of hidden values
+                default_order = [f'md5(i."{k}") ASC NULLS LAST']
         order = list(default_order)
         if order_by:
             okey = resolve_key(order_by.lstrip("-"), self.columns)
