@@ -67,7 +67,7 @@ def _bad_inputs(folder: Path) -> dict[str, bytes]:
     bad_vr = bytearray(good)
     # corrupt the VR of a dataset element (SOP Class UID)
     i = good.index(b"\x08\x00\x16\x00UI")
-    bad_vr[i + 4 : i + 6] = b"Q!"
+    bad_vr[i + 4 : i + 6] = b"QZ"  # dcmtk: a later edition's VR, 4-byte length (2-byte VRs like "Q!" are read)
     bad_len = bytearray(good)
     j = good.index(b"\x08\x00\x08\x00CS")
     bad_len[j + 6 : j + 8] = (60000).to_bytes(2, "little")

@@ -179,6 +179,14 @@ class _Parser:
                 form = vr_forms.get(vr_b)
                 if form is None:
                     form = _nonstandard_vr(vr_b)
+                    if form[1] and pos + 12 <= buflen:
+                        declared = u32.unpack_from(buf, pos + 8)[0]
+                        if declared != UNDEFINED and pos + 12 + declared > self.file_size:
+                            raise ExtractionError(
+                                f"invalid VR {vr_b!r} for ({group:04X},{elem:04X}) at byte {pos}: read as a VR of "
+                                f"a later edition (4-byte length, as dcmtk does) it declares {declared} bytes, "
+                                "past the end of the file; the file is corrupt or not DICOM"
+                            )
                 vr, long_form = form
                 if long_form:
                     if pos + 12 > buflen:

@@ -246,7 +246,7 @@ class _Walk:
                     if entry and entry[0] not in ("UN", "SQ"):
                         vr = entry[0]  # PS3.5 §6.2.2: a UN of a known tag is read with its VR
             path = prefix + seg
-            text: str | None = None
+            text = None  # str | None (Any: first bound by a cache hit above)
             num: float | None = None
             jval: str | None = None  # the JSON "Value"/"InlineBinary" part, or None for none
             if vr in _TEXT_VRS:
