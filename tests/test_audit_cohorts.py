@@ -341,3 +341,15 @@ def test_no_gap_between_two_devices_that_share_a_station_name(openrem_lake: Path
     with Lake.open(openrem_lake, read_only=True) as lk:
         res = run_audit("workflow", lk)
     assert res.table("gaps").height == 0
+
+
+def test_bands_in_thickness_order_and_heat_map_from_zero(openrem_lake: Path) -> None:  # noqa: F811
+    with Lake.open(openrem_lake, read_only=True) as lk:
+        mg = run_audit("mg-dose", lk)
+        wf = run_audit("workflow", lk)
+    bands = next(c for c in mg.charts if c.id == "bands").figure.layout.xaxis
+    order = list(bands.categoryarray)
+    assert bands.categoryorder == "array" and order[0] == "20–30 mm"
+    assert [float(b.split("–")[0]) for b in order] == sorted(float(b.split("–")[0]) for b in order)
+    heat = next(c for c in wf.charts if c.id == "utilisation").figure.data[0]
+    assert heat.zmin == 0
