@@ -393,3 +393,27 @@ def test_person_name_matching_is_case_sensitive_unless_fuzzy_and_the_statement_s
     statement = (Path(__file__).parents[1] / "docs" / "conformance.md").read_text("utf-8")
     assert "**case-sensitive**" in statement and "**case-insensitive**" in statement
     assert "`fuzzymatching=true`" in statement
+
+
+def test_analyst_xml_metadata_is_the_deidentified_json(
+    analyst: TestClient, corpus: tuple[Path, dict[str, Any]]
+) -> None:
+    """The XML metadata of the analyst role carries what its JSON carries: pseudonyms, no identifier."""
+    import xml.etree.ElementTree as ET
+
+    from dicomlake.web.dicomweb import split_multipart
+
+    _, uids = corpus
+    forbidden = ws.forbidden_strings(uids)
+    for st in analyst.get("/dicomweb/studies").json():
+        url = f"/dicomweb/studies/{st[STUDY]['Value'][0]}/metadata"
+        js = analyst.get(url).json()
+        r = analyst.get(url, headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
+        assert r.status_code == 200, r.text
+        parts = split_multipart(r.content, r.headers["content-type"])
+        assert len(parts) == len(js)
+        text = r.content.decode("utf-8")
+        assert not [f for f in forbidden if f in text]
+        for (_h, body), doc in zip(parts, js, strict=True):
+            tags = {a.get("tag") for a in ET.fromstring(body) if not a.get("privateCreator")}
+            assert tags == {t for t in doc if not int(t[:4], 16) & 1}
