@@ -431,3 +431,23 @@ def test_sandbox_postgres_time_limit(pg_lake: tuple[Any, str]) -> None:
             )
         assert time.monotonic() - t0 < 20
         assert st.query_readonly("SELECT 1 AS one").column("one")[0].as_py() == 1
+
+
+# ---- Parquet lake --------------------------------------------------------------------------------
+
+
+def test_sandbox_parquet_lake_reads_its_own_files_and_no_others(duck_lake: Path, secret: Path, tmp_path: Path) -> None:
+    from dicomlake.query.lake import Lake
+    from dicomlake.store.sandbox import run_duckdb
+
+    with Lake.open(duck_lake, read_only=True) as lk:
+        lk.export(tmp_path / "pq", "lake")
+    n = duck_checksum(duck_lake)["instances"][0]
+    for sql in payloads(secret, tmp_path):
+        assert_refused(cli("sql", "--lake", str(tmp_path / "pq"), sql))
+    with Lake.open(tmp_path / "pq", read_only=True) as lk:
+        assert lk.sql("SELECT count(*) AS n FROM instances")["n"][0] == n  # the views still read the lake
+        for sql in (f"SELECT * FROM read_csv('{secret}')", f"SELECT * FROM read_text('{secret}')"):
+            with pytest.raises(QueryError, match="Permission") as info:  # the engine, parser bypassed
+                run_duckdb(lk.store.con, sql, checked=True)
+            assert MARKER not in str(info.value)
