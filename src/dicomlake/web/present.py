@@ -124,9 +124,15 @@ def show(column: str, value: Any) -> str:
         return dicom_time(text)
     if column.endswith("ClassUID"):
         return uid_name(text)
-    if column.endswith(("_at", "time", "Time")) or column in ("created", "finished", "last_received"):
-        return human_time(value)
+    if is_time(column):
+        d = as_datetime(value)
+        return d.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if d is not None else text
     return text
+
+
+def is_time(column: str) -> bool:
+    """A time-stamp column of the lake's own tables (shown short, in full in the tooltip)."""
+    return column.endswith(("_at", "time")) or column in ("created", "finished", "last_received")
 
 
 def duration(start: Any, end: Any) -> str:

@@ -52,6 +52,7 @@ templates.env.globals.update(
     header=present.header,
     col_width=present.col_width,
     wide_column=present.wide_column,
+    is_time=present.is_time,
     human_time=present.human_time,
     uid_name=present.uid_name,
     duration=present.duration,
