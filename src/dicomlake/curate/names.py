@@ -22,7 +22,7 @@ import tomllib
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -93,6 +93,11 @@ def tokens(name: str) -> list[str]:
     >>> tokens("ST MARYS HOSP"), tokens("St. Mary's Hospital")
     (['saint', 'mary', 'hospital'], ['saint', 'mary', 'hospital'])
     """
+    return list(_tokens(name))
+
+
+@lru_cache(maxsize=65536)
+def _tokens(name: str) -> tuple[str, ...]:
     abbrev, _, stop = _vocabulary()
     words = [w for w in re.split(r"[^a-z0-9.]+", _normalised(name)) if w and w != "."]
     out = []
@@ -107,15 +112,25 @@ def tokens(name: str) -> list[str]:
         out = [w for w in out if w != "contrast"]
         if "with" not in out and "without" not in out and "withandwithout" not in out:
             out.append("with")
-    return out
+    return tuple(out)
 
 
 def core_tokens(name: str) -> list[str]:
     """:func:`tokens` without generic words (hospital, trust, NHS), which say nothing of which."""
+    return list(_core_tokens(name))
+
+
+@lru_cache(maxsize=65536)
+def _core_tokens(name: str) -> tuple[str, ...]:
     _, generic, _ = _vocabulary()
-    t = tokens(name)
-    core = [w for w in t if w not in generic]
+    t = _tokens(name)
+    core = tuple(w for w in t if w not in generic)
     return core or t
+
+
+@lru_cache(maxsize=65536)
+def _initials(name: str) -> frozenset[str]:
+    return frozenset(initials(name))
 
 
 def initials(name: str) -> set[str]:
@@ -174,6 +189,7 @@ class Distinguishing:
     body: frozenset[str]
 
 
+@lru_cache(maxsize=65536)
 def distinguishing(name: str) -> Distinguishing:
     t = tokens(name)
     nums = tuple(sorted(w.lstrip("0") or "0" for w in t if re.fullmatch(r"\d+(\.\d+)?", w)))
@@ -217,10 +233,10 @@ def compatible(a: str, b: str) -> bool:
     if distinguishing(a) != distinguishing(b):
         return False
     xa, xb = _is_acronym(a), _is_acronym(b)
-    if (xa and not xb and xa in initials(b)) or (xb and not xa and xb in initials(a)):
+    if (xa and not xb and xa in _initials(b)) or (xb and not xa and xb in _initials(a)):
         return True
     acr = _acronyms()
-    ta, tb = core_tokens(a), core_tokens(b)
+    ta, tb = _core_tokens(a), _core_tokens(b)
     only_a = [w for w in ta if not any(_token_match(w, v, acr) for v in tb)]
     only_b = [w for w in tb if not any(_token_match(w, v, acr) for v in ta)]
     return not (only_a and only_b)
@@ -238,13 +254,13 @@ def similarity(a: str, b: str) -> float:
     they are not :func:`compatible`."""
     if not compatible(a, b):
         return 0.0
-    ta, tb = set(core_tokens(a)), set(core_tokens(b))
+    ta, tb = set(_core_tokens(a)), set(_core_tokens(b))
     jac = len(ta & tb) / len(ta | tb) if ta | tb else 0.0
     ka, kb = " ".join(sorted(ta)), " ".join(sorted(tb))
     seq = difflib.SequenceMatcher(None, ka, kb).ratio() if ka and kb else 0.0
     acr = 0.0
     xa, xb = _is_acronym(a), _is_acronym(b)
-    if (xa and not xb and xa in initials(b)) or (xb and not xa and xb in initials(a)):
+    if (xa and not xb and xa in _initials(b)) or (xb and not xa and xb in _initials(a)):
         acr = 0.95
     return max(jac, seq, acr)
 
