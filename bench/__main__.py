@@ -25,6 +25,7 @@ from bench.report import BenchResult, fmt, table
 BENCHES = [
     "bench.ingest_bench",
     "bench.bench_query",
+    "bench.bench_upsert",
     "bench.bench_qido",
     "bench.bench_sc",
     "bench.bench_deid",
