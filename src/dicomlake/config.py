@@ -38,7 +38,9 @@ class IngestSettings(BaseModel):
         description="Binary values up to this many bytes go into DICOM JSON as InlineBinary; "
         "longer ones are bulk data and left out. Default: 1024",
     )
-    max_sequence_depth: int = Field(16, description="Deepest sequence nesting flattened. Default: 16")
+    max_sequence_depth: int = Field(
+        16, description="Deepest sequence nesting read; a file nested deeper is rejected with the reason. Default: 16"
+    )
     allow_executable_preamble: bool = Field(
         False,
         description="Accept Part-10 files whose 128-byte preamble starts like an executable (PE 'MZ', "
