@@ -72,7 +72,7 @@ def _plant(src: Path, dst: Path, n: int) -> list[tuple[str, bytes]]:
     fam, giv = f"Plantfam{n:04d}", f"Plantgiv{n:04d}"
     birth = f"1923{(n % 12) + 1:02d}{(n % 27) + 1:02d}"
     values = {
-        "PatientName": (f"{fam}^{giv}", [fam, giv]),
+        "PatientName": (f"{fam}^{giv}", [f"{fam}^{giv}", giv]),
         "PatientID": (f"PID{n:04d}PLNTQ", None),
         "OtherPatientIDs": (f"OPID{n:04d}PLNTQ", None),
         "PatientBirthDate": (birth, None),
@@ -82,7 +82,7 @@ def _plant(src: Path, dst: Path, n: int) -> list[tuple[str, bytes]]:
         "OperatorsName": (f"Plantop{n:04d}^Tech", [f"Plantop{n:04d}"]),
         "InstitutionName": (f"Plantinst{n:04d} Hospital", [f"Plantinst{n:04d}"]),
         "StudyID": (f"SID{n:04d}PLNT", None),
-        "StudyDescription": (f"CT chest for {fam} {giv}", [fam]),
+        "StudyDescription": (f"CT chest for {fam}", [f"for {fam}"]),  # the description names the patient
     }
     planted: list[tuple[str, bytes]] = []
     for kw, (value, tokens) in values.items():
@@ -178,7 +178,7 @@ def leak_table(files: list[Path], work: Path) -> tuple[list[list[str]], dict[str
         top = ", ".join(f"{k} {v}" for k, v in sorted(where.items(), key=lambda kv: -kv[1])[:4])
         rows.append([name, f"{written}/{len(plan)}", f"{checked:,}", f"{leaks:,}", top or "—"])
         counts[name] = leaks
-        print(f"leaks: {name:<38} written {written}/{len(plan)}, {leaks} of {checked} tokens found", flush=True)
+        print(f"leaks: {name:<38} written {written}/{len(plan)}, {leaks} of {checked} found ({top or '-'})", flush=True)
     print()
     print(table(rows, ["tool", "files written", "planted tokens checked", "leaks", "where (most)"]), flush=True)
     return rows, counts
