@@ -48,6 +48,7 @@ KNOWN: dict[tuple[str, str], str] = {
     # The service process is the "service wiring that starts listener + web together", a face
     # by DESIGN; it lives in ingest/ for history.
     ("dicomlake.ingest.service", "dicomlake.web.internal"): "service wiring is a face",
+    ("dicomlake.ingest.service", "dicomlake.web.settings"): "service wiring is a face",
     ("dicomlake.ingest.service", "dicomlake.web.app"): "service wiring is a face",
     # The settings root composes every package's settings model (pydantic-settings); the
     # models belong to their packages.
@@ -71,6 +72,10 @@ KNOWN: dict[tuple[str, str], str] = {
     ("dicomlake.store.parquet", "dicomlake.extract.columns"): "issue 16: lake schema module",
     ("dicomlake.store.postgres", "dicomlake.extract.columns"): "issue 16: lake schema module",
     ("dicomlake.store.remote", "dicomlake.extract.columns"): "issue 16: lake schema module",
+    # The worklist-identity curation check asks the Modality Worklist through the DICOM
+    # network client that wrap uses (issue 22); that client belongs a layer below curate/.
+    ("dicomlake.curate.worklist", "dicomlake.write.send"): "issue 22: MWL client moves down",
+    ("dicomlake.curate.worklist", "dicomlake.write.worklist"): "issue 22: MWL client moves down",
     # Secondary-capture analysis and pixel redaction share OCR and writers (issue 21).
     ("dicomlake.deid.pixels", "dicomlake.extract.ocr"): "issue 21: OCR moves down a layer",
     ("dicomlake.deid.pixels", "dicomlake.extract.sc_class"): "issue 21",
