@@ -441,8 +441,12 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                 ):
                     dose_rows.extend(_dose_rows(header, sop_class, modality))
             except Exception as exc:
-                where = _pseudonymous_path(task.source_path) if cfg.deid_profile else task.source_path
-                notes.append(f"{where}: dose events not extracted ({type(exc).__name__})")
+                if cfg.deid_profile:  # the message may quote a value: only its kind
+                    notes.append(
+                        f"{_pseudonymous_path(task.source_path)}: dose events not extracted ({type(exc).__name__})"
+                    )
+                else:
+                    notes.append(f"{task.source_path}: dose events not extracted ({type(exc).__name__}: {exc})")
     finally:
         for zf in zips.values():
             zf.close()
