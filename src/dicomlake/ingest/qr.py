@@ -27,7 +27,7 @@ from typing import Any
 from dicomlake.errors import AssociationError, ConfigError
 from dicomlake.ingest.listener import describe_abort, describe_rejection
 from dicomlake.ingest.settings import check_ae_title
-from dicomlake.ingest.spool import Spool, SpoolError, valid_uid
+from dicomlake.ingest.spool import Spool, SpoolError, instance_uid_problem, valid_uid
 
 LOG = logging.getLogger("dicomlake.qr")
 
@@ -769,6 +769,10 @@ def retrieve_study_get(
     def on_store(event: Any) -> int:
         try:
             sop_uid = str(event.request.AffectedSOPInstanceUID)
+            problem = instance_uid_problem(sop_uid, str(event.request.AffectedSOPClassUID or ""))
+            if problem:  # the rule C-STORE to our listener follows
+                LOG.warning("C-GET sub-operation refused (0xC210): %s", problem)
+                return 0xC210
             spool.put(sop_uid, event.encoded_dataset(), "c-get")
             return 0x0000
         except SpoolError as exc:
@@ -1096,7 +1100,8 @@ def pull_dimse(
                 out = StudyOutcome(uid, "failed", reason=f"{type(exc).__name__}: {exc}")
             out.expected = int(n) if n not in (None, "") else None
             if method == "move" and out.state == "failed" and not out.completed and out.status is not None:
-                out.reason = f"{out.reason or 'failed'} — {_move_hint(svc, peer, dimse)}"
+                hint = _move_hint(svc, peer, dimse)
+                out.reason = f"{out.reason or 'failed'} — {hint}" if hint else out.reason
             state.update(
                 run_id,
                 uid,
@@ -1145,12 +1150,22 @@ def pull_dimse(
 
 
 def _move_hint(svc: Any, peer: Peer, dimse: Any) -> str:
-    """Where the PACS must send C-MOVE sub-operations: our AE title, host and listening port."""
-    port = svc.scp.address[1] if getattr(svc, "scp", None) is not None else dimse.port
-    return (
-        f"the PACS could not send to us: it must reach {dimse.ae_title} at {_our_host(peer)}:{port} "
-        f"(its DICOM modality entry for {dimse.ae_title}: AE title, host and port; and no firewall between)"
-    )
+    """Why a C-MOVE sent nothing, as far as our listener saw it: never reached, refused, or it refused instances."""
+    scp = getattr(svc, "scp", None)
+    if scp is None:
+        return ""
+    st = scp.stats
+    if st.rejected:
+        return f"the PACS reached our listener but was refused: {st.last_reject}"
+    if st.associations == 0:
+        return (
+            f"the PACS could not send to us: it must reach {dimse.ae_title} at {_our_host(peer)}:{scp.address[1]} "
+            f"(its DICOM modality entry for {dimse.ae_title}: AE title, host and port; and no firewall between)"
+        )
+    if st.failed:
+        answered = ", ".join(f"{k}: {v}" for k, v in sorted(st.statuses.items()))
+        return f"our listener refused {st.failed} instance(s) so far ({answered}); the warnings above say why"
+    return ""
 
 
 def _reconcile(svc: Any, state: PullState, run_id: str, report: PullReport, settle: float) -> None:

@@ -51,6 +51,7 @@ LABELS = ("c-store", "c-get", "c-find", "dicomweb")
 
 # PS3.5 §9.1: a UID is dot-separated numeric components, no leading zeros, at most 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+_UID_COMPONENTS = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1428.1"
 """Implementation Class UID written into file meta (PS3.7 D.3.3.2). Default: ours."""
@@ -89,7 +90,8 @@ def instance_uid_problem(sop_instance_uid: str | None, sop_class_uid: str | None
         return "SOP Instance UID missing"
     if not valid_uid(sop_instance_uid):
         return f"SOP Instance UID {sop_instance_uid[:80]!r} is not a UID {rule}"
-    if sop_class_uid and not valid_uid(sop_class_uid):
+    # a class is only checked for what no UID can hold (Orthanc's store SCU sends some instances under "31")
+    if sop_class_uid and (len(sop_class_uid) > 64 or _UID_COMPONENTS.match(sop_class_uid) is None):
         return f"SOP Class UID {sop_class_uid[:80]!r} is not a UID {rule}"
     return None
 
