@@ -108,7 +108,7 @@ def test_cumulative_reports_count_each_protocol_event_once(openrem_lake: Path) -
 
 def test_distinct_event_view_serves_other_consumers(openrem_lake: Path) -> None:
     """The helper SQL is usable on its own: one row per (study, event UID) for the RDSR events."""
-    from dicomlake.audit.events import distinct_events_sql
+    from dicomlake.events import distinct_events_sql
 
     with Lake.open(openrem_lake, read_only=True) as lk:
         raw = lk.sql("SELECT count(*) AS n FROM dose_events WHERE source = 'rdsr' AND record = 'event'").item()

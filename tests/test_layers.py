@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "config": 5,
     "security": 5,
     "samples": 5,
+    "events": 5,  # the lake-level rule: each irradiation event once per study
     "_standard": 5,
     "data": 5,
     # below everything: the exception types every layer raises

@@ -18,7 +18,7 @@ from dicomlake.audit.common import (
     std_expr,
     std_instances,
 )
-from dicomlake.audit.events import distinct_events_sql, study_totals
+from dicomlake.events import distinct_events_sql, study_totals
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.audit.trends import trend_chart
 from dicomlake.query.lake import Lake

@@ -23,7 +23,7 @@ from dicomlake.audit.common import (
     quantile,
     std_instances,
 )
-from dicomlake.audit.events import distinct_events_sql
+from dicomlake.events import distinct_events_sql
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.audit.trends import trend_chart
 from dicomlake.query.lake import Lake

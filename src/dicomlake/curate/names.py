@@ -363,7 +363,7 @@ def variants_in_lake(
         col = FIELDS[f]
         sql = f"SELECT trim(\"{col}\") AS v, count(*) AS n FROM instances WHERE trim(coalesce(\"{col}\", '')) <> '' GROUP BY 1"
         if f == "protocol" and _has_table(con, "dose_events"):
-            from dicomlake.audit.events import distinct_events_sql  # each event once (repeated in RDSRs)
+            from dicomlake.events import distinct_events_sql  # each event once (repeated in RDSRs)
 
             sql = (
                 f"SELECT v, sum(n) FROM ({sql} UNION ALL SELECT trim(acquisition_protocol), count(*) "
