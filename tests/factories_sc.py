@@ -267,8 +267,21 @@ def _fmt_date(d: str, style: str) -> str:
     }[style]
 
 
-def dose_ge(p: Patient, *, theme: str, size: int, seed: int) -> tuple[Page, DoseTruth]:
-    """A GE-style "Dose Report" screen: identity header, series table, total exam DLP."""
+def dose_ge(
+    p: Patient,
+    *,
+    theme: str,
+    size: int,
+    seed: int,
+    values: tuple[tuple[float, float], ...] | None = None,
+    total_shown: float | None = None,
+) -> tuple[Page, DoseTruth]:
+    """A GE-style "Dose Report" screen: identity header, series table, total exam DLP.
+
+    *values* (CTDIvol, DLP per series) replace the random ones; *total_shown* prints a total
+    that is not the series' sum (a screen cut off, a series missed by the reader: the sum
+    check must fail and the reading go to review).
+    """
     rng = np.random.default_rng(seed)
     dark = theme == "dark"
     bg = (12, 14, 20) if dark else (236, 238, 242)
@@ -304,10 +317,12 @@ def dose_ge(p: Patient, *, theme: str, size: int, seed: int) -> tuple[Page, Dose
         page.text(cx, y, cell, f, fg)
     y += lh
     series = []
-    n_series = int(rng.integers(2, 4))
+    n_series = int(rng.integers(2, 4)) if values is None else len(values)
     for i in range(n_series):
         ctdi = round(float(rng.uniform(4, 25)), 2)
         dlp = round(float(rng.uniform(150, 900)), 2)
+        if values is not None:
+            ctdi, dlp = values[i]
         number = i + 2
         series.append((number, ctdi, dlp))
         top, bottom = rng.uniform(5, 150), rng.uniform(300, 600)
@@ -318,7 +333,7 @@ def dose_ge(p: Patient, *, theme: str, size: int, seed: int) -> tuple[Page, Dose
         page.text(cols[4], y, f"{dlp:.2f}", f, fg, CLINICAL)
         page.text(cols[5], y, "Body 32", f, fg)
         y += lh
-    total = round(sum(s[2] for s in series), 2)
+    total = round(sum(s[2] for s in series), 2) if total_shown is None else total_shown
     page.text(cols[2], y + 4, "Total Exam DLP:", f, fg)
     page.text(cols[4], y + 4, f"{total:.2f}", f, fg, CLINICAL)
     return page, DoseTruth(tuple(series), total)
@@ -405,6 +420,10 @@ def scanned_form(p: Patient, *, kind: str, seed: int) -> Page:
     page.line(40, y, [("Telephone:", OTHER), (p.phone, PHI)], f, ink)
     y += lh + 12
     if kind == "consent":
+        # the clinician who took consent: a person's name no header holds (label + title + name)
+        label, title, name = CLINICIANS[seed % len(CLINICIANS)]
+        page.line(40, y, [(label, OTHER), (title, OTHER), (name, PHI)], f, ink)
+        y += lh
         body = [
             [("I agree to an intravenous contrast injection of", OTHER), ("100", CLINICAL), ("mL.", OTHER)],
             [
@@ -442,6 +461,15 @@ def scanned_form(p: Patient, *, kind: str, seed: int) -> Page:
     arr = np.asarray(page.img, dtype=np.int16) - rng.integers(0, 10, size=page.labels.shape)
     page.img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     return page
+
+
+CLINICIANS = [
+    ("Clinician:", "Dr", "Priya Raman"),
+    ("Consent taken by:", "Dr", "Tomasz Nowak"),
+    ("Doctor:", "", "Helen Achterberg"),
+    ("Signed by:", "Mr", "Oluwaseun Adeyemi"),
+]
+"""Label, title and name of the clinician on a consent form (the name is PHI, in no header)."""
 
 
 def _skin(width: int, height: int, seed: int) -> np.ndarray:
@@ -564,6 +592,37 @@ def _wrap(
     ds.save_as(final, enforce_file_format=True)
     path.unlink()
     return final
+
+
+def write_dose_screen(
+    directory: Path,
+    name: str,
+    *,
+    patient: int = 0,
+    theme: str = "light",
+    size: int = 15,
+    seed: int = 7,
+    values: tuple[tuple[float, float], ...] | None = None,
+    total_shown: float | None = None,
+) -> SCCase:
+    """One GE-style dose screen as a CT Secondary Capture, with its answer key (see :func:`dose_ge`)."""
+    directory = Path(directory)
+    (directory / "src").mkdir(parents=True, exist_ok=True)
+    p = PATIENTS[patient]
+    page, truth = dose_ge(p, theme=theme, size=size, seed=seed, values=values, total_shown=total_shown)
+    f = _save_png(page.img, directory / "src" / f"{name}.png")
+    path = _wrap(
+        directory,
+        name,
+        f,
+        p,
+        kind=SourceKind.SCREENSHOT,
+        conversion=ConversionType.WSD,
+        burned_in=True,
+        series_description="Dose Report",
+        modality="CT",
+    )
+    return SCCase(name, "dose_report", path, page.labels, page.words, truth)
 
 
 def _save_png(img: Image.Image, path: Path) -> Path:

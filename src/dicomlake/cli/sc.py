@@ -68,7 +68,8 @@ def analyse(
     classes = ", ".join(f"{k} {v}" for k, v in sorted(rep.by_class.items())) or "none"
     typer.echo(
         f"analysed {rep.analysed} of {rep.instances} SC-like instances in {rep.seconds:.1f} s: {classes}; "
-        f"review {rep.review}; dose rows {rep.dose_rows} (superseded by an RDSR {rep.dose_superseded}); "
+        f"review {rep.review}; dose rows {rep.dose_rows} (superseded by an RDSR {rep.dose_superseded}; "
+        f"dose screens in review, not stored {rep.dose_review}); "
         f"failed {len(rep.failed)}"
     )
     for _, message in rep.failed:
@@ -97,6 +98,29 @@ def catalogue(
     with DuckDBStore(lake_path(lake)) as store:
         table = sc_catalogue(store, where="a.review" if review else None)
     write_table(table, fmt, out)
+
+
+@sc_app.command("confirm-dose")
+@handle_errors
+def confirm_dose_cmd(
+    uids: list[str] = typer.Argument(..., help="SOP Instance UIDs of dose screens in review."),
+    lake: Path | None = LAKE_OPTION,
+) -> None:
+    """Store dose readings a person has checked against the screen (dose_status review → confirmed).
+
+    A dose screen whose reading fails its checks (series DLPs not adding up to the total,
+    a CTDIvol above its DLP, a value not read) is kept out of dose_events and the audits;
+    see them with `sc catalogue --review` (columns dose_review, dose_status).
+
+    Example: dicomlake sc confirm-dose 1.2.826.0.1.3680043.8.498.1 --lake ./dicomlake-data
+    """
+    from dicomlake.extract.sc import confirm_dose
+    from dicomlake.store.duckdb import DuckDBStore
+
+    with DuckDBStore(lake_path(lake)) as store:
+        done = confirm_dose(store.con, uids)
+    for uid, n in done:
+        typer.echo(f"confirmed {uid}: {n} dose rows stored")
 
 
 @sc_app.command("redact")
@@ -136,6 +160,8 @@ def redact(
     )
     for where, why in rep.review:
         typer.echo(f"  review {where}: {why}")
+    for where, what in rep.fixed:
+        typer.echo(f"  fixed {where}: {what}")
     for _, message in rep.failed:
         typer.echo(f"  failed {message}", err=True)
     if report is not None:
@@ -146,6 +172,7 @@ def redact(
                     "review": rep.review,
                     "excluded": rep.excluded,
                     "failed": rep.failed,
+                    "fixed": rep.fixed,
                     "regions": rep.regions,
                 },
                 indent=2,

@@ -7,9 +7,12 @@ pixels. A recognised word (:mod:`dicomlake.extract.ocr`) is PHI when
 - it matches one of the instance's own identifying header values — names, IDs, accession,
   address, telephone, institution, and the birth and study dates in the many ways dates
   are printed — allowing OCR errors (confusable glyphs, one or two edits);
-- a pattern matches it: dates, NHS numbers with a valid modulus-11 check digit, phone
-  numbers, UK postcodes;
-- or it follows a label on its line ("Name:", "DOB:", "MRN", "Hospital number:", …).
+- a pattern matches it: dates, NHS numbers (ten digits, plain or grouped 3-3-4, with a valid
+  modulus-11 check digit; never digits strung across decimal numbers), phone numbers, UK
+  postcodes;
+- it follows a label on its line ("Name:", "DOB:", "MRN", "Hospital number:", …);
+- or it is a capitalised name after a person label ("Clinician:", "Consent taken by:",
+  "Witness") or a title (Dr, Mr, Mrs, Prof): the clinician on a consent form is in no header.
 
 Policy by content class: dose reports and documents lose only PHI (clinical numbers
 stay); photographs, outside images and unknown content lose all text. Uncertain cases go
@@ -65,7 +68,9 @@ _DATE_PATTERNS = [
     re.compile(r"\b" + _MONTH_RE + r"\s\d{1,2}(?:st|nd|rd|th)?,?\s(?:\d{4})\b", re.IGNORECASE),
     re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
 ]
-_NHS = re.compile(r"\b\d(?:[\s.\-]?\d){9}\b")
+_NHS = re.compile(r"(?<![\d.,\-])\d{3}([ \-]?)\d{3}\1\d{4}(?![\d.,]\d|-\d)")
+"""An NHS number as printed: ten digits, plain or grouped 3-3-4 by one space or hyphen (never
+digits strung across decimal numbers: "S54.3-I432.1 8.73" is a scan range and a CTDIvol)."""
 _PHONE = re.compile(r"(?:\+44\s?\(?0?\)?\s?|\b0)\d{2,4}[\s\-]?\d{3,4}[\s\-]?\d{3,4}\b|\(\d{3}\)\s?\d{3}[\s\-]\d{4}\b")
 _POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}\b", re.IGNORECASE)
 _CONFUSABLE = str.maketrans(
@@ -353,6 +358,26 @@ def nhs_number_valid(digits: str) -> bool:
     return check != 10 and check == int(digits[9])
 
 
+def _plausible_date(found: str, text: str, end: int) -> bool:
+    """Whether a date-pattern match can be a date: not the start of a decimal number, numeric
+    parts a day ≤ 31, a month ≤ 12 (either order) and a four-digit year 1880…2099
+    ("S57.1-I580.0", a scan range, is not 57/1/1580)."""
+    if re.match(r"[.,]\d", text[end : end + 2]):
+        return False
+    nums = [int(x) for x in re.findall(r"\d+", found)]
+    if len(nums) != 3 or not re.fullmatch(r"[\d\s/.\-]+", found):
+        return True  # month names, compact YYYYMMDD: their patterns are strict already
+    if len(str(nums[0])) == 4 or found.strip()[:4].isdigit():
+        y, a, b = nums
+    else:
+        a, b, y = nums
+        if len(re.findall(r"\d+", found)[2]) == 4 and not 1880 <= y <= 2099:
+            return False
+    if len(re.findall(r"\d+", found)[0]) == 4 and not 1880 <= y <= 2099:
+        return False
+    return 1 <= a <= 31 and 1 <= b <= 31 and (a <= 12 or b <= 12)
+
+
 def _digitised(text: str) -> str:
     """Fold letters OCR confuses with digits in tokens that are mostly digits (14/O9/1982 → 14/09/1982)."""
     out = []
@@ -424,6 +449,8 @@ def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] 
             dtext = _digitised(text)
             for pat in _DATE_PATTERNS:
                 for m in pat.finditer(dtext):
+                    if not _plausible_date(m.group(), dtext, m.end()):
+                        continue
                     for k in _words_in_span(spans, m.start(), m.end()):
                         hit(line[k], "pattern:date")
             for m in _NHS.finditer(dtext):
@@ -453,7 +480,67 @@ def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] 
                         break
                     hit(w, f"label:{label}")
                     prev = w
+            # 5. person names: after a person label ("Clinician:", "Consent taken by:") or a title
+            for i in range(len(line)):
+                start = _person_name_start(line, i)
+                if start is None:
+                    continue
+                taken = 0
+                for j in range(start, min(len(line), start + 4)):
+                    w = line[j]
+                    if j > start and w.upright[0] - line[j - 1].upright[2] > 2.5 * max(
+                        w.upright[3] - w.upright[1], 1.0
+                    ):
+                        break
+                    if not _name_like(w.text):
+                        break
+                    if w.text.upper().rstrip(".") in _TITLES:
+                        continue
+                    hit(w, "name:" + line[i].text.upper().rstrip(":."))
+                    taken += 1
+                    if w.text.endswith((",", ";")) and taken >= 2:
+                        break
     return [hits[n] for n in sorted(hits)]
+
+
+_PERSON_LABELS = {
+    "CLINICIAN",
+    "CONSULTANT",
+    "DOCTOR",
+    "PHYSICIAN",
+    "SURGEON",
+    "RADIOLOGIST",
+    "RADIOGRAPHER",
+    "SONOGRAPHER",
+    "NURSE",
+    "PRACTITIONER",
+    "REGISTRAR",
+    "WITNESS",
+    "SIGNED",
+    "SIGNATURE",
+    "REFERRER",
+    "INTERPRETER",
+}
+_BY_VERBS = {"SIGNED", "TAKEN", "OBTAINED", "REPORTED", "VERIFIED", "AUTHORISED", "AUTHORIZED", "SEEN", "REFERRED"}
+_TITLES = {"DR", "MR", "MRS", "MS", "MISS", "PROF", "SISTER"}
+
+
+def _name_like(text: str) -> bool:
+    """A capitalised word of letters (hyphen or apostrophe allowed): Raman, O'Neil, Smith-Jones, DR."""
+    t = text.strip(",.;:")
+    return len(t) >= 2 and t[0].isupper() and bool(re.fullmatch(r"[A-Za-z][A-Za-z'\-]*", t))
+
+
+def _person_name_start(line: Sequence[Word], i: int) -> int | None:
+    """Index of the first word of a person's name introduced by word *i*, if it introduces one."""
+    tok = line[i].text.upper().rstrip(":.")
+    if tok in _TITLES and line[i].text[0].isupper() and i + 1 < len(line):
+        return i + 1 if _name_like(line[i + 1].text) else None
+    if tok in _PERSON_LABELS:
+        return i + 1 if i + 1 < len(line) else None
+    if tok == "BY" and i > 0 and line[i - 1].text.upper().rstrip(":.") in _BY_VERBS:
+        return i + 1 if i + 1 < len(line) else None
+    return None
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -674,11 +761,71 @@ class RedactReport:
     """(input, reasons) of objects a person should look at."""
     failed: list[tuple[str, str]] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    fixed: list[tuple[str, str]] = field(default_factory=list)
+    """(input, what was changed) for malformed header values repaired or blanked so the pixels could be redacted."""
     regions: int = 0
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
+
+
+_AS_LOOSE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
+
+
+def _repaired(vr: str, value: object) -> object | None:
+    """A valid form of a malformed value, when there is an unambiguous one (AS '33Y' → '033Y')."""
+    if not isinstance(value, str):
+        return None
+    if vr == "AS" and (m := _AS_LOOSE.match(value)):
+        return f"{int(m.group(1)):03d}{m.group(2).upper()}"
+    if vr == "DA" and re.fullmatch(r"\s*\d{4}[.\-/]\d{2}[.\-/]\d{2}\s*", value):
+        return re.sub(r"\D", "", value)
+    if vr in ("CS", "SH", "LO", "AE", "PN"):
+        limit = {"CS": 16, "SH": 16, "AE": 16, "LO": 64, "PN": 64}[vr]
+        fixed = value.strip().upper() if vr == "CS" else value.strip()
+        if vr == "CS":
+            fixed = re.sub(r"[^A-Z0-9_ ]", "_", fixed)
+        return fixed[:limit]
+    return None
+
+
+def repair_invalid_values(ds: Dataset) -> list[str]:
+    """Repair (or blank) header values that would stop the file being written; say what changed.
+
+    A malformed header value (PatientAge AS '33Y') must not stop pixel redaction: the value
+    is put in its valid form where there is one, else emptied, and each change is returned
+    as ``Keyword VR 'old' → 'new'`` for the report.
+    """
+    import pydicom
+    from pydicom import config as pydicom_config
+
+    text_vrs = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
+    notes: list[str] = []
+
+    def bad(vr: str, value: object) -> bool:
+        vals = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+        for v in vals:
+            if vr in ("IS", "DS", "PN") or (vr in text_vrs and not isinstance(v, (str, bytes))):
+                v = str(v)
+            try:
+                pydicom.valuerep.validate_value(vr, v, pydicom_config.RAISE)
+            except (ValueError, TypeError):
+                return True
+        return False
+
+    for elem in list(ds.iterall()):
+        if elem.VR not in text_vrs or elem.value is None or elem.value == "":
+            continue
+        if not bad(elem.VR, elem.value):
+            continue
+        old = elem.value
+        new = _repaired(elem.VR, old)
+        if new is None or bad(elem.VR, new):
+            new = ""
+        elem.value = new
+        notes.append(f"{elem.keyword or elem.tag} {elem.VR} {str(old)!r} → {str(new)!r}")
+    return notes
 
 
 def classify_for_redaction(ds: Dataset, arr: np.ndarray | None) -> ContentClass:
@@ -734,6 +881,9 @@ def redact_file(
             rep.excluded.append(f"{path}: excluded by the de-identification profile")
             return rep
         target = out_dir / (name or f"{Path(path).stem}-redacted.dcm")
+        notes = repair_invalid_values(derived)
+        if notes:
+            rep.fixed.append((str(path), "malformed header values repaired: " + "; ".join(notes)))
         write_atomically([(target, encode(derived, str(path)))], overwrite=True)
         rep.written.append((str(path), str(target)))
         rep.regions += len(plan.boxes)
@@ -787,6 +937,9 @@ def deidentify_bytes_with_pixels(
         raise DeidError(f"{source}: {exc}") from exc
     if derived is None:
         return None
+    notes = repair_invalid_values(derived)
+    if notes:
+        report.fixed.append((source, "malformed header values repaired: " + "; ".join(notes)))
     report.written.append((source, str(derived.SOPInstanceUID)))
     report.regions += len(plan.boxes)
     return encode(derived, source)

@@ -58,6 +58,30 @@ class DoseReading:
     def found(self) -> bool:
         return bool(self.series) or self.total_DLP_mGycm is not None
 
+    def doubts(self) -> list[str]:
+        """Why this reading must not be stored as fact (empty: it may be).
+
+        Only a reading whose series DLPs add up to the total shown, where every series has
+        both a CTDIvol and a DLP and no CTDIvol exceeds its own DLP (a scan shorter than
+        1 cm: a DLP read into the CTDIvol column), is trusted. Anything else goes to review
+        and stays out of ``dose_events`` (and so out of the audits) until confirmed.
+        """
+        if not self.found:
+            return []
+        out: list[str] = []
+        if self.check != "sum-ok":
+            out.append(f"dose check {self.check} (confidence {self.confidence:.2f})")
+        for s in self.series:
+            name = f"series {s.number}" if s.number is not None else f"row {s.label or '?'}"
+            if s.CTDIvol_mGy is None or s.DLP_mGycm is None:
+                out.append(f"{name}: CTDIvol or DLP not read")
+            elif s.CTDIvol_mGy > s.DLP_mGycm:
+                out.append(f"{name}: CTDIvol {s.CTDIvol_mGy:g} > DLP {s.DLP_mGycm:g}")
+        numbers = [s.number for s in self.series if s.number is not None]
+        if len(numbers) != len(set(numbers)):
+            out.append("a series number read twice")
+        return out
+
 
 def number(text: str) -> float | None:
     """A number from an OCR token, folding letters OCR confuses with digits (l2.O5 → 12.05)."""

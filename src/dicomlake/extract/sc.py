@@ -84,6 +84,8 @@ SC_ANALYSIS_SCHEMA = pa.schema(
         pa.field("dose_check", _S),
         pa.field("dose_confidence", _F),
         pa.field("dose_status", _S),
+        pa.field("dose_review", _S),
+        pa.field("dose_pending", _S),
         pa.field("ocr_seconds", _F),
         pa.field("analysed_at", _T),
         pa.field("error", _S),
@@ -112,6 +114,8 @@ class SCAnalysis:
     dose: DoseReading | None = None
     dose_rows: list[dict[str, object]] = field(default_factory=list)
     dose_status: str | None = None
+    dose_doubts: list[str] = field(default_factory=list)
+    """Why the dose reading is not trusted (empty: stored as fact); see :meth:`DoseReading.doubts`."""
     error: str | None = None
     plan: Any = None
     """The :class:`~dicomlake.deid.pixels.RedactionPlan` (boxes to fill), not stored in the lake."""
@@ -158,6 +162,8 @@ class SCAnalysis:
             "dose_check": d.check if d else None,
             "dose_confidence": d.confidence if d else None,
             "dose_status": self.dose_status,
+            "dose_review": "; ".join(self.dose_doubts)[:2000] or None,
+            "dose_pending": None,
             "ocr_seconds": round(self.ocr.seconds, 3) if self.ocr else None,
             "analysed_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
             "error": self.error,
@@ -246,6 +252,12 @@ def analyse_dataset(ds: Dataset) -> SCAnalysis:
     if klass is ContentClass.DOSE_REPORT:
         result.dose = read_dose_table(text)
         result.dose_rows = dose_rows(ds, result.dose) if result.dose.found else []
+        result.dose_doubts = result.dose.doubts()
+        if result.dose_doubts:
+            result.review = [
+                *result.review,
+                "dose screen read with doubts, not stored until confirmed: " + "; ".join(result.dose_doubts),
+            ]
     return result
 
 
@@ -277,6 +289,8 @@ class AnalyseReport:
     review: int = 0
     dose_rows: int = 0
     dose_superseded: int = 0
+    dose_review: int = 0
+    """Dose screens whose reading is in review (rows kept out of ``dose_events``)."""
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -305,6 +319,11 @@ def _write(con: Any, analysis: SCAnalysis, report: AnalyseReport) -> None:
             if rdsr and rdsr[0]:
                 row["dose_status"] = "rdsr-wins"
                 report.dose_superseded += 1
+            elif analysis.dose_doubts:
+                # never a doubtful reading stored as fact: kept aside until `sc confirm-dose`
+                row["dose_status"] = "review"
+                row["dose_pending"] = json.dumps(rows, default=str)
+                report.dose_review += 1
             else:
                 ocr_rows = pa.Table.from_pylist(rows, schema=pa.schema(list(DOSE_EVENT_COLUMNS.items())))  # noqa: F841
                 con.execute("INSERT INTO dose_events BY NAME SELECT * FROM ocr_rows")
@@ -331,7 +350,8 @@ def resolve_dose_sources(con: Any) -> int:
             "(SELECT StudyInstanceUID FROM dose_events WHERE source = 'rdsr')"
         )
         con.execute(
-            "UPDATE sc_analysis SET dose_status = 'rdsr-wins' WHERE dose_status = 'stored' AND StudyInstanceUID IN "
+            "UPDATE sc_analysis SET dose_status = 'rdsr-wins', dose_pending = NULL "
+            "WHERE dose_status IN ('stored', 'review', 'confirmed') AND StudyInstanceUID IN "
             "(SELECT StudyInstanceUID FROM dose_events WHERE source = 'rdsr')"
         )
     return count
@@ -396,6 +416,39 @@ def analyse_lake(
     return report
 
 
+def confirm_dose(con: Any, sop_instance_uids: Sequence[str]) -> list[tuple[str, int]]:
+    """Move reviewed dose readings into ``dose_events``; return (UID, rows stored) per UID.
+
+    A person has compared the screen with the values in ``sc_analysis.dose_pending``;
+    from now on the audits use them. A UID without a pending reading raises ValueError.
+    """
+    from dicomlake.extract.dose import DOSE_EVENT_COLUMNS
+
+    ensure_sc_table(con)
+    done: list[tuple[str, int]] = []
+    for uid in sop_instance_uids:
+        got = con.execute(
+            "SELECT dose_pending FROM sc_analysis WHERE SOPInstanceUID = ? AND dose_status = 'review'", [uid]
+        ).fetchone()
+        if not got or not got[0]:
+            raise ValueError(f"{uid}: no dose reading in review for this SOP Instance UID (see sc catalogue --review)")
+        rows = json.loads(got[0])
+        ocr_rows = pa.Table.from_pylist(rows, schema=pa.schema(list(DOSE_EVENT_COLUMNS.items())))  # noqa: F841
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM dose_events WHERE SOPInstanceUID = ? AND source = 'ocr'", [uid])
+            con.execute("INSERT INTO dose_events BY NAME SELECT * FROM ocr_rows")
+            con.execute(
+                "UPDATE sc_analysis SET dose_status = 'confirmed', dose_pending = NULL WHERE SOPInstanceUID = ?", [uid]
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        done.append((uid, len(rows)))
+    return done
+
+
 CATALOGUE_COLUMNS = (
     "PatientID",
     "StudyDate",
@@ -413,6 +466,7 @@ CATALOGUE_COLUMNS = (
     "dose_total_DLP_mGycm",
     "dose_check",
     "dose_status",
+    "dose_review",
     "SOPInstanceUID",
 )
 """Columns of :func:`sc_catalogue`, in order."""
