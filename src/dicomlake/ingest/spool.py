@@ -88,9 +88,10 @@ def instance_uid_problem(sop_instance_uid: str | None, sop_class_uid: str | None
     rule = "(PS3.5 §9.1: digits and dots, no leading zeros, at most 64)"
     if not sop_instance_uid:
         return "SOP Instance UID missing"
-    if not valid_uid(sop_instance_uid):
+    # pydicom's definition (one component allowed): Orthanc's store SCU sends an instance whose UN
+    # elements it misreads under Affected SOP Class and Instance UID "31"; its data set is whole
+    if len(sop_instance_uid) > 64 or _UID_COMPONENTS.match(sop_instance_uid) is None:
         return f"SOP Instance UID {sop_instance_uid[:80]!r} is not a UID {rule}"
-    # a class is only checked for what no UID can hold (Orthanc's store SCU sends some instances under "31")
     if sop_class_uid and (len(sop_class_uid) > 64 or _UID_COMPONENTS.match(sop_class_uid) is None):
         return f"SOP Class UID {sop_class_uid[:80]!r} is not a UID {rule}"
     return None
