@@ -53,7 +53,17 @@ def ingest(
     if engine not in ("embedded", "spark"):
         raise ValueError(f"--engine {engine!r}: choose embedded or spark")
     if engine == "spark":
-        _ingest_spark(paths, out, master, report)
+        ignored = [
+            name
+            for name, value in (("--workers", workers), ("--batch-size", batch_size), ("--quarantine", quarantine))
+            if value is not None
+        ]
+        if ignored:
+            raise ValueError(
+                f"{', '.join(ignored)} does not apply to --engine spark (Spark sets the parallelism, each task "
+                "writes its rows into the --out lake at once, rejected input is kept in OUT/quarantine)"
+            )
+        _ingest_spark(paths, out, master, report, deid)
         return
     if out is not None:
         raise ValueError("--out is for --engine spark (a Parquet lake folder); the embedded engine writes --lake")
@@ -130,13 +140,13 @@ def _summary(
     raise typer.Exit(rep.exit_code)  # type: ignore[attr-defined]
 
 
-def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path | None) -> None:
+def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path | None, deid: str | None) -> None:
 
     from dicomlake.ingest.spark import ingest_spark
 
     if out is None:
         raise ValueError("--engine spark needs --out DIR, the Parquet lake folder to write")
-    rep = ingest_spark(paths, out, master=master)
+    rep = ingest_spark(paths, out, master=master, deid=deid)
     rows = (
         ("files", rep.files),
         ("instances read", rep.instances),

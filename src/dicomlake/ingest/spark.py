@@ -213,11 +213,22 @@ class _TaskWriter:
             writer.write("rejects", pa.concat_tables(self.rejects))
 
 
-def _run_partition(cfg: WorkerConfig, out: str) -> Any:
-    """The ``mapInArrow`` function: chunks in, result rows out (module-level so it pickles)."""
+def _run_partition(cfg: WorkerConfig, out: str, env: dict[str, str] | None = None) -> Any:
+    """The ``mapInArrow`` function: chunks in, result rows out (module-level so it pickles).
+
+    ``env`` is the driver's ``DICOMLAKE_*`` environment (de-identification keys among them):
+    an executor's environment is its worker's, not the driver's, so the task sets it itself
+    (in its own Python worker process, never logged) before it reads a file.
+    """
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
+
+        if env is not None:
+            from dicomlake.ingest import worker
+
+            if {k: v for k, v in os.environ.items() if k.startswith("DICOMLAKE_")} != env:
+                worker.init_worker(cfg, env)  # sets the variables, forgets Deidentifiers keyed otherwise
 
         ctx = TaskContext.get()
         pid = ctx.partitionId() if ctx else 0
@@ -269,6 +280,7 @@ def ingest_spark(
     files_per_task: int | None = None,
     settings: Settings | None = None,
     source: str | None = None,
+    deid: str | None = None,
 ) -> SparkIngestReport:
     """Extract every header under ``paths`` on Spark into the Parquet lake at ``out``.
 
@@ -284,6 +296,10 @@ def ingest_spark(
         Spark master URL when no session is given (``local[2]``, ``spark://host:7077``, ``yarn``).
     files_per_task
         Files per Spark task (default: spread over 4 tasks per core, at least one chunk).
+    deid
+        A de-identification profile (name or TOML path), applied on the executors exactly as
+        the embedded engine applies it; the keys (``DICOMLAKE_DEID__*``) travel with the
+        tasks. A project secret is required, so that every executor draws the same pseudonyms.
     """
     settings = settings or get_settings()
     t0 = time.perf_counter()
@@ -294,7 +310,12 @@ def ingest_spark(
             "(choose a new --out, or remove it)"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    # executors run in their own working folders: every path they see is absolute
+    out_dir = Path(os.path.abspath(out_dir))
+    paths = [os.path.abspath(p) for p in paths]
     tasks = expand(paths)
+    if deid:
+        _check_deid(deid)
     run_id = uuid.uuid4().hex[:12]
     if spark is None:
         try:
@@ -316,7 +337,11 @@ def ingest_spark(
         max_zip_member_bytes=ing.max_zip_member_bytes,
         max_zip_ratio=ing.max_zip_ratio,
         received_source=source,
+        allow_executable_preamble=ing.allow_executable_preamble,
+        deid_profile=deid,
+        max_sequence_depth=ing.max_sequence_depth,
     )
+    env = {k: v for k, v in os.environ.items() if k.startswith("DICOMLAKE_")}
     chunks = _chunks(tasks, FILES_PER_CHUNK)
     parallelism = max(1, sc.defaultParallelism)
     # default: 4 tasks per core, so a slow task does not hold the job up
@@ -329,7 +354,7 @@ def ingest_spark(
         from pyspark import StorageLevel
 
         df = spark.createDataFrame(rows, "chunk_id long, chunk string").repartitionByRange(n_parts, "chunk_id")
-        result = df.mapInArrow(_run_partition(cfg, str(out_dir.resolve())), RESULT_DDL)
+        result = df.mapInArrow(_run_partition(cfg, str(out_dir), env), RESULT_DDL)
         spark.sparkContext.setCheckpointDir(str((out_dir / STAGING / "_checkpoint").resolve()))
         result = result.persist(StorageLevel.MEMORY_AND_DISK).checkpoint(eager=True)
         t_extract = time.perf_counter()
@@ -366,8 +391,29 @@ def ingest_spark(
     writer = ParquetLakeWriter(out_dir, f"run-{run_id}")
     writer.write_marker(extra={"written_by": "dicomlake ingest --engine spark", "run_id": run_id})
     report.seconds = time.perf_counter() - t0
-    _write_run(out_dir, report, paths)
+    _write_run(out_dir, report, paths, deid)
     return report
+
+
+def _check_deid(deid: str) -> None:
+    """Refuse what cannot work on executors before any file is read."""
+    from dicomlake.deid import load_profile, settings_from_env
+
+    load_profile(deid)  # a bad profile name fails here
+    ds = settings_from_env()
+    if ds.secret is None:
+        raise ConfigError(
+            "--deid with --engine spark needs DICOMLAKE_DEID__SECRET: without a project secret every "
+            "executor would draw its own key and pseudonyms would differ within one lake"
+        )
+    if ds.vault_path is not None and ds.vault_key is not None:
+        raise ConfigError(
+            "the re-identification vault (DICOMLAKE_DEID__VAULT_PATH) is a local SQLite file that executors "
+            "cannot share: unset it for --engine spark, or ingest with the embedded engine"
+        )
+    for name in ("DICOMLAKE_DEID__MAP_FILE",):  # executors resolve paths in their own folders
+        if os.environ.get(name):
+            os.environ[name] = os.path.abspath(os.environ[name])
 
 
 def _drop_instances(stage: Path, uids: list[str]) -> None:
@@ -404,9 +450,12 @@ def _commit(out_dir: Path, stages: list[str]) -> int:
     return n
 
 
-def _write_run(out_dir: Path, report: SparkIngestReport, paths: Sequence[str | os.PathLike[str]]) -> None:
+def _write_run(
+    out_dir: Path, report: SparkIngestReport, paths: Sequence[str | os.PathLike[str]], deid: str | None
+) -> None:
     import datetime as dt
 
+    from dicomlake.ingest.pipeline import _run_sources
     from dicomlake.store.parquet import INGEST_RUNS_SCHEMA
 
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -414,7 +463,7 @@ def _write_run(out_dir: Path, report: SparkIngestReport, paths: Sequence[str | o
         "run_id": report.run_id,
         "started_at": now - dt.timedelta(seconds=report.seconds),
         "finished_at": now,
-        "sources": "; ".join(str(p) for p in paths)[:2000],
+        "sources": _run_sources(paths, deid),
         "files": report.files,
         "instances": report.instances,
         "rejected": report.rejected,

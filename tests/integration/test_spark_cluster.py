@@ -1,0 +1,140 @@
+"""The Spark engine on a real standalone cluster (a master and two one-core workers on
+127.0.0.1, executors in their own processes and folders) against the embedded engine on
+the same files: identical tables, also under ``--deid basic`` with the same key."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from dicomlake.query.lake import Lake
+from tests.integration.spark_cluster import SparkCluster, spark_cluster  # noqa: F401  (fixture)
+from tests.integration.test_spark_engine import _compare, _embedded
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CORPUS_FILES = 14
+SECRET = "spark-cluster-test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def cluster_spark(spark_cluster: SparkCluster) -> Iterator[Any]:  # noqa: F811
+    from pyspark.sql import SparkSession
+
+    from dicomlake.ingest.spark import spark_session
+
+    active = SparkSession.getActiveSession()
+    if active is not None:  # one SparkContext per process: another module's local session
+        active.stop()
+    session = spark_session(spark_cluster.url, app_name="dicomlake-cluster-tests", **spark_cluster.conf())
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def corpus(sample_sources: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 14 smallest OpenREM sample files (DX/PX/CT images, RDSRs, ESRs; ~90 kB) in a folder
+    of their own: small, so the cluster runs stay within seconds on a loaded machine."""
+    src = next(p for p in sample_sources if p.name == "corpus") / "openrem"
+    dest = tmp_path_factory.mktemp("cluster-input") / "openrem"
+    dest.mkdir()
+    for f in sorted(src.glob("*.dcm"), key=lambda f: (f.stat().st_size, f.name))[:CORPUS_FILES]:
+        shutil.copy(f, dest / f.name)
+    return dest
+
+
+def _ids(folder: Path) -> dict[str, set[str]]:
+    """The identifying values of the input, as pydicom reads them (the oracle)."""
+    out: dict[str, set[str]] = {"PatientID": set(), "PatientName": set(), "StudyInstanceUID": set()}
+    for f in sorted(folder.rglob("*.dcm")):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for k in out:
+            v = str(ds.get(k, "") or "")
+            if v:
+                out[k].add(v)
+    return out
+
+
+def test_cluster_reads_a_relative_input_like_the_embedded_engine(
+    cluster_spark: Any, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomlake.ingest.spark import ingest_spark
+
+    assert cluster_spark.sparkContext.master.startswith("spark://127.0.0.1:")
+    n_files = len(list(corpus.rglob("*.dcm")))
+    duck = _embedded([corpus], tmp_path / "duck")
+    monkeypatch.chdir(corpus.parent)  # the executors' folders are their own: "openrem" means nothing there
+    rep = ingest_spark(["openrem"], "lake", spark=cluster_spark)
+    assert rep.files == n_files
+    assert rep.rejected == 0, rep.notes[:3]
+    counts = _compare(duck, corpus.parent / "lake")
+    assert counts["instances"] == n_files == rep.unique_instances
+    assert counts["dose_events"] > 0
+    with Lake.open(corpus.parent / "lake", read_only=True) as lk:
+        paths = lk.sql("SELECT DISTINCT source_path FROM instances")["source_path"].to_list()
+    assert all(os.path.isabs(p) and Path(p).is_file() for p in paths)
+
+
+def test_cluster_deid_matches_the_embedded_engine(
+    cluster_spark: Any, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomlake.ingest.pipeline import ingest_paths
+    from dicomlake.ingest.spark import ingest_spark
+
+    monkeypatch.setenv("DICOMLAKE_DEID__SECRET", SECRET)
+    duck = tmp_path / "duck"
+    ingest_paths([corpus], duck, workers=1, deid="basic")
+    lake = tmp_path / "spark"
+    rep = ingest_spark([corpus], lake, spark=cluster_spark, deid="basic")
+    assert rep.rejected == 0, rep.notes[:3]
+    counts = _compare(duck, lake)  # every table, every column, the same Arrow types: byte for byte
+    assert counts["instances"] > 0
+    orig = _ids(corpus)
+    assert orig["PatientID"] and orig["StudyInstanceUID"]
+    with Lake.open(lake, read_only=True) as lk:
+        got = lk.sql("SELECT PatientID, PatientName, StudyInstanceUID, StudyDate, source_path FROM instances")
+    for col in ("PatientID", "PatientName", "StudyInstanceUID"):
+        values = {v for v in got[col].to_list() if v}
+        assert not values & orig[col], col  # none of the input's identifiers reached the lake
+    assert all(p.startswith("deid:") for p in got["source_path"].to_list())
+    # and the lake's bytes hold none of them either
+    blob = b"".join(f.read_bytes() for f in lake.rglob("*.parquet"))
+    for v in orig["PatientID"] | orig["StudyInstanceUID"]:
+        if len(v) >= 6:
+            assert v.encode() not in blob, v
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--workers", "2"], ["--batch-size", "10"], ["--quarantine", "q"]],
+)
+def test_spark_engine_refuses_options_that_do_not_apply(extra: list[str], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    (tmp_path / "in").mkdir()
+    res = CliRunner().invoke(app, ["ingest", "--engine", "spark", str(tmp_path / "in"), "--out", "o", *extra])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) <= 2 and extra[0] in res.output and "does not apply" in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_spark_deid_without_a_secret_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    monkeypatch.delenv("DICOMLAKE_DEID__SECRET", raising=False)
+    (tmp_path / "in").mkdir()
+    res = CliRunner().invoke(
+        app, ["ingest", "--engine", "spark", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--deid", "basic"]
+    )
+    assert res.exit_code == 2 and "DICOMLAKE_DEID__SECRET" in res.output, res.output
