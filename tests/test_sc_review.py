@@ -195,3 +195,34 @@ def test_a_clinicians_name_after_a_person_label_or_a_title_is_phi_but_prose_is_n
     found = {h.word.text for h in find_phi(result, [])}
     assert {"Priya", "Raman", "Tomasz", "Nowak", "Oluwaseun", "Adeyemi", "Helen", "Achterberg"} <= found
     assert not {"The", "risks", "Weight", "81", "No", "known", "Consent", "taken", "Date:"} & found
+
+
+def test_second_independent_ocr_pass_reads_phi_back_from_a_missed_redaction_and_none_after_a_good_one(tmp_path):
+    from pydicom import dcmread
+
+    from dicomlake.deid.pixels import (
+        classify_for_redaction,
+        fill_value,
+        first_frame,
+        identifying_terms,
+        plan_redaction,
+        read_back,
+        redact_array,
+    )
+    from tests.conftest import require_tool
+
+    require_tool("tesseract")
+    case = write_dose_screen(tmp_path, "dose_gate", patient=3, theme="dark", seed=24)
+    ds = dcmread(case.path)
+    arr = first_frame(ds)
+    plan = plan_redaction(ds, classify_for_redaction(ds, arr), arr=arr)
+    terms = identifying_terms(ds)
+    photometric = str(ds.PhotometricInterpretation)
+    # nothing filled (a redaction that missed everything): the gate reads the identifiers back
+    assert read_back(arr, plan, terms, photometric)
+    # the answer key's PHI words all covered by the plan, and nothing read back afterwards
+    red = redact_array(arr, plan.boxes, fill_value(ds, arr))
+    for w in case.phi:
+        ink = case.labels == w.id
+        assert (red[ink] == 0).all(axis=-1).mean() > 0.95, w.text
+    assert read_back(red, plan, terms, photometric) == []

@@ -156,10 +156,13 @@ def redact(
             engine.close()
     typer.echo(
         f"redacted {len(rep.written)} ({rep.regions} regions filled), review {len(rep.review)}, "
+        f"held (PHI read back, not written) {len(rep.held)}, "
         f"excluded {len(rep.excluded)}, failed {len(rep.failed)}"
     )
     for where, why in rep.review:
         typer.echo(f"  review {where}: {why}")
+    for where, why in rep.held:
+        typer.echo(f"  held {where}: {why}")
     for where, what in rep.fixed:
         typer.echo(f"  fixed {where}: {what}")
     for _, message in rep.failed:
@@ -172,6 +175,7 @@ def redact(
                     "review": rep.review,
                     "excluded": rep.excluded,
                     "failed": rep.failed,
+                    "held": rep.held,
                     "fixed": rep.fixed,
                     "regions": rep.regions,
                 },

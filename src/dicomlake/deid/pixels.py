@@ -582,6 +582,52 @@ def ocr_for_class(arr: np.ndarray, klass: ContentClass, photometric: str = "", w
     return ocr(arr, photometric=photometric, psm=11, where=where)
 
 
+def second_pass(arr: np.ndarray, plan: RedactionPlan, photometric: str = "", where: str = "image") -> OcrResult:
+    """A second OCR pass over *redacted* pixels, prepared otherwise than the first.
+
+    Another scale (the first pass's scale ± 1, never the same), the other grey conversion
+    for colour images (darkest channel when the first read luminance and back), and no
+    denoising: text the first pass read poorly is read from a different image.
+    """
+    first = plan.ocr
+    first_scale = first.scale if first is not None else 1.0
+    scale = first_scale + 1.0 if first_scale < 2.5 else first_scale - 1.0
+    colour = arr.ndim == 3 and arr.shape[-1] >= 3
+    variants: tuple[Variant, ...] = (Variant.LUMA,)
+    if colour:
+        variants = (Variant.LUMA,) if plan.klass is ContentClass.PHOTO else (Variant.MIN_CHANNEL,)
+    return ocr(arr, photometric=photometric, psm=11, variants=variants, scale=scale, where=where)
+
+
+def read_back(
+    arr: np.ndarray,
+    plan: RedactionPlan,
+    terms: Sequence[Term],
+    photometric: str = "",
+    where: str = "image",
+) -> list[str]:
+    """PHI a second, independent OCR pass still reads in the redacted pixels *arr* (reasons only).
+
+    Read back: a header value, a pattern (date, NHS number, phone, postcode), a person's
+    name after a label or title, or any text the first pass judged PHI — at least three
+    letters or digits, so a filled box's edge read as "|" or "ll" is not. An empty list is
+    the condition for releasing the object.
+    """
+    second = second_pass(arr, plan, photometric, where)
+    removed = {skeleton(h.word.text) for h in plan.hits if len(skeleton(h.word.text)) >= 3}
+    found: list[str] = []
+    for h in find_phi(second, terms):
+        if h.reason.startswith("label:") or sum(c.isalnum() for c in h.word.text) < 3:
+            continue
+        found.append(h.reason)
+    if plan.policy == "phi-only" or removed:
+        for w in second.words:
+            sk = skeleton(w.text)
+            if len(sk) >= 3 and w.conf >= MIN_CONF_ALL_TEXT and any(fuzzy_equal(w.text, r) for r in removed):
+                found.append("first-pass PHI read again")
+    return found
+
+
 def _pad(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     x0, y0, x1, y1 = box
     p = max(2, round((y1 - y0) * PAD_FRACTION))
@@ -761,6 +807,8 @@ class RedactReport:
     """(input, reasons) of objects a person should look at."""
     failed: list[tuple[str, str]] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    held: list[tuple[str, str]] = field(default_factory=list)
+    """(input, why) of objects not written: a second OCR pass read PHI back from the redacted pixels."""
     fixed: list[tuple[str, str]] = field(default_factory=list)
     """(input, what was changed) for malformed header values repaired or blanked so the pixels could be redacted."""
     regions: int = 0
@@ -828,6 +876,14 @@ def repair_invalid_values(ds: Dataset) -> list[str]:
     return notes
 
 
+def _held_reason(back: list[str]) -> str:
+    kinds = sorted(set(back))
+    return (
+        f"held for review, not written: a second OCR pass read back {len(back)} PHI string(s) "
+        f"({', '.join(kinds)}) from the redacted pixels"
+    )
+
+
 def classify_for_redaction(ds: Dataset, arr: np.ndarray | None) -> ContentClass:
     """The content class (header, then pixels; OCR keywords when both are unsure)."""
     from dicomlake.extract.sc_class import (
@@ -879,6 +935,12 @@ def redact_file(
         derived = redacted_dataset(ds, plan, deidentifier=deidentifier)
         if derived is None:
             rep.excluded.append(f"{path}: excluded by the de-identification profile")
+            return rep
+        back = read_back(
+            first_frame(derived), plan, identifying_terms(ds), str(ds.get("PhotometricInterpretation", "")), str(path)
+        )
+        if back:
+            rep.held.append((str(path), _held_reason(back)))
             return rep
         target = out_dir / (name or f"{Path(path).stem}-redacted.dcm")
         notes = repair_invalid_values(derived)
@@ -936,6 +998,13 @@ def deidentify_bytes_with_pixels(
     except DicomlakeError as exc:
         raise DeidError(f"{source}: {exc}") from exc
     if derived is None:
+        return None
+    back = read_back(
+        first_frame(derived), plan, identifying_terms(ds), str(ds.get("PhotometricInterpretation", "")), source
+    )
+    if back:
+        report.held.append((source, _held_reason(back)))
+        report.review.append((source, _held_reason(back)))
         return None
     notes = repair_invalid_values(derived)
     if notes:

@@ -317,6 +317,7 @@ def ocr(
     denoise: bool = False,
     max_scale: float = 3.0,
     where: str = "image",
+    scale: float | None = None,
 ) -> OcrResult:
     """Recognise the words of an image (stored values, grey or RGB).
 
@@ -342,15 +343,18 @@ def ocr(
         Upper limit of the upscaling (photographs: 2).
     where
         The input's name, for error messages.
+    scale
+        A fixed upscaling instead of the automatic one (the second, independent pass over
+        a redacted image reads it at another scale than the first).
     """
     t0 = time.perf_counter()
     result = OcrResult()
     turned = 0
     for n, variant in enumerate(variants):
         grey = to_gray8(arr, photometric, variant)
-        prepared, inv, scale = prepare(grey, max_scale=max_scale, denoise=denoise)
+        prepared, inv, used = prepare(grey, max_scale=max_scale, denoise=denoise, scale=scale)
         if n == 0:
-            result.inverted, result.scale = inv, scale
+            result.inverted, result.scale = inv, used
             if orientation:
                 result.orientation = detect_orientation(prepared, where)
                 result.calls += 1
@@ -364,6 +368,6 @@ def ocr(
         tsv = _run(_png(img), ["--psm", str(psm), "--dpi", "150", "-l", "eng", "tsv"], where)
         result.calls += 1
         for w in parse_tsv(tsv, n):
-            result.words.append(_unmap(w, turned, shape, scale, pad))
+            result.words.append(_unmap(w, turned, shape, used, pad))
     result.seconds = time.perf_counter() - t0
     return result
