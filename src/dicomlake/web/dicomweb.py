@@ -793,17 +793,57 @@ def _kept(path: str | None) -> bool:
     return Path(path).is_file()
 
 
-def _bulk_elements(ds: Any, doc: dict[str, Any]) -> list[tuple[str, str]]:
-    """(tag, VR) of the top-level elements of a file that its lake JSON leaves out: its bulk data."""
-    out = []
-    for elem in ds.elements():
-        tag = int(elem.tag)
-        key = f"{tag:08X}"
-        if key in doc or tag >> 16 == 0x0002 or (tag & 0xFFFF) == 0:
+NATIVE_TS = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
+"""Transfer syntaxes whose Pixel Data is native (OW above 8 bits allocated); others encapsulate it (OB)."""
+
+
+def _bulk_from_lake(ctx: WebContext, rows: list[dict[str, Any]], analyst: bool) -> dict[str, list[tuple[str, str]]]:
+    """(tag, VR) of each kept instance's top-level bulk data candidates, from the lake: no file is read.
+
+    Pixel Data from ``instances.pixel_data_bytes`` (VR ``""``: decided from the JSON's Bits
+    Allocated); other binary elements (OB, OW, UN, …) from ``elements`` rows (those the JSON
+    holds a value of are dropped by :func:`_with_bulk`). The analyst role gets Pixel Data only.
+    """
+    out: dict[str, list[tuple[str, str]]] = {}
+    for r in rows:
+        if not _kept(r["path"]):
             continue
-        vr = str(elem.VR or (lookup(tag) or ("UN",))[0])
-        out.append((key, vr if len(vr) == 2 else "OW"))
+        out[r["uid"]] = (
+            [("7FE00010", "OB" if r.get("ts") and r["ts"] not in NATIVE_TS else "")] if r.get("pix") is not None else []
+        )
+    if analyst or not out:
+        return out
+    kept = list(out)
+    vrs = ",".join(f"'{v}'" for v in sorted(BULK_VRS))
+    for i in range(0, len(kept), 2000):
+        part = kept[i : i + 2000]
+        marks = ",".join("?" for _ in part)
+        try:
+            els = ctx.data.rows(
+                f"SELECT SOPInstanceUID AS u, tag AS t, VR AS vr FROM elements WHERE depth = 0 AND VR IN ({vrs}) "
+                f"AND SOPInstanceUID IN ({marks}) ORDER BY 1, 2",
+                part,
+            )
+        except Exception:  # a lake without an elements table: Pixel Data only
+            els = []
+        for e in els:
+            tag = str(e["t"]).upper()
+            if len(tag) == 8 and not tag.startswith("0002") and not tag.endswith("0000"):
+                out[e["u"]].append((tag, str(e["vr"])))
     return out
+
+
+def _with_bulk(doc: dict[str, Any], bulk: list[tuple[str, str]], url: str) -> dict[str, Any]:
+    """``doc`` with a BulkDataURI for each candidate it holds no value of, in tag order."""
+    add = {}
+    for tag, vr in bulk:
+        if tag in doc:
+            continue
+        if not vr:  # Pixel Data in a native transfer syntax: OW above 8 bits allocated (PS3.5 §8.2)
+            bits = ((doc.get("00280100") or {}).get("Value") or [16])[0]
+            vr = "OW" if not isinstance(bits, int | float) or bits > 8 else "OB"
+        add[tag] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{tag}"}
+    return dict(sorted({**doc, **add}.items())) if add else doc
 
 
 def _open_kept(ctx: WebContext, path: str | None, analyst: bool, uid: str) -> Any:
@@ -872,7 +912,7 @@ def retrieve_metadata(request: Request, study: str, series: str | None = None, i
         series,
         instance,
         'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i."SeriesInstanceUID" AS series, '
-        "i.source_path AS path",
+        'i.source_path AS path, i.pixel_data_bytes AS pix, i."TransferSyntaxUID" AS ts',
     )
     uids = [r["uid"] for r in rows]
     js = ctx.data.json_by_uid(uids)
@@ -884,33 +924,32 @@ def retrieve_metadata(request: Request, study: str, series: str | None = None, i
         studies=sorted({r["study"] for r in rows}),
     )
     notes: list[str] = []
-    docs: list[dict[str, Any] | None]
-    if analyst:
-        docs = analyst_json(ctx, [js.get(u, "{}") for u in uids], notes)
-    else:
-        docs = [json.loads(js[u]) if u in js else None for u in uids]
+    analyst_docs = analyst_json(ctx, [js.get(u, "{}") for u in uids], notes) if analyst else []
     base = _base(request)
+    bulk_of = _bulk_from_lake(ctx, rows, analyst)
     out: list[dict[str, Any]] = []
-    for r, doc in zip(rows, docs, strict=True):
-        if doc is None:
-            continue
+    texts: list[str] = []  # JSON answers: the lake's own text where nothing is added (no parse)
+    for k, r in enumerate(rows):
+        bulk = bulk_of.get(r["uid"], [])
         if analyst:
-            # the bulk data the analyst may have: the de-identified instance's pixel data
-            if _kept(r["path"]) and "7FE00010" not in doc:
-                bulk = [("7FE00010", "OW")]
-            else:
-                bulk = []
+            doc = analyst_docs[k]
+            if doc is None:
+                continue
         else:
-            ds = _open_kept(ctx, r["path"], False, r["uid"])
-            bulk = _bulk_elements(ds, doc) if ds is not None else []
+            text = js.get(r["uid"])
+            if text is None:
+                continue
+            if not bulk and media != DICOM_XML:
+                texts.append(text)
+                continue
+            doc = json.loads(text)
         if bulk:
             st, se, sop = (_first(doc, t) for t in ("0020000D", "0020000E", "00080018"))
-            url = f"{base}/studies/{st}/series/{se}/instances/{sop}"
-            doc = dict(doc)
-            for tag, vr in bulk:
-                doc[tag] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{tag}"}
-            doc = dict(sorted(doc.items()))
-        out.append(doc)
+            doc = _with_bulk(doc, bulk, f"{base}/studies/{st}/series/{se}/instances/{sop}")
+        if media == DICOM_XML:
+            out.append(doc)
+        else:
+            texts.append(json.dumps(doc))
     if media == DICOM_XML:
         boundary = secrets.token_hex(16)
         body = b"".join(
@@ -919,7 +958,7 @@ def retrieve_metadata(request: Request, study: str, series: str | None = None, i
         body += f"--{boundary}--\r\n".encode()
         resp = Response(body, media_type=f'multipart/related; type="{DICOM_XML}"; boundary={boundary}')
     else:
-        resp = Response(json.dumps(out), media_type=DICOM_JSON)
+        resp = Response("[" + ",".join(texts) + "]", media_type=DICOM_JSON)
     return with_warnings(resp, request, notes)
 
 
