@@ -65,7 +65,8 @@ class AuditResult:
 def _csv(df: pl.DataFrame) -> str:
     from dicomlake.security.cells import neutralise_frame  # formula injection (OWASP CSV injection)
 
-    return neutralise_frame(_flat(df)).write_csv()
+    text: str = neutralise_frame(_flat(df)).write_csv()
+    return text
 
 
 def _flat(df: pl.DataFrame) -> pl.DataFrame:

@@ -335,11 +335,12 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
             if task.kind == "missing":
                 reject(task, task.note or "missing", None, None)
                 continue
+            data: bytes | None
             if task.note:  # e.g. a zip that cannot be opened
                 data = _read_all(task.path)
                 reject(task, task.note, data, len(data) if data is not None else None)
                 continue
-            data: bytes | None = None
+            data = None
             try:
                 if task.kind == "zip":
                     why = unsafe_member_name(task.member or "")
