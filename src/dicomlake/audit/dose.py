@@ -18,9 +18,9 @@ from dicomlake.audit.common import (
     std_expr,
     std_instances,
 )
-from dicomlake.events import distinct_events_sql, study_totals
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.audit.trends import trend_chart
+from dicomlake.events import distinct_events_sql, study_totals
 from dicomlake.query.lake import Lake
 
 
@@ -230,14 +230,16 @@ def audit_ct_dose(lake: Lake, selection: Selection | None = None, settings: dict
         f"Irradiation events with a CTDIvol; {n_loc:,} localisers (CTDIvol 0 or a constant-angle acquisition) and "
         f"{n_no:,} events without CTDIvol left out, so no localiser is compared with a DRL. "
         "Protocols are standardised names where a mapping is confirmed. Black marks: local DRL.",
-        _bar(med_ev, "protocol", "scanner", "median_CTDIvol_mGy", "Median CTDIvol (mGy)", drl_ev, "local_drl_CTDIvol_mGy", bool(cfg.get("log_axis"))),
+        _bar(med_ev, "protocol", "scanner", "median_CTDIvol_mGy", "Median CTDIvol (mGy)", drl_ev,
+             "local_drl_CTDIvol_mGy", bool(cfg.get("log_axis"))),
         med_ev,
     ))  # fmt: skip
     res.charts.append(Chart(
         "dlp", "Median total DLP per study by study description and scanner",
         "Total DLP: the SR's CT Dose Length Product Total, else the sum of the events' DLP. Studies whose events "
         "carry no DLP (header-only) are left out.",
-        _bar(med_st, "study_description_std", "scanner", "median_DLP_mGycm", "Median DLP (mGy·cm)", drl_st, "local_drl_DLP_mGycm", bool(cfg.get("log_axis"))),
+        _bar(med_st, "study_description_std", "scanner", "median_DLP_mGycm", "Median DLP (mGy·cm)", drl_st,
+             "local_drl_DLP_mGycm", bool(cfg.get("log_axis"))),
         med_st,
     ))  # fmt: skip
     trend = trend_chart(studies, "StudyDate", "scanner", "DLP_total_mGycm", "Median total DLP per study (mGy·cm)",

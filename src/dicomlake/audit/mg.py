@@ -23,9 +23,9 @@ from dicomlake.audit.common import (
     quantile,
     std_instances,
 )
-from dicomlake.events import distinct_events_sql
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.audit.trends import trend_chart
+from dicomlake.events import distinct_events_sql
 from dicomlake.query.lake import Lake
 
 MODES = ("2D", "DBT", "CE")

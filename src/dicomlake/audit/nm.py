@@ -16,9 +16,9 @@ import polars as pl
 
 from dicomlake.audit import drl as drl_rules
 from dicomlake.audit.common import Selection, color, load_settings, quantile, std_instances
-from dicomlake.events import distinct_events_sql
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.audit.trends import trend_chart
+from dicomlake.events import distinct_events_sql
 from dicomlake.query.lake import Lake
 
 log = logging.getLogger(__name__)

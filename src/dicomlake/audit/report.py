@@ -117,7 +117,8 @@ h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;border
 .tw{overflow-x:auto;max-height:480px;overflow-y:auto;border:1px solid #eee}
 table{border-collapse:collapse;font-size:.85em} th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
 th{background:#fafafa;position:sticky;top:0} td.n{text-align:right;font-variant-numeric:tabular-nums} td.na{background:#fcfcfc}
-a.dl{display:inline-block;margin:.2em 0 1em;padding:2px 8px;border:1px solid #3b6ea5;border-radius:3px;color:#3b6ea5;text-decoration:none;font-size:.85em}
+a.dl{display:inline-block;margin:.2em 0 1em;padding:2px 8px;
+  border:1px solid #3b6ea5;border-radius:3px;color:#3b6ea5;text-decoration:none;font-size:.85em}
 .numbers td:first-child{font-weight:600} .notes li{color:#8a5a00} footer{margin-top:3em;color:#888;font-size:.8em}
 """
 

@@ -95,7 +95,30 @@ def catalogue(lake: Lake, selection: Selection) -> pl.DataFrame:
               "ConversionType": pl.String, "ConversionTypeMeaning": pl.String, "Matrix": pl.String, "Frames": pl.Int64,
               "BurnedInAnnotation": pl.String, "SeriesDescription": pl.String, "Manufacturer": pl.String,
               "Source": pl.String, "SourcePath": pl.String, "SOPInstanceUID": pl.String}  # fmt: skip
-    return pl.DataFrame(rows, schema=schema)
+    return _with_analysis(lake, pl.DataFrame(rows, schema=schema))
+
+
+# `sc analyse` results (extract/sc.py, table sc_analysis), joined by SOP Instance UID when present
+_ANALYSIS = {"content_class": "Class", "class_confidence": "Class_confidence", "phi_words": "PHI_found",
+             "redaction_policy": "Redaction_policy", "review": "Review", "review_reasons": "Review_reasons",
+             "quality_flags": "Quality_flags", "dose_check": "Dose_check", "dose_status": "Dose_status",
+             "dose_total_DLP_mGycm": "Dose_total_DLP_mGycm"}  # fmt: skip
+
+
+def _with_analysis(lake: Lake, df: pl.DataFrame) -> pl.DataFrame:
+    """The catalogue with the `sc analyse` columns (null where an object was not analysed)."""
+    cols = ", ".join(f'"{c}" AS "{n}"' for c, n in _ANALYSIS.items())
+    try:
+        a = lake.sql(f"SELECT SOPInstanceUID, {cols} FROM sc_analysis", max_rows=0)
+    except Exception:  # no `sc analyse` run on this lake yet
+        a = pl.DataFrame(schema={"SOPInstanceUID": pl.String, **dict.fromkeys(_ANALYSIS.values(), pl.String)})
+    a = a.with_columns(
+        pl.when(pl.col("Redaction_policy").is_not_null() | pl.col("PHI_found").is_not_null())
+        .then(pl.col("PHI_found").cast(pl.Int64, strict=False).fill_null(0))
+        .otherwise(None)
+        .alias("PHI_redacted")
+    )
+    return df.join(a.unique("SOPInstanceUID"), on="SOPInstanceUID", how="left")
 
 
 def audit_sc_catalogue(lake: Lake, selection: Selection | None = None, settings: dict | None = None) -> AuditResult:
@@ -111,7 +134,7 @@ def audit_sc_catalogue(lake: Lake, selection: Selection | None = None, settings:
         all_data=df, sheets_by="Description",
     )  # fmt: skip
     by_desc = df.group_by("Description").agg(pl.len().alias("objects"), pl.col("Size_bytes").sum().alias("bytes"),
-                                             (pl.col("BurnedInAnnotation") == "YES").sum().alias("burned_in")).sort("objects", descending=True)  # fmt: skip
+                                             (pl.col("BurnedInAnnotation") == "YES").sum().alias("burned_in")).sort("objects", descending=True)  # fmt: skip  # noqa: E501
     res.numbers.update({"objects": df.height, "bytes": int(df.get_column("Size_bytes").sum() or 0) if df.height else 0,
                         "burned_in_annotation": int((df.get_column("BurnedInAnnotation") == "YES").sum()) if df.height else 0})  # fmt: skip
     fig = go.Figure(go.Bar(x=by_desc.get_column("Description").to_list(), y=by_desc.get_column("objects").to_list(),

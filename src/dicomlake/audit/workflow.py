@@ -126,7 +126,7 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
     fig.update_layout(yaxis_title="Exam duration, first to last acquisition (min)", template="plotly_white", height=420)
     res.charts.append(Chart("duration", "Exam duration per room",
                             "Each exam is one study in one room; duration from its first to its last acquisition "
-                            "(single-image exams count as 0 min).", fig, df.select("room", "StudyInstanceUID", "duration_min")))  # fmt: skip
+                            "(single-image exams count as 0 min).", fig, df.select("room", "StudyInstanceUID", "duration_min")))  # fmt: skip  # noqa: E501
     fig = go.Figure()
     for n, room in enumerate(sorted(gap_df.get_column("room").unique().to_list())):
         fig.add_trace(go.Box(y=gap_df.filter(pl.col("room") == room).get_column("gap_min").to_list(), name=room,
@@ -135,7 +135,7 @@ def audit_workflow(lake: Lake, selection: Selection | None = None, settings: dic
     res.charts.append(Chart("gaps", "Gap between patients per room",
                             f"From the last acquisition of one exam to the first of the next in the same room, same day "
                             f"and device (exams ordered by start, end, then study UID); gaps over {max_gap:g} min are breaks and "
-                            f"left out, and none is computed in the '{UNKNOWN_ROOM}' bucket (exams without a station).", fig, gap_df))  # fmt: skip
+                            f"left out, and none is computed in the '{UNKNOWN_ROOM}' bucket (exams without a station).", fig, gap_df))  # fmt: skip  # noqa: E501
     fig = go.Figure()
     for n, room in enumerate(sorted(per_day.get_column("room").unique().to_list())):
         p = per_day.filter(pl.col("room") == room)
