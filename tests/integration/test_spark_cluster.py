@@ -79,6 +79,36 @@ def test_cluster_reads_a_relative_input_like_the_embedded_engine(
     with Lake.open(corpus.parent / "lake", read_only=True) as lk:
         paths = lk.sql("SELECT DISTINCT source_path FROM instances")["source_path"].to_list()
     assert all(os.path.isabs(p) and Path(p).is_file() for p in paths)
+    _plain_engines_read(cluster_spark, corpus.parent / "lake", counts)
+
+
+def _plain_engines_read(spark: Any, lake: Path, counts: dict[str, int]) -> None:
+    """Spark without special settings, DuckDB's read_parquet and pyarrow read every table;
+    a time of day is int64 microseconds since midnight (pydicom's reading of StudyTime)."""
+    import datetime as dt
+
+    import duckdb
+    import pyarrow.dataset as ds
+
+    assert spark.conf.get("spark.sql.timeType.enabled", "false") != "true"
+    for table, n in counts.items():
+        folder = lake / table
+        if not n:
+            continue
+        assert spark.read.parquet(str(folder)).count() == n, table
+        glob = str(folder / "**" / "*.parquet")
+        assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true)").fetchall() == [(n,)]
+        assert ds.dataset(folder, format="parquet", partitioning="hive").count_rows() == n, table
+    rows = spark.read.parquet(str(lake / "instances")).select("source_path", "StudyTime").collect()
+    checked = 0
+    for r in rows:
+        raw = str(pydicom.dcmread(r["source_path"], stop_before_pixels=True).get("StudyTime", "") or "")
+        if raw and r["StudyTime"] is not None:
+            t = dt.time.fromisoformat(raw[:2] + ":" + raw[2:4] + ":" + raw[4:6]) if len(raw) >= 6 else None
+            if t is not None:
+                assert r["StudyTime"] // 1_000_000 == t.hour * 3600 + t.minute * 60 + t.second, raw
+                checked += 1
+    assert checked > 0
 
 
 def test_cluster_deid_matches_the_embedded_engine(

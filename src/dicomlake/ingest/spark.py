@@ -154,6 +154,18 @@ def _chunks(tasks: Sequence[Task], size: int) -> list[list[tuple[int, Task]]]:
     return out
 
 
+def portable_times(table: pa.Table) -> pa.Table:
+    """Time-of-day columns (Arrow ``time64[us]``, Parquet TIME) as int64 microseconds since
+    midnight, so that any engine reads the lake: Spark 3.x cannot read a Parquet TIME column
+    and Spark 4.x only with ``spark.sql.timeType.enabled``. The Parquet store's views turn
+    them back into TIME (``docs/reference/lake.md``, "Time of day")."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_time(f.type):
+            us = table.column(i).cast(pa.time64("us")).cast(pa.int64())
+            table = table.set_column(i, pa.field(f.name, pa.int64(), f.nullable, {b"dicomlake": b"time-us"}), us)
+    return table
+
+
 class _TaskWriter:
     """Buffers one Spark task's segments and writes them as Parquet, one sub-stage per flush.
 
@@ -201,7 +213,7 @@ class _TaskWriter:
                     tab = tab.filter(pc.is_in(tab.column("SOPInstanceUID"), value_set=mine))
                 merged.setdefault(name, []).append(tab)
         writer, sub = self._writer()
-        writer.write_tables({n: pa.concat_tables(ts) for n, ts in merged.items()})
+        writer.write_tables({n: portable_times(pa.concat_tables(ts)) for n, ts in merged.items()})
         self.written.extend((u, o, sub) for u, (_s, o) in keep.items())
         self.segments.clear()
         self.buffered = 0

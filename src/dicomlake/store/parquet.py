@@ -207,9 +207,14 @@ class ParquetStore:
                 glob = str(folder / ("**/*.parquet" if name in PARTITIONED else "*.parquet")).replace("'", "''")
                 hive = "true" if name in PARTITIONED else "false"
                 excl = " EXCLUDE (part_modality, part_month)" if name in PARTITIONED else ""
+                source = f"read_parquet('{glob}', hive_partitioning = {hive}, union_by_name = true)"
+                # time of day stored as int64 microseconds (the Spark engine: plain engines read
+                # it; docs/reference/lake.md) is TIME again in the view
+                stored = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+                times = [f.name for f in schema if pa.types.is_time(f.type) and stored.get(f.name) == "BIGINT"]
+                repl = ", ".join(f'TIME \'00:00:00\' + to_microseconds("{c}") AS "{c}"' for c in times)
                 self.con.execute(
-                    f"CREATE VIEW \"{name}\" AS SELECT *{excl} FROM read_parquet('{glob}', "
-                    f"hive_partitioning = {hive}, union_by_name = true)"
+                    f'CREATE VIEW "{name}" AS SELECT *{excl}{f" REPLACE ({repl})" if repl else ""} FROM {source}'
                 )
             else:
                 empty = schema.empty_table()  # noqa: F841 - referenced by name in SQL
