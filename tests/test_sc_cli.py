@@ -103,9 +103,13 @@ def test_sc_redact_writes_valid_derived_objects_without_phi(sc_corpus, tmp_path)
     src.mkdir()
     for name in ("form_lab_report", "outside_ct_16bit"):
         shutil.copy(case_path(sc_corpus, name), src / f"{name}.dcm")
+    # files beside the DICOM (a source PNG, a JSON sidecar) are skipped, not failed (issue 21)
+    (src / "screen.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    (src / "sidecar.json").write_text("{}")
     out = tmp_path / "out"
     result = runner.invoke(app, ["sc", "redact", str(src), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "failed 0" in result.output and "skipped (not DICOM) 2" in result.output
     for name in ("form_lab_report", "outside_ct_16bit"):
         path = out / f"{name}.dcm"
         assert dciodvfy_errors(path) == [], name
@@ -158,3 +162,27 @@ def test_deid_pixels_writes_deidentified_redacted_objects_with_mapped_uids(sc_co
         klass = ContentClass.PHOTO if "photo" in name else ContentClass.DOSE_REPORT
         second = ocr_for_class(a.pixel_array, klass, str(a.PhotometricInterpretation))
         assert leaked_words(case, [(w.text, w.box) for w in second.words]) == []
+
+
+def test_audit_sc_catalogue_shows_the_sc_analyse_results(sc_lake, sc_corpus):
+    """Issue 21: the audit showed header-derived categories only."""
+    from dicomlake.audit import run_audit
+    from dicomlake.query.lake import Lake
+
+    expected = {
+        str(dcmread(case_path(sc_corpus, n)).SOPInstanceUID): n
+        for n in ("dose_siemens_small", "photo_stamp_sc", "report_pdf")
+    }
+    klass = {c.name: c.klass for c in sc_corpus}
+    with Lake.open(sc_lake, read_only=True) as lk:
+        df = run_audit("sc-catalogue", lk).all_data
+    for col in ("Class", "PHI_found", "PHI_redacted", "Review", "Quality_flags", "Dose_check", "Dose_status"):
+        assert col in df.columns, col
+    rows = {r["SOPInstanceUID"]: r for r in df.iter_rows(named=True)}
+    expected = {u: n for u, n in expected.items() if n != "report_pdf"}  # an Encapsulated PDF is not an SC
+    for uid, name in expected.items():
+        assert rows[uid]["Class"] == klass[name], name
+    dose = rows[next(u for u, n in expected.items() if n == "dose_siemens_small")]
+    assert dose["Dose_check"] == "sum-ok" and dose["PHI_found"] >= 4 and dose["PHI_redacted"] == dose["PHI_found"]
+    photo = rows[next(u for u, n in expected.items() if n == "photo_stamp_sc")]
+    assert photo["Review"] is True

@@ -226,3 +226,9 @@ def test_second_independent_ocr_pass_reads_phi_back_from_a_missed_redaction_and_
         ink = case.labels == w.id
         assert (red[ink] == 0).all(axis=-1).mean() > 0.95, w.text
     assert read_back(red, plan, terms, photometric) == []
+
+
+def test_a_person_label_followed_by_form_words_takes_no_name():
+    result = _words([["Signed:", "Date:", "15/08/2024"], ["Signed:", "Hospital", "number:"]])
+    found = {h.word.text: h.reason for h in find_phi(result, [])}
+    assert "Date:" not in found and "Hospital" not in found

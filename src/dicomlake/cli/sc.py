@@ -18,14 +18,40 @@ sc_app = typer.Typer(
 )
 
 
-def _inputs(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
+def _is_dicom(path: Path) -> bool:
+    """A Part-10 file (``DICM`` at byte 128) or, without a preamble, one that pydicom reads as DICOM."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if head[128:132] == b"DICM":
+        return True
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".json", ".txt", ".pdf", ".tif", ".tiff", ".bmp", ".csv"):
+        return False
+    try:
+        from pydicom import dcmread
+
+        dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:
+        return False
+    return True
+
+
+def _inputs(paths: list[Path], skipped: list[str] | None = None) -> Iterator[tuple[Path, Path]]:
+    """Files named, and the DICOM files of folders (other files beside them are skipped, not failed)."""
     for root in paths:
         if root.is_file():
             yield root, Path(root.name)
         elif root.is_dir():
             for f in sorted(root.rglob("*")):
-                if f.is_file():
-                    yield f, f.relative_to(root)
+                if not f.is_file():
+                    continue
+                if not _is_dicom(f):
+                    if skipped is not None:
+                        skipped.append(str(f))
+                    continue
+                yield f, f.relative_to(root)
         else:
             raise typer.BadParameter(f"{root} does not exist; pass DICOM files or folders")
 
@@ -148,15 +174,16 @@ def redact(
 
         engine = Deidentifier(profile)
     rep = RedactReport()
+    skipped: list[str] = []
     try:
-        for path, rel in _inputs(inputs):
+        for path, rel in _inputs(inputs, skipped):
             redact_file(path, out / rel.parent, deidentifier=engine, report=rep, name=rel.name)
     finally:
         if engine is not None:
             engine.close()
     typer.echo(
         f"redacted {len(rep.written)} ({rep.regions} regions filled), review {len(rep.review)}, "
-        f"held (PHI read back, not written) {len(rep.held)}, "
+        f"held (PHI read back, not written) {len(rep.held)}, skipped (not DICOM) {len(skipped)}, "
         f"excluded {len(rep.excluded)}, failed {len(rep.failed)}"
     )
     for where, why in rep.review:
@@ -177,6 +204,7 @@ def redact(
                     "failed": rep.failed,
                     "held": rep.held,
                     "fixed": rep.fixed,
+                    "skipped": skipped,
                     "regions": rep.regions,
                 },
                 indent=2,

@@ -492,10 +492,12 @@ def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] 
                         w.upright[3] - w.upright[1], 1.0
                     ):
                         break
-                    if not _name_like(w.text):
+                    if not _name_like(w.text) or w.text.endswith(":") or _is_label(line, j):
                         break
                     if w.text.upper().rstrip(".") in _TITLES:
                         continue
+                    if w.text.upper().strip(",.;") in _NOT_NAMES:
+                        break
                     hit(w, "name:" + line[i].text.upper().rstrip(":."))
                     taken += 1
                     if w.text.endswith((",", ";")) and taken >= 2:
@@ -523,6 +525,8 @@ _PERSON_LABELS = {
 }
 _BY_VERBS = {"SIGNED", "TAKEN", "OBTAINED", "REPORTED", "VERIFIED", "AUTHORISED", "AUTHORIZED", "SEEN", "REFERRED"}
 _TITLES = {"DR", "MR", "MRS", "MS", "MISS", "PROF", "SISTER"}
+_NOT_NAMES = _GENERIC | _LABELS | _PERSON_LABELS | {"DATE", "TIME", "BY", "SIGNATURE", "PRINT", "NUMBER", "GRADE"}
+"""Capitalised words that end a name after a person label (form vocabulary, not names)."""
 
 
 def _name_like(text: str) -> bool:
@@ -614,7 +618,13 @@ def read_back(
     the condition for releasing the object.
     """
     second = second_pass(arr, plan, photometric, where)
-    removed = {skeleton(h.word.text) for h in plan.hits if len(skeleton(h.word.text)) >= 3}
+    removed = {
+        skeleton(h.word.text)
+        for h in plan.hits
+        if len(skeleton(h.word.text)) >= 3
+        and h.reason.startswith(("header:", "pattern:", "name:"))
+        and _norm(h.word.text) not in _NOT_NAMES  # "Hospital" of the institution's name, printed elsewhere too
+    }
     found: list[str] = []
     for h in find_phi(second, terms):
         if h.reason.startswith("label:") or sum(c.isalnum() for c in h.word.text) < 3:
