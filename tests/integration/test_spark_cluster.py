@@ -168,3 +168,24 @@ def test_spark_deid_without_a_secret_is_refused(tmp_path: Path, monkeypatch: pyt
         app, ["ingest", "--engine", "spark", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--deid", "basic"]
     )
     assert res.exit_code == 2 and "DICOMLAKE_DEID__SECRET" in res.output, res.output
+
+
+def test_cluster_summary_counts_every_older_copy_dropped(cluster_spark: Any, corpus: Path, tmp_path: Path) -> None:
+    """Copies of one instance in one task (dropped there) and across tasks are all counted."""
+    from dicomlake.ingest.spark import ingest_spark
+
+    files = sorted(corpus.glob("*.dcm"))[:3]
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, f in enumerate(files):
+        shutil.copy(f, src / f"{i}-a.dcm")
+    shutil.copy(files[0], src / "0-b.dcm")  # same chunk, same task: dropped inside the task
+    shutil.copy(files[0], src / "0-c.dcm")
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in sorted(src.glob("*.dcm"))]
+    rep = ingest_spark([src], tmp_path / "lake", spark=cluster_spark)
+    assert rep.instances == len(uids) == 5
+    assert rep.unique_instances == len(set(uids)) == 3
+    assert rep.duplicates_resolved == len(uids) - len(set(uids)) == 2
+    with Lake.open(tmp_path / "lake", read_only=True) as lk:
+        kept = lk.sql("SELECT source_path FROM instances WHERE SOPInstanceUID = ?", [uids[0]])
+    assert kept["source_path"].to_list() == [str(src / "0-c.dcm")]  # the copy read last wins

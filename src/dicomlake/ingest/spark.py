@@ -182,6 +182,7 @@ class _TaskWriter:
         self.rejects: list[pa.Table] = []
         self.buffered = 0
         self.written: list[tuple[str, int, str]] = []  # (uid, ordinal, sub-stage)
+        self.dropped = 0  # older copies dropped inside this task (same SOP Instance UID, one flush)
         self.stages: list[str] = []
 
     def add(self, tables: dict[str, pa.Table], ordinals: list[int]) -> None:
@@ -199,10 +200,13 @@ class _TaskWriter:
         if not self.segments:
             return
         keep: dict[str, tuple[int, int]] = {}
+        rows = 0
         for si, (tables, ords) in enumerate(self.segments):
             for uid, o in zip(tables["instances"].column("SOPInstanceUID").to_pylist(), ords, strict=True):
+                rows += 1
                 if uid not in keep or o >= keep[uid][1]:
                     keep[uid] = (si, o)
+        self.dropped += rows - len(keep)
         merged: dict[str, list[pa.Table]] = {}
         for si, (tables, _ords) in enumerate(self.segments):
             mine = pa.array([u for u, (s, _o) in keep.items() if s == si], pa.string())
@@ -268,6 +272,7 @@ def _run_partition(cfg: WorkerConfig, out: str, env: dict[str, str] | None = Non
         tw.close()
         counts["seconds"] = time.perf_counter() - t0
         counts["stages"] = tw.stages
+        counts["dropped"] = tw.dropped
         n = len(tw.written)
         yield pa.RecordBatch.from_pydict(
             {
@@ -392,11 +397,12 @@ def ingest_spark(
         report.skipped += c["skipped"]
         report.notes.extend(c["notes"])
         report.task_seconds += c["seconds"]
+        report.duplicates_resolved += c.get("dropped", 0)
         stages.extend(c["stages"])
     by_stage: dict[str, list[str]] = {}
     for row in losers:
         by_stage.setdefault(row["stage"], []).append(row["SOPInstanceUID"])
-    report.duplicates_resolved = len(losers)
+    report.duplicates_resolved += len(losers)  # and those dropped inside tasks, counted above
     for stage, uids in by_stage.items():
         _drop_instances(out_dir / STAGING / stage, uids)
     report.files_written = _commit(out_dir, stages)
