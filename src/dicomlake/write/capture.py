@@ -242,7 +242,11 @@ def _base(
     if iod is not CaptureIOD.PDF:
         # Type 2C (C.7.3.1): empty is right when laterality is actually unknown, as for
         # a wrapped photo or scan, unless the user gives it.
-        ds.Laterality = options.laterality or ""
+        from dicomlake.write.correct import PAIRED_BODY_PARTS
+
+        body = (options.body_part_examined or "").upper()
+        if options.laterality or not body or body in PAIRED_BODY_PARTS:
+            ds.Laterality = options.laterality or ""  # (absent beside an unpaired body part)
     # General Equipment (C.7.5.1)
     ds.Manufacturer = MANUFACTURER
     ds.SoftwareVersions = __version__

@@ -62,6 +62,38 @@ PROTECTED = frozenset(
 )
 
 _MULTI_SEP = "\\"
+
+PAIRED_BODY_PARTS = frozenset(
+    {
+        "ACJOINT", "ANKLE", "ARM", "AXILLA", "BREAST", "CALCANEUS", "CLAVICLE", "ELBOW", "EAR", "EXTREMITY",
+        "EYE", "FEMUR", "FIBULA", "FINGER", "FOOT", "FOREARM", "HAND", "HIP", "HUMERUS", "KIDNEY", "KNEE", "LEG",
+        "LOWERLEG", "LUNG", "OVARY", "PATELLA", "RADIUS", "RIB", "SCAPULA", "SHOULDER", "SJOINT", "STERNOCLAVICULAR",
+        "TESTIS", "THIGH", "TIBIA", "TMJ", "TOE", "ULNA", "UPRLIMB", "LOWLIMB", "UPPERARM", "WRIST", "ADRENAL",
+        "BRACHIALA", "CAROTID", "CCA", "ICA", "ECA", "FEMORALA", "FEMORALV", "ILIACA", "ILIACV", "JUGULARV",
+        "ORBIT", "PAROTID", "RENALA", "RENALV", "SUBCLAVA", "SUBCLAVV", "VERTEBRALA",
+    }
+)  # fmt: skip
+"""Body Part Examined terms of paired structures: only for these is Laterality (0020,0060)
+required (Type 2C, PS3.3 C.7.3.1); for any other body part it must be absent."""
+
+
+def _body_part_problem(value: str) -> str | None:
+    """Why *value* is not a Body Part Examined defined term (PS3.16 CID 4031 / Annex L), or None."""
+    import difflib
+
+    from dicomlake.curate.bodypart import defined_terms
+
+    terms = defined_terms()
+    if not value or value in terms:
+        return None
+    near = difflib.get_close_matches(value.upper(), list(terms), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    return (
+        f"BodyPartExamined={value!r} is not a defined term of PS3.16 CID 4031 / Annex L{hint}; "
+        "use one of them (e.g. CHEST, ABDOMEN, HEAD)"
+    )
+
+
 _INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
 _FLOAT_VRS = frozenset({"FL", "FD"})
 
@@ -138,6 +170,9 @@ def check_changes(
                 problems.append(f"{keyword}={value!r} is not a valid {vr} value ({exc}); fix the value")
                 break
         else:
+            if keyword == "BodyPartExamined" and (problem := _body_part_problem(str(converted[0]))):
+                problems.append(problem)
+                continue
             checked[keyword] = (tag, vr, converted if len(converted) > 1 else converted[0])  # type: ignore[assignment]
     if problems:
         raise WriteError(f"{where}: " + "; ".join(problems) + "; nothing was changed")
@@ -198,6 +233,19 @@ def apply_correction(
         # were absent and are added go in with a zero-length value.
         modified[tag] = deepcopy(old) if old is not None else DataElement(tag, vr, None)
         diff[keyword] = (old_text, new_text)
+    laterality = ds.get(0x00200060)
+    if (
+        "BodyPartExamined" in diff
+        and "Laterality" not in checked
+        and laterality is not None
+        and not _element_text(laterality)
+        and diff["BodyPartExamined"][1].upper() not in PAIRED_BODY_PARTS
+    ):
+        # C.7.3.1: Laterality (Type 2C) only for paired structures; an empty one left beside
+        # an unpaired body part is an error (dciodvfy: present when condition unsatisfied).
+        modified[0x00200060] = deepcopy(laterality)
+        del ds[0x00200060]
+        diff["Laterality"] = ("", "")
     if not diff:
         return diff
     if "PatientID" in diff and "IssuerOfPatientID" not in modified:
