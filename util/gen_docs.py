@@ -536,6 +536,16 @@ def lake_reference() -> str:
         "named by its keyword (PS3.6); derived values are lower snake_case. Tables marked *on first use* are "
         "created by the command that fills them.\n\n"
     )
+    out.write(
+        "**Time of day in a Parquet lake.** The `time` columns (`StudyTime`, `SeriesTime`, `AcquisitionTime`, …) "
+        "are written by `ingest --engine spark` as **int64 microseconds since midnight** (field metadata "
+        "`dicomlake: time-us`), not as Parquet `TIME`, so that any engine reads the files without settings "
+        "(Spark 3.x cannot read Parquet `TIME`; Spark 4.x only with `spark.sql.timeType.enabled`). dicomlake's own "
+        "views (`query`, `sql`, `audit --lake DIR`) turn them back into `TIME`; elsewhere, for example in Spark: "
+        "`to_timestamp(StudyTime / 1e6)` gives the time on 1970-01-01, in DuckDB "
+        "`TIME '00:00:00' + to_microseconds(StudyTime)`. Lakes written by `export --format lake` keep Parquet "
+        "`TIME`; dicomlake reads both.\n\n"
+    )
     tables = lake_tables()
     out.write("| table | about |\n|---|---|\n")
     for t in tables:
