@@ -42,6 +42,7 @@ class SparkCluster:
             "spark.executor.memory": "512m",
             "spark.executor.cores": "1",
             "spark.cores.max": str(WORKERS),
+            "spark.task.maxFailures": "2",  # a task failing on purpose is retried once, not three times
         }
 
 

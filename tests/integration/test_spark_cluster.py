@@ -189,3 +189,36 @@ def test_cluster_summary_counts_every_older_copy_dropped(cluster_spark: Any, cor
     with Lake.open(tmp_path / "lake", read_only=True) as lk:
         kept = lk.sql("SELECT source_path FROM instances WHERE SOPInstanceUID = ?", [uids[0]])
     assert kept["source_path"].to_list() == [str(src / "0-c.dcm")]  # the copy read last wins
+
+
+def test_cluster_failed_run_is_one_line_and_leaves_no_staging(
+    cluster_spark: Any, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every task fails (a broken columns file, read on the executors): the CLI prints one
+    error line naming the cause and a log file, exits 1, and leaves no staging behind."""
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+    from dicomlake.config import reset_settings_cache
+
+    bad = tmp_path / "columns.toml"
+    bad.write_text("this is = = not TOML\n", encoding="utf-8")
+    monkeypatch.setenv("DICOMLAKE_COLUMNS_FILE", str(bad))
+    monkeypatch.setenv("DICOMLAKE_DEID__SECRET", SECRET)  # the closure carries it; it must not be printed
+    reset_settings_cache()
+    try:
+        out = tmp_path / "lake"
+        res = CliRunner().invoke(app, ["ingest", "--engine", "spark", str(corpus), "--out", str(out)])
+    finally:
+        monkeypatch.delenv("DICOMLAKE_COLUMNS_FILE")
+        reset_settings_cache()
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1, res.output
+    assert len(lines) <= 3 and "Spark job failed" in res.output, res.output  # rich may wrap the one line
+    assert "Traceback" not in res.output and "py4j" not in res.output.lower() and "at org.apache" not in res.output
+    assert SECRET not in res.output
+    assert not (out / "_staging").exists()
+    assert not (out / "instances").exists()
+    logs = list((out / "reports").glob("*-failed.log"))
+    assert len(logs) == 1 and str(logs[0].name) in res.output.replace("\n", "")
+    assert "Traceback" in logs[0].read_text(encoding="utf-8")

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dicomlake.config import Settings, get_settings
-from dicomlake.errors import ConfigError
+from dicomlake.errors import ConfigError, DicomlakeError
 from dicomlake.ingest.sources import Task, expand
 from dicomlake.ingest.worker import WorkerConfig, process_chunk
 from dicomlake.store.base import REJECT_SCHEMA
@@ -136,7 +136,7 @@ def spark_session(master: str = "local[2]", app_name: str = "dicomlake-ingest", 
     for k, v in (defaults | conf).items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    spark.sparkContext.setLogLevel("FATAL")  # a failed job is reported in one line, its traces in a log file
     return spark
 
 
@@ -321,7 +321,7 @@ def ingest_spark(
     settings = settings or get_settings()
     t0 = time.perf_counter()
     out_dir = Path(out)
-    if out_dir.exists() and any(p.name not in (STAGING, "quarantine") for p in out_dir.iterdir()):
+    if out_dir.exists() and any(p.name not in (STAGING, "quarantine", "reports") for p in out_dir.iterdir()):
         raise ConfigError(
             f"{out_dir} already holds a lake; the Spark engine writes a new Parquet lake folder "
             "(choose a new --out, or remove it)"
@@ -385,6 +385,13 @@ def ingest_spark(
         losers = inst.join(dup, "SOPInstanceUID").filter("ordinal < keep").select("stage", "SOPInstanceUID").collect()
         report.unique_instances = inst.select("SOPInstanceUID").distinct().count()
         report.seconds_extract = t_extract - t0  # expand + extraction + staged writes
+    except Exception as exc:
+        # one clear line on the console; the Java and Python traces go to a log file
+        log = _failure_log(out_dir, run_id, exc)
+        shutil.rmtree(out_dir / STAGING, ignore_errors=True)
+        raise DicomlakeError(
+            f"the Spark job failed: {_reason(exc)} (nothing was added to {out_dir}; details in {log})"
+        ) from None
     finally:
         if own:
             spark.stop()
@@ -432,6 +439,27 @@ def _check_deid(deid: str) -> None:
     for name in ("DICOMLAKE_DEID__MAP_FILE",):  # executors resolve paths in their own folders
         if os.environ.get(name):
             os.environ[name] = os.path.abspath(os.environ[name])
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of a failed Spark job in one line: the innermost Python or Java error message."""
+    import re
+
+    text = str(exc)
+    found = re.findall(r"^\s*((?:[\w.]+\.)?\w*(?:Error|Exception)\b:.*)$", text, re.M)
+    line = (
+        found[-1].strip() if found else next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    )
+    return line[:300]
+
+
+def _failure_log(out_dir: Path, run_id: str, exc: BaseException) -> Path:
+    import traceback
+
+    log = out_dir / "reports" / f"ingest-{run_id}-failed.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    return log
 
 
 def _drop_instances(stage: Path, uids: list[str]) -> None:
