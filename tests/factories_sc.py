@@ -625,6 +625,58 @@ def write_dose_screen(
     return SCCase(name, "dose_report", path, page.labels, page.words, truth)
 
 
+def worklist_screen(p: Patient, *, size: int = 14, seed: int = 0) -> Page:
+    """A RIS worklist screenshot (no dose numbers): the patient and three others, each row PHI."""
+    rng = np.random.default_rng(seed)
+    bg, fg, head = (246, 247, 250), (25, 28, 36), (30, 60, 120)
+    width = int(size * 64)
+    page = Page((width, int(size * 22)), bg)
+    f, fb = font(size, "DejaVuSans"), font(size + 1, "DejaVuSans-Bold")
+    lh = int(size * 1.9)
+    page.draw.rectangle((0, 0, width, lh + 6), fill=(214, 222, 236))
+    page.text(10, 5, "RIS Worklist", fb, head)
+    page.text(width * 0.55, 5, "Station: CT1 User: radiographer Logout", f, head)
+    y = lh + 16
+    page.text(14, y, "Filter: Scheduled today Modality: CT Status: all Refresh", f, fg)
+    y += int(lh * 1.4)
+    cols = [14, int(width * 0.14), int(width * 0.36), int(width * 0.50), int(width * 0.64), int(width * 0.86)]
+    for cx, h in zip(cols, ["Scheduled", "Patient", "ID", "Accession", "Examination", "Status"], strict=True):
+        page.text(cx, y, h, fb, head)
+    y += lh
+    others = [q for q in PATIENTS if q is not p][:3]
+    for n, q in enumerate([p, *others]):
+        hh, mm = 9 + n, int(rng.integers(0, 6)) * 10
+        page.text(cols[0], y, f"{hh:02d}:{mm:02d}", f, fg)
+        page.text(cols[1], y, f"{q.family}, {q.given.title()}", f, fg, PHI)
+        page.text(cols[2], y, q.patient_id, f, fg, PHI)
+        page.text(cols[3], y, q.accession, f, fg, PHI)
+        page.text(cols[4], y, ["CT HEAD", "CT CHEST", "CT ABDOMEN", "CT KUB"][n], f, fg)
+        page.text(cols[5], y, ["Arrived", "Booked", "Completed", "Reported"][n], f, fg)
+        y += lh
+    return page
+
+
+def write_worklist_screen(directory: Path, name: str, *, patient: int = 0, seed: int = 0) -> SCCase:
+    """A RIS worklist screenshot as a Secondary Capture (no description: the class comes from the pixels)."""
+    directory = Path(directory)
+    (directory / "src").mkdir(parents=True, exist_ok=True)
+    p = PATIENTS[patient]
+    page = worklist_screen(p, seed=seed)
+    f = _save_png(page.img, directory / "src" / f"{name}.png")
+    path = _wrap(
+        directory,
+        name,
+        f,
+        p,
+        kind=SourceKind.SCREENSHOT,
+        conversion=ConversionType.WSD,
+        burned_in=True,
+        series_description=None,
+        modality="OT",
+    )
+    return SCCase(name, "screenshot", path, page.labels, page.words)
+
+
 def _save_png(img: Image.Image, path: Path) -> Path:
     img.save(path, "PNG")
     return path

@@ -232,3 +232,21 @@ def test_a_person_label_followed_by_form_words_takes_no_name():
     result = _words([["Signed:", "Date:", "15/08/2024"], ["Signed:", "Hospital", "number:"]])
     found = {h.word.text: h.reason for h in find_phi(result, [])}
     assert "Date:" not in found and "Hospital" not in found
+
+
+def test_a_ris_worklist_screenshot_is_a_screenshot_and_loses_all_its_names(tmp_path):
+    """Issue 21: a non-dose worklist screenshot came out 'unknown'; its other patients are in no header."""
+    from pydicom import dcmread
+
+    from dicomlake.extract.sc import analyse_dataset
+    from tests.conftest import require_tool
+    from tests.factories_sc import redaction_mask, score_redaction, write_worklist_screen
+
+    require_tool("tesseract")
+    case = write_worklist_screen(tmp_path, "worklist", patient=1, seed=3)
+    analysis = analyse_dataset(dcmread(case.path))
+    assert analysis.classification.klass.value == "screenshot", analysis.classification
+    assert analysis.plan.policy == "all-text"
+    score = score_redaction(case, redaction_mask(case.labels.shape, analysis.plan.boxes))
+    assert score.phi_redacted == score.phi_total, score.missed
+    assert analysis.dose_rows == []

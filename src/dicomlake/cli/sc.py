@@ -162,7 +162,10 @@ def redact(
     """Write redacted derived copies: burned-in PHI boxes filled, Burned In Annotation NO.
 
     Dose reports and documents lose only PHI; photos and outside images lose all text.
-    Uncertain cases are written and listed for review.
+    Uncertain cases are written and listed for review. A second, independent OCR pass reads
+    every redacted image: an object that still reads as PHI is held (listed, not written).
+    Files in folders that are not DICOM are skipped; a malformed header value is repaired
+    or emptied and reported.
 
     Example: dicomlake sc redact ./screens --out ./redacted --profile basic
     """

@@ -15,7 +15,8 @@ pixels. A recognised word (:mod:`dicomlake.extract.ocr`) is PHI when
   "Witness") or a title (Dr, Mr, Mrs, Prof): the clinician on a consent form is in no header.
 
 Policy by content class: dose reports and documents lose only PHI (clinical numbers
-stay); photographs, outside images and unknown content lose all text. Uncertain cases go
+stay); photographs, outside images, application screenshots (RIS worklists: other
+patients) and unknown content lose all text. Uncertain cases go
 to a review list: every photograph, a low orientation confidence on a page with text,
 Burned In Annotation YES with no text found, unknown content, and objects without pixels.
 
@@ -667,7 +668,7 @@ def plan_redaction(
     terms
         Identifying terms (default: :func:`identifying_terms` of *ds*).
     """
-    all_text = klass in (ContentClass.PHOTO, ContentClass.OUTSIDE_IMAGE, ContentClass.UNKNOWN)
+    all_text = klass in (ContentClass.PHOTO, ContentClass.OUTSIDE_IMAGE, ContentClass.SCREENSHOT, ContentClass.UNKNOWN)
     plan = RedactionPlan(klass, "all-text" if all_text else "phi-only")
     if "PixelData" not in ds and arr is None:
         plan.review.append("no pixel data (encapsulated document or header only): text not checked")

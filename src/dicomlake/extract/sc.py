@@ -237,7 +237,8 @@ def analyse_dataset(ds: Dataset) -> SCAnalysis:
         klass.value,
         orientation=text.orientation,
         compression_ratio=ratio_f,
-        text_like=klass in (ContentClass.DOCUMENT, ContentClass.DOSE_REPORT, ContentClass.UNKNOWN),
+        text_like=klass
+        in (ContentClass.DOCUMENT, ContentClass.DOSE_REPORT, ContentClass.SCREENSHOT, ContentClass.UNKNOWN),
     )
     plan = plan_redaction(ds, klass, arr=arr, result=text)
     result.plan = plan

@@ -43,6 +43,9 @@ class ContentClass(Enum):
     """A scanned or encapsulated document: consent form, request, outside report."""
     OUTSIDE_IMAGE = "outside_image"
     """An imported outside study or annotated image (film digitised, CD import, screen grab of an image)."""
+    SCREENSHOT = "screenshot"
+    """A screen capture of an application that is not a dose page: RIS/PACS worklist, order
+    or booking screen (other patients' names and IDs: all its text is removed)."""
     UNKNOWN = "unknown"
     """No signal was sure enough: review."""
 
@@ -303,6 +306,12 @@ _DOC_WORDS = re.compile(
     r"patient|name|birth|number|report|risk|procedure|result",
     re.IGNORECASE,
 )
+_SCREEN_WORDS = re.compile(
+    r"^(worklist|scheduled|schedule|accession|modality|status|requested|appointment|ward|ris|pacs|queue|"
+    r"priority|booked|arrived|completed|reported|exam|examination|location|referrer|filter|search|refresh|"
+    r"logout|user|station|room)[:]?$",
+    re.IGNORECASE,
+)
 _ANNOTATION_WORDS = re.compile(r"^(W|L|WW|WL|kV|kVp|mA|mAs|mm|Slice|Acc|Im|Se|Ex|Zoom|FOV|C|R|A|P)[:]?$", re.IGNORECASE)
 
 
@@ -316,6 +325,9 @@ def ocr_evidence(
     doc = sum(1 for w in ws if _DOC_WORDS.search(w))
     annot = sum(1 for w in ws if _ANNOTATION_WORDS.match(w))
     alpha = sum(1 for w in ws if sum(c.isalpha() for c in w) >= 3)
+    screen = sum(1 for w in ws if _SCREEN_WORDS.match(w))
+    if screen >= 4 and dose < 2:
+        ev.add(_C.SCREENSHOT, 0.5 + 0.08 * min(screen, 8), f"{screen} RIS/worklist words (Scheduled, Status, …)")
     if dose >= 2:
         ev.add(_C.DOSE_REPORT, 0.5 + 0.1 * min(dose, 5), f"{dose} dose words (CTDIvol, DLP, mGy, …)")
     if doc >= 3 and alpha >= 20:
