@@ -572,5 +572,5 @@ def _shorten(study: list[Instance], limit: int) -> list[Instance]:
         return study
     last = study[-1]
     if limit > 1 and last.values.get("SeriesNumber") in ("998", "999"):
-        return [*study[:limit - 1], last]
+        return [*study[: limit - 1], last]
     return study[:limit]
