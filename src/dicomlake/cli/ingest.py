@@ -106,7 +106,9 @@ def ingest(
     )
     folder = Path(rep.lake) if "://" not in rep.lake else (quarantine or Path("dicomlake-data"))
     dest = report or folder / "reports" / f"ingest-{rep.run_id}.json"
-    _summary(f"ingest {rep.run_id} into {rep.lake}", rows, rep, rep.lake, dest, kept_in=folder / "quarantine")
+    # under --deid no reject's bytes are kept (only its hash, size and reason)
+    kept = None if deid else folder / "quarantine"
+    _summary(f"ingest {rep.run_id} into {rep.lake}", rows, rep, rep.lake, dest, kept_in=kept, deid=bool(deid))
 
 
 def _summary(
@@ -116,9 +118,11 @@ def _summary(
     lake: str | Path,
     dest: Path,
     kept_in: Path | None = None,
+    deid: bool = False,
 ) -> None:
     """Print the closing table, the rejects hint and notes; write the JSON report; exit 0/1."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(stderr=True)
@@ -128,12 +132,14 @@ def _summary(
     console.print(t)
     rejected = getattr(rep, "rejected", 0)
     if rejected:
-        console.print(
-            f"[yellow]{rejected} input(s) rejected; their bytes are kept in {kept_in or f'{lake}/quarantine'}. "
-            f"List them with: dicomlake rejects --lake {lake}"
+        kept = (
+            "under --deid only their hash, size and reason are kept (no bytes, no original path)"
+            if deid
+            else f"their bytes are kept in {kept_in or f'{lake}/quarantine'}"
         )
+        console.print(f"[yellow]{rejected} input(s) rejected; {kept}. List them with: dicomlake rejects --lake {lake}")
     for note in getattr(rep, "notes", [])[:10]:
-        console.print(f"[dim]note: {note}")
+        console.print(f"[dim]note: {escape(str(note))}")  # notes quote file names and values
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")  # type: ignore[attr-defined]
     console.print(f"[dim]report: {dest}")
