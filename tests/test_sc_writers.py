@@ -49,3 +49,16 @@ def test_correct_refuses_a_body_part_that_is_not_a_defined_term(sc_file):
     assert "BRAINZ" in result.output and "CID 4031" in result.output and "BRAIN" in result.output
     assert "Traceback" not in result.output
     assert hashlib.sha256(sc_file.read_bytes()).hexdigest() == before
+
+
+def test_correct_patient_id_adds_no_issuer_to_the_dataset(sc_file):
+    """The absent Issuer of Patient ID is recorded (zero length) only in the Modified Attributes
+    Sequence item, as C.12.1.1.9 asks; the dataset itself gains no empty IssuerOfPatientID."""
+    assert "IssuerOfPatientID" not in dcmread(sc_file)
+    result = runner.invoke(app, ["correct", str(sc_file), "--set", "PatientID=NEW123", "--reason", "CORRECT"])
+    assert result.exit_code == 0, result.output
+    ds = dcmread(sc_file)
+    assert ds.PatientID == "NEW123" and "IssuerOfPatientID" not in ds
+    modified = ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0]
+    assert modified.PatientID != "NEW123" and modified.IssuerOfPatientID in ("", None)
+    assert dciodvfy_errors(sc_file) == []
