@@ -6,9 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,6 @@ FLAGS = [
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, dict[str, Any]]]:
-    import uvicorn
 
     from dicomlake.ingest.pipeline import ingest_paths
     from dicomlake.web.app import create_app
@@ -44,18 +40,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, d
     ingest_paths([root / "in"], root / "lake", workers=1)
     ws.make_users(root / "lake")
     app = create_app(root / "lake", ws.settings())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app, uids
-    server.should_exit = True
-    thread.join(10)
+    with ws.served(app) as url:
+        yield url, app, uids
 
 
 def test_login_search_study_dose_chart_csv_export_logout(site: tuple[str, Any, dict[str, Any]]) -> None:

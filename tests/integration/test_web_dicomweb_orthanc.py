@@ -4,9 +4,6 @@ dicomweb-client (an independent client); Orthanc by its REST API inside its name
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
@@ -27,8 +24,6 @@ SERIES_LEVEL = {"0020000E", "0008103E", "00200011", "00080060"}
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The same files in our lake (served by uvicorn on 127.0.0.1) and in an Orthanc."""
-    import uvicorn
-
     from dicomlake.ingest.pipeline import ingest_paths
     from dicomlake.web.app import create_app
     from tests.integration.orthanc import Orthanc, require_orthanc
@@ -42,29 +37,13 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ingest_paths([root / "in"], root / "lake", workers=1)
     ws.make_users(root / "lake")
     app = create_app(root / "lake", ws.settings())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        with Orthanc(root / "orthanc", dicomweb=True) as pacs:
-            for f in files:
-                pacs.post("/instances", f.read_bytes(), content_type="application/dicom")
-            from dicomweb_client.api import DICOMwebClient
+    with ws.served(app) as url, Orthanc(root / "orthanc", dicomweb=True) as pacs:
+        for f in files:
+            pacs.post("/instances", f.read_bytes(), content_type="application/dicom")
+        from dicomweb_client.api import DICOMwebClient
 
-            client = DICOMwebClient(url=f"{url}/dicomweb", headers=ws.bearer(app, "ada"))
-            yield {"url": url, "app": app, "pacs": pacs, "client": client, "files": files, "uids": uids}
-    finally:
-        server.should_exit = True
-        thread.join(10)
+        client = DICOMwebClient(url=f"{url}/dicomweb", headers=ws.bearer(app, "ada"))
+        yield {"url": url, "app": app, "pacs": pacs, "client": client, "files": files, "uids": uids}
 
 
 def _by_study(answers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -4,8 +4,6 @@ configured with our server as a remote DICOMweb server (bearer token in ``HttpHe
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,32 +29,13 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
     return root / "lake", uids
 
 
-def _serve(app: Any, sock: socket.socket) -> tuple[Any, threading.Thread]:
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    return server, thread
-
-
 @pytest.fixture(scope="module")
 def server(lake: tuple[Path, dict[str, Any]]) -> Iterator[tuple[str, Any]]:
     from dicomlake.web.app import create_app
 
     app = create_app(lake[0], ws.settings())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    srv, thread = _serve(app, sock)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    srv.should_exit = True
-    thread.join(10)
+    with ws.served(app) as url:
+        yield url, app
 
 
 def test_dicomweb_client_searches_and_retrieves_metadata(
@@ -131,8 +110,7 @@ def test_orthanc_queries_our_server_as_a_remote_dicomweb_server(
             return s
 
         sock = pacs.call_in_netns(bind)
-        srv, thread = _serve(app, sock)
-        try:
+        with ws.served(app, sock):
             found = pacs.post(
                 "/dicom-web/servers/lake/qido", {"Uri": "/studies", "Arguments": {"ModalitiesInStudy": "MG"}}
             )
@@ -158,6 +136,3 @@ def test_orthanc_queries_our_server_as_a_remote_dicomweb_server(
                 f"\nOrthanc via DICOMweb: QIDO studies/series/instances, metadata of {len(meta)}, "
                 f"WADO-RS retrieve of {len(got)} instances into Orthanc"
             )
-        finally:
-            srv.should_exit = True
-            thread.join(10)

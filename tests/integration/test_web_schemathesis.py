@@ -8,10 +8,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,6 @@ on a loaded 2-core machine (~190 requests each)."""
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Path]]:
-    import uvicorn
 
     from dicomlake.ingest.pipeline import ingest_paths
     from dicomlake.web.app import create_app
@@ -42,20 +39,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any,
     ingest_paths([root / "in"], root / "lake", workers=1)
     ws.make_users(root / "lake")
     app = create_app(root / "lake", ws.settings())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app, root
-    server.should_exit = True
-    thread.join(10)
+    with ws.served(app) as url:
+        yield url, app, root
 
 
 def _schemathesis() -> list[str]:

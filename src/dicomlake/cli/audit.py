@@ -22,7 +22,9 @@ def _date(text: str | None, what: str) -> dt.date | None:
 
 
 def audit(
-    name: str = typer.Argument(..., help="mg-dose, ct-dose, dx-dose, rf-dose, nm-dose, workflow, quality or sc-catalogue."),
+    name: str = typer.Argument(
+        ..., help="mg-dose, ct-dose, dx-dose, rf-dose, nm-dose, workflow, quality or sc-catalogue."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="The HTML report; CSV and XLSX are written beside it."),
     date_from: str | None = typer.Option(None, "--from", help="First study date (YYYYMMDD or YYYY-MM-DD)."),
     date_to: str | None = typer.Option(None, "--to", help="Last study date."),
