@@ -222,3 +222,35 @@ def test_cluster_failed_run_is_one_line_and_leaves_no_staging(
     logs = list((out / "reports").glob("*-failed.log"))
     assert len(logs) == 1 and str(logs[0].name) in res.output.replace("\n", "")
     assert "Traceback" in logs[0].read_text(encoding="utf-8")
+
+
+def test_cluster_append_run_keeps_the_newest_copy(cluster_spark: Any, corpus: Path, tmp_path: Path) -> None:
+    """A second run into a Spark lake adds its instances; an instance already there is replaced
+    by the copy this run read (a corrected re-send), with its elements."""
+    from dicomlake.ingest.spark import ingest_spark
+
+    files = sorted(corpus.glob("*.dcm"))[:4]
+    first, second = tmp_path / "day1", tmp_path / "day2"
+    first.mkdir()
+    second.mkdir()
+    for f in files[:3]:
+        shutil.copy(f, first / f.name)
+    shutil.copy(files[3], second / files[3].name)
+    ds = pydicom.dcmread(files[0])
+    ds.StudyDescription = "CORRECTED RE-SEND"
+    ds.save_as(second / "resent.dcm")
+    lake = tmp_path / "lake"
+    ingest_spark([first], lake, spark=cluster_spark)
+    rep = ingest_spark([second], lake, spark=cluster_spark)
+    assert rep.replaced == 1
+    uid = str(ds.SOPInstanceUID)
+    with Lake.open(lake, read_only=True) as lk:
+        n = lk.sql("SELECT count(*) AS n, count(DISTINCT SOPInstanceUID) AS u FROM instances").row(0)
+        desc = lk.sql("SELECT StudyDescription FROM instances WHERE SOPInstanceUID = ?", [uid])
+        el = lk.sql("SELECT count(*) AS n FROM elements WHERE SOPInstanceUID = ?", [uid])
+        want = lk.sql("SELECT element_count FROM instances WHERE SOPInstanceUID = ?", [uid])["element_count"][0]
+        runs = lk.sql("SELECT count(*) AS n FROM ingest_runs")["n"][0]
+    assert n == (4, 4)
+    assert desc["StudyDescription"].to_list() == ["CORRECTED RE-SEND"]
+    assert el["n"][0] == want > 0  # the older copy's elements are gone
+    assert runs == 2

@@ -146,9 +146,20 @@ def test_spark_engine_cli_writes_a_lake_query_and_audit_read(
         assert res.exit_code in (0, 1), (name, res.output)
         assert (tmp_path / f"{name}.html").is_file()
     assert res.exit_code in (0, 1), res.output
-    # a second run into the same folder is refused instead of duplicating rows
+    # a second run into the same lake appends: the same files replace their own rows, no duplicates
+    with Lake.open(out, read_only=True) as lk:
+        before = lk.sql("SELECT count(*) AS n, count(DISTINCT SOPInstanceUID) AS u FROM instances").row(0)
     res = runner.invoke(app, ["ingest", "--engine", "spark", str(small), "--out", str(out)])
-    assert res.exit_code == 2 and "already holds a lake" in res.output
+    assert res.exit_code in (0, 1), res.output
+    with Lake.open(out, read_only=True) as lk:
+        after = lk.sql("SELECT count(*) AS n, count(DISTINCT SOPInstanceUID) AS u FROM instances").row(0)
+    assert after == before and before[0] == before[1] > 0
+    # a folder that is not a lake this engine wrote is refused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine", encoding="utf-8")
+    res = runner.invoke(app, ["ingest", "--engine", "spark", str(small), "--out", str(other)])
+    assert res.exit_code == 2 and "no lake written by the Spark engine" in res.output
 
 
 def test_spark_engine_partitions_follow_modality_and_study_month(spark_lakes: dict[str, tuple[Path, Any]]) -> None:

@@ -76,6 +76,7 @@ class SparkIngestReport:
     instances: int = 0
     unique_instances: int = 0
     duplicates_resolved: int = 0
+    replaced: int = 0  # appended run: instances whose older copy in the lake this run replaced
     rejected: int = 0
     skipped: int = 0
     tasks: int = 0
@@ -306,7 +307,8 @@ def ingest_spark(
     paths
         Files, folders, zips, DICOMDIRs, visible at the same paths on every executor.
     out
-        The Parquet lake folder: new, or empty (written as one run).
+        The Parquet lake folder: new, empty, or one this engine wrote (the run is appended; for an
+        instance already in the lake, this run's copy replaces the older one).
     spark
         A SparkSession (default: one started with ``master``).
     master
@@ -321,10 +323,15 @@ def ingest_spark(
     settings = settings or get_settings()
     t0 = time.perf_counter()
     out_dir = Path(out)
-    if out_dir.exists() and any(p.name not in (STAGING, "quarantine", "reports") for p in out_dir.iterdir()):
+    append = _appendable(out_dir)
+    if (
+        not append
+        and out_dir.exists()
+        and any(p.name not in (STAGING, "quarantine", "reports") for p in out_dir.iterdir())
+    ):
         raise ConfigError(
-            f"{out_dir} already holds a lake; the Spark engine writes a new Parquet lake folder "
-            "(choose a new --out, or remove it)"
+            f"{out_dir} holds files but no lake written by the Spark engine; the Spark engine writes a new "
+            "Parquet lake folder or appends to one it wrote (choose a new --out, or remove it)"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     # executors run in their own working folders: every path they see is absolute
@@ -383,7 +390,9 @@ def ingest_spark(
             inst.groupBy("SOPInstanceUID").agg(F.count("*").alias("n"), F.max("ordinal").alias("keep")).filter("n > 1")
         )
         losers = inst.join(dup, "SOPInstanceUID").filter("ordinal < keep").select("stage", "SOPInstanceUID").collect()
-        report.unique_instances = inst.select("SOPInstanceUID").distinct().count()
+        new_uids = inst.select("SOPInstanceUID").distinct()
+        report.unique_instances = new_uids.count()
+        appended = [r["SOPInstanceUID"] for r in new_uids.collect()] if append else []
         report.seconds_extract = t_extract - t0  # expand + extraction + staged writes
     except Exception as exc:
         # one clear line on the console; the Java and Python traces go to a log file
@@ -412,7 +421,12 @@ def ingest_spark(
     report.duplicates_resolved += len(losers)  # and those dropped inside tasks, counted above
     for stage, uids in by_stage.items():
         _drop_instances(out_dir / STAGING / stage, uids)
-    report.files_written = _commit(out_dir, stages)
+    moved = _commit(out_dir, stages)
+    report.files_written = len(moved)
+    if appended:
+        # the copy this run read is the newest: older copies in the lake's earlier files go
+        # (after the new files are in place, so an interruption leaves a duplicate, never a loss)
+        report.replaced = _drop_instances(out_dir, appended, skip=set(moved))
     writer = ParquetLakeWriter(out_dir, f"run-{run_id}")
     writer.write_marker(extra={"written_by": "dicomlake ingest --engine spark", "run_id": run_id})
     report.seconds = time.perf_counter() - t0
@@ -462,27 +476,46 @@ def _failure_log(out_dir: Path, run_id: str, exc: BaseException) -> Path:
     return log
 
 
-def _drop_instances(stage: Path, uids: list[str]) -> None:
-    """Remove the rows of ``uids`` (copies superseded by a later file) from a staged output."""
+def _appendable(out_dir: Path) -> bool:
+    """True for a Parquet lake the Spark engine wrote (its files encode times alike)."""
+    marker = out_dir / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        meta = json.loads(marker.read_text("utf-8"))
+    except ValueError:
+        return False
+    return str(meta.get("written_by", "")).startswith("dicomlake ingest --engine spark")
+
+
+def _drop_instances(stage: Path, uids: list[str], skip: set[Path] | None = None) -> int:
+    """Remove the rows of ``uids`` (copies superseded by a later file) from a staged output or
+    the lake's files (but not those in ``skip``); the number of instance rows removed."""
     drop = pa.array(sorted(set(uids)), pa.string())
+    removed = 0
     for name in PARTITIONED:
         for f in sorted((stage / name).rglob("*.parquet")) if (stage / name).is_dir() else []:
+            if skip and f in skip:
+                continue
             tab = pq.read_table(f, partitioning=None)
             mask = pc.invert(pc.is_in(tab.column("SOPInstanceUID"), value_set=drop))
             kept = tab.filter(mask)
             if kept.num_rows == tab.num_rows:
                 continue
+            if name == "instances":
+                removed += tab.num_rows - kept.num_rows
             if kept.num_rows:
                 tmp = f.with_name(f".{f.name}.tmp")
                 pq.write_table(kept, tmp, compression="zstd")
                 tmp.replace(f)
             else:
                 f.unlink()
+    return removed
 
 
-def _commit(out_dir: Path, stages: list[str]) -> int:
-    """Move the committed attempts' files into the lake; remove the staging folder."""
-    n = 0
+def _commit(out_dir: Path, stages: list[str]) -> list[Path]:
+    """Move the committed attempts' files into the lake; remove the staging folder; their new paths."""
+    moved: list[Path] = []
     for stage in stages:
         root = out_dir / STAGING / stage
         if not root.is_dir():
@@ -491,9 +524,9 @@ def _commit(out_dir: Path, stages: list[str]) -> int:
             dest = out_dir / f.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(f, dest)
-            n += 1
+            moved.append(dest)
     shutil.rmtree(out_dir / STAGING, ignore_errors=True)
-    return n
+    return moved
 
 
 def _write_run(
