@@ -455,6 +455,8 @@ COLUMN_NOTES: dict[str, dict[str, str]] = {
         "dose_series": "Series rows read from a CT dose screen",
         "dose_confidence": "OCR confidence of the dose numbers",
         "dose_status": "Outcome of reading the dose screen",
+        "dose_review": "Why a dose reading waits for review (numbers that do not add up); empty when stored",
+        "dose_pending": "The rows a reading in review would store, as JSON, until `dicomlake sc confirm-dose UID`",
         "ocr_seconds": "OCR time, seconds",
         "analysed_at": "When the analysis ran",
     },
