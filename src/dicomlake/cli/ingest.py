@@ -156,8 +156,9 @@ def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path
     rows = (
         ("files", rep.files),
         ("instances read", rep.instances),
-        ("instances in the lake", rep.unique_instances),
+        ("instances written (one per SOP Instance UID)", rep.unique_instances),
         ("  older copies dropped (same SOP Instance UID)", rep.duplicates_resolved),
+        ("  replacing their copy already in the lake", rep.replaced),
         ("rejected", rep.rejected),
         ("skipped (not DICOM)", rep.skipped),
         ("Spark tasks", rep.tasks),
