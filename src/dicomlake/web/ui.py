@@ -32,6 +32,7 @@ from fastapi.templating import Jinja2Templates
 
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup
 from dicomlake.errors import QueryError
+from dicomlake.events import distinct_events_sql
 from dicomlake.query.filters import resolve_key
 from dicomlake.security.cells import XLSX_OPTIONS, neutralise_row, neutralise_table
 from dicomlake.security.html import json_for_script
@@ -601,6 +602,10 @@ def _dose_where(ctx: WebContext, f: UIFilters) -> tuple[str, list[object]]:
     return f"({cond}) AND {widened}", [*params, *mparams, *mparams, *mparams]
 
 
+EVENTS = distinct_events_sql()
+"""``dose_events`` with each irradiation event once per study (cumulative RDSRs repeat them)."""
+
+
 def chart_rows(ctx: WebContext, f: UIFilters, p: Principal, chart: str) -> list[dict[str, Any]]:
     if chart in ("ct-dose", "ct-dlp", "mg-agd", "mg-force"):
         cond, params = _dose_where(ctx, f)
@@ -615,14 +620,14 @@ def chart_rows(ctx: WebContext, f: UIFilters, p: Principal, chart: str) -> list[
     if col is not None:
         fam = "CT" if chart.startswith("ct") else "MG"
         sql = (
-            f'SELECT coalesce(i."StationName", \'(none)\') AS "group", d."{col}" AS y FROM dose_events d '
+            f'SELECT coalesce(i."StationName", \'(none)\') AS "group", d."{col}" AS y FROM ({EVENTS}) d '
             f"JOIN instances i ON i.SOPInstanceUID = d.SOPInstanceUID WHERE {cond} AND d.modality_family = '{fam}' "
             f"AND d.record = 'event' AND d.\"{col}\" IS NOT NULL LIMIT 100000"
         )
     elif chart == "mg-agd":
         sql = (
             "SELECT coalesce(d.view, '') AS \"group\", d.compressed_breast_thickness_mm AS x, d.agd_mGy AS y "
-            f"FROM dose_events d JOIN instances i ON i.SOPInstanceUID = d.SOPInstanceUID WHERE {cond} "
+            f"FROM ({EVENTS}) d JOIN instances i ON i.SOPInstanceUID = d.SOPInstanceUID WHERE {cond} "
             "AND d.modality_family = 'MG' AND d.record = 'event' AND d.agd_mGy IS NOT NULL LIMIT 100000"
         )
     elif chart == "modality":
