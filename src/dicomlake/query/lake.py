@@ -293,6 +293,7 @@ class Lake:
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
 
+        from dicomlake.security.cells import neutralise_table
         from dicomlake.store.transfer import iter_table, table_schema
 
         dest.mkdir(parents=True, exist_ok=True)
@@ -308,7 +309,10 @@ class Lake:
             )
             with writer:
                 for batch in iter_table(self.store, name, schema):
-                    writer.write_batch(batch)
+                    if fmt == "csv":  # a CSV is opened in spreadsheets: no live formulas from DICOM values
+                        writer.write_table(neutralise_table(batch))
+                    else:
+                        writer.write_batch(batch)
             os.replace(tmp, target)
             written.append(target)
         return written
