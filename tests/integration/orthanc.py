@@ -50,8 +50,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
-
 ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc", "Orthanc")
 """Where Debian's ``orthanc`` package puts the server. Default: ``/usr/sbin/Orthanc``."""
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -98,9 +96,7 @@ def require_orthanc(*, dicomweb: bool = False, tools: Sequence[str] = ()) -> str
     missing += [f"{tool} (dcmtk)" for tool in tools if shutil.which(tool) is None]
     if missing:
         message = "cannot start Orthanc: missing " + ", ".join(missing) + " (run make deb)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
     exe = find_orthanc()
     assert exe is not None
     return exe

@@ -5,7 +5,6 @@ with data, Swagger UI rendered from this service. Full-page screenshots go to
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from tests import web_support as ws
 from tests.integration.test_web_browser import CHROMIUM, FLAGS
+from tests.support import missing
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +66,7 @@ _CHARTS_JS = """() => Array.from(document.querySelectorAll('.plot')).map(el => (
 @pytest.mark.parametrize("role", ["admin", "analyst", "auditor"])
 def test_every_page_fits_1280_px_without_errors_and_every_chart_has_data(site: tuple[str, Any], role: str) -> None:
     if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} missing (util/install-deb.sh installs chromium)")
-        pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
+        missing(f"{CHROMIUM} missing (util/install-deb.sh installs chromium)")
     from fastapi.testclient import TestClient
     from playwright.sync_api import sync_playwright
 

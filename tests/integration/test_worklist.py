@@ -34,6 +34,7 @@ from tests.conftest import require_tool
 from tests.dciodvfy import dcmdump_top_level, run_dciodvfy
 from tests.integration.netpeers import acknowledged
 from tests.integration.orthanc import WORKLISTS_PLUGIN, Orthanc, require_orthanc
+from tests.support import missing
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +170,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     require_orthanc(dicomweb=True, tools=("wlmscpfs", "dump2dcm", "storescu"))
     if not Path(WORKLISTS_PLUGIN).exists():
         message = f"{WORKLISTS_PLUGIN} is missing (Debian package orthanc)"
-        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+        missing(message)
     root = tmp_path_factory.mktemp("worklist")
     orthanc_wl = make_worklist_files(root / "orthanc-worklists")
     dcmtk_wl = make_worklist_files(root / "wlmscpfs" / "WLM")
@@ -693,7 +694,7 @@ def test_capture_page_in_a_browser(peers: Peers, tmp_path: Path, monkeypatch: py
     chromium = "/usr/bin/chromium"
     if not Path(chromium).exists():
         message = f"{chromium} missing (apt-get install chromium)"
-        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+        missing(message)
     import uvicorn
     from playwright.sync_api import expect, sync_playwright
 
