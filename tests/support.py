@@ -1,7 +1,7 @@
 """Where the tests' data are, and what "in CI" means: one definition for every test.
 
 The real sample files belong to the repository (``tests/data/corpus``, see its SOURCES.md);
-nothing here reads ``../shared``.
+nothing outside the checkout is read.
 """
 
 from __future__ import annotations

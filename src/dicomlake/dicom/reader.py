@@ -1,7 +1,7 @@
 """A fast reader of DICOM headers: bytes to raw elements, stopping before bulk pixel data.
 
 pydicom reads a header well but converts every value into Python objects, which costs
-about 1 ms per instance before any row is built (see ../shared/PERF-BASELINE.md). The lake
+about 1 ms per instance before any row is built (see docs/explanation/ingest.md). The lake
 needs the raw value bytes of every element, so this reader walks the encoding itself
 (PS3.5 §7: explicit and implicit VR, little and big endian, deflate; §7.5 sequences of
 defined and undefined length) and leaves value conversion to :mod:`dicomlake.extract`.
