@@ -1,6 +1,6 @@
 """dose_events against dcmtk's dsr2xml, hand-read anchors per vendor, and every sample file.
 
-The main test reads every Radiation Dose SR of ../shared/corpus/openrem twice: with
+The main test reads every Radiation Dose SR of tests/data/corpus/openrem twice: with
 :func:`dicomlake.extract.dose.dose_events` (pydicom) and with ``tests/oracles/dsr.py``
 (dcmtk ``dsr2xml`` + xml.etree, its own unit reader), and requires the same number of
 irradiation events and the same values (relative tolerance 1e-6 after unit conversion).

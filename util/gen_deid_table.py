@@ -3,13 +3,13 @@
 Inputs (all read, none typed by hand):
 
 * DICOM PS3.15 Table E.1-1 (Application Level Confidentiality Profile Attributes), edition 2024b,
-  as JSON (``../shared/data/ps3.15-e1-1-2024b.json``; innolitics/dicom-standard).
+  as JSON (``ps3.15-e1-1-2024b.json`` in the folder given by ``--data``; innolitics/dicom-standard).
 * The IOD → module → attribute tables of PS3.3 as shipped by highdicom (``highdicom/_standard``,
   themselves generated from innolitics/dicom-standard): used to resolve the compound actions
   (X/Z, X/D, Z/D, X/Z/D, X/Z/U* decide on the attribute's Type in the IOD) and to whitelist
   attributes that are neither in Table E.1-1 nor in the IOD.
 * PS3.16 CID 7050 (De-identification Method) as shipped by pydicom (``pydicom.sr.codedict``).
-* The TCIA Private Tag Knowledge Base (``../shared/data/tcia-private-tag-kb-2024-02-01.csv``), the
+* The TCIA Private Tag Knowledge Base (``tcia-private-tag-kb-2024-02-01.csv`` in the same folder), the
   basis of the Retain Safe Private Option.
 
 Usage::
@@ -160,7 +160,9 @@ def cid7050() -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     """Write the generated JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder holding the standard's table and the TCIA knowledge base"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     sop_iod, iod_modules, modules, nested = iod_tables()
