@@ -81,28 +81,8 @@ def _segment(seg: str, where: str) -> tuple[str, str | None, str | None]:
     return seg, entry[0] if entry else None, entry[1] if entry else None
 
 
-def _split_path(text: str) -> list[str]:
-    """Split on dots that are outside parentheses and quotes."""
-    parts, cur, depth, quote = [], "", 0, False
-    for ch in text:
-        if ch == '"':
-            quote = not quote
-        elif not quote and ch == "(":
-            depth += 1
-        elif not quote and ch == ")":
-            depth -= 1
-        if ch == "." and depth == 0 and not quote:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    return parts
-
-
-def split_keys(text: str) -> list[str]:
-    """Split a ``--select`` list on commas outside parentheses and quotes, so that tags
-    ``(0010,0010)`` and private keys ``(0019,"GEMS_ACQU_01",10)`` stay whole."""
+def _split_outside(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` where it stands outside parentheses and double quotes."""
     parts, cur, depth, quote = [], "", 0, False
     for ch in text:
         if ch == '"':
@@ -111,13 +91,24 @@ def split_keys(text: str) -> list[str]:
             depth += 1
         elif not quote and ch == ")":
             depth = max(depth - 1, 0)
-        if ch == "," and depth == 0 and not quote:
+        if ch == sep and depth == 0 and not quote:
             parts.append(cur)
             cur = ""
         else:
             cur += ch
     parts.append(cur)
-    return [p.strip() for p in parts if p.strip()]
+    return parts
+
+
+def _split_path(text: str) -> list[str]:
+    """Split a nested path on dots that are outside parentheses and quotes."""
+    return _split_outside(text, ".")
+
+
+def split_keys(text: str) -> list[str]:
+    """Split a ``--select`` list on commas outside parentheses and quotes, so that tags
+    ``(0010,0010)`` and private keys ``(0019,"GEMS_ACQU_01",10)`` stay whole."""
+    return [p.strip() for p in _split_outside(text, ",") if p.strip()]
 
 
 def resolve_key(text: str, columns: InstanceColumns) -> Key:
