@@ -142,3 +142,47 @@ def test_a_c_find_timeout_is_one_clear_error_not_an_attribute_error() -> None:
     finally:
         release.set()
         server.shutdown()
+
+
+def test_a_rejection_is_named_when_the_negotiating_thread_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a busy machine pynetdicom's negotiating thread can look at the socket after the
+    rejection closed it and report an abort (CI: "aborted during negotiation"); the reason
+    comes from the A-ASSOCIATE-RJ PDU as received."""
+    import tempfile
+    import threading
+    import time
+
+    from pynetdicom import transport
+
+    from dicomlake.errors import AssociationError
+    from dicomlake.ingest.listener import StoreSCP
+    from dicomlake.ingest.qr import _associate
+    from dicomlake.ingest.spool import Spool
+
+    class SlowReady(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            time.sleep(0.5)  # the DUL thread meanwhile receives the rejection and closes the socket
+            return super().wait(timeout)
+
+    real_init = transport.AssociationSocket.__init__
+
+    def init(self: transport.AssociationSocket, *args: object, **kw: object) -> None:
+        real_init(self, *args, **kw)  # type: ignore[arg-type]
+        ready = SlowReady()
+        if self._ready.is_set():
+            ready.set()
+        self._ready = ready
+
+    monkeypatch.setattr(transport.AssociationSocket, "__init__", init)
+    ae = _find_ae("DICOMLAKE", DimseSettings())
+    ae.add_requested_context("1.2.840.10008.1.1")
+    scp = StoreSCP(
+        Spool(tempfile.mkdtemp()), DimseSettings(ae_title="LAKE2", allowed_calling_aets=["PACS"], min_free_bytes=0)
+    )
+    scp.start("127.0.0.1", 0)
+    try:
+        with pytest.raises(AssociationError) as err:
+            _associate(ae, Peer("LAKE2", "127.0.0.1", scp.address[1]))
+        assert "rejected permanent, source: service user, reason: calling AE title not recognised" in str(err.value)
+    finally:
+        scp.stop()

@@ -127,20 +127,33 @@ def parse_range(value: str) -> tuple[dt.date | None, dt.date | None]:
 
 
 def _associate(ae: Any, peer: Peer, *, ext_neg: list[Any] | None = None, evt_handlers: list[Any] | None = None) -> Any:
-    """Associate or raise :class:`AssociationError` in the standard's words plus a hint."""
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=ext_neg, evt_handlers=evt_handlers)
+    """Associate or raise :class:`AssociationError` in the standard's words plus a hint.
+
+    The A-ASSOCIATE-RJ is taken from the PDU as received: pynetdicom's negotiating thread can
+    find the transport already closed by the rejection (a busy machine) and then reports an
+    abort, although the peer said exactly why it refused."""
+    from pynetdicom import evt
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+    rejections: list[tuple[int, int, int]] = []
+
+    def on_pdu(event: Any) -> None:
+        pdu = event.pdu
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            rejections.append((int(pdu.result), int(pdu.source), int(pdu.reason_diagnostic)))
+
+    handlers = [*(evt_handlers or []), (evt.EVT_PDU_RECV, on_pdu)]
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=ext_neg, evt_handlers=handlers)
     if assoc.is_established:
         return assoc
     where = f"{ae.ae_title}"
-    if assoc.is_rejected:
+    if assoc.is_rejected and not rejections:
         prim = assoc.acceptor.primitive
+        rejections.append((int(prim.result), int(prim.result_source), int(prim.diagnostic)))
+    if rejections:
+        result, source, reason = rejections[-1]
         text = describe_rejection(
-            int(prim.result),
-            int(prim.result_source),
-            int(prim.diagnostic),
-            our_aet=ae.ae_title,
-            peer=str(peer),
-            hint_host=_our_host(peer),
+            result, source, reason, our_aet=ae.ae_title, peer=str(peer), hint_host=_our_host(peer)
         )
         raise AssociationError(f"association with {peer} {text}")
     unreachable = _unreachable(peer, float(ae.acse_timeout or 10))
