@@ -137,3 +137,37 @@ def test_a_file_set_aside_by_a_drain_cut_short_is_drained_again_unless_supersede
         ("1.2.3.2.dcm", b"newer"),
     ]
     assert not list((lake / "spool").glob(f"*/*{CHECK_SUFFIX}"))
+
+
+def test_sigterm_during_start_up_stops_cleanly(tmp_path: Path) -> None:
+    """A supervisor's SIGTERM while the service is still starting is handled like one while it
+    serves: exit 0, nothing of the service left behind (before, the default action killed the
+    half-started process: exit -15, service.json and the token left in the lake)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    lake = tmp_path / "lake"
+    env = {**os.environ, "DICOMLAKE_DIMSE__FSYNC": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomlake.ingest.service", "--lake", str(lake), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (lake / "spool").exists():  # start() has opened the lake and is bringing the rest up
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the service never reached start-up"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert not (lake / "service.json").exists()
+    assert not [p.name for p in lake.iterdir() if "token" in p.name]

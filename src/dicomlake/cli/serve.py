@@ -114,7 +114,7 @@ def serve(
         from dicomlake.web.settings import web_settings
 
         web = web_settings(http_port=http_port)
-    svc = Service(folder, settings, dimse=dimse, web=not no_web, web_settings=web).start()
+    svc = Service(folder, settings, dimse=dimse, web=not no_web, web_settings=web).catch_signals().start()
     assert svc.address is not None
     typer.secho(
         f"dicomlake serve: {dimse.ae_title} on {svc.address[0]}:{svc.address[1]}"

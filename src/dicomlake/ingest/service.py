@@ -96,6 +96,7 @@ class Service:
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._old_signals: dict[int, Any] = {}
         self.started_at = dt.datetime.now(dt.UTC)
         self.address: tuple[str, int] | None = None
         self.web = web
@@ -284,21 +285,33 @@ class Service:
 
     # ---- running in the foreground -----------------------------------------------------
 
-    def serve_forever(self, on_tick: Callable[[dict[str, Any]], None] | None = None, tick: float = 1.0) -> None:
-        """Run until SIGINT/SIGTERM; then stop cleanly (the spool is drained first)."""
+    def catch_signals(self) -> Service:
+        """From now on SIGINT/SIGTERM stop the service cleanly, also while :meth:`start` runs.
+
+        Call before ``start()``: a supervisor's SIGTERM during start-up then leads to the same
+        drain and clean-up as one while serving (without it, the default action ended the
+        process half-started, leaving ``service.json`` and the token behind).
+        """
 
         def _signal(signum: int, _frame: object) -> None:
             LOG.info("signal %d: stopping", signum)
             self._stop.set()
 
-        old = {s: signal.signal(s, _signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        if not self._old_signals and threading.current_thread() is threading.main_thread():
+            self._old_signals = {s: signal.signal(s, _signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def serve_forever(self, on_tick: Callable[[dict[str, Any]], None] | None = None, tick: float = 1.0) -> None:
+        """Run until SIGINT/SIGTERM; then stop cleanly (the spool is drained first)."""
+        self.catch_signals()
         try:
             while not self._stop.wait(tick):
                 if on_tick is not None:
                     on_tick(self.status())
         finally:
-            for s, h in old.items():
+            for s, h in self._old_signals.items():
                 signal.signal(s, h)
+            self._old_signals = {}
             self.stop()
 
 
@@ -319,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     d = settings.dimse.model_dump()
     d.update({k: v for k, v in {"port": args.port, "ae_title": args.ae_title}.items() if v is not None})
     try:
-        svc = Service(args.lake, settings, dimse=DimseSettings.model_validate(d)).start()
+        svc = Service(args.lake, settings, dimse=DimseSettings.model_validate(d)).catch_signals().start()
     except DicomlakeError as exc:  # as `dicomlake serve` says it (STYLE.md §10): the message, no traceback
         print(f"dicomlake serve: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
