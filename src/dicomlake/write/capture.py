@@ -347,10 +347,7 @@ def _jpeg_can_be_kept(src: ImageSource, iod: CaptureIOD) -> str | None:
         return f"{len(info.component_ids)}-component (CMYK/YCCK) JPEG cannot be stored in a DICOM image"
     if iod is CaptureIOD.VL_PHOTO and info.precision != 8:
         return f"{info.precision}-bit JPEG: VL Photographic Image needs 8 bits (use --as sc)"
-    if jpeg_photometric(info) == "YBR_FULL":
-        # dciodvfy (following PS3.5 8.2.1) accepts YBR_FULL_422 but not YBR_FULL for
-        # lossy JPEG, and declaring 422 for unsubsampled data would be false.
-        return AUTO_DECODE + "4:4:4 YCbCr JPEG cannot be labelled truthfully (no YBR_FULL for lossy JPEG)"
+    # A 4:4:4 YCbCr stream is kept too, labelled YBR_FULL_422 (see jpeg_photometric).
     return None
 
 

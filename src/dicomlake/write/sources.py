@@ -132,23 +132,47 @@ def parse_jpeg_headers(data: bytes, where: Path) -> JpegInfo:
     return JpegInfo(sof[0], sof[1], sof[2], sof[3], sof[4], sof[5], adobe, jfif, predictor)
 
 
-def jpeg_photometric(info: JpegInfo) -> str:
-    """Photometric Interpretation of a JPEG bitstream kept as is (PS3.5 8.2.1).
+def jpeg_colour_transformed(info: JpegInfo) -> bool:
+    """Whether a 3-component JPEG holds YCbCr (True) or untransformed RGB (False).
 
-    1 component → MONOCHROME2. 3 components → RGB when the Adobe marker says no
-    transform or the component IDs are 'R','G','B'; otherwise YCbCr: YBR_FULL_422 when
-    the chrominance is subsampled (4:2:2 and, by established practice, 4:2:0), YBR_FULL
-    when it is not.
+    Decided as libjpeg's decoder decides it (jdapimin.c), so the label matches what every
+    reader will decode: a JFIF APP0 marker means YCbCr; else an Adobe APP14 marker's
+    transform flag (0 = RGB, 1 = YCbCr); else component IDs 'R','G','B' mean RGB; else YCbCr.
+    """
+    if info.jfif:
+        return True
+    if info.adobe_transform is not None:
+        return info.adobe_transform != 0
+    return info.component_ids != (0x52, 0x47, 0x42)
+
+
+def jpeg_chroma_subsampled(info: JpegInfo) -> bool:
+    """Whether the chrominance components are sampled below the luminance (4:2:2, 4:2:0, …)."""
+    luma, *chroma = info.sampling
+    return any(c != luma for c in chroma)
+
+
+def jpeg_photometric(info: JpegInfo) -> str:
+    """Photometric Interpretation of a JPEG bitstream kept as is (PS3.5 8.2.1, Table 8.2.1-1).
+
+    1 component → MONOCHROME2. 3 components without a colour transform (see
+    :func:`jpeg_colour_transformed`) → RGB. YCbCr in a lossy stream (baseline, extended) →
+    YBR_FULL_422 whatever the chroma sampling: Table 8.2.1-1 allows only YBR_FULL_422 and
+    RGB for lossy JPEG, and PS3.3 C.7.6.3.1.2 notes that for JPEG bitstreams the
+    subsampling in the stream may differ from that description (decoders take it from the
+    frame header's sampling factors). So a 4:4:4 stream is labelled YBR_FULL_422 too:
+    ``dciodvfy`` rejects YBR_FULL with the JPEG Baseline transfer syntax, and VL
+    Photographic Image (C.8.12.4.1.5) requires YBR_FULL_422 for lossy compression. YCbCr in
+    a lossless stream → YBR_FULL (the table's value for lossless JPEG).
     """
     ncomp = len(info.component_ids)
     if ncomp == 1:
         return "MONOCHROME2"
     if ncomp != 3:
         raise ValueError(ncomp)
-    if info.adobe_transform == 0 or info.component_ids == (0x52, 0x47, 0x42):
+    if not jpeg_colour_transformed(info):
         return "RGB"
-    luma, *chroma = info.sampling
-    if all(c == luma for c in chroma):
+    if info.process == 3 and not jpeg_chroma_subsampled(info):
         return "YBR_FULL"
     return "YBR_FULL_422"
 
