@@ -60,7 +60,7 @@ def catalogue(lake: Lake, selection: Selection) -> pl.DataFrame:
     raw = lake.sql(
         f"""SELECT i.SOPInstanceUID, i.SOPClassUID, i.PatientSex, i.PatientAge, i.PatientBirthDate, i.StudyDate,
                    i.Modality, i.ConversionType, i.SeriesDescription, i.StudyDescription, i.DerivationDescription,
-                   i.ImageType, i.Rows, i.Columns, i.NumberOfFrames, i.BurnedInAnnotation, i.Manufacturer,
+                   i.ImageType, i.Rows, i.Columns, i.NumberOfFrames, i.BurnedInAnnotation, i.Manufacturer, i.StationName,
                    i.size_bytes, i.source, i.source_path
             FROM instances i WHERE {cond} AND i.SOPClassUID IN ({classes})
             ORDER BY i.StudyDate, i.SOPInstanceUID""",
@@ -86,6 +86,7 @@ def catalogue(lake: Lake, selection: Selection) -> pl.DataFrame:
             "BurnedInAnnotation": r["BurnedInAnnotation"],
             "SeriesDescription": r["SeriesDescription"],
             "Manufacturer": r["Manufacturer"],
+            "StationName": r["StationName"],
             "Source": r["source"],
             "SourcePath": r["source_path"],
             "SOPInstanceUID": r["SOPInstanceUID"],
@@ -93,7 +94,7 @@ def catalogue(lake: Lake, selection: Selection) -> pl.DataFrame:
     schema = {"Gender": pl.String, "Age": pl.String, "Age_years": pl.Float64, "Modality": pl.String,
               "Description": pl.String, "Size_raw": pl.String, "Size_bytes": pl.Int64, "SOPClass": pl.String,
               "ConversionType": pl.String, "ConversionTypeMeaning": pl.String, "Matrix": pl.String, "Frames": pl.Int64,
-              "BurnedInAnnotation": pl.String, "SeriesDescription": pl.String, "Manufacturer": pl.String,
+              "BurnedInAnnotation": pl.String, "SeriesDescription": pl.String, "Manufacturer": pl.String, "StationName": pl.String,
               "Source": pl.String, "SourcePath": pl.String, "SOPInstanceUID": pl.String}  # fmt: skip
     return _with_analysis(lake, pl.DataFrame(rows, schema=schema))
 
