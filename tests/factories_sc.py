@@ -267,6 +267,15 @@ def _fmt_date(d: str, style: str) -> str:
     }[style]
 
 
+DOSE_THEMES: dict[str, tuple[tuple[int, int, int], ...]] = {
+    # background, text, column heads, title bar, title
+    "dark": ((12, 14, 20), (225, 228, 232), (120, 180, 255), (40, 60, 100), (255, 255, 255)),
+    "light": ((236, 238, 242), (20, 22, 30), (30, 70, 160), (200, 210, 228), (10, 20, 60)),
+    "blue": ((16, 38, 76), (236, 240, 248), (255, 206, 110), (8, 22, 48), (255, 255, 255)),
+}
+"""Colour themes of :func:`dose_ge` screens."""
+
+
 def dose_ge(
     p: Patient,
     *,
@@ -275,6 +284,7 @@ def dose_ge(
     seed: int,
     values: tuple[tuple[float, float], ...] | None = None,
     total_shown: float | None = None,
+    face: str = "DejaVuSans",
 ) -> tuple[Page, DoseTruth]:
     """A GE-style "Dose Report" screen: identity header, series table, total exam DLP.
 
@@ -283,17 +293,14 @@ def dose_ge(
     check must fail and the reading go to review).
     """
     rng = np.random.default_rng(seed)
-    dark = theme == "dark"
-    bg = (12, 14, 20) if dark else (236, 238, 242)
-    fg = (225, 228, 232) if dark else (20, 22, 30)
-    accent = (120, 180, 255) if dark else (30, 70, 160)
+    bg, fg, accent, bar, title = DOSE_THEMES[theme]
     width = int(size * 60)
     page = Page((width, int(size * 30)), bg)
-    f = font(size, "DejaVuSans")
+    f = font(size, face)
     fb = font(size + 2, "DejaVuSans-Bold")
     lh = int(size * 1.9)
-    page.draw.rectangle((0, 0, width, lh + 4), fill=(40, 60, 100) if dark else (200, 210, 228))
-    page.text(10, 4, "CT Dose Report", fb, (255, 255, 255) if dark else (10, 20, 60))
+    page.draw.rectangle((0, 0, width, lh + 4), fill=bar)
+    page.text(10, 4, "CT Dose Report", fb, title)
     y = lh + 14
     x = page.line(14, y, [("Patient Name:", OTHER), (f"{p.family}, {p.given}", PHI)], f, fg)
     page.line(max(x + 30, width * 0.5), y, [("Patient ID:", OTHER), (p.patient_id, PHI)], f, fg)
@@ -922,6 +929,125 @@ def build_sc_corpus(directory: Path) -> list[SCCase]:
         modality=None,
     )
     cases.append(SCCase("report_pdf", "document", path, None, review=True))
+    return cases
+
+
+def build_bench_corpus(directory: Path) -> list[SCCase]:
+    """The test corpus (:func:`build_sc_corpus`) and 29 more objects: 44 in all (43 with pixels), for ``make bench``.
+
+    The additions vary what a hospital's archive varies: GE-style dose screens in three
+    colour themes, five font sizes and four DejaVu faces, a third of them captured as JPEG
+    (quality 55–75); Siemens-style pages at three sizes; consent forms and outside reports
+    scanned with skew from −3° to 3°, noise σ 3–8 and JPEG quality 15–90; wound photographs
+    with labels and date stamps; outside images of 8 and 16 bits; RIS worklist screenshots.
+    Too slow for the tests (about 45 OCR passes); the bench alone uses it.
+    """
+    directory = Path(directory)
+    cases = build_sc_corpus(directory)
+    src = directory / "src"
+    faces = ("DejaVuSans", "DejaVuSansCondensed", "DejaVuSansMono", "DejaVuSerif")
+    for i in range(10):
+        p = PATIENTS[i % len(PATIENTS)]
+        theme = ("dark", "light", "blue")[i % 3]
+        size = (12, 13, 14, 16, 18)[i % 5]
+        page, truth = dose_ge(p, theme=theme, size=size, seed=100 + i, face=faces[i % len(faces)])
+        name = f"bench_dose_ge_{theme}_{size}px_{i}"
+        if i % 3 == 1:
+            f = src / f"{name}.jpg"
+            page.img.save(f, "JPEG", quality=55 + 10 * (i % 3))
+        else:
+            f = _save_png(page.img, src / f"{name}.png")
+        path = _wrap(
+            directory,
+            name,
+            f,
+            p,
+            kind=SourceKind.SCREENSHOT,
+            conversion=ConversionType.WSD,
+            burned_in=True,
+            series_description=("Dose Report", None, "Dose Info")[i % 3],
+            modality=("CT", "OT", "CT")[i % 3],
+        )
+        cases.append(SCCase(name, "dose_report", path, page.labels, page.words, truth))
+    for i, size in enumerate((11, 14, 16)):
+        p = PATIENTS[(i + 1) % len(PATIENTS)]
+        page, truth = dose_siemens(p, size=size, seed=200 + i)
+        name = f"bench_dose_siemens_{size}px"
+        f = _save_png(page.img, src / f"{name}.png")
+        path = _wrap(
+            directory,
+            name,
+            f,
+            p,
+            kind=SourceKind.SCREENSHOT,
+            conversion=ConversionType.WSD,
+            burned_in=True,
+            series_description="Patient Protocol" if i != 1 else None,
+            modality="CT",
+        )
+        cases.append(SCCase(name, "dose_report", path, page.labels, page.words, truth))
+    for i, (skew, quality, sigma) in enumerate(
+        ((-3.0, 15, 8.0), (-1.5, 25, 6.0), (0.5, 35, 3.0), (2.0, 50, 5.0), (3.0, 70, 7.0), (-2.5, 90, 4.0))
+    ):
+        p = PATIENTS[i % len(PATIENTS)]
+        kind = "consent" if i % 2 == 0 else "report"
+        page = scanned_form(p, kind=kind, seed=300 + i)
+        img, labels = _skew(page.img, page.labels, skew, 248)
+        img = _noise(img, sigma, 300 + i)
+        name = f"bench_form_{kind}_{i}"
+        f = src / f"{name}.jpg"
+        img.save(f, "JPEG", quality=quality)
+        path = _wrap(
+            directory,
+            name,
+            f,
+            p,
+            kind=SourceKind.SCAN,
+            conversion=ConversionType.SD if i % 3 == 0 else ConversionType.SI,
+            burned_in=True,
+            series_description=("Consent form", None, "Scanned document")[i % 3],
+            modality="OT",
+        )
+        cases.append(SCCase(name, "document", path, labels, page.words, skew=skew))
+    for i, (label, stamp) in enumerate(((True, True), (True, False), (False, True), (True, True))):
+        p = PATIENTS[(i + 2) % len(PATIENTS)]
+        page = photo(p, label=label, stamp=stamp, seed=400 + i)
+        name = f"bench_photo_{i}"
+        f = _save_png(page.img, src / f"{name}.png")
+        iod = CaptureIOD.VL_PHOTO if i % 2 == 0 else CaptureIOD.SC
+        path = _wrap(
+            directory,
+            name,
+            f,
+            p,
+            iod=iod,
+            kind=SourceKind.PHOTO,
+            conversion=ConversionType.DI,
+            burned_in=True,
+            series_description=("Wound photo", None, "Skin lesion", None)[i],
+            modality="XC" if iod is CaptureIOD.VL_PHOTO else "OT",
+        )
+        cases.append(SCCase(name, "photo", path, page.labels, page.words, review=True))
+    for i, bits in enumerate((8, 16, 12)):
+        p = PATIENTS[(i + 3) % len(PATIENTS)]
+        page, arr = outside_image(p, bits=bits, seed=500 + i)
+        name = f"bench_outside_{bits}bit"
+        f = src / f"{name}.png"
+        Image.fromarray(arr).save(f, "PNG")
+        path = _wrap(
+            directory,
+            name,
+            f,
+            p,
+            kind=SourceKind.IMAGE,
+            conversion=ConversionType.DI if i != 1 else ConversionType.DF,
+            burned_in=True,
+            series_description=("Outside study import", None, "Imported CD")[i],
+            modality="OT",
+        )
+        cases.append(SCCase(name, "outside_image", path, page.labels, page.words))
+    for i in range(3):
+        cases.append(write_worklist_screen(directory, f"bench_worklist_{i}", patient=i, seed=600 + i))
     return cases
 
 
