@@ -30,8 +30,8 @@ def seed_inputs() -> list[bytes]:
     """The DICOM JSON of the sample files, as the lake stores it."""
     import datetime as dt
 
-    from dicomlake.extract.columns import instance_columns
     from dicomlake.extract.rows import BatchBuilder
+    from dicomlake.lakeschema import instance_columns
     from fuzz.seeds import dicom_seeds
 
     out = []

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from starlette.requests import Request
 
 from dicomlake.errors import QueryError
-from dicomlake.extract.columns import instance_columns
+from dicomlake.lakeschema import instance_columns
 from dicomlake.query.filters import parse_filter
 from dicomlake.web.context import WebError
 from dicomlake.web.dicomweb import _key_text, _match_sql, parse_qido

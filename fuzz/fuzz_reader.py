@@ -18,8 +18,8 @@ import tempfile
 
 from dicomlake.dicom.reader import parse_all, read_header
 from dicomlake.errors import ExtractionError
-from dicomlake.extract.columns import instance_columns
 from dicomlake.extract.rows import BatchBuilder
+from dicomlake.lakeschema import instance_columns
 
 MAX_LEN = 64 * 1024
 SEEDS = "dicom"

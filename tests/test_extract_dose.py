@@ -30,7 +30,8 @@ from pydicom.sr._concepts_dict import concepts as PS3_16_CONCEPTS
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomlake.extract import dose as dose_module
-from dicomlake.extract.dose import DOSE_EVENT_COLUMNS, dose_events, dose_events_from_image
+from dicomlake.extract.dose import dose_events, dose_events_from_image
+from dicomlake.lakeschema import DOSE_EVENT_COLUMNS
 from tests.oracles import dsr as oracle
 from tests.support import IN_CI, OPENREM
 

@@ -40,9 +40,14 @@ LAYERS: dict[str, int] = {
     "events": 5,  # the lake-level rule: each irradiation event once per study
     "_standard": 5,
     "data": 5,
+    "lakeschema": 5,  # the lake's tables and column types: below extract/ and store/ (issue 16)
     # below everything: the exception types every layer raises
     "errors": 6,
 }
+
+#: (importing, imported) top-level modules of one layer where the first sits above the second
+#: by design, not a breach: the lake schema types its columns from the DICOM dictionary (PS3.6).
+ABOVE_IN_LAYER: set[tuple[str, str]] = {("lakeschema", "dicom")}
 
 #: (importing module, imported module) pairs that break the contract today, with why.
 KNOWN: dict[tuple[str, str], str] = {
@@ -64,15 +69,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("dicomlake.cli.user", "dicomlake.web.auth"): "issue 16",
     ("dicomlake.cli.user", "dicomlake.web.settings"): "issue 16",
     ("dicomlake.demo", "dicomlake.cli.output"): "the demo prints tables as the CLI does",
-    # The lake schema still lives in extract/ (issue 16: one schema module both import).
-    ("dicomlake.store.base", "dicomlake.extract.dose"): "issue 16: lake schema module",
-    ("dicomlake.store.duckdb", "dicomlake.extract.columns"): "issue 16: lake schema module",
-    ("dicomlake.store.duckdb", "dicomlake.extract.rows"): "issue 16: lake schema module",
-    ("dicomlake.store.migrations", "dicomlake.extract.columns"): "issue 16: lake schema module",
-    ("dicomlake.store.open", "dicomlake.extract.columns"): "issue 16: lake schema module",
-    ("dicomlake.store.parquet", "dicomlake.extract.columns"): "issue 16: lake schema module",
-    ("dicomlake.store.postgres", "dicomlake.extract.columns"): "issue 16: lake schema module",
-    ("dicomlake.store.remote", "dicomlake.extract.columns"): "issue 16: lake schema module",
     # The worklist-identity curation check asks the Modality Worklist through the DICOM
     # network client that wrap uses (issue 22); that client belongs a layer below curate/.
     ("dicomlake.curate.worklist", "dicomlake.write.send"): "issue 22: MWL client moves down",
@@ -133,7 +129,7 @@ def contract_breaches(src: Path = SRC) -> set[tuple[str, str]]:
             if other == own:
                 continue
             assert own in LAYERS and other in LAYERS, f"{mod} -> {target}: give both a layer in LAYERS"
-            if LAYERS[other] <= LAYERS[own]:
+            if LAYERS[other] <= LAYERS[own] and (own, other) not in ABOVE_IN_LAYER:
                 breaches.add((mod, target))
     return breaches
 

@@ -168,9 +168,9 @@ def _superseded(sources: list[Path], known: set[str]) -> dict[str, str]:
 
     from dicomlake.dicom.reader import read_header
     from dicomlake.errors import ExtractionError
-    from dicomlake.extract.columns import instance_columns
     from dicomlake.extract.rows import BatchBuilder
     from dicomlake.ingest.sources import expand
+    from dicomlake.lakeschema import instance_columns
 
     out = {}
     for task in expand(sources):

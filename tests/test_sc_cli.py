@@ -48,7 +48,7 @@ def test_sc_analyse_writes_sc_analysis_rows_keyed_by_sop_instance(sc_lake):
 
 
 def test_sc_analyse_puts_ocr_dose_rows_in_dose_events(sc_lake):
-    from dicomlake.extract.dose import DOSE_EVENT_COLUMNS
+    from dicomlake.lakeschema import DOSE_EVENT_COLUMNS
     from dicomlake.store.duckdb import DuckDBStore
 
     with DuckDBStore(sc_lake, read_only=True) as store:

@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pytest
 
 from dicomlake.errors import ConfigError, QueryError
+from dicomlake.lakeschema import TABLES
 from dicomlake.query.lake import Lake
-from dicomlake.store.base import TABLES
 from tests.integration.pg import PostgresCluster, start_or_skip
 
 pytestmark = pytest.mark.integration
@@ -212,7 +212,7 @@ def test_store_upsert_replaces_an_instance_and_its_rows(writable: Any, sample_so
 def test_store_clears_a_reject_once_the_path_reads(writable: Any) -> None:
     import datetime as dt
 
-    from dicomlake.store.base import REJECT_SCHEMA
+    from dicomlake.lakeschema import REJECT_SCHEMA
 
     rej = pa.Table.from_pylist(
         [

@@ -484,10 +484,9 @@ def lake_tables() -> dict[str, list[tuple[str, str]]]:
 
     from dicomlake.curate import engine as curate_engine
     from dicomlake.curate import names
-    from dicomlake.extract.columns import instance_columns
     from dicomlake.extract.sc import ensure_sc_table
     from dicomlake.ingest import qr
-    from dicomlake.store.duckdb import table_schemas
+    from dicomlake.lakeschema import instance_columns, table_schemas
 
     con = duckdb.connect(":memory:")
     order = []

@@ -13,8 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from dicomlake.lakeschema import TABLES
 from dicomlake.query.lake import Lake
-from dicomlake.store.base import TABLES
 from tests.integration.pg import PostgresCluster, start_or_skip
 from tests.test_store_backends import sorted_table
 
@@ -65,7 +65,7 @@ def test_postgres_migrations_upgrade_an_existing_lake_in_place(pg: PostgresClust
     import psycopg
 
     from dicomlake.errors import ConfigError
-    from dicomlake.extract.columns import instance_columns
+    from dicomlake.lakeschema import instance_columns
     from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate
     from dicomlake.store.postgres import PostgresStore
     from tests.test_store_backends import _batch

@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from dicomlake.lakeschema import TABLES
 from dicomlake.query.lake import Lake
-from dicomlake.store.base import TABLES
 from tests.test_store_backends import VOLATILE, sorted_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -144,102 +144,15 @@ from dicomlake.extract.sr import (
     text_value,
     text_values,
 )
+from dicomlake.lakeschema import DOSE_COLUMNS, DOSE_EVENT_COLUMNS
 
 __all__ = ["DOSE_EVENT_COLUMNS", "dose_events", "dose_events_from_image"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Column:
-    name: str
-    type: pa.DataType
-    unit: str | None = None  # a key of [units] in dose_codes.toml, for numeric columns
-
-
-_S, _F, _I, _T = pa.string(), pa.float64(), pa.int64(), pa.timestamp("us")
-_COLUMNS: tuple[_Column, ...] = (
-    _Column("SOPInstanceUID", _S),
-    _Column("StudyInstanceUID", _S),
-    _Column("PatientID", _S),
-    _Column("source", _S),
-    _Column("template", _S),
-    _Column("record", _S),
-    _Column("modality_family", _S),
-    _Column("IrradiationEventUID", _S),
-    _Column("event_datetime", _T),
-    _Column("irradiation_event_type", _S),
-    _Column("acquisition_protocol", _S),
-    _Column("target_region", _S),
-    _Column("acquisition_plane", _S),
-    _Column("reference_point_definition", _S),
-    _Column("ct_acquisition_type", _S),
-    _Column("CTDIvol_mGy", _F, "mGy"),
-    _Column("DLP_mGycm", _F, "mGy.cm"),
-    _Column("phantom", _S),
-    _Column("scanning_length_mm", _F, "mm"),
-    _Column("pitch_factor", _F, "{ratio}"),
-    _Column("total_collimation_width_mm", _F, "mm"),
-    _Column("number_of_xray_sources", _I, "1"),
-    _Column("exposure_time_per_rotation_s", _F, "s"),
-    _Column("kvp", _F, "kV"),
-    _Column("tube_current_mA", _F, "mA"),
-    _Column("kvp_values", _S),
-    _Column("tube_current_mA_values", _S),
-    _Column("exposure_time_ms", _F, "ms"),
-    _Column("exposure_mAs", _F, "mAs"),
-    _Column("pulse_rate", _F, "/s"),
-    _Column("pulse_width_ms", _F, "ms"),
-    _Column("number_of_pulses", _I, "1"),
-    _Column("irradiation_duration_s", _F, "s"),
-    _Column("half_value_layer_mm", _F, "mm"),
-    _Column("anode_target", _S),
-    _Column("filter_material", _S),
-    _Column("dap_Gym2", _F, "Gy.m2"),
-    _Column("dose_rp_Gy", _F, "Gy"),
-    _Column("entrance_exposure_mGy", _F, "mGy"),
-    _Column("distance_source_to_rp_mm", _F, "mm"),
-    _Column("agd_mGy", _F, "mGy"),
-    _Column("compressed_breast_thickness_mm", _F, "mm"),
-    _Column("compression_force_N", _F, "N"),
-    _Column("laterality", _S),
-    _Column("view", _S),
-    _Column("exposure_index", _F, "1"),
-    _Column("target_exposure_index", _F, "1"),
-    _Column("deviation_index", _F, "1"),
-    _Column("effective_dose_mSv", _F, "mSv"),
-    _Column("device_observer_uid", _S),
-    _Column("device_observer_name", _S),
-    _Column("device_observer_manufacturer", _S),
-    _Column("device_observer_model", _S),
-    _Column("device_observer_serial_number", _S),
-    _Column("start_of_xray_irradiation", _T),
-    _Column("end_of_xray_irradiation", _T),
-    _Column("ct_dose_length_product_total_mGycm", _F, "mGy.cm"),
-    _Column("ct_effective_dose_total_mSv", _F, "mSv"),
-    _Column("total_number_of_events", _I, "1"),
-    _Column("dap_total_Gym2", _F, "Gy.m2"),
-    _Column("dose_rp_total_Gy", _F, "Gy"),
-    _Column("fluoro_dap_total_Gym2", _F, "Gy.m2"),
-    _Column("fluoro_dose_rp_total_Gy", _F, "Gy"),
-    _Column("acquisition_dap_total_Gym2", _F, "Gy.m2"),
-    _Column("acquisition_dose_rp_total_Gy", _F, "Gy"),
-    _Column("total_fluoro_time_s", _F, "s"),
-    _Column("total_acquisition_time_s", _F, "s"),
-    _Column("total_number_of_radiographic_frames", _I, "1"),
-    _Column("agd_total_mGy", _F, "mGy"),
-    _Column("radiopharmaceutical", _S),
-    _Column("radionuclide", _S),
-    _Column("administered_activity_MBq", _F, "MBq"),
-    _Column("route_of_administration", _S),
-    _Column("radiopharmaceutical_start_datetime", _T),
-)
-
-DOSE_EVENT_COLUMNS: dict[str, pa.DataType] = {c.name: c.type for c in _COLUMNS}
-"""Ordered schema of one ``dose_events`` row; the module docstring documents each column."""
-
-_COLUMN_UNIT = {c.name: c.unit for c in _COLUMNS if c.unit is not None}
-_INT_COLUMNS = frozenset(c.name for c in _COLUMNS if c.type == _I)
+_COLUMN_UNIT = {c.name: c.unit for c in DOSE_COLUMNS if c.unit is not None}
+_INT_COLUMNS = frozenset(c.name for c in DOSE_COLUMNS if pa.types.is_integer(c.type))
 
 # --- concept codes (PS3.16), as "SCHEME:VALUE" ------------------------------------------
 _XRAY_DOSE_REPORT = "DCM:113701"  # TID 10001 / TID 10011 root

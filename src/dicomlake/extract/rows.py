@@ -8,7 +8,7 @@ One walk over the raw elements produces all three, so each value is decoded once
   named ``(gggg,"CREATOR",ee)`` and carry their creator; unknown public ones ``(gggg,eeee)``.
 - the DICOM JSON model of PS3.18 §F.2 with bulk data left out (binary values longer
   than ``inline_max`` bytes, pixel data), group 0002 excluded as in WADO-RS metadata.
-- typed columns for the keywords of :mod:`dicomlake.extract.columns`.
+- typed columns for the keywords of :mod:`dicomlake.lakeschema` (``instance_columns.toml``).
 """
 
 from __future__ import annotations
@@ -26,24 +26,7 @@ from dicomlake.dicom import values as V
 from dicomlake.dicom.dictionary import lookup, private_vr, tag_text
 from dicomlake.dicom.reader import Element, Header
 from dicomlake.errors import ExtractionError
-from dicomlake.extract.columns import ARROW_TYPES, InstanceColumns
-
-ELEMENT_SCHEMA = pa.schema(
-    [
-        pa.field("SOPInstanceUID", pa.string()),
-        pa.field("path", pa.string()),
-        pa.field("path_key", pa.string()),
-        pa.field("depth", pa.int8()),
-        pa.field("tag", pa.string()),
-        pa.field("keyword", pa.string()),
-        pa.field("VR", pa.string()),
-        pa.field("private_creator", pa.string()),
-        pa.field("value_text", pa.string()),
-        pa.field("value_num", pa.float64()),
-        pa.field("length", pa.int64()),
-    ]
-)
-JSON_SCHEMA = pa.schema([pa.field("SOPInstanceUID", pa.string()), pa.field("json", pa.string())])
+from dicomlake.lakeschema import ARROW_TYPES, ELEMENT_SCHEMA, JSON_SCHEMA, InstanceColumns
 
 _TAG_CACHE: dict[int, tuple[str, str | None, str, str]] = {}
 _TAG_CACHE_MAX = 1 << 16

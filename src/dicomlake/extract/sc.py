@@ -304,7 +304,7 @@ class AnalyseReport:
 
 
 def _write(con: Any, analysis: SCAnalysis, report: AnalyseReport) -> None:
-    from dicomlake.extract.dose import DOSE_EVENT_COLUMNS
+    from dicomlake.lakeschema import DOSE_EVENT_COLUMNS
 
     row = analysis.row()
     con.execute("BEGIN TRANSACTION")
@@ -423,7 +423,7 @@ def confirm_dose(con: Any, sop_instance_uids: Sequence[str]) -> list[tuple[str, 
     A person has compared the screen with the values in ``sc_analysis.dose_pending``;
     from now on the audits use them. A UID without a pending reading raises ValueError.
     """
-    from dicomlake.extract.dose import DOSE_EVENT_COLUMNS
+    from dicomlake.lakeschema import DOSE_EVENT_COLUMNS
 
     ensure_sc_table(con)
     done: list[tuple[str, int]] = []

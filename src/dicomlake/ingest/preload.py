@@ -21,7 +21,7 @@ import dicomlake.dicom.dataset  # pydicom, for the dose extractors
 import dicomlake.extract.dose
 import dicomlake.ingest.worker  # noqa: F401  (reader, rows, pyarrow)
 from dicomlake.dicom.dictionary import lookup, private_vr
-from dicomlake.store.base import REJECT_SCHEMA
+from dicomlake.lakeschema import REJECT_SCHEMA
 
 lookup(0x00080018)  # load the data dictionaries before the fork, to share them too
 private_vr(0x0009, "GEMS_IDEN_01", 0x01)

@@ -110,8 +110,8 @@ class Service:
         """Open the lake, replay the spool, start the drainer, the listener and the endpoint."""
         import duckdb
 
-        from dicomlake.extract.columns import instance_columns
         from dicomlake.ingest.pipeline import _worker_config
+        from dicomlake.lakeschema import instance_columns
         from dicomlake.store.duckdb import DuckDBStore
 
         other = live_service(self.lake)

@@ -43,7 +43,7 @@ from dicomlake.config import Settings, get_settings
 from dicomlake.errors import ConfigError, DicomlakeError
 from dicomlake.ingest.sources import Task, expand
 from dicomlake.ingest.worker import WorkerConfig, process_chunk
-from dicomlake.store.base import REJECT_SCHEMA
+from dicomlake.lakeschema import REJECT_SCHEMA
 from dicomlake.store.parquet import MARKER, PARTITIONED, ParquetLakeWriter
 
 FILES_PER_CHUNK = 48
@@ -535,7 +535,7 @@ def _write_run(
     import datetime as dt
 
     from dicomlake.ingest.pipeline import _run_sources
-    from dicomlake.store.parquet import INGEST_RUNS_SCHEMA
+    from dicomlake.lakeschema import INGEST_RUNS_SCHEMA
 
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     row = {

@@ -20,11 +20,10 @@ import pyarrow as pa
 
 from dicomlake.dicom.reader import Header, parse_all, read_header, sniff
 from dicomlake.errors import ExtractionError
-from dicomlake.extract.columns import instance_columns
 from dicomlake.extract.rows import BatchBuilder
 from dicomlake.ingest.sources import Task, unsafe_member_name
+from dicomlake.lakeschema import REJECT_SCHEMA, instance_columns
 from dicomlake.security.preamble import executable_preamble
-from dicomlake.store.base import REJECT_SCHEMA
 
 # Files that are plainly something else are counted and skipped, not rejected: the
 # companions found beside DICOM on media and in exports.
@@ -454,7 +453,7 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
     for builder, dose_rows, accepted in segments:
         tables = builder.tables()
         if dose_rows:
-            from dicomlake.store.base import dose_schema
+            from dicomlake.lakeschema import dose_schema
 
             schema = dose_schema()
             tables["dose_events"] = pa.Table.from_pylist(

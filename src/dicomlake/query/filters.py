@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup, parse_tag
 from dicomlake.errors import QueryError
-from dicomlake.extract.columns import DERIVED, InstanceColumns
+from dicomlake.lakeschema import DERIVED, InstanceColumns
 
 OPS = ("!=", "<=", ">=", "=", "<", ">")
 _FILTER = re.compile(r"^\s*(?P<key>.+?)\s*(?P<op>!=|<=|>=|=|<|>)\s*(?P<value>.*?)\s*$", re.S)

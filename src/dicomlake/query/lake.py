@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from dicomlake.config import get_settings
 from dicomlake.errors import QueryError
-from dicomlake.extract.columns import DERIVED, instance_columns
+from dicomlake.lakeschema import DERIVED, instance_columns
 from dicomlake.query.filters import Filter, resolve_key, where_clause
 from dicomlake.store.duckdb import DuckDBStore
 

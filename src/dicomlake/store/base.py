@@ -8,28 +8,10 @@ from typing import Protocol
 
 import pyarrow as pa
 
-REJECT_SCHEMA = pa.schema(
-    [
-        pa.field("source_path", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("size_bytes", pa.int64()),
-        pa.field("sha256", pa.string()),
-        pa.field("quarantine_path", pa.string()),
-        pa.field("rejected_at", pa.timestamp("us")),
-    ]
-)
+from dicomlake.lakeschema import REJECT_SCHEMA, TABLES
 
-
-def dose_schema() -> pa.Schema:
-    """The dose_events schema, from :data:`dicomlake.extract.dose.DOSE_EVENT_COLUMNS`."""
-    from dicomlake.extract.dose import DOSE_EVENT_COLUMNS
-
-    return pa.schema([pa.field(k, v) for k, v in DOSE_EVENT_COLUMNS.items()])
-
-
-# The lake's tables, in the order a batch is written.
-TABLES = ("instances", "elements", "dicom_json", "dose_events", "rejects")
+# The schemas live in dicomlake.lakeschema; these two names are kept for callers of the store.
+__all__ = ["REJECT_SCHEMA", "TABLES", "Store", "WriteReport"]
 
 
 @dataclass(frozen=True, slots=True)

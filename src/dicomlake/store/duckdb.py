@@ -10,22 +10,11 @@ import duckdb
 import pyarrow as pa
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.extract.columns import InstanceColumns, instance_columns
-from dicomlake.extract.rows import ELEMENT_SCHEMA, JSON_SCHEMA
-from dicomlake.store.base import REJECT_SCHEMA, WriteReport, dose_schema
+from dicomlake.lakeschema import InstanceColumns, instance_columns, table_schemas
+from dicomlake.store.base import WriteReport
 
 DB_NAME = "lake.duckdb"
 SCHEMA_VERSION = 1
-
-
-def table_schemas(columns: InstanceColumns) -> dict[str, pa.Schema]:
-    return {
-        "instances": columns.arrow_schema(),
-        "elements": ELEMENT_SCHEMA,
-        "dicom_json": JSON_SCHEMA,
-        "dose_events": dose_schema(),
-        "rejects": REJECT_SCHEMA,
-    }
 
 
 def make_private_dir(path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomlake.errors import ConfigError
-from dicomlake.extract.columns import InstanceColumns
+from dicomlake.lakeschema import InstanceColumns
 from dicomlake.store.duckdb import DB_NAME, DuckDBStore
 from dicomlake.store.parquet import ParquetStore, is_parquet_lake
 from dicomlake.store.postgres import PostgresStore, is_postgres_url, normalise_url

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.extract.columns import InstanceColumns, instance_columns
+from dicomlake.lakeschema import INGEST_RUNS_SCHEMA, InstanceColumns, instance_columns, table_schemas
 from dicomlake.store.base import WriteReport
 
 MARKER = "_dicomlake_lake.json"
@@ -196,8 +196,6 @@ class ParquetStore:
         self._make_views()
 
     def _make_views(self) -> None:
-        from dicomlake.store.duckdb import table_schemas
-
         schemas = dict(table_schemas(self.columns))
         schemas["ingest_runs"] = INGEST_RUNS_SCHEMA
         for name, schema in schemas.items():
@@ -266,18 +264,3 @@ class ParquetStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-INGEST_RUNS_SCHEMA = pa.schema(
-    [
-        pa.field("run_id", pa.string()),
-        pa.field("started_at", pa.timestamp("us")),
-        pa.field("finished_at", pa.timestamp("us")),
-        pa.field("sources", pa.string()),
-        pa.field("files", pa.int64()),
-        pa.field("instances", pa.int64()),
-        pa.field("rejected", pa.int64()),
-        pa.field("skipped", pa.int64()),
-        pa.field("status", pa.string()),
-    ]
-)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.extract.columns import InstanceColumns, instance_columns
+from dicomlake.lakeschema import InstanceColumns, instance_columns
 from dicomlake.store.base import WriteReport
 from dicomlake.store.dialect import to_postgres
 from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.extract.columns import InstanceColumns, instance_columns
+from dicomlake.lakeschema import InstanceColumns, instance_columns
 
 SERVICE_FILE = "service.json"
 TOKEN_FILE = "service.token"

@@ -17,9 +17,8 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.errors import ConfigError
-from dicomlake.store.base import TABLES
+from dicomlake.lakeschema import INGEST_RUNS_SCHEMA, TABLES, table_schemas
 from dicomlake.store.parquet import (
-    INGEST_RUNS_SCHEMA,
     MARKER,
     PARTITIONED,
     ParquetLakeWriter,
@@ -41,7 +40,6 @@ class TransferReport:
 
 def table_schema(store: Any, name: str) -> pa.Schema | None:
     """The Arrow schema a store holds for a table (None when it has no such table)."""
-    from dicomlake.store.duckdb import table_schemas
     from dicomlake.store.postgres import PostgresStore
 
     if isinstance(store, PostgresStore):

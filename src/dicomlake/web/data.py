@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.extract.columns import InstanceColumns, instance_columns
+from dicomlake.lakeschema import InstanceColumns, instance_columns
 
 IngestFn = Callable[[list[Path]], Any]
 """Takes files written by STOW-RS and puts them into the lake (returns when committed)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from dicomlake.dicom.dictionary import keyword_to_tag
 from dicomlake.errors import QueryError
-from dicomlake.extract.columns import InstanceColumns
+from dicomlake.lakeschema import InstanceColumns
 from dicomlake.query.filters import parse_filter, resolve_key, where_clause
 
 

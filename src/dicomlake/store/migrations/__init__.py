@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dicomlake.extract.columns import InstanceColumns
+from dicomlake.lakeschema import InstanceColumns, table_schemas
 
 # pg_advisory_xact_lock keys (any constants unique to dicomlake)
 MIGRATION_LOCK = 0x44_4C_4D_49  # "DLMI"
@@ -59,8 +59,6 @@ def _create(cur: Any, name: str, schema: pa.Schema) -> None:
 
 
 def _m1_tables(cur: Any, columns: InstanceColumns) -> None:
-    from dicomlake.store.duckdb import table_schemas
-
     for name, schema in table_schemas(columns).items():
         _create(cur, name, schema)
     cur.execute(
@@ -193,8 +191,6 @@ def migrate(con: Any, columns: InstanceColumns, target: int | None = None) -> li
 
 def ensure_columns(con: Any, columns: InstanceColumns) -> list[str]:
     """Add the typed columns the lake lacks (shipped list grew, or a user's columns_file)."""
-    from dicomlake.store.duckdb import table_schemas
-
     added: list[str] = []
     schemas = table_schemas(columns)
     rows = con.execute(
