@@ -45,8 +45,8 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AnswerKey]:
     assert report.instances == len(key.uids) and not report.rejected
     with DuckDBStore(root / "lake") as st:
         simulate_receipt(st.con, key)
-        curate(st.con)
-        props = [p for p in names.propose("institution", names.variants_in_lake(st.con)["institution"])]
+        curate(st.curation())
+        props = [p for p in names.propose("institution", names.variants_in_lake(st.curation())["institution"])]
         csv_path = root / "names.csv"
         names.write_proposals(csv_path, props)
         rows = list(csv.DictReader(csv_path.open(encoding="utf-8")))
@@ -56,7 +56,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AnswerKey]:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        names.apply_mapping(st.con, names.read_mapping(csv_path), confirmed_by="test")
+        names.apply_mapping(st.curation(), names.read_mapping(csv_path), confirmed_by="test")
     return root / "lake", key
 
 

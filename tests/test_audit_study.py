@@ -124,9 +124,10 @@ def test_name_variants_count_each_protocol_event_once(openrem_lake: Path) -> Non
     """`curate names --propose` counts a protocol's uses from dose_events too: 4DCT was used twice
     (two distinct Irradiation Event UIDs in the newest cumulative report, read by dsr2xml)."""
     from dicomlake.curate import names
+    from dicomlake.store.curation import curation_of
 
     rep = dsr.read(openrem_dir() / MULTI[-1], require_tool("dsr2xml"))
     assert len({ev.uid for ev in rep.events}) == 3  # topogram + two 4DCT
     with Lake.open(openrem_lake, read_only=True) as lk:
-        counts = dict(names.variants_in_lake(lk.store.con, ["protocol"])["protocol"])
+        counts = dict(names.variants_in_lake(curation_of(lk.store), ["protocol"])["protocol"])
     assert counts["4DCT"] == 2

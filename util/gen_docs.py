@@ -482,11 +482,10 @@ def lake_tables() -> dict[str, list[tuple[str, str]]]:
     """Every table a lake can hold, with (column, DuckDB type), from the code that creates them."""
     import duckdb
 
-    from dicomlake.curate import engine as curate_engine
-    from dicomlake.curate import names
     from dicomlake.extract.sc import ensure_sc_table
     from dicomlake.ingest import qr
     from dicomlake.lakeschema import instance_columns, table_schemas
+    from dicomlake.store.curation import FLAGS_DDL, MAPPINGS_DDL, RUNS_DDL
 
     con = duckdb.connect(":memory:")
     order = []
@@ -494,8 +493,8 @@ def lake_tables() -> dict[str, list[tuple[str, str]]]:
         empty = schema.empty_table()  # noqa: F841 - read by DuckDB's replacement scan
         con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM empty')
         order.append(name)
-    curate_engine.ensure_tables(con)
-    con.execute(names.MAPPINGS_DDL)
+    for ddl in (FLAGS_DDL, RUNS_DDL, MAPPINGS_DDL):
+        con.execute(ddl)
     ensure_sc_table(con)
     for ddl in qr._DDL:
         con.execute(ddl)

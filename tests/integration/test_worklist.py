@@ -507,7 +507,7 @@ def test_curation_flags_planted_identity_errors_in_instances_sent_to_serve(peers
     reset_settings_cache()
     try:
         with DuckDBStore(lake) as store:
-            report = peers.pacs.call_in_netns(lambda: curate(store.con, None, load_rules(rules)))
+            report = peers.pacs.call_in_netns(lambda: curate(store.curation(), None, load_rules(rules)))
     finally:
         del os.environ["DICOMLAKE_DIMSE__WORKLIST"]
         reset_settings_cache()

@@ -17,11 +17,11 @@ from typing import Any
 
 import polars as pl
 
-from dicomlake.curate import names
 from dicomlake.curate.normalise import parse_person_name
 from dicomlake.errors import ConfigError
 from dicomlake.query.filters import where_clause
 from dicomlake.query.lake import Lake
+from dicomlake.store.curation import curation_of
 
 SETTINGS_ENV = "DICOMLAKE_AUDIT_SETTINGS"
 
@@ -70,11 +70,11 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
 def std_instances(lake: Lake) -> str:
     """A subquery: ``instances`` plus the ``*_std`` name columns of the latest mapping."""
-    return f"({names.std_relation(lake.store.con)})"
+    return f"({curation_of(lake.store).std_relation()})"
 
 
 def std_expr(lake: Lake, field: str, expr: str) -> str:
-    return names.std_value_sql(lake.store.con, field, expr)
+    return curation_of(lake.store).std_value_sql(field, expr)
 
 
 # ---- operators ----------------------------------------------------------------------------

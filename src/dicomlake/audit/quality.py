@@ -9,6 +9,7 @@ from dicomlake.audit.common import Selection, color
 from dicomlake.audit.report import AuditResult, Chart, Table
 from dicomlake.curate import names
 from dicomlake.query.lake import Lake
+from dicomlake.store.curation import curation_of
 
 BPE_RULES = ("bpe-not-defined-term", "bpe-modality", "bpe-description")
 
@@ -78,13 +79,14 @@ def audit_quality(lake: Lake, selection: Selection | None = None, settings: dict
                             f"Instances whose Body Part Examined is not a PS3.16 Annex L defined term, contradicts the "
                             f"modality, or contradicts the descriptions, among {int(bpe_base):,} with a Body Part Examined "
                             "(empty ones are not counted).", fig, bpe_by))  # fmt: skip
-    pending = names.unmapped(lake.store.con)
+    door = curation_of(lake.store)
+    pending = names.unmapped(door)
     pend = pl.DataFrame([{"field": p.field, "cluster": p.cluster, "variant": p.variant, "count": p.count,
                           "proposed_standard": p.standard, "similarity": p.similarity} for p in pending],
                         schema={"field": pl.String, "cluster": pl.Int64, "variant": pl.String, "count": pl.Int64,
                                 "proposed_standard": pl.String, "similarity": pl.Float64})  # fmt: skip
     res.numbers["name_variants_awaiting"] = pend.height
-    res.numbers["name_mapping_version"] = names.latest_version(lake.store.con)
+    res.numbers["name_mapping_version"] = door.mapping_version()
     res.tables += [
         Table("by-rule", "Flags by rule", "", by_rule),
         Table("bpe", "Body Part Examined errors by modality", "", bpe_by),

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from dicomlake.cli.common import LAKE_OPTION, handle_errors, lake_path
+
+if TYPE_CHECKING:
+    from dicomlake.store.curation import LakeCuration
 
 curate_app = typer.Typer(
     help="Data-quality rules over the lake (quality_flags) and standardised names.\n\n"
@@ -29,11 +35,10 @@ def run(
     """
     from dicomlake.curate.engine import curate
     from dicomlake.curate.rules import load_rules
-    from dicomlake.store.duckdb import DuckDBStore
 
     r = load_rules(rules)
-    with DuckDBStore(lake_path(lake)) as st:
-        rep = curate(st.con, None, r)
+    with _open(lake, "curate run") as door:
+        rep = curate(door, None, r)
     typer.echo(
         f"{rep.instances:,} instances checked, {rep.flags:,} flags (rules {rep.rules_version}) in {rep.seconds:.1f} s"
     )
@@ -75,37 +80,57 @@ def names_cmd(
       dicomlake curate names --confirm names.csv --by "A. Physicist"
     """
     from dicomlake.curate import names
-    from dicomlake.store.duckdb import DuckDBStore
 
     if not (propose or confirm or history):
         raise ValueError("give --propose FILE, --confirm FILE or --history")
-    with DuckDBStore(lake_path(lake), read_only=not confirm) as st:
+    with _open(lake, "curate names --confirm" if confirm else None) as st:
         if propose:
             props = (
-                names.unmapped(st.con, threshold)
-                if names.latest_version(st.con)
-                else [p for f, v in names.variants_in_lake(st.con).items() for p in names.propose(f, v, threshold)]
+                names.unmapped(st, threshold)
+                if names.latest_version(st)
+                else [p for f, v in names.variants_in_lake(st).items() for p in names.propose(f, v, threshold)]
             )
             n = names.write_proposals(propose, props)
             typer.echo(f"{n:,} variants in {len({(p.field, p.cluster) for p in props}):,} groups written to {propose}; "
                        "edit `standard`, set `status` to confirmed, then run --confirm")  # fmt: skip
         if confirm:
             rows = names.read_mapping(confirm)
-            ver = names.apply_mapping(st.con, rows, confirmed_by=by, source_file=str(confirm))
+            ver = names.apply_mapping(st, rows, confirmed_by=by, source_file=str(confirm))
             typer.echo(
                 f"mapping version {ver}: {len(rows):,} confirmed rows from {confirm}; view instances_std updated"
             )
         if history:
-            if names.latest_version(st.con) is None:
+            versions = st.mapping_history()
+            if not versions:
                 typer.echo("no confirmed mappings yet")
                 return
-            for row in st.con.execute(
-                "SELECT version, count(*), any_value(confirmed_by), max(confirmed_at), any_value(source_file) "
-                "FROM name_mappings GROUP BY version ORDER BY version"
-            ).fetchall():
-                typer.echo(
-                    f"v{row[0]}: {row[1]:,} mappings, by {row[2] or '?'} at {row[3]:%Y-%m-%d %H:%M} from {row[4]}"
-                )
+            for row in versions:
+                when = f"{row[3]:%Y-%m-%d %H:%M}" if row[3] else "?"
+                typer.echo(f"v{row[0]}: {row[1]:,} mappings, by {row[2] or '?'} at {when} from {row[4]}")
+
+
+@contextlib.contextmanager
+def _open(lake: Path | None, writes: str | None) -> Iterator[LakeCuration]:
+    """The lake's curation door (DuckDB, PostgreSQL; a Parquet lake read-only). A command that
+    writes (``writes`` names it) on a lake that cannot be written is refused in one line (exit 2)."""
+    from dicomlake.errors import ConfigError
+    from dicomlake.store.curation import curation_of
+    from dicomlake.store.open import lake_kind, open_store
+
+    where = lake_path(lake)
+    if writes and lake_kind(where) == "parquet":
+        raise ConfigError(
+            f"{writes}: {where} is a Parquet lake, which is read-only; curate the DuckDB or PostgreSQL lake it "
+            "was exported from (or import it into one: `dicomlake import`)"
+        )
+    store = open_store(where, read_only=writes is None)
+    try:
+        door = curation_of(store)
+        if writes:
+            door.require_writable(writes)
+        yield door
+    finally:
+        store.close()
 
 
 def register(app: typer.Typer) -> None:

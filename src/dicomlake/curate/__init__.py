@@ -1,6 +1,6 @@
 """Curation: range rules, normalisers, vocabulary mapping."""
 
-from dicomlake.curate.engine import CurateReport, curate, ensure_tables
+from dicomlake.curate.engine import CurateReport, curate
 from dicomlake.curate.rules import Rules, Severity, load_rules
 
-__all__ = ["CurateReport", "Rules", "Severity", "curate", "ensure_tables", "load_rules"]
+__all__ = ["CurateReport", "Rules", "Severity", "curate", "load_rules"]

@@ -10,20 +10,21 @@ log = logging.getLogger(__name__)
 
 def ingest_hook(store: object, settings: object, notes: list[str]) -> Callable[[list[str]], None] | None:
     """A callback for the ingest batcher, or None when ``curate_on_ingest`` is off or the store
-    is not a DuckDB lake. Curation never fails an ingest: an error becomes a note, and
+    cannot be curated (a read-only lake). Curation never fails an ingest: an error becomes a note, and
     ``dicomlake curate`` re-runs the rules over the whole lake."""
     from dicomlake.curate.settings import curate_on_ingest
 
     if not curate_on_ingest(settings):
         return None
-    con = getattr(store, "con", None)
-    if con is None or not hasattr(con, "execute"):
+    door = getattr(store, "curation", None)  # DuckDB and PostgreSQL stores (store/curation.py)
+    if door is None:
         return None
     try:
         from dicomlake.curate.engine import curate
         from dicomlake.curate.rules import load_rules
 
         rules = load_rules()
+        lake = door()
     except Exception as exc:
         notes.append(f"curation on ingest is off: {exc}")
         return None
@@ -32,7 +33,7 @@ def ingest_hook(store: object, settings: object, notes: list[str]) -> Callable[[
         if not uids:
             return
         try:
-            curate(con, uids, rules)
+            curate(lake, uids, rules)
         except Exception as exc:
             log.warning("curation of %d instances failed: %s", len(uids), exc)
             notes.append(

@@ -7,7 +7,7 @@ The flow a physicist follows::
     (edit names.csv: fix `standard`, set `status` to confirmed, delete wrong rows)
     dicomlake curate names --confirm names.csv      # a new mapping version in the lake
 
-Audits read names through :func:`std_relation`, which adds ``institution_std``,
+Audits read names through the Store's ``std_relation`` (store/curation.py), which adds ``institution_std``,
 ``station_std``, ``protocol_std``, ``study_description_std`` and ``series_description_std``
 to ``instances`` from the latest confirmed version (the raw value where none is mapped).
 """
@@ -15,7 +15,6 @@ to ``instances`` from the latest confirmed version (the raw value where none is 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import difflib
 import re
 import tomllib
@@ -26,8 +25,7 @@ from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
-import duckdb
-
+from dicomlake.curate.lake import NameLake
 from dicomlake.errors import ConfigError
 
 # field name → the instances column whose variants it standardises
@@ -38,10 +36,6 @@ FIELDS: dict[str, str] = {
     "study_description": "StudyDescription",
     "series_description": "SeriesDescription",
 }
-MAPPINGS_DDL = (
-    "CREATE TABLE IF NOT EXISTS name_mappings (version INTEGER, field VARCHAR, variant VARCHAR, "
-    "standard VARCHAR, confirmed_by VARCHAR, confirmed_at TIMESTAMP, source_file VARCHAR)"
-)
 CSV_HEADER = ["field", "cluster", "variant", "count", "standard", "similarity", "status"]
 
 
@@ -340,58 +334,26 @@ def propose(field: str, values: Sequence[tuple[str, int]], threshold: float = 0.
     return out
 
 
-# ---- the lake ---------------------------------------------------------------------------
+# ---- the lake (through its curation door: store.curation(), see curate/lake.py) ------------
 
 
-def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(MAPPINGS_DDL)
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'", [name]
-    ).fetchall()[0]
-    return bool(row and row[0])
-
-
-def variants_in_lake(
-    con: duckdb.DuckDBPyConnection, fields: Iterable[str] = FIELDS
-) -> dict[str, list[tuple[str, int]]]:
+def variants_in_lake(lake: NameLake, fields: Iterable[str] = FIELDS) -> dict[str, list[tuple[str, int]]]:
     """Distinct values of each field with their instance counts (dose-event protocols included)."""
-    out: dict[str, list[tuple[str, int]]] = {}
-    for f in fields:
-        col = FIELDS[f]
-        sql = f"SELECT trim(\"{col}\") AS v, count(*) AS n FROM instances WHERE trim(coalesce(\"{col}\", '')) <> '' GROUP BY 1"
-        if f == "protocol" and _has_table(con, "dose_events"):
-            from dicomlake.events import distinct_events_sql  # each event once (repeated in RDSRs)
-
-            sql = (
-                f"SELECT v, sum(n) FROM ({sql} UNION ALL SELECT trim(acquisition_protocol), count(*) "
-                f"FROM ({distinct_events_sql()}) d "
-                "WHERE trim(coalesce(acquisition_protocol, '')) <> '' GROUP BY 1) GROUP BY v"
-            )
-        out[f] = [(str(v), int(n)) for v, n in con.execute(sql + " ORDER BY 2 DESC, 1").fetchall()]
-    return out
+    return lake.name_variants(list(fields))
 
 
-def latest_version(con: duckdb.DuckDBPyConnection) -> int | None:
-    if not _has_table(con, "name_mappings"):
-        return None
-    row = con.execute("SELECT max(version) FROM name_mappings").fetchall()[0]
-    return int(row[0]) if row and row[0] is not None else None
+def latest_version(lake: NameLake) -> int | None:
+    return lake.mapping_version()
 
 
-def unmapped(con: duckdb.DuckDBPyConnection, threshold: float = 0.8) -> list[Proposal]:
+def unmapped(lake: NameLake, threshold: float = 0.8) -> list[Proposal]:
     """Variants in the lake that no confirmed mapping covers, with proposals: awaiting a physicist."""
-    ver = latest_version(con)
+    ver = lake.mapping_version()
     mapped: set[tuple[str, str]] = set()
     if ver is not None:
-        mapped = {
-            (f, v)
-            for f, v in con.execute("SELECT field, variant FROM name_mappings WHERE version = ?", [ver]).fetchall()
-        }
+        mapped = {(f, v) for f, v, _ in lake.mapping(ver)}
     out = []
-    for f, values in variants_in_lake(con).items():
+    for f, values in variants_in_lake(lake).items():
         for p in propose(f, values, threshold):
             if (f, p.variant) not in mapped:
                 out.append(p)
@@ -444,7 +406,7 @@ def read_mapping(path: str | Path, *, include_proposed: bool = False) -> list[tu
 
 
 def apply_mapping(
-    con: duckdb.DuckDBPyConnection,
+    lake: NameLake,
     rows: Sequence[tuple[str, str, str]],
     *,
     confirmed_by: str = "",
@@ -452,52 +414,18 @@ def apply_mapping(
 ) -> int:
     """Store confirmed mappings as a new version (previous confirmed rows carried over unless
     overridden) and refresh the ``instances_std`` view; the new version number."""
-    ensure_tables(con)
-    prev = latest_version(con)
+    prev = lake.mapping_version()
     merged: dict[tuple[str, str], str] = {}
     if prev is not None:
-        for f, v, s in con.execute(
-            "SELECT field, variant, standard FROM name_mappings WHERE version = ?", [prev]
-        ).fetchall():
+        for f, v, s in lake.mapping(prev):
             merged[(f, v)] = s
     for f, v, s in rows:
         merged[(f, v)] = s
     ver = (prev or 0) + 1
-    now = dt.datetime.now()
-    con.executemany(
-        "INSERT INTO name_mappings VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [[ver, f, v, s, confirmed_by, now, source_file] for (f, v), s in sorted(merged.items())],
+    lake.add_mapping_version(
+        ver, [(f, v, s) for (f, v), s in sorted(merged.items())], confirmed_by=confirmed_by, source_file=source_file
     )
-    con.execute(f"CREATE OR REPLACE VIEW instances_std AS {std_relation(con)}")
     return ver
-
-
-def std_relation(con: duckdb.DuckDBPyConnection, table: str = "instances") -> str:
-    """SQL of ``instances`` with the ``*_std`` columns of the latest mapping version."""
-    ver = latest_version(con)
-    cols = []
-    joins = []
-    for n, (f, col) in enumerate(FIELDS.items()):
-        if ver is None:
-            cols.append(f"nullif(trim(i.\"{col}\"), '') AS {f}_std")
-            continue
-        cols.append(f"coalesce(m{n}.standard, nullif(trim(i.\"{col}\"), '')) AS {f}_std")
-        joins.append(
-            f"LEFT JOIN (SELECT variant, standard FROM name_mappings WHERE version = {ver} AND field = '{f}') m{n} "
-            f'ON m{n}.variant = trim(i."{col}")'
-        )
-    return f"SELECT i.*, {', '.join(cols)} FROM {table} i {' '.join(joins)}"
-
-
-def std_value_sql(con: duckdb.DuckDBPyConnection, field: str, expr: str) -> str:
-    """SQL mapping one expression (e.g. ``d.acquisition_protocol``) through a field's latest mapping."""
-    ver = latest_version(con)
-    if ver is None:
-        return f"nullif(trim({expr}), '')"
-    return (
-        f"coalesce((SELECT standard FROM name_mappings WHERE version = {ver} AND field = '{field}' "
-        f"AND variant = trim({expr}) LIMIT 1), nullif(trim({expr}), ''))"
-    )
 
 
 def precision_recall(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> tuple[float, float]:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dicomlake.curate.lake import CurationLake
 from dicomlake.curate.rules import Check, Rules
 
 log = logging.getLogger(__name__)
@@ -160,51 +161,36 @@ def find_mismatches(
     return flags
 
 
-def _scope_rows(con: Any, columns: set[str], scope_sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
-    wanted = ["SOPInstanceUID", "AccessionNumber", *DEFAULT_ATTRIBUTES]
-    select = ", ".join(f'CAST(i."{k}" AS VARCHAR) AS "{k}"' if k in columns else f'NULL AS "{k}"' for k in wanted)
-    cursor = con.execute(
-        f"SELECT {select} FROM instances i WHERE {scope_sql} AND i.AccessionNumber IS NOT NULL "
-        "AND trim(i.AccessionNumber) <> ''",
-        list(params),
-    )
-    return [dict(zip(wanted, r, strict=True)) for r in cursor.fetchall()]
-
-
 def run_check(run: Any) -> None:
-    """The engine's step: flag the instances of the current scope (``_cur_scope``)."""
+    """The engine's step: flag the instances of the current scope."""
     check = run.rules.check(RULE)
     if check is None or "AccessionNumber" not in run.inst_cols:
         return
-    rows = _scope_rows(run.con, run.inst_cols, "i.SOPInstanceUID IN (SELECT SOPInstanceUID FROM _cur_scope)")
+    rows = run.lake.identity_rows(DEFAULT_ATTRIBUTES)
     run.rows.extend(find_mismatches(rows, check, run.notes))
 
 
-def check_received(con: Any, uids: Sequence[str], rules: Rules | None = None) -> int:
+def check_received(lake: CurationLake, uids: Sequence[str], rules: Rules | None = None) -> int:
     """Run only this check over just-received instances and replace their ``worklist-identity`` flags.
 
     For a receiver that does not run the full rules per batch; a no-op (0) when the check
-    is not enabled. Returns the number of flags written.
+    is not enabled. ``lake`` is the lake's curation door (``store.curation()``). Returns the
+    number of flags written.
     """
     import datetime as dt
 
     import pyarrow as pa
 
-    from dicomlake.curate.engine import FLAG_COLUMNS, _columns, ensure_tables
+    from dicomlake.curate.engine import FLAG_COLUMNS
     from dicomlake.curate.rules import load_rules
 
     rules = rules or load_rules()
     check = rules.check(RULE)
     if check is None or not uids:
         return 0
-    columns = _columns(con, "instances")
-    if "AccessionNumber" not in columns:
+    if "AccessionNumber" not in lake.columns("instances"):
         return 0
-    con.register("_wl_batch", pa.table({"u": pa.array(list(uids), pa.string())}))
-    try:
-        rows = _scope_rows(con, columns, "i.SOPInstanceUID IN (SELECT u FROM _wl_batch)")
-    finally:
-        con.unregister("_wl_batch")
+    rows = lake.identity_rows(DEFAULT_ATTRIBUTES, [str(u) for u in uids])
     notes: list[str] = []
     flags = find_mismatches(rows, check, notes)
     for note in notes:
@@ -215,22 +201,7 @@ def check_received(con: Any, uids: Sequence[str], rules: Rules | None = None) ->
         "rules_version": pa.array([rules.version] * len(flags), pa.string()),
         "flagged_at": pa.array([now] * len(flags), pa.timestamp("us")),
     })  # fmt: skip
-    ensure_tables(con)
-    con.register("_wl_flags", table)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(
-            "DELETE FROM quality_flags WHERE rule = ? AND list_contains(?::VARCHAR[], SOPInstanceUID)",
-            [RULE, [str(u) for u in uids]],
-        )
-        if flags:
-            con.execute("INSERT INTO quality_flags BY NAME SELECT * FROM _wl_flags")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("_wl_flags")
+    lake.replace_rule_flags(RULE, [str(u) for u in uids], table)
     return len(flags)
 
 
@@ -264,14 +235,15 @@ def receiver_hook(store: object) -> Callable[[list[str]], None] | None:
     Only this check runs on the way in (the full rules stay with ``dicomlake curate`` and
     file ingest); it never fails a commit: an error is logged.
     """
-    con = getattr(store, "con", None)
+    door = getattr(store, "curation", None)
     rules = _enabled_rules()
-    if con is None or rules is None:
+    if door is None or rules is None:
         return None
+    lake: CurationLake = door()
 
     def after_commit(uids: list[str]) -> None:
         try:
-            check_received(con, uids, rules)
+            check_received(lake, uids, rules)
         except Exception as exc:
             log.warning("%s over %d received instances failed: %s", RULE, len(uids), exc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
@@ -12,6 +13,9 @@ import pyarrow as pa
 from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import InstanceColumns, instance_columns, table_schemas
 from dicomlake.store.base import WriteReport
+
+if TYPE_CHECKING:
+    from dicomlake.store.curation import LakeCuration
 
 DB_NAME = "lake.duckdb"
 SCHEMA_VERSION = 1
@@ -254,6 +258,12 @@ class DuckDBStore:
         text = check_sql(sql)
         lock_duckdb(self.con)
         return run_duckdb(self.con, text, params, max_rows=max_rows, time_limit_s=time_limit_s, checked=True)
+
+    def curation(self) -> LakeCuration:
+        """Curation, name mappings and their tables on this lake (:mod:`dicomlake.store.curation`)."""
+        from dicomlake.store.curation import LakeCuration
+
+        return LakeCuration.of(self)
 
     def close(self) -> None:
         self.con.close()

@@ -17,7 +17,7 @@ import io
 import itertools
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -27,6 +27,9 @@ from dicomlake.lakeschema import InstanceColumns, instance_columns
 from dicomlake.store.base import WriteReport
 from dicomlake.store.dialect import to_postgres
 from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate
+
+if TYPE_CHECKING:
+    from dicomlake.store.curation import LakeCuration
 
 WRITE_LOCK = 0x44_4C_57_52  # "DLWR": pg_advisory_xact_lock key of batch writes
 
@@ -264,6 +267,12 @@ class PostgresStore:
             )
             for batch in reader:
                 yield _cast_batch(batch, schema)
+
+    def curation(self) -> LakeCuration:
+        """Curation, name mappings and their tables on this lake (:mod:`dicomlake.store.curation`)."""
+        from dicomlake.store.curation import LakeCuration
+
+        return LakeCuration.of(self)
 
     def close(self) -> None:
         self.connection.close()
