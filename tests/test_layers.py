@@ -11,6 +11,7 @@ reason and the issue that removes them; a new one fails this test, and so does a
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dicomlake"
@@ -65,7 +66,6 @@ KNOWN: dict[tuple[str, str], str] = {
     # auth and access log (issue 16 moves users/sessions/access log behind the Store).
     ("dicomlake.cli.doctor", "dicomlake.web.settings"): "issue 16",
     ("dicomlake.cli.serve", "dicomlake.web.settings"): "issue 16",
-    ("dicomlake.cli.user", "dicomlake.web.audit_log"): "issue 16",
     ("dicomlake.cli.user", "dicomlake.web.auth"): "issue 16",
     ("dicomlake.cli.user", "dicomlake.web.settings"): "issue 16",
     ("dicomlake.demo", "dicomlake.cli.output"): "the demo prints tables as the CLI does",
@@ -151,6 +151,58 @@ def test_known_breaches_are_still_real() -> None:
     """An exception that was fixed is taken off the list, so the list only shrinks."""
     stale = set(KNOWN) - contract_breaches()
     assert not stale, f"remove from KNOWN (no longer imported): {sorted(stale)}"
+
+
+#: SQL statements in a string literal (keywords as the project writes them, upper case)
+_SQL = re.compile(
+    r"\bSELECT\s+[\w\"*(]|\bINSERT\s+(OR\s+\w+\s+)?INTO\b|\bUPDATE\s+\S+\s+SET\b|\bDELETE\s+FROM\b"
+    r"|\bFROM\b.*\bWHERE\b|\bCREATE\s+(TABLE|INDEX|VIEW)\b|\bPRAGMA\b"
+)
+
+
+def sql_and_connections(package: Path) -> list[str]:
+    """``file:line`` of each SQL string literal (docstrings aside) and each ``.con`` use under ``package``."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text("utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        where = path.relative_to(package.parent)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if _SQL.search(node.value):
+                    found.append(f"{where}:{node.lineno}: SQL {node.value[:60]!r}")
+            elif isinstance(node, ast.Attribute) and node.attr == "con":
+                found.append(f"{where}:{node.lineno}: .con (an engine connection)")
+    return found
+
+
+def test_web_holds_no_sql_and_no_connection() -> None:
+    """DESIGN: "web/ holds no SQL of its own"; the Store is the only door to the lake. The
+    queries are in dicomlake.query (qido, dashboards), the access database in store/accounts."""
+    found = sql_and_connections(SRC / "web")
+    assert not found, "SQL or an engine connection in web/ (move it to query/ or store/):\n" + "\n".join(found)
+
+
+def test_the_sql_check_catches_sql_and_connections(tmp_path: Path) -> None:
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "a.py").write_text(
+        '"""SELECT x FROM t WHERE y: a docstring is prose."""\n'
+        'HELP = "SELECT, WITH, FROM, DESCRIBE"\n'
+        "def f(store, k):\n"
+        '    return store.query(f"SELECT n FROM instances i WHERE i.k = {k}")\n'
+        "def g(store):\n"
+        "    return store.con.cursor()\n",
+        "utf-8",
+    )
+    assert [x.split(": ")[0] for x in sql_and_connections(web)] == ["web/a.py:4", "web/a.py:6"]
 
 
 def test_the_check_catches_a_breach(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ user_app = typer.Typer(
 
 
 def _auth(lake: Path | None):  # type: ignore[no-untyped-def]
-    from dicomlake.web.audit_log import AccessDB
+    from dicomlake.store.accounts import AccessDB
     from dicomlake.web.auth import Auth
     from dicomlake.web.settings import secret_bytes, web_settings
 
@@ -31,7 +31,7 @@ def _auth(lake: Path | None):  # type: ignore[no-untyped-def]
 def _alert(db, name: str, detail: str) -> None:  # type: ignore[no-untyped-def]
     import getpass
 
-    from dicomlake.web.audit_log import AuditEvent, EventRecord
+    from dicomlake.store.accounts import AuditEvent, EventRecord
 
     db.record(
         EventRecord(
@@ -97,8 +97,7 @@ def disable(name: str = typer.Argument(...), lake: Path | None = LAKE_OPTION) ->
     try:
         if auth.user(name) is None:
             fail(f"no user {name!r}", 2)
-        db.execute("UPDATE users SET disabled = 1 WHERE name = ?", [name])
-        db.execute("DELETE FROM sessions WHERE name = ?", [name])
+        db.disable_user(name)
         n = auth.revoke_tokens(name)
         _alert(db, name, f"user {name} disabled, {n} token(s) revoked")
     finally:

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dicomlake.errors import ConfigError, DicomlakeError, QueryError
-from dicomlake.web.audit_log import AccessDB, AuditEvent, EventRecord, outcome_of
+from dicomlake.store.accounts import AccessDB, AuditEvent, EventRecord, outcome_of
 from dicomlake.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Auth, AuthError, Principal, Role, csrf_ok
 from dicomlake.web.context import WebContext, WebError, audit, ctx_of
 from dicomlake.web.data import IngestFn, LakeAccess

@@ -28,7 +28,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from dicomlake.web.audit_log import AccessDB, now_iso
+from dicomlake.store.accounts import AccessDB, now_iso
 from dicomlake.web.settings import WebSettings
 
 SESSION_COOKIE = "dl_session"
@@ -173,22 +173,16 @@ class Auth:
             raise ValueError(f"user name {name!r}: use letters, digits, '-', '_', '.', '@'")
         if len(password) < 8:
             raise ValueError(f"password for {name!r} is {len(password)} characters; use at least 8")
-        self.db.execute(
-            "INSERT INTO users (name, role, password_hash, created_at) VALUES (?,?,?,?) "
-            "ON CONFLICT(name) DO UPDATE SET role = excluded.role, password_hash = excluded.password_hash, "
-            "disabled = 0",
-            [name, role.value, _HASHER.hash(password), now_iso()],
-        )
+        self.db.put_user(name, role.value, _HASHER.hash(password))
 
     def user(self, name: str) -> tuple[Role, str, bool] | None:
-        rows = self.db.execute("SELECT role, password_hash, disabled FROM users WHERE name = ?", [name])
-        if not rows:
+        found = self.db.user(name)
+        if found is None:
             return None
-        return Role(rows[0][0]), str(rows[0][1]), bool(rows[0][2])
+        return Role(found[0]), found[1], found[2]
 
     def users(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT name, role, created_at, disabled FROM users ORDER BY name")
-        return [{"name": r[0], "role": r[1], "created_at": r[2], "disabled": bool(r[3])} for r in rows]
+        return self.db.users()
 
     def login(self, name: str, password: str, source: str | None, how: str) -> Principal | None:
         """:meth:`check_password` behind the :class:`Throttle` (429 :class:`AuthError` while backing off)."""
@@ -245,10 +239,7 @@ class Auth:
             "scope": f"dicomlake/{found[0].value}",
         }
         token = jwt.encode(claims, self.secret, algorithm="HS256")
-        self.db.execute(
-            "INSERT INTO api_tokens (token_id, name, token_sha256, kind, created_at, expires_at) VALUES (?,?,?,?,?,?)",
-            [jti, name, _sha(token), "jwt", now_iso(), _iso_in(life)],
-        )
+        self.db.add_token(jti, name, _sha(token), "jwt", _iso_in(life))
         return token
 
     def issue_api_token(self, name: str, *, days: float | None = None) -> str:
@@ -256,16 +247,11 @@ class Auth:
         self._issuable(name)
         token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
         life = (days if days is not None else self.settings.token_days) * 86400
-        self.db.execute(
-            "INSERT INTO api_tokens (token_id, name, token_sha256, kind, created_at, expires_at) VALUES (?,?,?,?,?,?)",
-            [uuid.uuid4().hex, name, _sha(token), "api", now_iso(), _iso_in(life)],
-        )
+        self.db.add_token(uuid.uuid4().hex, name, _sha(token), "api", _iso_in(life))
         return token
 
     def revoke_tokens(self, name: str) -> int:
-        rows = self.db.execute("SELECT count(*) FROM api_tokens WHERE name = ? AND revoked = 0", [name])
-        self.db.execute("UPDATE api_tokens SET revoked = 1 WHERE name = ?", [name])
-        return int(rows[0][0])
+        return self.db.revoke_tokens(name)
 
     def _active_user(self, name: str, how: str) -> Principal:
         found = self.user(name)
@@ -275,16 +261,13 @@ class Auth:
 
     def verify_bearer(self, token: str) -> Principal:
         if token.startswith(API_TOKEN_PREFIX):
-            rows = self.db.execute(
-                "SELECT name, expires_at, revoked FROM api_tokens WHERE token_sha256 = ? AND kind = 'api'",
-                [_sha(token)],
-            )
-            if not rows or rows[0][2] or (rows[0][1] and rows[0][1] < now_iso()):
+            found = self.db.api_token(_sha(token))
+            if found is None or found[2] or (found[1] and found[1] < now_iso()):
                 raise AuthError(
                     401,
                     "bearer API token is unknown, expired or revoked; get a new one with `dicomlake token NAME --opaque`",
                 )
-            return self._active_user(str(rows[0][0]), "api-token")
+            return self._active_user(found[0], "api-token")
         try:
             claims = jwt.decode(
                 token,
@@ -298,8 +281,7 @@ class Auth:
             raise AuthError(401, "bearer JWT expired; get a new one with `dicomlake token NAME`") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(401, f"bearer JWT rejected: {exc}") from exc
-        rows = self.db.execute("SELECT revoked FROM api_tokens WHERE token_id = ?", [claims["jti"]])
-        if not rows or rows[0][0]:
+        if self.db.token_revoked(str(claims["jti"])) is not False:
             raise AuthError(401, "bearer JWT was revoked or not issued by this service")
         return self._active_user(str(claims["sub"]), "jwt")
 
@@ -330,26 +312,20 @@ class Auth:
         """A new browser session: (cookie value, CSRF token)."""
         sid = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(24)
-        self.db.execute(
-            "INSERT INTO sessions (session_sha256, name, csrf, created_at, expires_at, source) VALUES (?,?,?,?,?,?)",
-            [_sha(sid), p.name, csrf, now_iso(), _iso_in(self.settings.session_hours * 3600), source],
-        )
+        self.db.add_session(_sha(sid), p.name, csrf, _iso_in(self.settings.session_hours * 3600), source)
         return sid, csrf
 
     def session(self, sid: str) -> Principal:
-        rows = self.db.execute("SELECT name, csrf, expires_at FROM sessions WHERE session_sha256 = ?", [_sha(sid)])
-        if not rows or rows[0][2] < now_iso():
+        found = self.db.session(_sha(sid))
+        if found is None or found[2] < now_iso():
             raise AuthError(401, "session expired or logged out; log in again at /login", alert=False)
-        p = self._active_user(str(rows[0][0]), "session")
+        p = self._active_user(found[0], "session")
         # sliding expiry
-        self.db.execute(
-            "UPDATE sessions SET expires_at = ? WHERE session_sha256 = ?",
-            [_iso_in(self.settings.session_hours * 3600), _sha(sid)],
-        )
-        return Principal(p.name, p.role, "session", csrf=str(rows[0][1]), session_id=sid)
+        self.db.extend_session(_sha(sid), _iso_in(self.settings.session_hours * 3600))
+        return Principal(p.name, p.role, "session", csrf=found[1], session_id=sid)
 
     def end_session(self, sid: str) -> None:
-        self.db.execute("DELETE FROM sessions WHERE session_sha256 = ?", [_sha(sid)])
+        self.db.end_session(_sha(sid))
 
     # ---- per request ---------------------------------------------------------------------
 

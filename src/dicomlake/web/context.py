@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import Request
 
-from dicomlake.web.audit_log import AccessDB, AuditEvent, EventRecord
+from dicomlake.store.accounts import AccessDB, AuditEvent, EventRecord
 from dicomlake.web.auth import AuthError, Principal, Role
 from dicomlake.web.data import LakeAccess
 from dicomlake.web.deidview import AnalystView

@@ -2,8 +2,9 @@
 
 Either the service hands in its open store (``dicomlake serve``: listener, workers and web
 share one DuckDB connection) or :func:`LakeAccess.open` opens the lake folder itself
-(standalone and tests). Reads use a cursor of the shared connection per call, so they run
-in parallel with each other and with ingest transactions (DuckDB MVCC).
+(standalone and tests). Reads go through :class:`dicomlake.store.reads.LakeReads` (a cursor of
+the shared DuckDB connection per call, so they run in parallel with each other and with ingest
+transactions); the statements are those of :mod:`dicomlake.query`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from dicomlake.errors import ConfigError, QueryError
+from dicomlake.errors import ConfigError
 from dicomlake.lakeschema import InstanceColumns, instance_columns
+from dicomlake.store.reads import LakeReads
 
 IngestFn = Callable[[list[Path]], Any]
 """Takes files written by STOW-RS and puts them into the lake (returns when committed)."""
@@ -44,7 +46,7 @@ class LakeAccess:
         self.columns: InstanceColumns = getattr(store, "columns", None) or instance_columns()
         self._ingest = ingest
         self._ingest_lock = threading.Lock()
-        self._query_lock = threading.Lock()
+        self._reads = LakeReads(lambda: self.store, self.columns)
         self.read_only = bool(getattr(store, "read_only", False))
         self._tables: set[str] | None = None
 
@@ -75,28 +77,18 @@ class LakeAccess:
 
     # ---- reading -----------------------------------------------------------------------
 
+    @property
+    def reads(self) -> LakeReads:
+        """The lake's read door (:class:`dicomlake.store.reads.LakeReads`): what :mod:`dicomlake.query` functions take."""
+        return self._reads
+
     def query_readonly(self, sql: str, params: Sequence[object] | None = None, **kw: Any) -> pa.Table:
         """A user's statement (the internal SQL endpoint): the sandbox of dicomlake.store.sandbox."""
-        return self.store.query_readonly(sql, list(params) if params else None, **kw)  # type: ignore[no-any-return]
+        return self._reads.query_readonly(sql, params, **kw)
 
     def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
-        """Run one statement on a fresh cursor; an Arrow table."""
-        con = getattr(self.store, "con", None)
-        if con is not None and hasattr(con, "cursor"):
-            import duckdb
-
-            cur = con.cursor()
-            try:
-                rel = cur.sql(sql, params=list(params)) if params else cur.sql(sql)
-                if rel is None:
-                    return pa.table({})
-                return rel.to_arrow_table()  # type: ignore[no-any-return]
-            except duckdb.Error as exc:
-                raise QueryError(f"{type(exc).__name__}: {exc}") from exc
-            finally:
-                cur.close()
-        with self._query_lock:
-            return self.store.query(sql, list(params) if params else None)  # type: ignore[no-any-return]
+        """Run one statement written in :mod:`dicomlake.query` (on a fresh cursor); an Arrow table."""
+        return self._reads.query(sql, params)
 
     def rows(self, sql: str, params: Sequence[object] | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.query(sql, params).to_pylist()
@@ -104,28 +96,20 @@ class LakeAccess:
 
     def has_table(self, name: str) -> bool:
         if self._tables is None or name not in self._tables:
-            t = self.query("SELECT table_name FROM information_schema.tables")
-            self._tables = {str(x) for x in t.column(0).to_pylist()}
+            self._tables = self._reads.table_names()
         return name in self._tables
 
     def open_lake(self) -> Any:
-        """A :class:`~dicomlake.query.lake.Lake` over a cursor of its own (close it after use)."""
+        """A :class:`~dicomlake.query.lake.Lake` over a store of its own (close its store after use)."""
         from dicomlake.query.lake import Lake
 
-        con = self.store.con.cursor()
-        return Lake(CursorStore(con, self.columns, self.lake))
+        return Lake(self._reads.own_store(self.lake))
 
     def json_by_uid(self, uids: Sequence[str]) -> dict[str, str]:
         """DICOM JSON text of instances, by SOP Instance UID."""
-        if not uids:
-            return {}
-        out: dict[str, str] = {}
-        for i in range(0, len(uids), 2000):
-            part = list(uids[i : i + 2000])
-            marks = ",".join("?" for _ in part)
-            t = self.query(f"SELECT SOPInstanceUID, json FROM dicom_json WHERE SOPInstanceUID IN ({marks})", part)
-            out.update(zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True))
-        return out
+        from dicomlake.query.qido import json_by_uid
+
+        return json_by_uid(self._reads, uids) if uids else {}
 
     # ---- files -------------------------------------------------------------------------
 
@@ -176,33 +160,3 @@ class LakeAccess:
         except OSError:
             pass
         return d
-
-
-class CursorStore:
-    """A read-only store over one DuckDB cursor (what the audits of :mod:`dicomlake.audit` read)."""
-
-    read_only = True
-
-    def __init__(self, con: Any, columns: InstanceColumns, lake: Path | None = None) -> None:
-        self.con = con
-        self.columns = columns
-        self.lake = lake
-
-    def query(self, sql: str, params: Any = None) -> pa.Table:
-        import duckdb
-
-        try:
-            rel = self.con.sql(sql, params=list(params)) if params else self.con.sql(sql)
-            return rel.to_arrow_table() if rel is not None else pa.table({})
-        except duckdb.Error as exc:
-            raise QueryError(f"{type(exc).__name__}: {exc}") from exc
-
-    def query_readonly(self, sql: str, params: Any = None, **kw: Any) -> pa.Table:
-        """A user's statement: the sandbox of dicomlake.store.sandbox."""
-        from dicomlake.store.sandbox import lock_duckdb, run_duckdb
-
-        lock_duckdb(self.con)
-        return run_duckdb(self.con, sql, list(params) if params else None, **kw)
-
-    def close(self) -> None:
-        self.con.close()

@@ -4,7 +4,7 @@ Everything an analyst receives — DICOM JSON, QIDO-RS results, UI tables, chart
 passes through one :class:`AnalystView`, which runs the de-identification engine
 (:class:`dicomlake.deid.Deidentifier`, PS3.15 Table E.1-1 under the configured profile)
 over each instance or row. Instances the profile excludes (burned-in annotation, risky SOP
-classes) are filtered out in SQL before anything is read (:meth:`AnalystView.visible_sql`).
+classes) are filtered out in the query before anything is read (:meth:`AnalystView.restriction`).
 UIDs come out as keyed ``2.25`` pseudonyms; the pairs are remembered in the access
 database so an analyst can come back with a pseudonym (and only with one seen before).
 Analysts may filter only on attributes the profile keeps unchanged (or UIDs, through
@@ -30,7 +30,8 @@ from dicomlake.deid.engine import PERSISTENT_UID_KEYWORDS, RISKY_SOP_CLASSES
 from dicomlake.deid.profile import BurnedInPolicy
 from dicomlake.deid.table import Action, RetainOption, standard_tables
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup
-from dicomlake.web.audit_log import AccessDB
+from dicomlake.query.qido import Restriction
+from dicomlake.store.accounts import AccessDB
 
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "PN"}
 KEY_UIDS = {"0020000D": "study", "0020000E": "series", "00080018": "instance"}
@@ -87,20 +88,15 @@ class AnalystView:
 
     # ---- which instances ---------------------------------------------------------------
 
-    def visible_sql(self, alias: str = "i") -> str:
-        """SQL over ``instances`` that is true for instances the profile does not exclude."""
-        bia = f"upper(coalesce(trim({alias}.\"BurnedInAnnotation\"), ''))"
-        risky = ", ".join(f"'{u}'" for u in RISKY_SOP_CLASSES)
-        cls = f"coalesce({alias}.\"SOPClassUID\", '') IN ({risky})"
+    def restriction(self) -> Restriction:
+        """The row restriction of the profile: which instances it excludes (compiled by :mod:`dicomlake.query`)."""
         policy = self.profile.burned_in
-        drops = []
-        if policy is not BurnedInPolicy.FLAG:
-            drops.append(f"{bia} = 'YES'")
-        if policy is BurnedInPolicy.EXCLUDE_ALL_RISKY:
-            drops.append(cls)
-        elif policy is BurnedInPolicy.EXCLUDE:
-            drops.append(f"({cls} AND {bia} != 'NO')")
-        return f"NOT ({' OR '.join(drops)})" if drops else "TRUE"
+        return Restriction(
+            drop_burned_in=policy is not BurnedInPolicy.FLAG,
+            risky_classes=tuple(RISKY_SOP_CLASSES),
+            exclude_all_risky=policy is BurnedInPolicy.EXCLUDE_ALL_RISKY,
+            exclude_unless_no=policy is BurnedInPolicy.EXCLUDE,
+        )
 
     # ---- which attributes ----------------------------------------------------------------
 

@@ -33,7 +33,8 @@ from fastapi import APIRouter, Request, Response
 
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup, parse_tag
 from dicomlake.errors import DicomlakeError, QueryError
-from dicomlake.query.filters import Key, parse_filter, resolve_key
+from dicomlake.query import qido
+from dicomlake.query.filters import Key, resolve_key
 from dicomlake.web.audit_log import AuditEvent
 from dicomlake.web.auth import Role
 from dicomlake.web.context import WebContext, WebError, audit, ctx_of, require
@@ -299,22 +300,11 @@ def parse_qido(request: Request, level: str, ctx: WebContext) -> Qido:
     return q
 
 
-# ---- SQL ------------------------------------------------------------------------------------
-
-
-def _fuzzy_pn_sql(key: Key, value: str) -> tuple[str, list[object]]:
-    """Person name fuzzy matching: case-insensitive; the value may start any name component."""
-    v = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%").replace("?", "_")
-    pats = [f"{v}%", f"%^{v}%", f"% {v}%", f"%={v}%"]
-    if key.column is not None:
-        col = f'lower(i."{key.column}")'
-        return "(" + " OR ".join(f"{col} LIKE ? ESCAPE '\\'" for _ in pats) + ")", list(pats)
-    loc, params = ("e.path_key = ?", [key.path_key]) if key.path_key else ("e.tag = ? AND e.depth = 0", [key.tag])
-    cond = " OR ".join("lower(e.value_text) LIKE ? ESCAPE '\\'" for _ in pats)
-    return f"i.SOPInstanceUID IN (SELECT e.SOPInstanceUID FROM elements e WHERE {loc} AND ({cond}))", [*params, *pats]
+# ---- matching keys and scope (the SQL is in dicomlake.query.qido) ------------------------------
 
 
 def _match_sql(m: Match, fuzzy: bool, ctx: WebContext, analyst: bool) -> tuple[str, list[object]]:
+    """One matching key as a predicate of :mod:`dicomlake.query.qido` (403/400 when refused or invalid)."""
     value = m.value
     if analyst:
         tag = int(m.top_tag, 16) if m.top_tag else None
@@ -331,32 +321,30 @@ def _match_sql(m: Match, fuzzy: bool, ctx: WebContext, analyst: bool) -> tuple[s
         if policy == "uid":
             vals = [v for v in re.split(r"[,\\]", value) if v]
             value = ",".join(ctx.view.original_uid(v) or "2.25.0" for v in vals)
-    if m.vr == "UI":
-        value = value.replace("\\", ",")
-    if m.vr == "PN" and fuzzy:
-        return _fuzzy_pn_sql(m.key, value)
     try:
-        f = parse_filter(f"{_key_text(m.text)} = {value}", ctx.data.columns)
+        c = qido.match(_key_text(m.text), m.key, value, ctx.data.columns, vr=m.vr, fuzzy=fuzzy)
     except QueryError as exc:
         raise WebError(400, f"{m.text}={m.value!r}: {exc}") from exc
-    return f.sql, list(f.params)
+    return c.sql, list(c.params)
 
 
-def _scope(
-    ctx: WebContext, analyst: bool, study: str | None, series: str | None, instance: str | None
-) -> tuple[list[str], list[object]]:
-    conds: list[str] = []
-    params: list[object] = []
-    for col, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", instance)):
-        if uid is None:
-            continue
-        if analyst:
-            uid = ctx.view.original_uid(uid) or "2.25.0"
-        conds.append(f'i."{col}" = ?')
-        params.append(uid)
-    if analyst:
-        conds.append(ctx.view.visible_sql("i"))
-    return conds, params
+@dataclass(frozen=True)
+class Scope:
+    """The URL's study/series/instance as the lake knows them (an analyst's pseudonyms resolved)."""
+
+    study: str | None
+    series: str | None
+    instance: str | None
+    restrict: qido.Restriction | None
+
+
+def _scope(ctx: WebContext, analyst: bool, study: str | None, series: str | None, instance: str | None) -> Scope:
+    def real(uid: str | None) -> str | None:
+        if uid is None or not analyst:
+            return uid
+        return ctx.view.original_uid(uid) or "2.25.0"
+
+    return Scope(real(study), real(series), real(instance), ctx.view.restriction() if analyst else None)
 
 
 # ---- QIDO-RS ---------------------------------------------------------------------------------
@@ -460,32 +448,21 @@ def search(request: Request, level: str, study: str | None = None, series: str |
     _check_accept(request, DICOM_JSON, "application/json")
     q = parse_qido(request, level, ctx)
     rec = audit(request, AuditEvent.QUERY, action="E", query=str(request.url.query) or None)
-    conds, params = _scope(ctx, analyst, study, series, None)
-    for m in q.matches:
-        sql, ps = _match_sql(m, q.fuzzy, ctx, analyst)
-        conds.append(sql)
-        params.extend(ps)
-    where = " AND ".join(conds) or "TRUE"
-    k = LEVEL_KEY[level]
-    if level == "study":
-        order = 'min(i."study_datetime") DESC NULLS LAST, k'
-    elif level == "series":
-        order = 'min(i."SeriesNumber") NULLS LAST, k'
-    else:
-        order = 'min(i."InstanceNumber") NULLS LAST, k'
-    sql = (
-        f'SELECT i."{k}" AS k, min(i.SOPInstanceUID) AS rep FROM instances i WHERE {where} '
-        f"GROUP BY 1 ORDER BY {order} LIMIT {q.limit + 1} OFFSET {q.offset}"
-    )
+    sc = _scope(ctx, analyst, study, series, None)
+    matches = [qido.Condition(sql, tuple(ps)) for sql, ps in (_match_sql(m, q.fuzzy, ctx, analyst) for m in q.matches)]
     try:
-        found = ctx.data.query(sql, params).to_pylist()
+        page = qido.search(
+            ctx.data.reads,
+            qido.Search(
+                level, matches, study=sc.study, series=sc.series, restrict=sc.restrict, limit=q.limit, offset=q.offset
+            ),
+        )
     except QueryError as exc:
         raise WebError(400, f"query failed: {exc}") from exc
-    cut = len(found) > q.limit
-    found = found[: q.limit]
-    keys = [r["k"] for r in found]
-    counts = _counts(ctx, level, keys, analyst)
-    reps = [r["rep"] for r in found]
+    cut = page.cut
+    keys = page.keys
+    counts = qido.counts(ctx.data.reads, level, keys, sc.restrict)
+    reps = page.representatives
     js = ctx.data.json_by_uid(reps)
     docs: list[dict[str, Any] | None]
     notes = list(q.warnings)
@@ -553,21 +530,6 @@ def search(request: Request, level: str, study: str | None = None, series: str |
             f'server. Additional results can be requested." (limit={q.limit}, offset={q.offset})'
         )
     return with_warnings(Response(json.dumps(out), media_type=DICOM_JSON, headers=headers), request, notes)
-
-
-def _counts(ctx: WebContext, level: str, keys: list[str], analyst: bool) -> dict[str, dict[str, Any]]:
-    if not keys or level == "instance":
-        return {}
-    k = LEVEL_KEY[level]
-    marks = ",".join("?" for _ in keys)
-    vis = f" AND {ctx.view.visible_sql('i')}" if analyst else ""
-    rows = ctx.data.rows(
-        f'SELECT i."{k}" AS k, count(*) AS n, count(DISTINCT i."SeriesInstanceUID") AS n_series, '
-        f'list(DISTINCT i."Modality" ORDER BY i."Modality") FILTER (WHERE i."Modality" IS NOT NULL) AS mods '
-        f'FROM instances i WHERE i."{k}" IN ({marks}){vis} GROUP BY 1',
-        keys,
-    )
-    return {r["k"]: r for r in rows}
 
 
 # PS3.18 Table 10.6.1-5: the matching keys a QIDO-RS provider supports at each level (any other
@@ -813,23 +775,14 @@ def _bulk_from_lake(ctx: WebContext, rows: list[dict[str, Any]], analyst: bool) 
         )
     if analyst or not out:
         return out
-    kept = list(out)
-    vrs = ",".join(f"'{v}'" for v in sorted(BULK_VRS))
-    for i in range(0, len(kept), 2000):
-        part = kept[i : i + 2000]
-        marks = ",".join("?" for _ in part)
-        try:
-            els = ctx.data.rows(
-                f"SELECT SOPInstanceUID AS u, tag AS t, VR AS vr FROM elements WHERE depth = 0 AND VR IN ({vrs}) "
-                f"AND SOPInstanceUID IN ({marks}) ORDER BY 1, 2",
-                part,
-            )
-        except Exception:  # a lake without an elements table: Pixel Data only
-            els = []
-        for e in els:
-            tag = str(e["t"]).upper()
-            if len(tag) == 8 and not tag.startswith("0002") and not tag.endswith("0000"):
-                out[e["u"]].append((tag, str(e["vr"])))
+    try:
+        els = qido.binary_elements(ctx.data.reads, list(out), BULK_VRS)
+    except Exception:  # a lake without an elements table: Pixel Data only
+        els = []
+    for e in els:
+        tag = str(e["t"]).upper()
+        if len(tag) == 8 and not tag.startswith("0002") and not tag.endswith("0000"):
+            out[e["u"]].append((tag, str(e["vr"])))
     return out
 
 
@@ -875,16 +828,14 @@ def _open_kept(ctx: WebContext, path: str | None, analyst: bool, uid: str) -> An
 
 
 def _instances(
-    request: Request, study: str, series: str | None, instance: str | None, cols: str
+    request: Request, study: str, series: str | None, instance: str | None, fields: tuple[str, ...]
 ) -> tuple[list[dict[str, Any]], bool]:
     ctx = ctx_of(request)
     p = require(request, Role.ANALYST)
     analyst = p.role is Role.ANALYST
-    conds, params = _scope(ctx, analyst, study, series, instance)
-    rows = ctx.data.rows(
-        f"SELECT {cols} FROM instances i WHERE {' AND '.join(conds)} "
-        'ORDER BY i."SeriesNumber" NULLS LAST, i."SeriesInstanceUID", i."InstanceNumber" NULLS LAST, i.SOPInstanceUID',
-        params,
+    sc = _scope(ctx, analyst, study, series, instance)
+    rows = qido.instances(
+        ctx.data.reads, fields, study=sc.study, series=sc.series, instance=sc.instance, restrict=sc.restrict
     )
     if not rows:
         what = (
@@ -911,8 +862,7 @@ def retrieve_metadata(request: Request, study: str, series: str | None = None, i
         study,
         series,
         instance,
-        'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i."SeriesInstanceUID" AS series, '
-        'i.source_path AS path, i.pixel_data_bytes AS pix, i."TransferSyntaxUID" AS ts',
+        ("uid", "study", "series", "path", "pix", "ts"),
     )
     uids = [r["uid"] for r in rows]
     js = ctx.data.json_by_uid(uids)
@@ -994,7 +944,7 @@ def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, 
         study,
         series,
         instance,
-        'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i.source_path AS path',
+        ("uid", "study", "path"),
     )
     r = rows[0]
     if analyst and tag.upper() != "7FE00010":
@@ -1038,7 +988,7 @@ def retrieve(request: Request, study: str, series: str | None = None, instance: 
         study,
         series,
         instance,
-        'i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i.source_path AS path, i."TransferSyntaxUID" AS ts',
+        ("uid", "study", "path", "ts"),
     )
     if ts and ts.group(1) != "*" and any(r["ts"] and r["ts"] != ts.group(1) for r in rows):
         raise WebError(
@@ -1211,13 +1161,7 @@ async def store(request: Request, study: str | None) -> Response:
         except DicomlakeError as exc:
             raise WebError(503, f"STOW-RS could not ingest: {exc}") from exc
         uids = [f[2] for f in files]
-        marks = ",".join("?" for _ in uids)
-        have = {
-            r["u"]: r["p"]
-            for r in ctx.data.rows(
-                f"SELECT SOPInstanceUID AS u, source_path AS p FROM instances WHERE SOPInstanceUID IN ({marks})", uids
-            )
-        }
+        have = {r["uid"]: r["path"] for r in qido.instances_by_uid(ctx.data.reads, uids, ("uid", "path"))}
         base = _base(request)
         for path, sop_class, sop_inst, study_uid in files:
             if sop_inst in have:
@@ -1240,15 +1184,7 @@ async def store(request: Request, study: str | None) -> Response:
     # fix RetrieveURLs with the real series
     if stored:
         uids = [s["00081155"]["Value"][0] for s in stored]
-        marks = ",".join("?" for _ in uids)
-        series_of = {
-            r["u"]: r["s"]
-            for r in ctx.data.rows(
-                'SELECT SOPInstanceUID AS u, "SeriesInstanceUID" AS s FROM instances '
-                f"WHERE SOPInstanceUID IN ({marks})",
-                uids,
-            )
-        }
+        series_of = {r["uid"]: r["series"] for r in qido.instances_by_uid(ctx.data.reads, uids, ("uid", "series"))}
         for s in stored:
             u = s["00081155"]["Value"][0]
             s["00081190"]["Value"][0] = s["00081190"]["Value"][0].replace(

@@ -32,7 +32,7 @@ from fastapi.templating import Jinja2Templates
 
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup
 from dicomlake.errors import QueryError
-from dicomlake.events import distinct_events_sql
+from dicomlake.query import dashboards as dashboards_q
 from dicomlake.query.filters import resolve_key
 from dicomlake.security.cells import XLSX_OPTIONS, neutralise_row, neutralise_table
 from dicomlake.security.html import json_for_script
@@ -281,50 +281,35 @@ def default_sort(ctx: WebContext, level: str, analyst: bool) -> str | None:
     return "-StudyDate"
 
 
-def _select(
-    ctx: WebContext,
-    f: UIFilters,
-    level: str,
-    columns: list[str],
-    analyst: bool,
-    *,
-    limit: int | None,
-    offset: int = 0,
-) -> tuple[str, list[object]]:
-    from dicomlake.query.lake import Lake
+def _restrict(ctx: WebContext, p: Principal) -> dashboards_q.Restriction | None:
+    """The analyst's row restriction (compiled into every query; fails closed), None for other roles."""
+    return ctx.view.restriction() if p.role is Role.ANALYST else None
 
-    lake = Lake(ctx.data.store)
+
+def _search_args(
+    ctx: WebContext, f: UIFilters, level: str, columns: list[str], p: Principal
+) -> tuple[list[str], dict[str, Any]]:
+    analyst = p.role is Role.ANALYST
     names = list(columns)
     if analyst:
         names += [c for c in CONTEXT if c not in names]
-    restrict = ctx.view.visible_sql("i") if analyst else None  # compiled into the query; fails closed
-    limit_n = (offset + limit) if limit else None
     sort = f.sort or default_sort(ctx, level, analyst)
-    sql, params, _ = lake.build_query(f.where, names, level, limit_n, sort, restrict=restrict)
-    if offset:
-        sql = f"SELECT * FROM ({sql}) LIMIT {int(limit or 0) or 'ALL'} OFFSET {int(offset)}"
-    return sql, params
+    return names, {"sort": sort, "restrict": _restrict(ctx, p)}
 
 
 def query_table(
     ctx: WebContext, f: UIFilters, level: str, columns: list[str], p: Principal, *, limit: int | None, offset: int = 0
 ) -> pa.Table:
-    analyst = p.role is Role.ANALYST
-    sql, params = _select(ctx, f, level, columns, analyst, limit=limit, offset=offset)
-    t = ctx.data.query(sql, params)
-    if analyst:
+    names, kw = _search_args(ctx, f, level, columns, p)
+    t = dashboards_q.table(ctx.data.reads, f.where, names, level, limit=limit, offset=offset, **kw)
+    if p.role is Role.ANALYST:
         extra = [c for c in CONTEXT if c not in columns]
         t = ctx.view.table(t, drop=extra)
     return t
 
 
 def count(ctx: WebContext, f: UIFilters, level: str, p: Principal) -> int:
-    cond, params = f.where_sql(ctx.data.columns)
-    if p.role is Role.ANALYST:
-        cond = f"{ctx.view.visible_sql('i')} AND {cond}"
-    k = LEVEL_KEY[level]
-    t = ctx.data.query(f'SELECT count(DISTINCT i."{k}") AS n FROM instances i WHERE {cond}', params)
-    return int(t.column(0)[0].as_py())
+    return dashboards_q.count(ctx.data.reads, f.where, level, _restrict(ctx, p))
 
 
 # ---- pages ----------------------------------------------------------------------------------
@@ -538,19 +523,14 @@ def instance(request: Request, uid: str) -> Response:
     analyst = p.role is Role.ANALYST
     if analyst:
         real = ctx.view.original_uid(uid) or "2.25.0"
-    cond = f" AND {ctx.view.visible_sql('i')}" if analyst else ""
-    rows = ctx.data.rows(
-        'SELECT i.SOPInstanceUID AS uid, i."StudyInstanceUID" AS study, i.source_path AS path '
-        f"FROM instances i WHERE i.SOPInstanceUID = ?{cond}",
-        [real],
-    )
-    if not rows:
+    row = dashboards_q.instance(ctx.data.reads, real, _restrict(ctx, p))
+    if row is None:
         raise WebError(404, f"no instance {uid} in this lake" + (" that the analyst role may see" if analyst else ""))
     js = ctx.data.json_by_uid([real]).get(real, "{}")
     doc = ctx.view.dataset_json(js) if analyst else json.loads(js)
     if doc is None:
         raise WebError(404, f"no instance {uid} that the analyst role may see")
-    audit(request, AuditEvent.INSTANCES_ACCESSED, action="R", instances=[real], studies=[rows[0]["study"]])
+    audit(request, AuditEvent.INSTANCES_ACCESSED, action="R", instances=[real], studies=[row["study"]])
     els = element_rows(doc)
     study_shown = (doc.get("0020000D") or {}).get("Value", [""])[0]
     return respond(
@@ -564,7 +544,7 @@ def instance(request: Request, uid: str) -> Response:
             "total_elements": len(els),
             "uid": uid,
             "study_uid": study_shown,
-            "has_file": bool(rows[0]["path"]) and not analyst,
+            "has_file": bool(row["path"]) and not analyst,
         },
         extra_json={"dicom_json": doc},
     )
@@ -583,65 +563,21 @@ CHARTS = [
 ]
 
 
-def _dose_where(ctx: WebContext, f: UIFilters) -> tuple[str, list[object]]:
-    """The filters for dose charts: ``Modality = CT`` also matches the study's dose reports.
-
-    A CT study's dose is in an RDSR whose Modality is SR; a Modality filter therefore matches a
-    dose event when its instance, its dose family (CT, MG, DX, RF) or any instance of its study
-    has that modality."""
-    mods = [x for x in f.filters if x.key == "Modality" and x.op.op == "="]
-    if not mods:
-        return f.where_sql(ctx.data.columns)
-    cond, params = UIFilters(filters=[x for x in f.filters if x not in mods]).where_sql(ctx.data.columns)
-    mcond, mparams = UIFilters(filters=mods).where_sql(ctx.data.columns)
-    family = mcond.replace('i."Modality"', "d.modality_family")
-    study = mcond.replace('i."', 'j."')
-    widened = (
-        f'({mcond} OR {family} OR i."StudyInstanceUID" IN (SELECT j."StudyInstanceUID" FROM instances j WHERE {study}))'
-    )
-    return f"({cond}) AND {widened}", [*params, *mparams, *mparams, *mparams]
-
-
-EVENTS = distinct_events_sql()
-"""``dose_events`` with each irradiation event once per study (cumulative RDSRs repeat them)."""
-
-
 def chart_rows(ctx: WebContext, f: UIFilters, p: Principal, chart: str) -> list[dict[str, Any]]:
-    if chart in ("ct-dose", "ct-dlp", "mg-agd", "mg-force"):
-        cond, params = _dose_where(ctx, f)
-    else:
-        cond, params = f.where_sql(ctx.data.columns)
-    if p.role is Role.ANALYST:
-        cond = f"{ctx.view.visible_sql('i')} AND {cond}"
-    has_dose = ctx.data.has_table("dose_events")
-    if chart in ("ct-dose", "ct-dlp", "mg-agd", "mg-force") and not has_dose:
-        return []
-    col = {"ct-dose": "CTDIvol_mGy", "ct-dlp": "DLP_mGycm", "mg-force": "compression_force_N"}.get(chart)
-    if col is not None:
-        fam = "CT" if chart.startswith("ct") else "MG"
-        sql = (
-            f'SELECT coalesce(i."StationName", \'(none)\') AS "group", d."{col}" AS y FROM ({EVENTS}) d '
-            f"JOIN instances i ON i.SOPInstanceUID = d.SOPInstanceUID WHERE {cond} AND d.modality_family = '{fam}' "
-            f"AND d.record = 'event' AND d.\"{col}\" IS NOT NULL LIMIT 100000"
-        )
-    elif chart == "mg-agd":
-        sql = (
-            "SELECT coalesce(d.view, '') AS \"group\", d.compressed_breast_thickness_mm AS x, d.agd_mGy AS y "
-            f"FROM ({EVENTS}) d JOIN instances i ON i.SOPInstanceUID = d.SOPInstanceUID WHERE {cond} "
-            "AND d.modality_family = 'MG' AND d.record = 'event' AND d.agd_mGy IS NOT NULL LIMIT 100000"
-        )
-    elif chart == "modality":
-        sql = f"SELECT coalesce(i.\"Modality\", '(none)') AS x, count(*) AS y FROM instances i WHERE {cond} GROUP BY 1 ORDER BY 2 DESC"
-    elif chart == "quality":
-        if not ctx.data.has_table("quality_flags"):
-            return []
-        sql = (
-            f"SELECT q.rule AS x, count(*) AS y FROM quality_flags q JOIN instances i ON i.SOPInstanceUID = q.SOPInstanceUID "
-            f"WHERE {cond} GROUP BY 1 ORDER BY 2 DESC"
-        )
-    else:
+    """The rows of one chart (:func:`dicomlake.query.dashboards.chart`); ``Modality = X`` filters
+    also match a study's dose reports in the dose charts."""
+    if chart not in dashboards_q.CHARTS:
         raise WebError(400, f"_chart={chart!r}: choose one of {', '.join(c[0] for c in CHARTS)}")
-    t = ctx.data.query(sql, params)
+    mods = [x for x in f.filters if x.key == "Modality" and x.op.op == "="]
+    tables = {t for t in ("dose_events", "quality_flags") if ctx.data.has_table(t)}
+    t = dashboards_q.chart(
+        ctx.data.reads,
+        chart,
+        [x.text for x in f.filters if x not in mods],
+        modalities=[x.text for x in mods],
+        restrict=_restrict(ctx, p),
+        tables=tables,
+    )
     # station names are device identity: shown to the analyst only when the profile keeps them
     if (
         p.role is Role.ANALYST
@@ -918,11 +854,9 @@ def _run_export(ctx: WebContext, job: ExportJob, f: UIFilters, cols: list[str], 
     tmp = target.with_name(f".{target.name}.part")
     try:
         analyst = p.role is Role.ANALYST
-        sql, params = _select(ctx, f, job.level, cols, analyst, limit=None)
-        con = ctx.data.store.con.cursor()
+        names, kw = _search_args(ctx, f, job.level, cols, p)
+        reader = dashboards_q.batches(ctx.data.reads, f.where, names, job.level, rows=5000, **kw)
         try:
-            rel = con.sql(sql, params=params) if params else con.sql(sql)
-            reader = rel.to_arrow_reader(5000)
             writer: Any = None
             schema: pa.Schema | None = None
             xlsx_rows: list[list[Any]] = []
@@ -969,7 +903,7 @@ def _run_export(ctx: WebContext, job: ExportJob, f: UIFilters, cols: list[str], 
 
                     pq.write_table(pa.table({c: pa.array([], pa.string()) for c in cols}), tmp)
         finally:
-            con.close()
+            reader.close()
         os.replace(tmp, target)
         job.path = str(target)
         job.status = "done"
@@ -1122,22 +1056,12 @@ def ingest_status(request: Request) -> Response:
         except Exception as exc:
             status = {"status_error": f"{type(exc).__name__}: {exc}"}
     status.setdefault("spool_depth", _spool_depth(ctx.lake))
-    q = ctx.data.rows(
-        "SELECT count(*) AS instances, "
-        "count(*) FILTER (WHERE received_at >= now()::TIMESTAMP - INTERVAL 1 MINUTE) AS last_minute, "
-        "count(*) FILTER (WHERE received_at >= now()::TIMESTAMP - INTERVAL 1 HOUR) AS last_hour, max(received_at) AS last_received "
-        "FROM instances"
-    )[0]
+    q = dashboards_q.ingest_counts(ctx.data.reads)
+    rejects_n = q.pop("rejects")
     status.update({k: _cell(v) for k, v in q.items()})
-    status["rejects"] = ctx.data.rows("SELECT count(*) AS n FROM rejects")[0]["n"]
-    runs = (
-        ctx.data.rows("SELECT * FROM ingest_runs ORDER BY started_at DESC LIMIT 20")
-        if ctx.data.has_table("ingest_runs")
-        else []
-    )
-    errors = ctx.data.rows(
-        "SELECT rejected_at, source, reason, source_path FROM rejects ORDER BY rejected_at DESC LIMIT 10"
-    )
+    status["rejects"] = rejects_n
+    runs = dashboards_q.ingest_runs(ctx.data.reads, 20).to_pylist() if ctx.data.has_table("ingest_runs") else []
+    errors = dashboards_q.recent_rejects(ctx.data.reads, 10).to_pylist()
     audit(request, AuditEvent.QUERY, action="E", query="ingest status")
     return respond(
         request,
@@ -1159,8 +1083,8 @@ def rejects(request: Request) -> Response:
     ctx = ctx_of(request)
     require(request)
     lim, off = _page(request, ctx)
-    t = ctx.data.query("SELECT * FROM rejects ORDER BY rejected_at DESC LIMIT ? OFFSET ?", [lim, off])
-    total = ctx.data.rows("SELECT count(*) AS n FROM rejects")[0]["n"]
+    t = dashboards_q.rejects_page(ctx.data.reads, lim, off)
+    total = dashboards_q.rejects_total(ctx.data.reads)
     audit(request, AuditEvent.QUERY, action="E", query="rejects")
     return respond(
         request,
@@ -1185,18 +1109,8 @@ def quality(request: Request) -> Response:
         t: Any = []
         total = 0
     else:
-        conds, params = [], []
-        for col in ("rule", "severity", "attribute"):
-            v = request.query_params.get(col)
-            if v:
-                conds.append(f"{col} = ?")
-                params.append(v)
-        where = " AND ".join(conds) or "TRUE"
-        t = ctx.data.query(
-            f"SELECT * FROM quality_flags WHERE {where} ORDER BY flagged_at DESC NULLS LAST LIMIT ? OFFSET ?",
-            [*params, lim, off],
-        )
-        total = ctx.data.rows(f"SELECT count(*) AS n FROM quality_flags WHERE {where}", params)[0]["n"]
+        equal = {k: v for k in dashboards_q.QUALITY_KEYS if (v := request.query_params.get(k))}
+        t, total = dashboards_q.quality_page(ctx.data.reads, equal, lim, off)
     audit(request, AuditEvent.QUERY, action="E", query="quality flags")
     return respond(
         request,
