@@ -144,3 +144,32 @@ def test_qido_study_searches_agree_on_postgresql_and_duckdb_and_with_the_files(
     assert reps["postgresql"] == reps["duckdb"]
     js = {e: qido.json_by_uid(st, reps[e]) for e, st in stores.items()}
     assert js["postgresql"].keys() == js["duckdb"].keys() == set(reps["duckdb"])
+
+
+def test_the_web_app_over_a_postgresql_store_answers_qido_rs_as_over_duckdb(
+    stores: dict[str, Any], oracle: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``/dicomweb/studies`` through the web app: it reaches the lake only through its Store, so
+    a PostgreSQL store serves the same DICOM JSON as a DuckDB one, for the admin and the analyst."""
+    from fastapi.testclient import TestClient
+
+    from dicomlake.web.app import create_app
+    from tests import web_support as ws
+
+    bodies: dict[str, dict[str, Any]] = {}
+    for engine, store in stores.items():
+        app = create_app(tmp_path / engine, ws.settings(access_db=tmp_path / f"{engine}-access.db"), store=store)
+        with TestClient(app) as c:
+            for name, role in (("ada", "admin"), ("ann", "analyst")):
+                app.state.ctx.auth.add_user(name, role, ws.PASSWORDS[name])
+                r = c.get("/dicomweb/studies?limit=1000&includefield=all", headers=ws.bearer(app, name))
+                assert r.status_code == 200, (engine, role, r.text[:300])
+                bodies.setdefault(engine, {})[role] = r.json()
+    assert bodies["postgresql"] == bodies["duckdb"]
+    admin = bodies["duckdb"]["admin"]
+    assert {s["0020000D"]["Value"][0] for s in admin} == set(oracle)
+    for s in admin:
+        want = oracle[s["0020000D"]["Value"][0]]
+        assert s["00201208"]["Value"] == [len(want["sops"])]
+        assert s.get("00080061", {}).get("Value", []) == sorted(want["mods"])
+    assert len(bodies["duckdb"]["analyst"]) > 0
