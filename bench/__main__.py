@@ -26,6 +26,7 @@ BENCHES = [
     "bench.ingest_bench",
     "bench.bench_query",
     "bench.bench_upsert",
+    "bench.bench_growth",
     "bench.bench_qido",
     "bench.bench_sc",
     "bench.bench_deid",

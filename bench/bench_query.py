@@ -14,6 +14,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.report import BenchResult, fmt, table
 
@@ -36,7 +37,14 @@ def build(lake: Path, n: int) -> float:
 
     t0 = time.perf_counter()
     st = DuckDBStore(lake)
-    con = st.con
+    build_rows(st.con, 0, n)
+    st.con.execute("CHECKPOINT")
+    st.close()
+    return time.perf_counter() - t0
+
+
+def build_rows(con: Any, start: int, stop: int) -> None:
+    """Insert synthetic instances ``start``..``stop`` (typed columns and 8 element rows each)."""
     con.execute(
         f"""
         INSERT INTO instances BY NAME
@@ -50,7 +58,7 @@ def build(lake: Path, n: int) -> float:
                CASE WHEN i % 5 = 0 THEN 40 + (i * 7919) % 160 END AS CompressionForce,
                CASE WHEN i % 5 = 0 THEN 20 + (i * 104729) % 70 END AS BodyPartThickness,
                'file' AS source
-        FROM range({n}) t(i)
+        FROM range({start}, {stop}) t(i)
         """
     )
     con.execute(
@@ -64,7 +72,7 @@ def build(lake: Path, n: int) -> float:
                         ELSE 'filler value ' || (i % 97)::VARCHAR END AS value_text,
                CASE p.k WHEN 0 THEN (i * 31) % 1500 WHEN 2 THEN (i * 17) % 1000 END AS value_num,
                8 AS length
-        FROM range({n}) t(i),
+        FROM range({start}, {stop}) t(i),
              (VALUES (0, 'DistanceSourceToEntrance', 'DistanceSourceToEntrance', 0, '00400306', 'DistanceSourceToEntrance',
                       'DS', NULL),
                      (1, 'CTDIPhantomTypeCodeSequence[0].CodeMeaning', 'CTDIPhantomTypeCodeSequence.CodeMeaning', 1,
@@ -79,9 +87,6 @@ def build(lake: Path, n: int) -> float:
              p(k, path, path_key, depth, tag, keyword, VR, private_creator)
         """
     )
-    con.execute("CHECKPOINT")
-    st.close()
-    return time.perf_counter() - t0
 
 
 def main() -> BenchResult:
