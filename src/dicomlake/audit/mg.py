@@ -60,6 +60,14 @@ def acquisition_mode(event_type: str | None, protocol: str | None, sop_class: st
     return "2D"
 
 
+_EXPOSURE_COLUMNS = (
+    "SOPInstanceUID", "StudyInstanceUID", "IrradiationEventUID", "StudyDate", "event_datetime", "source", "site",
+    "x_ray_set", "Manufacturer", "ManufacturerModelName", "view", "laterality", "agd_mGy",
+    "compressed_breast_thickness_mm", "compression_force_N", "kvp", "anode_target", "filter_material",
+    "irradiation_event_type", "acquisition_protocol", "SOPClassUID", "ImageType", "OperatorsName",
+)  # fmt: skip
+
+
 def exposures(lake: Lake, selection: Selection) -> pl.DataFrame:
     """One row per mammography exposure; RDSR events win over image headers of the same study,
     and an event repeated in several RDSRs of a study counts once."""
@@ -73,21 +81,25 @@ def exposures(lake: Lake, selection: Selection) -> pl.DataFrame:
                        WHERE x.StudyInstanceUID = d.StudyInstanceUID AND x.OperatorsName IS NOT NULL)) AS OperatorsName
       FROM ({distinct_events_sql()}) d JOIN sel s USING (SOPInstanceUID)
       WHERE d.modality_family = 'MG' AND d.record = 'event'),
-    rdsr AS (SELECT DISTINCT StudyInstanceUID FROM ev WHERE source = 'rdsr')
-    SELECT SOPInstanceUID, StudyInstanceUID, IrradiationEventUID, StudyDate, event_datetime, source,
-           coalesce(institution_std, 'unknown site') AS site,
-           coalesce(station_std, device_observer_name,
-                    nullif(trim(coalesce(ManufacturerModelName, '') || ' ' || coalesce(DeviceSerialNumber, '')), ''),
-                    'unknown set') AS x_ray_set,
-           Manufacturer, ManufacturerModelName, view, laterality, agd_mGy,
-           compressed_breast_thickness_mm, compression_force_N, kvp, anode_target, filter_material,
-           irradiation_event_type, acquisition_protocol, SOPClassUID, ImageType, OperatorsName
-    FROM ev WHERE source = 'rdsr' OR StudyInstanceUID NOT IN (SELECT StudyInstanceUID FROM rdsr)
-    -- one exposure stored as FOR PROCESSING and FOR PRESENTATION images counts once
-    QUALIFY source = 'rdsr' OR row_number() OVER (
-        PARTITION BY StudyInstanceUID, coalesce(IrradiationEventUID, CAST(event_datetime AS VARCHAR)
-                     || coalesce(laterality, '') || coalesce(view, '') || CAST(agd_mGy AS VARCHAR))
-        ORDER BY SOPInstanceUID) = 1
+    rdsr AS (SELECT DISTINCT StudyInstanceUID FROM ev WHERE source = 'rdsr'),
+    picked AS (
+      SELECT SOPInstanceUID, StudyInstanceUID, IrradiationEventUID, StudyDate, event_datetime, source,
+             coalesce(institution_std, 'unknown site') AS site,
+             coalesce(station_std, device_observer_name,
+                      nullif(trim(coalesce(ManufacturerModelName, '') || ' ' || coalesce(DeviceSerialNumber, '')), ''),
+                      'unknown set') AS x_ray_set,
+             "Manufacturer", "ManufacturerModelName", "view", "laterality", "agd_mGy",
+             "compressed_breast_thickness_mm", "compression_force_N", "kvp", "anode_target", "filter_material",
+             "irradiation_event_type", "acquisition_protocol", "SOPClassUID", "ImageType", "OperatorsName",
+             -- one exposure stored as FOR PROCESSING and FOR PRESENTATION images counts once
+             -- (quoted: dose_events' laterality and kvp, not instances' Laterality and KVP, on PostgreSQL)
+             row_number() OVER (
+               PARTITION BY StudyInstanceUID, coalesce(IrradiationEventUID, CAST(event_datetime AS VARCHAR)
+                            || coalesce("laterality", '') || coalesce(view, '') || CAST(agd_mGy AS VARCHAR))
+               ORDER BY SOPInstanceUID) AS _copy_no
+      FROM ev WHERE source = 'rdsr' OR StudyInstanceUID NOT IN (SELECT StudyInstanceUID FROM rdsr))
+    SELECT {", ".join(f'"{c}"' for c in _EXPOSURE_COLUMNS)}
+    FROM picked WHERE source = 'rdsr' OR _copy_no = 1
     ORDER BY event_datetime, SOPInstanceUID, IrradiationEventUID"""
     df = lake.sql(sql, params)
     ops = OperatorPseudonyms()

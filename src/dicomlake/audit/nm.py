@@ -51,7 +51,7 @@ def administrations(lake: Lake, selection: Selection) -> pl.DataFrame:
         return sr
     try:
         img = _header_administrations(lake, cond, params, room)
-    except Exception as exc:  # an engine without regexp_extract (or elements): the SRs alone
+    except Exception as exc:  # a lake whose elements cannot be read: the SRs alone
         log.warning("nm-dose: image headers not read (%s); dose SRs only", exc)
         return sr
     with_sr = set(sr.get_column("StudyInstanceUID").to_list())
@@ -65,7 +65,7 @@ def _header_administrations(lake: Lake, cond: str, params: list[object], room: s
     return lake.sql(
         f"""WITH sel AS (SELECT * FROM {std_instances(lake)} s WHERE {cond} AND s.Modality IN ('NM', 'PT')),
         items AS (
-          SELECT e.SOPInstanceUID, regexp_extract(e.path, '^RadiopharmaceuticalInformationSequence\\[(\\d+)\\]', 1) AS k,
+          SELECT e.SOPInstanceUID, split_part(split_part(e.path, '[', 2), ']', 1) AS k,
                  max(CASE WHEN e.keyword = 'Radiopharmaceutical' THEN e.value_text END) AS radiopharmaceutical,
                  max(CASE WHEN e.keyword = 'RadionuclideTotalDose' THEN e.value_num END) AS dose,
                  max(CASE WHEN e.keyword = 'CodeMeaning' AND e.path LIKE '%RadionuclideCodeSequence%'

@@ -35,6 +35,34 @@ MAPPINGS_DDL = (
     "CREATE TABLE IF NOT EXISTS name_mappings (version INTEGER, field VARCHAR, variant VARCHAR, "
     "standard VARCHAR, confirmed_by VARCHAR, confirmed_at TIMESTAMP, source_file VARCHAR)"
 )
+# the tables curation keeps, as Arrow schemas (export / import, a Parquet lake's views)
+CURATION_SCHEMAS: dict[str, pa.Schema] = {
+    "quality_flags": pa.schema(
+        [*((c, pa.string()) for c in FLAG_COLUMNS), ("rules_version", pa.string()), ("flagged_at", pa.timestamp("us"))]
+    ),
+    "curate_runs": pa.schema(
+        [
+            ("started_at", pa.timestamp("us")),
+            ("seconds", pa.float64()),
+            ("scope", pa.string()),
+            ("instances", pa.int64()),
+            ("flags", pa.int64()),
+            ("rules_version", pa.string()),
+            ("rules_source", pa.string()),
+        ]
+    ),
+    "name_mappings": pa.schema(
+        [
+            ("version", pa.int32()),
+            ("field", pa.string()),
+            ("variant", pa.string()),
+            ("standard", pa.string()),
+            ("confirmed_by", pa.string()),
+            ("confirmed_at", pa.timestamp("us")),
+            ("source_file", pa.string()),
+        ]
+    ),
+}
 # name field → the instances column whose variants it standardises
 NAME_FIELDS: dict[str, str] = {
     "institution": "InstitutionName",
@@ -373,6 +401,23 @@ class LakeCuration:
             self.sql.append("quality_flags", flags)
         self.sql.run("DROP TABLE IF EXISTS _rule_uids")
 
+    def import_table(self, name: str, table: pa.Table) -> None:
+        """Add rows of a curation table copied from another lake (``dicomlake import``): flags
+        replace the flags of their instances, a mapping version replaces the same version,
+        curation runs are appended."""
+        self.require_writable("importing curation tables")
+        self.ensure_tables()
+        if not table.num_rows:
+            return
+        key = {"quality_flags": "SOPInstanceUID", "name_mappings": "version"}.get(name)
+        with self.sql.transaction():
+            if key is not None:
+                self.sql.load_temp("_imp_keys", pa.table({"k": table.column(key).unique()}))
+                self.sql.run(f"DELETE FROM {_q(name)} WHERE {_q(key)} IN (SELECT k FROM _imp_keys)")
+            self.sql.append(name, table)
+        if key is not None:
+            self.sql.run("DROP TABLE IF EXISTS _imp_keys")
+
     # ---- name mappings ---------------------------------------------------------------------
 
     def mapping_version(self) -> int | None:
@@ -493,4 +538,12 @@ def curation_of(store: Any) -> LakeCuration:
     return own() if callable(own) else LakeCuration.of(store)
 
 
-__all__ = ["FLAG_COLUMNS", "NAME_FIELDS", "LakeCuration", "curation_of", "std_relation", "std_value_sql"]
+__all__ = [
+    "CURATION_SCHEMAS",
+    "FLAG_COLUMNS",
+    "NAME_FIELDS",
+    "LakeCuration",
+    "curation_of",
+    "std_relation",
+    "std_value_sql",
+]

@@ -217,6 +217,15 @@ class ParquetStore:
             else:
                 empty = schema.empty_table()  # noqa: F841 - referenced by name in SQL
                 self.con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM empty')
+        from dicomlake.store.curation import CURATION_SCHEMAS
+
+        for name in CURATION_SCHEMAS:  # exported with the lake when it was curated (store/curation.py)
+            folder = self.lake / name
+            if folder.is_dir() and any(folder.glob("*.parquet")):
+                glob = str(folder / "*.parquet").replace("'", "''")
+                self.con.execute(
+                    f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name = true)"
+                )
 
     def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> WriteReport:
         raise ConfigError(

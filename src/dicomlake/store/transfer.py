@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from dicomlake.errors import ConfigError
 from dicomlake.lakeschema import INGEST_RUNS_SCHEMA, TABLES, table_schemas
+from dicomlake.store.curation import CURATION_SCHEMAS, curation_of
 from dicomlake.store.parquet import (
     MARKER,
     PARTITIONED,
@@ -47,6 +48,7 @@ def table_schema(store: Any, name: str) -> pa.Schema | None:
             return None
         schemas = dict(table_schemas(store.columns))
         schemas["ingest_runs"] = INGEST_RUNS_SCHEMA
+        schemas.update(CURATION_SCHEMAS)
         known = schemas.get(name)
         have = {
             r[0]
@@ -86,7 +88,7 @@ def copy_lake(source: Any, destination: Any, *, batch_rows: int = BATCH_ROWS) ->
         str(getattr(source, "lake", source)),
         str(getattr(destination, "root", getattr(destination, "lake", destination))),
     )
-    names = [*TABLES, "ingest_runs"]
+    names = [*TABLES, "ingest_runs", *CURATION_SCHEMAS]  # curation's tables too (store/curation.py)
     if isinstance(destination, ParquetLakeWriter):
         existing = [p for p in destination.root.iterdir() if p.name != MARKER] if destination.root.exists() else []
         if existing:
@@ -127,6 +129,8 @@ def copy_lake(source: Any, destination: Any, *, batch_rows: int = BATCH_ROWS) ->
             if name == "ingest_runs":
                 for row in tab.to_pylist():
                     destination.record_run(row)
+            elif name in CURATION_SCHEMAS:
+                curation_of(destination).import_table(name, tab)
             else:
                 destination.write_batch({name: tab}, [])
             n += batch.num_rows

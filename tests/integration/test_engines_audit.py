@@ -1,0 +1,119 @@
+"""`curate run` and every audit on DuckDB, PostgreSQL (a real server on loopback) and a Parquet
+lake made by `export --format lake`, over the same OpenREM sample files: the audits' numbers
+are equal on the three engines, and the CT study totals equal dcmtk's dsr2xml reading of the
+Siemens RDSRs (tests/oracles/dsr.py), never our parser.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dicomlake.audit import AUDITS, run_audit
+from dicomlake.query.lake import Lake
+from tests.integration.pg import PostgresCluster, start_or_skip
+from tests.test_audit_study import CONTINUED, MULTI, _dsr_study_truth, openrem_dir
+
+pytestmark = pytest.mark.integration
+
+# small files, every audit served: CT (the dsr2xml oracle's cumulative and continued RDSRs, a
+# dose screen for the SC catalogue), MG (RDSR and an image header), DX, RF, NM
+FILES = (
+    *MULTI,
+    *CONTINUED,
+    "CT-SC-Philips_Brilliance16P.dcm",
+    "MG-RDSR-Hologic_2D.dcm",
+    "MG-Im-GE-SenDS-scaled.dcm",
+    "DX-RDSR-Canon_CXDI.dcm",
+    "DX-Im-Carestream_DR7500-1.dcm",
+    "Dual-RDSR-RF.dcm",
+    "NM-RRDSR-Siemens.dcm",
+)
+ENGINES = ("duckdb", "postgres", "parquet")
+
+
+def _cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def lakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The same files in a DuckDB and a PostgreSQL lake, each curated by `curate run`, and the
+    DuckDB lake exported as a Parquet lake."""
+    from dicomlake.ingest.pipeline import ingest_paths
+    from dicomlake.store.postgres import PostgresStore
+
+    root = tmp_path_factory.mktemp("engines")
+    files = root / "files"
+    files.mkdir()
+    for name in FILES:
+        shutil.copy(openrem_dir() / name, files / name)
+    cluster: PostgresCluster = start_or_skip()
+    try:
+        duck = root / "duck"
+        url = cluster.create_database("engines")
+        assert ingest_paths([files], duck, workers=1).instances == len(FILES)
+        with PostgresStore(url) as st:
+            assert ingest_paths([files], url, workers=1, store=st).instances == len(FILES)
+        curated = {}
+        for name, lake in (("duckdb", str(duck)), ("postgres", url)):
+            res = _cli("curate", "run", "--lake", lake)
+            assert res.exit_code == 0, res.output
+            curated[name] = res.output.splitlines()[1:]  # per-rule counts (the first line has the time)
+        assert curated["duckdb"] == curated["postgres"]
+        parquet = root / "parquet"
+        res = _cli("export", "--lake", str(duck), "--format", "lake", "--out", str(parquet))
+        assert res.exit_code == 0, res.output
+        yield {"duckdb": str(duck), "postgres": url, "parquet": str(parquet)}
+    finally:
+        cluster.stop()
+
+
+def _plain(value: Any) -> Any:
+    """Numbers as the audits report them, floats to 9 significant digits (engines sum in another order)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_curate_run_on_a_parquet_lake_says_it_cannot_in_one_line(lakes: dict[str, str]) -> None:
+    res = _cli("curate", "run", "--lake", lakes["parquet"])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Parquet lake" in lines[0] and "read-only" in lines[0], res.output
+
+
+def _assert_dsr2xml_totals(studies: Any) -> None:
+    for files in (MULTI, CONTINUED):
+        for study, truth in _dsr_study_truth(files).items():
+            events: dict[str, float] = truth["events"]  # type: ignore[assignment]
+            (row,) = studies.filter(studies["StudyInstanceUID"] == study).to_dicts()
+            assert row["events"] == len(events)
+            assert row["DLP_total_mGycm"] == pytest.approx(sum(events.values()), rel=1e-9)
+
+
+@pytest.mark.parametrize("audit", AUDITS)
+def test_every_audit_gives_the_same_numbers_on_duckdb_postgres_and_parquet(lakes: dict[str, str], audit: str) -> None:
+    numbers = {}
+    for engine in ENGINES:
+        with Lake.open(lakes[engine], read_only=True) as lk:
+            res = run_audit(audit, lk)
+        numbers[engine] = _plain(res.numbers)
+        assert not [n for n in res.notes if "not read" in n or "Error" in n], (engine, res.notes)
+        if audit == "ct-dose":  # the outside oracle: dsr2xml's distinct events of each study
+            _assert_dsr2xml_totals(res.table("studies"))
+    assert numbers["postgres"] == numbers["duckdb"]
+    assert numbers["parquet"] == numbers["duckdb"]
+    assert any(v not in (0, None, {}, []) for v in numbers["duckdb"].values()), numbers["duckdb"]
