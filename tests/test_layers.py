@@ -79,7 +79,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("dicomlake.deid.pixels", "dicomlake.write._common"): "issue 21",
     ("dicomlake.deid.pixels", "dicomlake.write.derive"): "issue 21",
     ("dicomlake.extract.sc", "dicomlake.deid.pixels"): "issue 21",
-    ("dicomlake.extract.sc", "dicomlake.store.duckdb"): "issue 16/21",
 }
 
 
