@@ -189,6 +189,43 @@ def test_web_holds_no_sql_and_no_connection() -> None:
     assert not found, "SQL or an engine connection in web/ (move it to query/ or store/):\n" + "\n".join(found)
 
 
+#: modules outside store/ that still use an engine connection (``.con``), with why; the list
+#: only shrinks (an entry that no longer uses one fails test_no_engine_connection_outside_store)
+KNOWN_CON: dict[str, str] = {
+}
+
+
+def connections_outside_store(src: Path) -> dict[str, list[int]]:
+    """Lines of each ``.con`` attribute use (an engine connection) per module outside ``store/``."""
+    found: dict[str, list[int]] = {}
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src)
+        if rel.parts[0] == "store":
+            continue
+        tree = ast.parse(path.read_text("utf-8"))
+        lines = sorted(n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "con")
+        if lines:
+            found[rel.as_posix()] = lines
+    return found
+
+
+def test_no_engine_connection_outside_store() -> None:
+    """DESIGN: "The Store is the only door to the lake": no ``.con`` outside store/."""
+    found = connections_outside_store(SRC)
+    new = [f"{m}:{n}" for m, lines in found.items() if m not in KNOWN_CON for n in lines]
+    assert not new, "an engine connection (.con) outside store/ (use a Store method):\n" + "\n".join(new)
+    stale = sorted(set(KNOWN_CON) - set(found))
+    assert not stale, f"remove from KNOWN_CON (no longer uses .con): {stale}"
+
+
+def test_the_connection_check_catches_a_con(tmp_path: Path) -> None:
+    for folder, text in (("ingest", "def f(s):\n    s.store.con.execute('SET threads = 1')\n"), ("store", "X = 1\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.py").write_text(text, "utf-8")
+    (tmp_path / "store" / "b.py").write_text("def g(s):\n    return s.con\n", "utf-8")
+    assert connections_outside_store(tmp_path) == {"ingest/a.py": [2]}
+
+
 def test_the_sql_check_catches_sql_and_connections(tmp_path: Path) -> None:
     web = tmp_path / "web"
     web.mkdir()

@@ -483,9 +483,9 @@ def lake_tables() -> dict[str, list[tuple[str, str]]]:
     import duckdb
 
     from dicomlake.extract.sc import ensure_sc_table
-    from dicomlake.ingest import qr
     from dicomlake.lakeschema import instance_columns, table_schemas
     from dicomlake.store.curation import FLAGS_DDL, MAPPINGS_DDL, RUNS_DDL
+    from dicomlake.store.pullstate import duckdb_type, pull_state_ddl
 
     con = duckdb.connect(":memory:")
     order = []
@@ -496,7 +496,7 @@ def lake_tables() -> dict[str, list[tuple[str, str]]]:
     for ddl in (FLAGS_DDL, RUNS_DDL, MAPPINGS_DDL):
         con.execute(ddl)
     ensure_sc_table(con)
-    for ddl in qr._DDL:
+    for ddl in pull_state_ddl(duckdb_type):
         con.execute(ddl)
     con.execute("CREATE TABLE IF NOT EXISTS ingest_runs (run_id VARCHAR, started_at TIMESTAMP)")
     rows = con.execute(

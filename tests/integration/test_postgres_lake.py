@@ -218,3 +218,17 @@ def test_postgres_listener_workers_and_web_in_separate_processes_lose_and_duplic
         f"(two rounds each, overlapping); lake {n} instances, {uids} distinct, 0 duplicates; "
         f"by source {by_source}; web ran {web_seen['queries']} queries during the load"
     )
+
+
+def test_postgres_pull_state_through_the_store(pg: PostgresCluster) -> None:
+    """Pull state on PostgreSQL (migration 4), read back with psycopg; the same checks as on DuckDB."""
+    import psycopg
+
+    from dicomlake.store.migrations import current_version
+    from dicomlake.store.postgres import PostgresStore
+    from tests.test_pull_state import exercise_pull_state
+
+    url = pg.create_database()
+    with PostgresStore(url) as store, psycopg.connect(url, autocommit=True) as con:
+        assert current_version(con) >= 4
+        exercise_pull_state(store, lambda sql: con.execute(sql).fetchall())  # type: ignore[arg-type]

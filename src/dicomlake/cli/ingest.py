@@ -89,7 +89,7 @@ def ingest(
                 store=store,
                 deid=deid,
             )
-        rep.lake = redact(store.url)
+        rep.lake = redact(str(store.lake))
     else:
         rep = ingest_paths(paths, target, workers=workers, batch_size=batch_size, progress=not quiet, deid=deid)
     rows = (

@@ -28,6 +28,9 @@ from dicomlake.errors import AssociationError, ConfigError
 from dicomlake.ingest.listener import describe_abort, describe_rejection
 from dicomlake.ingest.settings import check_ae_title
 from dicomlake.ingest.spool import Spool, SpoolError, instance_uid_problem, valid_uid
+from dicomlake.lakeschema import PULL_STATES
+from dicomlake.store.base import Store
+from dicomlake.store.pullstate import PullStateTables
 
 LOG = logging.getLogger("dicomlake.qr")
 
@@ -140,7 +143,7 @@ def _associate(ae: Any, peer: Peer, *, ext_neg: list[Any] | None = None, evt_han
     def on_pdu(event: Any) -> None:
         pdu = event.pdu
         if isinstance(pdu, A_ASSOCIATE_RJ):
-            rejections.append((int(pdu.result), int(pdu.source), int(pdu.reason_diagnostic)))
+            rejections.append((int(pdu.result or 0), int(pdu.source or 0), int(pdu.reason_diagnostic or 0)))
 
     handlers = [*(evt_handlers or []), (evt.EVT_PDU_RECV, on_pdu)]
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=ext_neg, evt_handlers=handlers)
@@ -518,100 +521,61 @@ def _parse_window(text: str) -> tuple[dt.time, dt.time]:
 # Pull state in the lake
 # ---------------------------------------------------------------------------------------------
 
-_DDL = (
-    "CREATE TABLE IF NOT EXISTS pull_runs (run_id VARCHAR PRIMARY KEY, pacs VARCHAR, method VARCHAR, "
-    "query VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, studies BIGINT, "
-    "received BIGINT, failed BIGINT)",
-    "CREATE TABLE IF NOT EXISTS pull_studies (run_id VARCHAR, StudyInstanceUID VARCHAR, PatientID VARCHAR, "
-    "StudyDate VARCHAR, ModalitiesInStudy VARCHAR, NumberOfStudyRelatedInstances BIGINT, state VARCHAR, "
-    "status VARCHAR, reason VARCHAR, completed BIGINT, failed BIGINT, warning BIGINT, received BIGINT, "
-    "updated_at TIMESTAMP, PRIMARY KEY (run_id, StudyInstanceUID))",
-)
-STATES = ("found", "requested", "received", "failed")
+STATES = PULL_STATES
 
 
 class PullState:
-    """``pull_runs`` and ``pull_studies`` in the lake, written under the service's lock."""
+    """The pull state in the lake (``pull_runs``, ``pull_studies``), through the store's
+    :meth:`~dicomlake.store.base.Store.pull_state`, under the service's write lock."""
 
     def __init__(self, holder: Any) -> None:
         self.holder = holder
         with holder.lock:
-            for ddl in _DDL:
-                holder.store.con.execute(ddl)
+            self._tables()  # an engine that cannot hold pull state says so before the pull starts
 
-    def _exec(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self.holder.lock:
-            cur = self.holder.store.con.cursor()
-            try:
-                rows: list[tuple[Any, ...]] = cur.execute(sql, list(params)).fetchall()
-                return rows
-            finally:
-                cur.close()
+    def _store(self) -> Store:
+        store: Store = self.holder.store  # the holder may have reopened it after a fault
+        return store
+
+    def _tables(self) -> PullStateTables:
+        return self._store().pull_state()
 
     def last_run(self, pacs: str, method: str, query: str) -> str | None:
-        rows = self._exec(
-            "SELECT run_id FROM pull_runs WHERE pacs = ? AND method = ? AND query = ? ORDER BY started_at DESC LIMIT 1",
-            [pacs, method, query],
-        )
-        return str(rows[0][0]) if rows else None
+        with self.holder.lock:
+            return self._tables().last_run(pacs, method, query)
 
     def start_run(self, run_id: str, pacs: str, method: str, query: str) -> None:
-        self._exec(
-            "INSERT OR REPLACE INTO pull_runs (run_id, pacs, method, query, started_at, status) "
-            "VALUES (?, ?, ?, ?, ?, 'running')",
-            [run_id, pacs, method, query, dt.datetime.now()],
-        )
+        with self.holder.lock:
+            self._tables().start_run(run_id, pacs, method, query, dt.datetime.now())
 
     def finish_run(self, run_id: str, status: str, studies: int, received: int, failed: int) -> None:
-        self._exec(
-            "UPDATE pull_runs SET finished_at = ?, status = ?, studies = ?, received = ?, failed = ? WHERE run_id = ?",
-            [dt.datetime.now(), status, studies, received, failed, run_id],
-        )
+        with self.holder.lock:
+            self._tables().finish_run(run_id, status, studies, received, failed, dt.datetime.now())
+
+    def resume_run(self, run_id: str) -> None:
+        with self.holder.lock:
+            self._tables().resume_run(run_id)
+
+    def received_counts(self, run_id: str) -> dict[str, int]:
+        with self.holder.lock:
+            return self._tables().received_counts(run_id)
 
     def found(self, run_id: str, studies: Sequence[Mapping[str, Any]]) -> None:
-        now = dt.datetime.now()
-        for s in studies:
-            n = s.get("NumberOfStudyRelatedInstances")
-            self._exec(
-                "INSERT INTO pull_studies (run_id, StudyInstanceUID, PatientID, StudyDate, ModalitiesInStudy, "
-                "NumberOfStudyRelatedInstances, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'found', ?) "
-                "ON CONFLICT DO NOTHING",
-                [
-                    run_id,
-                    s["StudyInstanceUID"],
-                    s.get("PatientID"),
-                    s.get("StudyDate"),
-                    s.get("ModalitiesInStudy"),
-                    int(n) if n not in (None, "") else None,
-                    now,
-                ],
-            )
+        with self.holder.lock:
+            self._tables().add_studies(run_id, studies, dt.datetime.now())
 
     def studies(self, run_id: str) -> list[dict[str, Any]]:
-        cols = [
-            "StudyInstanceUID",
-            "PatientID",
-            "StudyDate",
-            "ModalitiesInStudy",
-            "NumberOfStudyRelatedInstances",
-            "state",
-        ]
-        rows = self._exec(
-            f"SELECT {', '.join(cols)} FROM pull_studies WHERE run_id = ? ORDER BY StudyDate, StudyInstanceUID",
-            [run_id],
-        )
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        with self.holder.lock:
+            return self._tables().studies(run_id)
 
     def update(self, run_id: str, uid: str, state: str, **values: Any) -> None:
-        sets = ["state = ?", "updated_at = ?"] + [f"{k} = ?" for k in values]
-        self._exec(
-            f"UPDATE pull_studies SET {', '.join(sets)} WHERE run_id = ? AND StudyInstanceUID = ?",
-            [state, dt.datetime.now(), *values.values(), run_id, uid],
-        )
+        with self.holder.lock:
+            self._tables().update_study(run_id, uid, state, dt.datetime.now(), **values)
 
     def lake_count(self, study_uid: str) -> int:
-        rows = self._exec("SELECT count(*) FROM instances WHERE StudyInstanceUID = ?", [study_uid])
-        return int(rows[0][0]) if rows else 0
+        with self.holder.lock:
+            t = self._store().query('SELECT count(*) AS n FROM instances WHERE "StudyInstanceUID" = ?', [study_uid])
+        return int(t.column(0)[0].as_py()) if t.num_rows else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1055,7 +1019,7 @@ def pull_dimse(
             run_id = report.run_id = previous
             report.resumed_from = previous
             studies = state.studies(run_id)
-            state._exec("UPDATE pull_runs SET status = 'running' WHERE run_id = ?", [run_id])
+            state.resume_run(run_id)
         else:
             state.start_run(run_id, str(peer), method, query)
             report.find = found or find_studies(find_ae, peer, keys, find_limit=limit)
@@ -1193,12 +1157,7 @@ def _reconcile(svc: Any, state: PullState, run_id: str, report: PullReport, sett
             seen, quiet_since = arrived, time.monotonic()
         if svc.drainer is not None:
             svc.drainer.wait_idle(timeout=max(0.5, deadline - time.monotonic()))
-        rows = state._exec(
-            "SELECT i.StudyInstanceUID, count(*) FROM instances i JOIN pull_studies p "
-            "ON p.StudyInstanceUID = i.StudyInstanceUID AND p.run_id = ? GROUP BY ALL",
-            [run_id],
-        )
-        counts = {str(r[0]): int(r[1]) for r in rows}
+        counts = state.received_counts(run_id)
         if all(counts.get(u, 0) >= n for u, n in expected.items()) or time.monotonic() >= deadline:
             break
         # nothing arrived for 2 s and the spool is drained: late sub-operations are not coming

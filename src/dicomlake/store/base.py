@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, Self
 
 import pyarrow as pa
 
-from dicomlake.lakeschema import REJECT_SCHEMA, TABLES
+from dicomlake.lakeschema import REJECT_SCHEMA, TABLES, InstanceColumns
+
+if TYPE_CHECKING:
+    from dicomlake.store.pullstate import PullStateTables
 
 # The schemas live in dicomlake.lakeschema; these two names are kept for callers of the store.
-__all__ = ["REJECT_SCHEMA", "TABLES", "Store", "WriteReport"]
+__all__ = ["REJECT_SCHEMA", "TABLES", "Params", "Store", "WriteReport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +29,27 @@ class WriteReport:
     rejects: int
 
 
+Params = Mapping[str, object] | list[object] | None
+"""Values of a statement's ``?`` (a list) or ``$name`` (a mapping) placeholders."""
+
+
 class Store(Protocol):
-    """Where extracted metadata lives (DuckDB file, PostgreSQL, Parquet lake)."""
+    """The one door to the lake (DuckDB file, PostgreSQL, Parquet lake, a lake held by a service).
+
+    Every back end implements all of it; what an engine cannot do raises
+    :class:`~dicomlake.errors.ConfigError` with a one-line reason (a Parquet lake takes no
+    batches; a lake held by ``dicomlake serve`` is written by the service only). mypy checks
+    each back end against it (:mod:`dicomlake.store.open`).
+    """
+
+    columns: InstanceColumns
+    """The typed ``instances`` columns this lake was opened with."""
+    read_only: bool
+
+    @property
+    def lake(self) -> Path | str:
+        """Where the lake is: its folder, or the PostgreSQL URL."""
+        ...
 
     def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> WriteReport:
         """Upsert one batch atomically: instances keyed by SOPInstanceUID, with their
@@ -34,10 +57,35 @@ class Store(Protocol):
         are sources that read cleanly now, so earlier rejects of them are cleared."""
         ...
 
-    def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
-        """Run a read-only SQL statement and return an Arrow table."""
+    def record_run(self, row: Mapping[str, object]) -> None:
+        """Append one ``ingest_runs`` row (a read-only lake records nothing)."""
+        ...
+
+    def query(self, sql: str, params: Params = None) -> pa.Table:
+        """Run one of dicomlake's own statements (DuckDB dialect) and return an Arrow table."""
+        ...
+
+    def query_readonly(
+        self, sql: str, params: Params = None, *, max_rows: int | None = None, time_limit_s: float | None = None
+    ) -> pa.Table:
+        """Run a user's statement in the sandbox (:mod:`dicomlake.store.sandbox`): one read-only
+        query, cut at ``max_rows`` (default ``query.max_rows``) and stopped after
+        ``time_limit_s`` (default ``query.time_limit_s``)."""
+        ...
+
+    def iter_table(self, name: str, schema: pa.Schema, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+        """Every row of a table as Arrow batches of ``schema`` (its columns, in its types where
+        the engine's differ)."""
+        ...
+
+    def pull_state(self) -> PullStateTables:
+        """The pull state (``pull_runs``, ``pull_studies``) on this lake's engine."""
         ...
 
     def close(self) -> None:
         """Release the connection."""
         ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...

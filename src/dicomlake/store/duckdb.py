@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import InstanceColumns, instance_columns, table_schemas
 from dicomlake.store.base import WriteReport
 from dicomlake.store.keyindex import KeyIndex
+from dicomlake.store.pullstate import PullStateTables, duckdb_type, pull_state_ddl
 
 if TYPE_CHECKING:
     from dicomlake.store.curation import LakeCuration
@@ -55,7 +56,14 @@ class DuckDBStore:
     therefore answers queries for a lake it holds; see DESIGN.md.
     """
 
-    def __init__(self, lake: str | Path, *, read_only: bool = False, columns: InstanceColumns | None = None) -> None:
+    def __init__(
+        self,
+        lake: str | Path,
+        *,
+        read_only: bool = False,
+        columns: InstanceColumns | None = None,
+        threads: int | None = None,
+    ) -> None:
         self.lake = Path(lake)
         self.read_only = read_only
         self.columns = columns or instance_columns()
@@ -85,6 +93,8 @@ class DuckDBStore:
                 f"cannot open {db}: {exc}. Another dicomlake process (ingest or serve) may hold "
                 "the lake; wait for it, or query through the running service"
             ) from exc
+        if threads:  # e.g. 1 while ingest workers keep the cores busy (pipeline.ingest)
+            self.con.execute(f"SET threads = {int(threads)}")
         self._wal_private = read_only
         self._keys = KeyIndex()  # the writer's copy of instance_keys (store/keyindex.py)
         self._new_keys: np.ndarray | None = None  # keys of the open transaction, added at COMMIT
@@ -123,6 +133,8 @@ class DuckDBStore:
             "finished_at TIMESTAMP, sources VARCHAR, files BIGINT, instances BIGINT, rejected BIGINT, "
             "skipped BIGINT, status VARCHAR)"
         )
+        for ddl in pull_state_ddl(duckdb_type):
+            con.execute(ddl)
         self._ensure_keys()
 
     # ---- writing ------------------------------------------------------------------------
@@ -262,11 +274,34 @@ class DuckDBStore:
         query, in a READ ONLY transaction, on this instance with file and network access taken
         away for good (the first call locks it), cut at ``max_rows`` (default ``query.max_rows``)
         and stopped after ``time_limit_s`` (default ``query.time_limit_s``)."""
-        from dicomlake.store.sandbox import check_sql, lock_duckdb, run_duckdb
+        from dicomlake.store.sandbox import query_readonly_duckdb
 
-        text = check_sql(sql)
-        lock_duckdb(self.con)
-        return run_duckdb(self.con, text, params, max_rows=max_rows, time_limit_s=time_limit_s, checked=True)
+        return query_readonly_duckdb(self.con, sql, params, max_rows=max_rows, time_limit_s=time_limit_s)
+
+    def iter_table(
+        self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000
+    ) -> Iterator[pa.RecordBatch]:
+        """Every row of a table as Arrow batches (of ``schema``'s columns when given)."""
+        cols = ", ".join(f'"{f.name}"' for f in schema) if schema is not None else "*"
+        try:
+            reader = self.con.cursor().sql(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
+        except duckdb.Error as exc:
+            raise QueryError(f"{name}: {exc}") from exc
+        yield from reader
+
+    def pull_state(self) -> PullStateTables:
+        """The pull state (``pull_runs``, ``pull_studies``, created when the lake opens)."""
+        if self.read_only:
+            raise ConfigError(f"the lake {self.lake} was opened read-only; a pull writes its state into the lake")
+        return PullStateTables(self._execute_cursor)
+
+    def _execute_cursor(self, sql: str, params: Sequence[object]) -> list[tuple[object, ...]]:
+        cur = self.con.cursor()
+        try:
+            rows: list[tuple[object, ...]] = cur.execute(sql, list(params)).fetchall()
+            return rows
+        finally:
+            cur.close()
 
     def curation(self) -> LakeCuration:
         """Curation, name mappings and their tables on this lake (:mod:`dicomlake.store.curation`)."""

@@ -36,6 +36,7 @@ import pyarrow.dataset as ds
 from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import INGEST_RUNS_SCHEMA, InstanceColumns, instance_columns, table_schemas
 from dicomlake.store.base import WriteReport
+from dicomlake.store.pullstate import PullStateTables
 
 MARKER = "_dicomlake_lake.json"
 FORMAT = "dicomlake-parquet"
@@ -250,11 +251,17 @@ class ParquetStore:
         time_limit_s: float | None = None,
     ) -> pa.Table:
         """A user's statement in the sandbox; the views may still read the lake's own table folders."""
-        from dicomlake.store.sandbox import check_sql, lock_duckdb, run_duckdb
+        from dicomlake.store.sandbox import query_readonly_duckdb
 
-        text = check_sql(sql)
-        lock_duckdb(self.con, allowed_directories=[p for p in sorted(self.lake.iterdir()) if p.is_dir()])
-        return run_duckdb(self.con, text, params, max_rows=max_rows, time_limit_s=time_limit_s, checked=True)
+        folders = [p for p in sorted(self.lake.iterdir()) if p.is_dir()]
+        return query_readonly_duckdb(
+            self.con, sql, params, max_rows=max_rows, time_limit_s=time_limit_s, allowed_directories=folders
+        )
+
+    def pull_state(self) -> PullStateTables:
+        raise ConfigError(
+            f"{self.lake} is a Parquet lake, which keeps no pull state; pull into a DuckDB folder or a postgresql:// lake"
+        )
 
     def iter_table(
         self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000

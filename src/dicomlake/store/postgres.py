@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -27,6 +27,7 @@ from dicomlake.lakeschema import InstanceColumns, instance_columns
 from dicomlake.store.base import WriteReport
 from dicomlake.store.dialect import to_postgres
 from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate
+from dicomlake.store.pullstate import PullStateTables
 
 if TYPE_CHECKING:
     from dicomlake.store.curation import LakeCuration
@@ -234,6 +235,20 @@ class PostgresStore:
         from dicomlake.store.sandbox import run_postgres
 
         return run_postgres(self, sql, params, max_rows=max_rows, time_limit_s=time_limit_s)
+
+    def pull_state(self) -> PullStateTables:
+        """The pull state (``pull_runs``, ``pull_studies``: migration 4)."""
+        if self.read_only:
+            raise ConfigError(
+                f"the lake {redact(self.url)} was opened read-only; a pull writes its state into the lake"
+            )
+        return PullStateTables(self._execute)
+
+    def _execute(self, sql: str, params: Sequence[object]) -> list[tuple[object, ...]]:
+        """One of dicomlake's own statements, ``?`` placeholders (no ``?`` elsewhere in it)."""
+        with self.connection.cursor() as cur:
+            cur.execute(sql.replace("?", "%s"), list(params))  # type: ignore[arg-type]
+            return list(cur.fetchall()) if cur.description is not None else []
 
     def table_names(self) -> list[str]:
         rows = self.connection.execute(

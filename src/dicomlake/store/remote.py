@@ -13,7 +13,7 @@ import datetime as dt
 import decimal
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ import pyarrow as pa
 
 from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import InstanceColumns, instance_columns
+from dicomlake.store.base import WriteReport
+from dicomlake.store.pullstate import PullStateTables
 
 SERVICE_FILE = "service.json"
 TOKEN_FILE = "service.token"
@@ -198,11 +200,27 @@ class RemoteStore:
         """The service's counters (see ``GET /internal/status``)."""
         return dict(self._client.get("/internal/status").json())
 
-    def write_batch(self, *args: Any, **kwargs: Any) -> Any:
-        raise ConfigError(
+    def _held(self) -> ConfigError:
+        return ConfigError(
             f"{self.lake} is held by a running dicomlake service (pid {self.info.pid}); send instances to it "
             f"over DICOM ({self.info.ae_title} on port {self.info.port}) or stop it first"
         )
+
+    def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> WriteReport:
+        raise self._held()
+
+    def record_run(self, row: Mapping[str, object]) -> None:
+        raise self._held()
+
+    def pull_state(self) -> PullStateTables:
+        raise self._held()
+
+    def iter_table(
+        self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000
+    ) -> Iterator[pa.RecordBatch]:
+        """Every row of a table, fetched from the service in one answer."""
+        cols = ", ".join(f'"{f.name}"' for f in schema) if schema is not None else "*"
+        yield from self.query(f'SELECT {cols} FROM "{name}"').to_batches(batch_rows)
 
     def close(self) -> None:
         self._client.close()

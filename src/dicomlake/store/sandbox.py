@@ -301,6 +301,23 @@ def lock_duckdb(con: Any, allowed_directories: Sequence[str | Path] = ()) -> Non
         cur.close()
 
 
+def query_readonly_duckdb(
+    con: Any,
+    sql: str,
+    params: Mapping[str, object] | Sequence[object] | None = None,
+    *,
+    max_rows: int | None = None,
+    time_limit_s: float | None = None,
+    allowed_directories: Sequence[str | Path] = (),
+) -> pa.Table:
+    """``query_readonly`` of the stores on a DuckDB instance (a DuckDB lake, a Parquet lake's
+    views): check the statement, lock the instance (for good; the first call does it, with
+    ``allowed_directories`` the only folders it may still read), run it read-only."""
+    text = check_sql(sql)
+    lock_duckdb(con, allowed_directories=allowed_directories)
+    return run_duckdb(con, text, params, max_rows=max_rows, time_limit_s=time_limit_s, checked=True)
+
+
 def run_duckdb(
     con: Any,
     sql: str,
@@ -439,4 +456,12 @@ class _Rollback(Exception):
         self.table = table
 
 
-__all__ = ["TRUNCATED_KEY", "check_sql", "lock_duckdb", "run_duckdb", "run_postgres", "truncated"]
+__all__ = [
+    "TRUNCATED_KEY",
+    "check_sql",
+    "lock_duckdb",
+    "query_readonly_duckdb",
+    "run_duckdb",
+    "run_postgres",
+    "truncated",
+]

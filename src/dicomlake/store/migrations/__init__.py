@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.lakeschema import InstanceColumns, table_schemas
+from dicomlake.store.pullstate import pull_state_ddl
 
 # pg_advisory_xact_lock keys (any constants unique to dicomlake)
 MIGRATION_LOCK = 0x44_4C_4D_49  # "DLMI"
@@ -125,6 +126,11 @@ def _m3_keys_and_indexes(cur: Any, columns: InstanceColumns) -> None:
     cur.execute('CREATE INDEX IF NOT EXISTS instances_study_date ON instances ("StudyDate")')
 
 
+def _m4_pull_state(cur: Any, columns: InstanceColumns) -> None:
+    for ddl in pull_state_ddl(pg_type):
+        cur.execute(ddl)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One step of the schema: its number, what it does, and the function that does it."""
@@ -140,6 +146,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         2, "DuckDB-named SQL functions (list_contains, string_split, first, any_value, median, ...)", _m2_functions
     ),
     Migration(3, "primary keys on SOPInstanceUID; indexes for upserts and element filters", _m3_keys_and_indexes),
+    Migration(4, "pull state (pull_runs, pull_studies) for dicomlake pull --resume", _m4_pull_state),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this code writes."""
