@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from dicomlake.cli.common import LAKE_OPTION, handle_errors, lake_path
 from dicomlake.cli.output import FORMAT_OPTION, OUT_OPTION, Format, write_table
+
+if TYPE_CHECKING:
+    from dicomlake.store.sc_tables import LakeSC
 
 sc_app = typer.Typer(
     help="Secondary Capture objects: content class, quality, burned-in PHI, dose numbers from screenshots.\n\n"
@@ -90,7 +95,8 @@ def analyse(
                 task, total=total, completed=rep.analysed + len(rep.failed), review=rep.review, failed=len(rep.failed)
             )
 
-        rep = analyse_lake(lake_path(lake), only_missing=only_missing, progress=tick)
+        with _sc_lake(lake) as door:
+            rep = analyse_lake(door, only_missing=only_missing, progress=tick)
     classes = ", ".join(f"{k} {v}" for k, v in sorted(rep.by_class.items())) or "none"
     typer.echo(
         f"analysed {rep.analysed} of {rep.instances} SC-like instances in {rep.seconds:.1f} s: {classes}; "
@@ -118,10 +124,12 @@ def catalogue(
 
     Example: dicomlake sc catalogue --lake ./dicomlake-data --review --format csv
     """
-    from dicomlake.extract.sc import sc_catalogue
-    from dicomlake.store.duckdb import DuckDBStore
+    from dicomlake.extract.sc import SC_ANALYSIS_SCHEMA, sc_catalogue
+    from dicomlake.store.open import open_store
+    from dicomlake.store.sc_tables import sc_tables_of
 
-    with DuckDBStore(lake_path(lake)) as store:
+    with open_store(lake_path(lake)) as store:
+        sc_tables_of(store).ensure_table(SC_ANALYSIS_SCHEMA)
         table = sc_catalogue(store, where="a.review" if review else None)
     write_table(table, fmt, out)
 
@@ -141,10 +149,9 @@ def confirm_dose_cmd(
     Example: dicomlake sc confirm-dose 1.2.826.0.1.3680043.8.498.1 --lake ./dicomlake-data
     """
     from dicomlake.extract.sc import confirm_dose
-    from dicomlake.store.duckdb import DuckDBStore
 
-    with DuckDBStore(lake_path(lake)) as store:
-        done = confirm_dose(store.con, uids)
+    with _sc_lake(lake) as door:
+        done = confirm_dose(door, uids)
     for uid, n in done:
         typer.echo(f"confirmed {uid}: {n} dose rows stored")
 
@@ -220,3 +227,20 @@ def redact(
 def register(app: typer.Typer) -> None:
     """Add the ``sc`` verb group to the ``dicomlake`` command."""
     app.add_typer(sc_app, name="sc")
+
+
+@contextlib.contextmanager
+def _sc_lake(lake: Path | None) -> Iterator[LakeSC]:
+    """The lake's SC door (DuckDB or PostgreSQL; a Parquet lake is refused in one line)."""
+    from dicomlake.errors import ConfigError
+    from dicomlake.store.open import lake_kind, open_store
+    from dicomlake.store.sc_tables import sc_tables_of
+
+    where = lake_path(lake)
+    if lake_kind(where) == "parquet":
+        raise ConfigError(f"{where} is a Parquet lake, which is read-only; analyse the DuckDB or PostgreSQL lake")
+    store = open_store(where)
+    try:
+        yield sc_tables_of(store)
+    finally:
+        store.close()

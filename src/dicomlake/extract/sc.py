@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -265,8 +265,31 @@ def analyse_dataset(ds: Dataset) -> SCAnalysis:
 # --- the lake ---------------------------------------------------------------------------------
 
 
+class SCLake(Protocol):
+    """What SC analysis needs from the lake: :class:`dicomlake.store.sc_tables.LakeSC`
+    (``store.sc_tables()``), passed in by the caller (``extract/`` does not import ``store/``)."""
+
+    def ensure_table(self, schema: pa.Schema) -> None: ...
+
+    def candidates(self, sop_classes: Sequence[str], *, only_missing: bool) -> list[tuple[str, str | None]]: ...
+
+    def study_has_rdsr(self, study_uid: str | None) -> bool: ...
+
+    def replace_analysis(self, row: pa.Table, ocr_rows: pa.Table | None) -> None: ...
+
+    def resolve_dose_sources(self) -> int: ...
+
+    def pending_dose(self, uid: str) -> str | None: ...
+
+    def confirm_dose(self, uid: str, ocr_rows: pa.Table) -> None: ...
+
+
 def ensure_sc_table(con: Any) -> None:
-    """``CREATE TABLE IF NOT EXISTS sc_analysis`` (and any column a newer version added)."""
+    """``CREATE TABLE IF NOT EXISTS sc_analysis`` (and any column a newer version added), through
+    the lake's SC door (:class:`SCLake`), or on a bare DuckDB connection (the data dictionary)."""
+    if hasattr(con, "ensure_table"):
+        con.ensure_table(SC_ANALYSIS_SCHEMA)
+        return
     cols = ", ".join(f'"{f.name}" {_DUCK_TYPES[f.type]}' for f in SC_ANALYSIS_SCHEMA)
     con.execute(f"CREATE TABLE IF NOT EXISTS sc_analysis ({cols}, PRIMARY KEY (SOPInstanceUID))")
     have = {
@@ -303,63 +326,35 @@ class AnalyseReport:
         return asdict(self)
 
 
-def _write(con: Any, analysis: SCAnalysis, report: AnalyseReport) -> None:
+def _write(lake: SCLake, analysis: SCAnalysis, report: AnalyseReport) -> None:
     from dicomlake.lakeschema import DOSE_EVENT_COLUMNS
 
     row = analysis.row()
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute("DELETE FROM sc_analysis WHERE SOPInstanceUID = ?", [analysis.SOPInstanceUID])
-        con.execute("DELETE FROM dose_events WHERE SOPInstanceUID = ? AND source = 'ocr'", [analysis.SOPInstanceUID])
-        rows = analysis.dose_rows
-        if rows:
-            rdsr = con.execute(
-                "SELECT count(*) FROM dose_events WHERE StudyInstanceUID = ? AND source = 'rdsr'",
-                [analysis.StudyInstanceUID],
-            ).fetchone()
-            if rdsr and rdsr[0]:
-                row["dose_status"] = "rdsr-wins"
-                report.dose_superseded += 1
-            elif analysis.dose_doubts:
-                # never a doubtful reading stored as fact: kept aside until `sc confirm-dose`
-                row["dose_status"] = "review"
-                row["dose_pending"] = json.dumps(rows, default=str)
-                report.dose_review += 1
-            else:
-                ocr_rows = pa.Table.from_pylist(rows, schema=pa.schema(list(DOSE_EVENT_COLUMNS.items())))  # noqa: F841
-                con.execute("INSERT INTO dose_events BY NAME SELECT * FROM ocr_rows")
-                row["dose_status"] = "stored"
-                report.dose_rows += len(rows)
-        one = pa.Table.from_pylist([row], schema=SC_ANALYSIS_SCHEMA)  # noqa: F841
-        con.execute("INSERT INTO sc_analysis BY NAME SELECT * FROM one")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    ocr_rows = None
+    rows = analysis.dose_rows
+    if rows:
+        if lake.study_has_rdsr(analysis.StudyInstanceUID):
+            row["dose_status"] = "rdsr-wins"
+            report.dose_superseded += 1
+        elif analysis.dose_doubts:
+            # never a doubtful reading stored as fact: kept aside until `sc confirm-dose`
+            row["dose_status"] = "review"
+            row["dose_pending"] = json.dumps(rows, default=str)
+            report.dose_review += 1
+        else:
+            ocr_rows = pa.Table.from_pylist(rows, schema=pa.schema(list(DOSE_EVENT_COLUMNS.items())))
+            row["dose_status"] = "stored"
+            report.dose_rows += len(rows)
+    lake.replace_analysis(pa.Table.from_pylist([row], schema=SC_ANALYSIS_SCHEMA), ocr_rows)
 
 
-def resolve_dose_sources(con: Any) -> int:
+def resolve_dose_sources(lake: SCLake) -> int:
     """Remove OCR dose rows of studies that now have a Radiation Dose SR (the SR wins); return how many."""
-    n = con.execute(
-        "SELECT count(*) FROM dose_events WHERE source = 'ocr' AND StudyInstanceUID IN "
-        "(SELECT StudyInstanceUID FROM dose_events WHERE source = 'rdsr')"
-    ).fetchone()
-    count = int(n[0]) if n else 0
-    if count:
-        con.execute(
-            "DELETE FROM dose_events WHERE source = 'ocr' AND StudyInstanceUID IN "
-            "(SELECT StudyInstanceUID FROM dose_events WHERE source = 'rdsr')"
-        )
-        con.execute(
-            "UPDATE sc_analysis SET dose_status = 'rdsr-wins', dose_pending = NULL "
-            "WHERE dose_status IN ('stored', 'review', 'confirmed') AND StudyInstanceUID IN "
-            "(SELECT StudyInstanceUID FROM dose_events WHERE source = 'rdsr')"
-        )
-    return count
+    return lake.resolve_dose_sources()
 
 
 def analyse_lake(
-    lake: str | Path,
+    lake: SCLake,
     *,
     only_missing: bool = False,
     progress: Callable[[AnalyseReport, int], None] | None = None,
@@ -369,55 +364,47 @@ def analyse_lake(
     Parameters
     ----------
     lake
-        The lake folder.
+        The lake's SC door, writable (``store.sc_tables()`` of a DuckDB or PostgreSQL lake).
     only_missing
         Skip instances that already have an ``sc_analysis`` row.
     progress
         Called after each instance with the report and the total.
     """
-    from dicomlake.store.duckdb import DuckDBStore
-
     t0 = time.perf_counter()
     report = AnalyseReport()
-    with DuckDBStore(lake) as store:
-        con = store.con
-        ensure_sc_table(con)
-        marks = ", ".join("?" for _ in SC_LIKE_SOP_CLASSES)
-        sql = f"SELECT SOPInstanceUID, source_path FROM instances WHERE SOPClassUID IN ({marks})"
-        if only_missing:
-            sql += " AND SOPInstanceUID NOT IN (SELECT SOPInstanceUID FROM sc_analysis)"
-        todo = con.execute(sql + " ORDER BY SOPInstanceUID", list(SC_LIKE_SOP_CLASSES)).fetchall()
-        report.instances = len(todo)
-        for uid, source_path in todo:
-            where = source_path or uid
-            try:
-                if not source_path or not Path(source_path).is_file():
-                    raise FileNotFoundError(
-                        f"{uid}: its file {source_path!r} is not there any more (or is inside a zip); "
-                        "re-ingest from a folder to analyse its pixels"
-                    )
-                ds = dcmread(source_path)
-                analysis = analyse_dataset(ds)
-            except Exception as exc:
-                report.failed.append((str(where), f"{where}: {type(exc).__name__}: {exc}"))
-                failed = SCAnalysis(str(uid), "", "", Classification(ContentClass.UNKNOWN, DecidedBy.NONE, 0.0))
-                failed.error = f"{type(exc).__name__}: {exc}"[:2000]
-                failed.review = ["analysis failed"]
-                _write(con, failed, report)
-                continue
-            _write(con, analysis, report)
-            report.analysed += 1
-            k = analysis.classification.klass.value
-            report.by_class[k] = report.by_class.get(k, 0) + 1
-            report.review += bool(analysis.review)
-            if progress:
-                progress(report, len(todo))
-        report.dose_superseded += resolve_dose_sources(con)
+    ensure_sc_table(lake)
+    todo = lake.candidates(list(SC_LIKE_SOP_CLASSES), only_missing=only_missing)
+    report.instances = len(todo)
+    for uid, source_path in todo:
+        where = source_path or uid
+        try:
+            if not source_path or not Path(source_path).is_file():
+                raise FileNotFoundError(
+                    f"{uid}: its file {source_path!r} is not there any more (or is inside a zip); "
+                    "re-ingest from a folder to analyse its pixels"
+                )
+            ds = dcmread(source_path)
+            analysis = analyse_dataset(ds)
+        except Exception as exc:
+            report.failed.append((str(where), f"{where}: {type(exc).__name__}: {exc}"))
+            failed = SCAnalysis(str(uid), "", "", Classification(ContentClass.UNKNOWN, DecidedBy.NONE, 0.0))
+            failed.error = f"{type(exc).__name__}: {exc}"[:2000]
+            failed.review = ["analysis failed"]
+            _write(lake, failed, report)
+            continue
+        _write(lake, analysis, report)
+        report.analysed += 1
+        k = analysis.classification.klass.value
+        report.by_class[k] = report.by_class.get(k, 0) + 1
+        report.review += bool(analysis.review)
+        if progress:
+            progress(report, len(todo))
+    report.dose_superseded += resolve_dose_sources(lake)
     report.seconds = round(time.perf_counter() - t0, 2)
     return report
 
 
-def confirm_dose(con: Any, sop_instance_uids: Sequence[str]) -> list[tuple[str, int]]:
+def confirm_dose(lake: SCLake, sop_instance_uids: Sequence[str]) -> list[tuple[str, int]]:
     """Move reviewed dose readings into ``dose_events``; return (UID, rows stored) per UID.
 
     A person has compared the screen with the values in ``sc_analysis.dose_pending``;
@@ -425,27 +412,14 @@ def confirm_dose(con: Any, sop_instance_uids: Sequence[str]) -> list[tuple[str, 
     """
     from dicomlake.lakeschema import DOSE_EVENT_COLUMNS
 
-    ensure_sc_table(con)
+    ensure_sc_table(lake)
     done: list[tuple[str, int]] = []
     for uid in sop_instance_uids:
-        got = con.execute(
-            "SELECT dose_pending FROM sc_analysis WHERE SOPInstanceUID = ? AND dose_status = 'review'", [uid]
-        ).fetchone()
-        if not got or not got[0]:
+        pending = lake.pending_dose(uid)
+        if not pending:
             raise ValueError(f"{uid}: no dose reading in review for this SOP Instance UID (see sc catalogue --review)")
-        rows = json.loads(got[0])
-        ocr_rows = pa.Table.from_pylist(rows, schema=pa.schema(list(DOSE_EVENT_COLUMNS.items())))  # noqa: F841
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute("DELETE FROM dose_events WHERE SOPInstanceUID = ? AND source = 'ocr'", [uid])
-            con.execute("INSERT INTO dose_events BY NAME SELECT * FROM ocr_rows")
-            con.execute(
-                "UPDATE sc_analysis SET dose_status = 'confirmed', dose_pending = NULL WHERE SOPInstanceUID = ?", [uid]
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        rows = json.loads(pending)
+        lake.confirm_dose(uid, pa.Table.from_pylist(rows, schema=pa.schema(list(DOSE_EVENT_COLUMNS.items()))))
         done.append((uid, len(rows)))
     return done
 
@@ -479,11 +453,10 @@ def sc_catalogue(store: Any, *, where: str | None = None) -> pa.Table:
     Parameters
     ----------
     store
-        An open :class:`~dicomlake.store.duckdb.DuckDBStore`.
+        An open store holding ``sc_analysis`` (the caller creates it: ``store.sc_tables()``).
     where
         Optional SQL condition over the catalogue's columns (e.g. ``"review"``).
     """
-    ensure_sc_table(store.con)
     cols = ", ".join(
         f'i."{c}"' if c in ("PatientID", "StudyDate", "Modality", "SeriesDescription") else f'a."{c}"'
         for c in CATALOGUE_COLUMNS
