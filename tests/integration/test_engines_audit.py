@@ -21,7 +21,7 @@ from tests.test_audit_study import CONTINUED, MULTI, _dsr_study_truth, openrem_d
 pytestmark = pytest.mark.integration
 
 # small files, every audit served: CT (the dsr2xml oracle's cumulative and continued RDSRs, a
-# dose screen for the SC catalogue), MG (RDSR and an image header), DX, RF, NM
+# dose screen for the SC catalogue), MG (RDSR and an image header), DX, RF, NM (SR and header)
 FILES = (
     *MULTI,
     *CONTINUED,
@@ -32,6 +32,7 @@ FILES = (
     "DX-Im-Carestream_DR7500-1.dcm",
     "Dual-RDSR-RF.dcm",
     "NM-RRDSR-Siemens.dcm",
+    "NM-PetIm-GE.dcm",  # an administration read from an image header (elements), not an SR
 )
 ENGINES = ("duckdb", "postgres", "parquet")
 
@@ -117,3 +118,5 @@ def test_every_audit_gives_the_same_numbers_on_duckdb_postgres_and_parquet(lakes
     assert numbers["postgres"] == numbers["duckdb"]
     assert numbers["parquet"] == numbers["duckdb"]
     assert any(v not in (0, None, {}, []) for v in numbers["duckdb"].values()), numbers["duckdb"]
+    if audit == "nm-dose":  # the SR's administration and the PET header's (split_part, not regexp_extract)
+        assert numbers["duckdb"]["administrations"] == 2, numbers["duckdb"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dicomlake.errors import ConfigError
+from dicomlake.errors import ConfigError, QueryError
 from dicomlake.store.lakesql import LakeSql, lake_sql
 
 FLAG_COLUMNS = ("SOPInstanceUID", "rule", "severity", "attribute", "value", "message", "proposed")
@@ -128,9 +128,16 @@ class LakeCuration:
         return bool(self.sql.columns(name))
 
     def ensure_tables(self) -> None:
-        """Create ``quality_flags``, ``curate_runs`` and ``name_mappings`` when missing."""
-        for ddl in (FLAGS_DDL, RUNS_DDL, MAPPINGS_DDL):
-            self.sql.run(ddl)
+        """Create ``quality_flags``, ``curate_runs`` and ``name_mappings`` when missing (two
+        PostgreSQL writers creating one at once: the loser finds it made)."""
+        for name, ddl in (("quality_flags", FLAGS_DDL), ("curate_runs", RUNS_DDL), ("name_mappings", MAPPINGS_DDL)):
+            if self.has_table(name):
+                continue
+            try:
+                self.sql.run(ddl)
+            except QueryError:
+                if not self.has_table(name):
+                    raise
 
     # ---- the scope of a run ---------------------------------------------------------------
 
