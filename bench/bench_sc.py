@@ -168,6 +168,8 @@ class Tally:
     clinical_lost: list[str] = dataclasses.field(default_factory=list)
     other_lost_words: list[str] = dataclasses.field(default_factory=list)
     seconds: list[float] = dataclasses.field(default_factory=list)
+    dose_clinical: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    """[kept, total] clinical values on dose screens."""
 
     def score(self, case: Any, boxes: list[tuple[int, int, int, int]]) -> None:
         from tests.factories_sc import redaction_mask, score_redaction
@@ -180,6 +182,9 @@ class Tally:
         self.clinical_kept += s.clinical_kept
         self.missed += s.missed
         self.clinical_lost += s.clinical_lost
+        if case.klass == "dose_report":
+            self.dose_clinical[0] += s.clinical_kept
+            self.dose_clinical[1] += s.clinical_total
         if case.klass in OTHER_CLASSES:
             ids = case.labels.ravel()
             ink = np.bincount(ids, minlength=len(case.words) + 1)
@@ -312,6 +317,8 @@ def main() -> BenchResult:
         result.add(f"{tool} PHI words read back by an independent OCR pass", float(len(t.read_back)), "words", peer)
         result.add(f"{tool} PHI words read back in released objects", float(len(t.read_back_released)), "words", peer)
         result.add(f"{tool} clinical values kept", kept, "", peer=peer)
+        on_dose = t.dose_clinical[0] / t.dose_clinical[1] if t.dose_clinical[1] else None
+        result.add(f"{tool} clinical values kept on dose screens", on_dose, f"of {t.dose_clinical[1]}", peer=peer)
         result.add(f"{tool} false-redaction rate (non-PHI words lost)", lost, "", peer=peer)
         result.add(f"{tool} seconds per object", per, "s", peer=peer)
     if presidio is None:
@@ -341,6 +348,8 @@ def main() -> BenchResult:
             ],
         )
     )
+    for tool, t in tools.items():
+        print(f"{tool}: clinical values kept on dose screens {t.dose_clinical[0]}/{t.dose_clinical[1]}")
     print(
         f"dicomlake dose screens: {len(dose['exact'])} read exactly, {len(dose['review'])} to review, "
         f"{len(dose['wrong-stored'])} wrong and stored"
