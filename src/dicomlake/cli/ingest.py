@@ -12,15 +12,22 @@ from dicomlake.cli.output import FORMAT_OPTION, OUT_OPTION, Format, write_table
 
 
 def ingest(
-    paths: list[Path] = typer.Argument(..., help="Files, folders (walked recursively), .zip archives, DICOMDIRs."),
+    paths: list[str] = typer.Argument(
+        None,
+        help="Files, folders (walked recursively), .zip archives, DICOMDIRs; with --engine spark also "
+        "URIs (s3://bucket/prefix, hdfs://…).",
+    ),
     lake: Path | None = LAKE_OPTION,
     workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes (default: one per core)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Instances per transaction (default 2000)."),
     report: Path | None = typer.Option(None, "--report", help="Also write the run's summary as JSON to this file."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
     engine: str = typer.Option("embedded", "--engine", help="embedded (worker processes) or spark."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="--engine spark: the Parquet lake folder to write (new or empty)."
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="--engine spark: the Parquet lake folder or URI (s3://bucket/lake) to write (new, or one it wrote).",
     ),
     master: str = typer.Option(
         "local[2]", "--master", help="--engine spark: Spark master URL (local[N], spark://HOST:7077, yarn)."
@@ -29,6 +36,12 @@ def ingest(
         None,
         "--quarantine",
         help="PostgreSQL lakes: folder for the bytes of rejected input (default ./dicomlake-data).",
+    ),
+    manifest: str | None = typer.Option(
+        None,
+        "--manifest",
+        help="--engine spark: a list of the files to read (text, one path or URI a line; or Parquet with "
+        "a path column), read by the executors: for archives too large to walk.",
     ),
     deid: str | None = typer.Option(
         None,
@@ -63,8 +76,14 @@ def ingest(
                 f"{', '.join(ignored)} does not apply to --engine spark (Spark sets the parallelism, each task "
                 "writes its rows into the --out lake at once, rejected input is kept in OUT/quarantine)"
             )
-        _ingest_spark(paths, out, master, report, deid)
+        if not paths and manifest is None:
+            raise ValueError("give the files or folders to read, or --manifest FILE")
+        _ingest_spark(paths or [], out, master, report, deid, manifest)
         return
+    if manifest is not None:
+        raise ValueError("--manifest is for --engine spark; the embedded engine reads the files and folders given")
+    if not paths:
+        raise ValueError("give the files or folders to read")
     if out is not None:
         raise ValueError("--out is for --engine spark (a Parquet lake folder); the embedded engine writes --lake")
     from dicomlake.errors import ConfigError
@@ -116,7 +135,7 @@ def _summary(
     rows: tuple[tuple[str, object], ...],
     rep: object,
     lake: str | Path,
-    dest: Path,
+    dest: Path | str,
     kept_in: Path | None = None,
     deid: bool = False,
 ) -> None:
@@ -140,19 +159,24 @@ def _summary(
         console.print(f"[yellow]{rejected} input(s) rejected; {kept}. List them with: dicomlake rejects --lake {lake}")
     for note in getattr(rep, "notes", [])[:10]:
         console.print(f"[dim]note: {escape(str(note))}")  # notes quote file names and values
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(rep.as_dict(), indent=1), encoding="utf-8")  # type: ignore[attr-defined]
+    from dicomlake.store.fs import write_bytes
+
+    # a local file, or an object in the lake's bucket (--engine spark --out s3://…)
+    write_bytes(str(dest), json.dumps(rep.as_dict(), indent=1).encode("utf-8"))  # type: ignore[attr-defined]
     console.print(f"[dim]report: {dest}")
     raise typer.Exit(rep.exit_code)  # type: ignore[attr-defined]
 
 
-def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path | None, deid: str | None) -> None:
+def _ingest_spark(
+    paths: list[str], out: str | None, master: str, report: Path | None, deid: str | None, manifest: str | None
+) -> None:
 
     from dicomlake.ingest.spark import ingest_spark
+    from dicomlake.store.fs import join
 
     if out is None:
         raise ValueError("--engine spark needs --out DIR, the Parquet lake folder to write")
-    rep = ingest_spark(paths, out, master=master, deid=deid)
+    rep = ingest_spark(paths, out, master=master, deid=deid, manifest=manifest)
     rows = (
         ("files", rep.files),
         ("instances read", rep.instances),
@@ -171,7 +195,7 @@ def _ingest_spark(paths: list[Path], out: Path | None, master: str, report: Path
         rows,
         rep,
         rep.out,
-        report or out / "reports" / f"ingest-{rep.run_id}.json",
+        report or join(out, "reports", f"ingest-{rep.run_id}.json"),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dicomlake.dicom.dictionary import lookup, pixel_representation_dependent, private_vr
@@ -534,35 +535,56 @@ def read_header(
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        want = min(first_read, size)
-        buf = os.read(fd, want)
-        while True:
-            try:
-                header = parse_bytes(
-                    buf, file_size=size, inline_max=inline_max, max_inflated=max_header_bytes, max_depth=max_depth
-                )
-                if header.tail_at is not None:
-                    _read_tail(fd, header, size, inline_max, max_header_bytes, max_depth)
-                return header, buf, size
-            except _NeedMore:
-                if len(buf) >= size:
-                    raise ExtractionError("truncated: the header runs past the end of the file") from None
-                if len(buf) >= max_header_bytes:
-                    raise ExtractionError(
-                        f"header larger than {max_header_bytes} bytes; raise ingest.max_header_bytes"
-                    ) from None
-                more = min(max(len(buf), 1 << 20), size - len(buf), max_header_bytes - len(buf))
-                chunk = os.read(fd, more)
-                if not chunk:
-                    raise ExtractionError("file shrank while being read") from None
-                buf += chunk
+        return read_header_at(
+            lambda n, at: os.pread(fd, n, at),
+            os.fstat(fd).st_size,
+            first_read=first_read,
+            max_header_bytes=max_header_bytes,
+            inline_max=inline_max,
+            max_depth=max_depth,
+        )
     finally:
         os.close(fd)
 
 
-def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int, max_depth: int = 32) -> None:
-    """Read the elements after the pixel data, walking fragment headers with pread."""
+def read_header_at(
+    pread: Callable[[int, int], bytes],
+    size: int,
+    *,
+    first_read: int = 65536,
+    max_header_bytes: int = 64 * 1024 * 1024,
+    inline_max: int = 1024,
+    max_depth: int = 32,
+) -> tuple[Header, bytes, int]:
+    """:func:`read_header` over ranged reads ``pread(n, offset)`` of an object of ``size`` bytes
+    (a file on an object store: only the header's ranges are fetched, never the pixel data)."""
+    buf = pread(min(first_read, size), 0)
+    while True:
+        try:
+            header = parse_bytes(
+                buf, file_size=size, inline_max=inline_max, max_inflated=max_header_bytes, max_depth=max_depth
+            )
+            if header.tail_at is not None:
+                _read_tail(pread, header, size, inline_max, max_header_bytes, max_depth)
+            return header, buf, size
+        except _NeedMore:
+            if len(buf) >= size:
+                raise ExtractionError("truncated: the header runs past the end of the file") from None
+            if len(buf) >= max_header_bytes:
+                raise ExtractionError(
+                    f"header larger than {max_header_bytes} bytes; raise ingest.max_header_bytes"
+                ) from None
+            more = min(max(len(buf), 1 << 20), size - len(buf), max_header_bytes - len(buf))
+            chunk = pread(more, len(buf))
+            if not chunk:
+                raise ExtractionError("file shrank while being read") from None
+            buf += chunk
+
+
+def _read_tail(
+    pread: Callable[[int, int], bytes], header: Header, size: int, inline_max: int, limit: int, max_depth: int = 32
+) -> None:
+    """Read the elements after the pixel data, walking fragment headers with ranged reads."""
     at = header.tail_at
     assert at is not None
     little = header.little_endian
@@ -571,7 +593,7 @@ def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int, 
         tagst = _LE_TAG if little else _BE_TAG
         u32 = _LE_U32 if little else _BE_U32
         for _ in range(1_000_000):
-            hdr = os.pread(fd, 8, pos)
+            hdr = pread(8, pos)
             if len(hdr) < 8:
                 header.notes.append("encapsulated pixel data not terminated by a sequence delimiter")
                 return
@@ -586,7 +608,7 @@ def _read_tail(fd: int, header: Header, size: int, inline_max: int, limit: int, 
     if size - at > limit:
         header.notes.append(f"{size - at} bytes after the pixel data not read (over the header limit)")
         return
-    tail = os.pread(fd, size - at, at)
+    tail = pread(size - at, at)
     parser = _Parser(
         tail, explicit=header.explicit, little=little, inline_max=inline_max, file_size=len(tail), max_depth=max_depth
     )

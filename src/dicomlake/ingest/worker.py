@@ -12,18 +12,20 @@ import gc
 import hashlib
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from dicomlake.dicom.reader import Header, parse_all, read_header, sniff
+from dicomlake.dicom.reader import Header, parse_all, read_header, read_header_at, sniff
 from dicomlake.errors import ExtractionError
 from dicomlake.extract.rows import BatchBuilder
 from dicomlake.ingest.sources import Task, unsafe_member_name
 from dicomlake.lakeschema import REJECT_SCHEMA, instance_columns
 from dicomlake.security.preamble import executable_preamble
+from dicomlake.store.fs import filesystem, is_remote, join, write_bytes
 
 # Files that are plainly something else are counted and skipped, not rejected: the
 # companions found beside DICOM on media and in exports.
@@ -222,8 +224,11 @@ def _preamble_reason(what: str) -> str:
     )
 
 
-def _quarantine(lake: Path, data: bytes) -> tuple[str, str]:
+def _quarantine(lake: Path | str, data: bytes) -> tuple[str, str]:
     digest = hashlib.sha256(data).hexdigest()
+    if isinstance(lake, str):  # a lake on an object store (the Spark engine's s3://… output)
+        write_bytes(join(lake, "quarantine", digest[:2], digest), data)
+        return digest, f"quarantine/{digest[:2]}/{digest}"
     rel = Path("quarantine") / digest[:2] / digest
     dest = lake / rel
     if not dest.exists():
@@ -287,7 +292,7 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
     cfg = config or _CONFIG
     if cfg is None:
         raise RuntimeError("worker not initialised: call init_worker(config) first")
-    lake = Path(cfg.lake)
+    lake: Path | str = cfg.lake if is_remote(cfg.lake) else Path(cfg.lake)
     columns = instance_columns(cfg.columns_file)
     rejects: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -373,9 +378,15 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                         continue
                     header = parse_all(data, inline_max=cfg.inline_max, max_depth=cfg.max_sequence_depth)
                 else:
+                    remote = _open_remote(task.path) if is_remote(task.path) else None
                     try:
-                        with open(task.path, "rb") as fh:
-                            head = fh.read(512)
+                        if remote is not None:
+                            head = bytes(remote.read_at(min(512, remote.size()), 0))
+                        elif is_remote(task.path):
+                            raise OSError(f"cannot open {task.path}")
+                        else:
+                            with open(task.path, "rb") as fh:
+                                head = fh.read(512)
                     except OSError as exc:
                         reject(task, f"cannot be read: {exc.strerror or exc}", None, None)
                         continue
@@ -387,12 +398,21 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
                         data = _read_all(task.path)
                         reject(task, _preamble_reason(why), data, len(data) if data is not None else None)
                         continue
-                    header, _, size = read_header(
-                        task.path,
-                        max_header_bytes=cfg.max_header_bytes,
-                        inline_max=cfg.inline_max,
-                        max_depth=cfg.max_sequence_depth,
-                    )
+                    if remote is not None:  # ranged reads of the header only, as from a local file
+                        header, _, size = read_header_at(
+                            _pread(remote),
+                            remote.size(),
+                            max_header_bytes=cfg.max_header_bytes,
+                            inline_max=cfg.inline_max,
+                            max_depth=cfg.max_sequence_depth,
+                        )
+                    else:
+                        header, _, size = read_header(
+                            task.path,
+                            max_header_bytes=cfg.max_header_bytes,
+                            inline_max=cfg.inline_max,
+                            max_depth=cfg.max_sequence_depth,
+                        )
                 if _meta_text(header, 0x00020002) == MEDIA_STORAGE_DIRECTORY:
                     res.skipped += 1  # a DICOMDIR reached as a plain file
                     continue
@@ -466,9 +486,34 @@ def process_chunk(tasks: list[Task], config: WorkerConfig | None = None) -> Chun
 
 def _read_all(path: str, limit: int = 1 << 31) -> bytes | None:
     try:
+        if is_remote(path):
+            f = _open_remote(path)
+            if f is None:
+                return None
+            with f:
+                return bytes(f.read(limit))
         with open(path, "rb") as fh:
             return fh.read(limit)
     except OSError:
+        return None
+
+
+def _pread(f: Any) -> Callable[[int, int], bytes]:
+    """``pread(n, offset)`` over a ``pyarrow`` random-access file."""
+
+    def pread(n: int, at: int) -> bytes:
+        return bytes(f.read_at(n, at))
+
+    return pread
+
+
+def _open_remote(path: str) -> Any:
+    """A random-access ``pyarrow`` file on an object store or HDFS (``s3://…``), or None when
+    it cannot be opened (the caller then rejects the file as unreadable)."""
+    try:
+        fs, p = filesystem(path)
+        return fs.open_input_file(p)
+    except (OSError, ValueError):
         return None
 
 
