@@ -41,7 +41,7 @@ def spark() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     corpus = pytest.importorskip("bench.corpus")
-    return corpus.generate(tmp_path_factory.mktemp("generated"), GENERATED_N, seed=7)
+    return Path(corpus.generate(tmp_path_factory.mktemp("generated"), GENERATED_N, seed=7))
 
 
 def _embedded(sources: list[Path], lake: Path) -> Path:

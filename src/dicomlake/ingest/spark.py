@@ -37,17 +37,21 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dicomlake.config import Settings, get_settings
 from dicomlake.errors import ConfigError, DicomlakeError
-from dicomlake.ingest.sources import Task, expand
+from dicomlake.ingest.sources import DICOMDIR_NAMES, Task, expand
 from dicomlake.ingest.worker import WorkerConfig, process_chunk
 from dicomlake.lakeschema import REJECT_SCHEMA
+from dicomlake.store.fs import S3_ENV, filesystem, is_remote, is_uri, join, local_path, write_bytes
 from dicomlake.store.parquet import MARKER, PARTITIONED, ParquetLakeWriter
 
 FILES_PER_CHUNK = 48
 """Files per chunk (one ``process_chunk`` call), as in the embedded pipeline. Default: 48"""
+MAX_FILES_PER_TASK = 50_000
+"""By default a Spark task reads at most this many files (more tasks for a larger input). Default: 50,000"""
 FLUSH_INSTANCES = 20_000
 """A task writes its buffered rows once this many instances are buffered. Default: 20,000"""
 STAGING = "_staging"
@@ -155,6 +159,169 @@ def _chunks(tasks: Sequence[Task], size: int) -> list[list[tuple[int, Task]]]:
     return out
 
 
+LISTING_DDL = "chunk_id long, chunk string, n long"
+UNIT_BITS = 32
+"""An ordinal is ``unit << 32 | index``: the source order across listing units without a
+global count (a unit is a top-level folder, a source file, a manifest range)."""
+MANIFEST_RANGE_BYTES = 32 << 20
+"""A text manifest is read by the executors in ranges of this many bytes (~300,000 lines of
+100 characters). Default: 32 MiB"""
+
+
+def _units(sources: Sequence[str], manifest: str | None) -> list[tuple[str, str, int, int]]:
+    """What the executors list, as (kind, path, start, end): the driver looks at the sources'
+    top level only (and a manifest's size or row groups), never at every file.
+
+    - ``tree``: a file, zip, DICOMDIR, or a folder whose top level holds a DICOMDIR (its
+      references may reach every subfolder): :func:`~dicomlake.ingest.sources.expand` on one executor;
+    - ``flat``: the files directly in a folder; each subfolder is a ``tree`` of its own, in
+      the order ``os.walk`` visits them, so ordinals follow the embedded engine's source order;
+    - ``rflat`` / ``rtree`` / ``rfile``: the same for a URI (``pyarrow.fs`` listing);
+    - ``text`` / ``parquet``: a byte range of a text manifest, a row group of a Parquet one.
+    """
+    units: list[tuple[str, str, int, int]] = []
+    if manifest is not None:
+        fs, path = filesystem(manifest)
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise ConfigError(f"no such manifest: {manifest}")
+        if manifest.lower().endswith(".parquet"):
+            with fs.open_input_file(path) as fh:
+                groups = pq.ParquetFile(fh).metadata.num_row_groups
+            units += [("parquet", manifest, g, g + 1) for g in range(groups)]
+        else:
+            size = int(info.size or 0)
+            units += [
+                ("text", manifest, s, min(size, s + MANIFEST_RANGE_BYTES)) for s in range(0, size, MANIFEST_RANGE_BYTES)
+            ]
+    missing = [p for p in sources if not is_remote(p) and not os.path.exists(p)]
+    if missing:
+        raise ConfigError(
+            "no such file or folder: " + ", ".join(missing) + " (check the path; folders are walked recursively)"
+        )
+    for src in sources:
+        if is_remote(src):
+            fs, root = filesystem(src)
+            info = fs.get_file_info(root)
+            if info.type == pafs.FileType.NotFound:
+                raise ConfigError(f"no such file or prefix: {src}")
+            if info.type == pafs.FileType.File:
+                units.append(("rfile", src, 0, 0))
+                continue
+            units.append(("rflat", src, 0, 0))
+            top = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+            subs = sorted(f.base_name for f in top if f.type == pafs.FileType.Directory)
+            units += [("rtree", f"{src}/{name}", 0, 0) for name in subs]
+        elif not os.path.isdir(src):
+            units.append(("tree", src, 0, 0))
+        else:
+            with os.scandir(src) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            if any(e.name in DICOMDIR_NAMES for e in entries):
+                units.append(("tree", src, 0, 0))
+                continue
+            units.append(("flat", src, 0, 0))
+            # os.walk descends into folders, not into links to folders
+            units += [("tree", e.path, 0, 0) for e in entries if e.is_dir() and not e.is_symlink()]
+    return units
+
+
+def _list_unit(kind: str, path: str, start: int, end: int) -> list[Task]:
+    """The tasks of one listing unit (runs on an executor)."""
+    if kind == "tree":
+        return expand([path])
+    if kind == "flat":
+        with os.scandir(path) as it:
+            names = sorted(e.name for e in it if not e.is_dir())
+        return expand([os.path.join(path, n) for n in names]) if names else []
+    if kind in ("rfile", "rtree", "rflat"):
+        fs, root = filesystem(path)
+        if kind == "rfile":
+            found = [path]
+        else:
+            sel = pafs.FileSelector(root, recursive=kind == "rtree")
+            found = sorted(path + f.path[len(root) :] for f in fs.get_file_info(sel) if f.type == pafs.FileType.File)
+        return [_remote_task(u) for u in found]
+    if kind == "text":
+        lines = [ln.decode("utf-8", "replace").strip() for ln in _text_range(path, start, end).split(b"\n")]
+        return _manifest_tasks(path, [ln for ln in lines if ln and not ln.startswith("#")])
+    if kind == "parquet":
+        fs, p = filesystem(path)
+        with fs.open_input_file(p) as fh:
+            pf = pq.ParquetFile(fh)
+            name = "path" if "path" in pf.schema_arrow.names else pf.schema_arrow.names[0]
+            col = pf.read_row_group(start, columns=[name]).column(0).to_pylist()
+        return _manifest_tasks(path, [str(v).strip() for v in col if v])
+    raise ValueError(kind)
+
+
+def _remote_task(uri: str) -> Task:
+    note = "zip archive on an object store: not expanded (copy it to a shared file system)"
+    return Task("file", uri, note=note if uri.lower().endswith(".zip") else None)
+
+
+def _manifest_tasks(manifest: str, entries: list[str]) -> list[Task]:
+    """A manifest's entries: URIs as they are, local paths relative to the manifest's folder;
+    a listed file that is missing is a reject, not a failed job."""
+    here = os.path.dirname(local_path(manifest)) if not is_remote(manifest) else None
+    out: list[Task] = []
+    for e in entries:
+        if is_remote(e):
+            out.append(_remote_task(e.rstrip("/")))
+            continue
+        p = local_path(e) if is_uri(e) or here is None else os.path.join(here, e)
+        if os.path.exists(p):
+            out += expand([p])
+        else:
+            out.append(Task("missing", p, note=f"listed in the manifest {manifest} but not found"))
+    return out
+
+
+def _text_range(path: str, start: int, end: int) -> bytes:
+    """The lines of a text file that start in ``[start, end)`` (each range read by one task)."""
+    fs, p = filesystem(path)
+    with fs.open_input_file(p) as f:
+        s0 = max(0, start - 1)
+        data = bytes(f.read_at(end - s0, s0))
+        pos = end
+        while data and not data.endswith(b"\n"):  # the last line runs past the range: finish it
+            more = bytes(f.read_at(1 << 16, pos))
+            if not more:
+                break
+            cut = more.find(b"\n")
+            data += more if cut < 0 else more[: cut + 1]
+            pos += len(more)
+    if start > 0:  # a line that started before the range belongs to the range before
+        cut = data.find(b"\n")
+        data = data[cut + 1 :] if cut >= 0 else b""
+    return data
+
+
+def _list_partition(files_per_chunk: int, store_env: dict[str, str]) -> Any:
+    """The ``mapInArrow`` function of the listing job: units in, chunks of tasks out."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for k, v in store_env.items():
+            os.environ.setdefault(k, v)
+        for batch in batches:
+            for unit, kind, path, start, end in zip(
+                *(batch.column(c).to_pylist() for c in ("unit", "kind", "path", "start", "end")), strict=True
+            ):
+                tasks = _list_unit(kind, path, start, end)
+                ids, chunks, ns = [], [], []
+                for j, c in enumerate(_chunks(tasks, files_per_chunk)):
+                    ids.append(unit << UNIT_BITS | j)
+                    chunks.append(json.dumps([(unit << UNIT_BITS | o, asdict(t)) for o, t in c]))
+                    ns.append(len(c))
+                if ids:
+                    yield pa.RecordBatch.from_pydict(
+                        {"chunk_id": ids, "chunk": chunks, "n": ns},
+                        schema=pa.schema([("chunk_id", pa.int64()), ("chunk", pa.string()), ("n", pa.int64())]),
+                    )
+
+    return run
+
+
 def portable_times(table: pa.Table) -> pa.Table:
     """Time-of-day columns (Arrow ``time64[us]``, Parquet TIME) as int64 microseconds since
     midnight, so that any engine reads the lake: Spark 3.x cannot read a Parquet TIME column
@@ -175,7 +342,7 @@ class _TaskWriter:
     flushes or tasks and drop a losing copy from exactly the sub-stage that holds it.
     """
 
-    def __init__(self, stage_root: Path, stage_name: str, writer_id: str) -> None:
+    def __init__(self, stage_root: str, stage_name: str, writer_id: str) -> None:
         self.stage_root = stage_root
         self.stage_name = stage_name
         self.writer_id = writer_id
@@ -195,7 +362,7 @@ class _TaskWriter:
     def _writer(self) -> tuple[ParquetLakeWriter, str]:
         sub = f"{self.stage_name}-f{len(self.stages)}"
         self.stages.append(sub)
-        return ParquetLakeWriter(self.stage_root / sub, f"{self.writer_id}-{len(self.stages)}"), sub
+        return ParquetLakeWriter(join(self.stage_root, sub), f"{self.writer_id}-{len(self.stages)}"), sub
 
     def flush(self) -> None:
         if not self.segments:
@@ -230,17 +397,23 @@ class _TaskWriter:
             writer.write("rejects", pa.concat_tables(self.rejects))
 
 
-def _run_partition(cfg: WorkerConfig, out: str, env: dict[str, str] | None = None) -> Any:
+def _run_partition(
+    cfg: WorkerConfig, out: str, env: dict[str, str] | None = None, store_env: dict[str, str] | None = None
+) -> Any:
     """The ``mapInArrow`` function: chunks in, result rows out (module-level so it pickles).
 
     ``env`` is the driver's ``DICOMLAKE_*`` environment (de-identification keys among them):
     an executor's environment is its worker's, not the driver's, so the task sets it itself
-    (in its own Python worker process, never logged) before it reads a file.
+    (in its own Python worker process, never logged) before it reads a file. ``store_env`` is
+    the driver's S3 addressing (``AWS_*``, :data:`dicomlake.store.fs.S3_ENV`), set likewise
+    where the executor has none of its own.
     """
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
+        for k, v in (store_env or {}).items():
+            os.environ.setdefault(k, v)
         if env is not None:
             from dicomlake.ingest import worker
 
@@ -251,7 +424,7 @@ def _run_partition(cfg: WorkerConfig, out: str, env: dict[str, str] | None = Non
         pid = ctx.partitionId() if ctx else 0
         attempt = ctx.attemptNumber() if ctx else 0
         stage_name = f"p{pid:06d}-a{attempt}-{uuid.uuid4().hex[:8]}"
-        tw = _TaskWriter(Path(out) / STAGING, stage_name, f"part-{pid:06d}-{uuid.uuid4().hex[:8]}")
+        tw = _TaskWriter(join(out, STAGING), stage_name, f"part-{pid:06d}-{uuid.uuid4().hex[:8]}")
         counts: dict[str, Any] = {"files": 0, "instances": 0, "rejected": 0, "skipped": 0, "notes": []}
         t0 = time.perf_counter()
         for batch in batches:
@@ -299,13 +472,19 @@ def ingest_spark(
     settings: Settings | None = None,
     source: str | None = None,
     deid: str | None = None,
+    manifest: str | os.PathLike[str] | None = None,
 ) -> SparkIngestReport:
     """Extract every header under ``paths`` on Spark into the Parquet lake at ``out``.
 
     Parameters
     ----------
     paths
-        Files, folders, zips, DICOMDIRs, visible at the same paths on every executor.
+        Files, folders, zips, DICOMDIRs, visible at the same paths on every executor, or URIs
+        (``s3://bucket/prefix``, ``hdfs://…``). The executors list them, one task per top-level
+        folder; the driver never holds the file list.
+    manifest
+        A list of the files to read, one path or URI a line (text) or a ``path`` column (Parquet),
+        read in ranges (row groups) by the executors: the way to feed 10⁹ objects.
     out
         The Parquet lake folder: new, empty, or one this engine wrote (the run is appended; for an
         instance already in the lake, this run's copy replaces the older one).
@@ -322,22 +501,22 @@ def ingest_spark(
     """
     settings = settings or get_settings()
     t0 = time.perf_counter()
-    out_dir = Path(out)
-    append = _appendable(out_dir)
-    if (
-        not append
-        and out_dir.exists()
-        and any(p.name not in (STAGING, "quarantine", "reports") for p in out_dir.iterdir())
-    ):
-        raise ConfigError(
-            f"{out_dir} holds files but no lake written by the Spark engine; the Spark engine writes a new "
-            "Parquet lake folder or appends to one it wrote (choose a new --out, or remove it)"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # executors run in their own working folders: every path they see is absolute
-    out_dir = Path(os.path.abspath(out_dir))
-    paths = [os.path.abspath(p) for p in paths]
-    tasks = expand(paths)
+    # executors run in their own working folders: every path they see is absolute or a URI
+    out_s = os.fspath(out)
+    out_uri = out_s.rstrip("/") if is_remote(out_s) else local_path(out_s)
+    fs, base = filesystem(out_uri)
+    append = _appendable(fs, base)
+    if not append:
+        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        if any(f.base_name not in (STAGING, "quarantine", "reports") for f in found):
+            raise ConfigError(
+                f"{out_uri} holds files but no lake written by the Spark engine; the Spark engine writes a new "
+                "Parquet lake folder or appends to one it wrote (choose a new --out, or remove it)"
+            )
+    fs.create_dir(base, recursive=True)
+    sources = [os.fspath(p).rstrip("/") if is_remote(os.fspath(p)) else local_path(p) for p in paths]
+    man = None if manifest is None else os.fspath(manifest)
+    units = _units(sources, man if man is None or is_remote(man) else local_path(man))
     if deid:
         _check_deid(deid)
     run_id = uuid.uuid4().hex[:12]
@@ -351,10 +530,10 @@ def ingest_spark(
     own = spark is None
     spark = spark or spark_session(master)
     sc = spark.sparkContext
-    report = SparkIngestReport(run_id=run_id, out=str(out_dir), master=sc.master, files=len(tasks))
+    report = SparkIngestReport(run_id=run_id, out=out_uri, master=sc.master)
     ing = settings.ingest
     cfg = WorkerConfig(
-        lake=str(out_dir.resolve()),
+        lake=out_uri,
         columns_file=str(settings.columns_file) if settings.columns_file else None,
         inline_max=ing.inline_binary_max,
         max_header_bytes=ing.max_header_bytes,
@@ -366,25 +545,43 @@ def ingest_spark(
         max_sequence_depth=ing.max_sequence_depth,
     )
     env = {k: v for k, v in os.environ.items() if k.startswith("DICOMLAKE_")}
-    chunks = _chunks(tasks, FILES_PER_CHUNK)
+    store_env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
     parallelism = max(1, sc.defaultParallelism)
-    # default: 4 tasks per core, so a slow task does not hold the job up
-    spread = max(1, min(len(chunks), parallelism * 4))
-    n_parts = max(1, -(-len(tasks) // files_per_task)) if files_per_task else spread
-    n_parts = min(n_parts, max(1, len(chunks)))
-    report.partitions = n_parts
-    rows = [(i, json.dumps([(o, asdict(t)) for o, t in c])) for i, c in enumerate(chunks)]
+    staging = f"{base}/{STAGING}"
     try:
         from pyspark import StorageLevel
-
-        df = spark.createDataFrame(rows, "chunk_id long, chunk string").repartitionByRange(n_parts, "chunk_id")
-        result = df.mapInArrow(_run_partition(cfg, str(out_dir), env), RESULT_DDL)
-        spark.sparkContext.setCheckpointDir(str((out_dir / STAGING / "_checkpoint").resolve()))
-        result = result.persist(StorageLevel.MEMORY_AND_DISK).checkpoint(eager=True)
-        t_extract = time.perf_counter()
-        summaries = result.filter("kind = 'task'").select("stage", "summary").collect()
         from pyspark.sql import functions as F
 
+        # listing on the executors: the driver sends the units, gets back two counts
+        unit_rows = [(i, *u) for i, u in enumerate(units)]
+        listed = (
+            spark.createDataFrame(unit_rows, "unit long, kind string, path string, start long, end long")
+            .repartition(max(1, min(len(units), parallelism * 4)))
+            .mapInArrow(_list_partition(FILES_PER_CHUNK, store_env), LISTING_DDL)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        counted = listed.agg(F.count("*").alias("chunks"), F.sum("n").alias("files")).first()
+        n_chunks, report.files = int(counted["chunks"] or 0), int(counted["files"] or 0)
+        # default: 4 tasks per core, so a slow task does not hold the job up, and at most
+        # MAX_FILES_PER_TASK files a task
+        spread = max(parallelism * 4, -(-report.files // MAX_FILES_PER_TASK))
+        n_parts = max(1, -(-report.files // files_per_task)) if files_per_task else spread
+        n_parts = report.partitions = max(1, min(n_parts, n_chunks))
+        df = listed.select("chunk_id", "chunk").repartitionByRange(n_parts, "chunk_id")
+        result = df.mapInArrow(_run_partition(cfg, out_uri, env, store_env), RESULT_DDL).persist(
+            StorageLevel.MEMORY_AND_DISK
+        )
+        if is_remote(out_uri):
+            # Spark's own checkpoint needs a Hadoop file system for the URI (hadoop-aws for
+            # s3a://): the rows stay on the executors instead; a lost executor fails the job
+            # rather than run a partition twice
+            result = result.localCheckpoint(eager=True)
+        else:
+            spark.sparkContext.setCheckpointDir(f"{staging}/_checkpoint")
+            result = result.checkpoint(eager=True)
+        t_extract = time.perf_counter()
+        summaries = result.filter("kind = 'task'").select("stage", "summary").collect()
+        listed.unpersist()
         inst = result.filter("kind = 'instance'")
         dup = (
             inst.groupBy("SOPInstanceUID").agg(F.count("*").alias("n"), F.max("ordinal").alias("keep")).filter("n > 1")
@@ -396,10 +593,10 @@ def ingest_spark(
         report.seconds_extract = t_extract - t0  # expand + extraction + staged writes
     except Exception as exc:
         # one clear line on the console; the Java and Python traces go to a log file
-        log = _failure_log(out_dir, run_id, exc)
-        shutil.rmtree(out_dir / STAGING, ignore_errors=True)
+        log = _failure_log(out_uri, run_id, exc)
+        _delete_dir(fs, staging)
         raise DicomlakeError(
-            f"the Spark job failed: {_reason(exc)} (nothing was added to {out_dir}; details in {log})"
+            f"the Spark job failed: {_reason(exc)} (nothing was added to {out_uri}; details in {log})"
         ) from None
     finally:
         if own:
@@ -420,17 +617,17 @@ def ingest_spark(
         by_stage.setdefault(row["stage"], []).append(row["SOPInstanceUID"])
     report.duplicates_resolved += len(losers)  # and those dropped inside tasks, counted above
     for stage, uids in by_stage.items():
-        _drop_instances(out_dir / STAGING / stage, uids)
-    moved = _commit(out_dir, stages)
+        _drop_instances(fs, f"{staging}/{stage}", uids)
+    moved = _commit(fs, base, stages)
     report.files_written = len(moved)
     if appended:
         # the copy this run read is the newest: older copies in the lake's earlier files go
         # (after the new files are in place, so an interruption leaves a duplicate, never a loss)
-        report.replaced = _drop_instances(out_dir, appended, skip=set(moved))
-    writer = ParquetLakeWriter(out_dir, f"run-{run_id}")
+        report.replaced = _drop_instances(fs, base, appended, skip=set(moved))
+    writer = ParquetLakeWriter(out_uri, f"run-{run_id}")
     writer.write_marker(extra={"written_by": "dicomlake ingest --engine spark", "run_id": run_id})
     report.seconds = time.perf_counter() - t0
-    _write_run(out_dir, report, paths, deid)
+    _write_run(out_uri, report, sources, deid)
     return report
 
 
@@ -467,37 +664,53 @@ def _reason(exc: BaseException) -> str:
     return line[:300]
 
 
-def _failure_log(out_dir: Path, run_id: str, exc: BaseException) -> Path:
+def _failure_log(out: str, run_id: str, exc: BaseException) -> str:
     import traceback
 
-    log = out_dir / "reports" / f"ingest-{run_id}-failed.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    log = join(out, "reports", f"ingest-{run_id}-failed.log")
+    try:
+        write_bytes(log, "".join(traceback.format_exception(exc)).encode("utf-8"))
+    except OSError:  # the output cannot be written either: the log goes to the local temp folder
+        import tempfile
+
+        log = os.path.join(tempfile.gettempdir(), f"dicomlake-ingest-{run_id}-failed.log")
+        Path(log).write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
     return log
 
 
-def _appendable(out_dir: Path) -> bool:
-    """True for a Parquet lake the Spark engine wrote (its files encode times alike)."""
-    marker = out_dir / MARKER
-    if not marker.is_file():
-        return False
+def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
     try:
-        meta = json.loads(marker.read_text("utf-8"))
-    except ValueError:
+        fs.delete_dir(path)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def _appendable(fs: pafs.FileSystem, base: str) -> bool:
+    """True for a Parquet lake the Spark engine wrote (its files encode times alike)."""
+    try:
+        with fs.open_input_stream(f"{base}/{MARKER}") as fh:
+            meta = json.loads(bytes(fh.read()).decode("utf-8"))
+    except (OSError, ValueError):
         return False
     return str(meta.get("written_by", "")).startswith("dicomlake ingest --engine spark")
 
 
-def _drop_instances(stage: Path, uids: list[str], skip: set[Path] | None = None) -> int:
+def _parquet_files(fs: pafs.FileSystem, folder: str) -> list[str]:
+    found = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    return sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+
+
+def _drop_instances(fs: pafs.FileSystem, stage: str, uids: list[str], skip: set[str] | None = None) -> int:
     """Remove the rows of ``uids`` (copies superseded by a later file) from a staged output or
     the lake's files (but not those in ``skip``); the number of instance rows removed."""
     drop = pa.array(sorted(set(uids)), pa.string())
     removed = 0
+    local = isinstance(fs, pafs.LocalFileSystem)
     for name in PARTITIONED:
-        for f in sorted((stage / name).rglob("*.parquet")) if (stage / name).is_dir() else []:
+        for f in _parquet_files(fs, f"{stage}/{name}"):
             if skip and f in skip:
                 continue
-            tab = pq.read_table(f, partitioning=None)
+            tab = pq.read_table(f, filesystem=fs, partitioning=None)
             mask = pc.invert(pc.is_in(tab.column("SOPInstanceUID"), value_set=drop))
             kept = tab.filter(mask)
             if kept.num_rows == tab.num_rows:
@@ -505,32 +718,33 @@ def _drop_instances(stage: Path, uids: list[str], skip: set[Path] | None = None)
             if name == "instances":
                 removed += tab.num_rows - kept.num_rows
             if kept.num_rows:
-                tmp = f.with_name(f".{f.name}.tmp")
-                pq.write_table(kept, tmp, compression="zstd")
-                tmp.replace(f)
+                # locally through a rename; on an object store a PUT replaces the object whole
+                tmp = f"{f.rsplit('/', 1)[0]}/.{f.rsplit('/', 1)[1]}.tmp" if local else f
+                pq.write_table(kept, tmp, filesystem=fs, compression="zstd")
+                if local:
+                    fs.move(tmp, f)
             else:
-                f.unlink()
+                fs.delete_file(f)
     return removed
 
 
-def _commit(out_dir: Path, stages: list[str]) -> list[Path]:
+def _commit(fs: pafs.FileSystem, base: str, stages: list[str]) -> list[str]:
     """Move the committed attempts' files into the lake; remove the staging folder; their new paths."""
-    moved: list[Path] = []
+    moved: list[str] = []
+    staging = f"{base}/{STAGING}"
     for stage in stages:
-        root = out_dir / STAGING / stage
-        if not root.is_dir():
-            continue
-        for f in root.rglob("*.parquet"):
-            dest = out_dir / f.relative_to(root)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(f, dest)
+        root = f"{staging}/{stage}"
+        for f in _parquet_files(fs, root):
+            dest = base + f[len(root) :]
+            fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+            fs.move(f, dest)  # a rename locally and on HDFS; copy and delete on an object store
             moved.append(dest)
-    shutil.rmtree(out_dir / STAGING, ignore_errors=True)
+    _delete_dir(fs, staging)
     return moved
 
 
 def _write_run(
-    out_dir: Path, report: SparkIngestReport, paths: Sequence[str | os.PathLike[str]], deid: str | None
+    out_dir: str, report: SparkIngestReport, paths: Sequence[str | os.PathLike[str]], deid: str | None
 ) -> None:
     import datetime as dt
 
