@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,3 +121,30 @@ def test_every_audit_gives_the_same_numbers_on_duckdb_postgres_and_parquet(lakes
     assert any(v not in (0, None, {}, []) for v in numbers["duckdb"].values()), numbers["duckdb"]
     if audit == "nm-dose":  # the SR's administration and the PET header's (split_part, not regexp_extract)
         assert numbers["duckdb"]["administrations"] == 2, numbers["duckdb"]
+
+
+def test_curate_names_propose_confirm_history_on_duckdb_and_postgres(lakes: dict[str, str], tmp_path: Path) -> None:
+    """The same proposals from both engines; confirmed as they are, the same ``instances_std``
+    view; on the Parquet lake ``--confirm`` is refused in one line. (Last: it adds a mapping.)"""
+    proposals = {}
+    for engine in ("duckdb", "postgres"):
+        out = tmp_path / f"{engine}.csv"
+        res = _cli("curate", "names", "--propose", str(out), "--lake", lakes[engine])
+        assert res.exit_code == 0, res.output
+        proposals[engine] = out.read_text("utf-8")
+    assert proposals["postgres"] == proposals["duckdb"]
+    confirmed = tmp_path / "confirmed.csv"
+    confirmed.write_text(proposals["duckdb"].replace(",proposed\n", ",confirmed\n"), "utf-8")
+    views = {}
+    for engine in ("duckdb", "postgres"):
+        res = _cli("curate", "names", "--confirm", str(confirmed), "--by", "tester", "--lake", lakes[engine])
+        assert res.exit_code == 0, res.output
+        res = _cli("curate", "names", "--history", "--lake", lakes[engine])
+        assert res.exit_code == 0 and res.output.startswith("v1: ") and "by tester" in res.output, res.output
+        with Lake.open(lakes[engine], read_only=True) as lk:
+            views[engine] = sorted(
+                lk.sql('SELECT "SOPInstanceUID", protocol_std, station_std, institution_std FROM instances_std').rows()
+            )
+    assert views["postgres"] == views["duckdb"] and views["duckdb"]
+    res = _cli("curate", "names", "--confirm", str(confirmed), "--lake", lakes["parquet"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
