@@ -6,6 +6,7 @@ Siemens RDSRs (tests/oracles/dsr.py), never our parser.
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 from collections.abc import Iterator
@@ -97,9 +98,14 @@ def test_curate_run_on_a_parquet_lake_says_it_cannot_in_one_line(lakes: dict[str
     assert len(lines) == 1 and "Parquet lake" in lines[0] and "read-only" in lines[0], res.output
 
 
+@functools.cache
+def _truth(files: tuple[str, ...]) -> dict[str, dict[str, object]]:
+    return _dsr_study_truth(files)  # dsr2xml once per file set, not once per engine
+
+
 def _assert_dsr2xml_totals(studies: Any) -> None:
     for files in (MULTI, CONTINUED):
-        for study, truth in _dsr_study_truth(files).items():
+        for study, truth in _truth(files).items():
             events: dict[str, float] = truth["events"]  # type: ignore[assignment]
             (row,) = studies.filter(studies["StudyInstanceUID"] == study).to_dicts()
             assert row["events"] == len(events)
