@@ -154,3 +154,41 @@ def test_curate_names_propose_confirm_history_on_duckdb_and_postgres(lakes: dict
     assert views["postgres"] == views["duckdb"] and views["duckdb"]
     res = _cli("curate", "names", "--confirm", str(confirmed), "--lake", lakes["parquet"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_sc_dose_in_review_is_confirmed_alike_on_duckdb_and_postgres(lakes: dict[str, str]) -> None:
+    """A dose screen's reading kept in review (sc_analysis.dose_pending) goes into dose_events
+    by `sc confirm-dose` on both engines, and is refused on a Parquet lake in one line. (After
+    the audits: it adds a dose row.)"""
+    import json
+
+    import pyarrow as pa
+
+    from dicomlake.extract.sc import SC_ANALYSIS_SCHEMA
+    from dicomlake.store.open import open_store
+    from dicomlake.store.sc_tables import sc_tables_of
+
+    uid, study = "1.2.826.0.1.3680043.8.498.99001", "1.2.826.0.1.3680043.8.498.99000"
+    pending = [{"SOPInstanceUID": uid, "StudyInstanceUID": study, "source": "ocr", "record": "event",
+                "modality_family": "CT", "CTDIvol_mGy": 7.25, "DLP_mGycm": 311.5}]  # fmt: skip
+    got = {}
+    for engine in ("duckdb", "postgres"):
+        with open_store(lakes[engine]) as store:
+            door = sc_tables_of(store)
+            door.ensure_table(SC_ANALYSIS_SCHEMA)
+            row = {"SOPInstanceUID": uid, "StudyInstanceUID": study, "content_class": "dose_screen",
+                   "dose_status": "review", "dose_pending": json.dumps(pending)}  # fmt: skip
+            door.replace_analysis(pa.Table.from_pylist([row], schema=SC_ANALYSIS_SCHEMA), None)
+        res = _cli("sc", "confirm-dose", uid, "--lake", lakes[engine])
+        assert res.exit_code == 0 and f"confirmed {uid}: 1 dose rows stored" in res.output, res.output
+        with Lake.open(lakes[engine], read_only=True) as lk:
+            got[engine] = (
+                lk.sql(f"SELECT source, CTDIvol_mGy, DLP_mGycm FROM dose_events WHERE SOPInstanceUID = '{uid}'").rows(),
+                lk.sql(f"SELECT dose_status, dose_pending FROM sc_analysis WHERE SOPInstanceUID = '{uid}'").rows(),
+            )
+        again = _cli("sc", "confirm-dose", uid, "--lake", lakes[engine])  # nothing in review any more
+        assert again.exit_code == 2 and "no dose reading in review" in again.output, again.output
+    assert got["duckdb"] == ([("ocr", 7.25, 311.5)], [("confirmed", None)])
+    assert got["postgres"] == got["duckdb"]
+    res = _cli("sc", "confirm-dose", uid, "--lake", lakes["parquet"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
