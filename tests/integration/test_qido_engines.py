@@ -150,7 +150,8 @@ def test_the_web_app_over_a_postgresql_store_answers_qido_rs_as_over_duckdb(
     stores: dict[str, Any], oracle: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     """``/dicomweb/studies`` through the web app: it reaches the lake only through its Store, so
-    a PostgreSQL store serves the same DICOM JSON as a DuckDB one, for the admin and the analyst."""
+    a PostgreSQL store serves the same DICOM JSON as a DuckDB one, for the admin and the analyst;
+    and the same UI search and dashboards (query/dashboards.py), in the same order."""
     from fastapi.testclient import TestClient
 
     from dicomlake.web.app import create_app
@@ -165,6 +166,10 @@ def test_the_web_app_over_a_postgresql_store_answers_qido_rs_as_over_duckdb(
                 r = c.get("/dicomweb/studies?limit=1000&includefield=all", headers=ws.bearer(app, name))
                 assert r.status_code == 200, (engine, role, r.text[:300])
                 bodies.setdefault(engine, {})[role] = r.json()
+            for page in ("/studies.json?_level=series&_limit=100", "/dashboards.json"):
+                r = c.get(page, headers=ws.bearer(app, "ada"))
+                assert r.status_code == 200, (engine, page, r.text[:300])
+                bodies[engine][page] = r.json()["rows"]
     assert bodies["postgresql"] == bodies["duckdb"]
     admin = bodies["duckdb"]["admin"]
     assert {s["0020000D"]["Value"][0] for s in admin} == set(oracle)
@@ -173,3 +178,9 @@ def test_the_web_app_over_a_postgresql_store_answers_qido_rs_as_over_duckdb(
         assert s["00201208"]["Value"] == [len(want["sops"])]
         assert s.get("00080061", {}).get("Value", []) == sorted(want["mods"])
     assert len(bodies["duckdb"]["analyst"]) > 0
+    per_modality: dict[str, int] = {}
+    for s in oracle.values():
+        for m in s["mods"]:  # each study here has one modality
+            per_modality[m] = per_modality.get(m, 0) + len(s["sops"])
+    chart = {r["x"]: r["y"] for r in bodies["duckdb"]["/dashboards.json"] if r["chart"] == "modality"}
+    assert chart == per_modality

@@ -137,25 +137,29 @@ def chart(
         sql = (
             f'SELECT coalesce(i."StationName", \'(none)\') AS "group", d."{col}" AS y FROM ({EVENTS}) d '
             f'JOIN instances i ON i."SOPInstanceUID" = d."SOPInstanceUID" WHERE {cond} AND d.modality_family = \'{fam}\' '
-            f"AND d.record = 'event' AND d.\"{col}\" IS NOT NULL LIMIT {CHART_ROWS}"
+            f"AND d.record = 'event' AND d.\"{col}\" IS NOT NULL "
+            f'ORDER BY coalesce(i."StationName", \'(none)\') COLLATE "C", d."{col}", d."SOPInstanceUID" COLLATE "C" '
+            f"LIMIT {CHART_ROWS}"
         )
     elif name == "mg-agd":
         sql = (
             'SELECT coalesce(d.view, \'\') AS "group", d.compressed_breast_thickness_mm AS x, d."agd_mGy" AS y '
             f'FROM ({EVENTS}) d JOIN instances i ON i."SOPInstanceUID" = d."SOPInstanceUID" WHERE {cond} '
-            f"AND d.modality_family = 'MG' AND d.record = 'event' AND d.\"agd_mGy\" IS NOT NULL LIMIT {CHART_ROWS}"
+            f"AND d.modality_family = 'MG' AND d.record = 'event' AND d.\"agd_mGy\" IS NOT NULL "
+            f'ORDER BY coalesce(d.view, \'\') COLLATE "C", d.compressed_breast_thickness_mm, d."agd_mGy", '
+            f'd."SOPInstanceUID" COLLATE "C" LIMIT {CHART_ROWS}'
         )
     elif name == "modality":
         sql = (
             f"SELECT coalesce(i.\"Modality\", '(none)') AS x, count(*) AS y FROM instances i WHERE {cond} "
-            "GROUP BY 1 ORDER BY 2 DESC"
+            f'GROUP BY 1 ORDER BY 2 DESC, coalesce(i."Modality", \'(none)\') COLLATE "C"'
         )
     else:
         if "quality_flags" not in tables:
             return pa.table({})
         sql = (
             'SELECT q.rule AS x, count(*) AS y FROM quality_flags q JOIN instances i ON i."SOPInstanceUID" = q."SOPInstanceUID" '
-            f"WHERE {cond} GROUP BY 1 ORDER BY 2 DESC"
+            f'WHERE {cond} GROUP BY 1 ORDER BY 2 DESC, q.rule COLLATE "C"'
         )
     return reader.query(sql, params)
 
@@ -219,7 +223,9 @@ def quality_page(reader: Reader, equal: Mapping[str, str], limit: int, offset: i
             params.append(v)
     where = " AND ".join(conds) or "TRUE"
     t = reader.query(
-        f"SELECT * FROM quality_flags WHERE {where} ORDER BY flagged_at DESC NULLS LAST LIMIT ? OFFSET ?",
+        f"SELECT * FROM quality_flags WHERE {where} "
+        'ORDER BY flagged_at DESC NULLS LAST, "SOPInstanceUID" COLLATE "C", rule COLLATE "C", attribute COLLATE "C" '
+        "LIMIT ? OFFSET ?",
         [*params, int(limit), int(offset)],
     )
     total = int(reader.query(f"SELECT count(*) AS n FROM quality_flags WHERE {where}", params).column(0)[0].as_py())
