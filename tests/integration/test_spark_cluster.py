@@ -97,7 +97,9 @@ def _plain_engines_read(spark: Any, lake: Path, counts: dict[str, int]) -> None:
             continue
         assert spark.read.parquet(str(folder)).count() == n, table
         glob = str(folder / "**" / "*.parquet")
-        assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true)").fetchall() == [(n,)]
+        assert duckdb.execute(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true)").fetchall() == [
+            (n,)
+        ]
         assert ds.dataset(folder, format="parquet", partitioning="hive").count_rows() == n, table
     rows = spark.read.parquet(str(lake / "instances")).select("source_path", "StudyTime").collect()
     checked = 0
@@ -254,3 +256,177 @@ def test_cluster_append_run_keeps_the_newest_copy(cluster_spark: Any, corpus: Pa
     assert desc["StudyDescription"].to_list() == ["CORRECTED RE-SEND"]
     assert el["n"][0] == want > 0  # the older copy's elements are gone
     assert runs == 2
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local S3 server (moto, on 127.0.0.1) and the AWS_* settings that address it; the
+    driver hands them to the executors with the tasks."""
+    import socket
+
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        from tests.support import missing
+
+        missing("moto is not installed (the test dependency group: make install)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "dicomlake-test",
+        "AWS_SECRET_ACCESS_KEY": "dicomlake-test-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def test_cluster_reads_and_writes_s3(
+    cluster_spark: Any, corpus: Path, s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Input DICOM files in one bucket, the lake written to another (s3a:// as Hadoop names it):
+    the rows read back from the bucket with pyarrow hold what pydicom reads in the same files,
+    and nothing is written to a local folder named like the URI."""
+    import pyarrow.dataset as pds
+    import pyarrow.fs as pafs
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    s3 = pafs.S3FileSystem(
+        endpoint_override=s3_server.split("//", 1)[1], scheme="http", region="us-east-1", allow_bucket_creation=True
+    )
+    s3.create_dir("dicom-in")
+    s3.create_dir("dicom-out")
+    files = sorted(corpus.glob("*.dcm"))[:6]
+    for f in files:
+        with s3.open_output_stream(f"dicom-in/openrem/{f.name}") as fh:
+            fh.write(f.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(
+        app, ["ingest", "--engine", "spark", "s3a://dicom-in/openrem/", "--out", "s3a://dicom-out/lake"]
+    )
+    assert res.exit_code == 0, res.output
+    assert list(tmp_path.iterdir()) == []  # no local "s3a:" folder, no local report
+
+    got = (
+        pds.dataset("dicom-out/lake/instances", filesystem=s3, format="parquet", partitioning="hive")
+        .to_table(columns=["SOPInstanceUID", "Modality", "PatientID", "StudyDate", "source_path", "size_bytes"])
+        .to_pylist()
+    )
+    by_uid = {r["SOPInstanceUID"]: r for r in got}
+    assert len(got) == len(by_uid) == len(files)
+    for f in files:  # the oracle: pydicom's reading of the same files
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        row = by_uid[str(ds.SOPInstanceUID)]
+        assert row["source_path"] == f"s3a://dicom-in/openrem/{f.name}"
+        assert row["Modality"] == (ds.get("Modality") or None)
+        assert row["PatientID"] == (str(ds.get("PatientID", "")) or None)
+        assert row["size_bytes"] == f.stat().st_size
+        if ds.get("StudyDate"):
+            assert row["StudyDate"].strftime("%Y%m%d") == ds.StudyDate
+    names = [i.path for i in s3.get_file_info(pafs.FileSelector("dicom-out/lake", recursive=True))]
+    assert "dicom-out/lake/_dicomlake_lake.json" in names
+    assert not [n for n in names if "/_staging" in n]
+    assert [n for n in names if n.startswith("dicom-out/lake/reports/ingest-") and n.endswith(".json")]
+    n_elements = pds.dataset("dicom-out/lake/elements", filesystem=s3, format="parquet", partitioning="hive")
+    assert n_elements.count_rows() > 0
+
+
+def test_cluster_lists_on_the_executors_and_reads_a_manifest(
+    cluster_spark: Any, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver never walks a folder nor reads the manifest's lines (both fail if it tries):
+    a folder with subfolders is listed by the executors, one task a subfolder, and a manifest
+    (absolute, relative and missing paths, a comment) is read by them in ranges."""
+    from dicomlake.ingest import sources, spark
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("the driver listed files")
+
+    monkeypatch.setattr(sources, "expand", refuse)
+    monkeypatch.setattr(spark, "expand", refuse)
+    monkeypatch.setattr(spark, "MANIFEST_RANGE_BYTES", 200)  # several ranges, lines cut across them
+    files = sorted(corpus.glob("*.dcm"))
+    tree = tmp_path / "tree"
+    for i, f in enumerate(files[:6]):
+        (tree / f"d{i % 3}" / "x").mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, tree / f"d{i % 3}" / "x" / f.name)
+    shutil.copy(files[6], tree / files[6].name)
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    rep = spark.ingest_spark([tree], tmp_path / "lake1", spark=cluster_spark)
+    assert (rep.files, rep.unique_instances, rep.rejected) == (7, 7, 0)
+
+    man = tmp_path / "m" / "manifest.txt"
+    man.parent.mkdir()
+    lines = ["# files to read"] + [str(f) for f in files[:-1]] + [os.path.relpath(files[-1], man.parent), "gone.dcm"]
+    man.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rep = spark.ingest_spark([], tmp_path / "lake2", spark=cluster_spark, manifest=man)
+    assert rep.files == len(files) + 1 and rep.rejected == 1
+    with Lake.open(tmp_path / "lake2", read_only=True) as lk:
+        got = set(lk.sql("SELECT SOPInstanceUID FROM instances")["SOPInstanceUID"].to_list())
+        missing = lk.sql("SELECT source_path, reason FROM rejects").to_dicts()
+    assert got == uids
+    assert missing[0]["source_path"] == str(man.parent / "gone.dcm") and "manifest" in missing[0]["reason"]
+
+
+def test_manifest_ranges_hold_every_line_once(tmp_path: Path) -> None:
+    """Byte ranges of a text manifest, cut anywhere, give back each line exactly once."""
+    import random
+
+    from dicomlake.ingest.spark import _text_range
+
+    rng = random.Random(3)
+    lines = ["/" + "a" * rng.randrange(0, 40) + str(i) for i in range(300)]
+    f = tmp_path / "m.txt"
+    f.write_text("\n".join(lines), encoding="utf-8")  # no final newline
+    size = f.stat().st_size
+    for step in (1, 7, 64, 1000, size, size + 5):
+        got: list[str] = []
+        for start in range(0, size, step):
+            got += [ln for ln in _text_range(str(f), start, min(size, start + step)).decode().split("\n") if ln]
+        assert got == lines, step
+
+
+def test_cluster_compaction_keeps_every_row_in_fewer_files(cluster_spark: Any, corpus: Path, tmp_path: Path) -> None:
+    """`dicomlake compact` on Spark (one task a partition): fewer files, the same rows, read by a
+    plain Spark session and by DuckDB's read_parquet as before."""
+    import duckdb
+
+    from dicomlake.ingest.spark import ingest_spark
+    from dicomlake.store.parquet import compact
+
+    src = tmp_path / "in"
+    for i, f in enumerate(sorted(corpus.glob("*.dcm"))):  # four subfolders: four listing units, four tasks
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, src / f"d{i % 4}" / f.name)
+    lake = tmp_path / "lake"
+    rep = ingest_spark([src], lake, spark=cluster_spark, files_per_task=1)
+    assert rep.partitions == 4
+
+    def rows(table: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        sp = sorted((tuple(r) for r in cluster_spark.read.parquet(str(lake / table)).collect()), key=repr)
+        glob = str(lake / table / "**" / "*.parquet")
+        dk = duckdb.execute(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true)").fetchall()
+        return sp, sorted(dk, key=repr)
+
+    before = {t: rows(t) for t in ("instances", "elements", "dose_events")}
+    n_before = len(list((lake / "elements").rglob("*.parquet")))
+    totals = compact(lake, spark=cluster_spark)
+    n_after = len(list((lake / "elements").rglob("*.parquet")))
+    assert totals["files_after"] < totals["files_before"] and n_after < n_before
+    assert n_after == len({f.parent for f in (lake / "elements").rglob("*.parquet")})  # one file a partition
+    assert totals["bytes_after"] < totals["bytes_before"]
+    for t, (sp, dk) in before.items():
+        assert rows(t) == (sp, dk), t
+        assert len(sp) > 0, t
+    assert not (lake / "_compact").exists()
+    print(f"compaction: {totals}")

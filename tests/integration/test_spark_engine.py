@@ -178,3 +178,36 @@ def test_spark_engine_partitions_follow_modality_and_study_month(spark_lakes: di
     want = dict(zip(t.column("part_modality").to_pylist(), t.column("part_month").to_pylist(), strict=False))
     assert set(e.column("part_modality").to_pylist()) <= set(want)
     assert VOLATILE  # (columns compared elsewhere)
+
+
+def test_task_buffer_is_bounded_by_bytes(generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task writes once its buffer holds FLUSH_BYTES, however few instances that is; every
+    row is written once (the task's writer run in-process, no Spark)."""
+    import pyarrow.dataset as ds
+
+    from dicomlake.ingest import spark
+    from dicomlake.ingest.sources import expand
+    from dicomlake.ingest.worker import WorkerConfig, process_chunk
+
+    monkeypatch.setattr(spark, "FLUSH_BYTES", 1 << 17)
+    tasks = expand([generated])[:36]
+    tw = spark._TaskWriter(str(tmp_path / "stage"), "p0", "part-0")
+    cfg = WorkerConfig(
+        lake=str(tmp_path / "lake"),
+        columns_file=None,
+        inline_max=1024,
+        max_header_bytes=64 << 20,
+        max_zip_member_bytes=1 << 30,
+        max_zip_ratio=100.0,
+    )
+    sizes = []
+    for i in range(0, len(tasks), 6):
+        res = process_chunk(tasks[i : i + 6], cfg)
+        for seg in res.segments:
+            sizes.append(sum(t.nbytes for t in seg.tables.values()))
+            tw.add(seg.tables, list(range(i, i + seg.tables["instances"].num_rows)))
+    tw.close()
+    assert len(tw.stages) > 1  # flushed on bytes: 20,000 instances were never reached
+    assert tw.peak_bytes < (1 << 17) + max(sizes)  # one chunk over the bound at most
+    n = sum(ds.dataset(tmp_path / "stage" / s / "instances", partitioning="hive").count_rows() for s in tw.stages)
+    assert n == len(tw.written) == 36

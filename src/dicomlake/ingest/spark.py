@@ -1,17 +1,20 @@
 """The Spark engine: the embedded engine's extraction over an Apache Spark cluster, into a Parquet lake.
 
-The driver expands the sources (folders, zips, DICOMDIRs: :func:`dicomlake.ingest.sources.expand`)
-into chunks of tasks, exactly as the embedded pipeline does, and hands the chunks to Spark
-as rows of a DataFrame. Each Spark task runs :func:`dicomlake.ingest.worker.process_chunk`
-— the same pure function the embedded engine's worker processes run — over its chunks
-and writes the resulting Arrow tables with :class:`dicomlake.store.parquet.ParquetLakeWriter`,
-so the Parquet files hold the embedded lake's columns with its Arrow types, partitioned
-by modality and study month.
+The driver looks at the sources' top level only and hands Spark one listing unit per
+top-level folder, URI prefix or manifest range (:func:`_units`); the executors expand them
+(folders, zips, DICOMDIRs: :func:`dicomlake.ingest.sources.expand`, or ``pyarrow.fs``
+listings of ``s3://``/``hdfs://`` prefixes) into chunks of tasks, exactly as the embedded
+pipeline does, so the driver never holds one object per file. Each Spark task runs
+:func:`dicomlake.ingest.worker.process_chunk` — the same pure function the embedded
+engine's worker processes run — over its chunks and writes the resulting Arrow tables with
+:class:`dicomlake.store.parquet.ParquetLakeWriter`, so the Parquet files hold the embedded
+lake's columns with its Arrow types, partitioned by modality and study month. Input and
+output may be local paths every node sees or URIs (:mod:`dicomlake.store.fs`).
 
 Why paths and not Spark's ``binaryFile`` source: a header is a few kB at the front of a
 file that carries megabytes of pixel data; ``binaryFile`` would move every byte of the
-archive through Spark, while a task that opens the path reads only the header (the
-executors see the archive on a shared file system, as the driver does).
+archive through Spark, while a task that opens the path (or issues ranged reads of the
+object) reads only the header.
 
 Commit protocol: a task attempt writes under ``OUT/_staging/<partition>-<attempt>-<uuid>/``
 and returns, through ``mapInArrow``, one row per instance (its SOP Instance UID and the
@@ -54,6 +57,11 @@ MAX_FILES_PER_TASK = 50_000
 """By default a Spark task reads at most this many files (more tasks for a larger input). Default: 50,000"""
 FLUSH_INSTANCES = 20_000
 """A task writes its buffered rows once this many instances are buffered. Default: 20,000"""
+FLUSH_BYTES = 256 << 20
+"""... or once its buffered Arrow tables hold this many bytes, whichever comes first: the
+memory of a task's buffer is bounded whatever the element density of the input (a header of
+a large SR or a multi-frame enhanced object is tens of thousands of element rows).
+Default: 256 MiB"""
 STAGING = "_staging"
 
 RESULT_SCHEMA = pa.schema(
@@ -89,6 +97,7 @@ class SparkIngestReport:
     seconds: float = 0.0
     seconds_extract: float = 0.0
     task_seconds: float = 0.0  # summed over tasks: the time spent reading, extracting and writing
+    peak_buffer_bytes: int = 0  # the largest Arrow buffer of one task before a write (FLUSH_BYTES bounds it)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -349,6 +358,8 @@ class _TaskWriter:
         self.segments: list[tuple[dict[str, pa.Table], list[int]]] = []
         self.rejects: list[pa.Table] = []
         self.buffered = 0
+        self.buffered_bytes = 0
+        self.peak_bytes = 0  # the largest buffer written, reported in the task's summary
         self.written: list[tuple[str, int, str]] = []  # (uid, ordinal, sub-stage)
         self.dropped = 0  # older copies dropped inside this task (same SOP Instance UID, one flush)
         self.stages: list[str] = []
@@ -356,7 +367,9 @@ class _TaskWriter:
     def add(self, tables: dict[str, pa.Table], ordinals: list[int]) -> None:
         self.segments.append((tables, ordinals))
         self.buffered += len(ordinals)
-        if self.buffered >= FLUSH_INSTANCES:
+        self.buffered_bytes += sum(t.nbytes for t in tables.values() if t is not None)
+        self.peak_bytes = max(self.peak_bytes, self.buffered_bytes)
+        if self.buffered >= FLUSH_INSTANCES or self.buffered_bytes >= FLUSH_BYTES:
             self.flush()
 
     def _writer(self) -> tuple[ParquetLakeWriter, str]:
@@ -389,6 +402,7 @@ class _TaskWriter:
         self.written.extend((u, o, sub) for u, (_s, o) in keep.items())
         self.segments.clear()
         self.buffered = 0
+        self.buffered_bytes = 0
 
     def close(self) -> None:
         self.flush()
@@ -447,6 +461,7 @@ def _run_partition(
         counts["seconds"] = time.perf_counter() - t0
         counts["stages"] = tw.stages
         counts["dropped"] = tw.dropped
+        counts["peak_buffer_bytes"] = tw.peak_bytes
         n = len(tw.written)
         yield pa.RecordBatch.from_pydict(
             {
@@ -610,6 +625,7 @@ def ingest_spark(
         report.skipped += c["skipped"]
         report.notes.extend(c["notes"])
         report.task_seconds += c["seconds"]
+        report.peak_buffer_bytes = max(report.peak_buffer_bytes, c.get("peak_buffer_bytes", 0))
         report.duplicates_resolved += c.get("dropped", 0)
         stages.extend(c["stages"])
     by_stage: dict[str, list[str]] = {}

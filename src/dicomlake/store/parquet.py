@@ -24,14 +24,18 @@ through :class:`ParquetLakeWriter`, so there is one writer of the format.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import INGEST_RUNS_SCHEMA, InstanceColumns, instance_columns, table_schemas
@@ -96,17 +100,22 @@ class ParquetLakeWriter:
     Parameters
     ----------
     root
-        The lake folder (created).
+        The lake folder (created), or a URI (``s3://bucket/lake``, ``hdfs://…``: written through
+        :mod:`pyarrow.fs`, :mod:`dicomlake.store.fs`).
     writer_id
         Prefix of this writer's file names (a Spark task's id, a run id), unique per writer.
     """
 
     def __init__(self, root: str | Path, writer_id: str | None = None) -> None:
-        self.root = Path(root)
+        from dicomlake.store.fs import filesystem, is_remote
+
+        self.uri = str(root) if is_remote(str(root)) else None
+        self.root = Path(root) if self.uri is None else Path(str(root).split("://", 1)[1])
+        self.fs, self.base = filesystem(self.uri or str(self.root))
         self.writer_id = writer_id or uuid.uuid4().hex[:12]
         self.seq = 0
         self.files: list[str] = []
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.fs.create_dir(self.base, recursive=True)
 
     def write_marker(self, columns: InstanceColumns | None = None, extra: Mapping[str, object] | None = None) -> None:
         """Write the format marker (idempotent; the driver/exporter calls it once)."""
@@ -117,9 +126,11 @@ class ParquetLakeWriter:
             "instance_columns": list((columns or instance_columns()).kinds),
             **(extra or {}),
         }
-        tmp = self.root / f".{MARKER}.{self.writer_id}.tmp"
-        tmp.write_text(json.dumps(marker, indent=1), encoding="utf-8")
-        tmp.replace(self.root / MARKER)
+        from dicomlake.store.fs import write_bytes
+
+        write_bytes(
+            self.uri + "/" + MARKER if self.uri else str(self.root / MARKER), json.dumps(marker, indent=1).encode()
+        )
 
     def write(self, name: str, data: pa.Table | Iterable[pa.RecordBatch], schema: pa.Schema | None = None) -> int:
         """Write one table's rows (with partition columns for a partitioned table); rows written."""
@@ -144,7 +155,8 @@ class ParquetLakeWriter:
         self.seq += 1
         ds.write_dataset(
             source,
-            base_dir=str(self.root / name),
+            base_dir=f"{self.base}/{name}",
+            filesystem=self.fs,
             format="parquet",
             partitioning=list(PART_COLUMNS) if partitioned else None,
             partitioning_flavor="hive" if partitioned else None,
@@ -267,7 +279,8 @@ class ParquetStore:
         self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000
     ) -> Iterator[pa.RecordBatch]:
         try:
-            reader = self.con.sql(f'SELECT * FROM "{name}"').to_arrow_reader(batch_rows)
+            cols = ", ".join(f'"{f.name}"' for f in schema) if schema is not None else "*"
+            reader = self.con.sql(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
         except duckdb.Error as exc:
             raise QueryError(f"{name}: {exc}") from exc
         yield from reader
@@ -280,3 +293,153 @@ class ParquetStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+TARGET_FILE_BYTES = 256 << 20
+"""Compaction writes files of about this size (a partition smaller than it becomes one file).
+Default: 256 MiB, inside the 128–512 MB that Spark, DuckDB and object stores read best."""
+COMPACT_JOURNAL = "_compact"
+
+
+def partition_folders(lake: str) -> list[str]:
+    """The leaf folders of the partitioned tables (``TABLE/part_modality=…/part_month=…``), as
+    paths inside the lake's file system; a few thousand for a national lake."""
+    from dicomlake.store.fs import filesystem
+
+    fs, base = filesystem(lake)
+    out: list[str] = []
+    for name in PARTITIONED:
+        for mod in fs.get_file_info(pafs.FileSelector(f"{base}/{name}", allow_not_found=True)):
+            if mod.type == pafs.FileType.Directory and mod.base_name.startswith("part_modality="):
+                months = fs.get_file_info(pafs.FileSelector(mod.path))
+                out += sorted(m.path for m in months if m.type == pafs.FileType.Directory)
+    return out
+
+
+def compact_partition(lake: str, folder: str, target_bytes: int = TARGET_FILE_BYTES) -> dict[str, int]:
+    """Rewrite one partition folder's Parquet files as few files of about ``target_bytes``.
+
+    Crash-safe without a table format: the new files are written under ``LAKE/_compact/…``,
+    a journal naming the old and the new files is written, the new files are moved in, the
+    old ones deleted, the journal removed. :func:`finish_compaction` completes or undoes an
+    interrupted step, so the partition never ends with both copies or with neither. A reader
+    during the few moves may see a row twice (never miss one).
+    """
+    from dicomlake.store.fs import filesystem
+
+    fs, base = filesystem(lake)
+    files = [
+        f
+        for f in fs.get_file_info(pafs.FileSelector(folder))
+        if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")
+    ]
+    before = sum(int(f.size or 0) for f in files)
+    stats = {"files_before": len(files), "bytes_before": before, "files_after": len(files), "bytes_after": before}
+    if len(files) < 2:
+        return stats
+    paths = sorted(f.path for f in files)
+    # files of several runs may differ (a column added since): one schema over all, streamed
+    schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in paths], promote_options="permissive")
+    table = ds.dataset(paths, schema=schema, filesystem=fs, format="parquet")
+    stats["rows"] = rows = table.count_rows()
+    per_row = max(1.0, before / max(1, rows))
+    rows_per_file = max(ROWS_PER_GROUP, int(target_bytes / per_row))
+    tag = uuid.uuid4().hex[:12]
+    rel = folder[len(base) + 1 :]
+    tmp = f"{base}/{COMPACT_JOURNAL}/{tag}"
+    new: list[str] = []
+    ds.write_dataset(
+        table,
+        base_dir=tmp,
+        filesystem=fs,
+        format="parquet",
+        basename_template=f"compact-{tag}-{{i}}.parquet",
+        file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+        max_rows_per_file=rows_per_file,
+        max_rows_per_group=min(ROWS_PER_GROUP, rows_per_file),
+        min_rows_per_group=min(ROWS_PER_GROUP, 50_000),
+        file_visitor=lambda w: new.append(w.path),
+    )
+    moves = [(p, f"{folder}/{p.rsplit('/', 1)[1]}") for p in sorted(new)]
+    journal = {
+        "partition": rel,
+        "old": [p[len(base) + 1 :] for p in paths],
+        "new": [d[len(base) + 1 :] for _s, d in moves],
+    }
+    with fs.open_output_stream(f"{tmp}.json") as fh:
+        fh.write(json.dumps(journal).encode())
+    for src, dest in moves:
+        fs.move(src, dest)
+    _finish(fs, base, f"{tmp}.json", journal)
+    stats["files_after"] = len(moves)
+    stats["bytes_after"] = sum(int(fs.get_file_info(d).size or 0) for _s, d in moves)
+    return stats
+
+
+def _finish(fs: pafs.FileSystem, base: str, journal_path: str, journal: Mapping[str, Any]) -> None:
+    """Complete a journalled compaction (all new files in place: drop the old ones) or undo it."""
+    new_in = [fs.get_file_info(f"{base}/{p}").type == pafs.FileType.File for p in journal["new"]]
+    drop = journal["old"] if all(new_in) else [p for p, there in zip(journal["new"], new_in, strict=True) if there]
+    for p in drop:
+        try:
+            fs.delete_file(f"{base}/{p}")
+        except FileNotFoundError:
+            pass
+    tmp = journal_path[: -len(".json")]
+    try:
+        fs.delete_dir(tmp)
+    except (FileNotFoundError, OSError):
+        pass
+    fs.delete_file(journal_path)
+
+
+def finish_compaction(lake: str) -> int:
+    """Complete or undo the compaction steps an interruption left; how many."""
+    from dicomlake.store.fs import filesystem
+
+    fs, base = filesystem(lake)
+    found = fs.get_file_info(pafs.FileSelector(f"{base}/{COMPACT_JOURNAL}", allow_not_found=True))
+    journals = sorted(f.path for f in found if f.path.endswith(".json"))
+    for j in journals:
+        with fs.open_input_stream(j) as fh:
+            _finish(fs, base, j, json.loads(bytes(fh.read())))
+    try:
+        fs.delete_dir(f"{base}/{COMPACT_JOURNAL}")
+    except (FileNotFoundError, OSError):
+        pass
+    return len(journals)
+
+
+def compact(lake: str | Path, *, spark: Any = None, target_bytes: int = TARGET_FILE_BYTES) -> dict[str, int]:
+    """Compact every partition of a Parquet lake (folder or URI); with a SparkSession, one
+    Spark task per partition. Totals of files and bytes before and after."""
+    from dicomlake.store.fs import is_remote, local_path
+
+    uri = str(lake).rstrip("/") if is_remote(str(lake)) else local_path(lake)
+    finish_compaction(uri)
+    folders = partition_folders(uri)
+    if spark is not None and folders:
+        from dicomlake.store.fs import S3_ENV
+
+        store_env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
+        rdd = spark.sparkContext.parallelize(
+            folders, max(1, min(len(folders), spark.sparkContext.defaultParallelism * 4))
+        )
+        results = rdd.map(_compact_task(uri, target_bytes, store_env)).collect()
+    else:
+        results = [compact_partition(uri, f, target_bytes) for f in folders]
+    total = {"partitions": len(folders)}
+    for r in results:
+        for k, v in r.items():
+            total[k] = total.get(k, 0) + v
+    finish_compaction(uri)
+    return total
+
+
+def _compact_task(uri: str, target_bytes: int, store_env: dict[str, str]) -> Any:
+    def run(folder: str) -> dict[str, int]:
+        for k, v in store_env.items():
+            os.environ.setdefault(k, v)
+        return compact_partition(uri, folder, target_bytes)
+
+    return run
