@@ -107,11 +107,13 @@ def test_postgres_processes_opening_a_new_lake_at_once_migrate_it_once(pg: Postg
     url = pg.create_database()
     with mp.get_context("spawn").Pool(4) as pool:
         applied = pool.map(_open_store, [url] * 4)
-    assert sum(applied) == 3
+    from dicomlake.store.migrations import MIGRATIONS
+
+    assert sum(applied) == len(MIGRATIONS)
     import psycopg
 
     with psycopg.connect(url) as con:
-        assert con.execute("SELECT count(*) FROM schema_migrations").fetchone() == (3,)
+        assert con.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(MIGRATIONS),)
 
 
 # ---- listener + 2 workers + web, separate processes, one PostgreSQL lake ----------------

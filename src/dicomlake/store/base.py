@@ -1,4 +1,6 @@
-"""The Store protocol every back end implements, and the value objects it returns."""
+"""The Store protocol every back end implements, and the value objects it returns.
+
+The tables' schemas are in :mod:`dicomlake.lakeschema`."""
 
 from __future__ import annotations
 
@@ -9,13 +11,12 @@ from typing import TYPE_CHECKING, Protocol, Self
 
 import pyarrow as pa
 
-from dicomlake.lakeschema import REJECT_SCHEMA, TABLES, InstanceColumns
+from dicomlake.lakeschema import InstanceColumns
 
 if TYPE_CHECKING:
     from dicomlake.store.pullstate import PullStateTables
 
-# The schemas live in dicomlake.lakeschema; these two names are kept for callers of the store.
-__all__ = ["REJECT_SCHEMA", "TABLES", "Params", "Store", "WriteReport"]
+__all__ = ["Params", "Store", "WriteReport"]
 
 
 @dataclass(frozen=True, slots=True)

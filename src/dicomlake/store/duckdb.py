@@ -284,7 +284,7 @@ class DuckDBStore:
         """Every row of a table as Arrow batches (of ``schema``'s columns when given)."""
         cols = ", ".join(f'"{f.name}"' for f in schema) if schema is not None else "*"
         try:
-            reader = self.con.cursor().sql(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
+            reader = self.con.sql(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
         except duckdb.Error as exc:
             raise QueryError(f"{name}: {exc}") from exc
         yield from reader

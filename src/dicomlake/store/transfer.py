@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from dicomlake.errors import ConfigError
 from dicomlake.lakeschema import INGEST_RUNS_SCHEMA, TABLES, table_schemas
+from dicomlake.store.base import Store
 from dicomlake.store.curation import CURATION_SCHEMAS, curation_of
 from dicomlake.store.parquet import (
     MARKER,
@@ -67,15 +68,9 @@ def table_schema(store: Any, name: str) -> pa.Schema | None:
         return None
 
 
-def iter_table(store: Any, name: str, schema: pa.Schema, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Every row of a table as Arrow batches of ``schema``."""
-    from dicomlake.store.postgres import PostgresStore
-
-    if isinstance(store, PostgresStore):
-        yield from store.iter_table(name, schema, batch_rows)
-        return
-    cols = ", ".join(f'"{f.name}"' for f in schema)
-    yield from store.con.sql(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
+def iter_table(store: Store, name: str, schema: pa.Schema, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Every row of a table as Arrow batches of ``schema`` (:meth:`Store.iter_table`)."""
+    yield from store.iter_table(name, schema, batch_rows)
 
 
 def copy_lake(source: Any, destination: Any, *, batch_rows: int = BATCH_ROWS) -> TransferReport:
