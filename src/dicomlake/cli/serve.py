@@ -50,6 +50,12 @@ def serve(
         help="Output not a terminal (a log file): a status line when the counts changed, at most every N seconds.",
     ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every association."),
+    state: Path | None = typer.Option(
+        None,
+        "--state",
+        help="PostgreSQL lake only: this service's local folder for its spool, service.json and token "
+        "(default ./dicomlake-state; one per service process).",
+    ),
 ) -> None:
     """Receive instances over DICOM (C-STORE, C-ECHO) into the lake; runs until Ctrl-C.
 
@@ -60,6 +66,11 @@ def serve(
     Example: dicomlake serve --lake ./dicomlake-data --port 11112 -aet DICOMLAKE --allow-aet PACS
 
     Then, from the PACS or dcmtk: storescu -aec DICOMLAKE 127.0.0.1 11112 study/*.dcm
+
+    On a PostgreSQL lake, run several services (each its own ports and --state folder); all
+    write into the one database and accept the same users (dicomlake user add … --lake URL):
+
+    dicomlake serve --lake postgresql://dicomlake@db/lake --state ./state-a --port 11112 --http-port 8000
     """
     from dicomlake.config import get_settings
     from dicomlake.ingest.service import Service
@@ -96,32 +107,42 @@ def serve(
         }
     dimse = type(settings.dimse).model_validate(data)
     folder = lake_path(lake)
+    from dicomlake.errors import ConfigError
     from dicomlake.store.open import lake_kind
+    from dicomlake.store.postgres import normalise_url, redact
 
-    if lake_kind(folder) != "duckdb":  # before anything is created: no stray './postgresql:/…' folder
-        from dicomlake.errors import ConfigError
-        from dicomlake.store.postgres import normalise_url, redact
-
-        shown = redact(normalise_url(str(folder)))
+    kind = lake_kind(folder)  # before anything is created: no stray './postgresql:/…' folder
+    target: str | Path = folder
+    shown = str(folder)
+    if kind == "parquet":
         raise ConfigError(
-            f"dicomlake serve --lake {shown}: the service holds a DuckDB lake folder and cannot serve a "
-            f"{'PostgreSQL' if lake_kind(folder) == 'postgres' else 'Parquet'} lake; serve a folder "
-            f"(--lake ./dicomlake-data) and copy it with `dicomlake import ./dicomlake-data --lake {shown}`"
-            + (", or ingest files straight into it with `dicomlake ingest FILES --lake URL`" if "://" in shown else "")
+            f"dicomlake serve --lake {folder}: a Parquet lake is read-only; serve a DuckDB folder "
+            f"(--lake ./dicomlake-data) or a postgresql:// URL, and copy it with `dicomlake import`"
+        )
+    if kind == "postgres":
+        target = normalise_url(str(folder))
+        shown = redact(target)
+        state = state if state is not None else Path("dicomlake-state")
+        if state.exists() and not state.is_dir():
+            raise ConfigError(f"--state {state}: is a file; give a folder for this service's spool and token")
+    elif state is not None:
+        raise ConfigError(
+            f"--state {state}: only for a PostgreSQL lake; a DuckDB lake keeps the service's state in {folder}"
         )
     web = None
     if not no_web:
         from dicomlake.web.settings import web_settings
 
         web = web_settings(http_port=http_port)
-    svc = Service(folder, settings, dimse=dimse, web=not no_web, web_settings=web).catch_signals().start()
+    svc = Service(target, settings, dimse=dimse, web=not no_web, web_settings=web, state=state).catch_signals().start()
     assert svc.address is not None
     typer.secho(
         f"dicomlake serve: {dimse.ae_title} on {svc.address[0]}:{svc.address[1]}"
-        f"{' (TLS)' if dimse.tls.enabled else ''} → {folder}  "
+        f"{' (TLS)' if dimse.tls.enabled else ''} → {shown}{f' (state {state})' if kind == 'postgres' else ''}  "
         f"[{'keep files' if dimse.keep_files else 'metadata only'}; control {svc.control_url}]"
         + (
-            f"\n  DICOMweb and web UI: {svc.web_url} (create a user: dicomlake user add NAME --role admin)"
+            f"\n  DICOMweb and web UI: {svc.web_url} (create a user: dicomlake user add NAME --role admin"
+            f"{f' --lake {shown}' if kind == 'postgres' else ''})"
             if svc.web_url
             else ""
         ),

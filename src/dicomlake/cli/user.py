@@ -17,13 +17,13 @@ user_app = typer.Typer(
 
 
 def _auth(lake: Path | None):  # type: ignore[no-untyped-def]
-    from dicomlake.store.accounts import AccessDB
+    from dicomlake.store.accounts import open_accounts
     from dicomlake.web.auth import Auth
     from dicomlake.web.settings import secret_bytes, web_settings
 
     settings = web_settings()
     folder = lake_path(lake)
-    db = AccessDB(settings.access_db or folder / "access.db")
+    db = open_accounts(folder, settings.access_db)  # a PostgreSQL lake keeps its users in the lake
     secret = secret_bytes(settings) if settings.secret is not None else b""
     return Auth(db, settings, secret), db, settings
 

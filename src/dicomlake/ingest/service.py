@@ -6,6 +6,12 @@ committed is visible at once and no reader waits for the writer. Other processes
 it through a small HTTP endpoint on 127.0.0.1 (:mod:`dicomlake.web.internal`), announced
 in ``<lake>/service.json`` with a token in ``<lake>/service.token`` (mode 0600); both
 are removed on a clean exit, and a ``service.json`` whose pid is dead is ignored.
+
+On a PostgreSQL lake (``lake`` a ``postgresql://`` URL) the spool, ``service.json``, the token
+and kept files live in a local *state* folder instead, one per process: several services (each
+its own ports and state folder) drain into the one database, each batch a transaction of its
+own, and users, tokens and the access log live in the database
+(:class:`dicomlake.store.accounts.PostgresAccessDB`), so each service accepts the same logins.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dicomlake.errors import ConfigError, DicomlakeError
 from dicomlake.ingest.listener import StoreSCP
 from dicomlake.ingest.settings import DimseSettings
 from dicomlake.ingest.spool import Drainer, DrainStats, Spool, StoreHolder
+from dicomlake.store.postgres import redact
 from dicomlake.store.remote import SERVICE_FILE, TOKEN_FILE, live_service
 
 LOG = logging.getLogger("dicomlake.service")
@@ -69,6 +76,9 @@ class Service:
         Start the internal HTTP endpoint (and announce the service in ``service.json``).
     listen
         Start the C-STORE listener (``dicomlake pull`` by C-GET or DICOMweb needs only the spool).
+    state
+        A PostgreSQL lake only (required there): this process's local folder for the spool,
+        ``service.json``, the token and kept files.
     """
 
     def __init__(
@@ -81,10 +91,23 @@ class Service:
         listen: bool = True,
         web: bool = False,
         web_settings: Any = None,
+        state: str | os.PathLike[str] | None = None,
     ) -> None:
+        from dicomlake.store.postgres import is_postgres_url, normalise_url
+
         self.settings = settings or get_settings()
         self.dimse = dimse or self.settings.dimse
-        self.lake = Path(lake)
+        self.pg_url: str | None = normalise_url(os.fspath(lake)) if is_postgres_url(os.fspath(lake)) else None
+        if self.pg_url is not None:
+            if state is None:
+                raise ConfigError("a service on a PostgreSQL lake needs a local state folder (--state DIR)")
+            self.state = Path(state)
+        elif state is not None:
+            raise ConfigError("--state is for a PostgreSQL lake; a DuckDB lake keeps its state in its own folder")
+        else:
+            self.state = Path(lake)
+        self.lake = self.state if self.pg_url is None else Path(lake)
+        self._reader: Any = None
         self.control = control
         self.listen = listen
         self.holder: StoreHolder | None = None
@@ -114,19 +137,32 @@ class Service:
         from dicomlake.lakeschema import instance_columns
         from dicomlake.store.duckdb import DuckDBStore
 
-        other = live_service(self.lake)
+        other = live_service(self.state)
         if other is not None:
             raise ConfigError(
-                f"{self.lake} is already served by pid {other.pid} ({other.ae_title} on port {other.port}); "
-                "stop it first or choose another --lake"
+                f"{self.state} is already served by pid {other.pid} ({other.ae_title} on port {other.port}); "
+                f"stop it first or choose another {'--lake' if self.pg_url is None else '--state'}"
             )
         from dicomlake.store.duckdb import make_private_dir
 
-        make_private_dir(self.lake)  # 0700: the lake's files are its owner's only
+        try:
+            make_private_dir(self.state)  # 0700: the lake's (or state's) files are its owner's only
+        except OSError as exc:
+            raise ConfigError(f"cannot use {self.state} as the service's folder: {exc.strerror or exc}") from exc
+        if self.pg_url is not None and not os.access(self.state, os.W_OK | os.X_OK):
+            raise ConfigError(f"the state folder {self.state} is not writable by this user")
         cols_file = str(self.settings.columns_file) if self.settings.columns_file else None
         columns = instance_columns(cols_file)
+        if self.pg_url is not None:
+            from dicomlake.store.postgres import PostgresStore
+
+            url = self.pg_url
+            self.holder = StoreHolder(lambda: PostgresStore(url, columns=columns))
+            # the web's reads on a connection of their own (never inside a drain transaction)
+            self._reader = PostgresStore(url, columns=columns)
         try:
-            self.holder = StoreHolder(lambda: DuckDBStore(self.lake, columns=columns))
+            if self.holder is None:
+                self.holder = StoreHolder(lambda: DuckDBStore(self.lake, columns=columns))
         except duckdb.Error as exc:
             hint = ""
             if "WAL" in str(exc):
@@ -142,7 +178,7 @@ class Service:
             ) from exc
         d = self.dimse
         self.spool = Spool(
-            self.lake, fsync=d.fsync, min_free_bytes=d.min_free_bytes, max_instances=d.spool_max_instances
+            self.state, fsync=d.fsync, min_free_bytes=d.min_free_bytes, max_instances=d.spool_max_instances
         )
         left = self.spool.count()
         if left:
@@ -150,7 +186,7 @@ class Service:
         self.drainer = Drainer(
             self.spool,
             self.holder,
-            _worker_config(self.settings, self.lake, "c-store"),
+            _worker_config(self.settings, self.state, "c-store"),
             keep_files=d.keep_files,
             workers=d.drain_workers,
             batch=d.drain_batch,
@@ -175,9 +211,10 @@ class Service:
                 from dicomlake.web.app import serve_in_thread, spool_ingest
 
                 self._web, _, self.web_url = serve_in_thread(
-                    self.lake,
+                    self.state,
                     self.web_settings,
-                    store=self.holder,
+                    store=self.holder if self._reader is None else self._reader,
+                    accounts=self.pg_url,
                     ingest=spool_ingest(self.spool, self.drainer),
                     status_provider=self.status,
                 )
@@ -204,10 +241,15 @@ class Service:
                 self.holder.close()
             except Exception:
                 pass
+        if self._reader is not None:
+            try:
+                self._reader.close()
+            except Exception:
+                pass
         if self.control:
             for name in (SERVICE_FILE, TOKEN_FILE):
                 try:
-                    p = self.lake / name
+                    p = self.state / name
                     if name != SERVICE_FILE or json.loads(p.read_text()).get("pid") == os.getpid():
                         p.unlink()
                 except (OSError, ValueError):
@@ -232,7 +274,7 @@ class Service:
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "pid": os.getpid(),
-            "lake": str(self.lake),
+            "lake": str(self.lake) if self.pg_url is None else redact(self.pg_url),
             "ae_title": self.dimse.ae_title,
             "port": self.address[1] if self.address else None,
             "started_at": self.started_at.isoformat(timespec="seconds"),
@@ -272,7 +314,7 @@ class Service:
         self.control_url = f"http://127.0.0.1:{port}"
 
     def _announce(self) -> None:
-        _write_private(self.lake / TOKEN_FILE, self._token + "\n")
+        _write_private(self.state / TOKEN_FILE, self._token + "\n")
         info = {
             "pid": os.getpid(),
             "control_url": self.control_url,
@@ -281,7 +323,7 @@ class Service:
             "port": self.address[1] if self.address else 0,
             "started_at": self.started_at.isoformat(timespec="seconds"),
         }
-        _write_private(self.lake / SERVICE_FILE, json.dumps(info, indent=1) + "\n", 0o644)
+        _write_private(self.state / SERVICE_FILE, json.dumps(info, indent=1) + "\n", 0o644)
 
     # ---- running in the foreground -----------------------------------------------------
 
@@ -327,12 +369,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lake", required=True)
     ap.add_argument("--port", type=int, default=None)
     ap.add_argument("--ae-title", default=None)
+    ap.add_argument("--state", default=None, help="PostgreSQL lake: this process's local folder (spool, token)")
+    ap.add_argument("--http-port", type=int, default=None, help="also serve DICOMweb and the web UI on this port")
     args = ap.parse_args(argv)
     settings = get_settings()
     d = settings.dimse.model_dump()
     d.update({k: v for k, v in {"port": args.port, "ae_title": args.ae_title}.items() if v is not None})
     try:
-        svc = Service(args.lake, settings, dimse=DimseSettings.model_validate(d)).catch_signals().start()
+        web = None
+        if args.http_port is not None:
+            from dicomlake.web.settings import web_settings
+
+            web = web_settings(http_port=args.http_port)
+        svc = Service(
+            args.lake,
+            settings,
+            dimse=DimseSettings.model_validate(d),
+            state=args.state,
+            web=web is not None,
+            web_settings=web,
+        ).catch_signals()
+        svc.start()
     except DicomlakeError as exc:  # as `dicomlake serve` says it (STYLE.md §10): the message, no traceback
         print(f"dicomlake serve: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

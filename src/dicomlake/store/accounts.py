@@ -57,6 +57,8 @@ EVENT_COLUMNS = (
     "source", "method", "path", "query", "status", "n_instances", "instances", "studies", "detail",
 )  # fmt: skip
 
+_QUOTED_COLUMNS = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)  # "user" is a keyword on PostgreSQL
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
@@ -76,6 +78,31 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
 CREATE INDEX IF NOT EXISTS events_user ON events(user);
 """
+
+PG_SCHEMA_NAME = "dicomlake_access"
+"""The PostgreSQL schema of the accounts tables, beside the lake's own tables (not exported with them)."""
+
+PG_SCHEMA = [
+    f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA_NAME}",
+    "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL, "
+    "created_at TEXT NOT NULL, disabled INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS api_tokens (token_id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+    "token_sha256 TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT, "
+    "revoked INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS sessions (session_sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, csrf TEXT NOT NULL, "
+    "created_at TEXT NOT NULL, expires_at TEXT NOT NULL, source TEXT)",
+    "CREATE TABLE IF NOT EXISTS uid_map (pseudo TEXT PRIMARY KEY, original TEXT NOT NULL, level TEXT)",
+    "CREATE TABLE IF NOT EXISTS events (id BIGSERIAL PRIMARY KEY, time TEXT NOT NULL, event_id TEXT NOT NULL, "
+    'event TEXT NOT NULL, event_type TEXT, action TEXT NOT NULL, outcome INTEGER NOT NULL, "user" TEXT, role TEXT, '
+    "auth TEXT, source TEXT, method TEXT, path TEXT, query TEXT, status INTEGER, "
+    "n_instances INTEGER NOT NULL DEFAULT 0, instances TEXT, studies TEXT, detail TEXT)",
+    "CREATE INDEX IF NOT EXISTS events_time ON events(time)",
+    'CREATE INDEX IF NOT EXISTS events_user ON events("user")',
+]
+"""The accounts tables on PostgreSQL: created once under :data:`ACCOUNTS_LOCK` (two services
+starting at once: the second waits, then finds them)."""
+
+ACCOUNTS_LOCK = 0x44_4C_41_43  # "DLAC": pg_advisory_xact_lock key of creating the accounts tables
 
 MAX_LISTED = 1000
 """Most instance/study UIDs kept in one event; the count is always exact. Default: 1000"""
@@ -271,9 +298,12 @@ class AccessDB:
             json.dumps([u for u in ev.studies if u][:MAX_LISTED]) if any(ev.studies or ()) else None,
             ev.detail and ev.detail[:2000],
         )
+        return self._insert_event(row)
+
+    def _insert_event(self, row: Sequence[Any]) -> int:
         with self._lock:
             cur = self.con.execute(
-                "INSERT INTO events (time, event_id, event, event_type, action, outcome, user, role, auth, "
+                'INSERT INTO events (time, event_id, event, event_type, action, outcome, "user", role, auth, '
                 "source, method, path, query, status, n_instances, instances, studies, detail) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 row,
@@ -339,21 +369,21 @@ class AccessDB:
             if col not in EVENT_COLUMNS:
                 raise ValueError(f"access log: no column {col!r}; choose from {', '.join(EVENT_COLUMNS)}")
             if value.endswith("*"):
-                conds.append(f'"{col}" LIKE ?')
+                conds.append(f'CAST("{col}" AS TEXT) LIKE ?')
                 params.append(value[:-1].replace("%", r"\%") + "%")
             else:
                 conds.append(f'CAST("{col}" AS TEXT) = ?')
                 params.append(value)
         if since:
-            conds.append("time >= ?")
+            conds.append('"time" >= ?')
             params.append(since)
         if until:
-            conds.append("time <= ?")
+            conds.append('"time" <= ?')
             params.append(until)
         cond = " AND ".join(conds)
         total = self.execute(f"SELECT count(*) FROM events WHERE {cond}", params)[0][0]
         rows = self.execute(
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {cond} ORDER BY id DESC LIMIT ? OFFSET ?",
+            f"SELECT {_QUOTED_COLUMNS} FROM events WHERE {cond} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*params, int(limit), int(offset)],
         )
         return [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in rows], int(total)
@@ -364,8 +394,75 @@ class AccessDB:
         """Store (pseudonym, original, level) so an analyst can come back with a pseudonym."""
         rows = list(pairs)
         if rows:
-            self.executemany("INSERT OR IGNORE INTO uid_map (pseudo, original, level) VALUES (?,?,?)", rows)
+            self.executemany(
+                "INSERT INTO uid_map (pseudo, original, level) VALUES (?,?,?) ON CONFLICT (pseudo) DO NOTHING", rows
+            )
 
     def original_uid(self, pseudo: str) -> str | None:
         rows = self.execute("SELECT original FROM uid_map WHERE pseudo = ?", [pseudo])
         return str(rows[0][0]) if rows else None
+
+
+class PostgresAccessDB(AccessDB):
+    """The same accounts in the PostgreSQL lake (schema :data:`PG_SCHEMA_NAME`): every service
+    process on one PostgreSQL lake, and ``dicomlake user``, see the same users, tokens, sessions
+    and one access log. Same typed methods as the SQLite file; one connection, autocommit."""
+
+    def __init__(self, url: str) -> None:  # no super().__init__(): no SQLite file
+        import psycopg
+
+        from dicomlake.errors import ConfigError
+        from dicomlake.store.postgres import normalise_url
+        from dicomlake.store.postgres import redact as redact_url
+
+        self.url = normalise_url(str(url))
+        self.path = Path(".")  # no file; kept for callers that show it
+        self._lock = threading.RLock()
+        try:
+            self.con = psycopg.connect(  # type: ignore[assignment]
+                self.url, autocommit=True, options=f"-c search_path={PG_SCHEMA_NAME}"
+            )
+        except psycopg.Error as exc:
+            raise ConfigError(f"cannot connect to {redact_url(self.url)} (accounts): {str(exc).strip()}") from exc
+        con: Any = self.con
+        with self._lock, con.transaction():
+            con.execute("SELECT pg_advisory_xact_lock(%s)", [ACCOUNTS_LOCK])
+            for stmt in PG_SCHEMA:
+                con.execute(stmt)
+
+    @staticmethod
+    def _pg(sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        con: Any = self.con
+        with self._lock, con.cursor() as cur:
+            cur.execute(self._pg(sql), list(params))
+            return list(cur.fetchall()) if cur.description is not None else []
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        con: Any = self.con
+        with self._lock, con.transaction(), con.cursor() as cur:
+            cur.executemany(self._pg(sql), [list(r) for r in rows])
+
+    def _insert_event(self, row: Sequence[Any]) -> int:
+        rows = self.execute(
+            'INSERT INTO events (time, event_id, event, event_type, action, outcome, "user", role, auth, '
+            "source, method, path, query, status, n_instances, instances, studies, detail) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+            row,
+        )
+        return int(rows[0][0])
+
+
+def open_accounts(lake: str | Path, access_db: str | Path | None = None) -> AccessDB:
+    """The accounts of a lake: ``access_db`` (a SQLite file) when given; on a PostgreSQL lake its
+    :class:`PostgresAccessDB` (shared by every service on it); else ``<lake>/access.db``."""
+    if access_db is not None:
+        return AccessDB(access_db)
+    from dicomlake.store.postgres import is_postgres_url
+
+    text = str(lake)
+    if is_postgres_url(text):
+        return PostgresAccessDB(text)
+    return AccessDB(Path(lake) / "access.db")

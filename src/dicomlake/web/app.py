@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dicomlake.errors import ConfigError, DicomlakeError, QueryError
-from dicomlake.store.accounts import AccessDB, AuditEvent, EventRecord, outcome_of
+from dicomlake.store.accounts import AccessDB, AuditEvent, EventRecord, open_accounts, outcome_of
 from dicomlake.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Auth, AuthError, Principal, Role, csrf_ok
 from dicomlake.web.context import WebContext, WebError, audit, ctx_of
 from dicomlake.web.data import IngestFn, LakeAccess
@@ -49,6 +49,7 @@ def create_app(
     store: Any = None,
     ingest: IngestFn | None = None,
     status_provider: Any = None,
+    accounts: str | None = None,
 ) -> FastAPI:
     """The web app over ``lake``.
 
@@ -66,11 +67,15 @@ def create_app(
         :func:`dicomlake.ingest.pipeline.ingest_paths` into ``store``.
     status_provider
         Callable returning the service's ingest status (spool depth, rates, last errors).
+    accounts
+        Where users, tokens and the access log live when not beside ``lake``: the service on a
+        PostgreSQL lake passes the lake's URL (its state folder is ``lake``), so every service
+        on that lake accepts the same users (:func:`dicomlake.store.accounts.open_accounts`).
     """
     settings = settings or web_settings()
     lake = Path(lake)
     secret = secret_bytes(settings)
-    db = AccessDB(settings.access_db or lake / "access.db")
+    db: AccessDB = open_accounts(accounts or lake, settings.access_db)
     data = LakeAccess.open(lake, store=store, ingest=ingest)
     ctx = WebContext(
         lake=lake,
@@ -568,6 +573,7 @@ def serve_in_thread(
     store: Any = None,
     ingest: IngestFn | None = None,
     status_provider: Any = None,
+    accounts: str | None = None,
 ) -> tuple[Any, Any, str]:
     """Start the web app in a background thread (``dicomlake serve``); (server, thread, base URL)."""
     import threading
@@ -575,7 +581,7 @@ def serve_in_thread(
     import uvicorn
 
     settings = settings or web_settings()
-    app = create_app(lake, settings, store=store, ingest=ingest, status_provider=status_provider)
+    app = create_app(lake, settings, store=store, ingest=ingest, status_provider=status_provider, accounts=accounts)
     opts = uvicorn_options(settings)
     server = uvicorn.Server(uvicorn_config(app, settings))
     server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]

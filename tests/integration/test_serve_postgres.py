@@ -1,0 +1,178 @@
+"""``dicomlake serve`` on a PostgreSQL lake: two service processes (own ports, own state
+folders) on one real PostgreSQL database. dcmtk ``storescu`` sends to service A; QIDO-RS on
+service B, logged in as a user made once with ``dicomlake user add --lake URL``, answers with
+those studies, the counts as pydicom reads the files (issue 16, item 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+
+from tests.integration.netpeers import DICOMLAKE, REPO, free_port, storescu
+from tests.integration.pg import PostgresCluster, start_or_skip
+from tests.support import require_tool
+
+pytestmark = pytest.mark.integration
+
+FILES = ("CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "reportsi.dcm", "waveform_ecg.dcm", "rtdose.dcm", "SC_rgb.dcm")
+SECRET = "pg-serve-secret-" + "y" * 40
+ENV = {**os.environ, "DICOMLAKE_CONFIG": os.devnull, "DICOMLAKE_WEB__SECRET": SECRET}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PostgresCluster]:
+    pg = start_or_skip()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DICOMLAKE, *args], input=stdin, capture_output=True, text=True, timeout=60, env=ENV, cwd=REPO
+    )
+
+
+class PgService:
+    """``dicomlake serve --lake URL --state DIR`` as a subprocess; ``lean``: the same Service
+    by ``python -m dicomlake.ingest.service`` (without the CLI's imports: a quicker start)."""
+
+    def __init__(self, url: str, state: Path, *, lean: bool = False) -> None:
+        self.url, self.state = url, state
+        self.port, self.http_port = free_port(), free_port()
+        self.log = state.parent / f"{state.name}.log"
+        fh = self.log.open("ab")
+        cmd = [sys.executable, "-m", "dicomlake.ingest.service"] if lean else [*DICOMLAKE, "serve", "-q"]
+        self.proc = subprocess.Popen(
+            [*cmd, "--lake", url, "--state", str(state), "--port", str(self.port), "--http-port", str(self.http_port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+            cwd=REPO,
+        )
+
+    def wait_started(self, timeout: float = 30.0) -> PgService:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                # service.json is written once the listener is up; the web app follows it
+                announced = json.loads((self.state / "service.json").read_text()).get("pid") == self.proc.pid
+                if announced and httpx.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=5).is_success:
+                    return self
+            except (OSError, ValueError, httpx.HTTPError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"serve did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(10)
+
+
+def _spooled(state: Path) -> list[Path]:
+    return [p for p in (state / "spool").rglob("*") if p.is_file()] if (state / "spool").exists() else []
+
+
+def test_two_services_on_one_postgres_lake(cluster: PostgresCluster, tmp_path: Path) -> None:
+    require_tool("storescu")
+    from pydicom.data import get_testdata_file
+
+    url = cluster.create_database()
+    files = [str(get_testdata_file(n)) for n in FILES]
+    t0 = time.monotonic()
+    # the oracle: per study, the SOP Instance UIDs as pydicom reads the files
+    expected: dict[str, set[str]] = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        expected.setdefault(str(ds.StudyInstanceUID), set()).add(str(ds.SOPInstanceUID))
+
+    # both services and `dicomlake user add` start at once on an empty database: the lake's
+    # and the accounts' tables are made once, whoever comes first
+    a = PgService(url, tmp_path / "state-a")
+    b = PgService(url, tmp_path / "state-b", lean=True)
+    try:
+        # one user, made once against the lake, logs in on either service
+        made = _cli("user", "add", "ada", "--role", "admin", "--lake", url, stdin="ada-pass-12345\n")
+        assert made.returncode == 0, made.stderr
+        a.wait_started()
+        b.wait_started()
+        print(f"both started in {time.monotonic() - t0:.1f} s")
+        assert not Path(REPO, "postgresql:").exists()  # no stray folder named after the URL
+
+        print(f"user added at {time.monotonic() - t0:.1f} s")
+        ok, bad, out = storescu(a.port, files)
+        print(f"stored at {time.monotonic() - t0:.1f} s")
+        assert not bad and len(ok) == len(files), out
+
+        studies: dict[str, int] = {}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = httpx.get(
+                f"http://127.0.0.1:{b.http_port}/dicomweb/studies",
+                params={"includefield": "00201208"},
+                auth=("ada", "ada-pass-12345"),
+                headers={"Accept": "application/dicom+json"},
+                timeout=10,
+            )
+            assert r.status_code in (200, 204), r.text
+            body = r.json() if r.status_code == 200 else []
+            studies = {s["0020000D"]["Value"][0]: int(s["00201208"]["Value"][0]) for s in body}
+            if studies == {k: len(v) for k, v in expected.items()}:
+                break
+            time.sleep(0.2)
+        assert studies == {k: len(v) for k, v in expected.items()}
+        print(f"seen on B at {time.monotonic() - t0:.1f} s")
+        # a wrong password is refused on B as well (the accounts are shared, not open)
+        r = httpx.get(f"http://127.0.0.1:{b.http_port}/dicomweb/studies", auth=("ada", "nope"), timeout=10)
+        assert r.status_code == 401
+    finally:
+        codes = (a.stop(), b.stop())
+    assert codes == (0, 0), (a.log.read_text()[-2000:], b.log.read_text()[-2000:])
+    assert _spooled(a.state) == [] and _spooled(b.state) == []
+    assert not (a.state / "service.json").exists() and not (b.state / "service.json").exists()
+
+
+def test_serve_on_postgres_without_a_usable_state_folder_fails_in_one_line(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    not_a_folder = tmp_path / "state-file"
+    not_a_folder.write_text("x")
+    res = _cli("serve", "--lake", cluster.url(), "--state", str(not_a_folder), "--no-web", "--port", "0")
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--state" in lines[0] and "Traceback" not in res.stderr, res.stderr
+
+
+def test_serve_refuses_a_parquet_lake_in_one_line(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dicomlake.store.open import lake_kind
+
+    lake = tmp_path / "pq"
+    (lake / "instances").mkdir(parents=True)
+    pq.write_table(pa.table({"SOPInstanceUID": ["1.2.3"]}), lake / "instances" / "part-0.parquet")
+    assert lake_kind(lake) == "parquet"
+    res = _cli("serve", "--lake", str(lake), "--no-web", "--port", "0")
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Parquet" in lines[0] and "Traceback" not in res.stderr, res.stderr
+    assert sorted(p.name for p in lake.iterdir()) == ["instances"]  # nothing created in it
