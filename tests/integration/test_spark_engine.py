@@ -189,8 +189,8 @@ def test_task_buffer_is_bounded_by_bytes(generated: Path, tmp_path: Path, monkey
     from dicomlake.ingest.sources import expand
     from dicomlake.ingest.worker import WorkerConfig, process_chunk
 
-    monkeypatch.setattr(spark, "FLUSH_BYTES", 1 << 17)
-    tasks = expand([generated])[:36]
+    monkeypatch.setattr(spark, "FLUSH_BYTES", 1 << 15)
+    tasks = expand([generated])[:12]
     tw = spark._TaskWriter(str(tmp_path / "stage"), "p0", "part-0")
     cfg = WorkerConfig(
         lake=str(tmp_path / "lake"),
@@ -201,13 +201,13 @@ def test_task_buffer_is_bounded_by_bytes(generated: Path, tmp_path: Path, monkey
         max_zip_ratio=100.0,
     )
     sizes = []
-    for i in range(0, len(tasks), 6):
-        res = process_chunk(tasks[i : i + 6], cfg)
+    for i in range(0, len(tasks), 3):
+        res = process_chunk(tasks[i : i + 3], cfg)
         for seg in res.segments:
             sizes.append(sum(t.nbytes for t in seg.tables.values()))
             tw.add(seg.tables, list(range(i, i + seg.tables["instances"].num_rows)))
     tw.close()
     assert len(tw.stages) > 1  # flushed on bytes: 20,000 instances were never reached
-    assert tw.peak_bytes < (1 << 17) + max(sizes)  # one chunk over the bound at most
+    assert tw.peak_bytes < (1 << 15) + max(sizes)  # one chunk over the bound at most
     n = sum(ds.dataset(tmp_path / "stage" / s / "instances", partitioning="hive").count_rows() for s in tw.stages)
-    assert n == len(tw.written) == 36
+    assert n == len(tw.written) == 12
