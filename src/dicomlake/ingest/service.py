@@ -269,7 +269,8 @@ class Service:
         """Run one read-only statement in the user-SQL sandbox (dicomlake.store.sandbox): its own
         cursor in a READ ONLY transaction on a DuckDB instance without file access."""
         assert self.holder is not None
-        return self.holder.store.query_readonly(sql, params, max_rows=max_rows)  # type: ignore[no-any-return]
+        store = self._reader if self._reader is not None else self.holder.store  # PostgreSQL: not the writer's
+        return store.query_readonly(sql, params, max_rows=max_rows)  # type: ignore[no-any-return]
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
