@@ -97,15 +97,17 @@ def test_ingest_into_a_parquet_lake_is_refused(files: list[Path], tmp_path: Path
     assert sorted(str(p.relative_to(tmp_path / "pq")) for p in (tmp_path / "pq").rglob("*")) == before
 
 
-def test_serve_on_a_postgres_url_says_so_and_leaves_no_folder(
+def test_serve_on_a_postgres_url_it_cannot_use_says_so_and_leaves_no_folder(
     pg: tuple[Any, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, url = pg
+    # serve on PostgreSQL runs (tests/integration/test_serve_postgres.py); a database it cannot
+    # reach is said in one line, before any state folder or './postgresql:' folder is made
+    cluster, _ = pg
     monkeypatch.chdir(tmp_path)
-    r = cli("serve", "--lake", url, "--port", "0")
+    r = cli("serve", "--lake", f"postgresql://postgres@127.0.0.1:{cluster.port}/nosuchdb", "--port", "0", "--no-web")
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and "PostgreSQL" in lines[0] and "dicomlake import" in lines[0], r.output
+    assert len(lines) == 1 and "cannot connect" in lines[0] and "nosuchdb" in lines[0], r.output
     assert "extension" not in r.output
     assert list(tmp_path.iterdir()) == []
 

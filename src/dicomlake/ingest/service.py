@@ -145,21 +145,25 @@ class Service:
             )
         from dicomlake.store.duckdb import make_private_dir
 
-        try:
-            make_private_dir(self.state)  # 0700: the lake's (or state's) files are its owner's only
-        except OSError as exc:
-            raise ConfigError(f"cannot use {self.state} as the service's folder: {exc.strerror or exc}") from exc
-        if self.pg_url is not None and not os.access(self.state, os.W_OK | os.X_OK):
-            raise ConfigError(f"the state folder {self.state} is not writable by this user")
         cols_file = str(self.settings.columns_file) if self.settings.columns_file else None
         columns = instance_columns(cols_file)
-        if self.pg_url is not None:
+        if self.pg_url is not None:  # connect first: a database that cannot be reached leaves no folder
             from dicomlake.store.postgres import PostgresStore
 
             url = self.pg_url
             self.holder = StoreHolder(lambda: PostgresStore(url, columns=columns))
             # the web's reads on a connection of their own (never inside a drain transaction)
             self._reader = PostgresStore(url, columns=columns)
+        try:
+            try:
+                make_private_dir(self.state)  # 0700: the lake's (or state's) files are its owner's only
+            except OSError as exc:
+                raise ConfigError(f"cannot use {self.state} as the service's folder: {exc.strerror or exc}") from exc
+            if self.pg_url is not None and not os.access(self.state, os.W_OK | os.X_OK):
+                raise ConfigError(f"the state folder {self.state} is not writable by this user")
+        except ConfigError:
+            self.stop()  # the connections opened above
+            raise
         try:
             if self.holder is None:
                 self.holder = StoreHolder(lambda: DuckDBStore(self.lake, columns=columns))
