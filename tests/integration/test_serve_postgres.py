@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -42,6 +43,14 @@ def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[st
     return subprocess.run(
         [*DICOMLAKE, *args], input=stdin, capture_output=True, text=True, timeout=60, env=ENV, cwd=REPO
     )
+
+
+def _in_process(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "400", "DICOMLAKE_CONFIG": os.devnull})
 
 
 class PgService:
@@ -138,6 +147,14 @@ def test_two_services_on_one_postgres_lake(cluster: PostgresCluster, tmp_path: P
         # a wrong password is refused on B as well (the accounts are shared, not open)
         r = httpx.get(f"http://127.0.0.1:{b.http_port}/dicomweb/studies", auth=("ada", "nope"), timeout=10)
         assert r.status_code == 401
+        # both in the one access log, in the lake (read straight from PostgreSQL)
+        import psycopg
+
+        with psycopg.connect(url) as con:
+            logged = con.execute(
+                'SELECT "user", path, status FROM dicomlake_access.events WHERE path = %s', ["/dicomweb/studies"]
+            ).fetchall()
+        assert ("ada", "/dicomweb/studies", 200) in logged and ("ada", "/dicomweb/studies", 401) in logged
     finally:
         codes = (a.stop(), b.stop())
     assert codes == (0, 0), (a.log.read_text()[-2000:], b.log.read_text()[-2000:])
@@ -150,10 +167,10 @@ def test_serve_on_postgres_without_a_usable_state_folder_fails_in_one_line(
 ) -> None:
     not_a_folder = tmp_path / "state-file"
     not_a_folder.write_text("x")
-    res = _cli("serve", "--lake", cluster.url(), "--state", str(not_a_folder), "--no-web", "--port", "0")
-    assert res.returncode == 2, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "--state" in lines[0] and "Traceback" not in res.stderr, res.stderr
+    res = _in_process("serve", "--lake", cluster.url(), "--state", str(not_a_folder), "--no-web", "--port", "0")
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--state" in lines[0] and "Traceback" not in res.output, res.output
 
 
 def test_serve_refuses_a_parquet_lake_in_one_line(tmp_path: Path) -> None:
@@ -166,8 +183,73 @@ def test_serve_refuses_a_parquet_lake_in_one_line(tmp_path: Path) -> None:
     (lake / "instances").mkdir(parents=True)
     pq.write_table(pa.table({"SOPInstanceUID": ["1.2.3"]}), lake / "instances" / "part-0.parquet")
     assert lake_kind(lake) == "parquet"
-    res = _cli("serve", "--lake", str(lake), "--no-web", "--port", "0")
-    assert res.returncode == 2, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Parquet" in lines[0] and "Traceback" not in res.stderr, res.stderr
+    res = _in_process("serve", "--lake", str(lake), "--no-web", "--port", "0")
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Parquet" in lines[0] and "Traceback" not in res.output, res.output
     assert sorted(p.name for p in lake.iterdir()) == ["instances"]  # nothing created in it
+
+
+def test_accounts_on_postgres_answer_as_the_sqlite_file(cluster: PostgresCluster, tmp_path: Path) -> None:
+    """The same calls on PostgresAccessDB (two opened at once on an empty database) and on the
+    SQLite AccessDB give the same answers; the rows are where PostgreSQL says they are."""
+    import threading
+
+    import psycopg
+
+    from dicomlake.store.accounts import AccessDB, AuditEvent, EventRecord, PostgresAccessDB, open_accounts
+
+    url = cluster.create_database()
+    opened: list[AccessDB] = []
+    threads = [threading.Thread(target=lambda: opened.append(open_accounts(url))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(opened) == 2 and all(isinstance(d, PostgresAccessDB) for d in opened)
+
+    def exercise(db: AccessDB) -> list[object]:
+        db.put_user("bo", "analyst", "h1")
+        db.put_user("bo", "admin", "h2")
+        db.add_token("t1", "bo", "sha-1", "api", None)
+        db.add_session("s1", "bo", "csrf", "2999-01-01", "127.0.0.1")
+        db.extend_session("s1", "3000-01-01")
+        db.remember_uids([("p1", "1.2.3", "study"), ("p1", "9.9.9", "study")])
+        ids = [
+            db.record(EventRecord(AuditEvent.QUERY, user="bo", path="/dicomweb/studies", status=200)),
+            db.record(EventRecord(AuditEvent.SECURITY_ALERT, user="eve", path="/login", status=401)),
+        ]
+        out: list[object] = [
+            db.user("bo"),
+            db.users()[0]["role"],
+            db.api_token("sha-1"),
+            db.token_revoked("t1"),
+            db.revoke_tokens("bo"),
+            db.token_revoked("t1"),
+            db.session("s1"),
+            db.original_uid("p1"),
+            ids[1] > ids[0],
+        ]
+        for where in ({"user": "bo"}, {"path": "/dicomweb*"}, {"status": "401"}):
+            rows, total = db.events(where=where)
+            out.append((total, [(r["user"], r["path"], r["status"], r["event"]) for r in rows]))
+        db.end_session("s1")
+        db.disable_user("bo")
+        out += [db.session("s1"), db.user("bo")]
+        return out
+
+    sqlite = AccessDB(tmp_path / "access.db")
+    try:
+        assert exercise(opened[0]) == exercise(sqlite)
+    finally:
+        sqlite.close()
+        for d in opened:
+            d.close()
+    with psycopg.connect(url) as con:
+        assert con.execute("SELECT name, role, disabled FROM dicomlake_access.users").fetchall() == [("bo", "admin", 1)]
+        assert con.execute("SELECT count(*) FROM dicomlake_access.events").fetchone() == (2,)
+        # beside the lake's tables, not among them
+        assert con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'users' "
+            "AND table_schema <> 'dicomlake_access'"
+        ).fetchone() == (0,)
