@@ -132,8 +132,17 @@ def deid(
     pixels: bool = typer.Option(
         False,
         "--pixels",
-        help="Clean burned-in text (OCR): SC-like and Burned In Annotation YES instances become "
-        "redacted derived objects (new UIDs from the maps); uncertain ones are listed for review.",
+        help="Screen the pixels of every image for burned-in text (OCR) and clean it: images with "
+        "PHI become redacted derived objects (new UIDs from the maps), Burned In Annotation NO only "
+        "when a second OCR pass reads nothing back; images that cannot be screened (undecodable "
+        "transfer syntax, too many frames, photometric) are listed and never marked NO.",
+    ),
+    screen_frames: int = typer.Option(
+        8,
+        "--screen-frames",
+        min=1,
+        help="With --pixels: screen every frame of multi-frame images up to this many frames; "
+        "longer ones are listed as not screened.",
     ),
     keep_names: bool = typer.Option(
         False,
@@ -194,7 +203,7 @@ def deid(
             try:
                 if pixel_report is not None:
                     data = deidentify_bytes_with_pixels(
-                        engine, path.read_bytes(), source=str(path), report=pixel_report
+                        engine, path.read_bytes(), source=str(path), report=pixel_report, max_frames=screen_frames
                     )
                 else:
                     data = engine.deidentify_bytes(path.read_bytes(), source=str(path))
@@ -232,9 +241,12 @@ def deid(
         typer.echo(f"  duplicate {line}")
     if pixel_report is not None:
         typer.echo(
-            f"pixels: {len(pixel_report.written)} redacted ({pixel_report.regions} regions filled), "
-            f"review {len(pixel_report.review)}"
+            f"pixels: screened {pixel_report.screened}, NOT screened {len(pixel_report.not_screened)}, "
+            f"redacted {len(pixel_report.written)} ({pixel_report.regions} regions filled), "
+            f"held {len(pixel_report.held)}, review {len(pixel_report.review)}"
         )
+        for where, why in pixel_report.not_screened:
+            typer.echo(f"  not screened {where}: {why}")
         for where, why in pixel_report.review:
             typer.echo(f"  review {where}: {why}")
     for line in failed:
@@ -251,6 +263,20 @@ def deid(
                     "skipped": skipped,
                     "kept_text": {k: sorted(v) for k, v in sorted(rep.kept_text.items())},
                     "duplicates": duplicates,
+                    **(
+                        {
+                            "pixels": {
+                                "screened": pixel_report.screened,
+                                "not_screened": [{"file": f, "why": w} for f, w in pixel_report.not_screened],
+                                "redacted": [f for f, _ in pixel_report.written],
+                                "regions": pixel_report.regions,
+                                "held": [{"file": f, "why": w} for f, w in pixel_report.held],
+                                "review": [{"file": f, "why": w} for f, w in pixel_report.review],
+                            }
+                        }
+                        if pixel_report is not None
+                        else {}
+                    ),
                 },
                 indent=2,
             )

@@ -226,22 +226,35 @@ class Deidentifier:
 
     # --- public API ---------------------------------------------------------------------------
 
-    def deidentify(self, ds: Dataset) -> Dataset | None:
+    def deidentify(self, ds: Dataset, *, burned_in: str | None = None, screened: bool = False) -> Dataset | None:
         """A de-identified copy of ``ds``, or None when the profile excludes the instance.
 
         The input is not modified. File meta information is rebuilt for the new SOP Instance.
+
+        Parameters
+        ----------
+        burned_in
+            Burned In Annotation of the output (``deid --pixels``: ``YES`` for an image that
+            was not screened or is on the review list); None keeps the value as declared.
+        screened
+            The pixels were OCR-screened and found free of PHI (``deid --pixels``): the
+            profile's burned-in exclusion does not apply.
         """
         sop_class = str(ds.get("SOPClassUID", "") or "")
         label = str(getattr(ds, "filename", "") or ds.get("SOPInstanceUID", "?"))
-        if self._excluded(ds, sop_class, label):
+        if not screened and self._excluded(ds, sop_class, label):
             return None
         ctx = self._context(ds, sop_class)
         out = self._dataset(ds, None, ctx, "normal", ())
+        if burned_in is not None and "PixelData" in ds:
+            out.BurnedInAnnotation = burned_in
         self._finish(ds, out, ctx)
         self.report.instances += 1
         return out
 
-    def deidentify_bytes(self, data: bytes, *, source: str | None = None) -> bytes | None:
+    def deidentify_bytes(
+        self, data: bytes, *, source: str | None = None, burned_in: str | None = None, screened: bool = False
+    ) -> bytes | None:
         """Part-10 bytes in, de-identified Part-10 bytes out (None when excluded).
 
         Parameters
@@ -250,6 +263,8 @@ class Deidentifier:
             A DICOM Part-10 file (or a bare dataset, explicit or implicit VR).
         source
             Name of the input, used in reports and errors.
+        burned_in, screened
+            As for :meth:`deidentify`.
         """
         label = source or f"<{len(data)} bytes>"
         _refuse_truncated(data, label)
@@ -262,7 +277,7 @@ class Deidentifier:
         if source:
             ds.filename = source
         try:
-            out = self.deidentify(ds)
+            out = self.deidentify(ds, burned_in=burned_in, screened=screened)
             if out is None:
                 return None
             return write_bytes(out)
@@ -922,10 +937,41 @@ def _encoding_of(ts: UID) -> tuple[bool, bool]:
 
 
 def write_bytes(ds: Dataset) -> bytes:
-    """Part-10 bytes of a de-identified dataset (pydicom enforces the VRs on write)."""
+    """Part-10 bytes of a de-identified dataset (pydicom enforces the VRs on write).
+
+    Ambiguous VRs are resolved once over the whole tree, and every item is marked as
+    already in the output's encoding. Otherwise pydicom's writer, seeing an item built from
+    scratch (no original encoding), runs its ambiguous-VR walk again over that item's whole
+    subtree at every nesting level and converts every raw element: O(elements × depth),
+    the hot spot of a large RDSR (docs/explanation/deid.md, "Speed of large SRs").
+    """
+    from pydicom.filewriter import correct_ambiguous_vr
+
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    implicit, little = _encoding_of(UID(ts or pydicom.uid.ExplicitVRLittleEndian))
+    if ts is not None and UID(ts).is_transfer_syntax:
+        correct_ambiguous_vr(ds, little)
+        _mark_encoded(ds, implicit, little)
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _mark_encoded(ds: Dataset, implicit: bool, little: bool) -> None:
+    """Mark *ds* and every item below it as read in (implicit, little) and its own character set.
+
+    Raw elements are converted here, once (as pydicom's writer did per level): values are
+    written as pydicom encodes them, never the input's padding bytes.
+    """
+    stack = [ds]
+    while stack:
+        item = stack.pop()
+        item.set_original_encoding(implicit, little, item._character_set)
+        for tag in list(item.keys()):
+            elem = item[tag]
+            if elem.VR == "SQ":
+                stack.extend(elem.value or ())
 
 
 def iter_terms(values: Iterable[str]) -> list[str]:

@@ -652,6 +652,7 @@ def plan_redaction(
     arr: np.ndarray | None = None,
     result: OcrResult | None = None,
     terms: Sequence[Term] | None = None,
+    acquisition: bool = False,
 ) -> RedactionPlan:
     """Find what to fill in *ds*'s pixels under the policy of *klass*.
 
@@ -667,8 +668,16 @@ def plan_redaction(
         OCR already done on *arr* (``sc analyse`` shares it).
     terms
         Identifying terms (default: :func:`identifying_terms` of *ds*).
+    acquisition
+        An acquisition image (CR, CT, MR, US …), not a capture: only PHI is filled (never all
+        text: the OCR of anatomy is noise) and the content-class review rules do not apply.
     """
-    all_text = klass in (ContentClass.PHOTO, ContentClass.OUTSIDE_IMAGE, ContentClass.SCREENSHOT, ContentClass.UNKNOWN)
+    all_text = not acquisition and klass in (
+        ContentClass.PHOTO,
+        ContentClass.OUTSIDE_IMAGE,
+        ContentClass.SCREENSHOT,
+        ContentClass.UNKNOWN,
+    )
     plan = RedactionPlan(klass, "all-text" if all_text else "phi-only")
     if "PixelData" not in ds and arr is None:
         plan.review.append("no pixel data (encapsulated document or header only): text not checked")
@@ -689,13 +698,16 @@ def plan_redaction(
     plan.hits = hits
     plan.boxes = [_pad(h.word.box, arr.shape) for h in hits]
     # review rules
-    if klass is ContentClass.PHOTO:
+    if acquisition:
+        pass
+    elif klass is ContentClass.PHOTO:
         plan.review.append("clinical photograph: text on skin, labels or stamps may escape OCR")
-    if klass is ContentClass.UNKNOWN:
+    if klass is ContentClass.UNKNOWN and not acquisition:
         plan.review.append("content class unknown")
     o = plan.ocr.orientation
     if (
-        klass in (ContentClass.DOCUMENT, ContentClass.DOSE_REPORT)
+        not acquisition
+        and klass in (ContentClass.DOCUMENT, ContentClass.DOSE_REPORT)
         and len(plan.ocr.words) >= 3
         and (not o.detected or o.confidence < MIN_ORIENTATION_CONFIDENCE)
     ):
@@ -823,6 +835,10 @@ class RedactReport:
     fixed: list[tuple[str, str]] = field(default_factory=list)
     """(input, what was changed) for malformed header values repaired or blanked so the pixels could be redacted."""
     regions: int = 0
+    screened: int = 0
+    """Images whose pixels were OCR-screened (``deid --pixels``)."""
+    not_screened: list[tuple[str, str]] = field(default_factory=list)
+    """(input, why) of images whose pixels could not be screened (``deid --pixels``)."""
 
     @property
     def exit_code(self) -> int:
@@ -953,6 +969,8 @@ def redact_file(
         if back:
             rep.held.append((str(path), _held_reason(back)))
             return rep
+        if plan.review:
+            derived.BurnedInAnnotation = "YES"  # on the review list: not declared clean
         target = out_dir / (name or f"{Path(path).stem}-redacted.dcm")
         notes = repair_invalid_values(derived)
         if notes:
@@ -977,37 +995,125 @@ def needs_pixel_cleaning(ds: Dataset) -> bool:
     return declared == "YES" or (declared != "NO" and (sop in SC_LIKE_SOP_CLASSES or sop in RISKY_SOP_CLASSES))
 
 
-def deidentify_bytes_with_pixels(
-    deidentifier: Deidentifier, data: bytes, *, source: str, report: RedactReport
-) -> bytes | None:
-    """``dicomlake deid --pixels``: de-identify one Part-10 file, cleaning burned-in text first.
+MAX_SCREEN_FRAMES = 8
+"""``deid --pixels`` screens every frame of a multi-frame image up to this many frames; a
+longer one is listed as not screened (``--screen-frames``). Default: 8."""
+SCREENABLE_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"}
+"""Photometric interpretations OCR reads (pydicom gives RGB for the YBR ones)."""
 
-    Instances whose pixels may carry text (:func:`needs_pixel_cleaning`) become redacted
-    derived objects with a de-identified header and mapped UIDs; uncertain ones are listed
-    in *report* for review. Other instances go through the de-identifier unchanged.
+
+def unscreenable(ds: Dataset, max_frames: int = MAX_SCREEN_FRAMES) -> tuple[str | None, np.ndarray | None]:
+    """(why the pixels of *ds* cannot be OCR-screened, or None; the decoded pixels when they can).
+
+    Reasons: no pixel data but an encapsulated document or float pixels, a photometric
+    interpretation OCR cannot read, more frames than *max_frames*, or pixel data that cannot
+    be decoded (a compressed transfer syntax without a decoder, a corrupt stream).
+    """
+    if "PixelData" not in ds:
+        if "EncapsulatedDocument" in ds:
+            return "encapsulated document: its text is not screened", None
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            return "float pixel data: not screened", None
+        return None, None
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if photometric not in SCREENABLE_PHOTOMETRIC:
+        return f"photometric interpretation {photometric or '(none)'} is not screened", None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > max_frames:
+        return f"multi-frame: {frames} frames, more than the {max_frames} screened (--screen-frames)", None
+    meta = getattr(ds, "file_meta", None)
+    ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    try:
+        arr = np.asarray(ds.pixel_array)
+    except Exception as exc:  # pydicom: no decoder (NotImplementedError/RuntimeError), corrupt stream
+        name = getattr(getattr(meta, "TransferSyntaxUID", None), "name", ts) or "unknown"
+        return (
+            f"pixel data cannot be decoded (transfer syntax {name}): {type(exc).__name__}: {' '.join(str(exc).split())[:120]}",
+            None,
+        )
+    return None, arr
+
+
+def _header_only(deidentifier: Deidentifier, data: bytes, source: str, burned_in: str | None) -> bytes | None:
+    """The header de-identified, pixels as they are; *burned_in* None: screened, value as declared."""
+    if burned_in is None:
+        return deidentifier.deidentify_bytes(data, source=source, screened=True)
+    return deidentifier.deidentify_bytes(data, source=source, burned_in=burned_in)
+
+
+def deidentify_bytes_with_pixels(
+    deidentifier: Deidentifier,
+    data: bytes,
+    *,
+    source: str,
+    report: RedactReport,
+    max_frames: int = MAX_SCREEN_FRAMES,
+) -> bytes | None:
+    """``dicomlake deid --pixels``: de-identify one Part-10 file, screening its pixels first.
+
+    Every image is OCR-screened, whatever its class: Secondary Capture-like objects under
+    the policy of their content class, acquisition images (CR, CT, MR, US …) for PHI only
+    (header values, dates, numbers, labelled and titled names), never for "all text", so no
+    box is painted over anatomy. What cannot be screened is listed in
+    ``report.not_screened`` with the reason, and written (when the profile keeps it) with
+    Burned In Annotation YES: nothing passes unscreened silently.
+
+    Burned In Annotation (PS3.15 Clean Pixel Data):
+
+    - PHI found and filled, a second OCR pass reads none back, no review: a redacted derived
+      object with ``NO``;
+    - PHI read back, or PHI in a multi-frame image (frames are not redacted): held, not written;
+    - sent to review, or not screened: written with ``YES`` (never ``NO``);
+    - screened, nothing found: the header alone is de-identified, the value kept as declared.
     """
     import io
 
+    from dicomlake.extract.sc_class import SC_LIKE_SOP_CLASSES
     from dicomlake.write._common import encode
 
     try:
         ds = dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
         raise DeidError(f"{source}: cannot read as DICOM: {exc}") from exc
-    if not needs_pixel_cleaning(ds) or int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        if "PixelData" in ds and int(ds.get("NumberOfFrames", 1) or 1) > 1 and needs_pixel_cleaning(ds):
-            report.review.append((source, "multi-frame: pixels not cleaned (split the frames first)"))
-        return deidentifier.deidentify_bytes(data, source=source)
     ds.filename = source
-    arr = first_frame(ds)
-    klass = classify_for_redaction(ds, arr)
-    plan = plan_redaction(ds, klass, arr=arr)
-    if plan.review:
-        report.review.append((source, "; ".join(plan.review)))
+    why, pixels = unscreenable(ds, max_frames)
+    if why is not None:
+        report.not_screened.append((source, why))
+        report.review.append((source, "not screened: " + why))
+        return _header_only(deidentifier, data, source, "YES")
+    if pixels is None:
+        return _header_only(deidentifier, data, source, None)  # no image: nothing to screen
+    report.screened += 1
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    sc_like = str(ds.get("SOPClassUID", "")) in SC_LIKE_SOP_CLASSES
+    frame_list = [pixels[k] for k in range(frames)] if frames > 1 else [pixels]
+    try:
+        klass = classify_for_redaction(ds, frame_list[0]) if sc_like else ContentClass.UNKNOWN
+        plans = [plan_redaction(ds, klass, arr=a, acquisition=not sc_like) for a in frame_list]
+    except DicomlakeError as exc:
+        report.not_screened.append((source, f"OCR failed: {exc}"))
+        report.review.append((source, f"not screened: OCR failed: {exc}"))
+        return _header_only(deidentifier, data, source, "YES")
+    plan = plans[0]
+    review = sorted({r for p in plans for r in p.review})
+    if review:
+        report.review.append((source, "; ".join(review)))
+    if not any(p.boxes for p in plans):
+        # nothing to fill: the pixels are kept; a reviewed image is not declared clean
+        return _header_only(deidentifier, data, source, "YES" if review else None)
+    if frames > 1:
+        why = (
+            f"PHI found in {sum(bool(p.boxes) for p in plans)} of {frames} frames; multi-frame images are not redacted"
+        )
+        report.held.append((source, "held for review, not written: " + why))
+        report.review.append((source, why))
+        return None
     try:
         derived = redacted_dataset(ds, plan, deidentifier=deidentifier)
     except DicomlakeError as exc:
-        raise DeidError(f"{source}: {exc}") from exc
+        report.held.append((source, f"held for review, not written: PHI found but not redacted ({exc})"))
+        report.review.append((source, f"PHI found but not redacted: {exc}"))
+        return None
     if derived is None:
         return None
     back = read_back(
@@ -1017,6 +1123,8 @@ def deidentify_bytes_with_pixels(
         report.held.append((source, _held_reason(back)))
         report.review.append((source, _held_reason(back)))
         return None
+    # Clean Pixel Data: NO only for a verified redaction that no one is asked to review
+    derived.BurnedInAnnotation = "YES" if review else "NO"
     notes = repair_invalid_values(derived)
     if notes:
         report.fixed.append((source, "malformed header values repaired: " + "; ".join(notes)))

@@ -52,6 +52,8 @@ class Scrubber:
                 words.add(t)
         self.terms = sorted(words, key=len, reverse=True)
         self._shift = shift
+        self._scrubbed: dict[str, str] = {}
+        self._cleaned: dict[str, str] = {}
         self._re = (
             re.compile(
                 r"(?<![0-9A-Za-z])(?:" + "|".join(re.escape(w) for w in self.terms) + r")(?![0-9A-Za-z])",
@@ -62,9 +64,19 @@ class Scrubber:
         )
 
     def scrub(self, text: str) -> str:
-        """The text with this instance's identifiers, e-mail addresses, phone numbers and dates out."""
+        """The text with this instance's identifiers, e-mail addresses, phone numbers and dates out.
+
+        Results are remembered per instance: an SR repeats the same code meanings and units
+        thousands of times (a large RDSR spent a sixth of its walk here).
+        """
         if not text:
             return text
+        hit = self._scrubbed.get(text)
+        if hit is None:
+            hit = self._scrubbed[text] = self._scrub(text)
+        return hit
+
+    def _scrub(self, text: str) -> str:
         out = text
         if self._re is not None:
             out = self._re.sub(REDACTED, out)
