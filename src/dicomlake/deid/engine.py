@@ -45,6 +45,7 @@ from dicomlake.deid.text import (
 )
 from dicomlake.deid.vault import Vault
 from dicomlake.errors import DeidError
+from dicomlake.security.phi import identifying_terms
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,9 @@ class Deidentifier:
         terms = self._identifying_terms(ds, sop_class)
         pseudo = self.keys.code("PatientID", patient_key, self.profile.patient_id_prefix)
         animal = bool(ds.get("PatientSpeciesDescription") or ds.get("PatientSpeciesCodeSequence"))
-        return _Ctx(sop_class, offset, Scrubber(terms, shift), pseudo, animal)
+        # the PHI detector the burned-in text screen uses, with this instance's identifying values
+        phi_terms = identifying_terms(ds)
+        return _Ctx(sop_class, offset, Scrubber(terms, shift, phi_terms), pseudo, animal)
 
     def _identifying_terms(self, ds: Dataset, sop_class: str) -> list[str]:
         """Values this profile removes or replaces: they must not survive inside free text."""

@@ -44,6 +44,30 @@ from pydicom.sr.coding import Code
 from dicomlake.errors import DeidError, DicomlakeError
 from dicomlake.extract.ocr import OcrResult, Variant, Word, ocr
 from dicomlake.extract.sc_class import ContentClass
+from dicomlake.security.phi import (  # the shared PHI detector (issue 20)
+    _BY_VERBS,
+    _DATE_PATTERNS,
+    _LABEL_NEEDS_COLON,
+    _LABELS,
+    _NHS,
+    _NOT_NAMES,
+    _NUMBER_LABEL_PREFIX,
+    _PERSON_LABELS,
+    _PHONE,
+    _POSTCODE,
+    _TITLES,
+    Term,
+    _digitised,
+    _edits,
+    _name_like,
+    _norm,
+    _plausible_date,
+    fuzzy_equal,
+    identifying_terms,
+    nhs_number_valid,
+    skeleton,
+)
+from dicomlake.security.phi import date_forms as date_forms  # re-exported for sc and its tests
 
 if TYPE_CHECKING:
     from dicomlake.deid.engine import Deidentifier
@@ -57,272 +81,6 @@ MIN_ORIENTATION_CONFIDENCE = 2.0
 """Below this, a page with text goes to review. Default: 2.0."""
 PAD_FRACTION = 0.2
 """Boxes grow by this fraction of their height on each side (at least 2 pixels). Default: 0.2."""
-
-_MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
-_MONTH_RE = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
-_DATE_PATTERNS = [
-    re.compile(r"\b\d{1,2}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?(?:\d{4}|\d{2})\b"),
-    re.compile(r"\b(?:19|20)\d{2}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?\d{1,2}\b"),
-    re.compile(
-        r"\b\d{1,2}(?:st|nd|rd|th)?[\s\-./]{0,2}" + _MONTH_RE + r"[\s\-./,]{0,2}(?:\d{4}|'?\d{2})\b", re.IGNORECASE
-    ),
-    re.compile(r"\b" + _MONTH_RE + r"\s\d{1,2}(?:st|nd|rd|th)?,?\s(?:\d{4})\b", re.IGNORECASE),
-    re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),
-]
-_NHS = re.compile(r"(?<![\d.,\-])\d{3}([ \-]?)\d{3}\1\d{4}(?![\d.,]\d|-\d)")
-"""An NHS number as printed: ten digits, plain or grouped 3-3-4 by one space or hyphen (never
-digits strung across decimal numbers: "S54.3-I432.1 8.73" is a scan range and a CTDIvol)."""
-_PHONE = re.compile(r"(?:\+44\s?\(?0?\)?\s?|\b0)\d{2,4}[\s\-]?\d{3,4}[\s\-]?\d{3,4}\b|\(\d{3}\)\s?\d{3}[\s\-]\d{4}\b")
-_POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}\b", re.IGNORECASE)
-_CONFUSABLE = str.maketrans(
-    {
-        "O": "0",
-        "Q": "0",
-        "D": "0",
-        "I": "1",
-        "L": "1",
-        "|": "1",
-        "!": "1",
-        "]": "1",
-        "S": "5",
-        "$": "5",
-        "B": "8",
-        "Z": "2",
-        "G": "6",
-        "T": "7",
-    }
-)
-_GENERIC = {
-    "THE",
-    "OF",
-    "AND",
-    "ST",
-    "ST.",
-    "HOSPITAL",
-    "GENERAL",
-    "CLINIC",
-    "INFIRMARY",
-    "NHS",
-    "TRUST",
-    "UNIVERSITY",
-    "MEDICAL",
-    "CENTRE",
-    "CENTER",
-    "HEALTH",
-    "ROAD",
-    "STREET",
-    "LANE",
-    "AVENUE",
-    "DR",
-    "MR",
-    "MRS",
-    "MS",
-    "MISS",
-    "PROF",
-}
-_LABELS = {
-    "NAME",
-    "PATIENT",
-    "PATIENTNAME",
-    "DOB",
-    "D.O.B",
-    "D.O.B.",
-    "BIRTH",
-    "BORN",
-    "MRN",
-    "ID",
-    "PID",
-    "ACCESSION",
-    "ACC",
-    "ACC.",
-    "ADDRESS",
-    "TELEPHONE",
-    "TEL",
-    "TEL.",
-    "PHONE",
-    "MOBILE",
-    "POSTCODE",
-    "REFERRER",
-    "PHYSICIAN",
-    "DOCTOR",
-    "NHS",
-    "CHI",
-    "SURNAME",
-    "FORENAME",
-    "FORENAMES",
-}
-_NUMBER_LABEL_PREFIX = {"HOSPITAL", "NHS", "PATIENT", "MEDICAL", "RECORD", "CASE", "UNIT", "ID"}
-_LABEL_NEEDS_COLON = {"PATIENT", "ID", "NAME"}
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[^0-9A-Z]", "", text.upper())
-
-
-def skeleton(text: str) -> str:
-    """Upper-case alphanumerics with OCR-confusable glyphs folded (O→0, I/L→1, S→5, B→8 …)."""
-    return re.sub(r"[^0-9A-Z]", "", text.upper().translate(_CONFUSABLE))
-
-
-def _edits(a: str, b: str, limit: int) -> int:
-    """Levenshtein distance, stopping early past *limit*."""
-    if abs(len(a) - len(b)) > limit:
-        return limit + 1
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        best = i
-        for j, cb in enumerate(b, 1):
-            v = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
-            cur.append(v)
-            best = min(best, v)
-        if best > limit:
-            return limit + 1
-        prev = cur
-    return prev[-1]
-
-
-def _allowed_edits(n: int) -> int:
-    return 0 if n <= 3 else 1 if n <= 7 else 2
-
-
-def fuzzy_equal(ocr_text: str, value: str) -> bool:
-    """Whether an OCR'd token reads as *value*, allowing confusable glyphs and a few edits."""
-    a, b = skeleton(ocr_text), skeleton(value)
-    if not a or not b:
-        return False
-    if a == b:
-        return True
-    if len(b) <= 5 and len(a) != len(b):
-        return False  # short values: substitutions only ("iii" from a filled box is not "Mill")
-    return _edits(a, b, _allowed_edits(len(b))) <= _allowed_edits(len(b))
-
-
-def date_forms(value: str) -> list[str]:
-    """The ways a DICOM date (YYYYMMDD) is printed: 03/04/1956, 1956-04-03, 3 Apr 1956, 03-APR-56 …"""
-    if len(value) < 8 or not value[:8].isdigit():
-        return []
-    y, m, d = value[:4], value[4:6], value[6:8]
-    mi = int(m)
-    if not 1 <= mi <= 12:
-        return [value[:8]]
-    mon = _MONTHS[mi - 1]
-    full = [
-        "JANUARY",
-        "FEBRUARY",
-        "MARCH",
-        "APRIL",
-        "MAY",
-        "JUNE",
-        "JULY",
-        "AUGUST",
-        "SEPTEMBER",
-        "OCTOBER",
-        "NOVEMBER",
-        "DECEMBER",
-    ][mi - 1]
-    di = str(int(d))
-    forms = {
-        value[:8],
-        f"{d}/{m}/{y}",
-        f"{m}/{d}/{y}",
-        f"{d}.{m}.{y}",
-        f"{d}-{m}-{y}",
-        f"{y}-{m}-{d}",
-        f"{y}/{m}/{d}",
-        f"{y}.{m}.{d}",
-        f"{d}/{m}/{y[2:]}",
-        f"{m}/{d}/{y[2:]}",
-        f"{d}-{mon}-{y}",
-        f"{d}-{mon}-{y[2:]}",
-        f"{di} {mon} {y}",
-        f"{d} {mon} {y}",
-        f"{mon} {di}, {y}",
-        f"{di} {full} {y}",
-        f"{full} {di}, {y}",
-        f"{d}{mon}{y}",
-        f"{di}/{int(m)}/{y}",
-        f"{int(m)}/{di}/{y}",
-    }
-    return sorted(forms)
-
-
-@dataclass(frozen=True)
-class Term:
-    """An identifying value from the header, as it may be printed."""
-
-    text: str
-    source: str
-    """Keyword it came from (``PatientName``, ``PatientBirthDate`` …)."""
-    distinctive: bool = True
-    """Worth matching on its own (not 'Hospital', 'Road' or a one-letter initial)."""
-
-
-_TERM_KEYWORDS = {
-    "PN": (
-        "PatientName",
-        "ReferringPhysicianName",
-        "PerformingPhysicianName",
-        "OperatorsName",
-        "PatientMotherBirthName",
-        "OtherPatientNames",
-        "PatientBirthName",
-        "RequestingPhysician",
-    ),
-    "ID": (
-        "PatientID",
-        "OtherPatientIDs",
-        "AccessionNumber",
-        "StudyID",
-        "IssuerOfPatientID",
-        "MedicalRecordLocator",
-        "PatientInsurancePlanCodeSequence",
-    ),
-    "TEXT": (
-        "InstitutionName",
-        "InstitutionAddress",
-        "PatientAddress",
-        "PatientTelephoneNumbers",
-        "InstitutionalDepartmentName",
-        "StationName",
-        "CountryOfResidence",
-        "RegionOfResidence",
-    ),
-    "DATE": ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"),
-}
-
-
-def identifying_terms(ds: Dataset) -> list[Term]:
-    """Identifying header values of *ds*, split into the tokens and phrases OCR can return."""
-    terms: list[Term] = []
-
-    def values(keyword: str) -> list[str]:
-        v = ds.get(keyword)
-        if v is None or v == "":
-            return []
-        if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
-            return [str(x) for x in v if str(x)]
-        return [str(v)]
-
-    for kw in _TERM_KEYWORDS["PN"]:
-        for v in values(kw):
-            for part in re.split(r"[\^=\s,]+", v):
-                if part and part.upper() not in _GENERIC:
-                    terms.append(Term(part, kw, len(part) >= 2))
-    for kw in _TERM_KEYWORDS["ID"]:
-        for v in values(kw):
-            terms.append(Term(v.strip(), kw, len(v.strip()) >= 3))
-    for kw in _TERM_KEYWORDS["TEXT"]:
-        for v in values(kw):
-            terms.append(Term(v.strip(), kw, False))  # the phrase
-            for part in re.split(r"[\s,]+", v):
-                if part:
-                    terms.append(Term(part, kw, len(part) >= 3 and part.upper() not in _GENERIC))
-    for kw in _TERM_KEYWORDS["DATE"]:
-        for v in values(kw):
-            for form in date_forms(v):
-                terms.append(Term(form, kw, True))
-    return [t for t in terms if _norm(t.text)]
 
 
 @dataclass(frozen=True)
@@ -346,51 +104,6 @@ def _line_text(line: Sequence[Word]) -> tuple[str, list[tuple[int, int]]]:
 
 def _words_in_span(spans: list[tuple[int, int]], start: int, end: int) -> list[int]:
     return [i for i, (a, b) in enumerate(spans) if a < end and b > start]
-
-
-def nhs_number_valid(digits: str) -> bool:
-    """NHS number modulus-11 check (10 digits, weights 10…2; check 11 → 0, 10 invalid)."""
-    if len(digits) != 10 or not digits.isdigit():
-        return False
-    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
-    check = 11 - total % 11
-    if check == 11:
-        check = 0
-    return check != 10 and check == int(digits[9])
-
-
-def _plausible_date(found: str, text: str, end: int) -> bool:
-    """Whether a date-pattern match can be a date: not the start of a decimal number, numeric
-    parts a day ≤ 31, a month ≤ 12 (either order) and a four-digit year 1880…2099
-    ("S57.1-I580.0", a scan range, is not 57/1/1580)."""
-    if re.match(r"[.,]\d", text[end : end + 2]):
-        return False
-    nums = [int(x) for x in re.findall(r"\d+", found)]
-    if len(nums) != 3 or not re.fullmatch(r"[\d\s/.\-]+", found):
-        return True  # month names, compact YYYYMMDD: their patterns are strict already
-    if len(str(nums[0])) == 4 or found.strip()[:4].isdigit():
-        y, a, b = nums
-    else:
-        a, b, y = nums
-        if len(re.findall(r"\d+", found)[2]) == 4 and not 1880 <= y <= 2099:
-            return False
-    if len(re.findall(r"\d+", found)[0]) == 4 and not 1880 <= y <= 2099:
-        return False
-    return 1 <= a <= 31 and 1 <= b <= 31 and (a <= 12 or b <= 12)
-
-
-def _digitised(text: str) -> str:
-    """Fold letters OCR confuses with digits in tokens that are mostly digits (14/O9/1982 → 14/09/1982)."""
-    out = []
-    for tok in text.split(" "):
-        digits = sum(c.isdigit() for c in tok)
-        if digits and digits >= len(tok) / 2:
-            tok = tok.translate(_DIGIT_FOLD)
-        out.append(tok)
-    return " ".join(out)
-
-
-_DIGIT_FOLD = str.maketrans("OolI|S$", "0011155")
 
 
 def _is_label(words: Sequence[Word], i: int) -> bool:
@@ -504,36 +217,6 @@ def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] 
                     if w.text.endswith((",", ";")) and taken >= 2:
                         break
     return [hits[n] for n in sorted(hits)]
-
-
-_PERSON_LABELS = {
-    "CLINICIAN",
-    "CONSULTANT",
-    "DOCTOR",
-    "PHYSICIAN",
-    "SURGEON",
-    "RADIOLOGIST",
-    "RADIOGRAPHER",
-    "SONOGRAPHER",
-    "NURSE",
-    "PRACTITIONER",
-    "REGISTRAR",
-    "WITNESS",
-    "SIGNED",
-    "SIGNATURE",
-    "REFERRER",
-    "INTERPRETER",
-}
-_BY_VERBS = {"SIGNED", "TAKEN", "OBTAINED", "REPORTED", "VERIFIED", "AUTHORISED", "AUTHORIZED", "SEEN", "REFERRED"}
-_TITLES = {"DR", "MR", "MRS", "MS", "MISS", "PROF", "SISTER"}
-_NOT_NAMES = _GENERIC | _LABELS | _PERSON_LABELS | {"DATE", "TIME", "BY", "SIGNATURE", "PRINT", "NUMBER", "GRADE"}
-"""Capitalised words that end a name after a person label (form vocabulary, not names)."""
-
-
-def _name_like(text: str) -> bool:
-    """A capitalised word of letters (hyphen or apostrophe allowed): Raman, O'Neil, Smith-Jones, DR."""
-    t = text.strip(",.;:")
-    return len(t) >= 2 and t[0].isupper() and bool(re.fullmatch(r"[A-Za-z][A-Za-z'\-]*", t))
 
 
 def _person_name_start(line: Sequence[Word], i: int) -> int | None:

@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 
+from dicomlake.security.phi import Term, TextDetector
+
 REDACTED = "***"
 
 # Dates written in free text: 20240131, 2024-01-31, 2024/01/31, 31/01/2024, 31.01.2024, 31-01-2024.
@@ -43,7 +45,12 @@ class Scrubber:
         replaced by the shifted date in the same layout, or removed when None.
     """
 
-    def __init__(self, terms: Iterable[str], shift: Callable[[date], date] | None = None):
+    def __init__(
+        self,
+        terms: Iterable[str],
+        shift: Callable[[date], date] | None = None,
+        phi_terms: Iterable[Term] = (),
+    ):
         words: set[str] = set()
         for term in terms:
             t = term.strip()
@@ -52,6 +59,7 @@ class Scrubber:
                 words.add(t)
         self.terms = sorted(words, key=len, reverse=True)
         self._shift = shift
+        self._detector = TextDetector([*phi_terms, *(Term(w, "scrub") for w in words)])
         self._scrubbed: dict[str, str] = {}
         self._cleaned: dict[str, str] = {}
         self._re = (
@@ -99,51 +107,36 @@ class Scrubber:
 
     def clean(self, text: str) -> str:
         """PS3.15 cleaning of a descriptor or structured-content text (Clean Descriptors, Clean
-        Structured Content): :meth:`scrub`, then whatever looks like a person's name or an
-        identifier, whoever's it is — ``derived by Smith``, ``Dr. Jones``, ``Smith^John``,
-        ``MRN4471902``, an NHS number, a postcode, an e-mail address.
+        Structured Content): whatever the shared PHI detector (:mod:`dicomlake.security.phi`,
+        the one the burned-in text screen uses) judges identifying is removed — this
+        instance's own values, dates, NHS and telephone numbers, postcodes, e-mail addresses,
+        identifier-like tokens, values after a label, names after a title, a person label or a
+        cue (``derived by Smith``, ``Dr. Jones``, ``Witness: A. Nwosu``, ``Smith^John``) — and
+        :meth:`scrub` runs over the rest. Numeric dates are shifted, not removed, when the
+        profile modifies dates.
 
-        Free text is kept only in so far as it is not known to identify: the words left are
-        the instance's clinical vocabulary; what this cannot recognise (a bare name written
-        in lower case with no cue) is the documented limit, and the kept values are reported.
+        Free text is kept only in so far as it is not known to identify: what this cannot
+        recognise (a bare name written in lower case with no cue) is the documented limit,
+        and the kept values are reported.
         """
         if not text:
             return text
-        out = self.scrub(text)
-        out = _CARET_NAME.sub(REDACTED, out)
-        out = _TITLED_NAME.sub(lambda m: m[1] + REDACTED, out)
-        out = _CUED_NAME.sub(lambda m: m[1] + REDACTED, out)
-        out = _IDENTIFIER.sub(_identifier, out)
-        return _UK_POSTCODE.sub(REDACTED, out)
-
-
-# Person names written in free text: Smith^John (PN form); after a title (Dr. Smith, Prof Jones);
-# after a cue verb or label ("derived by Smith", "reported by: J. Smith", "patient Smith",
-# "name: Smith"). A name is one or two capitalised words (initials allowed), never a known
-# acronym in capitals (CT, MR, HEAD), so "derived by CT" stays.
-_NAME_WORD = r"(?:[A-Z]\.|[A-Z][a-z\u00C0-\u024F'’-]+)"
-_NAME = rf"{_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,2}}"
-_NAME_CHARS = r"[A-Za-z\u00C0-\u024F'’-]"
-_CARET_NAME = re.compile(rf"{_NAME_CHARS}+\^{_NAME_CHARS}+(?:\^{_NAME_CHARS}*){{0,3}}")
-_TITLES = r"(?:Dr|Drs|Mr|Mrs|Ms|Miss|Mx|Prof|Professor|Doctor|Sr|Nurse|Sister)"
-_TITLED_NAME = re.compile(rf"(\b{_TITLES}\.?[ \t]+){_NAME}")
-_CUED_NAME = re.compile(
-    r"(\b(?i:by|per|from|attn|cc|patient|pt|name|surname|forename|signed|reported|dictated|"
-    r"verified|approved|authori[sz]ed|referred|requested|operator|technologist|radiographer|"
-    r"physician|consultant|radiologist)\b[:.]?[ \t]*(?:[:\-][ \t]*)?)" + rf"(?!{_TITLES}\b){_NAME}"
-)
-# Identifier-like tokens: letters and at least four digits mixed (MRN4471902, AB-123456), or a
-# run of six or more digits (an NHS number, a hospital number, an accession number).
-_IDENTIFIER = re.compile(r"(?<![\w.])(?=[\w-]*\d)(?:[A-Za-z][\w-]*\d[\w-]*|\d[\w-]*[A-Za-z][\w-]*|\d{6,})(?![\w.])")
-
-
-def _identifier(m: re.Match[str]) -> str:
-    token = m[0]
-    digits = sum(c.isdigit() for c in token)
-    if token.isdigit():
-        return REDACTED if len(token) >= 6 else token
-    # units and short codes stay (5mm, T1w, 3D, CTDIvol32, 120kV): four digits at least
-    return REDACTED if digits >= 4 else token
+        hit = self._cleaned.get(text)
+        if hit is not None:
+            return hit
+        pieces: list[str] = []
+        pos = 0
+        for span in self._detector.spans(text):
+            pieces.append(self.scrub(text[pos : span.start]))
+            seg = text[span.start : span.end]
+            if span.reason in ("pattern:date", "header", "mixed") and self._shift is not None and _DATES.fullmatch(seg):
+                pieces.append(_DATES.sub(self._date, seg))
+            else:
+                pieces.append(REDACTED)
+            pos = span.end
+        pieces.append(self.scrub(text[pos:]))
+        out = self._cleaned[text] = "".join(pieces)
+        return out
 
 
 def name_terms(value: str) -> list[str]:
