@@ -31,6 +31,7 @@ BENCHES = [
     "bench.bench_sc",
     "bench.bench_deid",
     "bench.bench_scale",
+    "bench.bench_spark_listing",
     "bench.bench_receive",
     "bench.bench_load",
 ]
