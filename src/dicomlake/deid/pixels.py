@@ -64,7 +64,11 @@ from dicomlake.security.phi import (  # the shared PHI detector (issue 20)
     _plausible_date,
     fuzzy_equal,
     identifying_terms,
+    is_decimal_number,
+    is_dose_word,
+    matches_term,
     nhs_number_valid,
+    numeric_identifier,
     skeleton,
 )
 from dicomlake.security.phi import date_forms as date_forms  # re-exported for sc and its tests
@@ -80,7 +84,11 @@ MIN_CONF_ALL_TEXT = 30.0
 MIN_ORIENTATION_CONFIDENCE = 2.0
 """Below this, a page with text goes to review. Default: 2.0."""
 PAD_FRACTION = 0.2
-"""Boxes grow by this fraction of their height on each side (at least 2 pixels). Default: 0.2."""
+"""Boxes grow by this fraction of the text height on each side (at least 2 pixels, at most
+:data:`PAD_MAX`). The text height is the word's height in the upright page, else the box's
+shorter side: on a page turned 90° a box's height is the word's length. Default: 0.2."""
+PAD_MAX = 8
+"""Largest padding in pixels on each side. Default: 8."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,10 @@ def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] 
     all_words = result.words
     index = {id(w): n for n, w in enumerate(all_words)}
     distinct = [t for t in terms if t.distinctive]
+    # A decimal number on a page with dose labels or units (CTDIvol, DLP, mGy) is a clinical
+    # value: never matched to a header value ("13.21" is not the phone group "0321").
+    dose_page = any(is_dose_word(w.text) for w in all_words)
+    clinical = {id(w) for w in all_words if dose_page and is_decimal_number(w.text)}
     phrases = [t for t in terms if " " in t.text.strip() or len(t.text) > 12]
     pass_numbers = sorted({w.line_key[0] for w in all_words}) if passes is None else list(passes)
 
@@ -138,8 +150,10 @@ def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] 
             text, spans = _line_text(line)
             # 1. header values, token by token
             for w in line:
+                if id(w) in clinical:
+                    continue
                 for t in distinct:
-                    if " " not in t.text and fuzzy_equal(w.text, t.text):
+                    if " " not in t.text and matches_term(w.text, t.text):
                         hit(w, f"header:{t.source}")
                         break
             # 2. header phrases (multi-word values, dates printed with spaces, grouped numbers)
@@ -148,10 +162,13 @@ def find_phi(result: OcrResult, terms: Sequence[Term], *, passes: Iterable[int] 
                 target = skeleton(t.text)
                 if len(target) < 5:
                     continue
-                limit = max(1, len(target) // 6)
+                # all-digit values (telephone numbers, dates in figures): exact after folding
+                limit = 0 if numeric_identifier(t.text) else max(1, len(target) // 6)
                 for i in range(len(line)):
                     acc = ""
                     for j in range(i, min(len(line), i + 8)):
+                        if id(line[j]) in clinical:
+                            break
                         acc += sk_words[j]
                         if len(acc) > len(target) + limit:
                             break
@@ -322,10 +339,27 @@ def read_back(
     return found
 
 
-def _pad(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+def _pad(
+    box: tuple[int, int, int, int], shape: tuple[int, ...], text_height: float | None = None
+) -> tuple[int, int, int, int]:
+    """*box* grown on each side by a fraction of the text height (the box's shorter side by default).
+
+    Not of the box's height: on a page turned 90° that is the word's length, and a padding
+    of a fifth of it covered the labels beside the word.
+    """
     x0, y0, x1, y1 = box
-    p = max(2, round((y1 - y0) * PAD_FRACTION))
+    height = min(x1 - x0, y1 - y0) if not text_height or text_height <= 0 else text_height
+    p = min(PAD_MAX, max(2, round(height * PAD_FRACTION)))
     return max(0, x0 - p), max(0, y0 - p), min(shape[1], x1 + p), min(shape[0], y1 + p)
+
+
+def _text_height(w: Word) -> float | None:
+    """The word's height in the upright page (its text height whatever the page's turn), if known."""
+    x0, y0, x1, y1 = w.upright
+    h = y1 - y0
+    if h <= 0 or x1 - x0 <= 0:
+        return None
+    return min(h, max(w.width, w.height))  # never more than the box's longer side
 
 
 def plan_redaction(
@@ -379,7 +413,7 @@ def plan_redaction(
             if id(w) not in seen and w.conf >= MIN_CONF_ALL_TEXT and any(c.isalnum() for c in w.text)
         ]
     plan.hits = hits
-    plan.boxes = [_pad(h.word.box, arr.shape) for h in hits]
+    plan.boxes = [_pad(h.word.box, arr.shape, _text_height(h.word)) for h in hits]
     # review rules
     if acquisition:
         pass

@@ -166,6 +166,54 @@ def fuzzy_equal(ocr_text: str, value: str) -> bool:
     return _edits(a, b, _allowed_edits(len(b))) <= _allowed_edits(len(b))
 
 
+_DECIMAL = re.compile(r"[<>~]?\d{1,5}[.,]\d{1,3}")
+"""A decimal number as printed in a table (13.21, 429.11, 0,75): one separator, no grouping."""
+_DOSE_WORDS = ("CTDI", "DLP", "MGY", "SSDE", "DOSE")
+"""Words (prefixes, normalised) that make a page a dose page: its decimal numbers are clinical values."""
+
+
+def is_decimal_number(text: str) -> bool:
+    """Whether an OCR'd token reads as one decimal number (``13.21``, ``429.11,``), not a date or grouped ID."""
+    return bool(_DECIMAL.fullmatch(text.strip(",;:()[]")))
+
+
+def is_dose_word(text: str) -> bool:
+    """A dose label or unit (CTDIvol, DLP, mGy, mGy-cm, SSDE, Dose)."""
+    return _norm(text).startswith(_DOSE_WORDS)
+
+
+def numeric_identifier(value: str) -> bool:
+    """A header value (or a group of one) made of digits only: a phone group, an all-digit ID, a date form."""
+    n = _norm(value)
+    return bool(n) and n.isdigit()
+
+
+def matches_term(ocr_text: str, value: str) -> bool:
+    """Whether an OCR'd token is the identifying header value *value* (a :class:`Term`'s text).
+
+    Letters, or letters and digits mixed (names, ``A20240815``): :func:`fuzzy_equal`, a few
+    edits allowed. An all-digit value (an ID, a group of a telephone number, a date form) is
+    matched only exactly after OCR-confusion folding (O→0, l→1 …), never by edits: a short
+    number is one edit away from many clinical values ("13.21" from the phone group "0321").
+    Only an ID of seven digits or more tolerates one misread digit (same length), and then
+    not from a decimal number. Whether the value is a whole identifier or a group of one of
+    four digits or more is decided when the terms are built (:func:`identifying_terms`).
+    """
+    if not numeric_identifier(value):
+        return fuzzy_equal(ocr_text, value)
+    a, b = skeleton(ocr_text), _norm(value)
+    if not a.isdigit():
+        return False
+    if a == b:
+        return True
+    return (
+        len(b) >= 7
+        and len(a) == len(b)
+        and not is_decimal_number(ocr_text)
+        and sum(x != y for x, y in zip(a, b, strict=True)) <= 1
+    )
+
+
 def date_forms(value: str) -> list[str]:
     """The ways a DICOM date (YYYYMMDD) is printed: 03/04/1956, 1956-04-03, 3 Apr 1956, 03-APR-56 …"""
     if len(value) < 8 or not value[:8].isdigit():
@@ -285,7 +333,10 @@ def identifying_terms(ds: Dataset) -> list[Term]:
             terms.append(Term(v.strip(), kw, False))  # the phrase
             for part in re.split(r"[\s,]+", v):
                 if part:
-                    terms.append(Term(part, kw, len(part) >= 3 and part.upper() not in _GENERIC))
+                    # a group of digits ("496" of "0117 496 0321") stands alone only from four digits
+                    short_group = numeric_identifier(part) and len(_norm(part)) < 4
+                    distinctive = len(part) >= 3 and part.upper() not in _GENERIC and not short_group
+                    terms.append(Term(part, kw, distinctive))
     for kw in _TERM_KEYWORDS["DATE"]:
         for v in values(kw):
             for form in date_forms(v):
