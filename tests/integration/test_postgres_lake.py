@@ -76,19 +76,22 @@ def test_postgres_migrations_upgrade_an_existing_lake_in_place(pg: PostgresClust
         con.execute('ALTER TABLE instances DROP COLUMN "DetectorID"')  # a column added since
     with pytest.raises(ConfigError, match="schema version 1"):
         PostgresStore(url, read_only=True)
-    old = PostgresStore.__new__(PostgresStore)  # write with the v1 schema through the store's code
-    tables, accepted = _batch(sample_sources)
-    tables = dict(tables)
+    old = PostgresStore.__new__(PostgresStore)  # rows as a v1 writer left them (no keys yet: plain COPY)
+    tables = dict(_batch(sample_sources)[0])
     tables["instances"] = tables["instances"].drop_columns(["DetectorID"])
-    with psycopg.connect(url, autocommit=True) as con:
-        old.connection, old.read_only = con, False
-        old.write_batch(tables, accepted)
+    with psycopg.connect(url, autocommit=True) as con, con.transaction(), con.cursor() as cur:
+        for name, tab in tables.items():
+            if tab.num_rows:
+                old._copy_in(cur, name, tab)
+        # v1 could hold a file's reject twice (no lock-free key yet); migration 5 keeps the later
+        cur.execute("INSERT INTO rejects (source_path, reason) VALUES ('x.dcm', 'old'), ('x.dcm', 'new')")
     st = PostgresStore(url)
     assert st.applied == list(range(2, SCHEMA_VERSION + 1))
     assert current_version(st.connection) == SCHEMA_VERSION
     n = tables["instances"].num_rows
     assert st.query("SELECT count(*) AS n FROM instances").column("n")[0].as_py() == n
     assert "DetectorID" in st.query("SELECT * FROM instances LIMIT 0").column_names
+    assert st.connection.execute("SELECT reason FROM rejects WHERE source_path = 'x.dcm'").fetchall() == [("new",)]
     # the upgraded lake takes upserts (primary key) and DuckDB-named functions
     assert st.write_batch(_batch(sample_sources)[0], []).replaced == n
     assert st.query("SELECT first(PatientID ORDER BY PatientID) AS p, median(Rows) AS m FROM instances").num_rows == 1

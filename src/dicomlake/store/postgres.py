@@ -3,9 +3,11 @@
 Same tables, column names and upsert rule as :class:`~dicomlake.store.duckdb.DuckDBStore`
 (instances keyed by SOPInstanceUID; a re-ingested instance replaces its rows). Any number
 of processes may read and write at once: reads never wait (MVCC); each batch is one
-transaction that takes a transaction-level advisory lock, so two writers of the same
-instance are serialised and neither can leave a duplicate (the primary key on
-``instances."SOPInstanceUID"`` would refuse one anyway). Batches travel as CSV written by
+transaction that upserts its instances in ``SOPInstanceUID`` order on the primary key
+(``INSERT … ON CONFLICT DO UPDATE``) and then replaces their other rows, so two writers of
+the same instance serialise on that instance's row only, writers of different instances
+never wait for each other, and neither can leave a duplicate. There is no lake-wide write
+lock (the advisory lock of :mod:`~dicomlake.store.migrations` guards schema changes only). Batches travel as CSV written by
 Arrow into ``COPY`` (text, numbers, dates, times and timestamps round-trip exactly).
 
 The query layer writes DuckDB SQL; :mod:`dicomlake.store.dialect` translates it.
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import random
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +36,8 @@ from dicomlake.store.pullstate import PullStateTables
 if TYPE_CHECKING:
     from dicomlake.store.curation import LakeCuration
 
-WRITE_LOCK = 0x44_4C_57_52  # "DLWR": pg_advisory_xact_lock key of batch writes
+WRITE_RETRIES = 5
+"""Attempts at one batch when PostgreSQL picks it as a deadlock victim (40P01) or 40001."""
 
 # PostgreSQL type OIDs → Arrow types of query results
 _OID_ARROW: dict[int, pa.DataType] = {
@@ -130,6 +135,9 @@ class PostgresStore:
         else:
             self.applied = migrate(self.connection, self.columns)
         self._all_columns = self._column_names()
+        self._instance_columns = self._instance_table_columns()
+        self.write_retries = 0
+        """Batches run again after a deadlock or serialization failure (for tests and benches)."""
 
     def _column_names(self) -> list[str]:
         rows = self.connection.execute(
@@ -159,36 +167,36 @@ class PostgresStore:
                 cp.write(view[i : i + step])
 
     def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> WriteReport:
+        """Upsert one batch in one transaction, locking only the instances it writes.
+
+        The batch's instances are upserted in ``SOPInstanceUID`` order (``INSERT … ON CONFLICT
+        DO UPDATE``), which row-locks each existing instance and holds the key of each new
+        one until commit; its ``elements``/``dicom_json``/``dose_events`` rows are replaced
+        after that, so two writers of one instance serialise on that instance only, and
+        writers of different instances never wait for each other. Rejects are upserted on
+        their ``source_path`` key (migration 5). A deadlock or serialization failure
+        (SQLSTATE 40P01/40001) rolls the batch back and runs it again, up to
+        :data:`WRITE_RETRIES` times.
+        """
+        import psycopg
+
         if self.read_only:
             raise ConfigError(f"the lake {redact(self.url)} was opened read-only")
         inst = tables.get("instances")
+        if inst is not None and inst.num_rows:
+            inst = inst.sort_by("SOPInstanceUID")  # one lock order for every writer
+        for attempt in itertools.count(1):
+            try:
+                replaced = self._write_once(tables, inst, accepted_paths)
+                break
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt >= WRITE_RETRIES:
+                    raise
+                self.write_retries += 1
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
         elements = tables.get("elements")
-        js = tables.get("dicom_json")
         dose = tables.get("dose_events")
         rejects = tables.get("rejects")
-        replaced = 0
-        con = self.connection
-        with con.transaction(), con.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
-            if inst is not None and inst.num_rows:
-                cur.execute('CREATE TEMP TABLE _b_uid ("SOPInstanceUID" TEXT PRIMARY KEY) ON COMMIT DROP')
-                self._copy_in(cur, "_b_uid", inst.select(["SOPInstanceUID"]))
-                for t in ("elements", "dicom_json", "dose_events"):
-                    cur.execute(f'DELETE FROM "{t}" WHERE "SOPInstanceUID" IN (SELECT "SOPInstanceUID" FROM _b_uid)')
-                cur.execute('DELETE FROM instances WHERE "SOPInstanceUID" IN (SELECT "SOPInstanceUID" FROM _b_uid)')
-                replaced = cur.rowcount if cur.rowcount and cur.rowcount > 0 else 0
-                self._copy_in(cur, "instances", inst)
-            for name, tab in (("elements", elements), ("dicom_json", js), ("dose_events", dose)):
-                if tab is not None and tab.num_rows:
-                    self._copy_in(cur, name, tab)
-            if accepted_paths:
-                cur.execute("DELETE FROM rejects WHERE source_path = ANY(%s)", [list(accepted_paths)])
-            if rejects is not None and rejects.num_rows:
-                cur.execute(
-                    "DELETE FROM rejects WHERE source_path = ANY(%s)",
-                    [rejects.column("source_path").to_pylist()],
-                )
-                self._copy_in(cur, "rejects", rejects)
         n_inst = inst.num_rows if inst is not None else 0
         return WriteReport(
             inserted=n_inst - replaced,
@@ -197,6 +205,59 @@ class PostgresStore:
             dose_events=dose.num_rows if dose is not None else 0,
             rejects=rejects.num_rows if rejects is not None else 0,
         )
+
+    def _instance_table_columns(self) -> list[str]:
+        rows = self.connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'instances' ORDER BY ordinal_position"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def _write_once(self, tables: Mapping[str, pa.Table], inst: pa.Table | None, accepted_paths: list[str]) -> int:
+        """One attempt at a batch; the number of instances it replaced."""
+        replaced = 0
+        rejects = tables.get("rejects")
+        con = self.connection
+        with con.transaction(), con.cursor() as cur:
+            if inst is not None and inst.num_rows:
+                names = inst.column_names
+                cols = ", ".join(f'"{n}"' for n in names)
+                cur.execute(f"CREATE TEMP TABLE _b_inst ON COMMIT DROP AS SELECT {cols} FROM instances WITH NO DATA")
+                self._copy_in(cur, "_b_inst", inst)
+                # every lake column is set: one the batch lacks becomes NULL, as a fresh insert
+                lake_cols = dict.fromkeys([*self._instance_columns, *names])
+                sets = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in lake_cols if c != "SOPInstanceUID")
+                cur.execute(
+                    f"WITH up AS (INSERT INTO instances ({cols}) "
+                    f'SELECT {cols} FROM _b_inst ORDER BY "SOPInstanceUID" '
+                    f'ON CONFLICT ("SOPInstanceUID") DO UPDATE SET {sets} RETURNING (xmax <> 0) AS old) '
+                    "SELECT count(*) FILTER (WHERE old) FROM up"
+                )
+                row = cur.fetchone()
+                replaced = int(row[0]) if row else 0
+                uids = inst.column("SOPInstanceUID").to_pylist()
+                # the batch's instances are locked by this transaction: replace their rows
+                for t in ("elements", "dicom_json", "dose_events"):
+                    cur.execute(f'DELETE FROM "{t}" WHERE "SOPInstanceUID" = ANY(%s::text[])', [uids])
+            for name in ("elements", "dicom_json", "dose_events"):
+                tab = tables.get(name)
+                if tab is not None and tab.num_rows:
+                    self._copy_in(cur, name, tab)
+            if accepted_paths:
+                cur.execute("DELETE FROM rejects WHERE source_path = ANY(%s::text[])", [sorted(set(accepted_paths))])
+            if rejects is not None and rejects.num_rows:
+                cols = ", ".join(f'"{n}"' for n in rejects.column_names)
+                sets = ", ".join(f'"{n}" = EXCLUDED."{n}"' for n in rejects.column_names if n != "source_path")
+                cur.execute(f"CREATE TEMP TABLE _b_rej ON COMMIT DROP AS SELECT {cols} FROM rejects WITH NO DATA")
+                cur.execute("ALTER TABLE _b_rej ADD COLUMN _n BIGSERIAL")
+                self._copy_in(cur, "_b_rej", rejects)
+                # one row per file (the batch's last), in path order: one lock order for every writer
+                cur.execute(
+                    f"INSERT INTO rejects ({cols}) SELECT {cols} FROM (SELECT DISTINCT ON (source_path) * "
+                    "FROM _b_rej ORDER BY source_path, _n DESC) r ORDER BY source_path "
+                    f"ON CONFLICT (source_path) DO UPDATE SET {sets}"
+                )
+        return replaced
 
     def record_run(self, row: Mapping[str, object]) -> None:
         if self.read_only:

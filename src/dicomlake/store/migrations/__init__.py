@@ -131,6 +131,14 @@ def _m4_pull_state(cur: Any, columns: InstanceColumns) -> None:
         cur.execute(ddl)
 
 
+def _m5_rejects_key(cur: Any, columns: InstanceColumns) -> None:
+    # writers upsert rejects on their file, with no lake-wide lock: one row per source_path
+    # (a lake written before may hold two rows of one file: keep the later)
+    cur.execute("DELETE FROM rejects a USING rejects b WHERE a.source_path = b.source_path AND a.ctid < b.ctid")
+    cur.execute("CREATE UNIQUE INDEX IF NOT EXISTS rejects_source_path_key ON rejects (source_path)")
+    cur.execute("DROP INDEX IF EXISTS rejects_source_path")  # the unique index serves its lookups
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One step of the schema: its number, what it does, and the function that does it."""
@@ -147,6 +155,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(3, "primary keys on SOPInstanceUID; indexes for upserts and element filters", _m3_keys_and_indexes),
     Migration(4, "pull state (pull_runs, pull_studies) for dicomlake pull --resume", _m4_pull_state),
+    Migration(5, "unique rejects.source_path: writers upsert without a lake-wide lock", _m5_rejects_key),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this code writes."""
