@@ -237,3 +237,62 @@ def test_postgres_pull_state_through_the_store(pg: PostgresCluster) -> None:
     with PostgresStore(url) as store, psycopg.connect(url, autocommit=True) as con:
         assert current_version(con) >= 4
         exercise_pull_state(store, lambda sql: con.execute(sql).fetchall())  # type: ignore[arg-type]
+
+
+# ---- writers without a lake-wide lock (row locks; migration 5) ---------------------------
+
+
+def _overlap_writer(url: str, w: int, shared: list[str], own: list[str]) -> int:
+    import random
+
+    from bench.bench_pg_writers import synthetic_batch
+    from dicomlake.store.postgres import PostgresStore
+
+    rng = random.Random(w)
+    n = 0
+    with PostgresStore(url) as st:
+        for r in range(2):
+            uids = shared + own
+            rng.shuffle(uids)  # every writer in its own order: the store sorts each batch
+            for i in range(0, len(uids), 20):
+                st.write_batch(synthetic_batch(uids[i : i + 20], f"w{w}r{r}", 140 + w), [])
+                n += len(uids[i : i + 20])
+    return n
+
+
+def test_postgres_four_writers_of_overlapping_batches_leave_each_instance_once_from_one_write(
+    pg: PostgresCluster,
+) -> None:
+    import psycopg
+
+    pytest.importorskip("bench.bench_pg_writers")
+    url = pg.create_database()
+    _open_store(url)
+    shared = [f"1.2.826.0.1.3680043.8.498.99.1.{i}" for i in range(40)]
+    own = [[f"1.2.826.0.1.3680043.8.498.99.{w + 2}.{i}" for i in range(30)] for w in range(4)]
+    with mp.get_context("spawn").Pool(4) as pool:
+        written = pool.starmap(_overlap_writer, [(url, w, shared, own[w]) for w in range(4)])
+    assert written == [2 * (40 + 30)] * 4
+    with psycopg.connect(url) as con:
+        n, distinct = con.execute('SELECT count(*), count(DISTINCT "SOPInstanceUID") FROM instances').fetchall()[0]
+        assert n == distinct == 40 + 4 * 30
+        # per instance: its element rows all from one write, the same write as its row and JSON
+        bad = con.execute(
+            """SELECT i."SOPInstanceUID" FROM instances i
+               LEFT JOIN (SELECT "SOPInstanceUID" u, count(*) c, min(value_text) lo, max(value_text) hi
+                          FROM elements GROUP BY 1) e ON e.u = i."SOPInstanceUID"
+               LEFT JOIN (SELECT "SOPInstanceUID" u, count(*) c, min(json) j FROM dicom_json GROUP BY 1) d
+                 ON d.u = i."SOPInstanceUID"
+               WHERE e.c IS DISTINCT FROM i.element_count OR e.lo IS DISTINCT FROM i."StudyDescription"
+                  OR e.hi IS DISTINCT FROM i."StudyDescription" OR d.c IS DISTINCT FROM 1
+                  OR position(i."StudyDescription" IN d.j) = 0"""
+        ).fetchall()
+        assert bad == []
+        assert con.execute("SELECT count(*) FROM elements").fetchone() == (
+            con.execute("SELECT sum(element_count) FROM instances").fetchall()[0][0],
+        )
+        writers = con.execute(
+            'SELECT count(DISTINCT "StudyDescription") FROM instances WHERE "SOPInstanceUID" LIKE %s',
+            ["1.2.826.0.1.3680043.8.498.99.1.%"],
+        ).fetchall()[0]
+        print(f"4 writers, overlapping: {n} instances once each; shared ones last written by {writers[0]} writes")
