@@ -27,6 +27,7 @@ BENCHES = [
     "bench.bench_query",
     "bench.bench_upsert",
     "bench.bench_growth",
+    "bench.bench_pg_writers",
     "bench.bench_qido",
     "bench.bench_sc",
     "bench.bench_deid",
