@@ -15,7 +15,8 @@ from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import InstanceColumns, instance_columns, table_schemas
 from dicomlake.store.base import WriteReport
 from dicomlake.store.keyindex import KeyIndex
-from dicomlake.store.pullstate import PullStateTables, duckdb_type, pull_state_ddl
+from dicomlake.store.lakesql import duckdb_type
+from dicomlake.store.pullstate import PullStateTables, pull_state_ddl
 
 if TYPE_CHECKING:
     from dicomlake.store.curation import LakeCuration

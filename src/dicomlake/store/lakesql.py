@@ -44,6 +44,27 @@ def to_postgres_sql(sql: str) -> str:
     return text.replace("%", "%%").replace(_PARAM, "%s")
 
 
+def duckdb_type(t: pa.DataType) -> str:
+    """The column type of an Arrow type, in DuckDB's dialect (sqlglot writes PostgreSQL's).
+
+    >>> duckdb_type(pa.string()), duckdb_type(pa.int32()), duckdb_type(pa.timestamp("us"))
+    ('VARCHAR', 'BIGINT', 'TIMESTAMP')
+    """
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    if pa.types.is_integer(t):
+        return "BIGINT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    if pa.types.is_date(t):
+        return "DATE"
+    raise ValueError(f"no column type for {t}")
+
+
 class LakeSql(Protocol):
     """What the Store's SQL-owning modules need from an engine."""
 
@@ -236,4 +257,4 @@ def lake_sql(store: Any) -> LakeSql:
     return ReadOnlySql(store)
 
 
-__all__ = ["DuckDBSql", "LakeSql", "PostgresSql", "ReadOnlySql", "lake_sql", "to_postgres_sql"]
+__all__ = ["DuckDBSql", "LakeSql", "PostgresSql", "ReadOnlySql", "duckdb_type", "lake_sql", "to_postgres_sql"]

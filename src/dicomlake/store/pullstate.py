@@ -30,17 +30,6 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def duckdb_type(t: pa.DataType) -> str:
-    """The DuckDB type of a pull-state column."""
-    if pa.types.is_string(t):
-        return "VARCHAR"
-    if pa.types.is_integer(t):
-        return "BIGINT"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMP"
-    raise TypeError(f"no DuckDB type for the pull-state type {t}")
-
-
 def pull_state_ddl(type_of: Callable[[pa.DataType], str]) -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` of each pull-state table, with its primary key."""
     out = []
@@ -142,4 +131,4 @@ class PullStateTables:
         )
 
 
-__all__ = ["Execute", "PullStateTables", "duckdb_type", "pull_state_ddl"]
+__all__ = ["Execute", "PullStateTables", "pull_state_ddl"]

@@ -16,26 +16,9 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.errors import ConfigError
-from dicomlake.store.lakesql import LakeSql, lake_sql
+from dicomlake.store.lakesql import LakeSql, duckdb_type, lake_sql
 
 TABLE = "sc_analysis"
-
-
-def duckdb_type(t: pa.DataType) -> str:
-    """The column type of an Arrow type, in DuckDB's dialect (sqlglot writes PostgreSQL's)."""
-    if pa.types.is_string(t):
-        return "VARCHAR"
-    if pa.types.is_floating(t):
-        return "DOUBLE"
-    if pa.types.is_integer(t):
-        return "BIGINT"
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMP"
-    if pa.types.is_date(t):
-        return "DATE"
-    raise ValueError(f"no column type for {t}")
 
 
 class LakeSC:
@@ -134,4 +117,4 @@ def sc_tables_of(store: Any) -> LakeSC:
     return own() if callable(own) else LakeSC.of(store)
 
 
-__all__ = ["LakeSC", "duckdb_type", "sc_tables_of"]
+__all__ = ["LakeSC", "sc_tables_of"]
