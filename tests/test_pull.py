@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -71,31 +72,29 @@ def test_find_without_a_date_range_splits_when_the_limit_is_reached(
     assert rep.warnings  # undated studies could still be missed: said, not hidden
 
 
-def test_refused_association_is_reported_in_the_standards_words(
-    limited_pacs: tuple[int, list[tuple[str, str]]],
-) -> None:
+def _refusal_from_a_listener_that_knows_only_pacs(tmp_path: Path) -> str:
+    """What ``_associate`` raises when our listener LAKE2 refuses the calling AE DICOMLAKE."""
     from dicomlake.errors import AssociationError
     from dicomlake.ingest.listener import StoreSCP
     from dicomlake.ingest.qr import _associate
+    from dicomlake.ingest.spool import Spool
 
     ae = _find_ae("DICOMLAKE", DimseSettings())
     ae.add_requested_context("1.2.840.10008.1.1")
-    import tempfile
-
-    from dicomlake.ingest.spool import Spool
-
-    scp = StoreSCP(
-        Spool(tempfile.mkdtemp()), DimseSettings(ae_title="LAKE2", allowed_calling_aets=["PACS"], min_free_bytes=0)
-    )
+    scp = StoreSCP(Spool(tmp_path), DimseSettings(ae_title="LAKE2", allowed_calling_aets=["PACS"], min_free_bytes=0))
     scp.start("127.0.0.1", 0)
     try:
         with pytest.raises(AssociationError) as err:
             _associate(ae, Peer("LAKE2", "127.0.0.1", scp.address[1]))
-        msg = str(err.value)
-        assert "rejected permanent, source: service user, reason: calling AE title not recognised" in msg
-        assert "check that the PACS knows us as DICOMLAKE at" in msg
+        return str(err.value)
     finally:
         scp.stop()
+
+
+def test_refused_association_is_reported_in_the_standards_words(tmp_path: Path) -> None:
+    msg = _refusal_from_a_listener_that_knows_only_pacs(tmp_path)
+    assert "rejected permanent, source: service user, reason: calling AE title not recognised" in msg
+    assert "check that the PACS knows us as DICOMLAKE at" in msg
 
 
 def test_parse_keys_accepts_keywords_and_tags() -> None:
@@ -144,20 +143,16 @@ def test_a_c_find_timeout_is_one_clear_error_not_an_attribute_error() -> None:
         server.shutdown()
 
 
-def test_a_rejection_is_named_when_the_negotiating_thread_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rejection_is_named_when_the_negotiating_thread_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a busy machine pynetdicom's negotiating thread can look at the socket after the
     rejection closed it and report an abort (CI: "aborted during negotiation"); the reason
     comes from the A-ASSOCIATE-RJ PDU as received."""
-    import tempfile
     import threading
     import time
 
     from pynetdicom import transport
-
-    from dicomlake.errors import AssociationError
-    from dicomlake.ingest.listener import StoreSCP
-    from dicomlake.ingest.qr import _associate
-    from dicomlake.ingest.spool import Spool
 
     class SlowReady(threading.Event):
         def wait(self, timeout: float | None = None) -> bool:
@@ -174,15 +169,5 @@ def test_a_rejection_is_named_when_the_negotiating_thread_is_slow(monkeypatch: p
         self._ready = ready
 
     monkeypatch.setattr(transport.AssociationSocket, "__init__", init)
-    ae = _find_ae("DICOMLAKE", DimseSettings())
-    ae.add_requested_context("1.2.840.10008.1.1")
-    scp = StoreSCP(
-        Spool(tempfile.mkdtemp()), DimseSettings(ae_title="LAKE2", allowed_calling_aets=["PACS"], min_free_bytes=0)
-    )
-    scp.start("127.0.0.1", 0)
-    try:
-        with pytest.raises(AssociationError) as err:
-            _associate(ae, Peer("LAKE2", "127.0.0.1", scp.address[1]))
-        assert "rejected permanent, source: service user, reason: calling AE title not recognised" in str(err.value)
-    finally:
-        scp.stop()
+    msg = _refusal_from_a_listener_that_knows_only_pacs(tmp_path)
+    assert "rejected permanent, source: service user, reason: calling AE title not recognised" in msg
