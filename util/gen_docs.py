@@ -485,7 +485,8 @@ def lake_tables() -> dict[str, list[tuple[str, str]]]:
     from dicomlake.extract.sc import ensure_sc_table
     from dicomlake.lakeschema import instance_columns, table_schemas
     from dicomlake.store.curation import FLAGS_DDL, MAPPINGS_DDL, RUNS_DDL
-    from dicomlake.store.pullstate import duckdb_type, pull_state_ddl
+    from dicomlake.store.lakesql import duckdb_type
+    from dicomlake.store.pullstate import pull_state_ddl
 
     con = duckdb.connect(":memory:")
     order = []
