@@ -426,3 +426,60 @@ def _compaction_keeps_every_row(spark: Any, lake: Path) -> None:
         assert len(dk) > 0 and len(sp) in (0, len(dk)), t
         assert rows(t) == (sp, dk), t
     assert not (lake / "_compact").exists()
+
+
+def test_cluster_append_keeps_no_per_instance_list_on_the_driver(
+    cluster_spark: Any, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append run with copies within the run and in the lake: the driver collects no result
+    longer than one row per task and never opens a Parquet file (the executors find, drop and
+    count the older copies). The oracle for the counts is pydicom's reading of the inputs."""
+    import pyarrow.parquet as pq
+    from pyspark import RDD
+    from pyspark.sql.classic.dataframe import DataFrame
+
+    from dicomlake.ingest.spark import ingest_spark
+
+    files = sorted(corpus.glob("*.dcm"))[:6]
+    day1, day2 = tmp_path / "day1", tmp_path / "day2"
+    for d in (day1, day2):
+        (d / "sub").mkdir(parents=True)
+    for f in files[:4]:
+        shutil.copy(f, day1 / f.name)
+    for f in files[2:]:  # two re-sent (in the lake), two new
+        shutil.copy(f, day2 / f.name)
+    shutil.copy(files[5], day2 / "sub" / "again.dcm")  # a later copy within the run, in another task
+    uid = {f.name: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    lake = tmp_path / "lake"
+    ingest_spark([day1], lake, spark=cluster_spark)
+
+    sizes: list[int] = []
+    for cls in (DataFrame, RDD):
+        for name in ("collect", "toLocalIterator"):
+            real = getattr(cls, name)
+
+            def spy(self: Any, *a: Any, _real: Any = real, **k: Any) -> Any:
+                out = list(_real(self, *a, **k))
+                sizes.append(len(out))
+                return out
+
+            monkeypatch.setattr(cls, name, spy)
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("the driver read a Parquet file")
+
+    monkeypatch.setattr(pq, "read_table", refuse)
+    monkeypatch.setattr(pq, "ParquetFile", refuse)
+    rep = ingest_spark([day2], lake, spark=cluster_spark)
+    monkeypatch.undo()
+    assert sizes and max(sizes) <= rep.tasks < rep.unique_instances, (sizes, rep.tasks)
+    assert (rep.instances, rep.unique_instances) == (5, 4)
+    assert rep.duplicates_resolved == 1 and rep.replaced == 2
+    with Lake.open(lake, read_only=True) as lk:
+        got = lk.sql("SELECT SOPInstanceUID, source_path FROM instances").rows()
+        per_uid = lk.sql("SELECT SOPInstanceUID, count(*) AS n FROM dicom_json GROUP BY 1").rows()
+    assert sorted(u for u, _p in got) == sorted(uid.values())  # every instance once
+    paths = dict(got)
+    assert paths[uid[files[5].name]] == str(day2 / "sub" / "again.dcm")
+    assert {paths[uid[f.name]] for f in files[2:4]} == {str(day2 / f.name) for f in files[2:4]}
+    assert all(n == 1 for _u, n in per_uid) and len(per_uid) == len(files)

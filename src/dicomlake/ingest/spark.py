@@ -20,9 +20,15 @@ Commit protocol: a task attempt writes under ``OUT/_staging/<partition>-<attempt
 and returns, through ``mapInArrow``, one row per instance (its SOP Instance UID and the
 ordinal of its file in the expanded source list) and one summary row. The driver
 checkpoints those rows, so each partition's output is the output of exactly one successful
-attempt; it then resolves instances that occur in more than one file (the copy read last
-in source order wins, as in the embedded engine's upsert), moves the committed files into
-place and removes the staging folder. A failed or speculative attempt leaves nothing behind.
+attempt. Instances that occur in more than one file are resolved by Spark jobs, never by
+rows brought to the driver: a grouping finds the losing copies (the copy read last in
+source order wins, as in the embedded engine's upsert); when the run appends to a lake,
+executor tasks read the SOPInstanceUID column of the lake's files and a join with the
+run's UIDs finds the older copies there (checkpointed before any file moves). A commit job
+moves the staged files into place without the losing copies, then a replacement job
+rewrites the lake files that hold older copies, one task per group of files. The driver
+sums counts; it holds one summary row per task and the staged sub-folders' names. A
+failed or speculative attempt leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -563,6 +569,7 @@ def ingest_spark(
     store_env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
     parallelism = max(1, sc.defaultParallelism)
     staging = f"{base}/{STAGING}"
+    phase = "extract"
     try:
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
@@ -586,60 +593,58 @@ def ingest_spark(
         result = df.mapInArrow(_run_partition(cfg, out_uri, env, store_env), RESULT_DDL).persist(
             StorageLevel.MEMORY_AND_DISK
         )
-        if is_remote(out_uri):
-            # Spark's own checkpoint needs a Hadoop file system for the URI (hadoop-aws for
-            # s3a://): the rows stay on the executors instead; a lost executor fails the job
-            # rather than run a partition twice
-            result = result.localCheckpoint(eager=True)
-        else:
+        if not is_remote(out_uri):
             spark.sparkContext.setCheckpointDir(f"{staging}/_checkpoint")
-            result = result.checkpoint(eager=True)
+        result = _materialize(result, out_uri)
         t_extract = time.perf_counter()
-        summaries = result.filter("kind = 'task'").select("stage", "summary").collect()
+        summaries = result.filter("kind = 'task'").select("stage", "summary").collect()  # one row a task
         listed.unpersist()
+        stages = _add_summaries(report, summaries)
         inst = result.filter("kind = 'instance'")
+        # copies of one instance in several files of this run: the copy read last wins; a
+        # Spark job finds the losers, the commit job below leaves them out of the lake
         dup = (
             inst.groupBy("SOPInstanceUID").agg(F.count("*").alias("n"), F.max("ordinal").alias("keep")).filter("n > 1")
         )
-        losers = inst.join(dup, "SOPInstanceUID").filter("ordinal < keep").select("stage", "SOPInstanceUID").collect()
+        losers = inst.join(dup, "SOPInstanceUID").filter("ordinal < keep").select("stage", "SOPInstanceUID")
+        report.duplicates_resolved += losers.count()  # and those dropped inside tasks, counted above
         new_uids = inst.select("SOPInstanceUID").distinct()
         report.unique_instances = new_uids.count()
-        appended = [r["SOPInstanceUID"] for r in new_uids.collect()] if append else []
+        older = None
+        if append:
+            # the older copies in the lake's files, found before this run's files are moved in
+            # (so they cannot be among them) and checkpointed, so a recomputation cannot either
+            older = _older_copies(spark, fs, base, out_uri, new_uids, store_env, parallelism)
+            if older is not None:
+                older = _materialize(older, out_uri)
+                report.replaced = older.filter("table = 'instances'").count()
         report.seconds_extract = t_extract - t0  # expand + extraction + staged writes
+        phase = "commit"
+        report.files_written = _commit_job(spark, stages, losers, out_uri, store_env, parallelism)
+        phase = "replace"
+        if older is not None:
+            # the copy this run read is the newest: older copies in the lake's earlier files go
+            # after the new files are in place (an interruption leaves a duplicate, never a loss);
+            # instances last, so an interrupted drop leaves the instance row that finds the rest
+            _rewrite_job(older.filter("table <> 'instances'"), out_uri, store_env)
+            _rewrite_job(older.filter("table = 'instances'"), out_uri, store_env)
     except Exception as exc:
         # one clear line on the console; the Java and Python traces go to a log file
         log = _failure_log(out_uri, run_id, exc)
-        _delete_dir(fs, staging)
+        if phase == "extract":
+            _delete_dir(fs, staging)
+            raise DicomlakeError(
+                f"the Spark job failed: {_reason(exc)} (nothing was added to {out_uri}; details in {log})"
+            ) from None
+        step = "moving this run's files into" if phase == "commit" else "dropping older copies from"
         raise DicomlakeError(
-            f"the Spark job failed: {_reason(exc)} (nothing was added to {out_uri}; details in {log})"
+            f"the Spark job failed while {step} {out_uri}: {_reason(exc)} (older copies are kept: a duplicate, "
+            f"never a loss; files not yet moved stay in {STAGING}; details in {log})"
         ) from None
     finally:
         if own:
             spark.stop()
-    stages = []
-    for row in summaries:
-        c = json.loads(row["summary"])
-        report.tasks += 1
-        report.instances += c["instances"]
-        report.rejected += c["rejected"]
-        report.skipped += c["skipped"]
-        report.notes.extend(c["notes"])
-        report.task_seconds += c["seconds"]
-        report.peak_buffer_bytes = max(report.peak_buffer_bytes, c.get("peak_buffer_bytes", 0))
-        report.duplicates_resolved += c.get("dropped", 0)
-        stages.extend(c["stages"])
-    by_stage: dict[str, list[str]] = {}
-    for row in losers:
-        by_stage.setdefault(row["stage"], []).append(row["SOPInstanceUID"])
-    report.duplicates_resolved += len(losers)  # and those dropped inside tasks, counted above
-    for stage, uids in by_stage.items():
-        _drop_instances(fs, f"{staging}/{stage}", uids)
-    moved = _commit(fs, base, stages)
-    report.files_written = len(moved)
-    if appended:
-        # the copy this run read is the newest: older copies in the lake's earlier files go
-        # (after the new files are in place, so an interruption leaves a duplicate, never a loss)
-        report.replaced = _drop_instances(fs, base, appended, skip=set(moved))
+    _delete_dir(fs, staging)
     writer = ParquetLakeWriter(out_uri, f"run-{run_id}")
     writer.write_marker(extra={"written_by": "dicomlake ingest --engine spark", "run_id": run_id})
     report.seconds = time.perf_counter() - t0
@@ -711,52 +716,244 @@ def _appendable(fs: pafs.FileSystem, base: str) -> bool:
     return str(meta.get("written_by", "")).startswith("dicomlake ingest --engine spark")
 
 
+def _materialize(df: Any, out: str) -> Any:
+    """``df`` computed once and kept: a reliable checkpoint for a local lake; for a URI, Spark's
+    own checkpoint would need a Hadoop file system for it (hadoop-aws for ``s3a://``), so the
+    rows stay on the executors instead and a lost executor fails the job rather than compute
+    the rows a second time."""
+    return df.localCheckpoint(eager=True) if is_remote(out) else df.checkpoint(eager=True)
+
+
+def _add_summaries(report: SparkIngestReport, summaries: Sequence[Any]) -> list[str]:
+    """Add the tasks' summary rows to ``report``; the staged sub-folders the tasks wrote."""
+    stages: list[str] = []
+    for row in summaries:
+        c = json.loads(row["summary"])
+        report.tasks += 1
+        report.instances += c["instances"]
+        report.rejected += c["rejected"]
+        report.skipped += c["skipped"]
+        report.notes.extend(c["notes"])
+        report.task_seconds += c["seconds"]
+        report.peak_buffer_bytes = max(report.peak_buffer_bytes, c.get("peak_buffer_bytes", 0))
+        report.duplicates_resolved += c.get("dropped", 0)
+        stages.extend(c["stages"])
+    return stages
+
+
+LAKE_FILES_DDL = "table string, path string, part string"
+LAKE_UIDS_DDL = "table string, path string, part string, SOPInstanceUID string"
+COUNTS_DDL = "files long, rows long"
+_COUNTS = pa.schema([("files", pa.int64()), ("rows", pa.int64())])
+
+
 def _parquet_files(fs: pafs.FileSystem, folder: str) -> list[str]:
+    """The Parquet files under ``folder`` (recursively; a file is itself), sorted."""
+    info = fs.get_file_info(folder)
+    if info.type == pafs.FileType.File:
+        return [folder] if folder.endswith(".parquet") else []
     found = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
     return sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
 
 
-def _drop_instances(fs: pafs.FileSystem, stage: str, uids: list[str], skip: set[str] | None = None) -> int:
-    """Remove the rows of ``uids`` (copies superseded by a later file) from a staged output or
-    the lake's files (but not those in ``skip``); the number of instance rows removed."""
-    drop = pa.array(sorted(set(uids)), pa.string())
-    removed = 0
-    local = isinstance(fs, pafs.LocalFileSystem)
-    for name in PARTITIONED:
-        for f in _parquet_files(fs, f"{stage}/{name}"):
-            if skip and f in skip:
-                continue
-            tab = pq.read_table(f, filesystem=fs, partitioning=None)
-            mask = pc.invert(pc.is_in(tab.column("SOPInstanceUID"), value_set=drop))
-            kept = tab.filter(mask)
-            if kept.num_rows == tab.num_rows:
-                continue
-            if name == "instances":
-                removed += tab.num_rows - kept.num_rows
-            if kept.num_rows:
-                # locally through a rename; on an object store a PUT replaces the object whole
-                tmp = f"{f.rsplit('/', 1)[0]}/.{f.rsplit('/', 1)[1]}.tmp" if local else f
-                pq.write_table(kept, tmp, filesystem=fs, compression="zstd")
-                if local:
-                    fs.move(tmp, f)
-            else:
-                fs.delete_file(f)
-    return removed
+def _lake_files(out: str, store_env: dict[str, str]) -> Any:
+    """``mapInArrow``: (table, folder) in, the folder's Parquet files out, each with its
+    partition folder relative to the table's (``part_modality=CT/part_month=2024-05``)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for k, v in store_env.items():
+            os.environ.setdefault(k, v)
+        fs, base = filesystem(out)
+        for batch in batches:
+            for table, folder in zip(batch.column("table").to_pylist(), batch.column("path").to_pylist(), strict=True):
+                files = _parquet_files(fs, folder)
+                root = f"{base}/{table}/"
+                parts = [f.rsplit("/", 1)[0][len(root) :] if f.startswith(root) else "" for f in files]
+                if files:
+                    yield pa.RecordBatch.from_pydict(
+                        {"table": [table] * len(files), "path": files, "part": parts},
+                        schema=pa.schema([("table", pa.string()), ("path", pa.string()), ("part", pa.string())]),
+                    )
+
+    return run
 
 
-def _commit(fs: pafs.FileSystem, base: str, stages: list[str]) -> list[str]:
-    """Move the committed attempts' files into the lake; remove the staging folder; their new paths."""
-    moved: list[str] = []
-    staging = f"{base}/{STAGING}"
-    for stage in stages:
-        root = f"{staging}/{stage}"
-        for f in _parquet_files(fs, root):
-            dest = base + f[len(root) :]
-            fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
-            fs.move(f, dest)  # a rename locally and on HDFS; copy and delete on an object store
-            moved.append(dest)
-    _delete_dir(fs, staging)
-    return moved
+def _file_uids(out: str, store_env: dict[str, str]) -> Any:
+    """``mapInArrow``: lake files in, one row per row of each file out, read from the
+    SOPInstanceUID column only (row group by row group)."""
+    schema = pa.schema([(n, pa.string()) for n in ("table", "path", "part", "SOPInstanceUID")])
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for k, v in store_env.items():
+            os.environ.setdefault(k, v)
+        fs, _base = filesystem(out)
+        for batch in batches:
+            cols = (batch.column(c).to_pylist() for c in ("table", "path", "part"))
+            for table, path, part in zip(*cols, strict=True):
+                with fs.open_input_file(path) as fh:
+                    pf = pq.ParquetFile(fh)
+                    if "SOPInstanceUID" not in pf.schema_arrow.names:
+                        continue
+                    for b in pf.iter_batches(batch_size=65_536, columns=["SOPInstanceUID"]):
+                        n = b.num_rows
+                        yield pa.RecordBatch.from_arrays(
+                            [
+                                pa.array([table] * n, pa.string()),
+                                pa.array([path] * n, pa.string()),
+                                pa.array([part] * n, pa.string()),
+                                b.column(0).cast(pa.string()),
+                            ],
+                            schema=schema,
+                        )
+
+    return run
+
+
+def _older_copies(
+    spark: Any, fs: pafs.FileSystem, base: str, out: str, uids: Any, store_env: dict[str, str], parallelism: int
+) -> Any:
+    """A DataFrame of (table, path, part, SOPInstanceUID): the rows of the lake's files that
+    hold an instance in ``uids`` (a DataFrame), or None for a lake without instances.
+
+    The executors list the instances table (the driver looks at its top level only), read the
+    SOPInstanceUID column of every file and join it with ``uids``; the other partitioned
+    tables are then read only in the partitions where an older instance row was found (an
+    instance's elements, JSON and dose rows share its partition)."""
+    from pyspark.sql import functions as F
+
+    top = [
+        f.path
+        for f in fs.get_file_info(pafs.FileSelector(f"{base}/instances", allow_not_found=True))
+        if not f.base_name.startswith((".", "_"))
+    ]
+    if not top:
+        return None
+    n = max(1, parallelism * 2)
+
+    def rows(units: Any) -> Any:
+        files = units.repartition(n).mapInArrow(_lake_files(out, store_env), LAKE_FILES_DDL)
+        return files.repartition(n).mapInArrow(_file_uids(out, store_env), LAKE_UIDS_DDL)
+
+    inst = rows(spark.createDataFrame([("instances", p) for p in top], "table string, path string"))
+    hits = inst.join(uids, "SOPInstanceUID", "left_semi").select("table", "path", "part", "SOPInstanceUID")
+    others = spark.createDataFrame([(t,) for t in PARTITIONED if t != "instances"], "table string")
+    units = (
+        hits.select("part")
+        .distinct()
+        .crossJoin(others)
+        .select(
+            "table",
+            F.concat(
+                F.lit(base + "/"),
+                "table",
+                F.when(F.col("part") == "", F.lit("")).otherwise(F.concat(F.lit("/"), "part")),
+            ).alias("path"),
+        )
+    )
+    found = hits.select("SOPInstanceUID").distinct()
+    rest = rows(units).join(found, "SOPInstanceUID", "left_semi").select("table", "path", "part", "SOPInstanceUID")
+    return hits.unionByName(rest)
+
+
+def _rewrite_file(fs: pafs.FileSystem, src: str, dest: str, drop: pa.Array | None, local: bool) -> tuple[int, int]:
+    """Put ``src`` at ``dest`` without the rows of the UIDs in ``drop``; (files written, rows
+    removed). Locally through a rename; on an object store a PUT replaces the object whole.
+    A file left with no row is not written (and ``src`` goes)."""
+    if drop is None or not len(drop):
+        if src != dest:
+            fs.move(src, dest)  # a rename locally and on HDFS; copy and delete on an object store
+        return 1, 0
+    tab = pq.read_table(src, filesystem=fs, partitioning=None)
+    kept = tab.filter(pc.invert(pc.is_in(tab.column("SOPInstanceUID"), value_set=drop)))
+    removed = tab.num_rows - kept.num_rows
+    if not removed:
+        return _rewrite_file(fs, src, dest, None, local)
+    if kept.num_rows:
+        folder, name = dest.rsplit("/", 1)
+        tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp" if local else dest
+        pq.write_table(kept, tmp, filesystem=fs, compression="zstd")
+        if local:
+            fs.move(tmp, dest)
+    if src != dest or not kept.num_rows:
+        fs.delete_file(src)
+    return (1 if kept.num_rows else 0), removed
+
+
+def _commit_stages(out: str, store_env: dict[str, str]) -> Any:
+    """``mapInArrow`` of the commit job: (staged sub-folder, UIDs of its losing copies) in;
+    each file moved into the lake, without the losers' rows; (files, rows dropped) out."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for k, v in store_env.items():
+            os.environ.setdefault(k, v)
+        fs, base = filesystem(out)
+        local = isinstance(fs, pafs.LocalFileSystem)
+        files = removed = 0
+        for batch in batches:
+            for stage, uids in zip(batch.column("stage").to_pylist(), batch.column("uids").to_pylist(), strict=True):
+                root = f"{base}/{STAGING}/{stage}"
+                drop = pa.array(sorted(set(uids)), pa.string()) if uids else None
+                for f in _parquet_files(fs, root):
+                    dest = base + f[len(root) :]
+                    fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+                    table = f[len(root) + 1 :].split("/", 1)[0]
+                    w, r = _rewrite_file(fs, f, dest, drop if table in PARTITIONED else None, local)
+                    files += w
+                    removed += r if table == "instances" else 0
+        yield pa.RecordBatch.from_pydict({"files": [files], "rows": [removed]}, schema=_COUNTS)
+
+    return run
+
+
+def _rewrite_files(out: str, store_env: dict[str, str]) -> Any:
+    """``mapInArrow`` of the replacement job: (lake file, UIDs) in, the file rewritten in
+    place without those rows; (files rewritten, instance rows removed) out."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for k, v in store_env.items():
+            os.environ.setdefault(k, v)
+        fs, base = filesystem(out)
+        local = isinstance(fs, pafs.LocalFileSystem)
+        files = removed = 0
+        for batch in batches:
+            for path, uids in zip(batch.column("path").to_pylist(), batch.column("uids").to_pylist(), strict=True):
+                if fs.get_file_info(path).type != pafs.FileType.File:
+                    continue  # a retried task: gone already
+                _w, r = _rewrite_file(fs, path, path, pa.array(sorted(set(uids)), pa.string()), local)
+                files += 1
+                removed += r if path.startswith(f"{base}/instances/") else 0
+        yield pa.RecordBatch.from_pydict({"files": [files], "rows": [removed]}, schema=_COUNTS)
+
+    return run
+
+
+def _commit_job(
+    spark: Any, stages: list[str], losers: Any, out: str, store_env: dict[str, str], parallelism: int
+) -> int:
+    """Move the committed attempts' staged files into the lake on the executors, one task per
+    group of sub-folders, leaving out the losing copies; the number of files placed."""
+    from pyspark.sql import functions as F
+
+    if not stages:
+        return 0
+    lists = losers.groupBy("stage").agg(F.collect_list("SOPInstanceUID").alias("uids"))
+    todo = (
+        spark.createDataFrame([(s,) for s in stages], "stage string")
+        .join(lists, "stage", "left")
+        .repartition(max(1, min(len(stages), parallelism * 4)))
+    )
+    row = todo.mapInArrow(_commit_stages(out, store_env), COUNTS_DDL).agg(F.sum("files").alias("files")).first()
+    return int(row["files"] or 0)
+
+
+def _rewrite_job(rows: Any, out: str, store_env: dict[str, str]) -> int:
+    """Rewrite, on the executors, the lake files named in ``rows`` (path, SOPInstanceUID)
+    without those instances' rows, one file per group; the number of files rewritten."""
+    from pyspark.sql import functions as F
+
+    per_file = rows.groupBy("path").agg(F.collect_list("SOPInstanceUID").alias("uids"))
+    row = per_file.mapInArrow(_rewrite_files(out, store_env), COUNTS_DDL).agg(F.sum("files").alias("files")).first()
+    return int(row["files"] or 0)
 
 
 def _write_run(
