@@ -52,6 +52,35 @@ NONE = "_none"
 ROWS_PER_FILE = 4_000_000
 """Rows per Parquet file at most; row groups hold up to 250,000 rows. Default: 4,000,000"""
 ROWS_PER_GROUP = 250_000
+PROLEPTIC_DATES = {b"org.apache.spark.version": b"3.0.0"}
+"""Footer key-value written into every file: Spark 3.0 and later read the dates and timestamps
+of a file that names a Spark version >= 3.0.0 (and no ``org.apache.spark.legacyDateTime``) as
+proleptic Gregorian, which is what Arrow writes. Without it Spark 3.x applies
+``spark.sql.parquet.datetimeRebaseModeInRead`` (default ``EXCEPTION``) and refuses a file
+with a date before 1582-10-15 (a PatientBirthDate of 1111-11-11 is in pydicom's samples).
+Spark: ``DataSourceUtils.getRebaseSpec`` (sql/core/.../datasources/DataSourceUtils.scala)."""
+
+
+def portable_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a lake file is written with, so that plain engines read it (Spark 3.5 and 4.x
+    with no settings, DuckDB, pyarrow): a time of day (Arrow ``time32``/``time64``, Parquet
+    ``TIME``, which Spark 3.5 cannot read and Spark 4.x only with ``spark.sql.timeType.enabled``)
+    becomes int64 microseconds since midnight with field metadata ``dicomlake: time-us``
+    (:class:`ParquetStore`'s views turn it back into TIME), and the footer carries
+    :data:`PROLEPTIC_DATES`."""
+    fields = [
+        pa.field(f.name, pa.int64(), f.nullable, {**(f.metadata or {}), b"dicomlake": b"time-us"})
+        if pa.types.is_time(f.type)
+        else f
+        for f in schema
+    ]
+    return pa.schema(fields, metadata={**(schema.metadata or {}), **PROLEPTIC_DATES})
+
+
+def _portable(data: Any, schema: pa.Schema) -> Any:
+    """A table or record batch in :func:`portable_schema`'s ``schema``."""
+    cols = [c.cast(pa.time64("us")).cast(pa.int64()) if pa.types.is_time(c.type) else c for c in data.columns]
+    return type(data).from_arrays(cols, schema=schema)
 
 
 def is_parquet_lake(path: str | Path) -> bool:
@@ -137,12 +166,14 @@ class ParquetLakeWriter:
         if isinstance(data, pa.Table):
             if not data.num_rows:
                 return 0
-            schema = data.schema
-            source: pa.Table | pa.RecordBatchReader = data
+            schema = portable_schema(data.schema)
+            source: pa.Table | pa.RecordBatchReader = _portable(data, schema)
         else:
             if schema is None:
                 raise ValueError("schema is required when writing an iterator of batches")
-            source = pa.RecordBatchReader.from_batches(schema, data)
+            out = portable_schema(schema)
+            source = pa.RecordBatchReader.from_batches(out, (_portable(b, out) for b in data))
+            schema = out
         count = 0
 
         def visit(written: ds.WrittenFile) -> None:
@@ -340,6 +371,7 @@ def compact_partition(lake: str, folder: str, target_bytes: int = TARGET_FILE_BY
     paths = sorted(f.path for f in files)
     # files of several runs may differ (a column added since): one schema over all, streamed
     schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in paths], promote_options="permissive")
+    schema = schema.with_metadata({**(schema.metadata or {}), **PROLEPTIC_DATES})  # older files gain it
     table = ds.dataset(paths, schema=schema, filesystem=fs, format="parquet")
     stats["rows"] = rows = table.count_rows()
     per_row = max(1.0, before / max(1, rows))
