@@ -102,15 +102,13 @@ def _rounds(corpus: Path, rounds: int) -> list[list[Path]]:
 def _fill(lake: Path, start: int, stop: int, density_stop: int, template: Path) -> float:
     """Add synthetic instances ``start``..``stop`` to the lake (see the module's docstring)."""
     from bench.bench_query import build_rows
+    from dicomlake.store import elementstore
     from dicomlake.store.duckdb import DuckDBStore
 
     t0 = time.perf_counter()
     with DuckDBStore(lake) as st:
         con = st.con
-        build_rows(con, start, stop)
-        con.execute(
-            f"INSERT INTO instance_keys SELECT hash('{UID_ROOT}' || i::VARCHAR) FROM range({start}, {stop}) t(i)"
-        )
+        build_rows(con, start, stop)  # with instance_keys numbered i + 1
         con.execute(f"ATTACH '{template}' AS tpl (READ_ONLY)")
         if density_stop > start:
             top = min(stop, density_stop)
@@ -121,16 +119,18 @@ def _fill(lake: Path, start: int, stop: int, density_stop: int, template: Path) 
                        replace(j.json, j.SOPInstanceUID, '{UID_ROOT}' || i::VARCHAR) AS json
                 FROM range({start}, {top}) t(i), tpl.json_row j"""
             )
-            # a real image's element rows; the UID-valued ones made unique per instance
-            con.execute(
-                f"""INSERT INTO elements BY NAME
-                SELECT '{UID_ROOT}' || i::VARCHAR AS SOPInstanceUID, e.path, e.path_key, e.depth, e.tag,
-                       e.keyword, e.VR, e.private_creator,
-                       CASE WHEN e.VR = 'UI' AND e.value_text LIKE '%.%.%' THEN e.value_text || '.' || i::VARCHAR
-                            ELSE e.value_text END AS value_text,
-                       e.value_num, e.length
-                FROM range({start}, {top}) t(i), tpl.element_rows e"""
-            )
+            # a real image's element rows; the UID-valued ones made unique per instance; in sorted
+            # runs of 100,000 instances, as the store's merges leave them
+            for lo in range(start, top, 100_000):
+                con.execute(
+                    f"""CREATE OR REPLACE TEMP VIEW growth_rows AS
+                    SELECT i + 1 AS iid, e.path, e.path_key, e.depth, e.tag, e.keyword, e.VR, e.private_creator,
+                           CASE WHEN e.VR = 'UI' AND e.value_text LIKE '%.%.%'
+                                THEN e.value_text || '.' || i::VARCHAR ELSE e.value_text END AS value_text,
+                           e.value_num, e.length
+                    FROM range({lo}, {min(top, lo + 100_000)}) t(i), tpl.element_rows e"""
+                )
+                elementstore.append_sorted(con, "growth_rows")
         con.execute("DETACH tpl")
         con.execute("CHECKPOINT")
     return time.perf_counter() - t0
@@ -170,15 +170,23 @@ def _template(corpus_lake: Path, out: Path) -> int:
 # ---- sizes and queries -------------------------------------------------------------------------
 
 
+ELEMENT_TABLES = ("element_keys", "element_data", "element_recent", "element_delta")
+"""The DuckDB element store behind the ``elements`` view (:mod:`dicomlake.store.elementstore`)."""
+TABLES = ("instances", "instance_keys", *ELEMENT_TABLES, "dicom_json")
+
+
 def _sizes(lake: Path, per_table_copy: bool = False) -> dict[str, object]:
     """Bytes on disk: the files, and per table: its blocks (``pragma_storage_info``), or, for a
-    small lake whose tables share blocks, the size of a database file holding a copy of it alone."""
+    small lake whose tables share blocks, the size of a database file holding a copy of it alone
+    (rows in the same order). ``elements`` is the sum of the element store's tables."""
     import duckdb
 
     files = sum(p.stat().st_size for p in lake.rglob("*") if p.is_file())
+    per: dict[str, int] = {}
     if per_table_copy:
-        copies: dict[str, int] = {}
-        for t in ("instances", "instance_keys", "elements", "dicom_json"):
+        empty = lake / "copy-empty.duckdb"
+        duckdb.connect(str(empty)).close()
+        for t in TABLES:
             one = lake / f"copy-{t}.duckdb"
             c = duckdb.connect(str(one))
             c.execute(f"ATTACH '{lake / 'lake.duckdb'}' AS r (READ_ONLY)")
@@ -186,47 +194,45 @@ def _sizes(lake: Path, per_table_copy: bool = False) -> dict[str, object]:
             c.execute("DETACH r")
             c.execute("CHECKPOINT")
             c.close()
-            empty = lake / "copy-empty.duckdb"
-            duckdb.connect(str(empty)).close()
-            copies[t] = one.stat().st_size - empty.stat().st_size
+            per[t] = max(0, one.stat().st_size - empty.stat().st_size)
             one.unlink()
-            empty.unlink()
+        empty.unlink()
     con = duckdb.connect(str(lake / "lake.duckdb"), read_only=True)
     try:
         block = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()
         bsize = int(block[0]) if block else 262144
         n = con.execute("SELECT count(*) FROM instances").fetchone()
-        per: dict[str, int] = {}
-        for t in ("instances", "instance_keys", "elements", "dicom_json"):
-            row = con.execute(
-                f"SELECT count(DISTINCT block_id) FROM pragma_storage_info('{t}') WHERE block_id >= 0"
-            ).fetchone()
-            per[t] = int(row[0]) * bsize if row else 0
+        if not per_table_copy:
+            for t in TABLES:
+                row = con.execute(
+                    f"SELECT count(DISTINCT block_id) FROM pragma_storage_info('{t}') WHERE block_id >= 0"
+                ).fetchone()
+                per[t] = int(row[0]) * bsize if row else 0
         counts = {
             t: int(r[0]) if (r := con.execute(f"SELECT count(*) FROM {t}").fetchone()) else 0
             for t in ("elements", "dicom_json")
         }
     finally:
         con.close()
+    per["elements"] = sum(per.pop(t) for t in ELEMENT_TABLES)
     inst = int(n[0]) if n else 0
-    if per_table_copy:
-        per = copies
     return {"instances": inst, "file_bytes": files, "table_bytes": per, "rows": counts}
 
 
 def _queries(lake: Path, rounds: int) -> dict[str, float]:
-    """p50 (ms) of each of the query bench's filters."""
+    """p50 (ms) of each of the query bench's filters, as ``dicomlake query -n 1000`` runs it:
+    the first 1,000 matching instances in the stable order, and the count of all matches
+    when there are more (:meth:`Lake.query_arrow`)."""
     from bench.bench_query import FILTERS
     from dicomlake.query.lake import Lake
 
     out: dict[str, float] = {}
     with Lake.open(lake, read_only=True) as lk:
         for label, where in FILTERS:
-            sql, params, _ = lk.build_query(where, ["SOPInstanceUID", "StudyDate"], "instance")
             times = []
             for _ in range(rounds):
                 t0 = time.perf_counter()
-                lk.store.query(sql, params)
+                lk.query_arrow(where, ["SOPInstanceUID", "StudyDate"], "instance", limit=1000)
                 times.append(time.perf_counter() - t0)
             out[label] = statistics.median(times) * 1000
     return out

@@ -32,7 +32,7 @@ def test_key_copy_finds_every_instance(tmp_path: Path) -> None:
         first = ingest_paths(files[:2], lake, workers=1, store=st)
         assert (first.inserted, first.replaced) == (2, 0)
         # a colliding key: instance_keys holds the hash of files[3]'s UID, the lake not the instance
-        st.con.execute("INSERT INTO instance_keys SELECT hash(?)", [uids[3]])
+        st.con.execute("INSERT INTO instance_keys VALUES (hash(?), 0, ?)", [uids[3], uids[3]])
         # another writer of the same lake adds files[2] behind this store's back
         with DuckDBStore(lake) as other:
             ingest_paths(files[2:3], lake, workers=1, store=other)

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import InstanceColumns, instance_columns, table_schemas
+from dicomlake.store import elementstore
 from dicomlake.store.base import WriteReport
 from dicomlake.store.keyindex import KeyIndex
 from dicomlake.store.lakesql import duckdb_type
@@ -99,6 +100,8 @@ class DuckDBStore:
         self._wal_private = read_only
         self._keys = KeyIndex()  # the writer's copy of instance_keys (store/keyindex.py)
         self._new_keys: np.ndarray | None = None  # keys of the open transaction, added at COMMIT
+        self._next_iid: int | None = None  # the element store's next instance number (store/elementstore.py)
+        self._delta_rows: int | None = None  # rows in element_delta
         if not read_only:
             self._ensure_schema()
             if created:
@@ -119,6 +122,8 @@ class DuckDBStore:
         con.execute("CREATE TABLE IF NOT EXISTS lake_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
         con.execute("INSERT OR IGNORE INTO lake_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         for name, schema in table_schemas(self.columns).items():
+            if name == "elements":  # a view over the element store (store/elementstore.py)
+                continue
             have = self._existing_columns(name)
             if not have:
                 empty = schema.empty_table()  # noqa: F841 - referenced by name in SQL
@@ -136,6 +141,7 @@ class DuckDBStore:
         )
         for ddl in pull_state_ddl(duckdb_type):
             con.execute(ddl)
+        elementstore.ensure(con)
         self._ensure_keys()
 
     # ---- writing ------------------------------------------------------------------------
@@ -148,13 +154,16 @@ class DuckDBStore:
         dose = tables.get("dose_events")
         rejects = tables.get("rejects")
         replaced = 0
+        batch_iids: pa.Table | None = None
         con.execute("BEGIN TRANSACTION")
         try:
             if inst is not None and inst.num_rows:
                 con.register("b_inst", inst)
-                replaced = self._upsert_instances()
+                replaced, batch_iids = self._upsert_instances()
                 con.unregister("b_inst")
-            for name, tab in (("elements", elements), ("dicom_json", js), ("dose_events", dose)):
+            if elements is not None and elements.num_rows:
+                elementstore.write(con, elements, batch_iids)
+            for name, tab in (("dicom_json", js), ("dose_events", dose)):
                 if tab is not None and tab.num_rows:
                     con.register("b_tab", tab)
                     con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM b_tab')
@@ -171,11 +180,19 @@ class DuckDBStore:
             con.execute("COMMIT")
         except BaseException:
             self._new_keys = None
+            self._next_iid = self._delta_rows = None
             con.execute("ROLLBACK")
             raise
         if self._new_keys is not None:
             self._keys.add(self._new_keys)
             self._new_keys = None
+        if elements is not None and elements.num_rows:
+            if self._delta_rows is None:
+                self._delta_rows = elementstore.count(con, "element_delta")
+            else:
+                self._delta_rows += elements.num_rows
+            if self._delta_rows >= elementstore.MERGE_ROWS:
+                self.merge_elements()
         if not self._wal_private:  # DuckDB creates the WAL with the umask's mode at the first write
             wal = self.lake / f"{DB_NAME}.wal"
             if wal.exists():
@@ -190,19 +207,24 @@ class DuckDBStore:
             rejects=rejects.num_rows if rejects is not None else 0,
         )
 
-    def _upsert_instances(self) -> int:
-        """Insert the batch registered as ``b_inst``, replacing instances the lake holds; how many it replaced.
+    def _upsert_instances(self) -> tuple[int, pa.Table]:
+        """Insert the batch registered as ``b_inst``, replacing instances the lake holds: how many
+        it replaced, and the batch's instance numbers (``u``, ``iid``) for the element store.
 
         Which of the batch's keys the lake already holds is looked up in the writer's sorted
-        copy of ``instance_keys`` (one 64-bit hash per instance; :mod:`dicomlake.store.keyindex`):
-        a binary search per batch key, whatever the lake's size, where a semi-join over the
-        table scanned every hash (~12-23 ms per million instances per batch). A hash hit is only
-        a candidate: rows are deleted by their UID, so a collision costs a DELETE that finds
+        copy of ``instance_keys``' 64-bit hashes (:mod:`dicomlake.store.keyindex`): a binary
+        search per batch key, whatever the lake's size, where a semi-join over the table
+        scanned every hash (~12-23 ms per million instances per batch). A hash hit is only a
+        candidate: rows are deleted by their UID, so a collision costs a DELETE that finds
         nothing, never a lost instance. The new keys reach the copy only once the transaction
-        has committed (``write_batch``).
+        has committed (``write_batch``). Every instance of the batch gets a new ``iid``; a
+        replaced one's older element rows are left to the element store (they no longer join).
         """
         con = self.con
+        generation = self._keys.generation
         self._keys.sync(con)
+        if self._keys.generation != generation:  # another writer added instances: number after theirs
+            self._next_iid = None
         batch = con.execute("SELECT SOPInstanceUID AS u, hash(SOPInstanceUID) AS h FROM b_inst").fetchnumpy()
         uids, hashes = batch["u"], np.asarray(batch["h"], dtype=np.uint64)
         hit = self._keys.contains(hashes)
@@ -216,36 +238,62 @@ class DuckDBStore:
                     "DELETE FROM instances WHERE SOPInstanceUID IN (SELECT u FROM b_old) RETURNING SOPInstanceUID"
                 ).fetchall()
             ]
-            for t in ("elements", "dicom_json", "dose_events"):
+            old = con.execute(
+                "DELETE FROM instance_keys WHERE h IN (SELECT hash(u) FROM b_old) "
+                "AND SOPInstanceUID IN (SELECT u FROM b_old) RETURNING iid"
+            ).fetchnumpy()["iid"]
+            elementstore.forget(con, np.asarray(old, dtype=np.int64))
+            for t in ("dicom_json", "dose_events"):
                 con.execute(f'DELETE FROM "{t}" WHERE SOPInstanceUID IN (SELECT u FROM b_old)')
             con.unregister("b_old")
         con.execute("INSERT INTO instances BY NAME SELECT * FROM b_inst")
-        if gone:  # a replaced instance keeps its key row
-            kept = ~np.isin(uids.astype(str), np.array(gone, dtype=str))
-            self._new_keys = hashes[kept]
-            con.register("b_new", pa.table({"h": pa.array(self._new_keys, pa.uint64())}))
-            con.execute("INSERT INTO instance_keys SELECT h FROM b_new")
-            con.unregister("b_new")
+        if self._next_iid is None:
+            self._next_iid = elementstore.next_iid(con)
+        iids = np.arange(self._next_iid, self._next_iid + len(uids), dtype=np.int64)
+        self._next_iid += len(uids)
+        u_arr = pa.array(uids.astype(str) if uids.dtype != object else list(uids), pa.string())
+        con.register("b_new", pa.table({"h": pa.array(hashes, pa.uint64()), "iid": pa.array(iids), "u": u_arr}))
+        con.execute("INSERT INTO instance_keys SELECT h, iid, u FROM b_new")
+        con.unregister("b_new")
+        if gone:  # a replaced instance's hash is in the copy already
+            self._new_keys = hashes[~np.isin(uids.astype(str), np.array(gone, dtype=str))]
         else:
             self._new_keys = hashes
-            con.execute("INSERT INTO instance_keys SELECT hash(SOPInstanceUID) FROM b_inst")
-        return len(gone)
+        return len(gone), pa.table({"u": u_arr, "iid": pa.array(iids)})
 
     def _ensure_keys(self) -> None:
-        """``instance_keys`` holds one hash per instance; (re)built when it does not (a lake from
-        an older dicomlake, or written by other means)."""
+        """``instance_keys`` holds one row per instance; mended when it does not (rows written
+        by other means): missing instances get new numbers, numbers of instances gone are
+        dropped; the numbers of the others stay (the element store is keyed by them)."""
         con = self.con
-        con.execute("CREATE TABLE IF NOT EXISTS instance_keys (h UBIGINT)")
         row = con.execute("SELECT (SELECT count(*) FROM instances), (SELECT count(*) FROM instance_keys)").fetchall()
         if row and row[0][0] != row[0][1]:
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute("DELETE FROM instance_keys")
-                con.execute("INSERT INTO instance_keys SELECT hash(SOPInstanceUID) FROM instances")
+                con.execute(
+                    "DELETE FROM instance_keys WHERE SOPInstanceUID NOT IN (SELECT SOPInstanceUID FROM instances)"
+                )
+                con.execute(
+                    "INSERT INTO instance_keys SELECT hash(u), "
+                    "(SELECT coalesce(max(iid), 0) FROM instance_keys) + row_number() OVER (ORDER BY u), u "
+                    "FROM (SELECT SOPInstanceUID AS u FROM instances EXCEPT SELECT SOPInstanceUID FROM instance_keys)"
+                )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+    def merge_elements(self) -> None:
+        """Sort the unsorted element rows into a run of the element store (done by itself every
+        ``elementstore.MERGE_ROWS`` rows, and when the writer closes)."""
+        elementstore.merge(self.con)
+        self._delta_rows = 0
+
+    def compact_elements(self) -> int:
+        """Rewrite the element store as one sorted run without replaced instances' rows."""
+        n = elementstore.compact(self.con)
+        self._delta_rows = 0
+        return n
 
     def record_run(self, row: Mapping[str, object]) -> None:
         cols = ", ".join(row)
@@ -311,7 +359,11 @@ class DuckDBStore:
         return LakeCuration.of(self)
 
     def close(self) -> None:
-        self.con.close()
+        try:
+            if not self.read_only and self._delta_rows:  # rows this writer left unsorted
+                self.merge_elements()
+        finally:
+            self.con.close()
 
     def __enter__(self) -> DuckDBStore:
         return self

@@ -33,6 +33,7 @@ class KeyIndex:
         self.main = np.empty(0, np.uint64)
         self.recent = np.empty(0, np.uint64)
         self.loaded = False
+        self.generation = 0
 
     def __len__(self) -> int:
         return int(self.main.size + self.recent.size)
@@ -43,6 +44,7 @@ class KeyIndex:
         self.main = np.sort(np.asarray(arr, dtype=np.uint64))
         self.recent = np.empty(0, np.uint64)
         self.loaded = True
+        self.generation += 1  # how many times the copy was read from the table
 
     def sync(self, con: Any) -> None:
         """Load, or reload when the table's row count is not the copy's (``count(*)`` costs < 1 ms)."""

@@ -1,0 +1,151 @@
+"""The DuckDB element store (store/elementstore.py): the ``elements`` view gives every element
+pydicom reads, whatever runs the rows sit in; a filter on one attribute reads that attribute's
+row groups only; a replaced instance's old rows never show; a lake of the older layout (an
+``elements`` table) is converted on open. Bytes per instance: bench/bench_growth.py."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from dicomlake.ingest.pipeline import ingest_paths
+from dicomlake.query.lake import Lake
+from dicomlake.samples import repo_corpus
+from dicomlake.store import elementstore
+from dicomlake.store.duckdb import DuckDBStore
+
+
+def _files(n: int = 12) -> list[Path]:
+    corpus = repo_corpus()
+    assert corpus is not None
+    return sorted((corpus / "openrem").glob("*.dcm"))[:n]
+
+
+def _pydicom_counts(path: Path) -> Counter[tuple[int, str]]:
+    """(depth, tag) of every data element pydicom reads, the file meta included, other groups'
+    lengths (gggg,0000) left out: the oracle for the rows of one instance."""
+    out: Counter[tuple[int, str]] = Counter()
+
+    def walk(ds: Dataset, depth: int) -> None:
+        for el in ds:
+            if el.tag.element == 0 and el.tag.group != 0x0002:
+                continue
+            out[(depth, f"{el.tag.group:04X}{el.tag.element:04X}")] += 1
+            if el.VR == "SQ":
+                for item in el.value:
+                    walk(item, depth + 1)
+
+    ds = pydicom.dcmread(path, stop_before_pixels=False)
+    walk(ds.file_meta, 0)
+    walk(ds, 0)
+    return out
+
+
+def _lake_counts(st: DuckDBStore, uid: str) -> Counter[tuple[int, str]]:
+    rows = st.query("SELECT depth, tag FROM elements WHERE SOPInstanceUID = ?", [uid]).to_pylist()
+    return Counter(
+        (int(r["depth"]), str(r["tag"]).replace("(", "").replace(",", "").replace(")", "").upper()) for r in rows
+    )
+
+
+def _check_against_pydicom(st: DuckDBStore, files: list[Path]) -> None:
+    for f in files:
+        uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+        ours, theirs = _lake_counts(st, uid), _pydicom_counts(f)
+        assert ours == theirs, f"{f.name}: missing {theirs - ours}, extra {ours - theirs}"
+
+
+@pytest.fixture
+def small_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merges every ~2 instances, a large run every ~6: every table of the store gets rows."""
+    monkeypatch.setattr(elementstore, "MERGE_ROWS", 300)
+    monkeypatch.setattr(elementstore, "RUN_ROWS", 5_000)
+
+
+def test_view_gives_every_element_pydicom_reads_across_runs(small_runs: None, tmp_path: Path) -> None:
+    files = _files()
+    lake = tmp_path / "lake"
+    with DuckDBStore(lake) as st:
+        for f in files:  # one batch per file: delta, recent runs and large runs all fill
+            ingest_paths([f], lake, workers=1, store=st)
+        sizes = {t: elementstore.count(st.con, t) for t in elementstore.TABLES}
+        assert sizes["element_data"] > 0 and sizes["element_recent"] > 0 and sizes["element_delta"] > 0, sizes
+        _check_against_pydicom(st, files)
+    with DuckDBStore(lake) as st:  # the writer's close sorted its last rows into a run
+        assert elementstore.count(st.con, "element_delta") == 0
+        _check_against_pydicom(st, files)
+
+
+def test_replaced_instances_show_once_and_compact_drops_their_old_rows(small_runs: None, tmp_path: Path) -> None:
+    files = _files(6)
+    lake = tmp_path / "lake"
+    with DuckDBStore(lake) as st:
+        ingest_paths(files, lake, workers=1, store=st)
+        st.merge_elements()
+        before = elementstore.count(st.con, "element_data") + elementstore.count(st.con, "element_recent")
+        rep = ingest_paths(files[:3], lake, workers=1, store=st)  # the same instances again
+        assert rep.replaced == 3
+        _check_against_pydicom(st, files)  # old rows of the three are still stored, never shown
+        kept = st.compact_elements()
+        assert kept == before  # compact dropped exactly the replaced copies' rows
+        assert elementstore.count(st.con, "element_delta") == elementstore.count(st.con, "element_recent") == 0
+        _check_against_pydicom(st, files)
+
+
+def test_a_filter_reads_only_its_attributes_row_groups(tmp_path: Path) -> None:
+    """DuckDB's profiler (not our code) counts the row groups the filter's scan read."""
+    lake = tmp_path / "lake"
+    with DuckDBStore(lake) as st:
+        con = st.con
+        # 300,000 synthetic instances x 8 attributes in one sorted run: ~20 row groups
+        from bench.bench_query import build_rows
+
+        build_rows(con, 0, 300_000)
+        con.execute("CHECKPOINT")
+    with Lake.open(lake, read_only=True) as lk:
+        sql, params, _ = lk.build_query(["DistanceSourceToEntrance > 1400"], ["SOPInstanceUID"], "instance")
+    con = duckdb.connect(str(lake / "lake.duckdb"), read_only=True)
+    try:
+        plan = con.execute("EXPLAIN ANALYZE " + sql, params).fetchall()[0][1]
+    finally:
+        con.close()
+    scanned = [
+        line for line in str(plan).splitlines() if "Row Groups Scanned" in line or "row_groups_scanned" in line.lower()
+    ]
+    text = str(plan)
+    assert "element_data" in text
+    # the element_data scan: its "Row Groups Scanned: a / b" with a far below b
+    import re
+
+    pairs = [(int(a), int(b)) for a, b in re.findall(r"(\d+)\s*/\s*(\d+)", "\n".join(scanned))]
+    big = [p for p in pairs if p[1] >= 15]
+    assert big, text[:2000]
+    assert all(a <= max(3, b // 5) for a, b in big), big
+
+
+def test_a_lake_of_the_older_layout_is_converted_on_open(tmp_path: Path) -> None:
+    files = _files(5)
+    lake = tmp_path / "lake"
+    ingest_paths(files, lake, workers=1)
+    # make it the older layout: one row per element in an `elements` table, instance_keys of hashes
+    con = duckdb.connect(str(lake / "lake.duckdb"))
+    con.execute("CREATE TABLE elements_old AS SELECT * FROM elements")
+    con.execute("DROP VIEW elements")
+    for t in (*elementstore.TABLES, "element_keys", "instance_keys"):
+        con.execute(f"DROP TABLE {t}")
+    con.execute("ALTER TABLE elements_old RENAME TO elements")
+    con.execute("CREATE TABLE instance_keys AS SELECT hash(SOPInstanceUID) AS h FROM instances")
+    con.close()
+    with DuckDBStore(lake) as st:
+        kinds = dict(
+            st.con.execute(
+                "SELECT table_name, table_type FROM information_schema.tables WHERE table_name = 'elements'"
+            ).fetchall()
+        )
+        assert kinds == {"elements": "VIEW"}
+        _check_against_pydicom(st, files)
