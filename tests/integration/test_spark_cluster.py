@@ -226,36 +226,71 @@ def test_cluster_failed_run_is_one_line_and_leaves_no_staging(
     assert "Traceback" in logs[0].read_text(encoding="utf-8")
 
 
-def test_cluster_append_run_keeps_the_newest_copy(cluster_spark: Any, corpus: Path, tmp_path: Path) -> None:
+def test_cluster_append_run_keeps_the_newest_copy(
+    cluster_spark: Any, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A second run into a Spark lake adds its instances; an instance already there is replaced
-    by the copy this run read (a corrected re-send), with its elements."""
+    by the copy this run read (a corrected re-send), with its elements; of two copies within
+    the run, the one read last stays. The driver takes part only through counts: no result it
+    collects is longer than one row per task, and it never opens a Parquet file (the
+    executors find, drop and count the older copies)."""
+    import pyarrow.parquet as pq
+    from pyspark import RDD
+    from pyspark.sql.classic.dataframe import DataFrame
+
     from dicomlake.ingest.spark import ingest_spark
 
-    files = sorted(corpus.glob("*.dcm"))[:4]
+    files = sorted(corpus.glob("*.dcm"))[:5]
     first, second = tmp_path / "day1", tmp_path / "day2"
     first.mkdir()
-    second.mkdir()
+    (second / "sub").mkdir(parents=True)
     for f in files[:3]:
         shutil.copy(f, first / f.name)
-    shutil.copy(files[3], second / files[3].name)
+    for f in files[3:]:
+        shutil.copy(f, second / f.name)
+    shutil.copy(files[4], second / "sub" / "again.dcm")  # a later copy within the run (another task)
     ds = pydicom.dcmread(files[0])
     ds.StudyDescription = "CORRECTED RE-SEND"
     ds.save_as(second / "resent.dcm")
     lake = tmp_path / "lake"
     ingest_spark([first], lake, spark=cluster_spark)
+
+    sizes: list[int] = []
+    for cls in (DataFrame, RDD):
+        for name in ("collect", "toLocalIterator"):
+
+            def spy(self: Any, *a: Any, _real: Any = getattr(cls, name), **k: Any) -> Any:
+                out = list(_real(self, *a, **k))
+                sizes.append(len(out))
+                return out
+
+            monkeypatch.setattr(cls, name, spy)
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("the driver read a Parquet file")
+
+    monkeypatch.setattr(pq, "read_table", refuse)
+    monkeypatch.setattr(pq, "ParquetFile", refuse)
     rep = ingest_spark([second], lake, spark=cluster_spark)
-    assert rep.replaced == 1
+    monkeypatch.undo()
+    assert sizes and max(sizes) <= rep.tasks < rep.unique_instances == 3, (sizes, rep.tasks)  # was 3 UIDs collected
+    assert rep.instances == 4 and rep.duplicates_resolved == 1 and rep.replaced == 1
     uid = str(ds.SOPInstanceUID)
+    again = str(pydicom.dcmread(files[4], stop_before_pixels=True).SOPInstanceUID)
     with Lake.open(lake, read_only=True) as lk:
         n = lk.sql("SELECT count(*) AS n, count(DISTINCT SOPInstanceUID) AS u FROM instances").row(0)
         desc = lk.sql("SELECT StudyDescription FROM instances WHERE SOPInstanceUID = ?", [uid])
         el = lk.sql("SELECT count(*) AS n FROM elements WHERE SOPInstanceUID = ?", [uid])
         want = lk.sql("SELECT element_count FROM instances WHERE SOPInstanceUID = ?", [uid])["element_count"][0]
         runs = lk.sql("SELECT count(*) AS n FROM ingest_runs")["n"][0]
-    assert n == (4, 4)
+        path = lk.sql("SELECT source_path FROM instances WHERE SOPInstanceUID = ?", [again])["source_path"].to_list()
+        json_rows = lk.sql("SELECT count(*) AS n, count(DISTINCT SOPInstanceUID) AS u FROM dicom_json").row(0)
+    assert n == (5, 5) and json_rows == (5, 5)
     assert desc["StudyDescription"].to_list() == ["CORRECTED RE-SEND"]
     assert el["n"][0] == want > 0  # the older copy's elements are gone
+    assert path == [str(second / "sub" / "again.dcm")]
     assert runs == 2
+    assert not (lake / "_staging").exists()
 
 
 @pytest.fixture
@@ -339,6 +374,32 @@ def test_cluster_reads_and_writes_s3(
     assert [n for n in names if n.startswith("dicom-out/lake/reports/ingest-") and n.endswith(".json")]
     n_elements = pds.dataset("dicom-out/lake/elements", filesystem=s3, format="parquet", partitioning="hive")
     assert n_elements.count_rows() > 0
+
+    # an append run: a corrected re-send replaces its older copy in the bucket (PUTs, no rename)
+    from dicomlake.ingest.spark import ingest_spark
+
+    ds = pydicom.dcmread(files[0])
+    ds.StudyDescription = "CORRECTED RE-SEND"
+    with s3.open_output_stream("dicom-in/resend/resent.dcm") as fh:
+        ds.save_as(fh)
+    rep = ingest_spark(["s3a://dicom-in/resend"], "s3a://dicom-out/lake", spark=cluster_spark)
+    assert (rep.unique_instances, rep.replaced) == (1, 1)
+    rows = (
+        pds.dataset("dicom-out/lake/instances", filesystem=s3, format="parquet", partitioning="hive")
+        .to_table(columns=["SOPInstanceUID", "StudyDescription"])
+        .to_pylist()
+    )
+    assert len(rows) == len({r["SOPInstanceUID"] for r in rows}) == len(files)
+    assert [r["StudyDescription"] for r in rows if r["SOPInstanceUID"] == ds.SOPInstanceUID] == ["CORRECTED RE-SEND"]
+    json_uids = (
+        pds.dataset("dicom-out/lake/dicom_json", filesystem=s3, format="parquet", partitioning="hive")
+        .to_table(columns=["SOPInstanceUID"])
+        .column(0)
+        .to_pylist()
+    )
+    assert json_uids.count(ds.SOPInstanceUID) == 1
+    names = [i.path for i in s3.get_file_info(pafs.FileSelector("dicom-out/lake", recursive=True))]
+    assert not [n for n in names if "/_staging" in n or n.endswith(".tmp")]
 
 
 def test_cluster_lists_on_the_executors_and_reads_a_manifest(
@@ -426,60 +487,3 @@ def _compaction_keeps_every_row(spark: Any, lake: Path) -> None:
         assert len(dk) > 0 and len(sp) in (0, len(dk)), t
         assert rows(t) == (sp, dk), t
     assert not (lake / "_compact").exists()
-
-
-def test_cluster_append_keeps_no_per_instance_list_on_the_driver(
-    cluster_spark: Any, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An append run with copies within the run and in the lake: the driver collects no result
-    longer than one row per task and never opens a Parquet file (the executors find, drop and
-    count the older copies). The oracle for the counts is pydicom's reading of the inputs."""
-    import pyarrow.parquet as pq
-    from pyspark import RDD
-    from pyspark.sql.classic.dataframe import DataFrame
-
-    from dicomlake.ingest.spark import ingest_spark
-
-    files = sorted(corpus.glob("*.dcm"))[:6]
-    day1, day2 = tmp_path / "day1", tmp_path / "day2"
-    for d in (day1, day2):
-        (d / "sub").mkdir(parents=True)
-    for f in files[:4]:
-        shutil.copy(f, day1 / f.name)
-    for f in files[2:]:  # two re-sent (in the lake), two new
-        shutil.copy(f, day2 / f.name)
-    shutil.copy(files[5], day2 / "sub" / "again.dcm")  # a later copy within the run, in another task
-    uid = {f.name: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
-    lake = tmp_path / "lake"
-    ingest_spark([day1], lake, spark=cluster_spark)
-
-    sizes: list[int] = []
-    for cls in (DataFrame, RDD):
-        for name in ("collect", "toLocalIterator"):
-            real = getattr(cls, name)
-
-            def spy(self: Any, *a: Any, _real: Any = real, **k: Any) -> Any:
-                out = list(_real(self, *a, **k))
-                sizes.append(len(out))
-                return out
-
-            monkeypatch.setattr(cls, name, spy)
-
-    def refuse(*_a: object, **_k: object) -> None:
-        raise AssertionError("the driver read a Parquet file")
-
-    monkeypatch.setattr(pq, "read_table", refuse)
-    monkeypatch.setattr(pq, "ParquetFile", refuse)
-    rep = ingest_spark([day2], lake, spark=cluster_spark)
-    monkeypatch.undo()
-    assert sizes and max(sizes) <= rep.tasks < rep.unique_instances, (sizes, rep.tasks)
-    assert (rep.instances, rep.unique_instances) == (5, 4)
-    assert rep.duplicates_resolved == 1 and rep.replaced == 2
-    with Lake.open(lake, read_only=True) as lk:
-        got = lk.sql("SELECT SOPInstanceUID, source_path FROM instances").rows()
-        per_uid = lk.sql("SELECT SOPInstanceUID, count(*) AS n FROM dicom_json GROUP BY 1").rows()
-    assert sorted(u for u, _p in got) == sorted(uid.values())  # every instance once
-    paths = dict(got)
-    assert paths[uid[files[5].name]] == str(day2 / "sub" / "again.dcm")
-    assert {paths[uid[f.name]] for f in files[2:4]} == {str(day2 / f.name) for f in files[2:4]}
-    assert all(n == 1 for _u, n in per_uid) and len(per_uid) == len(files)
