@@ -539,13 +539,18 @@ def lake_reference() -> str:
     )
     out.write(
         "**Time of day in a Parquet lake.** The `time` columns (`StudyTime`, `SeriesTime`, `AcquisitionTime`, …) "
-        "are written by `ingest --engine spark` as **int64 microseconds since midnight** (field metadata "
-        "`dicomlake: time-us`), not as Parquet `TIME`, so that any engine reads the files without settings "
-        "(Spark 3.x cannot read Parquet `TIME`; Spark 4.x only with `spark.sql.timeType.enabled`). dicomlake's own "
-        "views (`query`, `sql`, `audit --lake DIR`) turn them back into `TIME`; elsewhere, for example in Spark: "
-        "`to_timestamp(StudyTime / 1e6)` gives the time on 1970-01-01, in DuckDB "
-        "`TIME '00:00:00' + to_microseconds(StudyTime)`. Lakes written by `export --format lake` keep Parquet "
-        "`TIME`; dicomlake reads both.\n\n"
+        "are written into a Parquet lake (`ingest --engine spark`, `export --format lake`, `import --out DIR`) as "
+        "**int64 microseconds since midnight** (field metadata `dicomlake: time-us`), not as Parquet `TIME`, so "
+        "that any engine reads the files without settings (Spark 3.5 cannot read Parquet `TIME`; Spark 4.x only "
+        "with `spark.sql.timeType.enabled`). dicomlake's own views (`query`, `sql`, `audit --lake DIR`) turn them "
+        "back into `TIME`; elsewhere, in Spark: `make_dt_interval(0, 0, 0, StudyTime / 1e6)` (time since "
+        "midnight) or, as ISO text, `date_format(make_timestamp_ntz(1970, 1, 1, 0, 0, 0) + "
+        "make_dt_interval(0, 0, 0, StudyTime / 1e6), 'HH:mm:ss.SSSSSS')` (not `to_timestamp`, which shifts by "
+        "the session time zone); in DuckDB `TIME '00:00:00' + to_microseconds(StudyTime)`; in pyarrow "
+        "`column.cast(pa.time64('us'))`. Dates and timestamps are proleptic Gregorian and every file's footer "
+        "says so the way Spark reads it (`org.apache.spark.version` = `3.0.0`), so Spark 3.x reads a date before "
+        "1582-10-15 (a birth date of 1111-11-11) as written instead of refusing the file. Parquet lakes written "
+        "by dicomlake before this (`export --format lake` kept `TIME`) still open in dicomlake.\n\n"
     )
     tables = lake_tables()
     out.write("| table | about |\n|---|---|\n")

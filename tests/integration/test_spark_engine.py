@@ -14,6 +14,7 @@ import pytest
 
 from dicomlake.lakeschema import TABLES
 from dicomlake.query.lake import Lake
+from tests.test_parquet_spark35 import lake_problems
 from tests.test_store_backends import VOLATILE, sorted_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -154,12 +155,22 @@ def test_spark_engine_cli_writes_a_lake_query_and_audit_read(
     with Lake.open(out, read_only=True) as lk:
         after = lk.sql("SELECT count(*) AS n, count(DISTINCT SOPInstanceUID) AS u FROM instances").row(0)
     assert after == before and before[0] == before[1] > 0
+    assert lake_problems(out) == []  # the append's rewritten files too: Spark 3.5 reads them
     # a folder that is not a lake this engine wrote is refused
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine", encoding="utf-8")
     res = runner.invoke(app, ["ingest", "--engine", "spark", str(small), "--out", str(other)])
     assert res.exit_code == 2 and "no lake written by the Spark engine" in res.output
+
+
+@pytest.mark.parametrize("corpus", ["samples", "generated"])
+def test_spark_engine_lake_holds_only_types_spark35_reads(
+    spark_lakes: dict[str, tuple[Path, Any]], corpus: str
+) -> None:
+    """No Parquet TIME, nanosecond or unsigned column, and the footer that lets Spark 3.x read
+    a date before 1582 (tests/test_parquet_spark35.py; Spark 3.5.9 read such a lake by hand)."""
+    assert lake_problems(spark_lakes[corpus][0]) == []
 
 
 def test_spark_engine_partitions_follow_modality_and_study_month(spark_lakes: dict[str, tuple[Path, Any]]) -> None:
