@@ -149,3 +149,20 @@ def test_a_lake_of_the_older_layout_is_converted_on_open(tmp_path: Path) -> None
         )
         assert kinds == {"elements": "VIEW"}
         _check_against_pydicom(st, files)
+
+
+def test_cli_compact_keeps_exactly_the_elements_pydicom_reads(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    files = _files(4)
+    lake = tmp_path / "lake"
+    ingest_paths(files, lake, workers=1)
+    ingest_paths(files, lake, workers=1)  # every instance replaced: its first rows are dead
+    r = CliRunner().invoke(app, ["compact", str(lake)])
+    assert r.exit_code == 0, r.output
+    assert "element rows kept" in r.output
+    with DuckDBStore(lake) as st:
+        assert elementstore.count(st.con, "element_data") == sum(sum(_pydicom_counts(f).values()) for f in files)
+        _check_against_pydicom(st, files)

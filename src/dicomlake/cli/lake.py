@@ -66,7 +66,9 @@ def import_lake(
 
 
 def compact_lake(
-    lake: str = typer.Argument(..., help="A Parquet lake: a folder or a URI (s3://bucket/lake)."),
+    lake: str = typer.Argument(
+        ..., help="A Parquet lake (a folder or a URI: s3://bucket/lake) or a DuckDB lake folder."
+    ),
     master: str | None = typer.Option(
         None, "--master", help="Run on Spark (local[N], spark://HOST:7077): one task per partition."
     ),
@@ -76,10 +78,31 @@ def compact_lake(
     Spark tasks write one small file per partition they touch; compaction after an ingest (or
     once a month is closed) leaves one to a few files per partition. Rows are unchanged.
 
+    On a DuckDB lake it sorts the element store into one run and drops the rows of replaced
+    instances (docs/explanation/lake.md, "The element store"); the writer does this in steps
+    by itself, so this is only for a lake that must be as small as it can be.
+
     Example: dicomlake compact /lake/parquet --master spark://head:7077
     """
     from rich.console import Console
     from rich.table import Table
+
+    from dicomlake.store.duckdb import DB_NAME, DuckDBStore
+
+    db = Path(lake) / DB_NAME
+    if "://" not in lake and db.is_file():
+        if master:
+            raise typer.BadParameter("--master is for Parquet lakes; a DuckDB lake is compacted in place")
+        before = db.stat().st_size
+        with DuckDBStore(lake) as st:
+            rows = st.compact_elements()
+            st.query("CHECKPOINT")
+        t = Table(title=f"compacted {lake}", show_header=False)
+        t.add_row("element rows kept", f"{rows:,}")
+        t.add_row("bytes before", f"{before:,}")
+        t.add_row("bytes after", f"{db.stat().st_size:,}")
+        Console(stderr=True).print(t)
+        return
 
     from dicomlake.store.parquet import compact
 

@@ -251,6 +251,7 @@ class DuckDBStore:
             self._next_iid = elementstore.next_iid(con)
         iids = np.arange(self._next_iid, self._next_iid + len(uids), dtype=np.int64)
         self._next_iid += len(uids)
+        elementstore.set_next_iid(con, self._next_iid)
         u_arr = pa.array(uids.astype(str) if uids.dtype != object else list(uids), pa.string())
         con.register("b_new", pa.table({"h": pa.array(hashes, pa.uint64()), "iid": pa.array(iids), "u": u_arr}))
         con.execute("INSERT INTO instance_keys SELECT h, iid, u FROM b_new")
@@ -273,11 +274,12 @@ class DuckDBStore:
                 con.execute(
                     "DELETE FROM instance_keys WHERE SOPInstanceUID NOT IN (SELECT SOPInstanceUID FROM instances)"
                 )
-                con.execute(
-                    "INSERT INTO instance_keys SELECT hash(u), "
-                    "(SELECT coalesce(max(iid), 0) FROM instance_keys) + row_number() OVER (ORDER BY u), u "
+                start = elementstore.next_iid(con) - 1
+                n = con.execute(
+                    f"INSERT INTO instance_keys SELECT hash(u), {start} + row_number() OVER (ORDER BY u), u "
                     "FROM (SELECT SOPInstanceUID AS u FROM instances EXCEPT SELECT SOPInstanceUID FROM instance_keys)"
-                )
+                ).fetchall()[0][0]
+                elementstore.set_next_iid(con, start + int(n) + 1)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")

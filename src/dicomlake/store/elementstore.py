@@ -137,8 +137,19 @@ def append_sorted(con: Any, source: str) -> int:
 
 
 def next_iid(con: Any) -> int:
-    row = con.execute("SELECT coalesce(max(iid), 0) FROM instance_keys").fetchall()
-    return int(row[0][0]) + 1
+    """The next unused instance number: the high-water mark kept in ``lake_meta``, or, in a lake
+    without one, past every number in ``instance_keys`` and the element tables. Numbers are
+    never reused: a replaced instance's old rows keep theirs until a merge drops them."""
+    row = con.execute("SELECT value FROM lake_meta WHERE key = 'next_iid'").fetchall()
+    if row:
+        return int(row[0][0])
+    tops = " UNION ALL ".join(f"SELECT max(iid) AS m FROM {t}" for t in ("instance_keys", *TABLES))
+    return int(con.execute(f"SELECT coalesce(max(m), 0) + 1 FROM ({tops})").fetchall()[0][0])
+
+
+def set_next_iid(con: Any, value: int) -> None:
+    """Record the high-water mark (inside the transaction that used the numbers below it)."""
+    con.execute("INSERT OR REPLACE INTO lake_meta VALUES ('next_iid', ?)", [str(value)])
 
 
 def write(con: Any, elements: pa.Table, batch_iids: pa.Table | None) -> None:
