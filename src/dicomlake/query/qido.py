@@ -4,8 +4,8 @@
 study/series/instance, the analyst's :class:`Restriction`, ``limit``/``offset``) and calls
 these functions with a *reader*: a Store, or anything with ``query(sql, params) -> Arrow``
 and ``columns``. The SQL is written once here, in the dialect every engine runs (DuckDB as
-is; PostgreSQL through :mod:`dicomlake.store.dialect`): no DuckDB-only list functions, text
-keys and representatives compared byte-wise (``COLLATE "C"``) so that both engines choose
+is; PostgreSQL through sqlglot, :func:`dicomlake.store.lakesql.to_postgres`): no DuckDB-only
+list functions, text keys and representatives compared byte-wise (``COLLATE "C"``) so that both engines choose
 the same representative instance of a study and page in the same order.
 """
 

@@ -1,5 +1,6 @@
 """One statement, every engine: the executor the Store's curation, name-mapping and SC-table
-methods run their SQL through.
+methods run their SQL through, and the translation of every DuckDB statement for PostgreSQL
+(:func:`to_postgres`: the query layer's, the audits' and users' SQL as well).
 
 The statements are written once, in DuckDB's dialect, and run as written on a DuckDB lake
 (and on a Parquet lake's in-memory DuckDB, read-only). On PostgreSQL sqlglot parses them
@@ -11,7 +12,8 @@ PostgreSQL has no ``round(double precision, int)``). No token rewriting.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -19,29 +21,205 @@ import pyarrow as pa
 
 from dicomlake.errors import ConfigError, QueryError
 
-_PARAM = "__dicomlake_param__"
+_MARK = "__dicomlake_param_{}__"
+_MARK_RE = re.compile(r"__dicomlake_param_(\d+)__")
 
 
 @lru_cache(maxsize=512)
 def to_postgres_sql(sql: str) -> str:
-    """A DuckDB statement in PostgreSQL's dialect, for psycopg (``%s`` parameters)."""
+    """A DuckDB statement in PostgreSQL's dialect, for psycopg (``%s`` parameters).
+
+    Identifiers keep their case as written (every one quoted).
+    """
+    return translate(sql, frozenset())[0]
+
+
+def to_postgres(
+    sql: str,
+    params: Mapping[str, object] | Sequence[object] | None = None,
+    names: frozenset[str] = frozenset(),
+) -> tuple[str, dict[str, object] | list[object]]:
+    """One DuckDB statement and its parameters (``?``, ``$1`` or ``$name``), for psycopg.
+
+    ``names`` are the lake's tables and ``table.column`` names: an identifier that matches one
+    case-insensitively, as DuckDB resolves it, gets that name's spelling, quoted.
+
+    >>> text, values = to_postgres("SELECT modality, '5%' AS p FROM instances WHERE SOPInstanceUID = ?",
+    ...                            ["1.2"], frozenset({"instances.Modality", "instances.SOPInstanceUID", "instances"}))
+    >>> print(text)
+    SELECT "Modality", '5%%' AS "p" FROM "instances" WHERE "SOPInstanceUID" = %s
+    """
+    text, order = translate(sql, names)
+    if isinstance(params, Mapping):
+        return text, dict(params)
+    values = list(params or ())
+    if order is not None:
+        values = [values[i] for i in order]
+    return text, values
+
+
+@lru_cache(maxsize=1024)
+def translate(sql: str, names: frozenset[str]) -> tuple[str, tuple[int, ...] | None]:
+    """The PostgreSQL text of a DuckDB statement (by sqlglot) and, for ``$1``-style
+    parameters, the order of the values its ``%s`` take (None: as given).
+
+    - Identifiers: a definition (an output name, a table or CTE alias) keeps its case; a
+      column of a lake table named in its scope (``FROM instances i``, ``i.kvp``) takes
+      that table's spelling; another identifier takes the spelling of a name in ``names``
+      it matches, exactly or else case-insensitively, or of a definition in the
+      statement; all are quoted.
+    - ``?`` → ``%s``, ``$name`` → ``%(name)s``, ``$1`` → ``%s`` (reordered); every other
+      ``%`` (literals, modulo) doubled.
+    - The DuckDB functions the lake's PostgreSQL schema defines (migration 2) are called by
+      name where sqlglot's rewrite is wrong or missing in PostgreSQL (``list_contains``,
+      ``string_split``, ``strftime`` with a non-literal format, ``median`` over a window);
+      ``round(x, n)`` rounds a ``numeric``; ``GROUP BY ALL`` lists the non-aggregate
+      output columns by position.
+    """
     import sqlglot
     from sqlglot import exp
+    from sqlglot.errors import ErrorLevel
 
-    tree = sqlglot.parse_one(sql, read="duckdb")
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.SqlglotError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QueryError(f"this DuckDB statement cannot be translated for PostgreSQL: {first}") from exc
+    exact: set[str] = set()
+    folded: dict[str, str] = {}
+    table_columns: dict[str, dict[str, str]] = {}  # table → lower-case column → column
+    for n in sorted(names):
+        table, _, column = n.rpartition(".")
+        if table:
+            table_columns.setdefault(table.lower(), {})[column.lower()] = column
+        exact.add(column)
+        folded.setdefault(column.lower(), column)
+    defined: dict[str, str] = {}
+    for ident in tree.find_all(exp.Identifier):
+        if _is_definition(ident):
+            defined.setdefault(ident.name.lower(), ident.name)
+    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+    aliases: dict[str, set[str | None]] = {}  # alias → the lake tables it names (None: a derived table)
+    for t in tree.find_all(exp.Table):
+        aliases.setdefault(t.alias_or_name.lower(), set()).add(None if t.name.lower() in ctes else t.name.lower())
+    for q in tree.find_all(exp.Subquery):
+        if q.alias:
+            aliases.setdefault(q.alias.lower(), set()).add(None)
 
-    def fix(node: exp.Expression) -> exp.Expression:
+    def scope(column: Any) -> list[dict[str, str]]:
+        """The columns of the lake tables a column reference can name (none when unknown)."""
+        if column.table:
+            tables = aliases.get(column.table.lower(), {None})
+        else:
+            select = column.find_ancestor(exp.Select)
+            items = [select.args.get("from_"), *(select.args.get("joins") or [])] if select else []
+            tables = set()
+            for item in items:
+                source = item.this if item is not None else None
+                if isinstance(source, exp.Table):
+                    tables |= aliases.get(source.alias_or_name.lower(), {None})
+                else:
+                    tables.add(None)
+        known = sorted(t for t in tables if t is not None)
+        if len(known) < len(tables):
+            return []
+        return [table_columns[t] for t in known if t in table_columns]
+
+    def spell(ident: Any) -> str:
+        name: str = ident.name
+        if _is_definition(ident):
+            return name
+        low = name.lower()
+        if isinstance(ident.parent, exp.Column) and ident.arg_key == "this":
+            for cols in scope(ident.parent):
+                if low in cols:
+                    return cols[low]
+        if name in exact:
+            return name
+        return folded.get(low) or defined.get(low) or name
+
+    marks: list[str | None] = []  # per placeholder: its name, or None for ``?``
+
+    def fix(node: Any) -> Any:
         if isinstance(node, exp.Placeholder):
-            return exp.var(_PARAM)
+            marks.append(node.this if isinstance(node.this, str) else None)
+            return exp.var(_MARK.format(len(marks) - 1))
+        if isinstance(node, exp.Identifier):
+            node.set("this", spell(node))
+            node.set("quoted", True)
+            return node
+        if isinstance(node, exp.ArrayContains):
+            return exp.Anonymous(this="list_contains", expressions=[node.this, node.expression])
+        if isinstance(node, exp.Split):
+            return exp.Anonymous(this="string_split", expressions=[node.this, node.expression])
+        if isinstance(node, exp.TimeToStr) and not isinstance(node.args.get("format"), exp.Literal):
+            return exp.Anonymous(this="strftime", expressions=[node.this, node.args["format"]])
+        if isinstance(node, exp.Window) and isinstance(node.this, exp.Median):
+            node.set("this", exp.Anonymous(this="median", expressions=[node.this.this]))
+            return node
+        if isinstance(node, exp.Interval) and not isinstance(node.this, exp.Literal) and node.unit is not None:
+            # INTERVAL (?) DAY: sqlglot would put the parameter inside a string literal
+            return exp.Paren(
+                this=exp.Mul(
+                    this=exp.cast(node.this.unnest(), "double"),
+                    expression=exp.Interval(this=exp.Literal.string("1"), unit=node.unit),
+                )
+            )
         if isinstance(node, exp.Round) and node.args.get("decimals") is not None:
             # PostgreSQL rounds numerics only; trim_scale keeps "1.5", not "1.500000"
             inner = exp.Round(this=exp.cast(node.this, "numeric"), decimals=node.args["decimals"])
             return exp.cast(exp.func("trim_scale", inner), "double")
+        if isinstance(node, exp.Select) and isinstance(node.args.get("group"), exp.Group):
+            _expand_group_by_all(node)
         return node
 
-    tree = tree.transform(fix)
-    text = tree.sql(dialect="postgres", identify=True)
-    return text.replace("%", "%%").replace(_PARAM, "%s")
+    # children first, so that a rewritten call keeps its rewritten arguments
+    for node in reversed(list(tree.dfs())):
+        new = fix(node)
+        if new is not node:
+            if node is tree:
+                tree = new
+            else:
+                node.replace(new)
+    text = tree.sql(dialect="postgres", identify=True, unsupported_level=ErrorLevel.IGNORE)
+    text = text.replace("%", "%%")
+    positions = [m for m in marks if m is not None and m.isdigit()]
+
+    def param(m: re.Match[str]) -> str:
+        name = marks[int(m.group(1))]
+        return "%s" if name is None or name.isdigit() else f"%({name})s"
+
+    text = _MARK_RE.sub(param, text)
+    order = tuple(int(m) - 1 for m in positions) if positions else None
+    return text, order
+
+
+def _is_definition(ident: Any) -> bool:
+    """True for an identifier that names something: an output column, a table or CTE alias."""
+    from sqlglot import exp
+
+    parent = ident.parent
+    return (isinstance(parent, exp.Alias) and ident.arg_key == "alias") or isinstance(parent, exp.TableAlias)
+
+
+def _expand_group_by_all(select: Any) -> None:
+    """DuckDB's ``GROUP BY ALL``: the output columns without an aggregate, by position."""
+    from sqlglot import exp
+
+    group = select.args["group"]
+    if not group.args.get("all"):
+        return
+    keys = []
+    for i, e in enumerate(select.expressions, 1):
+        if isinstance(e, exp.Star) or isinstance(e.unalias(), exp.Star):
+            return  # left to PostgreSQL (which refuses GROUP BY ALL with its own error)
+        aggs = [a for a in e.find_all(exp.AggFunc) if not a.find_ancestor(exp.Window)]
+        if not aggs and not e.find(exp.Window):
+            keys.append(exp.Literal.number(i))
+    if keys:
+        select.set("group", exp.Group(expressions=keys))
+    else:
+        select.set("group", None)
 
 
 def duckdb_type(t: pa.DataType) -> str:
@@ -257,4 +435,14 @@ def lake_sql(store: Any) -> LakeSql:
     return ReadOnlySql(store)
 
 
-__all__ = ["DuckDBSql", "LakeSql", "PostgresSql", "ReadOnlySql", "duckdb_type", "lake_sql", "to_postgres_sql"]
+__all__ = [
+    "DuckDBSql",
+    "LakeSql",
+    "PostgresSql",
+    "ReadOnlySql",
+    "duckdb_type",
+    "lake_sql",
+    "to_postgres",
+    "to_postgres_sql",
+    "translate",
+]

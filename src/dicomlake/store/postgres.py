@@ -10,7 +10,7 @@ never wait for each other, and neither can leave a duplicate. There is no lake-w
 lock (the advisory lock of :mod:`~dicomlake.store.migrations` guards schema changes only). Batches travel as CSV written by
 Arrow into ``COPY`` (text, numbers, dates, times and timestamps round-trip exactly).
 
-The query layer writes DuckDB SQL; :mod:`dicomlake.store.dialect` translates it.
+The query layer writes DuckDB SQL; sqlglot translates it (:func:`dicomlake.store.lakesql.to_postgres`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import InstanceColumns, instance_columns
 from dicomlake.store.base import WriteReport
-from dicomlake.store.dialect import to_postgres
+from dicomlake.store.lakesql import to_postgres
 from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate
 from dicomlake.store.pullstate import PullStateTables
 
@@ -134,14 +134,17 @@ class PostgresStore:
                 )
         else:
             self.applied = migrate(self.connection, self.columns)
-        self._all_columns = self._column_names()
+        self._sql_names = frozenset(self._column_names())
         self._instance_columns = self._instance_table_columns()
         self.write_retries = 0
         """Batches run again after a deadlock or serialization failure (for tests and benches)."""
 
     def _column_names(self) -> list[str]:
+        """The lake's tables and ``table.column`` names: DuckDB SQL spells them in any case (see query)."""
         rows = self.connection.execute(
-            "SELECT DISTINCT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+            "SELECT table_name || '.' || column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() "
+            "UNION SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
         ).fetchall()
         return [r[0] for r in rows]
 
@@ -272,7 +275,7 @@ class PostgresStore:
         """Run a statement written in DuckDB's dialect (translated); an Arrow table."""
         import psycopg
 
-        pg_sql, pg_params = to_postgres(sql, params, self._all_columns)
+        pg_sql, pg_params = to_postgres(sql, params, self._sql_names)
         try:
             with self.connection.cursor() as cur:
                 cur.execute(pg_sql, pg_params)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ schema metadata (it survives Arrow IPC), so every caller can say "showing N; mor
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -377,15 +378,13 @@ def run_postgres(
     transaction with ``statement_timeout``; cut after ``max_rows``."""
     import psycopg
 
-    from dicomlake.store.dialect import to_postgres
+    from dicomlake.store.lakesql import to_postgres
     from dicomlake.store.postgres import _arrow
 
     max_rows, time_limit_s = _settings_limits(max_rows, time_limit_s)
     text = check_sql(sql, "duckdb")
-    pg_sql, pg_params = to_postgres(
-        text, params if isinstance(params, Mapping) or params is None else list(params), store._all_columns
-    )
-    check_sql(pg_sql.replace("%s", "NULL"), "postgres")
+    pg_sql, pg_params = to_postgres(text, params, store._sql_names)
+    check_sql(re.sub(r"%%|%s|%\([^)]*\)s", lambda m: "%" if m.group() == "%%" else "NULL", pg_sql), "postgres")
     conn = store.connection
     role = _pg_reader_role(store)
     try:
