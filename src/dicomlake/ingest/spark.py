@@ -603,31 +603,37 @@ def ingest_spark(
         inst = result.filter("kind = 'instance'")
         # copies of one instance in several files of this run: the copy read last wins; a
         # Spark job finds the losers, the commit job below leaves them out of the lake
-        dup = (
-            inst.groupBy("SOPInstanceUID").agg(F.count("*").alias("n"), F.max("ordinal").alias("keep")).filter("n > 1")
+        from pyspark.sql import Window
+
+        by_uid = Window.partitionBy("SOPInstanceUID")
+        marked = inst.withColumn("keep", F.max("ordinal").over(by_uid)).withColumn(
+            "first", F.row_number().over(by_uid.orderBy(F.desc("ordinal"))) == 1
         )
-        losers = inst.join(dup, "SOPInstanceUID").filter("ordinal < keep").select("stage", "SOPInstanceUID")
-        report.duplicates_resolved += losers.count()  # and those dropped inside tasks, counted above
-        new_uids = inst.select("SOPInstanceUID").distinct()
-        report.unique_instances = new_uids.count()
-        older = None
+        losers = marked.filter("ordinal < keep").select("stage", "SOPInstanceUID")
+        counted = marked.agg(
+            F.sum(F.col("first").cast("long")).alias("unique"),
+            F.sum((F.col("ordinal") < F.col("keep")).cast("long")).alias("losers"),
+        ).first()
+        report.unique_instances = int(counted["unique"] or 0)
+        report.duplicates_resolved += int(counted["losers"] or 0)  # and those dropped inside tasks, counted above
+        new_uids = inst.select("SOPInstanceUID")
+        older: Any = None
         if append:
             # the older copies in the lake's files, found before this run's files are moved in
             # (so they cannot be among them) and checkpointed, so a recomputation cannot either
             older = _older_copies(spark, fs, base, out_uri, new_uids, store_env, parallelism)
             if older is not None:
                 older = _materialize(older, out_uri)
-                report.replaced = older.filter("table = 'instances'").count()
+                report.replaced = older.filter(F.col("table") == "instances").count()
+                older = older if report.replaced else None  # no instance row: no other row either
         report.seconds_extract = t_extract - t0  # expand + extraction + staged writes
         phase = "commit"
         report.files_written = _commit_job(spark, stages, losers, out_uri, store_env, parallelism)
         phase = "replace"
         if older is not None:
             # the copy this run read is the newest: older copies in the lake's earlier files go
-            # after the new files are in place (an interruption leaves a duplicate, never a loss);
-            # instances last, so an interrupted drop leaves the instance row that finds the rest
-            _rewrite_job(older.filter("table <> 'instances'"), out_uri, store_env)
-            _rewrite_job(older.filter("table = 'instances'"), out_uri, store_env)
+            # after the new files are in place (an interruption leaves a duplicate, never a loss)
+            _rewrite_job(older, out_uri, store_env)
     except Exception as exc:
         # one clear line on the console; the Java and Python traces go to a log file
         log = _failure_log(out_uri, run_id, exc)
@@ -819,6 +825,7 @@ def _older_copies(
     SOPInstanceUID column of every file and join it with ``uids``; the other partitioned
     tables are then read only in the partitions where an older instance row was found (an
     instance's elements, JSON and dose rows share its partition)."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     top = [
@@ -831,11 +838,15 @@ def _older_copies(
     n = max(1, parallelism * 2)
 
     def rows(units: Any) -> Any:
-        files = units.repartition(n).mapInArrow(_lake_files(out, store_env), LAKE_FILES_DDL)
+        files = units.mapInArrow(_lake_files(out, store_env), LAKE_FILES_DDL)
         return files.repartition(n).mapInArrow(_file_uids(out, store_env), LAKE_UIDS_DDL)
 
     inst = rows(spark.createDataFrame([("instances", p) for p in top], "table string, path string"))
-    hits = inst.join(uids, "SOPInstanceUID", "left_semi").select("table", "path", "part", "SOPInstanceUID")
+    hits = (
+        inst.join(uids, "SOPInstanceUID", "left_semi")
+        .select("table", "path", "part", "SOPInstanceUID")
+        .persist(StorageLevel.MEMORY_AND_DISK)  # read twice below: the lake is scanned once
+    )
     others = spark.createDataFrame([(t,) for t in PARTITIONED if t != "instances"], "table string")
     units = (
         hits.select("part")
@@ -852,7 +863,7 @@ def _older_copies(
     )
     found = hits.select("SOPInstanceUID").distinct()
     rest = rows(units).join(found, "SOPInstanceUID", "left_semi").select("table", "path", "part", "SOPInstanceUID")
-    return hits.unionByName(rest)
+    return hits.unionByName(rest).persist(StorageLevel.MEMORY_AND_DISK)  # computed once by the checkpoint
 
 
 def _rewrite_file(fs: pafs.FileSystem, src: str, dest: str, drop: pa.Array | None, local: bool) -> tuple[int, int]:
