@@ -32,6 +32,7 @@ BENCHES = [
     "bench.bench_sc",
     "bench.bench_deid",
     "bench.bench_scale",
+    "bench.bench_cluster",
     "bench.bench_spark_listing",
     "bench.bench_receive",
     "bench.bench_load",
