@@ -890,15 +890,21 @@ def _rewrite_file(fs: pafs.FileSystem, src: str, dest: str, drop: pa.Array | Non
     return (1 if kept.num_rows else 0), removed
 
 
+def _task_filesystem(out: str, store_env: dict[str, str]) -> tuple[pafs.FileSystem, str, bool]:
+    """On an executor: the lake's file system (object-store credentials from ``store_env``),
+    its base path, and whether it is local (files replaced by a rename)."""
+    for k, v in store_env.items():
+        os.environ.setdefault(k, v)
+    fs, base = filesystem(out)
+    return fs, base, isinstance(fs, pafs.LocalFileSystem)
+
+
 def _commit_stages(out: str, store_env: dict[str, str]) -> Any:
     """``mapInArrow`` of the commit job: (staged sub-folder, UIDs of its losing copies) in;
     each file moved into the lake, without the losers' rows; (files, rows dropped) out."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for k, v in store_env.items():
-            os.environ.setdefault(k, v)
-        fs, base = filesystem(out)
-        local = isinstance(fs, pafs.LocalFileSystem)
+        fs, base, local = _task_filesystem(out, store_env)
         files = removed = 0
         for batch in batches:
             for stage, uids in zip(batch.column("stage").to_pylist(), batch.column("uids").to_pylist(), strict=True):
@@ -921,10 +927,7 @@ def _rewrite_files(out: str, store_env: dict[str, str]) -> Any:
     place without those rows; (files rewritten, instance rows removed) out."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for k, v in store_env.items():
-            os.environ.setdefault(k, v)
-        fs, base = filesystem(out)
-        local = isinstance(fs, pafs.LocalFileSystem)
+        fs, base, local = _task_filesystem(out, store_env)
         files = removed = 0
         for batch in batches:
             for path, uids in zip(batch.column("path").to_pylist(), batch.column("uids").to_pylist(), strict=True):
