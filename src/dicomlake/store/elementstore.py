@@ -88,7 +88,7 @@ def ensure(con: Any) -> None:
                 "(row_number() OVER ())::BIGINT AS iid, SOPInstanceUID FROM instances"
             )
         con.execute(
-            "CREATE TABLE IF NOT EXISTS element_keys (kid INTEGER, path_key VARCHAR, depth TINYINT, tag VARCHAR, "
+            "CREATE TABLE IF NOT EXISTS element_keys (kid INTEGER PRIMARY KEY, path_key VARCHAR, depth TINYINT, tag VARCHAR, "
             "keyword VARCHAR, VR VARCHAR, private_creator VARCHAR)"
         )
         for t in TABLES:
@@ -213,13 +213,12 @@ def _rebuild(con: Any, target: str, sources: tuple[str, ...]) -> None:
     """``target`` := the live rows of ``sources`` (``target`` among them or not), sorted; the
     sources emptied. Inside the caller's transaction."""
     union = " UNION ALL ".join(f"SELECT * FROM {t}" for t in sources)
-    con.execute(f"CREATE TABLE element_sorting AS SELECT d.* FROM ({union}) d {_LIVE}")
     if target in sources:
+        con.execute(f"CREATE TABLE element_sorting AS SELECT d.* FROM ({union}) d {_LIVE}")
         con.execute(f"DROP TABLE {target}")
         con.execute(f"ALTER TABLE element_sorting RENAME TO {target}")
     else:
-        con.execute(f"INSERT INTO {target} SELECT * FROM element_sorting")
-        con.execute("DROP TABLE element_sorting")
+        con.execute(f"INSERT INTO {target} SELECT d.* FROM ({union}) d {_LIVE}")
     for t in sources:
         if t != target:
             con.execute(f"DROP TABLE {t}")
