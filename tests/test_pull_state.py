@@ -93,3 +93,12 @@ def test_duckdb_store_threads_option(tmp_path: Path) -> None:
 
     with DuckDBStore(tmp_path, threads=1) as store:
         assert store.con.execute("SELECT current_setting('threads')").fetchall() == [(1,)]
+
+
+def test_a_parquet_lake_refuses_to_record_a_run(tmp_path: Path) -> None:
+    """record_run returned silently on a Parquet lake, as if the run had been recorded."""
+    from dicomlake.store.parquet import ParquetLakeWriter, ParquetStore
+
+    ParquetLakeWriter(tmp_path / "pq").write_marker()
+    with ParquetStore(tmp_path / "pq") as pq, pytest.raises(ConfigError, match="is a Parquet lake"):
+        pq.record_run({"run_id": "r1", "status": "ok"})

@@ -271,14 +271,18 @@ class ParquetStore:
                     f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name = true)"
                 )
 
-    def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> WriteReport:
-        raise ConfigError(
+    def _read_only(self) -> ConfigError:
+        return ConfigError(
             f"{self.lake} is a Parquet lake, written by `dicomlake ingest --engine spark --out DIR` or "
             "`dicomlake import SOURCE --out DIR`; ingest into a DuckDB folder or a postgresql:// lake instead"
         )
 
+    def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> WriteReport:
+        raise self._read_only()
+
     def record_run(self, row: Mapping[str, object]) -> None:
-        return None
+        """Refused like :meth:`write_batch` (it returned silently, so a run looked recorded)."""
+        raise self._read_only()
 
     def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
         from dicomlake.store.duckdb import DuckDBStore
