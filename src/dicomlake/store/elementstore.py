@@ -45,7 +45,6 @@ TABLES = ("element_data", "element_recent", "element_delta")
 
 ATTRS = ("path_key", "depth", "tag", "keyword", "VR", "private_creator")
 DATA_COLUMNS = "kid INTEGER, iid BIGINT, path VARCHAR, value_text VARCHAR, value_num DOUBLE, length BIGINT"
-SCHEMA_VERSION = 2
 
 VIEW = """CREATE OR REPLACE VIEW elements AS
 SELECT n.SOPInstanceUID, coalesce(d.path, k.path_key) AS path, k.path_key, k.depth, k.tag, k.keyword,
