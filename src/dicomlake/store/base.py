@@ -29,6 +29,16 @@ class WriteReport:
     dose_events: int
     rejects: int
 
+    @classmethod
+    def of(cls, tables: Mapping[str, pa.Table], replaced: int) -> WriteReport:
+        """The report of writing ``tables``, ``replaced`` of whose instances the lake held."""
+
+        def rows(name: str) -> int:
+            tab = tables.get(name)
+            return tab.num_rows if tab is not None else 0
+
+        return cls(rows("instances") - replaced, replaced, rows("elements"), rows("dose_events"), rows("rejects"))
+
 
 Params = Mapping[str, object] | list[object] | None
 """Values of a statement's ``?`` (a list) or ``$name`` (a mapping) placeholders."""

@@ -198,14 +198,7 @@ class DuckDBStore:
             if wal.exists():
                 _chmod(wal, 0o600)
                 self._wal_private = True
-        n_inst = inst.num_rows if inst is not None else 0
-        return WriteReport(
-            inserted=n_inst - replaced,
-            replaced=replaced,
-            elements=elements.num_rows if elements is not None else 0,
-            dose_events=dose.num_rows if dose is not None else 0,
-            rejects=rejects.num_rows if rejects is not None else 0,
-        )
+        return WriteReport.of(tables, replaced)
 
     def _upsert_instances(self) -> tuple[int, pa.Table]:
         """Insert the batch registered as ``b_inst``, replacing instances the lake holds: how many

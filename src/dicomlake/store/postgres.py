@@ -197,17 +197,7 @@ class PostgresStore:
                     raise
                 self.write_retries += 1
                 time.sleep(random.uniform(0.01, 0.05) * attempt)
-        elements = tables.get("elements")
-        dose = tables.get("dose_events")
-        rejects = tables.get("rejects")
-        n_inst = inst.num_rows if inst is not None else 0
-        return WriteReport(
-            inserted=n_inst - replaced,
-            replaced=replaced,
-            elements=elements.num_rows if elements is not None else 0,
-            dose_events=dose.num_rows if dose is not None else 0,
-            rejects=rejects.num_rows if rejects is not None else 0,
-        )
+        return WriteReport.of(tables, replaced)
 
     def _instance_table_columns(self) -> list[str]:
         rows = self.connection.execute(
