@@ -44,8 +44,8 @@ def build(lake: Path, n: int) -> float:
 
 
 def build_rows(con: Any, start: int, stop: int) -> None:
-    """Insert synthetic instances ``start``..``stop`` (typed columns, their ``instance_keys``
-    numbered ``i + 1``, and 8 element rows each)."""
+    """Insert synthetic instances ``start``..``stop`` (typed columns, numbered ``i + 1`` in
+    ``_iid`` and ``instance_keys``, and 8 element rows each)."""
     from dicomlake.store import elementstore
 
     con.execute(
@@ -60,7 +60,8 @@ def build_rows(con: Any, start: int, stop: int) -> None:
                ['MAMMO1','MAMMO2','CT_A','DX-ROOM3','MRI'][1 + i % 5] AS StationName,
                CASE WHEN i % 5 = 0 THEN 40 + (i * 7919) % 160 END AS CompressionForce,
                CASE WHEN i % 5 = 0 THEN 20 + (i * 104729) % 70 END AS BodyPartThickness,
-               'file' AS source
+               'file' AS source,
+               i + 1 AS _iid
         FROM range({start}, {stop}) t(i)
         """
     )

@@ -14,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomlake.ingest.pipeline import ingest_paths
+from dicomlake.lakeschema import ELEMENTS_BY_UID
 from dicomlake.query.lake import Lake
 from dicomlake.samples import repo_corpus
 from dicomlake.store import elementstore
@@ -140,7 +141,12 @@ def test_a_lake_of_the_older_layout_is_converted_on_open(tmp_path: Path) -> None
         con.execute(f"DROP TABLE {t}")
     con.execute("ALTER TABLE elements_old RENAME TO elements")
     con.execute("CREATE TABLE instance_keys AS SELECT hash(SOPInstanceUID) AS h FROM instances")
+    con.execute("DROP VIEW element_index")
+    con.execute("ALTER TABLE instances DROP COLUMN _iid")
     con.close()
+    with Lake.open(lake, read_only=True) as lk:  # read-only, unconverted: filters join by UID
+        assert lk.element_join == ELEMENTS_BY_UID
+        assert _filter_uids(lk, "InstitutionAddress") == _pydicom_having(files, "InstitutionAddress")
     with DuckDBStore(lake) as st:
         kinds = dict(
             st.con.execute(
@@ -149,6 +155,87 @@ def test_a_lake_of_the_older_layout_is_converted_on_open(tmp_path: Path) -> None
         )
         assert kinds == {"elements": "VIEW"}
         _check_against_pydicom(st, files)
+        assert Lake(st).element_join == elementstore.JOIN
+        assert _filter_uids(Lake(st), "InstitutionAddress") == _pydicom_having(files, "InstitutionAddress")
+
+
+def _filter_uids(lk: Lake, keyword: str) -> list[str]:
+    """The instances an element filter (``(gggg,eeee) = *``, not a typed column) finds, sorted."""
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    assert tag is not None
+    where = [f"({tag >> 16:04X},{tag & 0xFFFF:04X}) = *"]
+    uids = [str(u) for u in lk.query_arrow(where, ["SOPInstanceUID"]).column("SOPInstanceUID").to_pylist()]
+    assert lk.count_matching(where) == len(uids)
+    return sorted(uids)
+
+
+def _pydicom_having(files: list[Path], keyword: str) -> list[str]:
+    """The SOP Instance UIDs of the files whose data set has ``keyword`` at the top level with a
+    value (pydicom)."""
+    out = []
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        if keyword in ds and str(ds[keyword].value or "") != "":
+            out.append(str(ds.SOPInstanceUID))
+    return sorted(out)
+
+
+def test_element_filters_join_instance_numbers_and_find_each_instance_once(small_runs: None, tmp_path: Path) -> None:
+    """Filters read ``element_index`` by ``instances._iid``: a replaced instance's old rows (still
+    in the runs) match nothing, every instance is found once, the count and the cut page agree."""
+    files = _files(8)
+    lake = tmp_path / "lake"
+    with DuckDBStore(lake) as st:
+        ingest_paths(files, lake, workers=1, store=st)
+        st.merge_elements()
+        assert ingest_paths(files[:4], lake, workers=1, store=st).replaced == 4
+        dead = st.con.execute(
+            "SELECT count(*) FROM element_index WHERE iid NOT IN (SELECT iid FROM instance_keys)"
+        ).fetchall()[0][0]
+        assert dead > 0  # the replaced copies' rows are still stored
+        lk = Lake(st)
+        assert lk.element_join == elementstore.JOIN
+        partial = 0
+        for keyword in ("InstitutionAddress", "DateOfLastCalibration", "AdditionalPatientHistory", "PatientAddress"):
+            assert keyword not in lk.columns.kinds  # a filter on it reads the element store
+            want = _pydicom_having(files, keyword)
+            partial += 0 < len(want) < len(files)
+            assert _filter_uids(lk, keyword) == want, keyword
+        assert partial >= 2  # filters that tell instances apart
+        cut = lk.query_arrow(["(0008,0016) = *"], ["SOPInstanceUID"], limit=3)  # SOPClassUID
+        assert cut.num_rows == 3
+        assert (cut.schema.metadata or {})[b"dicomlake.total"] == str(len(files)).encode()
+        # every instance's number is the one instance_keys gives it, and no other instance's
+        pairs = st.con.execute(
+            "SELECT count(*), count(DISTINCT i._iid) FROM instances i JOIN instance_keys n "
+            "ON n.iid = i._iid AND n.SOPInstanceUID = i.SOPInstanceUID"
+        ).fetchall()[0]
+        assert pairs == (len(files), len(files))
+
+
+def test_exports_and_copies_never_carry_instance_numbers(tmp_path: Path) -> None:
+    """``_iid`` is the DuckDB lake's own: a Parquet lake (read by pyarrow) has no such column, and a
+    DuckDB lake imported from it numbers its instances anew."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from dicomlake.cli.main import app
+
+    files = _files(4)
+    lake = tmp_path / "lake"
+    ingest_paths(files, lake, workers=1)
+    out = tmp_path / "pq"
+    r = CliRunner().invoke(app, ["export", "--lake", str(lake), "--format", "lake", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    parts = sorted((out / "instances").rglob("*.parquet"))
+    assert parts
+    for part in parts:
+        assert "_iid" not in pq.read_schema(part).names, part
+    copy = tmp_path / "copy"
+    r = CliRunner().invoke(app, ["import", str(out), "--lake", str(copy)])
+    assert r.exit_code == 0, r.output
+    with DuckDBStore(copy) as st:
+        assert _filter_uids(Lake(st), "InstitutionAddress") == _pydicom_having(files, "InstitutionAddress")
 
 
 def test_cli_compact_keeps_exactly_the_elements_pydicom_reads(tmp_path: Path) -> None:

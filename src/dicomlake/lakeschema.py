@@ -149,6 +149,37 @@ def instance_columns(extra_file: str | None = None) -> InstanceColumns:
     return InstanceColumns(kinds)
 
 
+@dataclass(frozen=True, slots=True)
+class ElementJoin:
+    """How an engine's any-attribute filters reach ``instances i`` from its element rows:
+    ``i.<instance_column> IN (SELECT e.<relation_column> FROM <relation> e WHERE …)``.
+
+    Every engine has the ``elements`` relation keyed by ``SOPInstanceUID``
+    (:data:`ELEMENTS_BY_UID`). A DuckDB lake also numbers its instances: ``instances._iid``
+    and the element store's ``element_index`` (its rows with the attribute columns, keyed by
+    that number; docs/explanation/lake.md, "The element store"), so its filters join
+    integers, not UID text.
+    """
+
+    instance_column: str = "SOPInstanceUID"
+    relation: str = "elements"
+    relation_column: str = "SOPInstanceUID"
+
+
+ELEMENTS_BY_UID = ElementJoin()
+"""The join every engine can do: ``elements`` by SOP Instance UID."""
+
+
+INTERNAL_COLUMNS = frozenset({"_iid"})
+"""Columns an engine keeps for itself (a DuckDB lake's instance numbers): never exported or copied."""
+
+
+def element_join_of(store: object) -> ElementJoin:
+    """The ``element_join`` of a store or a reader of one (:data:`ELEMENTS_BY_UID` when it has none)."""
+    join = getattr(store, "element_join", None)
+    return join if isinstance(join, ElementJoin) else ELEMENTS_BY_UID
+
+
 # ---- elements, dicom_json ---------------------------------------------------------------
 
 ELEMENT_SCHEMA = pa.schema(
@@ -364,8 +395,10 @@ __all__ = [
     "DERIVED",
     "DOSE_COLUMNS",
     "DOSE_EVENT_COLUMNS",
+    "ELEMENTS_BY_UID",
     "ELEMENT_SCHEMA",
     "INGEST_RUNS_SCHEMA",
+    "INTERNAL_COLUMNS",
     "JSON_SCHEMA",
     "PULL_SCHEMAS",
     "PULL_STATES",
@@ -373,8 +406,10 @@ __all__ = [
     "SQL_TYPES",
     "TABLES",
     "DoseColumn",
+    "ElementJoin",
     "InstanceColumns",
     "dose_schema",
+    "element_join_of",
     "instance_columns",
     "kind_for_keyword",
     "table_schemas",

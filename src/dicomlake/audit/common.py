@@ -36,7 +36,7 @@ class Selection:
 
     def sql(self, lake: Lake, alias: str = "i") -> tuple[str, list[object]]:
         """A condition on ``instances {alias}``."""
-        cond, params, _ = where_clause(list(self.where), lake.columns)
+        cond, params, _ = where_clause(list(self.where), lake.columns, lake.element_join)
         if alias != "i":
             cond = cond.replace('i."', f'{alias}."')
         parts = [f"({cond})"]

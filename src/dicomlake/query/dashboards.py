@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from dicomlake.errors import QueryError
 from dicomlake.events import distinct_events_sql
+from dicomlake.lakeschema import element_join_of
 from dicomlake.query.filters import where_clause
 from dicomlake.query.qido import Reader, Restriction
 
@@ -77,7 +78,7 @@ def batches(
 
 def count(reader: Reader, where: Sequence[str], level: str, restrict: Restriction | None = None) -> int:
     """How many distinct entities of ``level`` match."""
-    cond, params, _ = where_clause(list(where), reader.columns)
+    cond, params, _ = where_clause(list(where), reader.columns, element_join_of(reader))
     if restrict is not None:
         cond = f"{restrict.sql('i')} AND {cond}"
     k = LEVEL_KEY[level]
@@ -94,10 +95,10 @@ def _dose_where(reader: Reader, where: Sequence[str], modalities: Sequence[str])
     A CT study's dose is in an RDSR whose Modality is SR; a Modality filter therefore matches a
     dose event when its instance, its dose family (CT, MG, DX, RF) or any instance of its study
     has that modality."""
-    cond, params, _ = where_clause(list(where), reader.columns)
+    cond, params, _ = where_clause(list(where), reader.columns, element_join_of(reader))
     if not modalities:
         return cond, params
-    mcond, mparams, _ = where_clause(list(modalities), reader.columns)
+    mcond, mparams, _ = where_clause(list(modalities), reader.columns, element_join_of(reader))
     family = mcond.replace('i."Modality"', "d.modality_family")
     study = mcond.replace('i."', 'j."')
     widened = (
@@ -128,7 +129,7 @@ def chart(
         if "dose_events" not in tables:
             return pa.table({})
     else:
-        cond, params, _ = where_clause([*where, *modalities], reader.columns)
+        cond, params, _ = where_clause([*where, *modalities], reader.columns, element_join_of(reader))
     if restrict is not None:
         cond = f"{restrict.sql('i')} AND {cond}"
     col = {"ct-dose": "CTDIvol_mGy", "ct-dlp": "DLP_mGycm", "mg-force": "compression_force_N"}.get(name)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from dicomlake.dicom.dictionary import keyword_to_tag, lookup, parse_tag
 from dicomlake.errors import QueryError
-from dicomlake.lakeschema import DERIVED, InstanceColumns
+from dicomlake.lakeschema import DERIVED, ELEMENTS_BY_UID, ElementJoin, InstanceColumns
 
 OPS = ("!=", "<=", ">=", "=", "<", ">")
 _FILTER = re.compile(r"^\s*(?P<key>.+?)\s*(?P<op>!=|<=|>=|=|<|>)\s*(?P<value>.*?)\s*$", re.S)
@@ -142,6 +142,14 @@ def _like(pattern: str) -> str:
     return esc.replace("*", "%").replace("?", "_")
 
 
+def _like_sql(expr: str, pattern: str) -> str:
+    """``expr LIKE ?`` for a :func:`_like` pattern. The ``ESCAPE '\\'`` clause only when the
+    pattern escapes something: without one, DuckDB runs a plain substring or prefix match (a
+    filter over 10 M element rows: 46 vs 256 ms), and a pattern without a backslash means the
+    same on DuckDB (no escape character) and PostgreSQL (``\\`` by default)."""
+    return f"{expr} LIKE ? ESCAPE '\\'" if "\\" in pattern else f"{expr} LIKE ?"
+
+
 def _dicom_date(v: str) -> str | None:
     v = v.strip()
     if _DATE_ISO.match(v):
@@ -233,8 +241,9 @@ def _column_sql(key: Key, op: str, value: str, where: str) -> tuple[str, list[ob
         for v in values:
             v = v.strip()
             if "*" in v or "?" in v:
-                parts.append(f"{col} LIKE ? ESCAPE '\\'")
-                params.append(_like(v))
+                pattern = _like(v)
+                parts.append(_like_sql(col, pattern))
+                params.append(pattern)
             elif key.multi and op == "=":
                 parts.append(f"(list_contains(string_split({col}, '\\'), ?) OR {col} = ?)")
                 params += [v, v]
@@ -259,7 +268,7 @@ def _column_sql(key: Key, op: str, value: str, where: str) -> tuple[str, list[ob
     return (f"NOT {sql}" if op == "!=" else sql), params
 
 
-def _element_sql(key: Key, op: str, value: str, where: str) -> tuple[str, list[object]]:
+def _element_sql(key: Key, op: str, value: str, where: str, join: ElementJoin) -> tuple[str, list[object]]:
     params: list[object]
     if key.path_key is not None:
         loc, params = "e.path_key = ?", [key.path_key]
@@ -285,8 +294,9 @@ def _element_sql(key: Key, op: str, value: str, where: str) -> tuple[str, list[o
         for v in values:
             v = v.strip()
             if "*" in v or "?" in v:
-                alts.append("e.value_text LIKE ? ESCAPE '\\'")
-                params.append(_like(v))
+                pattern = _like(v)
+                alts.append(_like_sql("e.value_text", pattern))
+                params.append(pattern)
             elif _NUM.match(v) and (
                 op not in ("=", "!=")
                 or key.vr in (None, "DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "UN")
@@ -308,14 +318,17 @@ def _element_sql(key: Key, op: str, value: str, where: str) -> tuple[str, list[o
                 alts.append(f"e.value_text {op} ?")
                 params.append(v)
         conds.append("(" + " OR ".join(alts) + ")")
-    inner = f"SELECT e.SOPInstanceUID FROM elements e WHERE {loc} AND " + " AND ".join(conds)
+    inner = f'SELECT e."{join.relation_column}" FROM {join.relation} e WHERE {loc} AND ' + " AND ".join(conds)
+    outer = f'i."{join.instance_column}"'
     if op == "!=":
-        return f"i.SOPInstanceUID NOT IN ({inner})", params
-    return f"i.SOPInstanceUID IN ({inner})", params
+        return f"{outer} NOT IN ({inner})", params
+    return f"{outer} IN ({inner})", params
 
 
-def parse_filter(text: str, columns: InstanceColumns) -> Filter:
-    """Parse ``KEY OP VALUE`` into SQL over ``instances i``."""
+def parse_filter(text: str, columns: InstanceColumns, join: ElementJoin = ELEMENTS_BY_UID) -> Filter:
+    """Parse ``KEY OP VALUE`` into SQL over ``instances i``; a filter on an attribute without
+    a typed column reads the engine's element rows through ``join`` (the store's
+    ``element_join``)."""
     m = _FILTER.match(text)
     if not m:
         raise QueryError(
@@ -330,13 +343,18 @@ def parse_filter(text: str, columns: InstanceColumns) -> Filter:
     if key.column is not None:
         sql, params = _column_sql(key, op, value, where)
     else:
-        sql, params = _element_sql(key, op, value, where)
+        sql, params = _element_sql(key, op, value, where, join)
     return Filter(text=text, key=key, op=op, value=value, sql=sql, params=tuple(params))
 
 
-def where_clause(filters: list[str], columns: InstanceColumns) -> tuple[str, list[object], list[Filter]]:
-    """AND of all filters: ``(sql, params, parsed)``; ``TRUE`` when there are none."""
-    parsed = [parse_filter(f, columns) for f in filters]
+def where_clause(
+    filters: list[str], columns: InstanceColumns, join: ElementJoin = ELEMENTS_BY_UID
+) -> tuple[str, list[object], list[Filter]]:
+    """AND of all filters: ``(sql, params, parsed)``; ``TRUE`` when there are none.
+
+    ``join`` is the store's ``element_join`` (how its element rows reach ``instances``).
+    """
+    parsed = [parse_filter(f, columns, join) for f in filters]
     if not parsed:
         return "TRUE", [], []
     sql = " AND ".join(f.sql for f in parsed)

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from dicomlake.config import get_settings
 from dicomlake.errors import QueryError
-from dicomlake.lakeschema import DERIVED, instance_columns
+from dicomlake.lakeschema import DERIVED, element_join_of, instance_columns
 from dicomlake.query.filters import Filter, resolve_key, where_clause
 from dicomlake.store.duckdb import DuckDBStore
 
@@ -23,6 +23,8 @@ LEVEL_KEY = {
     "study": "StudyInstanceUID",
     "patient": "PatientID",
 }
+TOTAL = "dicomlake.total"
+"""The column ``Lake.build_query(with_total=True)`` adds: how many instances match."""
 # the stable order of instance-level results, on every engine (then SOPInstanceUID)
 INSTANCE_ORDER = ("StudyDate", "StudyInstanceUID", "SeriesNumber", "InstanceNumber")
 DEFAULT_SELECT = {
@@ -39,6 +41,8 @@ class Lake:
     def __init__(self, store: DuckDBStore | Any) -> None:
         self.store = store
         self.columns = store.columns
+        self.element_join = element_join_of(store)
+        """How the store's element rows reach ``instances`` (:class:`~dicomlake.lakeschema.ElementJoin`)."""
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> Lake:
@@ -104,6 +108,7 @@ class Lake:
         *,
         restrict: str | None = None,
         extra_row: bool = False,
+        with_total: bool = False,
     ) -> tuple[str, list[object], list[Filter]]:
         """The SQL for a filtered selection at a level (instance, series, study, patient).
 
@@ -116,11 +121,14 @@ class Lake:
         StudyInstanceUID, SeriesNumber, InstanceNumber, SOPInstanceUID (NULLs last); other
         levels by their key; ``order_by`` first, that order after it. A restricted view orders
         by the MD5 of the UIDs instead, which shows nothing of the values it hides. ``extra_row`` asks
-        for one row past the limit, so a caller can tell that the limit cut.
+        for one row past the limit, so a caller can tell that the limit cut. ``with_total`` (instance
+        level) adds the column :data:`TOTAL` (how many instances match) to every row: the matches are
+        found once (a materialised CTE of the columns the page needs) for both the page and the count,
+        where a second statement would join the filter's element rows with ``instances`` again.
         """
         if level not in LEVELS:
             raise QueryError(f"level {level!r}: choose one of {', '.join(LEVELS)}")
-        cond, params, parsed = where_clause(list(where), self.columns)
+        cond, params, parsed = where_clause(list(where), self.columns, self.element_join)
         if restrict is not None:
             if not isinstance(restrict, str) or not restrict.strip():
                 raise QueryError("the row restriction is empty: refusing to run the query without it")
@@ -128,16 +136,19 @@ class Lake:
         names = list(select) if select else DEFAULT_SELECT[level]
         exprs: list[str] = []
         sel_params: list[object] = []
+        used: list[str] = []  # the typed columns the statement reads (with_total)
         for name in names:
             key = resolve_key(name, self.columns)
             if key.column is not None:
                 expr = f'i."{key.column}"'
+                used.append(key.column)
             else:
                 loc = "e.path_key = ?" if key.path_key is not None else "e.tag = ? AND e.depth = 0"
                 sel_params.append(key.path_key if key.path_key is not None else key.tag)
+                j = self.element_join
                 expr = (
-                    f"(SELECT first(e.value_text ORDER BY e.path) FROM elements e "
-                    f"WHERE e.SOPInstanceUID = i.SOPInstanceUID AND {loc})"
+                    f"(SELECT first(e.value_text ORDER BY e.path) FROM {j.relation} e "
+                    f'WHERE e."{j.relation_column}" = i."{j.instance_column}" AND {loc})'
                 )
             alias = _qident(name)
             if level == "instance":
@@ -185,6 +196,17 @@ class Lake:
                 first = f'any_value(i."{okey.column}")'
             first += self._collate(okey.column)
             order.insert(0, first + (" DESC NULLS LAST" if order_by.startswith("-") else " ASC NULLS LAST"))
+        if with_total and level == "instance":
+            used += [c for c in INSTANCE_ORDER if c in self.columns.kinds]
+            used += ["SOPInstanceUID", self.element_join.instance_column]
+            if order_by:
+                used.append(resolve_key(order_by.lstrip("-"), self.columns).column or "SOPInstanceUID")
+            cols = ", ".join(f"i.{_qident(c)}" for c in dict.fromkeys(used))
+            sql = (
+                f"WITH m AS MATERIALIZED (SELECT {cols} FROM instances i WHERE {cond}) "
+                f"SELECT {', '.join(exprs)}, (SELECT count(*) FROM m) AS {_qident(TOTAL)} FROM m i"
+            )
+            sel_params, params = params, sel_params  # the WHERE clause's placeholders now come first
         sql += " ORDER BY " + ", ".join(order)
         max_rows = get_settings().query.max_rows
         n = min(limit, max_rows) if limit else max_rows
@@ -211,13 +233,21 @@ class Lake:
         """The selection as an Arrow table, in a stable order. When ``limit`` (or the
         ``query.max_rows`` cap) cut it, the schema metadata says so: ``dicomlake.truncated``
         (the limit) and ``dicomlake.total`` (how many rows match); see :func:`cut_note`."""
-        sql, params, _ = self.build_query(where, select, level, limit, order_by, restrict=restrict, extra_row=True)
+        sql, params, _ = self.build_query(
+            where, select, level, limit, order_by, restrict=restrict, extra_row=True, with_total=True
+        )
         table = self.store.query(sql, params)
+        total: int | None = None
+        if TOTAL in table.column_names:
+            counts = table.column(TOTAL)
+            total = int(counts[0].as_py()) if len(counts) else 0
+            table = table.drop_columns([TOTAL])
         max_rows = get_settings().query.max_rows
         n = min(limit, max_rows) if limit else max_rows
         if table.num_rows <= n:
             return table
-        total = self.count_matching(where, level, restrict=restrict)
+        if total is None:
+            total = self.count_matching(where, level, restrict=restrict)
         meta = dict(table.schema.metadata or {})
         meta.update({b"dicomlake.truncated": str(n).encode(), b"dicomlake.total": str(total).encode()})
         return table.slice(0, n).replace_schema_metadata(meta)
@@ -226,7 +256,7 @@ class Lake:
         """How many rows a selection has at a level (before any limit)."""
         if level not in LEVELS:
             raise QueryError(f"level {level!r}: choose one of {', '.join(LEVELS)}")
-        cond, params, _ = where_clause(list(where), self.columns)
+        cond, params, _ = where_clause(list(where), self.columns, self.element_join)
         if restrict is not None:
             cond = f"({restrict}) AND ({cond})"
         what = "count(*)" if level == "instance" else f'count(DISTINCT i."{LEVEL_KEY[level]}")'

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol, Self
 
 import pyarrow as pa
 
-from dicomlake.lakeschema import InstanceColumns
+from dicomlake.lakeschema import ElementJoin, InstanceColumns
 
 if TYPE_CHECKING:
     from dicomlake.store.pullstate import PullStateTables
@@ -56,6 +56,9 @@ class Store(Protocol):
     columns: InstanceColumns
     """The typed ``instances`` columns this lake was opened with."""
     read_only: bool
+    element_join: ElementJoin
+    """How any-attribute filters reach ``instances`` from the element rows (the filter
+    compiler's one engine-specific input; :class:`~dicomlake.lakeschema.ElementJoin`)."""
 
     @property
     def lake(self) -> Path | str:

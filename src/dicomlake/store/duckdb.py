@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.lakeschema import InstanceColumns, instance_columns, table_schemas
+from dicomlake.lakeschema import ElementJoin, InstanceColumns, instance_columns, table_schemas
 from dicomlake.store import elementstore
 from dicomlake.store.base import WriteReport
 from dicomlake.store.keyindex import KeyIndex
@@ -106,6 +106,9 @@ class DuckDBStore:
             self._ensure_schema()
             if created:
                 _chmod(db, 0o600)
+        self.element_join: ElementJoin = elementstore.join_of(self.con)
+        """How filters reach ``instances`` from the element store (``_iid`` and ``element_index``;
+        by UID in an older lake opened read-only)."""
 
     # ---- schema -------------------------------------------------------------------------
 
@@ -158,9 +161,7 @@ class DuckDBStore:
         con.execute("BEGIN TRANSACTION")
         try:
             if inst is not None and inst.num_rows:
-                con.register("b_inst", inst)
-                replaced, batch_iids = self._upsert_instances()
-                con.unregister("b_inst")
+                replaced, batch_iids = self._upsert_instances(inst)
             if elements is not None and elements.num_rows:
                 elementstore.write(con, elements, batch_iids)
             for name, tab in (("dicom_json", js), ("dose_events", dose)):
@@ -200,9 +201,10 @@ class DuckDBStore:
                 self._wal_private = True
         return WriteReport.of(tables, replaced)
 
-    def _upsert_instances(self) -> tuple[int, pa.Table]:
-        """Insert the batch registered as ``b_inst``, replacing instances the lake holds: how many
-        it replaced, and the batch's instance numbers (``u``, ``iid``) for the element store.
+    def _upsert_instances(self, inst: pa.Table) -> tuple[int, pa.Table]:
+        """Insert the batch's ``instances`` rows, replacing instances the lake holds: how many
+        it replaced, and the batch's instance numbers (``u``, ``iid``) for the element store
+        (also written as each row's ``_iid``).
 
         Which of the batch's keys the lake already holds is looked up in the writer's sorted
         copy of ``instance_keys``' 64-bit hashes (:mod:`dicomlake.store.keyindex`): a binary
@@ -218,7 +220,13 @@ class DuckDBStore:
         self._keys.sync(con)
         if self._keys.generation != generation:  # another writer added instances: number after theirs
             self._next_iid = None
-        batch = con.execute("SELECT SOPInstanceUID AS u, hash(SOPInstanceUID) AS h FROM b_inst").fetchnumpy()
+        if "_iid" in inst.column_names:  # numbers of another lake (a copy): this lake numbers anew
+            inst = inst.drop_columns(["_iid"])
+        con.register("b_inst", inst)
+        try:
+            batch = con.execute("SELECT SOPInstanceUID AS u, hash(SOPInstanceUID) AS h FROM b_inst").fetchnumpy()
+        finally:
+            con.unregister("b_inst")
         uids, hashes = batch["u"], np.asarray(batch["h"], dtype=np.uint64)
         hit = self._keys.contains(hashes)
         gone: list[str] = []
@@ -239,12 +247,16 @@ class DuckDBStore:
             for t in ("dicom_json", "dose_events"):
                 con.execute(f'DELETE FROM "{t}" WHERE SOPInstanceUID IN (SELECT u FROM b_old)')
             con.unregister("b_old")
-        con.execute("INSERT INTO instances BY NAME SELECT * FROM b_inst")
         if self._next_iid is None:
             self._next_iid = elementstore.next_iid(con)
         iids = np.arange(self._next_iid, self._next_iid + len(uids), dtype=np.int64)
         self._next_iid += len(uids)
         elementstore.set_next_iid(con, self._next_iid)
+        con.register("b_inst", inst.append_column("_iid", pa.array(iids)))
+        try:
+            con.execute("INSERT INTO instances BY NAME SELECT * FROM b_inst")
+        finally:
+            con.unregister("b_inst")
         u_arr = pa.array(uids.astype(str) if uids.dtype != object else list(uids), pa.string())
         con.register("b_new", pa.table({"h": pa.array(hashes, pa.uint64()), "iid": pa.array(iids), "u": u_arr}))
         con.execute("INSERT INTO instance_keys SELECT h, iid, u FROM b_new")
@@ -256,12 +268,16 @@ class DuckDBStore:
         return len(gone), pa.table({"u": u_arr, "iid": pa.array(iids)})
 
     def _ensure_keys(self) -> None:
-        """``instance_keys`` holds one row per instance; mended when it does not (rows written
-        by other means): missing instances get new numbers, numbers of instances gone are
-        dropped; the numbers of the others stay (the element store is keyed by them)."""
+        """``instance_keys`` holds one row per instance and ``instances._iid`` its number; mended
+        when they do not (rows written by other means): missing instances get new numbers,
+        numbers of instances gone are dropped; the numbers of the others stay (the element
+        store is keyed by them)."""
         con = self.con
-        row = con.execute("SELECT (SELECT count(*) FROM instances), (SELECT count(*) FROM instance_keys)").fetchall()
-        if row and row[0][0] != row[0][1]:
+        row = con.execute(
+            "SELECT (SELECT count(*) FROM instances), (SELECT count(*) FROM instance_keys), "
+            "(SELECT count(*) FROM instances WHERE _iid IS NULL)"
+        ).fetchall()
+        if row and (row[0][0] != row[0][1] or row[0][2]):
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(
@@ -273,6 +289,7 @@ class DuckDBStore:
                     "FROM (SELECT SOPInstanceUID AS u FROM instances EXCEPT SELECT SOPInstanceUID FROM instance_keys)"
                 ).fetchall()[0][0]
                 elementstore.set_next_iid(con, start + int(n) + 1)
+                elementstore.number_instances(con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -326,7 +343,9 @@ class DuckDBStore:
         self, name: str, schema: pa.Schema | None = None, batch_rows: int = 200_000
     ) -> Iterator[pa.RecordBatch]:
         """Every row of a table as Arrow batches (of ``schema``'s columns when given)."""
-        cols = ", ".join(f'"{f.name}"' for f in schema) if schema is not None else "*"
+        cols = ", ".join(f'"{f.name}"' for f in schema) if schema is not None else "* EXCLUDE (_iid)"
+        if schema is None and "_iid" not in self._existing_columns(name):
+            cols = "*"
         try:
             reader = self.con.sql(f'SELECT {cols} FROM "{name}"').to_arrow_reader(batch_rows)
         except duckdb.Error as exc:

@@ -24,6 +24,14 @@ is a view over three tables (the design and its measurements: docs/explanation/l
 A re-ingested instance gets a new ``iid``; its old rows stay behind until a merge or
 :func:`compact` drops them, and the view's join with ``instance_keys`` hides them
 meanwhile: a replacement never scans the element rows.
+
+Each ``instances`` row carries its number too (``_iid``, written in the same statement as the
+row), and ``element_index`` is the store's rows with their attribute columns, keyed by
+``iid``, without the join with ``instance_keys``: the filter compiler's relation
+(:data:`JOIN`). ``i._iid IN (SELECT e.iid FROM element_index e WHERE …)`` joins integers
+where ``elements`` would join UID text, and a replaced instance's old rows match no
+``instances`` row (its number changed). A filter matching half of 10 M instances: 1.2 s
+instead of 4.0 s (docs/explanation/lake.md).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from dicomlake.errors import WriteError
+from dicomlake.lakeschema import ELEMENTS_BY_UID, ElementJoin
 
 MERGE_ROWS = 250_000
 """Rows of ``element_delta`` (~1,600 typical image headers) sorted into a run of ``element_recent``."""
@@ -46,12 +55,36 @@ TABLES = ("element_data", "element_recent", "element_delta")
 ATTRS = ("path_key", "depth", "tag", "keyword", "VR", "private_creator")
 DATA_COLUMNS = "kid INTEGER, iid BIGINT, path VARCHAR, value_text VARCHAR, value_num DOUBLE, length BIGINT"
 
-VIEW = """CREATE OR REPLACE VIEW elements AS
+_ROWS = """FROM (SELECT * FROM element_data UNION ALL SELECT * FROM element_recent UNION ALL SELECT * FROM element_delta) d
+JOIN element_keys k ON k.kid = d.kid"""
+VIEW = f"""CREATE OR REPLACE VIEW elements AS
 SELECT n.SOPInstanceUID, coalesce(d.path, k.path_key) AS path, k.path_key, k.depth, k.tag, k.keyword,
        k.VR, k.private_creator, d.value_text, d.value_num, d.length
-FROM (SELECT * FROM element_data UNION ALL SELECT * FROM element_recent UNION ALL SELECT * FROM element_delta) d
-JOIN element_keys k ON k.kid = d.kid
+{_ROWS}
 JOIN instance_keys n ON n.iid = d.iid"""
+INDEX_VIEW = f"""CREATE OR REPLACE VIEW element_index AS
+SELECT d.iid, coalesce(d.path, k.path_key) AS path, k.path_key, k.depth, k.tag, k.keyword,
+       k.VR, k.private_creator, d.value_text, d.value_num, d.length
+{_ROWS}"""
+"""The rows keyed by instance number, replaced instances' rows included: what filters read,
+joining ``iid`` with ``instances._iid`` (a replaced instance's old number is in no row of
+``instances``, so its rows match nothing); ``elements`` is for everyone else."""
+JOIN = ElementJoin("_iid", "element_index", "iid")
+"""How a DuckDB lake's filters reach ``instances`` (:class:`~dicomlake.lakeschema.ElementJoin`)."""
+
+
+def join_of(con: Any) -> ElementJoin:
+    """:data:`JOIN`, or by UID in a lake not converted yet (an older lake opened read-only)."""
+    if _kind(con, "element_index") is not None and "_iid" in _columns(con, "instances"):
+        return JOIN
+    return ELEMENTS_BY_UID
+
+
+def views(con: Any) -> None:
+    """(Re)create ``elements`` and ``element_index`` (after their tables were replaced)."""
+    con.execute(VIEW)
+    con.execute(INDEX_VIEW)
+
 
 _MATCH = " AND ".join(f"k.{a} IS NOT DISTINCT FROM b.{a}" for a in ATTRS)
 
@@ -72,20 +105,27 @@ def _columns(con: Any, name: str) -> set[str]:
 
 def ensure(con: Any) -> None:
     """Create the element store, or convert a lake of an older dicomlake (an ``elements``
-    table; ``instance_keys`` of hashes only) to it, in one transaction."""
+    table; ``instance_keys`` of hashes only; ``instances`` without ``_iid``) to it, in one
+    transaction."""
     old_elements = _kind(con, "elements") == "BASE TABLE"
     keys_cols = _columns(con, "instance_keys")
-    fresh = any(_kind(con, t) is None for t in ("element_keys", *TABLES))
-    if not (old_elements or fresh or keys_cols != {"h", "iid", "SOPInstanceUID"}):
+    new_keys = keys_cols != {"h", "iid", "SOPInstanceUID"}
+    no_iid = "_iid" not in _columns(con, "instances")
+    fresh = any(_kind(con, t) is None for t in ("element_keys", "element_index", *TABLES))
+    if not (old_elements or fresh or new_keys or no_iid):
         return
     con.execute("BEGIN TRANSACTION")
     try:
-        if keys_cols != {"h", "iid", "SOPInstanceUID"}:
+        if new_keys:
             con.execute("DROP TABLE IF EXISTS instance_keys")
             con.execute(
                 "CREATE TABLE instance_keys AS SELECT hash(SOPInstanceUID) AS h, "
                 "(row_number() OVER ())::BIGINT AS iid, SOPInstanceUID FROM instances"
             )
+        if no_iid:
+            con.execute("ALTER TABLE instances ADD COLUMN _iid BIGINT")
+        if no_iid or new_keys:
+            number_instances(con)
         con.execute(
             "CREATE TABLE IF NOT EXISTS element_keys (kid INTEGER PRIMARY KEY, path_key VARCHAR, depth TINYINT, tag VARCHAR, "
             "keyword VARCHAR, VR VARCHAR, private_creator VARCHAR)"
@@ -104,11 +144,19 @@ def ensure(con: Any) -> None:
                 ORDER BY k.kid, n.iid"""
             )
             con.execute("DROP TABLE elements_v1")
-        con.execute(VIEW)
+        views(con)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def number_instances(con: Any) -> None:
+    """Copy each instance's number from ``instance_keys`` into ``instances._iid`` where it differs."""
+    con.execute(
+        "UPDATE instances SET _iid = n.iid FROM instance_keys n "
+        "WHERE n.SOPInstanceUID = instances.SOPInstanceUID AND instances._iid IS DISTINCT FROM n.iid"
+    )
 
 
 def add_keys(con: Any, source: str) -> None:
@@ -222,7 +270,7 @@ def _rebuild(con: Any, target: str, sources: tuple[str, ...]) -> None:
         if t != target:
             con.execute(f"DROP TABLE {t}")
             con.execute(f"CREATE TABLE {t} ({DATA_COLUMNS})")
-    con.execute(VIEW)
+    views(con)
 
 
 def merge(con: Any) -> None:
@@ -236,7 +284,7 @@ def merge(con: Any) -> None:
         con.execute(f"CREATE TABLE element_delta ({DATA_COLUMNS})")
         if count(con, "element_recent") >= RUN_ROWS:
             _rebuild(con, "element_data", ("element_recent",))
-        con.execute(VIEW)
+        views(con)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -48,8 +48,8 @@ class KeyIndex:
 
     def sync(self, con: Any) -> None:
         """Load, or reload when the table's row count is not the copy's (``count(*)`` costs < 1 ms)."""
-        row = con.execute("SELECT count(*) FROM instance_keys").fetchone()
-        if not self.loaded or (row is not None and int(row[0]) != len(self)):
+        rows = con.execute("SELECT count(*) FROM instance_keys").fetchall()
+        if not self.loaded or (rows and int(rows[0][0]) != len(self)):
             self.load(con)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.lakeschema import INGEST_RUNS_SCHEMA, InstanceColumns, instance_columns, table_schemas
+from dicomlake.lakeschema import ELEMENTS_BY_UID, INGEST_RUNS_SCHEMA, InstanceColumns, instance_columns, table_schemas
 from dicomlake.store.base import WriteReport
 from dicomlake.store.pullstate import PullStateTables
 
@@ -230,6 +230,7 @@ class ParquetStore:
         self.lake = Path(lake)
         self.read_only = True
         self.columns = columns or instance_columns()
+        self.element_join = ELEMENTS_BY_UID  # the per-element table, by UID
         if not self.lake.is_dir():
             raise ConfigError(f"no Parquet lake at {self.lake} (not a folder)")
         marker = self.lake / MARKER

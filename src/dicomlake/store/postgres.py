@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.lakeschema import InstanceColumns, instance_columns
+from dicomlake.lakeschema import ELEMENTS_BY_UID, InstanceColumns, instance_columns
 from dicomlake.store.base import WriteReport
 from dicomlake.store.lakesql import to_postgres
 from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate
@@ -109,6 +109,7 @@ class PostgresStore:
         self.lake = self.url
         self.read_only = read_only
         self.columns = columns or instance_columns()
+        self.element_join = ELEMENTS_BY_UID  # the per-element table, by UID
         try:
             self.connection = psycopg.connect(self.url, autocommit=True, options="-c TimeZone=UTC -c DateStyle=ISO,YMD")
         except psycopg.Error as exc:

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.errors import QueryError
-from dicomlake.lakeschema import InstanceColumns, instance_columns
+from dicomlake.lakeschema import ELEMENTS_BY_UID, ElementJoin, InstanceColumns, element_join_of, instance_columns
 
 
 def _cursor_of(store: Any) -> Any:
@@ -42,6 +42,11 @@ class LakeReads:
         self._get_store = get_store
         self._lock = threading.Lock()
         self.columns: InstanceColumns = columns or getattr(get_store(), "columns", None) or instance_columns()
+
+    @property
+    def element_join(self) -> ElementJoin:
+        """The store's :class:`~dicomlake.lakeschema.ElementJoin` (for the filter compiler)."""
+        return element_join_of(self.store)
 
     @property
     def store(self) -> Any:
@@ -88,7 +93,7 @@ class LakeReads:
         store = self.store
         cur = _cursor_of(store)
         if cur is not None:
-            return CursorStore(cur, self.columns, lake)
+            return CursorStore(cur, self.columns, lake, element_join_of(store))
         return _Borrowed(self)
 
 
@@ -119,9 +124,12 @@ class CursorStore:
 
     read_only = True
 
-    def __init__(self, con: Any, columns: InstanceColumns, lake: Path | None = None) -> None:
+    def __init__(
+        self, con: Any, columns: InstanceColumns, lake: Path | None = None, element_join: ElementJoin = ELEMENTS_BY_UID
+    ) -> None:
         self.con = con
         self.columns = columns
+        self.element_join = element_join
         self.lake = lake
 
     def query(self, sql: str, params: Any = None) -> pa.Table:

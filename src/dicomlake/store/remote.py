@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import InstanceColumns, instance_columns
+from dicomlake.store import elementstore
 from dicomlake.store.base import WriteReport
 from dicomlake.store.pullstate import PullStateTables
 
@@ -148,6 +149,7 @@ class RemoteStore:
         self.lake = Path(lake)
         self.info = info
         self.columns = columns or instance_columns()
+        self.element_join = elementstore.JOIN  # the service holds a DuckDB lake, converted when it opened it
         self._client = httpx.Client(
             base_url=info.control_url,
             headers={"Authorization": f"Bearer {info.token}"},

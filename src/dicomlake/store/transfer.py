@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.errors import ConfigError
-from dicomlake.lakeschema import INGEST_RUNS_SCHEMA, TABLES, table_schemas
+from dicomlake.lakeschema import INGEST_RUNS_SCHEMA, INTERNAL_COLUMNS, TABLES, table_schemas
 from dicomlake.store.base import Store
 from dicomlake.store.curation import CURATION_SCHEMAS, curation_of
 from dicomlake.store.parquet import (
@@ -63,9 +63,11 @@ def table_schema(store: Any, name: str) -> pa.Schema | None:
             return None
         return pa.schema([f for f in known if f.name in have])
     try:
-        return store.query(f'SELECT * FROM "{name}" LIMIT 0').schema  # type: ignore[no-any-return]
+        schema: pa.Schema = store.query(f'SELECT * FROM "{name}" LIMIT 0').schema
     except Exception:
         return None
+    # a DuckDB lake's instance numbers (instances._iid) are its own: a copy numbers anew
+    return pa.schema([f for f in schema if f.name not in INTERNAL_COLUMNS])
 
 
 def iter_table(store: Store, name: str, schema: pa.Schema, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
