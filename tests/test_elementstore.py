@@ -253,3 +253,22 @@ def test_cli_compact_keeps_exactly_the_elements_pydicom_reads(tmp_path: Path) ->
     with DuckDBStore(lake) as st:
         assert elementstore.count(st.con, "element_data") == sum(sum(_pydicom_counts(f).values()) for f in files)
         _check_against_pydicom(st, files)
+
+
+def test_two_writers_never_give_two_instances_one_number(tmp_path: Path) -> None:
+    """A writer whose last batch was before another writer's *replacement* (the key count
+    unchanged) numbers its next instances after the other's: no two instances share an ``iid``,
+    so a filter on an attribute only one of them has never finds both."""
+    files = _files(3)
+    lake = tmp_path / "lake"
+    with DuckDBStore(lake) as first:
+        ingest_paths(files[:2], lake, workers=1, store=first)
+        with DuckDBStore(lake) as second:  # the same lake, in the same process
+            assert ingest_paths(files[:1], lake, workers=1, store=second).replaced == 1
+        ingest_paths(files[2:], lake, workers=1, store=first)
+        shared = first.con.execute("SELECT iid FROM instance_keys GROUP BY iid HAVING count(*) > 1").fetchall()
+        assert shared == []
+        numbers = first.con.execute("SELECT count(DISTINCT _iid), count(*) FROM instances").fetchall()[0]
+        assert numbers == (3, 3)
+        for keyword in ("InstitutionAddress", "DateOfLastCalibration", "PatientAddress"):
+            assert _filter_uids(Lake(first), keyword) == _pydicom_having(files, keyword), keyword

@@ -293,6 +293,14 @@ def test_sandbox_service_internal_endpoint_and_cli_refuse_payloads(
     ok = cli("sql", "--lake", str(served_lake), "--format", "csv", "SELECT count(*) AS n FROM instances")
     assert ok.exit_code == 0, ok.output
     n = int(ok.output.split()[-1])
+    # a filter on an attribute without a typed column, through the service: its instance numbers
+    from dicomlake.query.lake import Lake
+    from dicomlake.store import elementstore
+    from dicomlake.store.remote import RemoteStore
+
+    with Lake.open(served_lake, read_only=True) as lk:
+        assert isinstance(lk.store, RemoteStore) and lk.element_join == elementstore.JOIN
+        assert lk.count_matching(["(0002,0012) = *"]) == n  # ImplementationClassUID: every file has one
     # the service's writer still writes after user SQL locked its DuckDB instance
     require_tool("storescu")
     sent, bad, out = storescu(port, [str(p) for p in make_instances(tmp_path / "new", 2)])

@@ -38,7 +38,7 @@ def query(
 
     sel = split_keys(select) if select else None
     with Lake.open(lake_path(lake), read_only=True) as lk:
-        sql, params, parsed = lk.build_query(where, sel, level, limit, order_by)
+        sql, params, parsed = lk.build_query(where, sel, level, limit, order_by, extra_row=True, with_total=True)
         if show_sql:
             typer.echo(sql)
             typer.echo(f"-- params: {params}")

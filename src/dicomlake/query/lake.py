@@ -122,9 +122,12 @@ class Lake:
         levels by their key; ``order_by`` first, that order after it. A restricted view orders
         by the MD5 of the UIDs instead, which shows nothing of the values it hides. ``extra_row`` asks
         for one row past the limit, so a caller can tell that the limit cut. ``with_total`` (instance
-        level) adds the column :data:`TOTAL` (how many instances match) to every row: the matches are
-        found once (a materialised CTE of the columns the page needs) for both the page and the count,
-        where a second statement would join the filter's element rows with ``instances`` again.
+        level, a filter on an attribute without a typed column) adds the column :data:`TOTAL` (how
+        many instances match) to every row: the matches are found once (a materialised CTE of the
+        columns the page needs) for both the page and the count, where a second statement would
+        join the filter's element rows with ``instances`` again. Without such a filter the page is
+        a plain top-N and a count runs only when the page was cut (materialising every match of
+        a broad typed filter costs more than counting them again).
         """
         if level not in LEVELS:
             raise QueryError(f"level {level!r}: choose one of {', '.join(LEVELS)}")
@@ -196,7 +199,7 @@ class Lake:
                 first = f'any_value(i."{okey.column}")'
             first += self._collate(okey.column)
             order.insert(0, first + (" DESC NULLS LAST" if order_by.startswith("-") else " ASC NULLS LAST"))
-        if with_total and level == "instance":
+        if with_total and level == "instance" and any(f.key.column is None for f in parsed):
             used += [c for c in INSTANCE_ORDER if c in self.columns.kinds]
             used += ["SOPInstanceUID", self.element_join.instance_column]
             if order_by:

@@ -56,9 +56,12 @@ class Store(Protocol):
     columns: InstanceColumns
     """The typed ``instances`` columns this lake was opened with."""
     read_only: bool
-    element_join: ElementJoin
-    """How any-attribute filters reach ``instances`` from the element rows (the filter
-    compiler's one engine-specific input; :class:`~dicomlake.lakeschema.ElementJoin`)."""
+
+    @property
+    def element_join(self) -> ElementJoin:
+        """How any-attribute filters reach ``instances`` from the element rows (the filter
+        compiler's one engine-specific input; :class:`~dicomlake.lakeschema.ElementJoin`)."""
+        ...
 
     @property
     def lake(self) -> Path | str:

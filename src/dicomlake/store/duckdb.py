@@ -216,10 +216,7 @@ class DuckDBStore:
         replaced one's older element rows are left to the element store (they no longer join).
         """
         con = self.con
-        generation = self._keys.generation
         self._keys.sync(con)
-        if self._keys.generation != generation:  # another writer added instances: number after theirs
-            self._next_iid = None
         if "_iid" in inst.column_names:  # numbers of another lake (a copy): this lake numbers anew
             inst = inst.drop_columns(["_iid"])
         con.register("b_inst", inst)
@@ -247,8 +244,9 @@ class DuckDBStore:
             for t in ("dicom_json", "dose_events"):
                 con.execute(f'DELETE FROM "{t}" WHERE SOPInstanceUID IN (SELECT u FROM b_old)')
             con.unregister("b_old")
-        if self._next_iid is None:
-            self._next_iid = elementstore.next_iid(con)
+        # the high-water mark as this transaction sees it (one row): another writer of the lake may
+        # have numbered instances since, replacing only (the key count unchanged)
+        self._next_iid = max(self._next_iid or 0, elementstore.next_iid(con))
         iids = np.arange(self._next_iid, self._next_iid + len(uids), dtype=np.int64)
         self._next_iid += len(uids)
         elementstore.set_next_iid(con, self._next_iid)

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.lakeschema import InstanceColumns, instance_columns
+from dicomlake.lakeschema import ELEMENTS_BY_UID, ElementJoin, InstanceColumns, instance_columns
 from dicomlake.store import elementstore
 from dicomlake.store.base import WriteReport
 from dicomlake.store.pullstate import PullStateTables
@@ -149,7 +149,7 @@ class RemoteStore:
         self.lake = Path(lake)
         self.info = info
         self.columns = columns or instance_columns()
-        self.element_join = elementstore.JOIN  # the service holds a DuckDB lake, converted when it opened it
+        self._element_join: ElementJoin | None = None
         self._client = httpx.Client(
             base_url=info.control_url,
             headers={"Authorization": f"Bearer {info.token}"},
@@ -157,6 +157,18 @@ class RemoteStore:
             trust_env=False,  # loopback only: never through a proxy
         )
         self.con = _ConShim(self)
+
+    @property
+    def element_join(self) -> ElementJoin:
+        """The held lake's :class:`~dicomlake.lakeschema.ElementJoin`, asked of the service once: by
+        instance number in a DuckDB lake it has converted, by UID otherwise (a service of an earlier
+        dicomlake, or a PostgreSQL lake's service)."""
+        if self._element_join is None:
+            try:
+                self._element_join = elementstore.join_of(self.con)
+            except QueryError:
+                self._element_join = ELEMENTS_BY_UID
+        return self._element_join
 
     def query(self, sql: str, params: Mapping[str, object] | list[object] | None = None) -> pa.Table:
         """Run a read-only statement in the service (its sandbox, no row limit); an Arrow table."""
