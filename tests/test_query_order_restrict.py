@@ -123,6 +123,22 @@ def test_instance_rows_come_in_the_documented_order_on_every_engine(
         first3 = lk.query_arrow([], ["SOPInstanceUID"], "instance", limit=3).column("SOPInstanceUID").to_pylist()
     assert got == want
     assert first3 == want[:3]
+    # a filter on an attribute without a typed column: page and count come from one statement that
+    # joins back only the matches up to the page's last first-key value (Lake._page_with_total)
+    element = ["(0002,0012) = *"]  # ImplementationClassUID, in the file meta
+    metas = {f: pydicom.dcmread(f, stop_before_pixels=True) for f in files}
+    having = [f for f, ds in metas.items() if str(ds.file_meta.get("ImplementationClassUID") or "")]
+    assert len(having) > 3
+    by_default = oracle_order(having)
+    dates = {str(ds.SOPInstanceUID): str(ds.get("StudyDate") or "") for ds in metas.values()}
+    newest_first = sorted(by_default, key=lambda s: (dates[s] == "", -int(dates[s] or 0)))  # stable: ties keep it
+    with Lake.open(location, read_only=True) as lk:
+        for order_by, oracle in ((None, by_default), ("-StudyDate", newest_first)):
+            for k in (1, 2, 5, len(having) - 1, len(having)):
+                page = lk.query_arrow(element, ["SOPInstanceUID"], "instance", limit=k, order_by=order_by)
+                assert page.column("SOPInstanceUID").to_pylist() == oracle[:k], (order_by, k)
+                total = (page.schema.metadata or {}).get(b"dicomlake.total")
+                assert total == (str(len(having)).encode() if k < len(having) else None), (order_by, k)
 
 
 def test_limit_and_cap_say_when_they_cut(lakes: dict[str, Path], files: list[Path], monkeypatch: Any) -> None:
