@@ -247,9 +247,22 @@ def test_cli_compact_keeps_exactly_the_elements_pydicom_reads(tmp_path: Path) ->
     lake = tmp_path / "lake"
     ingest_paths(files, lake, workers=1)
     ingest_paths(files, lake, workers=1)  # every instance replaced: its first rows are dead
+    before = (lake / "lake.duckdb").stat().st_size
     r = CliRunner().invoke(app, ["compact", str(lake)])
     assert r.exit_code == 0, r.output
     assert "element rows kept" in r.output
+    db = lake / "lake.duckdb"
+    assert db.stat().st_size < before  # the file was rewritten without its free blocks
+    assert db.stat().st_mode & 0o777 == 0o600 and not (lake / "lake.duckdb.compacting").exists()
+    con = duckdb.connect(str(db), read_only=True)  # the copy has the views, before any writer opens it
+    try:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        assert {"elements", "element_index"} <= views
+        assert con.execute("SELECT count(*) FROM elements").fetchall()[0][0] == sum(
+            sum(_pydicom_counts(f).values()) for f in files
+        )
+    finally:
+        con.close()
     with DuckDBStore(lake) as st:
         assert elementstore.count(st.con, "element_data") == sum(sum(_pydicom_counts(f).values()) for f in files)
         _check_against_pydicom(st, files)

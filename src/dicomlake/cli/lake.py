@@ -78,16 +78,17 @@ def compact_lake(
     Spark tasks write one small file per partition they touch; compaction after an ingest (or
     once a month is closed) leaves one to a few files per partition. Rows are unchanged.
 
-    On a DuckDB lake it sorts the element store into one run and drops the rows of replaced
-    instances (docs/explanation/lake.md, "The element store"); the writer does this in steps
-    by itself, so this is only for a lake that must be as small as it can be.
+    On a DuckDB lake it sorts the element store into one run, drops the rows of replaced
+    instances (docs/explanation/lake.md, "The element store") and rewrites the file without
+    the free blocks DuckDB keeps; the writer merges in steps by itself, so this is only for a
+    lake that must be as small as it can be (it needs the lake to itself, and room for a copy).
 
     Example: dicomlake compact /lake/parquet --master spark://head:7077
     """
     from rich.console import Console
     from rich.table import Table
 
-    from dicomlake.store.duckdb import DB_NAME, DuckDBStore
+    from dicomlake.store.duckdb import DB_NAME, DuckDBStore, rewrite_file
 
     db = Path(lake) / DB_NAME
     if "://" not in lake and db.is_file():
@@ -97,6 +98,7 @@ def compact_lake(
         with DuckDBStore(lake) as st:
             rows = st.compact_elements()
             st.query("CHECKPOINT")
+        rewrite_file(Path(lake))  # DuckDB keeps freed blocks in the file: a copy drops them
         t = Table(title=f"compacted {lake}", show_header=False)
         t.add_row("element rows kept", f"{rows:,}")
         t.add_row("bytes before", f"{before:,}")

@@ -37,6 +37,31 @@ def make_private_dir(path: Path) -> None:
     _chmod(path, 0o700)  # mkdir's mode is filtered through the umask
 
 
+def rewrite_file(lake: Path) -> None:
+    """Copy ``lake.duckdb`` into a new file and put it in its place: the same tables and views in
+    as few blocks as they need. DuckDB reuses the blocks a merge or a deletion frees but never
+    gives them back to the file system. The lake must not be open (``dicomlake compact``
+    holds it as the only writer until then); the copy is made beside it and swapped in by
+    one rename, so an interruption leaves the old file whole."""
+    db = lake / DB_NAME
+    tmp = lake / f"{DB_NAME}.compacting"
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect()
+    try:
+        con.execute("ATTACH ? AS src (READ_ONLY)", [str(db)])
+        con.execute("ATTACH ? AS dst", [str(tmp)])
+        con.execute("COPY FROM DATABASE src TO dst")
+        con.execute("DETACH dst")
+        con.execute("DETACH src")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        con.close()
+    _chmod(tmp, 0o600)
+    os.replace(tmp, db)
+
+
 def _chmod(path: Path, mode: int) -> None:
     try:
         os.chmod(path, mode)
