@@ -125,7 +125,6 @@ class DuckDBStore:
         self._wal_private = read_only
         self._keys = KeyIndex()  # the writer's copy of instance_keys (store/keyindex.py)
         self._new_keys: np.ndarray | None = None  # keys of the open transaction, added at COMMIT
-        self._next_iid: int | None = None  # the element store's next instance number (store/elementstore.py)
         self._delta_rows: int | None = None  # rows in element_delta
         if not read_only:
             self._ensure_schema()
@@ -206,7 +205,7 @@ class DuckDBStore:
             con.execute("COMMIT")
         except BaseException:
             self._new_keys = None
-            self._next_iid = self._delta_rows = None
+            self._delta_rows = None
             con.execute("ROLLBACK")
             raise
         if self._new_keys is not None:
@@ -269,12 +268,11 @@ class DuckDBStore:
             for t in ("dicom_json", "dose_events"):
                 con.execute(f'DELETE FROM "{t}" WHERE SOPInstanceUID IN (SELECT u FROM b_old)')
             con.unregister("b_old")
-        # the high-water mark as this transaction sees it (one row): another writer of the lake may
-        # have numbered instances since, replacing only (the key count unchanged)
-        self._next_iid = max(self._next_iid or 0, elementstore.next_iid(con))
-        iids = np.arange(self._next_iid, self._next_iid + len(uids), dtype=np.int64)
-        self._next_iid += len(uids)
-        elementstore.set_next_iid(con, self._next_iid)
+        # the high-water mark as this transaction sees it (one row of lake_meta): another writer of
+        # the lake may have numbered instances since, replacing only (the key count unchanged)
+        start = elementstore.next_iid(con)
+        iids = np.arange(start, start + len(uids), dtype=np.int64)
+        elementstore.set_next_iid(con, start + len(uids))
         con.register("b_inst", inst.append_column("_iid", pa.array(iids)))
         try:
             con.execute("INSERT INTO instances BY NAME SELECT * FROM b_inst")
