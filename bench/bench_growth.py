@@ -19,6 +19,12 @@ DICOM JSON of a real image instance of the corpus (the median image by element r
 made unique), so those instances carry the real density. (DICOM JSON at 10 M would be ~80 GB of
 text to generate: more than this bench's time on 2 cores.) Everything lives in a temporary folder removed at the end.
 
+The same synthetic lake, at each size, is also copied into the other engines
+(``--engines``, default ``parquet,postgresql``): a Parquet lake (``export --format lake``'s
+writer: element files sorted by attribute) and a PostgreSQL lake (a throw-away server,
+``tests/integration/pg.py``); for each, the copy's seconds, its bytes per instance and the
+same filters' p50 — issue 16's "for each engine".
+
 ``make bench`` runs a small default (``BENCH_GROWTH_INSTANCES``, 200,000); the figures in
 docs/explanation/lake.md come from ``python -m bench.bench_growth --instances 10000000
 --element-instances 1000000``.
@@ -36,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.report import BenchResult, fmt, table
 
@@ -68,6 +75,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=_env_int("BENCH_N", 20_000),
         help="corpus files ingested into a lake of their own to weigh bytes per instance (0: skip)",
+    )
+    p.add_argument(
+        "--engines",
+        default=os.environ.get("BENCH_GROWTH_ENGINES", "parquet,postgresql"),
+        help="other engines the synthetic lake is copied into at each size (comma-separated; '' for none)",
     )
     return p.parse_args(argv)
 
@@ -249,7 +261,7 @@ def _weigh(n_files: int, seed: int, work: Path) -> dict[str, object]:
     return out
 
 
-def _queries(lake: Path, rounds: int) -> dict[str, float]:
+def _queries(lake: Path | str, rounds: int) -> dict[str, float]:
     """p50 (ms) of each of the query bench's filters, as ``dicomlake query -n 1000`` runs it:
     the first 1,000 matching instances in the stable order, and the count of all matches
     when there are more (:meth:`Lake.query_arrow`)."""
@@ -265,6 +277,48 @@ def _queries(lake: Path, rounds: int) -> dict[str, float]:
                 lk.query_arrow(where, ["SOPInstanceUID", "StudyDate"], "instance", limit=1000)
                 times.append(time.perf_counter() - t0)
             out[label] = statistics.median(times) * 1000
+    return out
+
+
+def _engines(lake: Path, work: Path, engines: list[str], rounds: int, pg_url: Any) -> dict[str, dict[str, float]]:
+    """The lake copied into each of ``engines`` (``parquet``: ``ParquetLakeWriter`` as ``export
+    --format lake``; ``postgresql``: ``copy_lake`` into a new database of ``pg_url()``): per engine
+    the copy's seconds, bytes per instance and the filters' p50 (ms, :func:`_queries`)."""
+    from dicomlake.store.duckdb import DuckDBStore
+    from dicomlake.store.open import open_store
+    from dicomlake.store.parquet import ParquetLakeWriter
+    from dicomlake.store.transfer import copy_lake
+
+    out: dict[str, dict[str, float]] = {}
+    for engine in engines:
+        t0 = time.perf_counter()
+        with DuckDBStore(lake, read_only=True) as src:
+            n = int(src.query("SELECT count(*) AS n FROM instances").column(0)[0].as_py())
+            if engine == "parquet":
+                target: Any = work / "parquet-copy"
+                shutil.rmtree(target, ignore_errors=True)
+                copy_lake(src, ParquetLakeWriter(target))
+            elif engine == "postgresql":
+                target = pg_url()
+                with open_store(target) as dest:
+                    copy_lake(src, dest)
+            else:
+                raise ValueError(f"--engines: {engine!r} is not parquet or postgresql")
+        copy_s = time.perf_counter() - t0
+        if engine == "parquet":
+            size = sum(p.stat().st_size for p in Path(target).rglob("*.parquet"))
+        else:
+            with open_store(target, read_only=True) as st:
+                size = int(st.query("SELECT pg_database_size(current_database()) AS b").column(0)[0].as_py())
+        q = _queries(target, rounds)
+        out[engine] = {"copy_s": copy_s, "bytes_per_instance": size / max(n, 1), **q}
+        print(
+            f"  {engine}: copied in {copy_s:.0f} s, {size / max(n, 1):,.0f} B/instance; "
+            + ", ".join(f"{k} {v:.0f} ms" for k, v in q.items()),
+            flush=True,
+        )
+        if engine == "parquet":
+            shutil.rmtree(target, ignore_errors=True)
     return out
 
 
@@ -295,6 +349,18 @@ def main(argv: list[str] | None = None) -> BenchResult:
         weighed = _weigh(a.bytes_files, a.seed, work) if a.bytes_files else None
 
         lake = work / "big"
+        engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+        others: dict[int, dict[str, dict[str, float]]] = {}
+        pg: Any = None
+
+        def pg_url() -> str:
+            nonlocal pg
+            if pg is None:
+                from tests.integration.pg import PostgresCluster
+
+                pg = PostgresCluster().start()
+            return str(pg.create_database())
+
         queries: dict[int, dict[str, float]] = {}
         sizes: dict[int, dict[str, object]] = {}
         builds: dict[int, float] = {}
@@ -304,6 +370,10 @@ def main(argv: list[str] | None = None) -> BenchResult:
             sizes[stop] = _sizes(lake)
             queries[stop] = _queries(lake, a.query_rounds)
             print(f"  query p50 at {stop:,}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in queries[stop].items()))
+            if engines:
+                others[stop] = _engines(lake, work, engines, a.query_rounds, pg_url)
+        if pg is not None:
+            pg.stop()
 
         empty_r, big_r, dd_r, empty_in, big_in = [], [], [], [], []
         for r, (part, names) in enumerate(zip(parts, files, strict=True), 1):
@@ -392,6 +462,19 @@ def main(argv: list[str] | None = None) -> BenchResult:
             "ms",
             note=f"goal < 1 s: {'met' if worst < 1000 else 'NOT met'}",
         )
+    for stop, per in others.items():
+        for engine, fig in per.items():
+            filters = {k: v for k, v in fig.items() if k not in ("copy_s", "bytes_per_instance")}
+            res.add(
+                f"worst query-bench filter p50 at {stop:,} instances, {engine}",
+                max(filters.values()),
+                "ms",
+                peer=f"DuckDB lake {fmt(max(queries[stop].values()), 'ms')}",
+                note=f"copied in {fig['copy_s']:.0f} s",
+            )
+            res.add(f"  {engine} bytes per instance ({stop:,}, synthetic)", fig["bytes_per_instance"], "B")
+            for label, v in filters.items():
+                rows.append([f"{label} ({engine})", *(fmt(v, "ms") if s == stop else "" for s in queries)])
     load1 = os.getloadavg()
     print(table(rows, ["filter (bench_query)", *(f"p50 at {s:,}" for s in queries)]))
     print(
@@ -405,6 +488,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
         "real": real,
         "sizes": {str(k): v for k, v in sizes.items()},
         "queries": {str(k): v for k, v in queries.items()},
+        "engines": {str(k): v for k, v in others.items()},
         "builds": builds,
         "template_element_rows": n_el,
         "loadavg": [load0, load1],

@@ -55,7 +55,7 @@ from dicomlake.ingest.sources import DICOMDIR_NAMES, Task, expand
 from dicomlake.ingest.worker import WorkerConfig, process_chunk
 from dicomlake.lakeschema import REJECT_SCHEMA
 from dicomlake.store.fs import S3_ENV, filesystem, is_remote, is_uri, join, local_path, write_bytes
-from dicomlake.store.parquet import MARKER, PARTITIONED, ParquetLakeWriter
+from dicomlake.store.parquet import MARKER, PARTITIONED, ParquetLakeWriter, rows_per_group
 
 FILES_PER_CHUNK = 48
 """Files per chunk (one ``process_chunk`` call), as in the embedded pipeline. Default: 48"""
@@ -882,7 +882,8 @@ def _rewrite_file(fs: pafs.FileSystem, src: str, dest: str, drop: pa.Array | Non
     if kept.num_rows:
         folder, name = dest.rsplit("/", 1)
         tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp" if local else dest
-        pq.write_table(kept, tmp, filesystem=fs, compression="zstd")
+        # rows keep their order (an element file's sort) and its row-group size
+        pq.write_table(kept, tmp, filesystem=fs, compression="zstd", row_group_size=rows_per_group(dest))
         if local:
             fs.move(tmp, dest)
     if src != dest or not kept.num_rows:

@@ -52,6 +52,28 @@ NONE = "_none"
 ROWS_PER_FILE = 4_000_000
 """Rows per Parquet file at most; row groups hold up to 250,000 rows. Default: 4,000,000"""
 ROWS_PER_GROUP = 250_000
+ELEMENT_ORDER = ("path_key", "value_text")
+"""Element rows are sorted by attribute, then value, inside each file (within a partition), so
+each row group's statistics name a narrow range of ``path_key``: an any-attribute filter
+(``e.path_key = ?``) reads only the row groups of its attribute (DuckDB, Spark and pyarrow skip
+the others from the footer). docs/explanation/lake.md, "The element store in a Parquet lake"."""
+ELEMENT_ROWS_PER_GROUP = 32_768
+"""Row groups of ``elements`` hold this many rows at most (a typical attribute has one row per
+instance: a group of a partition file then holds a few attributes). Default: 32,768"""
+
+
+def rows_per_group(path_or_table: str) -> int:
+    """Row-group size of a lake file: :data:`ELEMENT_ROWS_PER_GROUP` for ``elements`` (a table
+    name or a path inside the lake), else :data:`ROWS_PER_GROUP`."""
+    return ELEMENT_ROWS_PER_GROUP if path_or_table == "elements" or "/elements/" in path_or_table else ROWS_PER_GROUP
+
+
+def sort_elements(table: pa.Table) -> pa.Table:
+    """Element rows in the lake's file order: partition, then :data:`ELEMENT_ORDER`."""
+    keys = [c for c in (*PART_COLUMNS, *ELEMENT_ORDER) if c in table.column_names]
+    return table.sort_by([(c, "ascending") for c in keys]) if keys else table
+
+
 PROLEPTIC_DATES = {b"org.apache.spark.version": b"3.0.0"}
 """Footer key-value written into every file: Spark 3.0 and later read the dates and timestamps
 of a file that names a Spark version >= 3.0.0 (and no ``org.apache.spark.legacyDateTime``) as
@@ -166,6 +188,8 @@ class ParquetLakeWriter:
         if isinstance(data, pa.Table):
             if not data.num_rows:
                 return 0
+            if name == "elements":
+                data = sort_elements(data)
             schema = portable_schema(data.schema)
             source: pa.Table | pa.RecordBatchReader = _portable(data, schema)
         else:
@@ -195,13 +219,36 @@ class ParquetLakeWriter:
             existing_data_behavior="overwrite_or_ignore",
             file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
             max_rows_per_file=ROWS_PER_FILE,
-            max_rows_per_group=ROWS_PER_GROUP,
-            min_rows_per_group=min(ROWS_PER_GROUP, 50_000),
+            max_rows_per_group=rows_per_group(name),
+            min_rows_per_group=min(rows_per_group(name), 50_000),
             max_partitions=100_000,
             file_visitor=visit,
             use_threads=True,
+            preserve_order=name == "elements",  # sorted rows stay sorted in each file
         )
         return count
+
+    def sort_elements_files(self) -> int:
+        """Rewrite the ``elements`` partition folders this writer wrote with their rows sorted
+        (:data:`ELEMENT_ORDER`; :func:`compact_partition`). A streamed :meth:`write` (``export
+        --format lake``) cannot sort rows it has not seen yet; this second pass does. Folders
+        rewritten."""
+        prefix = f"{self.base}/elements/"
+        folders = sorted({f.rsplit("/", 1)[0] for f in self.files if f.startswith(prefix)})
+        for folder in folders:
+            _compact_folder(self.fs, self.base, folder, TARGET_FILE_BYTES, sort=True)
+        if folders:
+            try:  # the rewrites' journal folder, empty now
+                self.fs.delete_dir(f"{self.base}/{COMPACT_JOURNAL}")
+            except (FileNotFoundError, OSError):
+                pass
+        mine = set(folders)
+        self.files = [f for f in self.files if f.rsplit("/", 1)[0] not in mine]
+        for folder in folders:
+            self.files += sorted(
+                i.path for i in self.fs.get_file_info(pafs.FileSelector(folder)) if i.path.endswith(".parquet")
+            )
+        return len(folders)
 
     def write_tables(self, tables: Mapping[str, pa.Table]) -> dict[str, int]:
         """Write the tables of one extracted batch; rows written per table."""
@@ -238,6 +285,9 @@ class ParquetStore:
         if self.meta and self.meta.get("format") != FORMAT:
             raise ConfigError(f"{marker}: format {self.meta.get('format')!r} is not {FORMAT!r}")
         self.con = duckdb.connect(":memory:")
+        # footers read once per store, not once per query: a lake of many partition files pays
+        # the opening of each file's metadata (~1 ms) on every scan otherwise
+        self.con.execute("SET parquet_metadata_cache = true")
         self._make_views()
 
     def _make_views(self) -> None:
@@ -353,7 +403,8 @@ def partition_folders(lake: str) -> list[str]:
 
 
 def compact_partition(lake: str, folder: str, target_bytes: int = TARGET_FILE_BYTES) -> dict[str, int]:
-    """Rewrite one partition folder's Parquet files as few files of about ``target_bytes``.
+    """Rewrite one partition folder's Parquet files as few files of about ``target_bytes``;
+    an ``elements`` folder's rows sorted (:data:`ELEMENT_ORDER`).
 
     Crash-safe without a table format: the new files are written under ``LAKE/_compact/…``,
     a journal naming the old and the new files is written, the new files are moved in, the
@@ -364,6 +415,34 @@ def compact_partition(lake: str, folder: str, target_bytes: int = TARGET_FILE_BY
     from dicomlake.store.fs import filesystem
 
     fs, base = filesystem(lake)
+    return _compact_folder(fs, base, folder, target_bytes, sort=folder[len(base) :].startswith("/elements/"))
+
+
+SORT_CHUNK_ROWS = 4_000_000
+"""A sorted rewrite holds this many rows in memory at most (~0.5 GB of element rows); a larger
+partition becomes several files, each sorted. Default: 4,000,000"""
+
+
+def _sorted_chunks(table: ds.Dataset, chunk_rows: int) -> Iterator[pa.Table]:
+    """The dataset's rows as tables of ``chunk_rows`` (the last fewer), each sorted
+    (:func:`sort_elements`): one output file each."""
+    held: list[pa.Table] = []
+    n = 0
+    for batch in table.to_batches():
+        held.append(pa.Table.from_batches([batch]))
+        n += batch.num_rows
+        while n >= chunk_rows:
+            whole = pa.concat_tables(held)
+            yield sort_elements(whole.slice(0, chunk_rows))
+            rest = whole.slice(chunk_rows)
+            held, n = [rest], rest.num_rows
+    if n:
+        yield sort_elements(pa.concat_tables(held))
+
+
+def _compact_folder(
+    fs: pafs.FileSystem, base: str, folder: str, target_bytes: int, *, sort: bool = False
+) -> dict[str, int]:
     files = [
         f
         for f in fs.get_file_info(pafs.FileSelector(folder))
@@ -371,7 +450,7 @@ def compact_partition(lake: str, folder: str, target_bytes: int = TARGET_FILE_BY
     ]
     before = sum(int(f.size or 0) for f in files)
     stats = {"files_before": len(files), "bytes_before": before, "files_after": len(files), "bytes_after": before}
-    if len(files) < 2:
+    if len(files) < (1 if sort else 2):
         return stats
     paths = sorted(f.path for f in files)
     # files of several runs may differ (a column added since): one schema over all, streamed
@@ -380,22 +459,30 @@ def compact_partition(lake: str, folder: str, target_bytes: int = TARGET_FILE_BY
     table = ds.dataset(paths, schema=schema, filesystem=fs, format="parquet")
     stats["rows"] = rows = table.count_rows()
     per_row = max(1.0, before / max(1, rows))
-    rows_per_file = max(ROWS_PER_GROUP, int(target_bytes / per_row))
+    group = rows_per_group(folder[len(base) :] + "/")
+    rows_per_file = max(group, int(target_bytes / per_row))
     tag = uuid.uuid4().hex[:12]
     rel = folder[len(base) + 1 :]
     tmp = f"{base}/{COMPACT_JOURNAL}/{tag}"
     new: list[str] = []
+    source: Any = table
+    if sort:  # each output file sorted in memory, a chunk at a time
+        rows_per_file = min(rows_per_file, SORT_CHUNK_ROWS)
+        source = pa.RecordBatchReader.from_batches(
+            schema, (b for t in _sorted_chunks(table, rows_per_file) for b in t.to_batches())
+        )
     ds.write_dataset(
-        table,
+        source,
         base_dir=tmp,
         filesystem=fs,
         format="parquet",
         basename_template=f"compact-{tag}-{{i}}.parquet",
         file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
         max_rows_per_file=rows_per_file,
-        max_rows_per_group=min(ROWS_PER_GROUP, rows_per_file),
-        min_rows_per_group=min(ROWS_PER_GROUP, 50_000),
+        max_rows_per_group=min(group, rows_per_file),
+        min_rows_per_group=min(group, 50_000),
         file_visitor=lambda w: new.append(w.path),
+        preserve_order=sort,
     )
     moves = [(p, f"{folder}/{p.rsplit('/', 1)[1]}") for p in sorted(new)]
     journal = {

@@ -111,6 +111,8 @@ def copy_lake(source: Any, destination: Any, *, batch_rows: int = BATCH_ROWS) ->
                     for b in batches
                 )
                 rep.rows[name] = destination.write(name, _nonempty(batches), out_schema)
+                if name == "elements":  # streamed in the source's order: sorted by attribute now
+                    destination.sort_elements_files()
             else:
                 rep.rows[name] = destination.write(name, _nonempty(batches), schema)
         return rep

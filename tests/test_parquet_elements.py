@@ -1,0 +1,160 @@
+"""A Parquet lake's element files are sorted by attribute, in small row groups (issue 16, item 5).
+
+Every writer of the format gives that layout: the Spark engine's batches
+(``ParquetLakeWriter.write_tables``), ``export --format lake`` (a streamed copy, then a sorted
+rewrite of each partition) and ``dicomlake compact``. The oracles are pyarrow's reading of the
+files (row order, row-group sizes, the footer statistics a reader skips by) and the rows the
+test itself wrote.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dicomlake.lakeschema import ELEMENT_SCHEMA
+from dicomlake.store import parquet
+from dicomlake.store.parquet import ParquetLakeWriter, ParquetStore
+
+N_INSTANCES = 6_000
+ATTRS = [f"0018{k:04X}" for k in range(0x1000, 0x1000 + 24)]  # 24 attributes: 144,000 rows
+
+
+def _instances(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "SOPInstanceUID": [f"1.2.3.{i}" for i in range(n)],
+            "Modality": ["MG" if i % 3 else "CT" for i in range(n)],
+            "StudyDate": pa.array([19_000 + 40 * (i % 2) for i in range(n)], pa.int32()).cast(pa.date32()),
+        }
+    )
+
+
+def _elements(n: int, seed: int = 1) -> pa.Table:
+    """The rows in arrival order (instance by instance), values random."""
+    rnd = random.Random(seed)
+    uid, path_key, tag, text, num = [], [], [], [], []
+    for i in range(n):
+        for a in ATTRS:
+            uid.append(f"1.2.3.{i}")
+            path_key.append(a)
+            tag.append(a)
+            v = rnd.randrange(1000)
+            text.append(None if v == 7 else str(v))
+            num.append(float(v))
+    cols: dict[str, pa.Array] = {
+        "SOPInstanceUID": pa.array(uid),
+        "path": pa.nulls(len(uid), pa.string()),
+        "path_key": pa.array(path_key),
+        "depth": pa.array([0] * len(uid), pa.int8()),
+        "tag": pa.array(tag),
+        "keyword": pa.nulls(len(uid), pa.string()),
+        "VR": pa.array(["DS"] * len(uid)),
+        "private_creator": pa.nulls(len(uid), pa.string()),
+        "value_text": pa.array(text, pa.string()),
+        "value_num": pa.array(num),
+        "length": pa.array([4] * len(uid), pa.int64()),
+    }
+    return pa.table(cols, schema=ELEMENT_SCHEMA)
+
+
+def _rows(t: pa.Table) -> Counter[tuple[object, ...]]:
+    names = ["SOPInstanceUID", "path_key", "value_text", "value_num"]
+    return Counter(zip(*(t.column(c).to_pylist() for c in names), strict=True))
+
+
+def _check_sorted_files(lake: Path, expected: pa.Table) -> list[Path]:
+    files = sorted((lake / "elements").rglob("*.parquet"))
+    assert files
+    seen: Counter[tuple[object, ...]] = Counter()
+    for f in files:
+        t = pq.read_table(f)
+        keys = list(zip(t.column("path_key").to_pylist(), t.column("value_text").to_pylist(), strict=True))
+        for a, b in itertools.pairwise(keys):  # (path_key, value_text), a missing value last
+            ok = a[0] < b[0] or (a[0] == b[0] and (b[1] is None or (a[1] is not None and a[1] <= b[1])))
+            assert ok, f"{f.name}: {a} before {b}"
+        meta = pq.ParquetFile(f).metadata
+        assert all(meta.row_group(g).num_rows <= parquet.ELEMENT_ROWS_PER_GROUP for g in range(meta.num_row_groups))
+        seen += _rows(t)
+    assert seen == _rows(expected), "the sorted files hold other rows than were written"
+    return files
+
+
+def _groups_admitting(files: list[Path], key: str) -> tuple[int, int]:
+    """(row groups whose footer statistics admit ``path_key = key``, row groups): what a reader reads."""
+    hit = total = 0
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        col = meta.schema.names.index("path_key")
+        for g in range(meta.num_row_groups):
+            st = meta.row_group(g).column(col).statistics
+            total += 1
+            assert st is not None and st.has_min_max, f"{f.name}: no statistics on path_key"
+            hit += st.min <= key <= st.max
+    return hit, total
+
+
+def test_batches_the_spark_engine_writes_are_sorted_and_prunable(tmp_path: Path) -> None:
+    inst, el = _instances(N_INSTANCES), _elements(N_INSTANCES)
+    w = ParquetLakeWriter(tmp_path / "lake", "t")
+    w.write_marker()
+    w.write_tables({"instances": inst, "elements": el})
+    files = _check_sorted_files(tmp_path / "lake", el)
+    hit, total = _groups_admitting(files, ATTRS[5])
+    # 144,000 rows in 4 partitions: >= 5 groups; one attribute's 6,000 rows lie in 1-2 a partition
+    assert total >= 5 and hit <= 2 * 4 and hit < total, (hit, total)
+
+
+def test_a_streamed_export_is_sorted_by_a_second_pass(tmp_path: Path) -> None:
+    inst, el = _instances(N_INSTANCES), _elements(N_INSTANCES)
+    keys = parquet.partition_keys(inst)
+    w = ParquetLakeWriter(tmp_path / "lake", "t")
+    w.write_marker()
+    w.write("instances", parquet.with_partitions(inst, keys))
+    with_parts = parquet.with_partitions(el, keys)
+    batches = with_parts.to_batches(max_chunksize=10_000)  # arrival order, as a copy streams them
+    w.write("elements", iter(batches), with_parts.schema)
+    assert w.sort_elements_files() == 4
+    files = _check_sorted_files(tmp_path / "lake", el)
+    assert sorted(Path(f) for f in w.files if "/elements/" in f) == files  # the writer's list stays true
+    assert sorted(p.name for p in (tmp_path / "lake").iterdir()) == ["_dicomlake_lake.json", "elements", "instances"]
+    # what a reader answers from the sorted files: the instances with value > 990 of one attribute
+    want = sorted(
+        u
+        for u, k, v in zip(
+            *(el.column(c).to_pylist() for c in ("SOPInstanceUID", "path_key", "value_num")), strict=True
+        )
+        if k == ATTRS[3] and v > 990
+    )
+    with ParquetStore(tmp_path / "lake") as st:
+        got = st.query(
+            "SELECT SOPInstanceUID FROM instances i WHERE i.SOPInstanceUID IN "
+            "(SELECT e.SOPInstanceUID FROM elements e WHERE e.path_key = ? AND e.value_num > 990) ORDER BY 1",
+            [ATTRS[3]],
+        )
+    assert sorted(got.column(0).to_pylist()) == want and want
+
+
+def test_compact_sorts_element_files_of_older_writers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lake written before the sorted layout (arrival order, two files a partition) is sorted
+    by ``compact``; other tables are compacted as before."""
+    inst, el = _instances(N_INSTANCES), _elements(N_INSTANCES)
+    keys = parquet.partition_keys(inst)
+    monkeypatch.setattr(parquet, "sort_elements", lambda t: t)  # the older writer: no sort
+    w = ParquetLakeWriter(tmp_path / "lake", "old")
+    w.write_marker()
+    half = N_INSTANCES // 2 * len(ATTRS)
+    w.write_tables({"instances": inst, "elements": el.slice(0, half)})
+    w.write("elements", parquet.with_partitions(el.slice(half), keys))
+    monkeypatch.undo()
+    with pytest.raises(AssertionError):
+        _check_sorted_files(tmp_path / "lake", el)
+    totals = parquet.compact(tmp_path / "lake")
+    assert totals["partitions"] >= 8
+    _check_sorted_files(tmp_path / "lake", el)
