@@ -81,6 +81,9 @@ def _check_sorted_files(lake: Path, expected: pa.Table) -> list[Path]:
             assert ok, f"{f.name}: {a} before {b}"
         meta = pq.ParquetFile(f).metadata
         assert all(meta.row_group(g).num_rows <= parquet.ELEMENT_ROWS_PER_GROUP for g in range(meta.num_row_groups))
+        names = meta.schema.names  # the order declared in the footer, for any reader
+        declared = [(names[c.column_index], c.descending, c.nulls_first) for c in meta.row_group(0).sorting_columns]
+        assert declared == [("path_key", False, False), ("value_text", False, False)], f"{f.name}: {declared}"
         seen += _rows(t)
     assert seen == _rows(expected), "the sorted files hold other rows than were written"
     return files
@@ -158,3 +161,14 @@ def test_compact_sorts_element_files_of_older_writers(tmp_path: Path, monkeypatc
     totals = parquet.compact(tmp_path / "lake")
     assert totals["partitions"] >= 8
     _check_sorted_files(tmp_path / "lake", el)
+
+
+def test_compact_leaves_sorted_single_files_alone(tmp_path: Path) -> None:
+    inst, el = _instances(N_INSTANCES), _elements(N_INSTANCES)
+    w = ParquetLakeWriter(tmp_path / "lake", "t")
+    w.write_marker()
+    w.write_tables({"instances": inst, "elements": el})
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "lake").rglob("*.parquet")}
+    totals = parquet.compact(tmp_path / "lake")
+    assert totals["files_after"] == totals["files_before"] == len(before)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lake").rglob("*.parquet")} == before

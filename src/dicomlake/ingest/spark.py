@@ -882,8 +882,17 @@ def _rewrite_file(fs: pafs.FileSystem, src: str, dest: str, drop: pa.Array | Non
     if kept.num_rows:
         folder, name = dest.rsplit("/", 1)
         tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp" if local else dest
-        # rows keep their order (an element file's sort) and its row-group size
-        pq.write_table(kept, tmp, filesystem=fs, compression="zstd", row_group_size=rows_per_group(dest))
+        # rows keep their order, and the file its declared sort (an element file's) and row-group size
+        meta = pq.read_metadata(src, filesystem=fs)
+        declared = list(meta.row_group(0).sorting_columns) if meta.num_row_groups else []
+        pq.write_table(
+            kept,
+            tmp,
+            filesystem=fs,
+            compression="zstd",
+            row_group_size=rows_per_group(dest),
+            sorting_columns=declared or None,
+        )
         if local:
             fs.move(tmp, dest)
     if src != dest or not kept.num_rows:

@@ -68,6 +68,20 @@ def rows_per_group(path_or_table: str) -> int:
     return ELEMENT_ROWS_PER_GROUP if path_or_table == "elements" or "/elements/" in path_or_table else ROWS_PER_GROUP
 
 
+def sorting_columns(names: list[str]) -> list[pq.SortingColumn]:
+    """Parquet's declaration of :data:`ELEMENT_ORDER` (``RowGroup.sorting_columns``, missing
+    values last) for a file of the columns ``names`` (partition columns are not in the file)."""
+    in_file = [n for n in names if n not in PART_COLUMNS]
+    return [pq.SortingColumn(in_file.index(c)) for c in ELEMENT_ORDER if c in in_file]
+
+
+def _declares_sorted(fs: pafs.FileSystem, path: str) -> bool:
+    """True when the file's row groups declare :data:`ELEMENT_ORDER` (a sorted writer wrote it)."""
+    meta = pq.ParquetFile(path, filesystem=fs).metadata
+    want = tuple(sorting_columns(meta.schema.names))
+    return bool(want) and all(meta.row_group(g).sorting_columns == want for g in range(meta.num_row_groups))
+
+
 def sort_elements(table: pa.Table) -> pa.Table:
     """Element rows in the lake's file order: partition, then :data:`ELEMENT_ORDER`."""
     keys = [c for c in (*PART_COLUMNS, *ELEMENT_ORDER) if c in table.column_names]
@@ -207,6 +221,7 @@ class ParquetLakeWriter:
                 count += written.metadata.num_rows
 
         partitioned = all(c in schema.names for c in PART_COLUMNS)
+        sorted_rows = name == "elements" and isinstance(data, pa.Table)
         self.seq += 1
         ds.write_dataset(
             source,
@@ -217,14 +232,16 @@ class ParquetLakeWriter:
             partitioning_flavor="hive" if partitioned else None,
             basename_template=f"{self.writer_id}-{self.seq}-{{i}}.parquet",
             existing_data_behavior="overwrite_or_ignore",
-            file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+            file_options=ds.ParquetFileFormat().make_write_options(
+                compression="zstd", sorting_columns=sorting_columns(schema.names) if sorted_rows else None
+            ),
             max_rows_per_file=ROWS_PER_FILE,
             max_rows_per_group=rows_per_group(name),
             min_rows_per_group=min(rows_per_group(name), 50_000),
             max_partitions=100_000,
             file_visitor=visit,
             use_threads=True,
-            preserve_order=name == "elements",  # sorted rows stay sorted in each file
+            preserve_order=sorted_rows,  # sorted rows stay sorted in each file
         )
         return count
 
@@ -450,8 +467,8 @@ def _compact_folder(
     ]
     before = sum(int(f.size or 0) for f in files)
     stats = {"files_before": len(files), "bytes_before": before, "files_after": len(files), "bytes_after": before}
-    if len(files) < (1 if sort else 2):
-        return stats
+    if len(files) < 2 and not (sort and files and not _declares_sorted(fs, files[0].path)):
+        return stats  # one file, and sorted when it must be
     paths = sorted(f.path for f in files)
     # files of several runs may differ (a column added since): one schema over all, streamed
     schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in paths], promote_options="permissive")
@@ -477,7 +494,9 @@ def _compact_folder(
         filesystem=fs,
         format="parquet",
         basename_template=f"compact-{tag}-{{i}}.parquet",
-        file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+        file_options=ds.ParquetFileFormat().make_write_options(
+            compression="zstd", sorting_columns=sorting_columns(schema.names) if sort else None
+        ),
         max_rows_per_file=rows_per_file,
         max_rows_per_group=min(group, rows_per_file),
         min_rows_per_group=min(group, 50_000),
