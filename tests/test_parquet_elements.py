@@ -172,3 +172,53 @@ def test_compact_leaves_sorted_single_files_alone(tmp_path: Path) -> None:
     totals = parquet.compact(tmp_path / "lake")
     assert totals["files_after"] == totals["files_before"] == len(before)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lake").rglob("*.parquet")} == before
+
+
+def test_an_export_puts_each_row_in_its_instances_partition_hashing_the_keys_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each exported element row lies in the folder of its instance's Modality and study month
+    (pydicom's reading of the files is the oracle); and the copy hashes the lake's UIDs once, not
+    once per batch (the cost that made an export of 10 M instances grow with the square of the
+    lake: Arrow's ``index_in`` builds its set of every key on each call)."""
+    import pyarrow.compute as pc
+    import pydicom
+
+    from dicomlake.ingest.pipeline import ingest_paths
+    from dicomlake.samples import repo_corpus
+    from dicomlake.store.duckdb import DuckDBStore
+    from dicomlake.store.transfer import copy_lake
+
+    corpus = repo_corpus()
+    assert corpus is not None
+    files = sorted((corpus / "openrem").glob("*.dcm"))[:8]
+    ingest_paths(files, tmp_path / "lake", workers=1)
+    want: dict[str, tuple[str, str]] = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        date = str(ds.get("StudyDate", "") or "")
+        want[str(ds.SOPInstanceUID)] = (
+            str(ds.get("Modality", "") or "_none"),
+            f"{date[:4]}-{date[4:6]}" if len(date) == 8 else "_none",
+        )
+    hashed = 0
+    real_index_in = pc.index_in
+
+    def counting(values: object, value_set: object = None, **kw: object) -> object:
+        nonlocal hashed
+        hashed += len(value_set) if value_set is not None else 0  # type: ignore[arg-type]
+        return real_index_in(values, value_set=value_set, **kw)
+
+    monkeypatch.setattr(pc, "index_in", counting)
+    with DuckDBStore(tmp_path / "lake", read_only=True) as src:
+        rep = copy_lake(src, ParquetLakeWriter(tmp_path / "pq"), batch_rows=500)
+    assert rep.rows["elements"] > 10 * 500  # many batches
+    assert hashed <= 2 * len(want), f"{hashed} keys hashed for a lake of {len(want)} instances"
+    seen = 0
+    for f in (tmp_path / "pq" / "elements").rglob("*.parquet"):
+        mod = f.parent.parent.name.split("=", 1)[1]
+        month = f.parent.name.split("=", 1)[1]
+        for uid in set(pq.read_table(f, columns=["SOPInstanceUID"]).column(0).to_pylist()):
+            assert want[uid] == (mod, month), (uid, f)
+            seen += 1
+    assert seen == len(want)
