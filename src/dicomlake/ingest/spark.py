@@ -55,7 +55,13 @@ from dicomlake.ingest.sources import DICOMDIR_NAMES, Task, expand
 from dicomlake.ingest.worker import WorkerConfig, process_chunk
 from dicomlake.lakeschema import REJECT_SCHEMA
 from dicomlake.store.fs import S3_ENV, filesystem, is_remote, is_uri, join, local_path, write_bytes
-from dicomlake.store.parquet import MARKER, PARTITIONED, ParquetLakeWriter, rows_per_group
+from dicomlake.store.parquet import (
+    ELEMENT_ROWS_PER_GROUP,
+    MARKER,
+    PARTITIONED,
+    ROWS_PER_GROUP,
+    ParquetLakeWriter,
+)
 
 FILES_PER_CHUNK = 48
 """Files per chunk (one ``process_chunk`` call), as in the embedded pipeline. Default: 48"""
@@ -874,7 +880,9 @@ def _rewrite_file(fs: pafs.FileSystem, src: str, dest: str, drop: pa.Array | Non
         if src != dest:
             fs.move(src, dest)  # a rename locally and on HDFS; copy and delete on an object store
         return 1, 0
-    tab = pq.read_table(src, filesystem=fs, partitioning=None)
+    pf = pq.ParquetFile(src, filesystem=fs)  # one footer read (a GET on an object store)
+    tab = pf.read()
+    meta = pf.metadata
     kept = tab.filter(pc.invert(pc.is_in(tab.column("SOPInstanceUID"), value_set=drop)))
     removed = tab.num_rows - kept.num_rows
     if not removed:
@@ -882,15 +890,14 @@ def _rewrite_file(fs: pafs.FileSystem, src: str, dest: str, drop: pa.Array | Non
     if kept.num_rows:
         folder, name = dest.rsplit("/", 1)
         tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp" if local else dest
-        # rows keep their order, and the file its declared sort (an element file's) and row-group size
-        meta = pq.read_metadata(src, filesystem=fs)
+        # rows keep their order, and the file its declared sort (a sorted element file's) and row groups
         declared = list(meta.row_group(0).sorting_columns) if meta.num_row_groups else []
         pq.write_table(
             kept,
             tmp,
             filesystem=fs,
             compression="zstd",
-            row_group_size=rows_per_group(dest),
+            row_group_size=ELEMENT_ROWS_PER_GROUP if declared else ROWS_PER_GROUP,
             sorting_columns=declared or None,
         )
         if local:

@@ -155,10 +155,9 @@ class _PartitionIndex:
             combos.setdefault((m, mo), len(combos))
             for m, mo in zip(*(keys.column(c).to_pylist() for c in PART_COLUMNS), strict=True)
         ]
-        self.number = dict(zip(keys.column("SOPInstanceUID").to_pylist(), numbers, strict=True))
-        self.parts = {
-            c: pa.array([combo[i] for combo in combos], pa.string()) for i, c in enumerate(PART_COLUMNS)
-        }
+        # reversed: the first row of a UID wins, as with ``index_in``
+        self.number = dict(zip(reversed(keys.column("SOPInstanceUID").to_pylist()), reversed(numbers), strict=True))
+        self.parts = {c: pa.array([combo[i] for combo in combos], pa.string()) for i, c in enumerate(PART_COLUMNS)}
 
     def add_to(self, table: pa.Table) -> pa.Table:
         """``table`` with its rows' partition columns (``_none`` for an instance not in the lake)."""
