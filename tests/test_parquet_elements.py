@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,7 +24,19 @@ from dicomlake.store import parquet
 from dicomlake.store.parquet import ParquetLakeWriter, ParquetStore
 
 N_INSTANCES = 6_000
-ATTRS = [f"0018{k:04X}" for k in range(0x1000, 0x1000 + 24)]  # 24 attributes: 144,000 rows
+
+
+def _attributes(n: int) -> list[str]:
+    """``path_key`` of ``n`` attributes without a typed column (what a filter names them by)."""
+    from dicomlake.lakeschema import instance_columns
+    from dicomlake.query.filters import resolve_key
+
+    cols = instance_columns()
+    keys = (resolve_key(f"(0018,{k:04X})", cols) for k in range(0x1001, 0x1100))
+    return [str(k.path_key) for k in keys if k.column is None and k.path_key][:n]
+
+
+ATTRS = _attributes(24)  # 24 attributes: 144,000 rows
 
 
 def _instances(n: int) -> pa.Table:
@@ -32,6 +45,9 @@ def _instances(n: int) -> pa.Table:
             "SOPInstanceUID": [f"1.2.3.{i}" for i in range(n)],
             "Modality": ["MG" if i % 3 else "CT" for i in range(n)],
             "StudyDate": pa.array([19_000 + 40 * (i % 2) for i in range(n)], pa.int32()).cast(pa.date32()),
+            "StudyInstanceUID": [f"1.2.4.{i // 10}" for i in range(n)],
+            "SeriesNumber": pa.array([1] * n, pa.int32()),
+            "InstanceNumber": pa.array([i % 10 for i in range(n)], pa.int32()),
         }
     )
 
@@ -44,7 +60,7 @@ def _elements(n: int, seed: int = 1) -> pa.Table:
         for a in ATTRS:
             uid.append(f"1.2.3.{i}")
             path_key.append(a)
-            tag.append(a)
+            tag.append("00181000")
             v = rnd.randrange(1000)
             text.append(None if v == 7 else str(v))
             num.append(float(v))
@@ -149,18 +165,54 @@ def test_compact_sorts_element_files_of_older_writers(tmp_path: Path, monkeypatc
     by ``compact``; other tables are compacted as before."""
     inst, el = _instances(N_INSTANCES), _elements(N_INSTANCES)
     keys = parquet.partition_keys(inst)
-    monkeypatch.setattr(parquet, "sort_elements", lambda t: t)  # the older writer: no sort
+    monkeypatch.setattr(parquet, "sort_elements", lambda t: t)  # the older writer: no sort, none declared
+    monkeypatch.setattr(parquet, "sorting_columns", lambda names: [])
     w = ParquetLakeWriter(tmp_path / "lake", "old")
     w.write_marker()
     half = N_INSTANCES // 2 * len(ATTRS)
     w.write_tables({"instances": inst, "elements": el.slice(0, half)})
-    w.write("elements", parquet.with_partitions(el.slice(half), keys))
+    # the second half in three of the four partitions; the CT partition of the second month keeps one file
+    rest = parquet.with_partitions(el.slice(half), keys)
+    one = pc.and_(pc.equal(rest.column("part_modality"), "CT"), pc.not_equal(rest.column("part_month"), "2022-01"))
+    w.write("elements", rest.filter(pc.invert(one)))
     monkeypatch.undo()
+    single = [d for d in (tmp_path / "lake" / "elements").glob("*/*") if len(list(d.glob("*.parquet"))) == 1]
+    assert len(single) == 1, single
     with pytest.raises(AssertionError):
         _check_sorted_files(tmp_path / "lake", el)
     totals = parquet.compact(tmp_path / "lake")
     assert totals["partitions"] >= 8
-    _check_sorted_files(tmp_path / "lake", el)
+    _check_sorted_files(
+        tmp_path / "lake",
+        el.filter(pc.invert(pc.is_in(el.column("SOPInstanceUID"), value_set=_dropped(inst, el, half)))),
+    )
+
+
+def _dropped(inst: pa.Table, el: pa.Table, half: int) -> pa.Array:
+    """The UIDs whose second-half rows the test left out (CT, second month)."""
+    keys = parquet.partition_keys(inst)
+    rest = parquet.with_partitions(el.slice(half), keys)
+    one = pc.and_(pc.equal(rest.column("part_modality"), "CT"), pc.not_equal(rest.column("part_month"), "2022-01"))
+    return pc.unique(rest.filter(one).column("SOPInstanceUID"))
+
+
+def test_compact_settles_on_partitions_larger_than_a_sorted_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition of several sorted files (more rows than one sort holds) is left alone by the
+    next ``compact``: it rewrote the whole element store every time."""
+    monkeypatch.setattr(parquet, "SORT_CHUNK_ROWS", 10_000)
+    inst, el = _instances(N_INSTANCES), _elements(N_INSTANCES)
+    w = ParquetLakeWriter(tmp_path / "lake", "t")
+    w.write_marker()
+    w.write_tables({"instances": inst, "elements": el})
+    w.write_tables({"elements": el.slice(0, 1), "instances": inst.slice(0, 1)})  # a second file: compact merges
+    parquet.compact(tmp_path / "lake")
+    big = max((tmp_path / "lake" / "elements").glob("*/*"), key=lambda d: len(list(d.glob("*.parquet"))))
+    assert len(list(big.glob("*.parquet"))) >= 2, "the test needs a partition of several sorted files"
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "lake").rglob("*.parquet")}
+    parquet.compact(tmp_path / "lake")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lake").rglob("*.parquet")} == before
 
 
 def test_compact_leaves_sorted_single_files_alone(tmp_path: Path) -> None:
@@ -222,3 +274,56 @@ def test_an_export_puts_each_row_in_its_instances_partition_hashing_the_keys_onc
             assert want[uid] == (mod, month), (uid, f)
             seen += 1
     assert seen == len(want)
+
+
+def test_filters_on_modality_and_study_date_open_only_their_partitions_files(tmp_path: Path) -> None:
+    """DuckDB's profiler (not our code) counts the files each scan opened; the oracle is the files
+    in the partition folders the filters can match (issue 16: ``Modality='MG'`` opened 137 of 137),
+    and the instances are those the test generated to match."""
+    import re
+
+    from dicomlake.query.lake import Lake
+
+    inst, el = _instances(N_INSTANCES), _elements(N_INSTANCES)
+    half = N_INSTANCES // 2
+    w = ParquetLakeWriter(tmp_path / "lake", "t")
+    w.write_marker()
+    for lo, hi in ((0, half), (half, N_INSTANCES)):  # two files a partition
+        w.write_tables(
+            {"instances": inst.slice(lo, hi - lo), "elements": el.slice(lo * len(ATTRS), (hi - lo) * len(ATTRS))}
+        )
+    lake = tmp_path / "lake"
+
+    def files(table: str, modality: str = "*", month: str = "*") -> int:
+        return len(list((lake / table).glob(f"part_modality={modality}/part_month={month}/*.parquet")))
+
+    value = {
+        u: v
+        for u, k, v in zip(
+            *(el.column(c).to_pylist() for c in ("SOPInstanceUID", "path_key", "value_num")), strict=True
+        )
+        if k == ATTRS[2]
+    }
+    ct = {f"1.2.3.{i}" for i in range(N_INSTANCES) if i % 3 == 0}
+    feb = {f"1.2.3.{i}" for i in range(N_INSTANCES) if i % 2 == 1}  # 2022-02-17; the others 2022-01-08
+    high = {u for u, v in value.items() if v > 990}
+    cases = [
+        (["Modality = CT", f"{ATTRS[2]} > 990"], ct & high, files("instances", "CT"), files("elements", "CT")),
+        (
+            ["StudyDate = 20220201-", f"{ATTRS[2]} > 990"],
+            feb & high,
+            files("instances", month="2022-02"),
+            files("elements", month="2022-02"),
+        ),
+        (["Modality = CT", "StudyDate < 20220115"], ct - feb, files("instances", "CT", "2022-01"), None),
+        (["Modality = C*"], ct, files("instances"), None),  # a wildcard names no partition
+    ]
+    with Lake.open(lake, read_only=True) as lk:
+        for where, want, n_inst, n_el in cases:
+            sql, params, _ = lk.build_query(where, ["SOPInstanceUID"], "instance")
+            plan = str(lk.store.con.execute("EXPLAIN ANALYZE " + sql, params).fetchall()[0][1])
+            read = sorted(int(n) for n in re.findall(r"Total Files Read: (\d+)", plan))
+            assert read == sorted([n_inst] + ([n_el] if n_el is not None else [])), (where, read, n_inst, n_el)
+            got = lk.query_arrow(where, ["SOPInstanceUID"], "instance", limit=100_000).column(0).to_pylist()
+            assert sorted(got) == sorted(want) and want, where
+    assert files("instances") == 8 and files("instances", "CT") == 4

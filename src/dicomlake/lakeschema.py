@@ -164,14 +164,23 @@ class ElementJoin:
     instance_column: str = "SOPInstanceUID"
     relation: str = "elements"
     relation_column: str = "SOPInstanceUID"
+    partitions: bool = False
+    """``instances i`` and the element relation carry a Parquet lake's partition columns
+    (:data:`PARTITION_COLUMNS`): a filter on ``Modality`` or ``StudyDate`` then also names the
+    partitions it can match, so a scan opens only their folders' files."""
 
 
 ELEMENTS_BY_UID = ElementJoin()
 """The join every engine can do: ``elements`` by SOP Instance UID."""
 
 
-INTERNAL_COLUMNS = frozenset({"_iid"})
-"""Columns an engine keeps for itself (a DuckDB lake's instance numbers): never exported or copied."""
+PARTITION_COLUMNS = ("part_modality", "part_month")
+"""A Parquet lake's hive partition keys (Modality, ``_none`` when empty; StudyDate as ``YYYY-MM``):
+folders, not file columns; its ``instances`` and ``elements`` views show them."""
+
+INTERNAL_COLUMNS = frozenset({"_iid", *PARTITION_COLUMNS})
+"""Columns an engine keeps for itself (a DuckDB lake's instance numbers, a Parquet lake's partition
+keys): never exported or copied as data."""
 
 
 def element_join_of(store: object) -> ElementJoin:
@@ -400,6 +409,7 @@ __all__ = [
     "INGEST_RUNS_SCHEMA",
     "INTERNAL_COLUMNS",
     "JSON_SCHEMA",
+    "PARTITION_COLUMNS",
     "PULL_SCHEMAS",
     "PULL_STATES",
     "REJECT_SCHEMA",

@@ -268,7 +268,9 @@ def _column_sql(key: Key, op: str, value: str, where: str) -> tuple[str, list[ob
     return (f"NOT {sql}" if op == "!=" else sql), params
 
 
-def _element_sql(key: Key, op: str, value: str, where: str, join: ElementJoin) -> tuple[str, list[object]]:
+def _element_sql(
+    key: Key, op: str, value: str, where: str, join: ElementJoin, restrict: tuple[str, list[object]] | None = None
+) -> tuple[str, list[object]]:
     params: list[object]
     if key.path_key is not None:
         loc, params = "e.path_key = ?", [key.path_key]
@@ -318,6 +320,9 @@ def _element_sql(key: Key, op: str, value: str, where: str, join: ElementJoin) -
                 alts.append(f"e.value_text {op} ?")
                 params.append(v)
         conds.append("(" + " OR ".join(alts) + ")")
+    if restrict is not None:  # the partitions the instance filters allow: an element lives in its instance's
+        conds.append(restrict[0].format(a="e"))
+        params += restrict[1]
     inner = f'SELECT e."{join.relation_column}" FROM {join.relation} e WHERE {loc} AND ' + " AND ".join(conds)
     outer = f'i."{join.instance_column}"'
     if op == "!=":
@@ -325,10 +330,15 @@ def _element_sql(key: Key, op: str, value: str, where: str, join: ElementJoin) -
     return f"{outer} IN ({inner})", params
 
 
-def parse_filter(text: str, columns: InstanceColumns, join: ElementJoin = ELEMENTS_BY_UID) -> Filter:
+def parse_filter(
+    text: str,
+    columns: InstanceColumns,
+    join: ElementJoin = ELEMENTS_BY_UID,
+    restrict: tuple[str, list[object]] | None = None,
+) -> Filter:
     """Parse ``KEY OP VALUE`` into SQL over ``instances i``; a filter on an attribute without
     a typed column reads the engine's element rows through ``join`` (the store's
-    ``element_join``)."""
+    ``element_join``), within the partitions ``restrict`` names (:func:`partition_sql`)."""
     m = _FILTER.match(text)
     if not m:
         raise QueryError(
@@ -343,7 +353,7 @@ def parse_filter(text: str, columns: InstanceColumns, join: ElementJoin = ELEMEN
     if key.column is not None:
         sql, params = _column_sql(key, op, value, where)
     else:
-        sql, params = _element_sql(key, op, value, where, join)
+        sql, params = _element_sql(key, op, value, where, join, restrict)
     return Filter(text=text, key=key, op=op, value=value, sql=sql, params=tuple(params))
 
 
@@ -357,6 +367,68 @@ def where_clause(
     parsed = [parse_filter(f, columns, join) for f in filters]
     if not parsed:
         return "TRUE", [], []
+    parts = partition_sql(parsed) if join.partitions else None
+    if parts is not None:  # element filters read only the partitions the others allow
+        parsed = [
+            parse_filter(f, columns, join, parts) if p.key.column is None else p
+            for f, p in zip(filters, parsed, strict=True)
+        ]
     sql = " AND ".join(f.sql for f in parsed)
     params = [p for f in parsed for p in f.params]
+    if parts is not None:
+        sql += " AND " + parts[0].format(a="i")
+        params += parts[1]
     return sql, params, parsed
+
+
+_PARTITION_MODALITY = re.compile(r"^[A-Za-z0-9_]+$")  # written as is in a folder name (no encoding)
+
+
+def _month(v: str) -> str | None:
+    d = _dicom_date(v)
+    return f"{d[:4]}-{d[4:6]}" if d else None
+
+
+def partition_sql(parsed: list[Filter]) -> tuple[str, list[object]] | None:
+    """The Parquet partitions (``part_modality``, ``part_month``) that filters on ``Modality``
+    and ``StudyDate`` can match, as a condition on alias ``{a}``; None when they name none.
+
+    Always implied by the filters (it may keep more partitions, never fewer): a study month
+    of ``_none`` (no StudyDate) sorts after every ``YYYY-MM``, so ``>=`` keeps it and a row
+    without a date fails the filter anyway.
+
+    >>> from dicomlake.lakeschema import instance_columns
+    >>> cols = instance_columns()
+    >>> partition_sql([parse_filter("Modality = MG,CT", cols), parse_filter("StudyDate = 20240105-20240320", cols)])
+    ('{a}.part_modality IN (?, ?) AND {a}.part_month >= ? AND {a}.part_month <= ?', ['MG', 'CT', '2024-01', '2024-03'])
+    >>> partition_sql([parse_filter("Modality = M*", cols), parse_filter("StudyDate != 20240105", cols)]) is None
+    True
+    """
+    conds: list[str] = []
+    params: list[object] = []
+    for f in parsed:
+        col, op = f.key.column, f.op
+        if col == "Modality" and op == "=":
+            values = [v.strip() for v in f.value.split(",")]
+            if values and all(_PARTITION_MODALITY.match(v) for v in values):
+                conds.append("{a}.part_modality IN (" + ", ".join("?" for _ in values) + ")")
+                params += values
+        elif col == "StudyDate" and op in ("=", ">", ">=", "<", "<="):
+            rng = _range(f.value, f.key.vr, f.key.kind) if op == "=" else None
+            if rng is not None:
+                for bound, cmp in ((rng[0], ">="), (rng[1], "<=")):
+                    m = _month(bound) if bound else None
+                    if m:
+                        conds.append(f"{{a}}.part_month {cmp} ?")
+                        params.append(m)
+            elif op == "=":
+                months = [_month(v) for v in f.value.split(",")]
+                if months and all(months):
+                    conds.append("{a}.part_month IN (" + ", ".join("?" for _ in months) + ")")
+                    params += [m for m in months if m]
+            else:
+                m = _month(f.value)
+                if m:
+                    conds.append(f"{{a}}.part_month {'>=' if op in ('>', '>=') else '<='} ?")
+                    params.append(m)
+    return (" AND ".join(conds), params) if conds else None

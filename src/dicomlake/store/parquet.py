@@ -38,15 +38,24 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.lakeschema import ELEMENTS_BY_UID, INGEST_RUNS_SCHEMA, InstanceColumns, instance_columns, table_schemas
+from dicomlake.lakeschema import (
+    INGEST_RUNS_SCHEMA,
+    PARTITION_COLUMNS,
+    ElementJoin,
+    InstanceColumns,
+    instance_columns,
+    table_schemas,
+)
 from dicomlake.store.base import WriteReport
 from dicomlake.store.pullstate import PullStateTables
 
 MARKER = "_dicomlake_lake.json"
 FORMAT = "dicomlake-parquet"
 FORMAT_VERSION = 1
-PART_COLUMNS = ("part_modality", "part_month")
+PART_COLUMNS = PARTITION_COLUMNS
 PARTITIONED = ("instances", "elements", "dicom_json", "dose_events")
+PRUNED = ("instances", "elements")
+"""Tables whose views show the partition keys, which filters use to open only the folders they need."""
 UNPARTITIONED = ("rejects", "ingest_runs")
 NONE = "_none"
 ROWS_PER_FILE = 4_000_000
@@ -77,7 +86,7 @@ def sorting_columns(names: list[str]) -> list[pq.SortingColumn]:
 
 def _declares_sorted(fs: pafs.FileSystem, path: str) -> bool:
     """True when the file's row groups declare :data:`ELEMENT_ORDER` (a sorted writer wrote it)."""
-    meta = pq.ParquetFile(path, filesystem=fs).metadata
+    meta = pq.read_metadata(path, filesystem=fs)
     want = tuple(sorting_columns(meta.schema.names))
     return bool(want) and all(meta.row_group(g).sorting_columns == want for g in range(meta.num_row_groups))
 
@@ -254,9 +263,11 @@ class ParquetLakeWriter:
         folders = sorted({f.rsplit("/", 1)[0] for f in self.files if f.startswith(prefix)})
         for folder in folders:
             _compact_folder(self.fs, self.base, folder, TARGET_FILE_BYTES, sort=True)
-        if folders:
-            try:  # the rewrites' journal folder, empty now
-                self.fs.delete_dir(f"{self.base}/{COMPACT_JOURNAL}")
+        journal = f"{self.base}/{COMPACT_JOURNAL}"
+        left = self.fs.get_file_info(pafs.FileSelector(journal, allow_not_found=True, recursive=True))
+        if folders and not left:  # the rewrites' journal folder, when nothing else is in it
+            try:
+                self.fs.delete_dir(journal)
             except (FileNotFoundError, OSError):
                 pass
         mine = set(folders)
@@ -294,7 +305,8 @@ class ParquetStore:
         self.lake = Path(lake)
         self.read_only = True
         self.columns = columns or instance_columns()
-        self.element_join = ELEMENTS_BY_UID  # the per-element table, by UID
+        # the per-element table, by UID; filters on Modality/StudyDate also name their partitions
+        self.element_join = ElementJoin(partitions=True)
         if not self.lake.is_dir():
             raise ConfigError(f"no Parquet lake at {self.lake} (not a folder)")
         marker = self.lake / MARKER
@@ -316,7 +328,9 @@ class ParquetStore:
             if files:
                 glob = str(folder / ("**/*.parquet" if name in PARTITIONED else "*.parquet")).replace("'", "''")
                 hive = "true" if name in PARTITIONED else "false"
-                excl = " EXCLUDE (part_modality, part_month)" if name in PARTITIONED else ""
+                # instances and elements keep the partition keys (filters prune folders by them:
+                # ElementJoin.partitions); the other tables show the lake's columns only
+                excl = " EXCLUDE (part_modality, part_month)" if name in PARTITIONED and name not in PRUNED else ""
                 source = f"read_parquet('{glob}', hive_partitioning = {hive}, union_by_name = true)"
                 # time of day stored as int64 microseconds (the Spark engine: plain engines read
                 # it; docs/reference/lake.md) is TIME again in the view
@@ -327,6 +341,10 @@ class ParquetStore:
                     f'CREATE VIEW "{name}" AS SELECT *{excl}{f" REPLACE ({repl})" if repl else ""} FROM {source}'
                 )
             else:
+                if name in PRUNED:  # the columns a filter names, on an empty table too
+                    schema = schema.append(pa.field(PART_COLUMNS[0], pa.string())).append(
+                        pa.field(PART_COLUMNS[1], pa.string())
+                    )
                 empty = schema.empty_table()  # noqa: F841 - referenced by name in SQL
                 self.con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM empty')
         from dicomlake.store.curation import CURATION_SCHEMAS
@@ -435,9 +453,10 @@ def compact_partition(lake: str, folder: str, target_bytes: int = TARGET_FILE_BY
     return _compact_folder(fs, base, folder, target_bytes, sort=folder[len(base) :].startswith("/elements/"))
 
 
-SORT_CHUNK_ROWS = 4_000_000
-"""A sorted rewrite holds this many rows in memory at most (~0.5 GB of element rows); a larger
-partition becomes several files, each sorted. Default: 4,000,000"""
+SORT_CHUNK_ROWS = 1_000_000
+"""A sorted rewrite sorts this many rows in memory at a time (element rows of real headers take
+~280 B each in Arrow, and the sort copies them: ~0.6 GB); a larger partition becomes several
+files, each sorted. Default: 1,000,000"""
 
 
 def _sorted_chunks(table: ds.Dataset, chunk_rows: int) -> Iterator[pa.Table]:
@@ -450,11 +469,15 @@ def _sorted_chunks(table: ds.Dataset, chunk_rows: int) -> Iterator[pa.Table]:
         n += batch.num_rows
         while n >= chunk_rows:
             whole = pa.concat_tables(held)
-            yield sort_elements(whole.slice(0, chunk_rows))
-            rest = whole.slice(chunk_rows)
+            chunk, rest = whole.slice(0, chunk_rows), whole.slice(chunk_rows)
             held, n = [rest], rest.num_rows
+            del whole
+            yield sort_elements(chunk)
+            del chunk
     if n:
-        yield sort_elements(pa.concat_tables(held))
+        last = pa.concat_tables(held)
+        held = []
+        yield sort_elements(last)
 
 
 def _compact_folder(
@@ -485,6 +508,8 @@ def _compact_folder(
     source: Any = table
     if sort:  # each output file sorted in memory, a chunk at a time
         rows_per_file = min(rows_per_file, SORT_CHUNK_ROWS)
+        if len(paths) <= -(-rows // rows_per_file) and all(_declares_sorted(fs, p) for p in paths):
+            return stats  # as a sorted rewrite would leave it: nothing to do
         source = pa.RecordBatchReader.from_batches(
             schema, (b for t in _sorted_chunks(table, rows_per_file) for b in t.to_batches())
         )
