@@ -10,6 +10,7 @@ there); a query it cannot be applied to is refused.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
@@ -98,7 +99,10 @@ def _dose_where(reader: Reader, where: Sequence[str], modalities: Sequence[str])
     cond, params, _ = where_clause(list(where), reader.columns, element_join_of(reader))
     if not modalities:
         return cond, params
-    mcond, mparams, _ = where_clause(list(modalities), reader.columns, element_join_of(reader))
+    # ORed below with the dose family and the study's other instances (an RDSR is SR, in the SR
+    # partition): a Parquet lake's partition condition would not be implied, so none here
+    plain = dataclasses.replace(element_join_of(reader), partitions=False)
+    mcond, mparams, _ = where_clause(list(modalities), reader.columns, plain)
     family = mcond.replace('i."Modality"', "d.modality_family")
     study = mcond.replace('i."', 'j."')
     widened = (

@@ -395,12 +395,15 @@ def partition_sql(parsed: list[Filter]) -> tuple[str, list[object]] | None:
 
     Always implied by the filters (it may keep more partitions, never fewer): a study month
     of ``_none`` (no StudyDate) sorts after every ``YYYY-MM``, so ``>=`` keeps it and a row
-    without a date fails the filter anyway.
+    without a date fails the filter anyway. So it holds only where the filters are ANDed over
+    ``instances i``: a caller that ORs a filter's SQL with other conditions compiles it with
+    ``partitions=False`` (``query/dashboards._dose_where``). Columns are quoted (``i."…"``), so
+    callers that rename the alias by ``i."`` rename these too (``audit/common.Selection``).
 
     >>> from dicomlake.lakeschema import instance_columns
     >>> cols = instance_columns()
     >>> partition_sql([parse_filter("Modality = MG,CT", cols), parse_filter("StudyDate = 20240105-20240320", cols)])
-    ('{a}.part_modality IN (?, ?) AND {a}.part_month >= ? AND {a}.part_month <= ?', ['MG', 'CT', '2024-01', '2024-03'])
+    ('{a}."part_modality" IN (?, ?) AND {a}."part_month" >= ? AND {a}."part_month" <= ?', ['MG', 'CT', '2024-01', '2024-03'])
     >>> partition_sql([parse_filter("Modality = M*", cols), parse_filter("StudyDate != 20240105", cols)]) is None
     True
     """
@@ -411,7 +414,7 @@ def partition_sql(parsed: list[Filter]) -> tuple[str, list[object]] | None:
         if col == "Modality" and op == "=":
             values = [v.strip() for v in f.value.split(",")]
             if values and all(_PARTITION_MODALITY.match(v) for v in values):
-                conds.append("{a}.part_modality IN (" + ", ".join("?" for _ in values) + ")")
+                conds.append('{a}."part_modality" IN (' + ", ".join("?" for _ in values) + ")")
                 params += values
         elif col == "StudyDate" and op in ("=", ">", ">=", "<", "<="):
             rng = _range(f.value, f.key.vr, f.key.kind) if op == "=" else None
@@ -419,16 +422,16 @@ def partition_sql(parsed: list[Filter]) -> tuple[str, list[object]] | None:
                 for bound, cmp in ((rng[0], ">="), (rng[1], "<=")):
                     m = _month(bound) if bound else None
                     if m:
-                        conds.append(f"{{a}}.part_month {cmp} ?")
+                        conds.append(f'{{a}}."part_month" {cmp} ?')
                         params.append(m)
             elif op == "=":
                 months = [_month(v) for v in f.value.split(",")]
                 if months and all(months):
-                    conds.append("{a}.part_month IN (" + ", ".join("?" for _ in months) + ")")
+                    conds.append('{a}."part_month" IN (' + ", ".join("?" for _ in months) + ")")
                     params += [m for m in months if m]
             else:
                 m = _month(f.value)
                 if m:
-                    conds.append(f"{{a}}.part_month {'>=' if op in ('>', '>=') else '<='} ?")
+                    conds.append(f'{{a}}."part_month" {">=" if op in (">", ">=") else "<="} ?')
                     params.append(m)
     return (" AND ".join(conds), params) if conds else None
