@@ -71,10 +71,10 @@ ELEMENT_ROWS_PER_GROUP = 32_768
 instance: a group of a partition file then holds a few attributes). Default: 32,768"""
 
 
-def rows_per_group(path_or_table: str) -> int:
-    """Row-group size of a lake file: :data:`ELEMENT_ROWS_PER_GROUP` for ``elements`` (a table
-    name or a path inside the lake), else :data:`ROWS_PER_GROUP`."""
-    return ELEMENT_ROWS_PER_GROUP if path_or_table == "elements" or "/elements/" in path_or_table else ROWS_PER_GROUP
+def rows_per_group(table: str) -> int:
+    """Row-group size of a lake table's files: :data:`ELEMENT_ROWS_PER_GROUP` for ``elements``,
+    else :data:`ROWS_PER_GROUP`."""
+    return ELEMENT_ROWS_PER_GROUP if table == "elements" else ROWS_PER_GROUP
 
 
 def sorting_columns(names: list[str]) -> list[pq.SortingColumn]:
@@ -490,8 +490,8 @@ def _compact_folder(
     ]
     before = sum(int(f.size or 0) for f in files)
     stats = {"files_before": len(files), "bytes_before": before, "files_after": len(files), "bytes_after": before}
-    if len(files) < 2 and not (sort and files and not _declares_sorted(fs, files[0].path)):
-        return stats  # one file, and sorted when it must be
+    if len(files) < (1 if sort else 2):
+        return stats  # a sorted folder is settled below, by the declared order of its files
     paths = sorted(f.path for f in files)
     # files of several runs may differ (a column added since): one schema over all, streamed
     schema = pa.unify_schemas([pq.read_schema(p, filesystem=fs) for p in paths], promote_options="permissive")
@@ -499,7 +499,7 @@ def _compact_folder(
     table = ds.dataset(paths, schema=schema, filesystem=fs, format="parquet")
     stats["rows"] = rows = table.count_rows()
     per_row = max(1.0, before / max(1, rows))
-    group = rows_per_group(folder[len(base) :] + "/")
+    group = rows_per_group("elements" if sort else "")
     rows_per_file = max(group, int(target_bytes / per_row))
     tag = uuid.uuid4().hex[:12]
     rel = folder[len(base) + 1 :]
