@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
             if engines:
                 try:
                     others[stop] = _engines(lake, work, engines, a.query_rounds, pg_url)
-                finally:  # each size's PostgreSQL copy goes with its server (disk: ~17 GB a 1 M copy)
+                finally:  # each size's PostgreSQL copy goes with its server (disk: a copy and its WAL)
                     if pg is not None:
                         pg.stop()
                         pg = None

@@ -63,12 +63,14 @@ def sorted_table(t: pa.Table, drop: set[str] = VOLATILE) -> pa.Table:
 
 
 def read_all(location: Any, table: str) -> pa.Table:
-    """Every row; a DuckDB lake's without its own instance numbers (``instances._iid``, not data:
-    another engine's lake must not have them, so they are kept there and fail the comparison)."""
+    """Every row; a DuckDB or PostgreSQL lake's without its own instance numbers (``instances._iid``,
+    not data: a Parquet lake must not have them, so they are kept there and fail the comparison)."""
     with Lake.open(location, read_only=True) as lk:
         t = lk.store.query(f'SELECT * FROM "{table}"')
     # each engine's own columns, on its side only (a leak into another engine fails the comparison)
-    own = {"duckdb": {"_iid"}, "parquet": set(PARTITION_COLUMNS)}.get(location_kind(location), set())
+    own = {"duckdb": {"_iid"}, "postgres": {"_iid"}, "parquet": set(PARTITION_COLUMNS)}.get(
+        location_kind(location), set()
+    )
     assert own <= INTERNAL_COLUMNS
     return t.drop_columns([c for c in t.column_names if c in own])
 

@@ -155,10 +155,10 @@ class ElementJoin:
     ``i.<instance_column> IN (SELECT e.<relation_column> FROM <relation> e WHERE …)``.
 
     Every engine has the ``elements`` relation keyed by ``SOPInstanceUID``
-    (:data:`ELEMENTS_BY_UID`). A DuckDB lake also numbers its instances: ``instances._iid``
-    and the element store's ``element_index`` (its rows with the attribute columns, keyed by
-    that number; docs/explanation/lake.md, "The element store"), so its filters join
-    integers, not UID text.
+    (:data:`ELEMENTS_BY_UID`). DuckDB and PostgreSQL lakes also number their instances:
+    ``instances._iid`` and the element store's ``element_index`` (its rows with the attribute
+    columns, keyed by that number; docs/explanation/lake.md, "The element store"), so their
+    filters join integers, not UID text.
     """
 
     instance_column: str = "SOPInstanceUID"
@@ -179,7 +179,7 @@ PARTITION_COLUMNS = ("part_modality", "part_month")
 folders, not file columns; its ``instances`` and ``elements`` views show them."""
 
 INTERNAL_COLUMNS = frozenset({"_iid", *PARTITION_COLUMNS})
-"""Columns an engine keeps for itself (a DuckDB lake's instance numbers, a Parquet lake's partition
+"""Columns an engine keeps for itself (a DuckDB or PostgreSQL lake's instance numbers, a Parquet lake's partition
 keys): never exported or copied as data."""
 
 

@@ -78,6 +78,10 @@ def compact_lake(
     Spark tasks write one small file per partition they touch; compaction after an ingest (or
     once a month is closed) leaves one to a few files per partition. Rows are unchanged.
 
+    On a PostgreSQL lake (postgresql://…) it leaves one element run per attribute and group of
+    instances, without the rows of replaced instances, rewriting only the groups that need it,
+    in one transaction (writers wait for it, readers do not).
+
     On a DuckDB lake it sorts the element store into one run, drops the rows of replaced
     instances (docs/explanation/lake.md, "The element store") and rewrites the file without
     the free blocks DuckDB keeps; the writer merges in steps by itself, so this is only for a
@@ -89,6 +93,25 @@ def compact_lake(
     from rich.table import Table
 
     from dicomlake.store.duckdb import DB_NAME, DuckDBStore, rewrite_file
+    from dicomlake.store.postgres import is_postgres_url
+
+    if is_postgres_url(lake):
+        if master:
+            raise typer.BadParameter("--master is for Parquet lakes; a PostgreSQL lake is compacted by its server")
+        from dicomlake.store.postgres import PostgresStore
+
+        with PostgresStore(lake) as pst:
+            before = pst.element_bytes()
+            done = pst.compact_elements()
+            after = pst.element_bytes()
+        t = Table(title=f"compacted {pst.lake_name}", show_header=False)
+        t.add_row("element runs rewritten", f"{done['runs_before']:,} → {done['runs_after']:,}")
+        t.add_row("element rows in them", f"{done['rows_kept']:,}")
+        t.add_row("rows of replaced instances dropped", f"{done['rows_dropped']:,}")
+        t.add_row("element store bytes before", f"{before:,}")
+        t.add_row("element store bytes after", f"{after:,}")
+        Console(stderr=True).print(t)
+        return
 
     db = Path(lake) / DB_NAME
     if "://" not in lake and db.is_file():

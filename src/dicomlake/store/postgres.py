@@ -1,7 +1,9 @@
 """The server back end: a lake in a PostgreSQL database, for several processes and users.
 
 Same tables, column names and upsert rule as :class:`~dicomlake.store.duckdb.DuckDBStore`
-(instances keyed by SOPInstanceUID; a re-ingested instance replaces its rows). Any number
+(instances keyed by SOPInstanceUID; a re-ingested instance replaces its rows); ``elements`` is
+a view over the element store of :mod:`dicomlake.store.pg_elements` (attribute runs keyed by
+the instance number ``instances._iid``). Any number
 of processes may read and write at once: reads never wait (MVCC); each batch is one
 transaction that upserts its instances in ``SOPInstanceUID`` order on the primary key
 (``INSERT … ON CONFLICT DO UPDATE``) and then replaces their other rows, so two writers of
@@ -24,13 +26,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from dicomlake.errors import ConfigError, QueryError
-from dicomlake.lakeschema import ELEMENTS_BY_UID, InstanceColumns, instance_columns
+from dicomlake.lakeschema import ELEMENT_SCHEMA, InstanceColumns, instance_columns
+from dicomlake.store import pg_elements
 from dicomlake.store.base import WriteReport
 from dicomlake.store.lakesql import to_postgres
-from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate
+from dicomlake.store.migrations import SCHEMA_VERSION, current_version, migrate, pg_type
 from dicomlake.store.pullstate import PullStateTables
 
 if TYPE_CHECKING:
@@ -109,7 +113,7 @@ class PostgresStore:
         self.lake = self.url
         self.read_only = read_only
         self.columns = columns or instance_columns()
-        self.element_join = ELEMENTS_BY_UID  # the per-element table, by UID
+        self.element_join = pg_elements.JOIN  # element runs keyed by instance number (store/pg_elements.py)
         try:
             self.connection = psycopg.connect(self.url, autocommit=True, options="-c TimeZone=UTC -c DateStyle=ISO,YMD")
         except psycopg.Error as exc:
@@ -221,22 +225,34 @@ class PostgresStore:
                 # every lake column is set: one the batch lacks becomes NULL, as a fresh insert
                 lake_cols = dict.fromkeys([*self._instance_columns, *names])
                 sets = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in lake_cols if c != "SOPInstanceUID")
+                # each row gets a new instance number (the column's default): a replaced
+                # instance's old element rows match no instance from here on; its old number
+                # is kept for the element store's compaction (rows locked in the upsert's order)
+                cur.execute(
+                    'WITH old AS (SELECT _iid FROM instances WHERE "SOPInstanceUID" = ANY(%s::text[]) '
+                    'ORDER BY "SOPInstanceUID" FOR UPDATE) INSERT INTO element_dead (iid) SELECT _iid FROM old',
+                    [inst.column("SOPInstanceUID").to_pylist()],
+                )
+                cur.execute("CREATE TEMP TABLE _b_iid (u TEXT, iid BIGINT, old BOOLEAN) ON COMMIT DROP")
                 cur.execute(
                     f"WITH up AS (INSERT INTO instances ({cols}) "
                     f'SELECT {cols} FROM _b_inst ORDER BY "SOPInstanceUID" '
-                    f'ON CONFLICT ("SOPInstanceUID") DO UPDATE SET {sets} RETURNING (xmax <> 0) AS old) '
-                    "SELECT count(*) FILTER (WHERE old) FROM up"
+                    f'ON CONFLICT ("SOPInstanceUID") DO UPDATE SET {sets} '
+                    'RETURNING "SOPInstanceUID", _iid, (xmax <> 0)) INSERT INTO _b_iid SELECT * FROM up'
                 )
-                row = cur.fetchone()
+                row = cur.execute("SELECT count(*) FILTER (WHERE old) FROM _b_iid").fetchone()
                 replaced = int(row[0]) if row else 0
                 uids = inst.column("SOPInstanceUID").to_pylist()
                 # the batch's instances are locked by this transaction: replace their rows
-                for t in ("elements", "dicom_json", "dose_events"):
+                for t in ("dicom_json", "dose_events"):
                     cur.execute(f'DELETE FROM "{t}" WHERE "SOPInstanceUID" = ANY(%s::text[])', [uids])
-            for name in ("elements", "dicom_json", "dose_events"):
+            for name in ("dicom_json", "dose_events"):
                 tab = tables.get(name)
                 if tab is not None and tab.num_rows:
                     self._copy_in(cur, name, tab)
+            elements = tables.get("elements")
+            if elements is not None and elements.num_rows:
+                self._write_elements(cur, elements, batch_ids=inst is not None and inst.num_rows > 0)
             if accepted_paths:
                 cur.execute("DELETE FROM rejects WHERE source_path = ANY(%s::text[])", [sorted(set(accepted_paths))])
             if rejects is not None and rejects.num_rows:
@@ -252,6 +268,41 @@ class PostgresStore:
                     f"ON CONFLICT (source_path) DO UPDATE SET {sets}"
                 )
         return replaced
+
+    def _write_elements(self, cur: Any, elements: pa.Table, *, batch_ids: bool) -> None:
+        """The batch's element rows into the element store (:mod:`dicomlake.store.pg_elements`),
+        numbered by the batch's own instances or, without them (an import writes the tables
+        one after the other), by the lake's."""
+        cols = ", ".join(f'"{f.name}" {pg_type(f.type)}' for f in ELEMENT_SCHEMA)
+        cur.execute(f"CREATE TEMP TABLE _b_el ({cols}) ON COMMIT DROP")
+        self._copy_in(cur, "_b_el", elements.select(ELEMENT_SCHEMA.names))
+        if not batch_ids:
+            cur.execute(
+                'CREATE TEMP TABLE _b_iid ON COMMIT DROP AS SELECT "SOPInstanceUID" AS u, _iid AS iid FROM instances '
+                'WHERE "SOPInstanceUID" = ANY(%s::text[])',
+                [pc.unique(elements.column("SOPInstanceUID")).to_pylist()],
+            )
+        pg_elements.write(cur, "_b_el", elements.num_rows, "_b_iid")
+
+    def compact_elements(self) -> dict[str, int]:
+        """One run per attribute and instance group, without replaced instances' rows
+        (``dicomlake compact``; :func:`dicomlake.store.pg_elements.compact`)."""
+        if self.read_only:
+            raise ConfigError(f"the lake {redact(self.url)} was opened read-only")
+        return pg_elements.compact(self.connection)
+
+    def element_bytes(self) -> int:
+        """Bytes on disk of the element store's tables, their TOAST data and indexes."""
+        row = self.connection.execute(
+            "SELECT sum(pg_total_relation_size(c)) FROM unnest(%s::text[]) AS c",
+            [["element_keys", "element_runs", "element_delta"]],
+        ).fetchone()
+        return int(row[0] or 0) if row else 0
+
+    @property
+    def lake_name(self) -> str:
+        """The lake's URL without its password (for messages)."""
+        return redact(self.url)
 
     def record_run(self, row: Mapping[str, object]) -> None:
         if self.read_only:
@@ -358,8 +409,6 @@ def _cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     arrays = []
     for f, col in zip(schema, batch.columns, strict=True):
         if pa.types.is_time(f.type) and pa.types.is_string(col.type):
-            import pyarrow.compute as pc
-
             # Arrow has no string → time cast: read "HH:MM:SS.ffffff" as a time of 1970-01-01
             stamped = pc.binary_join_element_wise(pa.scalar("1970-01-01 "), col, "")
             col = stamped.cast(pa.timestamp("us")).cast(f.type)

@@ -136,6 +136,11 @@ def copy_lake(source: Any, destination: Any, *, batch_rows: int = BATCH_ROWS) ->
                 destination.write_batch({name: tab}, [])
             n += batch.num_rows
         rep.rows[name] = n
+    from dicomlake.store.postgres import PostgresStore
+
+    if isinstance(destination, PostgresStore) and rep.rows.get("elements"):
+        # streamed in the source's order, in batches that split attributes' groups: one run each now
+        destination.compact_elements()
     return rep
 
 

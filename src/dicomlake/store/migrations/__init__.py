@@ -139,6 +139,12 @@ def _m5_rejects_key(cur: Any, columns: InstanceColumns) -> None:
     cur.execute("DROP INDEX IF EXISTS rejects_source_path")  # the unique index serves its lookups
 
 
+def _m6_element_store(cur: Any, columns: InstanceColumns) -> None:
+    from dicomlake.store import pg_elements
+
+    pg_elements.create(cur)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One step of the schema: its number, what it does, and the function that does it."""
@@ -156,6 +162,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "primary keys on SOPInstanceUID; indexes for upserts and element filters", _m3_keys_and_indexes),
     Migration(4, "pull state (pull_runs, pull_studies) for dicomlake pull --resume", _m4_pull_state),
     Migration(5, "unique rejects.source_path: writers upsert without a lake-wide lock", _m5_rejects_key),
+    Migration(
+        6,
+        "element store: element_keys, element_runs, element_delta, instances._iid; elements is a view",
+        _m6_element_store,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this code writes."""
@@ -215,6 +226,7 @@ def ensure_columns(con: Any, columns: InstanceColumns) -> list[str]:
     have: dict[str, set[str]] = {}
     for t, c in rows:
         have.setdefault(t, set()).add(c)
+    schemas.pop("elements", None)  # a view over the element store (store/pg_elements.py)
     missing = [(n, f) for n, s in schemas.items() for f in s if f.name not in have.get(n, set())]
     if not missing:
         return added
