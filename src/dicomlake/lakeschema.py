@@ -164,6 +164,11 @@ class ElementJoin:
     instance_column: str = "SOPInstanceUID"
     relation: str = "elements"
     relation_column: str = "SOPInstanceUID"
+    lookup_by_uid: bool = False
+    """One instance's attribute (a select-list column without a typed column) is looked up in
+    ``elements`` by ``SOPInstanceUID``, not in the relation by number: a PostgreSQL lake finds
+    an instance's runs through ``elements`` (the ``span`` index), where ``element_index``
+    would unnest every run of the attribute for each row."""
     partitions: bool = False
     """``instances i`` and the element relation carry a Parquet lake's partition columns
     (:data:`PARTITION_COLUMNS`): a filter on ``Modality`` or ``StudyDate`` then also names the

@@ -67,7 +67,9 @@ def import_lake(
 
 def compact_lake(
     lake: str = typer.Argument(
-        ..., help="A Parquet lake (a folder or a URI: s3://bucket/lake) or a DuckDB lake folder."
+        ...,
+        help="A Parquet lake (a folder or a URI: s3://bucket/lake), a DuckDB lake folder or a PostgreSQL lake "
+        "(postgresql://…).",
     ),
     master: str | None = typer.Option(
         None, "--master", help="Run on Spark (local[N], spark://HOST:7077): one task per partition."

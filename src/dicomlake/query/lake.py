@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from dicomlake.config import get_settings
 from dicomlake.errors import QueryError
-from dicomlake.lakeschema import DERIVED, element_join_of, instance_columns
+from dicomlake.lakeschema import DERIVED, ELEMENTS_BY_UID, element_join_of, instance_columns
 from dicomlake.query.filters import Filter, resolve_key, where_clause
 from dicomlake.store.duckdb import DuckDBStore
 
@@ -146,7 +146,7 @@ class Lake:
             else:
                 loc = "e.path_key = ?" if key.path_key is not None else "e.tag = ? AND e.depth = 0"
                 sel_params.append(key.path_key if key.path_key is not None else key.tag)
-                j = self.element_join
+                j = ELEMENTS_BY_UID if self.element_join.lookup_by_uid else self.element_join
                 expr = (
                     f"(SELECT first(e.value_text ORDER BY e.path) FROM {j.relation} e "
                     f'WHERE e."{j.relation_column}" = i."{j.instance_column}" AND {loc})'

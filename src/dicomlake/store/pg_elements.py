@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dicomlake.errors import WriteError
+from dicomlake.errors import ConfigError, WriteError
 from dicomlake.lakeschema import ElementJoin
 
 FOLD_ROWS = 100_000
@@ -80,9 +80,24 @@ DDL = (
     "offs SMALLINT[] NOT NULL, paths TEXT[], value_texts TEXT[], value_nums DOUBLE PRECISION[], lengths BIGINT[])",
     "CREATE INDEX IF NOT EXISTS element_runs_kid ON element_runs (kid)",
     "CREATE INDEX IF NOT EXISTS element_runs_span ON element_runs USING gist (span)",
+    "CREATE INDEX IF NOT EXISTS element_delta_kid ON element_delta (kid)",
+    "CREATE INDEX IF NOT EXISTS element_delta_iid ON element_delta (iid)",
     "CREATE TABLE IF NOT EXISTS element_dead (iid BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS element_dead_iid ON element_dead (iid)",
 )
+
+DEAD_TRIGGERS = (
+    # an instance's old number is recorded where it changes: in the upsert that replaces its
+    # row, whichever writer's (a select beforehand misses a row another writer has not committed)
+    """CREATE OR REPLACE FUNCTION _dl_element_dead() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN INSERT INTO element_dead (iid) VALUES (OLD._iid); RETURN NULL; END $$""",
+    "DROP TRIGGER IF EXISTS instances_renumbered ON instances",
+    "CREATE TRIGGER instances_renumbered AFTER UPDATE OF _iid ON instances FOR EACH ROW "
+    "WHEN (OLD._iid IS DISTINCT FROM NEW._iid) EXECUTE FUNCTION _dl_element_dead()",
+    "DROP TRIGGER IF EXISTS instances_deleted ON instances",
+    "CREATE TRIGGER instances_deleted AFTER DELETE ON instances FOR EACH ROW EXECUTE FUNCTION _dl_element_dead()",
+)
+"""``element_dead`` gets the number of every replaced or deleted instance."""
 
 INDEX_VIEW = f"""CREATE OR REPLACE VIEW element_index AS
 SELECT r.base + x.off AS iid, {_KEY_COLS}, {_VALUES}
@@ -103,8 +118,9 @@ SELECT i."SOPInstanceUID", {_KEY_COLS}, {_VALUES}
 FROM element_delta x JOIN element_keys k ON k.kid = x.kid JOIN instances i ON i._iid = x.iid"""
 """One row per element of each instance the lake holds, as :data:`~dicomlake.lakeschema.ELEMENT_SCHEMA`."""
 
-JOIN = ElementJoin("_iid", "element_index", "iid")
-"""How a PostgreSQL lake's filters reach ``instances`` (as a DuckDB lake's)."""
+JOIN = ElementJoin("_iid", "element_index", "iid", lookup_by_uid=True)
+"""How a PostgreSQL lake's filters reach ``instances`` (as a DuckDB lake's); one instance's
+attribute is looked up in ``elements`` by UID, which reaches its runs through ``span``."""
 
 
 def _runs_from(select: str) -> str:
@@ -126,13 +142,16 @@ def create(cur: Any) -> None:
     ``elements`` is a table (schema versions 1-5) in the same transaction (migration 6)."""
     for ddl in DDL:
         cur.execute(ddl)
-    # lz4 decompresses runs faster than pglz; a server built without it keeps its default
-    cur.execute(
-        "DO $$ BEGIN ALTER TABLE element_runs ALTER COLUMN offs SET COMPRESSION lz4, "
-        "ALTER COLUMN paths SET COMPRESSION lz4, ALTER COLUMN value_texts SET COMPRESSION lz4, "
-        "ALTER COLUMN value_nums SET COMPRESSION lz4, ALTER COLUMN lengths SET COMPRESSION lz4; "
-        "EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN NULL; END $$"
-    )
+    # lz4 decompresses runs faster than pglz; a server built without it (or older than 14,
+    # which has no per-column compression) keeps its default
+    row = cur.execute("SHOW server_version_num").fetchone()
+    if row and int(row[0]) >= 140000:
+        cur.execute(
+            "DO $$ BEGIN ALTER TABLE element_runs ALTER COLUMN offs SET COMPRESSION lz4, "
+            "ALTER COLUMN paths SET COMPRESSION lz4, ALTER COLUMN value_texts SET COMPRESSION lz4, "
+            "ALTER COLUMN value_nums SET COMPRESSION lz4, ALTER COLUMN lengths SET COMPRESSION lz4; "
+            "EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN NULL; END $$"
+        )
     cur.execute("ALTER TABLE instances ADD COLUMN IF NOT EXISTS _iid BIGINT")
     cur.execute("UPDATE instances SET _iid = nextval('instance_iid') WHERE _iid IS NULL")
     cur.execute("ALTER TABLE instances ALTER COLUMN _iid SET DEFAULT nextval('instance_iid')")
@@ -140,11 +159,27 @@ def create(cur: Any) -> None:
     # StudyDate beside the number: a filter's matches get the default order's first key from
     # the index alone (an index-only scan), not from the wide instances rows
     cur.execute('CREATE UNIQUE INDEX IF NOT EXISTS instances_iid ON instances (_iid) INCLUDE ("StudyDate")')
+    for ddl in DEAD_TRIGGERS:
+        cur.execute(ddl)
     old = cur.execute(
         "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() "
         "AND table_name = 'elements' AND table_type = 'BASE TABLE'"
     ).fetchone()
     if old:
+        dependents = cur.execute(
+            "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite w ON w.oid = d.objid "
+            "JOIN pg_class v ON v.oid = w.ev_class WHERE d.refobjid = 'elements'::regclass "
+            "AND v.oid <> 'elements'::regclass ORDER BY 1"
+        ).fetchall()
+        if dependents:
+            names = ", ".join(str(r[0]) for r in dependents)
+            raise ConfigError(
+                f"the lake's elements table becomes a view over the element store (schema 6), but "
+                f"{names} depend{'s' if len(dependents) == 1 else ''} on the table: save "
+                f"{'its' if len(dependents) == 1 else 'their'} definition (pg_get_viewdef), DROP "
+                f"{'it' if len(dependents) == 1 else 'them'}, open the lake for writing again, then "
+                "create them again (the view has the same columns)"
+            )
         cur.execute("ALTER TABLE elements RENAME TO elements_v5")
         _add_keys(cur, "elements_v5")
         cur.execute(
@@ -232,13 +267,16 @@ def compact(con: Any) -> dict[str, int]:
     the rows of replaced instances (``element_dead``) and with ``element_delta`` folded in, in
     one transaction. Only the groups that need it are rewritten: an attribute's group held in
     several runs (small batches, a fold, an import), a group holding a replaced instance's
-    rows, a group the delta adds to. Readers see the old runs until it commits; writers wait.
+    rows, a group the delta adds to. Readers see the old runs until it commits, without
+    waiting; writers wait for it. Run again when PostgreSQL picks it as a deadlock victim.
 
     Returns ``runs_before``/``runs_after`` (of the groups rewritten), ``rows_kept`` (their
     rows now) and ``rows_dropped`` (replaced instances' rows)."""
     with con.transaction(), con.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", [FOLD_LOCK])
-        cur.execute("LOCK TABLE element_runs, element_delta, element_dead IN SHARE ROW EXCLUSIVE MODE")
+        # the writers' order (a replacement's trigger writes element_dead before the batch's
+        # rows reach element_delta or element_runs); SHARE ROW EXCLUSIVE stops writers, not readers
+        cur.execute("LOCK TABLE element_dead, element_delta, element_runs IN SHARE ROW EXCLUSIVE MODE")
         cur.execute(
             "CREATE TEMP TABLE _redo ON COMMIT DROP AS "
             "SELECT kid, base FROM element_runs GROUP BY kid, base HAVING count(*) > 1 "
@@ -265,7 +303,10 @@ def compact(con: Any) -> dict[str, int]:
             + " RETURNING cardinality(offs)"
         )
         made = _ran(cur)
-        cur.execute("TRUNCATE element_delta, element_dead")
+        # DELETE, not TRUNCATE: TRUNCATE would wait for every reader and empty the tables for
+        # readers whose snapshot is older than this transaction
+        cur.execute("DELETE FROM element_delta")
+        cur.execute("DELETE FROM element_dead")
     con.execute("VACUUM ANALYZE element_runs")
     con.execute("VACUUM ANALYZE element_delta")
     return {

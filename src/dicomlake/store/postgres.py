@@ -227,12 +227,7 @@ class PostgresStore:
                 sets = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in lake_cols if c != "SOPInstanceUID")
                 # each row gets a new instance number (the column's default): a replaced
                 # instance's old element rows match no instance from here on; its old number
-                # is kept for the element store's compaction (rows locked in the upsert's order)
-                cur.execute(
-                    'WITH old AS (SELECT _iid FROM instances WHERE "SOPInstanceUID" = ANY(%s::text[]) '
-                    'ORDER BY "SOPInstanceUID" FOR UPDATE) INSERT INTO element_dead (iid) SELECT _iid FROM old',
-                    [inst.column("SOPInstanceUID").to_pylist()],
-                )
+                # goes to element_dead (the trigger instances_renumbered, store/pg_elements.py)
                 cur.execute("CREATE TEMP TABLE _b_iid (u TEXT, iid BIGINT, old BOOLEAN) ON COMMIT DROP")
                 cur.execute(
                     f"WITH up AS (INSERT INTO instances ({cols}) "
@@ -277,9 +272,11 @@ class PostgresStore:
         cur.execute(f"CREATE TEMP TABLE _b_el ({cols}) ON COMMIT DROP")
         self._copy_in(cur, "_b_el", elements.select(ELEMENT_SCHEMA.names))
         if not batch_ids:
+            # FOR SHARE: a writer replacing one of these instances (a new number) waits for
+            # this batch, so its rows never land under a number already given up
             cur.execute(
                 'CREATE TEMP TABLE _b_iid ON COMMIT DROP AS SELECT "SOPInstanceUID" AS u, _iid AS iid FROM instances '
-                'WHERE "SOPInstanceUID" = ANY(%s::text[])',
+                'WHERE "SOPInstanceUID" = ANY(%s::text[]) ORDER BY "SOPInstanceUID" FOR SHARE',
                 [pc.unique(elements.column("SOPInstanceUID")).to_pylist()],
             )
         pg_elements.write(cur, "_b_el", elements.num_rows, "_b_iid")
@@ -287,15 +284,24 @@ class PostgresStore:
     def compact_elements(self) -> dict[str, int]:
         """One run per attribute and instance group, without replaced instances' rows
         (``dicomlake compact``; :func:`dicomlake.store.pg_elements.compact`)."""
+        import psycopg
+
         if self.read_only:
             raise ConfigError(f"the lake {redact(self.url)} was opened read-only")
-        return pg_elements.compact(self.connection)
+        for attempt in itertools.count(1):
+            try:
+                return pg_elements.compact(self.connection)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt >= WRITE_RETRIES:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * attempt)
+        raise AssertionError("unreachable")
 
     def element_bytes(self) -> int:
         """Bytes on disk of the element store's tables, their TOAST data and indexes."""
         row = self.connection.execute(
             "SELECT sum(pg_total_relation_size(c)) FROM unnest(%s::text[]) AS c",
-            [["element_keys", "element_runs", "element_delta"]],
+            [["element_keys", "element_runs", "element_delta", "element_dead"]],
         ).fetchone()
         return int(row[0] or 0) if row else 0
 
