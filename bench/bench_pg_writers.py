@@ -4,9 +4,9 @@ with one lake-wide write lock (dicomlake before migration 5) and with row locks 
 Each writer is a process with its own :class:`~dicomlake.store.postgres.PostgresStore` that
 writes synthetic batches built with the lake schema (:func:`synthetic_batch`: typed instance
 row, ~140 element rows and a DICOM JSON document per instance) into a fresh database of a
-throw-away cluster (``tests/integration/pg.py``). "global lock" is the previous ``write_batch``
-(:class:`GlobalLockStore`: ``pg_advisory_xact_lock`` on one key, delete, ``COPY``); "row locks"
-is the current one. While the writers run, the main process samples ``pg_stat_activity`` every
+throw-away cluster (``tests/integration/pg.py``). "global lock" is the current batch inside
+one lake-wide ``pg_advisory_xact_lock`` (:class:`GlobalLockStore`, as every batch took it before
+migration 5); "row locks" is the current ``write_batch``. While the writers run, the main process samples ``pg_stat_activity`` every
 10 ms and counts the writer backends waiting on a heavyweight lock (``wait_event_type =
 'Lock'``: the advisory lock, or a row/transaction lock) — the share of writer samples spent
 waiting on a lock says whether writers serialise. Rates are total instances over the wall
@@ -86,20 +86,12 @@ def _global_lock_store(url: str) -> Any:
     from dicomlake.store.postgres import PostgresStore
 
     class GlobalLockStore(PostgresStore):
-        def write_batch(self, tables: Mapping[str, pa.Table], accepted_paths: list[str]) -> Any:
-            inst = tables["instances"]
-            con = self.connection
-            with con.transaction(), con.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_KEY])
-                cur.execute('CREATE TEMP TABLE _b_uid ("SOPInstanceUID" TEXT PRIMARY KEY) ON COMMIT DROP')
-                self._copy_in(cur, "_b_uid", inst.select(["SOPInstanceUID"]))
-                for t in ("elements", "dicom_json", "dose_events"):
-                    cur.execute(f'DELETE FROM "{t}" WHERE "SOPInstanceUID" IN (SELECT "SOPInstanceUID" FROM _b_uid)')
-                cur.execute('DELETE FROM instances WHERE "SOPInstanceUID" IN (SELECT "SOPInstanceUID" FROM _b_uid)')
-                self._copy_in(cur, "instances", inst)
-                for name in ("elements", "dicom_json"):
-                    self._copy_in(cur, name, tables[name])
-            return None
+        # today's batch (upsert, element store) inside one lake-wide advisory lock: the one
+        # difference from the row-lock write_batch is the lock
+        def _write_once(self, tables: Mapping[str, pa.Table], inst: pa.Table | None, accepted_paths: list[str]) -> int:
+            with self.connection.transaction():
+                self.connection.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_KEY])
+                return super()._write_once(tables, inst, accepted_paths)
 
     return GlobalLockStore(url)
 
