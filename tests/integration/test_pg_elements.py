@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pydicom
 import pytest
 
@@ -337,3 +338,25 @@ def test_migration_names_the_views_that_depend_on_the_old_elements_table(
         con.execute("DROP VIEW my_ct")
     with PostgresStore(url) as st:
         assert st.applied == [6]
+
+
+def test_element_rows_of_an_instance_the_lake_lacks_are_refused(pg: PostgresCluster) -> None:
+    """An import writes ``elements`` after ``instances``: rows naming an instance the lake does not
+    hold (by UID, or with no number from the copy) are refused with the UIDs, and nothing is
+    written."""
+    from dicomlake.errors import WriteError
+
+    files = _files(2)
+    url = pg.create_database()
+    tables = _tables(files)
+    elements = tables["elements"]
+    with PostgresStore(url) as st:
+        with pytest.raises(WriteError, match="name instances the lake does not hold"):
+            st.write_batch({"elements": elements}, [])
+        numbered = elements.append_column("_iid", pa.nulls(elements.num_rows, pa.int64()))
+        with pytest.raises(WriteError, match="name instances the lake does not hold"):
+            st.write_batch({"elements": numbered}, [])
+        assert _count(st, "SELECT count(*) FROM element_index") == 0
+        st.write_batch({"instances": tables["instances"]}, [])
+        st.write_batch({"elements": elements}, [])  # now by the lake's numbers
+        _check_against_pydicom(st, files)

@@ -205,18 +205,27 @@ def _add_keys(cur: Any, source: str) -> None:
     )
 
 
-def write(cur: Any, source: str, n_rows: int, ids: str) -> None:
+def write(cur: Any, source: str, n_rows: int, ids: str | None) -> None:
     """Append the element rows of the temporary table ``source`` (``ELEMENT_SCHEMA``'s columns)
     inside the caller's transaction. ``ids`` is a temporary table of (``u``, ``iid``): the
-    instance number of each ``SOPInstanceUID``. Rows naming an instance the lake does not hold are
+    instance number of each ``SOPInstanceUID``; None when ``source`` has each row's number in
+    its column ``_iid``. Rows naming an instance the lake does not hold are
     refused (WriteError). Big batches become runs at once; small ones go to ``element_delta``,
     folded when it is full."""
     for t in (source, ids):  # a temporary table has no statistics: the joins below need them
-        cur.execute(f"ANALYZE {t}")
+        if t is not None:
+            cur.execute(f"ANALYZE {t}")
     _add_keys(cur, source)
-    rows = f"""SELECT k.kid, n.iid, CASE WHEN b.path IS DISTINCT FROM b.path_key THEN b.path END AS path,
-               b.value_text, b.value_num, b.length, n.iid / {RUN_INSTANCES} AS grp
-        FROM {source} b JOIN element_keys k ON {_MATCH} JOIN {ids} n ON n.u = b."SOPInstanceUID" """
+    if ids is None:
+        number, numbered = "b._iid", f"{source} b JOIN element_keys k ON {_MATCH} WHERE b._iid IS NOT NULL"
+    else:
+        number, numbered = (
+            "n.iid",
+            f'{source} b JOIN element_keys k ON {_MATCH} JOIN {ids} n ON n.u = b."SOPInstanceUID"',
+        )
+    rows = f"""SELECT k.kid, {number} AS iid, CASE WHEN b.path IS DISTINCT FROM b.path_key THEN b.path END AS path,
+               b.value_text, b.value_num, b.length, {number} / {RUN_INSTANCES} AS grp
+        FROM {numbered}"""
     if n_rows >= DIRECT_ROWS:
         cur.execute(_runs_from(rows) + " RETURNING cardinality(offs)")
         written = sum(_ran(cur))
@@ -227,10 +236,10 @@ def write(cur: Any, source: str, n_rows: int, ids: str) -> None:
         )
         written = cur.rowcount
     if written != n_rows:
-        missing = cur.execute(
-            f'SELECT DISTINCT b."SOPInstanceUID" FROM {source} b '
-            f'WHERE NOT EXISTS (SELECT 1 FROM {ids} n WHERE n.u = b."SOPInstanceUID") LIMIT 3'
-        ).fetchall()
+        unknown = (
+            "b._iid IS NULL" if ids is None else f'NOT EXISTS (SELECT 1 FROM {ids} n WHERE n.u = b."SOPInstanceUID")'
+        )
+        missing = cur.execute(f'SELECT DISTINCT b."SOPInstanceUID" FROM {source} b WHERE {unknown} LIMIT 3').fetchall()
         raise WriteError(
             f"{n_rows - written} element rows name instances the lake does not hold "
             f"(e.g. {', '.join(str(r[0]) for r in missing)}): write their instances rows first"

@@ -267,10 +267,15 @@ class PostgresStore:
     def _write_elements(self, cur: Any, elements: pa.Table, *, batch_ids: bool) -> None:
         """The batch's element rows into the element store (:mod:`dicomlake.store.pg_elements`),
         numbered by the batch's own instances or, without them (an import writes the tables
-        one after the other), by the lake's."""
+        one after the other), by the column ``_iid`` the copy gives each row
+        (:func:`~dicomlake.store.transfer.copy_lake`) or else by the lake's."""
+        numbered = not batch_ids and "_iid" in elements.column_names
         cols = ", ".join(f'"{f.name}" {pg_type(f.type)}' for f in ELEMENT_SCHEMA)
-        cur.execute(f"CREATE TEMP TABLE _b_el ({cols}) ON COMMIT DROP")
-        self._copy_in(cur, "_b_el", elements.select(ELEMENT_SCHEMA.names))
+        cur.execute(f"CREATE TEMP TABLE _b_el ({cols}{', _iid BIGINT' if numbered else ''}) ON COMMIT DROP")
+        self._copy_in(cur, "_b_el", elements.select([*ELEMENT_SCHEMA.names, *(["_iid"] if numbered else [])]))
+        if numbered:
+            pg_elements.write(cur, "_b_el", elements.num_rows, None)
+            return
         if not batch_ids:
             # FOR SHARE: a writer replacing one of these instances (a new number) waits for
             # this batch, so its rows never land under a number already given up
@@ -280,6 +285,14 @@ class PostgresStore:
                 [pc.unique(elements.column("SOPInstanceUID")).to_pylist()],
             )
         pg_elements.write(cur, "_b_el", elements.num_rows, "_b_iid")
+
+    def instance_numbers(self) -> dict[str, int]:
+        """Every instance's number (``_iid``) by ``SOPInstanceUID`` (a copy's element batches)."""
+        schema = pa.schema([pa.field("SOPInstanceUID", pa.string()), pa.field("_iid", pa.int64())])
+        out: dict[str, int] = {}
+        for batch in self.iter_table("instances", schema):
+            out.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True))
+        return out
 
     def compact_elements(self) -> dict[str, int]:
         """One run per attribute and instance group, without replaced instances' rows
