@@ -23,8 +23,9 @@ is a view over three tables (the design and its measurements: docs/explanation/l
 
 Each ``instances`` row carries its number ``_iid`` (from the sequence ``instance_iid``): a
 re-ingested instance gets a new number in the statement that replaces its row, so its old
-element rows match no ``instances`` row from then on (its old number goes to
-``element_dead``); they stay until a fold or ``dicomlake compact`` drops them.
+element rows match no ``instances`` row from then on (a trigger writes its old number to
+``element_dead``); a fold drops those still in the delta, ``dicomlake compact`` (which an import
+runs at its end) the rest: a lake where instances are often sent again wants it scheduled.
 ``element_index`` is the rows keyed by ``iid`` (the filter compiler's relation, :data:`JOIN`,
 as in a DuckDB lake); ``elements`` joins them to ``instances`` for the UID, and reaches one
 instance's runs through the GiST index on ``span``.
