@@ -180,6 +180,18 @@ def _pydicom_having(files: list[Path], keyword: str) -> list[str]:
     return sorted(out)
 
 
+def check_element_filters(lk: Lake, files: list[Path]) -> None:
+    """Filters on four attributes without a typed column find the instances pydicom says have
+    them, each once; at least two tell instances apart."""
+    partial = 0
+    for keyword in ("InstitutionAddress", "DateOfLastCalibration", "AdditionalPatientHistory", "PatientAddress"):
+        assert keyword not in lk.columns.kinds  # a filter on it reads the element store
+        want = _pydicom_having(files, keyword)
+        partial += 0 < len(want) < len(files)
+        assert _filter_uids(lk, keyword) == want, keyword
+    assert partial >= 2  # filters that tell instances apart
+
+
 def test_element_filters_join_instance_numbers_and_find_each_instance_once(small_runs: None, tmp_path: Path) -> None:
     """Filters read ``element_index`` by ``instances._iid``: a replaced instance's old rows (still
     in the runs) match nothing, every instance is found once, the count and the cut page agree."""
@@ -195,13 +207,7 @@ def test_element_filters_join_instance_numbers_and_find_each_instance_once(small
         assert dead > 0  # the replaced copies' rows are still stored
         lk = Lake(st)
         assert lk.element_join == elementstore.JOIN
-        partial = 0
-        for keyword in ("InstitutionAddress", "DateOfLastCalibration", "AdditionalPatientHistory", "PatientAddress"):
-            assert keyword not in lk.columns.kinds  # a filter on it reads the element store
-            want = _pydicom_having(files, keyword)
-            partial += 0 < len(want) < len(files)
-            assert _filter_uids(lk, keyword) == want, keyword
-        assert partial >= 2  # filters that tell instances apart
+        check_element_filters(lk, files)
         cut = lk.query_arrow(["(0008,0016) = *"], ["SOPInstanceUID"], limit=3)  # SOPClassUID
         assert cut.num_rows == 3
         assert (cut.schema.metadata or {})[b"dicomlake.total"] == str(len(files)).encode()

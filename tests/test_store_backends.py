@@ -15,7 +15,7 @@ from dicomlake.errors import ConfigError, QueryError
 from dicomlake.lakeschema import INTERNAL_COLUMNS, PARTITION_COLUMNS, TABLES
 from dicomlake.query.lake import Lake
 from dicomlake.store.open import lake_kind as location_kind
-from tests.integration.pg import PostgresCluster, start_or_skip
+from tests.integration.pg import PostgresCluster, running_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -26,9 +26,7 @@ BACKENDS = ("duckdb", "postgres", "parquet")
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresCluster]:
-    cluster = start_or_skip()
-    yield cluster
-    cluster.stop()
+    yield from running_cluster()
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +196,15 @@ def writable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
 def _batch(sample_sources: list[Path]) -> tuple[dict[str, pa.Table], list[str]]:
     from dicomlake.ingest.sources import expand
-    from dicomlake.ingest.worker import WorkerConfig, process_chunk
 
     tasks = [t for t in expand([sample_sources[0]]) if t.path.endswith(("CT_small.dcm", "MR_small.dcm", "rtdose.dcm"))]
+    return worker_batch(tasks)
+
+
+def worker_batch(tasks: list[Any]) -> tuple[dict[str, pa.Table], list[str]]:
+    """The tables and accepted paths of one batch of ingest ``tasks``, as a worker makes them."""
+    from dicomlake.ingest.worker import WorkerConfig, process_chunk
+
     cfg = WorkerConfig(
         lake=str(Path("/tmp")),
         columns_file=None,

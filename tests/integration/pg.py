@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support import missing
@@ -146,3 +147,10 @@ def start_or_skip() -> PostgresCluster:
         msg = f"PostgreSQL is not installed; {INSTALL_HINT}"
         missing(msg)
     return PostgresCluster().start()
+
+
+def running_cluster() -> Iterator[PostgresCluster]:
+    """A module fixture's body: a started cluster (:func:`start_or_skip`), stopped after the module."""
+    cluster = start_or_skip()
+    yield cluster
+    cluster.stop()

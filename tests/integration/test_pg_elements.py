@@ -21,17 +21,16 @@ from dicomlake.ingest.pipeline import ingest_paths
 from dicomlake.query.lake import Lake
 from dicomlake.store import pg_elements
 from dicomlake.store.postgres import PostgresStore
-from tests.integration.pg import PostgresCluster, start_or_skip
-from tests.test_elementstore import _files, _filter_uids, _pydicom_counts, _pydicom_having
+from tests.integration.pg import PostgresCluster, running_cluster
+from tests.test_elementstore import _files, _filter_uids, _pydicom_counts, _pydicom_having, check_element_filters
+from tests.test_store_backends import worker_batch
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresCluster]:
-    cluster = start_or_skip()
-    yield cluster
-    cluster.stop()
+    yield from running_cluster()
 
 
 @pytest.fixture
@@ -92,13 +91,7 @@ def test_replaced_instances_show_once_and_compact_drops_their_old_rows(small_run
         _check_against_pydicom(st, files)  # ... and never shown
         lk = Lake(st)
         assert lk.element_join == pg_elements.JOIN
-        partial = 0
-        for keyword in ("InstitutionAddress", "DateOfLastCalibration", "AdditionalPatientHistory", "PatientAddress"):
-            assert keyword not in lk.columns.kinds  # a filter on it reads the element store
-            want = _pydicom_having(files, keyword)
-            partial += 0 < len(want) < len(files)
-            assert _filter_uids(lk, keyword) == want, keyword
-        assert partial >= 2
+        check_element_filters(lk, files)
     res = CliRunner().invoke(app, ["compact", url], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     dropped = next(line for line in res.output.splitlines() if "replaced instances dropped" in line)
@@ -187,20 +180,8 @@ def test_writers_folding_at_once_lose_and_double_nothing(small_runs: None, pg: P
 def _tables(files: list[Path]) -> dict[str, Any]:
     """One ingest batch of ``files`` as the workers make it (the tables ``write_batch`` takes)."""
     from dicomlake.ingest.sources import expand
-    from dicomlake.ingest.worker import WorkerConfig, process_chunk
 
-    tasks = [t for f in files for t in expand([f])]
-    cfg = WorkerConfig(
-        lake=str(Path("/tmp")),
-        columns_file=None,
-        inline_max=256,
-        max_header_bytes=1 << 26,
-        max_zip_member_bytes=1 << 30,
-        max_zip_ratio=200.0,
-    )
-    res = process_chunk(tasks, cfg)
-    assert len(res.segments) == 1
-    return dict(res.segments[0].tables)
+    return worker_batch([t for f in files for t in expand([f])])[0]
 
 
 def test_two_writers_of_one_new_instance_leave_no_rows_behind_after_compact(pg: PostgresCluster) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from dicomlake.lakeschema import INTERNAL_COLUMNS, TABLES
 from dicomlake.query.lake import Lake
-from tests.integration.pg import PostgresCluster, start_or_skip
+from tests.integration.pg import PostgresCluster, running_cluster
 from tests.test_store_backends import sorted_table
 
 pytestmark = pytest.mark.integration
@@ -23,9 +23,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresCluster]:
-    cluster = start_or_skip()
-    yield cluster
-    cluster.stop()
+    yield from running_cluster()
 
 
 def pq_columns(parquet_lake: Path, table: str) -> set[str]:
