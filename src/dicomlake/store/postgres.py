@@ -22,8 +22,8 @@ import itertools
 import random
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +39,8 @@ from dicomlake.store.pullstate import PullStateTables
 
 if TYPE_CHECKING:
     from dicomlake.store.curation import LakeCuration
+
+T = TypeVar("T")
 
 WRITE_RETRIES = 5
 """Attempts at one batch when PostgreSQL picks it as a deadlock victim (40P01) or 40001."""
@@ -142,7 +144,7 @@ class PostgresStore:
         self._sql_names = frozenset(self._column_names())
         self._instance_columns = self._instance_table_columns()
         self.write_retries = 0
-        """Batches run again after a deadlock or serialization failure (for tests and benches)."""
+        """Batches and compactions run again after a deadlock or serialization failure (for tests and benches)."""
 
     def _column_names(self) -> list[str]:
         """The lake's tables and ``table.column`` names: DuckDB SQL spells them in any case (see query)."""
@@ -186,23 +188,30 @@ class PostgresStore:
         (SQLSTATE 40P01/40001) rolls the batch back and runs it again, up to
         :data:`WRITE_RETRIES` times.
         """
-        import psycopg
 
         if self.read_only:
             raise ConfigError(f"the lake {redact(self.url)} was opened read-only")
         inst = tables.get("instances")
         if inst is not None and inst.num_rows:
             inst = inst.sort_by("SOPInstanceUID")  # one lock order for every writer
+        replaced = self._retrying(lambda: self._write_once(tables, inst, accepted_paths), pause=0.01)
+        return WriteReport.of(tables, replaced)
+
+    def _retrying(self, attempt_once: Callable[[], T], *, pause: float) -> T:
+        """``attempt_once()`` (one transaction), run again when PostgreSQL picks it as a deadlock
+        victim (40P01) or reports a serialization failure (40001), up to :data:`WRITE_RETRIES`
+        times, after a random pause of ``pause``-``5 × pause`` seconds times the attempt."""
+        import psycopg
+
         for attempt in itertools.count(1):
             try:
-                replaced = self._write_once(tables, inst, accepted_paths)
-                break
+                return attempt_once()
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt >= WRITE_RETRIES:
                     raise
                 self.write_retries += 1
-                time.sleep(random.uniform(0.01, 0.05) * attempt)
-        return WriteReport.of(tables, replaced)
+                time.sleep(random.uniform(pause, 5 * pause) * attempt)
+        raise AssertionError("unreachable")
 
     def _instance_table_columns(self) -> list[str]:
         rows = self.connection.execute(
@@ -297,18 +306,9 @@ class PostgresStore:
     def compact_elements(self) -> dict[str, int]:
         """One run per attribute and instance group, without replaced instances' rows
         (``dicomlake compact``; :func:`dicomlake.store.pg_elements.compact`)."""
-        import psycopg
-
         if self.read_only:
             raise ConfigError(f"the lake {redact(self.url)} was opened read-only")
-        for attempt in itertools.count(1):
-            try:
-                return pg_elements.compact(self.connection)
-            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                if attempt >= WRITE_RETRIES:
-                    raise
-                time.sleep(random.uniform(0.05, 0.2) * attempt)
-        raise AssertionError("unreachable")
+        return self._retrying(lambda: pg_elements.compact(self.connection), pause=0.04)
 
     def element_bytes(self) -> int:
         """Bytes on disk of the element store's tables, their TOAST data and indexes."""
