@@ -169,6 +169,14 @@ class ElementJoin:
     ``elements`` by ``SOPInstanceUID``, not in the relation by number: a PostgreSQL lake finds
     an instance's runs through ``elements`` (the ``span`` index), where ``element_index``
     would unnest every run of the attribute for each row."""
+    word_masks: bool = False
+    """PostgreSQL: a filter reads ``element_nums``, ``element_texts`` or ``element_values``
+    (the values its condition needs), whose rows carry their instance number as a ``word``
+    (number >> 6) and a 64-bit ``mask``; it ORs the masks of each word and tests an instance's
+    bit, ``EXISTS (… g.word = i._iid >> 6 AND (g.mask >> (i._iid & 63)) & 1 = 1)``: a hash
+    join on one row per 64 instances, where ``i._iid IN (…)`` (whose matches PostgreSQL cannot
+    estimate) probed ``instances`` once per match (docs/explanation/lake.md, "The element
+    store in PostgreSQL")."""
     partitions: bool = False
     """``instances i`` and the element relation carry a Parquet lake's partition columns
     (:data:`PARTITION_COLUMNS`): a filter on ``Modality`` or ``StudyDate`` then also names the

@@ -323,6 +323,20 @@ def _element_sql(
     if restrict is not None:  # the partitions the instance filters allow: an element lives in its instance's
         conds.append(restrict[0].format(a="e"))
         params += restrict[1]
+    if join.word_masks:
+        used = " ".join(conds)
+        rel = "element_values" if "e.value_num" in used and "e.value_text" in used else "element_nums"
+        if "e.value_num" not in used:
+            rel = "element_texts"
+        num = f'i."{join.instance_column}"'
+        words = (
+            f"SELECT e.word, bit_or(e.mask) AS mask FROM {rel} e WHERE {loc} AND {' AND '.join(conds)} GROUP BY e.word"
+        )
+        test = (
+            f"EXISTS (SELECT 1 FROM ({words}) g WHERE g.word = ({num} >> 6) "
+            f"AND ((g.mask >> CAST({num} & 63 AS INTEGER)) & 1) = 1)"
+        )
+        return ("NOT " + test if op == "!=" else test), params
     inner = f'SELECT e."{join.relation_column}" FROM {join.relation} e WHERE {loc} AND ' + " AND ".join(conds)
     outer = f'i."{join.instance_column}"'
     if op == "!=":

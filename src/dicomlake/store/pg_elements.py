@@ -26,9 +26,10 @@ re-ingested instance gets a new number in the statement that replaces its row, s
 element rows match no ``instances`` row from then on (a trigger writes its old number to
 ``element_dead``); a fold drops those still in the delta, ``dicomlake compact`` (which an import
 runs at its end) the rest: a lake where instances are often sent again wants it scheduled.
-``element_index`` is the rows keyed by ``iid`` (the filter compiler's relation, :data:`JOIN`,
-as in a DuckDB lake); ``elements`` joins them to ``instances`` for the UID, and reaches one
-instance's runs through the GiST index on ``span``.
+``element_index`` is the rows keyed by ``iid``; ``elements`` joins them to ``instances`` for
+the UID, and reaches one instance's runs through the GiST index on ``span``. Filters read
+:data:`FILTER_VIEWS` (schema 7): each row's instance as a bit of a 64-instance word, so a
+filter joins ``instances`` once, by hash, on the words it matched (:data:`JOIN`).
 """
 
 from __future__ import annotations
@@ -119,9 +120,42 @@ SELECT i."SOPInstanceUID", {_KEY_COLS}, {_VALUES}
 FROM element_delta x JOIN element_keys k ON k.kid = x.kid JOIN instances i ON i._iid = x.iid"""
 """One row per element of each instance the lake holds, as :data:`~dicomlake.lakeschema.ELEMENT_SCHEMA`."""
 
-JOIN = ElementJoin("_iid", "element_index", "iid", lookup_by_uid=True)
-"""How a PostgreSQL lake's filters reach ``instances`` (as a DuckDB lake's); one instance's
-attribute is looked up in ``elements`` by UID, which reaches its runs through ``span``."""
+
+def _filter_view(name: str, arrays: tuple[str, ...]) -> str:
+    cols = ", ".join(a.removesuffix("s") for a in arrays)
+    values = ", ".join(f"x.{c.strip()}" for c in cols.split(","))
+    keys = 'k.path_key, k.depth, k.tag, k.keyword, k."VR", k.private_creator'
+    return f"""CREATE OR REPLACE VIEW {name} AS
+SELECT (r.base + x.off) >> 6 AS word, 1::bigint << ((r.base + x.off) & 63)::int AS mask, {keys}, {values}
+FROM element_runs r JOIN element_keys k ON k.kid = r.kid
+CROSS JOIN LATERAL unnest(r.offs, {", ".join("r." + a for a in arrays)}) AS x(off, {cols})
+UNION ALL
+SELECT x.iid >> 6, 1::bigint << (x.iid & 63)::int, {keys}, {values}
+FROM element_delta x JOIN element_keys k ON k.kid = x.kid"""
+
+
+FILTER_VIEWS = {
+    "element_nums": _filter_view("element_nums", ("value_nums",)),
+    "element_texts": _filter_view("element_texts", ("value_texts",)),
+    "element_values": _filter_view("element_values", ("value_texts", "value_nums")),
+}
+"""What element filters read (:data:`JOIN`, ``ElementJoin.word_masks``): each row's instance
+number as a 64-bit ``word`` (number >> 6) and a ``mask`` with its bit set, with the values a
+condition needs and no others — PostgreSQL cannot leave out an ``unnest`` argument a query
+does not use, and unnesting the five arrays costs 2.3× unnesting two (10 M instances: 2.8 s
+vs 1.2 s)."""
+
+
+def create_filter_views(cur: Any) -> None:
+    """Schema 7: the filter views (:data:`FILTER_VIEWS`)."""
+    for ddl in FILTER_VIEWS.values():
+        cur.execute(ddl)
+
+
+JOIN = ElementJoin("_iid", "element_index", "iid", lookup_by_uid=True, word_masks=True)
+"""How a PostgreSQL lake's filters reach ``instances``: a 64-bit mask of the matching
+instances per word of 64 instance numbers (:data:`FILTER_VIEWS`, ``ElementJoin.word_masks``); one
+instance's attribute is looked up in ``elements`` by UID, which reaches its runs through ``span``."""
 
 
 def _runs_from(select: str) -> str:

@@ -145,6 +145,12 @@ def _m6_element_store(cur: Any, columns: InstanceColumns) -> None:
     pg_elements.create(cur)
 
 
+def _m7_filter_views(cur: Any, columns: InstanceColumns) -> None:
+    from dicomlake.store import pg_elements
+
+    pg_elements.create_filter_views(cur)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One step of the schema: its number, what it does, and the function that does it."""
@@ -166,6 +172,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         6,
         "element store: element_keys, element_runs, element_delta, instances._iid; elements is a view",
         _m6_element_store,
+    ),
+    Migration(
+        7, "element filter views (element_nums, element_texts, element_values): bit strings per group", _m7_filter_views
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
