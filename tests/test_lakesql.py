@@ -61,6 +61,14 @@ def test_identifiers_take_the_lake_spelling_as_duckdb_resolves_them() -> None:
     )
     pg, _ = to_postgres("WITH Big AS (SELECT 1 AS X) SELECT x FROM big", None, NAMES)
     assert pg == 'WITH "Big" AS (SELECT 1 AS "X") SELECT "X" FROM "Big"'
+    # the statement's alias before a lake name it folds to (a PostgreSQL lake's filter views
+    # have a column "mask"): ORDER BY Mask is the alias
+    pg, _ = to_postgres(
+        "SELECT Modality, count(*) AS Mask FROM instances GROUP BY Modality ORDER BY Mask",
+        None,
+        NAMES | {"element_nums", "element_nums.mask"},
+    )
+    assert pg.endswith('AS "Mask" FROM "instances" GROUP BY "Modality" ORDER BY "Mask"'), pg
 
 
 def test_group_by_all_lists_the_columns_without_an_aggregate() -> None:

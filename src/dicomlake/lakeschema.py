@@ -152,7 +152,8 @@ def instance_columns(extra_file: str | None = None) -> InstanceColumns:
 @dataclass(frozen=True, slots=True)
 class ElementJoin:
     """How an engine's any-attribute filters reach ``instances i`` from its element rows:
-    ``i.<instance_column> IN (SELECT e.<relation_column> FROM <relation> e WHERE …)``.
+    ``i.<instance_column> IN (SELECT e.<relation_column> FROM <relation> e WHERE …)``, or, with
+    :attr:`word_masks` (PostgreSQL), a bit per instance in 64-instance words.
 
     Every engine has the ``elements`` relation keyed by ``SOPInstanceUID``
     (:data:`ELEMENTS_BY_UID`). DuckDB and PostgreSQL lakes also number their instances:
@@ -175,8 +176,8 @@ class ElementJoin:
     (number >> 6) and a 64-bit ``mask``; it ORs the masks of each word and tests an instance's
     bit, ``EXISTS (… g.word = i._iid >> 6 AND (g.mask >> (i._iid & 63)) & 1 = 1)``: a hash
     join on one row per 64 instances, where ``i._iid IN (…)`` (whose matches PostgreSQL cannot
-    estimate) probed ``instances`` once per match (docs/explanation/lake.md, "The element
-    store in PostgreSQL")."""
+    estimate) probed ``instances`` once per match (docs/explanation/lake.md, "Element filters
+    in PostgreSQL")."""
     partitions: bool = False
     """``instances i`` and the element relation carry a Parquet lake's partition columns
     (:data:`PARTITION_COLUMNS`): a filter on ``Modality`` or ``StudyDate`` then also names the

@@ -323,8 +323,9 @@ def _element_sql(
     if restrict is not None:  # the partitions the instance filters allow: an element lives in its instance's
         conds.append(restrict[0].format(a="e"))
         params += restrict[1]
-    if join.word_masks:
-        used = " ".join(conds)
+    used = " ".join(conds)
+    if join.word_masks and set(re.findall(r"\be\.(\w+)", used)) <= {"value_text", "value_num"}:
+        # (the filter views hold the values only: a condition on another column takes IN)
         rel = "element_values" if "e.value_num" in used and "e.value_text" in used else "element_nums"
         if "e.value_num" not in used:
             rel = "element_texts"

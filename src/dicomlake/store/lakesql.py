@@ -136,7 +136,9 @@ def translate(sql: str, names: frozenset[str]) -> tuple[str, tuple[int, ...] | N
                     return cols[low]
         if name in exact:
             return name
-        return folded.get(low) or defined.get(low) or name
+        # the statement's own names (aliases) before the lake's: `AS Mask … ORDER BY Mask` is the
+        # alias, though a lake view has a column `mask`
+        return defined.get(low) or folded.get(low) or name
 
     marks: list[str | None] = []  # per placeholder: its name, or None for ``?``
 

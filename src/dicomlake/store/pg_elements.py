@@ -108,7 +108,7 @@ UNION ALL
 SELECT x.iid, {_KEY_COLS}, {_VALUES}
 FROM element_delta x JOIN element_keys k ON k.kid = x.kid"""
 """The rows keyed by instance number, replaced instances' rows included (they match no
-``instances._iid``): what filters read."""
+``instances._iid``); filters read :data:`FILTER_VIEWS`."""
 
 VIEW = f"""CREATE OR REPLACE VIEW elements AS
 SELECT i."SOPInstanceUID", {_KEY_COLS}, {_VALUES}
@@ -147,7 +147,20 @@ vs 1.2 s)."""
 
 
 def create_filter_views(cur: Any) -> None:
-    """Schema 7: the filter views (:data:`FILTER_VIEWS`)."""
+    """Schema 7: the filter views (:data:`FILTER_VIEWS`). ``CREATE OR REPLACE VIEW`` cannot drop
+    or retype a column: a later change to these views drops them first, in its own migration."""
+    taken = cur.execute(
+        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
+        "AND c.relname = ANY(%s) ORDER BY 1",
+        [list(FILTER_VIEWS)],
+    ).fetchall()
+    if taken:
+        names = ", ".join(str(r[0]) for r in taken)
+        raise ConfigError(
+            f"schema 7 adds the element filter views {', '.join(FILTER_VIEWS)}, but the lake's schema "
+            f"already has {names}: rename or drop {'it' if len(taken) == 1 else 'them'}, then open the "
+            "lake for writing again"
+        )
     for ddl in FILTER_VIEWS.values():
         cur.execute(ddl)
 

@@ -174,7 +174,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         _m6_element_store,
     ),
     Migration(
-        7, "element filter views (element_nums, element_texts, element_values): bit strings per group", _m7_filter_views
+        7,
+        "element filter views (element_nums, element_texts, element_values): 64-bit masks per word of instance numbers",
+        _m7_filter_views,
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
