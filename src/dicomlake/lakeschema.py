@@ -18,7 +18,8 @@ turns these Arrow schemas into its engine's DDL.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -178,6 +179,10 @@ class ElementJoin:
     join on one row per 64 instances, where ``i._iid IN (…)`` (whose matches PostgreSQL cannot
     estimate) probed ``instances`` once per match (docs/explanation/lake.md, "Element filters
     in PostgreSQL")."""
+    sparse: Callable[[str | None, str | None], bool] | None = field(default=None, compare=False, repr=False)
+    """With :attr:`word_masks`: ``(path_key, tag)`` → whether the lake holds so few values of the
+    attribute (PostgreSQL: fewer than one per word, :func:`dicomlake.store.pg_elements.is_sparse`)
+    that ``IN``, probing ``instances`` once per match, beats reading all of ``instances`` once."""
     partitions: bool = False
     """``instances i`` and the element relation carry a Parquet lake's partition columns
     (:data:`PARTITION_COLUMNS`): a filter on ``Modality`` or ``StudyDate`` then also names the

@@ -416,3 +416,23 @@ def test_a_broad_element_filter_reads_instances_once_not_once_per_match(pg: Post
                     assert ("value_nums" in call) != ("value_texts" in call), call
                 else:
                     assert "value_nums" in call and "value_texts" in call, call
+    # an attribute with fewer values than words of 64 instances (one real header among the 20,000
+    # synthetic ones): IN, probing instances per match, reads a few rows of instances, not 20,001
+    real = _files(1)[0]
+    ds = pydicom.dcmread(real, stop_before_pixels=True)
+    with PostgresStore(url) as st:
+        ingest_paths([real], url, workers=1, store=st)
+    with PostgresStore(url, read_only=True) as st:
+        lk = Lake(st)
+        where = [f"CurrentPatientLocation = {ds.CurrentPatientLocation}"]
+        assert pg_elements.is_sparse(st.connection, "CurrentPatientLocation", None)
+        assert not pg_elements.is_sparse(st.connection, "DistanceSourceToEntrance", None)
+        assert lk.query_arrow(where, ["SOPInstanceUID"]).column(0).to_pylist() == [str(ds.SOPInstanceUID)]
+        cond, params, _ = where_clause(where, lk.columns, lk.element_join)
+        pg_sql, pg_params = to_postgres(f"SELECT count(*) FROM instances i WHERE {cond}", params, st._sql_names)
+        plan = st.connection.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + pg_sql, pg_params).fetchone()
+        nodes = list(_plan_nodes(plan[0][0]["Plan"]))
+        rows = sum(
+            int(x["Actual Rows"]) * int(x["Actual Loops"]) for x in nodes if x.get("Relation Name") == "instances"
+        )
+        assert rows <= 5, rows

@@ -324,17 +324,19 @@ def _element_sql(
         conds.append(restrict[0].format(a="e"))
         params += restrict[1]
     used = " ".join(conds)
-    if join.word_masks and set(re.findall(r"\be\.(\w+)", used)) <= {"value_text", "value_num"}:
-        # (the filter views hold the values only: a condition on another column takes IN)
+    words = join.word_masks and set(re.findall(r"\be\.(\w+)", used)) <= {"value_text", "value_num"}
+    # (the filter views hold the values only: a condition on another column takes IN; so does
+    # an attribute with few values, where probing instances per match is cheaper)
+    if words and not (join.sparse is not None and join.sparse(key.path_key, None if key.path_key else key.tag)):
         rel = "element_values" if "e.value_num" in used and "e.value_text" in used else "element_nums"
         if "e.value_num" not in used:
             rel = "element_texts"
         num = f'i."{join.instance_column}"'
-        words = (
+        masks = (
             f"SELECT e.word, bit_or(e.mask) AS mask FROM {rel} e WHERE {loc} AND {' AND '.join(conds)} GROUP BY e.word"
         )
         test = (
-            f"EXISTS (SELECT 1 FROM ({words}) g WHERE g.word = ({num} >> 6) "
+            f"EXISTS (SELECT 1 FROM ({masks}) g WHERE g.word = ({num} >> 6) "
             f"AND ((g.mask >> CAST({num} & 63 AS INTEGER)) & 1) = 1)"
         )
         return ("NOT " + test if op == "!=" else test), params

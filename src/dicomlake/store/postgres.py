@@ -17,6 +17,7 @@ The query layer writes DuckDB SQL; sqlglot translates it (:func:`dicomlake.store
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import random
@@ -115,7 +116,8 @@ class PostgresStore:
         self.lake = self.url
         self.read_only = read_only
         self.columns = columns or instance_columns()
-        self.element_join = pg_elements.JOIN  # element runs keyed by instance number (store/pg_elements.py)
+        # element runs keyed by instance number (store/pg_elements.py); few values: IN
+        self.element_join = dataclasses.replace(pg_elements.JOIN, sparse=self._sparse_attribute)
         try:
             self.connection = psycopg.connect(self.url, autocommit=True, options="-c TimeZone=UTC -c DateStyle=ISO,YMD")
         except psycopg.Error as exc:
@@ -145,6 +147,9 @@ class PostgresStore:
         self._instance_columns = self._instance_table_columns()
         self.write_retries = 0
         """Batches and compactions run again after a deadlock or serialization failure (for tests and benches)."""
+
+    def _sparse_attribute(self, path_key: str | None, tag: str | None) -> bool:
+        return pg_elements.is_sparse(self.connection, path_key, tag)
 
     def _column_names(self) -> list[str]:
         """The lake's tables and ``table.column`` names: DuckDB SQL spells them in any case (see query)."""
