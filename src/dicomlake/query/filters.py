@@ -323,14 +323,13 @@ def _element_sql(
     if restrict is not None:  # the partitions the instance filters allow: an element lives in its instance's
         conds.append(restrict[0].format(a="e"))
         params += restrict[1]
-    used = " ".join(conds)
-    words = join.word_masks and set(re.findall(r"\be\.(\w+)", used)) <= {"value_text", "value_num"}
+    used = set(re.findall(r"\be\.(\w+)", " ".join(conds)))
+    views = {"value_num": "element_nums", "value_text": "element_texts"}
     # (the filter views hold the values only: a condition on another column takes IN; so does
     # an attribute with few values, where probing instances per match is cheaper)
+    words = join.word_masks and used <= set(views)
     if words and not (join.sparse is not None and join.sparse(key.path_key, None if key.path_key else key.tag)):
-        rel = "element_values" if "e.value_num" in used and "e.value_text" in used else "element_nums"
-        if "e.value_num" not in used:
-            rel = "element_texts"
+        rel = views[used.pop()] if len(used) == 1 else "element_values"
         num = f'i."{join.instance_column}"'
         masks = (
             f"SELECT e.word, bit_or(e.mask) AS mask FROM {rel} e WHERE {loc} AND {' AND '.join(conds)} GROUP BY e.word"

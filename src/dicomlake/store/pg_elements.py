@@ -122,8 +122,8 @@ FROM element_delta x JOIN element_keys k ON k.kid = x.kid JOIN instances i ON i.
 
 
 def _filter_view(name: str, arrays: tuple[str, ...]) -> str:
-    cols = ", ".join(a.removesuffix("s") for a in arrays)
-    values = ", ".join(f"x.{c.strip()}" for c in cols.split(","))
+    names = [a.removesuffix("s") for a in arrays]
+    cols, values = ", ".join(names), ", ".join("x." + n for n in names)
     keys = 'k.path_key, k.depth, k.tag, k.keyword, k."VR", k.private_creator'
     return f"""CREATE OR REPLACE VIEW {name} AS
 SELECT (r.base + x.off) >> 6 AS word, 1::bigint << ((r.base + x.off) & 63)::int AS mask, {keys}, {values}
